@@ -1,0 +1,60 @@
+use super::ResourceRef;
+use super::secret::SecretRef;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A Docker stack: the Compose file text plus what the Phoenix manifest adds.
+/// The agent parses and validates the Compose subset; the coordinator checks it
+/// too before pushing, with the same parser.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StackSpec {
+    /// Compose project name (`com.docker.compose.project`-like label `phoenix.stack`).
+    pub name: String,
+    /// Manifest environment the variables came from, e.g. "production".
+    #[serde(default = "default_environment")]
+    pub environment: String,
+    /// docker-compose.yml, verbatim.
+    pub compose: String,
+    /// `${VAR}` interpolation values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub variables: BTreeMap<String, String>,
+    /// Extra labels per service (the manifest's `traefik_labels`), "key=value".
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, Vec<String>>,
+    /// Files placed on the guest before containers start (bind-mount sources).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<StackFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_auth: Option<SecretRef>,
+    /// Put the previous container back when a recreate fails.
+    #[serde(default = "yes")]
+    pub rollback_on_failure: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<ResourceRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StackFile {
+    pub path: super::AbsPath,
+    pub content: String,
+}
+
+fn default_environment() -> String {
+    "production".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl StackSpec {
+    pub(super) fn validate(&self) -> Result<(), String> {
+        super::cert::simple_name("stack", &self.name)?;
+        if self.compose.trim().is_empty() {
+            return Err("compose file is empty".into());
+        }
+        Ok(())
+    }
+}
