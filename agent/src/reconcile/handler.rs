@@ -1,0 +1,52 @@
+//! The seam between the reconcile engine and host effects. One `Converge<S>` per resource
+//! kind; the engine never touches the host itself.
+
+use phoenix_proto::model::ResourceRef;
+use std::collections::BTreeSet;
+
+/// Any module error; its message must name the action and the object.
+pub type ResourceError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What a handler may know about the pass it runs in.
+#[derive(Debug, Default, Clone)]
+pub struct PassContext {
+    /// Plan only: `apply` is never called; `check` must not mutate either way.
+    pub dry_run: bool,
+    /// Resources that changed (or would change, in dry-run) earlier in this pass, so a
+    /// service can restart when a file or package it declares changed.
+    pub changed: BTreeSet<ResourceRef>,
+}
+
+impl PassContext {
+    pub fn any_changed<'a>(
+        &self,
+        refs: impl IntoIterator<Item = &'a ResourceRef>,
+    ) -> Option<&'a ResourceRef> {
+        refs.into_iter().find(|r| self.changed.contains(*r))
+    }
+}
+
+/// Result of comparing desired with observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    InSync,
+    /// Not converged; `diff` says what would change, human readable, secrets redacted.
+    Drift {
+        diff: String,
+    },
+}
+
+#[async_trait::async_trait]
+pub trait Converge<S: Sync>: Send + Sync {
+    /// Pure checks that need agent-side knowledge (allowed roots, rendering a unit, parsing
+    /// a Compose file). Runs for every resource before anything is changed; one failure
+    /// means nothing in the pass is applied.
+    fn validate(&self, spec: &S) -> Result<(), ResourceError>;
+
+    /// Observe the host and compare with `spec`. Never mutates.
+    async fn check(&self, spec: &S, cx: &PassContext) -> Result<Check, ResourceError>;
+
+    /// Make the host match `spec`. Called only after `check` returned `Drift`, never in
+    /// dry-run. Returns a short description of what was done.
+    async fn apply(&self, spec: &S, cx: &PassContext) -> Result<String, ResourceError>;
+}
