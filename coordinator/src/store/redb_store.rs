@@ -1,0 +1,307 @@
+use super::{AgentRecord, DesiredRecord, ReportRecord, Store, StoreError, TokenRecord};
+use phoenix_proto::model::GuestId;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::path::Path;
+
+const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
+const AGENTS: TableDefinition<u32, &[u8]> = TableDefinition::new("agents");
+const DESIRED: TableDefinition<u32, &[u8]> = TableDefinition::new("desired");
+const REPORTS: TableDefinition<u32, &[u8]> = TableDefinition::new("reports");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+pub struct RedbStore {
+    db: Database,
+}
+
+fn io(action: &'static str) -> impl Fn(redb::Error) -> StoreError {
+    move |e| StoreError::Io {
+        action,
+        reason: e.to_string(),
+    }
+}
+
+fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(v).map_err(|e| StoreError::Io {
+        action: "encode record",
+        reason: e.to_string(),
+    })
+}
+
+fn dec<T: DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(b).map_err(|e| StoreError::Io {
+        action: "decode record",
+        reason: e.to_string(),
+    })
+}
+
+fn guest(k: u32) -> Result<GuestId, StoreError> {
+    GuestId::try_from(k).map_err(|e| StoreError::Io {
+        action: "decode key",
+        reason: e.to_string(),
+    })
+}
+
+impl RedbStore {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = Database::create(path).map_err(|e| StoreError::Open {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        // Create the tables up front so readers never see "table does not exist".
+        let tx = db
+            .begin_write()
+            .map_err(|e| io("create tables")(e.into()))?;
+        {
+            let map = |e: redb::TableError| io("create tables")(e.into());
+            tx.open_table(TOKENS).map_err(map)?;
+            tx.open_table(AGENTS).map_err(map)?;
+            tx.open_table(DESIRED).map_err(map)?;
+            tx.open_table(REPORTS).map_err(map)?;
+            tx.open_table(META).map_err(map)?;
+        }
+        tx.commit().map_err(|e| io("create tables")(e.into()))?;
+        Ok(RedbStore { db })
+    }
+
+    fn write<R>(
+        &self,
+        action: &'static str,
+        durable: bool,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let mut tx = self.db.begin_write().map_err(|e| io(action)(e.into()))?;
+        if !durable {
+            // Only fails when a persistent savepoint exists; we never make one.
+            tx.set_durability(Durability::None)
+                .map_err(|e| StoreError::Io {
+                    action,
+                    reason: e.to_string(),
+                })?;
+        }
+        let out = f(&tx)?;
+        tx.commit().map_err(|e| io(action)(e.into()))?;
+        Ok(out)
+    }
+
+    fn get_u32<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<u32, &[u8]>,
+        action: &'static str,
+        key: u32,
+    ) -> Result<Option<T>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| io(action)(e.into()))?;
+        let t = tx.open_table(table).map_err(|e| io(action)(e.into()))?;
+        match t.get(key).map_err(|e| io(action)(e.into()))? {
+            Some(v) => Ok(Some(dec(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn all_u32<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<u32, &[u8]>,
+        action: &'static str,
+    ) -> Result<Vec<(GuestId, T)>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| io(action)(e.into()))?;
+        let t = tx.open_table(table).map_err(|e| io(action)(e.into()))?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(|e| io(action)(e.into()))? {
+            let (k, v) = item.map_err(|e| io(action)(e.into()))?;
+            out.push((guest(k.value())?, dec(v.value())?));
+        }
+        Ok(out)
+    }
+
+    fn put_u32<T: Serialize>(
+        &self,
+        table: TableDefinition<u32, &[u8]>,
+        action: &'static str,
+        durable: bool,
+        key: u32,
+        v: &T,
+    ) -> Result<(), StoreError> {
+        let bytes = enc(v)?;
+        self.write(action, durable, |tx| {
+            let mut t = tx.open_table(table).map_err(|e| io(action)(e.into()))?;
+            t.insert(key, bytes.as_slice())
+                .map_err(|e| io(action)(e.into()))?;
+            Ok(())
+        })
+    }
+}
+
+impl Store for RedbStore {
+    fn put_token(&self, token_hash: &str, rec: &TokenRecord) -> Result<(), StoreError> {
+        let bytes = enc(rec)?;
+        self.write("save join token", true, |tx| {
+            let mut t = tx
+                .open_table(TOKENS)
+                .map_err(|e| io("save join token")(e.into()))?;
+            t.insert(token_hash, bytes.as_slice())
+                .map_err(|e| io("save join token")(e.into()))?;
+            Ok(())
+        })
+    }
+
+    fn consume_token(
+        &self,
+        token_hash: &str,
+        claimed: GuestId,
+        now_unix: i64,
+    ) -> Result<(), StoreError> {
+        const A: &str = "consume join token";
+        self.write(A, true, |tx| {
+            let mut t = tx.open_table(TOKENS).map_err(|e| io(A)(e.into()))?;
+            let mut rec: TokenRecord = match t.get(token_hash).map_err(|e| io(A)(e.into()))? {
+                Some(v) => dec(v.value())?,
+                None => return Err(StoreError::TokenUnknown),
+            };
+            if let Some(used) = rec.used_unix {
+                return Err(StoreError::TokenUsed { used_at_unix: used });
+            }
+            if now_unix >= rec.expires_unix {
+                return Err(StoreError::TokenExpired {
+                    expired_at_unix: rec.expires_unix,
+                });
+            }
+            if rec.guest != claimed {
+                return Err(StoreError::TokenGuest {
+                    token_guest: rec.guest,
+                    claimed,
+                });
+            }
+            rec.used_unix = Some(now_unix);
+            let bytes = enc(&rec)?;
+            t.insert(token_hash, bytes.as_slice())
+                .map_err(|e| io(A)(e.into()))?;
+            Ok(())
+        })
+    }
+
+    fn agent(&self, g: GuestId) -> Result<Option<AgentRecord>, StoreError> {
+        self.get_u32(AGENTS, "read agent", g.get())
+    }
+
+    fn put_agent(&self, g: GuestId, rec: &AgentRecord) -> Result<(), StoreError> {
+        self.put_u32(AGENTS, "save agent", true, g.get(), rec)
+    }
+
+    fn put_agent_soft(&self, g: GuestId, rec: &AgentRecord) -> Result<(), StoreError> {
+        self.put_u32(AGENTS, "save agent", false, g.get(), rec)
+    }
+
+    fn agents(&self) -> Result<Vec<(GuestId, AgentRecord)>, StoreError> {
+        self.all_u32(AGENTS, "list agents")
+    }
+
+    fn desired(&self, g: GuestId) -> Result<Option<DesiredRecord>, StoreError> {
+        self.get_u32(DESIRED, "read desired state", g.get())
+    }
+
+    fn all_desired(&self) -> Result<Vec<(GuestId, DesiredRecord)>, StoreError> {
+        self.all_u32(DESIRED, "list desired states")
+    }
+
+    fn put_desired(&self, states: &[(GuestId, String, Vec<u8>)]) -> Result<u64, StoreError> {
+        const A: &str = "save desired states";
+        self.write(A, true, |tx| {
+            let mut meta = tx.open_table(META).map_err(|e| io(A)(e.into()))?;
+            let revision = meta
+                .get("revision")
+                .map_err(|e| io(A)(e.into()))?
+                .map(|v| v.value())
+                .unwrap_or(0)
+                + 1;
+            meta.insert("revision", revision)
+                .map_err(|e| io(A)(e.into()))?;
+            let mut t = tx.open_table(DESIRED).map_err(|e| io(A)(e.into()))?;
+            for (g, digest, spec_json) in states {
+                let rec = DesiredRecord {
+                    revision,
+                    digest: digest.clone(),
+                    spec_json: spec_json.clone(),
+                };
+                let bytes = enc(&rec)?;
+                t.insert(g.get(), bytes.as_slice())
+                    .map_err(|e| io(A)(e.into()))?;
+            }
+            Ok(revision)
+        })
+    }
+
+    fn report(&self, g: GuestId) -> Result<Option<ReportRecord>, StoreError> {
+        self.get_u32(REPORTS, "read report", g.get())
+    }
+
+    fn put_report(&self, g: GuestId, rec: &ReportRecord) -> Result<(), StoreError> {
+        self.put_u32(REPORTS, "save report", false, g.get(), rec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn g(n: u32) -> GuestId {
+        GuestId::try_from(n).expect("valid")
+    }
+
+    #[test]
+    fn tokens_are_single_use_expiring_and_guest_bound() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = RedbStore::open(&dir.path().join("db")).expect("open");
+        let rec = TokenRecord {
+            guest: g(101),
+            expires_unix: 1000,
+            used_unix: None,
+        };
+        s.put_token("h1", &rec).expect("put");
+        s.put_token("h2", &rec).expect("put");
+        assert!(matches!(
+            s.consume_token("h1", g(102), 10),
+            Err(StoreError::TokenGuest { .. })
+        ));
+        assert!(matches!(
+            s.consume_token("h2", g(101), 1000),
+            Err(StoreError::TokenExpired { .. })
+        ));
+        s.consume_token("h1", g(101), 10).expect("first use");
+        assert!(matches!(
+            s.consume_token("h1", g(101), 11),
+            Err(StoreError::TokenUsed { .. })
+        ));
+        assert!(matches!(
+            s.consume_token("nope", g(101), 11),
+            Err(StoreError::TokenUnknown)
+        ));
+    }
+
+    #[test]
+    fn revisions_increase_and_survive_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db");
+        {
+            let s = RedbStore::open(&path).expect("open");
+            assert_eq!(
+                s.put_desired(&[(g(1), "d1".into(), b"{}".to_vec())])
+                    .expect("put"),
+                1
+            );
+            assert_eq!(
+                s.put_desired(&[(g(2), "d2".into(), b"{}".to_vec())])
+                    .expect("put"),
+                2
+            );
+        }
+        let s = RedbStore::open(&path).expect("reopen");
+        assert_eq!(s.desired(g(1)).expect("get").map(|d| d.revision), Some(1));
+        assert_eq!(
+            s.put_desired(&[(g(1), "d3".into(), b"{}".to_vec())])
+                .expect("put"),
+            3
+        );
+        assert_eq!(s.all_desired().expect("all").len(), 2);
+    }
+}

@@ -1,0 +1,53 @@
+//! Key pairs and certificate signing requests. Keys are ECDSA P-256 and are generated
+//! where they are used; only CSRs travel.
+
+use crate::San;
+use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("generate key pair: {0}")]
+    Generate(String),
+    #[error("load private key: {0}")]
+    Load(String),
+    #[error("build CSR for {subject}: {reason}")]
+    Csr { subject: String, reason: String },
+}
+
+pub fn generate() -> Result<KeyPair, KeyError> {
+    KeyPair::generate().map_err(|e| KeyError::Generate(e.to_string()))
+}
+
+pub fn load(pem: &str) -> Result<KeyPair, KeyError> {
+    KeyPair::from_pem(pem).map_err(|e| KeyError::Load(e.to_string()))
+}
+
+pub(crate) fn san_type(san: &San) -> Result<SanType, String> {
+    Ok(match san {
+        San::Dns(d) => SanType::DnsName(d.clone().try_into().map_err(|e| format!("{e}"))?),
+        San::Uri(u) => SanType::URI(u.clone().try_into().map_err(|e| format!("{e}"))?),
+        San::Ip(ip) => SanType::IpAddress(*ip),
+    })
+}
+
+/// A PEM CSR for `common_name` carrying `sans`. The CA may override both; the CSR's job
+/// is proof of possession.
+pub fn csr(key: &KeyPair, common_name: &str, sans: &[San]) -> Result<String, KeyError> {
+    let err = |reason: String| KeyError::Csr {
+        subject: common_name.to_string(),
+        reason,
+    };
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    params.distinguished_name = dn;
+    params.subject_alt_names = sans
+        .iter()
+        .map(san_type)
+        .collect::<Result<_, _>>()
+        .map_err(err)?;
+    params
+        .serialize_request(key)
+        .and_then(|r| r.pem())
+        .map_err(|e| err(e.to_string()))
+}
