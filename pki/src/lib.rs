@@ -7,6 +7,7 @@ pub mod authority;
 pub mod embedded;
 pub mod fsutil;
 pub mod keys;
+pub mod rotation;
 pub mod tls;
 pub mod transport;
 pub mod x509;
