@@ -1,4 +1,11 @@
 //! The Phoenix coordinator: compiles configs into one desired state per guest, enrolls
 //! agents, pushes states and records what every agent reports.
+//!
+//! Built as config → `server::run(config, listener, ca, shutdown)`; the `phoenix` binary
+//! is a thin CLI over this library and the admin client in [`admin_client`].
 
+pub mod admin_client;
+pub mod cli;
+pub mod server;
 pub mod store;
+pub mod tokens;

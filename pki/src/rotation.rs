@@ -57,10 +57,22 @@ mod tests {
 
     #[test]
     fn retry_backoff_is_capped_by_remaining_lifetime() {
-        assert_eq!(retry_delay(0, Duration::from_secs(3600)), Duration::from_secs(1));
-        assert_eq!(retry_delay(3, Duration::from_secs(3600)), Duration::from_secs(8));
-        assert_eq!(retry_delay(20, Duration::from_secs(3600)), Duration::from_secs(300));
-        assert_eq!(retry_delay(20, Duration::from_secs(60)), Duration::from_secs(6));
+        assert_eq!(
+            retry_delay(0, Duration::from_secs(3600)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            retry_delay(3, Duration::from_secs(3600)),
+            Duration::from_secs(8)
+        );
+        assert_eq!(
+            retry_delay(20, Duration::from_secs(3600)),
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            retry_delay(20, Duration::from_secs(60)),
+            Duration::from_secs(6)
+        );
         assert_eq!(retry_delay(20, Duration::ZERO), Duration::from_secs(1));
     }
 }

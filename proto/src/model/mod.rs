@@ -58,6 +58,9 @@ pub enum ModelError {
 }
 
 /// One thing Phoenix manages in a guest, tagged by `kind`.
+// Specs are built once per pass and matched on everywhere; boxing the big variants would
+// only make every handler's pattern noisier.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Resource {

@@ -1,0 +1,613 @@
+//! The `phoenix` command line: `serve` runs the daemon; every other command talks to it
+//! over the admin socket.
+
+pub mod duration;
+pub mod load;
+
+use crate::admin_client;
+use crate::server::{self, Config};
+use clap::{Parser, Subcommand, ValueEnum};
+use phoenix_proto::model::{ApplyReport, GuestId, Status, TrustDomain};
+use phoenix_proto::v1;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "phoenix",
+    version,
+    about = "Phoenix coordinator: desired state for every guest of a Proxmox host"
+)]
+pub struct Cli {
+    /// The daemon's admin socket.
+    #[arg(
+        long,
+        global = true,
+        env = "PHOENIX_ADMIN_SOCKET",
+        default_value = "/run/phoenix/admin.sock"
+    )]
+    pub admin_socket: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the coordinator daemon.
+    Serve(ServeArgs),
+    /// Push desired states and follow the agents until they converge.
+    Apply {
+        /// A file or directory of desired states.
+        #[arg(short = 'f', long = "file")]
+        path: PathBuf,
+        /// Show what would change on every guest; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Give up waiting for reports after this long.
+        #[arg(long, default_value = "120s", value_parser = duration::parse)]
+        timeout: Duration,
+        /// Return after the push, without waiting for reports.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Per guest: connected, revision wanted and applied, last report, cert expiry.
+    Status {
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Enrolled agents.
+    Agents {
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Identity and service certificates.
+    Certs {
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Join tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Print a single-use, expiring join token for one guest.
+    Create {
+        #[arg(long)]
+        guest: GuestId,
+        #[arg(long, default_value = "15m", value_parser = duration::parse)]
+        ttl: Duration,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    #[arg(long, env = "PHOENIX_STATE_DIR", default_value = "/var/lib/phoenix")]
+    pub state_dir: PathBuf,
+    #[arg(long, default_value = "0.0.0.0:7443")]
+    pub listen: SocketAddr,
+    /// Address agents dial (written into join tokens); default: the listen address.
+    #[arg(long)]
+    pub advertise: Option<String>,
+    #[arg(long, default_value = "phoenix.lab")]
+    pub trust_domain: String,
+    /// Group that may use the admin socket besides root.
+    #[arg(long)]
+    pub admin_group: Option<String>,
+    #[arg(long, default_value = "24h", value_parser = duration::parse)]
+    pub agent_cert_ttl: Duration,
+    #[arg(long, default_value = "24h", value_parser = duration::parse)]
+    pub coordinator_cert_ttl: Duration,
+    #[arg(long, default_value = "15s", value_parser = duration::parse)]
+    pub ping_interval: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Admin(#[from] admin_client::AdminConnectError),
+    #[error("{0}")]
+    Rpc(String),
+    #[error("{0}")]
+    Input(String),
+    #[error(transparent)]
+    Serve(#[from] server::ServeError),
+    /// Not every guest converged; the details were printed.
+    #[error("{0}")]
+    NotConverged(String),
+}
+
+impl From<tonic::Status> for CliError {
+    fn from(s: tonic::Status) -> Self {
+        CliError::Rpc(s.message().to_string())
+    }
+}
+
+fn ago(unix: i64) -> String {
+    if unix <= 0 {
+        return "-".into();
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    human(now - unix, "ago")
+}
+
+fn until(unix: i64) -> String {
+    if unix <= 0 {
+        return "-".into();
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    if unix < now {
+        return format!("EXPIRED {}", human(now - unix, "ago"));
+    }
+    format!("in {}", human(unix - now, ""))
+}
+
+fn human(secs: i64, suffix: &str) -> String {
+    let s = match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    };
+    if suffix.is_empty() {
+        s
+    } else {
+        format!("{s} {suffix}")
+    }
+}
+
+/// A plain aligned table; no external crate needed for this.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(c.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    let mut out = line(header.iter().map(|s| s.to_string()).collect());
+    for r in rows {
+        out.push('\n');
+        out.push_str(&line(r.clone()));
+    }
+    out
+}
+
+fn report_summary(r: &ApplyReport) -> String {
+    let mut parts = Vec::new();
+    for (s, n) in [
+        (Status::Changed, r.count(Status::Changed)),
+        (Status::Unchanged, r.count(Status::Unchanged)),
+        (Status::Failed, r.count(Status::Failed)),
+        (Status::Skipped, r.count(Status::Skipped)),
+    ] {
+        if n > 0 {
+            parts.push(format!("{n} {s}"));
+        }
+    }
+    if parts.is_empty() {
+        "no resources".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+fn status_json(s: &v1::GuestStatus) -> serde_json::Value {
+    let report = s
+        .last_report
+        .clone()
+        .and_then(|r| ApplyReport::try_from(r).ok());
+    serde_json::json!({
+        "guest": s.guest_id,
+        "enrolled": s.enrolled,
+        "connected": s.connected,
+        "wanted_revision": s.wanted_revision,
+        "applied_revision": s.applied_revision,
+        "converged": report.as_ref().map(|r| r.converged() && !r.dry_run && r.revision == s.wanted_revision),
+        "last_report": report,
+        "last_report_unix": s.last_report_unix,
+        "cert_not_after_unix": s.cert_not_after_unix,
+        "agent_version": s.agent_version,
+        "last_seen_unix": s.last_seen_unix,
+        "facts": s.facts.as_ref().map(|f| serde_json::json!({
+            "hostname": f.hostname, "os": f.os, "kernel": f.kernel, "cpus": f.cpus,
+            "memory_bytes": f.memory_bytes, "uptime_seconds": f.uptime_seconds,
+        })),
+    })
+}
+
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Serve(args) => serve(args, cli.admin_socket).await,
+        Command::Token {
+            command: TokenCommand::Create { guest, ttl },
+        } => {
+            let mut admin = admin_client::connect(&cli.admin_socket).await?;
+            let resp = admin
+                .create_token(v1::CreateTokenRequest {
+                    guest_id: guest.get(),
+                    ttl_seconds: ttl.as_secs(),
+                })
+                .await?
+                .into_inner();
+            println!("{}", resp.token);
+            eprintln!(
+                "single-use join token for guest {guest}, expires {}; on the guest run: phoenix-agent join <token>",
+                until(resp.expires_unix)
+            );
+            Ok(())
+        }
+        Command::Status { output } => {
+            let mut admin = admin_client::connect(&cli.admin_socket).await?;
+            let resp = admin.status(v1::StatusRequest {}).await?.into_inner();
+            match output {
+                Output::Json => {
+                    let v: Vec<_> = resp.guests.iter().map(status_json).collect();
+                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                }
+                Output::Table => {
+                    let rows: Vec<Vec<String>> = resp
+                        .guests
+                        .iter()
+                        .map(|s| {
+                            let report = s
+                                .last_report
+                                .clone()
+                                .and_then(|r| ApplyReport::try_from(r).ok());
+                            vec![
+                                s.guest_id.to_string(),
+                                if s.connected {
+                                    "yes"
+                                } else if s.enrolled {
+                                    "no"
+                                } else {
+                                    "not enrolled"
+                                }
+                                .into(),
+                                s.wanted_revision.to_string(),
+                                s.applied_revision.to_string(),
+                                report
+                                    .map(|r| {
+                                        format!(
+                                            "rev {} {} ({})",
+                                            r.revision,
+                                            report_summary(&r),
+                                            ago(s.last_report_unix)
+                                        )
+                                    })
+                                    .unwrap_or_else(|| "-".into()),
+                                until(s.cert_not_after_unix),
+                            ]
+                        })
+                        .collect();
+                    println!(
+                        "{}",
+                        table(
+                            &[
+                                "GUEST",
+                                "CONNECTED",
+                                "WANTED",
+                                "APPLIED",
+                                "LAST REPORT",
+                                "CERT EXPIRES"
+                            ],
+                            &rows
+                        )
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Agents { output } => {
+            let mut admin = admin_client::connect(&cli.admin_socket).await?;
+            let resp = admin.status(v1::StatusRequest {}).await?.into_inner();
+            let agents: Vec<_> = resp.guests.iter().filter(|s| s.enrolled).collect();
+            match output {
+                Output::Json => {
+                    let v: Vec<_> = agents.iter().map(|s| status_json(s)).collect();
+                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                }
+                Output::Table => {
+                    let rows: Vec<Vec<String>> = agents
+                        .iter()
+                        .map(|s| {
+                            let f = s.facts.clone().unwrap_or_default();
+                            vec![
+                                s.guest_id.to_string(),
+                                if s.connected {
+                                    "yes".into()
+                                } else {
+                                    "no".into()
+                                },
+                                s.agent_version.clone(),
+                                f.hostname,
+                                f.os,
+                                format!("{} cpu / {} MiB", f.cpus, f.memory_bytes / (1024 * 1024)),
+                                ago(s.last_seen_unix),
+                            ]
+                        })
+                        .collect();
+                    println!(
+                        "{}",
+                        table(
+                            &[
+                                "GUEST",
+                                "CONNECTED",
+                                "VERSION",
+                                "HOSTNAME",
+                                "OS",
+                                "RESOURCES",
+                                "LAST SEEN"
+                            ],
+                            &rows
+                        )
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Certs { output } => {
+            let mut admin = admin_client::connect(&cli.admin_socket).await?;
+            let resp = admin.certs(v1::CertsRequest {}).await?.into_inner();
+            match output {
+                Output::Json => {
+                    let v: Vec<_> = resp
+                        .certs
+                        .iter()
+                        .map(|c| {
+                            serde_json::json!({
+                                "guest": c.guest_id, "kind": c.kind, "subject": c.subject, "sans": c.sans,
+                                "not_after_unix": c.not_after_unix, "last_renewal_unix": c.last_renewal_unix,
+                                "last_result": c.last_result, "serial": c.serial,
+                            })
+                        })
+                        .collect();
+                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                }
+                Output::Table => {
+                    let rows: Vec<Vec<String>> = resp
+                        .certs
+                        .iter()
+                        .map(|c| {
+                            vec![
+                                if c.guest_id == 0 {
+                                    "-".into()
+                                } else {
+                                    c.guest_id.to_string()
+                                },
+                                c.kind.clone(),
+                                c.subject.clone(),
+                                c.sans.join(","),
+                                until(c.not_after_unix),
+                                ago(c.last_renewal_unix),
+                                c.last_result.clone(),
+                            ]
+                        })
+                        .collect();
+                    println!(
+                        "{}",
+                        table(
+                            &[
+                                "GUEST", "KIND", "SUBJECT", "SANS", "EXPIRES", "RENEWED", "RESULT"
+                            ],
+                            &rows
+                        )
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Apply {
+            path,
+            dry_run,
+            timeout,
+            no_wait,
+        } => apply(&cli.admin_socket, &path, dry_run, timeout, no_wait).await,
+    }
+}
+
+async fn serve(args: ServeArgs, admin_socket: PathBuf) -> Result<(), CliError> {
+    let trust_domain =
+        TrustDomain::try_from(args.trust_domain).map_err(|e| CliError::Input(e.to_string()))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| server::ServeError::Listen {
+            addr: args.listen.to_string(),
+            source,
+        })?;
+    let cfg = Config {
+        state_dir: args.state_dir,
+        listen: args.listen,
+        advertise: args.advertise,
+        trust_domain,
+        admin_socket,
+        admin_group: args.admin_group,
+        agent_cert_ttl: args.agent_cert_ttl,
+        coordinator_cert_ttl: args.coordinator_cert_ttl,
+        ping_interval: args.ping_interval,
+    };
+    let shutdown = async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {},
+        }
+    };
+    server::run(cfg, listener, None, shutdown).await?;
+    Ok(())
+}
+
+async fn apply(
+    socket: &std::path::Path,
+    path: &std::path::Path,
+    dry_run: bool,
+    timeout: Duration,
+    no_wait: bool,
+) -> Result<(), CliError> {
+    let specs = load::load(path).map_err(|errs| {
+        CliError::Input(
+            errs.iter()
+                .map(|e| format!("error: {e}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+    })?;
+    let mut admin = admin_client::connect(socket).await?;
+    let guests = specs.iter().map(|(g, s)| (g.get(), s.to_json())).collect();
+    // Watch before pushing so no report can slip past.
+    let ids: Vec<u32> = specs.keys().map(|g| g.get()).collect();
+    let mut reports = admin
+        .watch_reports(v1::WatchReportsRequest {
+            guest_ids: ids.clone(),
+        })
+        .await?
+        .into_inner();
+    let resp = admin
+        .apply(v1::AdminApplyRequest { guests, dry_run })
+        .await?
+        .into_inner();
+    let mut pending: BTreeMap<u32, (u64, String)> = BTreeMap::new();
+    for g in &resp.guests {
+        let what = if dry_run {
+            "plan"
+        } else if g.changed {
+            "new revision"
+        } else {
+            "unchanged"
+        };
+        println!(
+            "guest {}: {what} {} ({}){}",
+            g.guest_id,
+            if dry_run {
+                String::new()
+            } else {
+                format!("rev {}", g.revision)
+            },
+            if g.connected {
+                "connected"
+            } else {
+                "not connected: will converge when it connects"
+            },
+            if g.diff.is_empty() {
+                String::new()
+            } else {
+                format!("\n  {}", g.diff.join("\n  "))
+            }
+        );
+        if g.connected || !dry_run {
+            pending.insert(g.guest_id, (g.revision, g.digest.clone()));
+        }
+    }
+    if no_wait || pending.is_empty() {
+        return Ok(());
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut failed: BTreeSet<u32> = BTreeSet::new();
+    while !pending.is_empty() {
+        let ev = match tokio::time::timeout_at(deadline, reports.message()).await {
+            Ok(Ok(Some(ev))) => ev,
+            Ok(Ok(None)) => {
+                return Err(CliError::Rpc("coordinator closed the report stream".into()));
+            }
+            Ok(Err(s)) => return Err(s.into()),
+            Err(_) => break,
+        };
+        let Some(report) = ev.report.and_then(|r| ApplyReport::try_from(r).ok()) else {
+            continue;
+        };
+        let Some((rev, digest)) = pending.get(&ev.guest_id) else {
+            continue;
+        };
+        let relevant = if dry_run {
+            report.dry_run && &report.digest == digest
+        } else {
+            !report.dry_run
+                && report.revision >= *rev
+                && (report.revision > *rev || &report.digest == digest)
+        };
+        if !relevant {
+            continue;
+        }
+        let verdict = if dry_run {
+            "plan"
+        } else if report.converged() {
+            "converged"
+        } else {
+            "NOT converged"
+        };
+        println!(
+            "guest {} rev {}: {verdict}: {}",
+            ev.guest_id,
+            if dry_run {
+                "-".to_string()
+            } else {
+                report.revision.to_string()
+            },
+            report_summary(&report)
+        );
+        for r in &report.results {
+            if r.status != Status::Unchanged {
+                let detail = if r.diff.is_empty() {
+                    &r.message
+                } else {
+                    &r.diff
+                };
+                println!(
+                    "  {:<9} {}  {}",
+                    r.status.to_string(),
+                    r.resource,
+                    detail.replace('\n', "\n            ")
+                );
+            }
+        }
+        if !dry_run && !report.converged() {
+            failed.insert(ev.guest_id);
+        }
+        pending.remove(&ev.guest_id);
+    }
+    if !pending.is_empty() {
+        let list: Vec<String> = pending.keys().map(|g| g.to_string()).collect();
+        return Err(CliError::NotConverged(format!(
+            "timed out after {}s waiting for guests {}",
+            timeout.as_secs(),
+            list.join(", ")
+        )));
+    }
+    if !failed.is_empty() {
+        let list: Vec<String> = failed.iter().map(|g| g.to_string()).collect();
+        return Err(CliError::NotConverged(format!(
+            "guests not converged: {}",
+            list.join(", ")
+        )));
+    }
+    Ok(())
+}

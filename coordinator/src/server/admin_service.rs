@@ -1,0 +1,292 @@
+//! The local admin RPCs behind `phoenix apply|status|token|agents|certs`.
+
+use super::{Coordinator, RpcError, guest_id, now_unix};
+use crate::tokens::JoinToken;
+use phoenix_proto::model::{self, GuestId, GuestSpec};
+use phoenix_proto::v1;
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
+const MAX_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+pub struct AdminApi(pub Arc<Coordinator>);
+
+/// Resource-level difference between two specs: `+ id`, `- id`, `~ id`.
+pub fn spec_diff(old: &GuestSpec, new: &GuestSpec) -> Vec<String> {
+    let index = |s: &GuestSpec| -> BTreeMap<String, model::Resource> {
+        s.resources
+            .iter()
+            .map(|r| (r.id().to_string(), r.clone()))
+            .collect()
+    };
+    let (a, b) = (index(old), index(new));
+    let mut out = Vec::new();
+    for (id, r) in &b {
+        match a.get(id) {
+            None => out.push(format!("+ {id}")),
+            Some(prev) if prev != r => out.push(format!("~ {id}")),
+            Some(_) => {}
+        }
+    }
+    for id in a.keys().filter(|id| !b.contains_key(*id)) {
+        out.push(format!("- {id}"));
+    }
+    out
+}
+
+type ReportStream = Pin<Box<dyn Stream<Item = Result<v1::ReportEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl v1::admin_server::Admin for AdminApi {
+    async fn apply(
+        &self,
+        req: Request<v1::AdminApplyRequest>,
+    ) -> Result<Response<v1::AdminApplyResponse>, Status> {
+        let c = &self.0;
+        let req = req.into_inner();
+        // Validate every guest's spec before storing or pushing any.
+        let mut parsed = Vec::new();
+        let mut errors = Vec::new();
+        for (raw, json) in &req.guests {
+            let guest = guest_id(*raw)?;
+            match GuestSpec::from_json(json) {
+                Ok(spec) => parsed.push((guest, spec)),
+                Err(errs) => errors.extend(errs.into_iter().map(|e| format!("guest {guest}: {e}"))),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(RpcError::BadRequest(errors.join("\n")).into());
+        }
+        let mut out = Vec::new();
+        let mut to_store = Vec::new();
+        for (guest, spec) in &parsed {
+            let json = spec.to_json();
+            let digest = model::digest(&json);
+            let stored = c.store.desired(*guest).map_err(RpcError::from)?;
+            let old_spec = stored
+                .as_ref()
+                .and_then(|d| GuestSpec::from_json(&d.spec_json).ok())
+                .unwrap_or_default();
+            let changed = stored.as_ref().map(|d| d.digest != digest).unwrap_or(true);
+            out.push(v1::GuestApply {
+                guest_id: guest.get(),
+                revision: stored.as_ref().map(|d| d.revision).unwrap_or(0),
+                digest: digest.clone(),
+                changed,
+                connected: c.hub.connected(*guest),
+                diff: spec_diff(&old_spec, spec),
+            });
+            if changed {
+                to_store.push((*guest, digest, json));
+            }
+        }
+        if req.dry_run {
+            for (g, digest, json) in &to_store {
+                c.hub.push(
+                    *g,
+                    v1::DesiredState {
+                        revision: u64::MAX,
+                        digest: digest.clone(),
+                        spec_json: json.clone(),
+                        dry_run: true,
+                    },
+                );
+            }
+            // Unchanged guests are dry-run too, so the plan also shows host drift.
+            for (g, spec) in &parsed {
+                if !to_store.iter().any(|(x, _, _)| x == g) {
+                    let json = spec.to_json();
+                    c.hub.push(
+                        *g,
+                        v1::DesiredState {
+                            revision: u64::MAX,
+                            digest: model::digest(&json),
+                            spec_json: json,
+                            dry_run: true,
+                        },
+                    );
+                }
+            }
+            return Ok(Response::new(v1::AdminApplyResponse { guests: out }));
+        }
+        if !to_store.is_empty() {
+            let revision = c.store.put_desired(&to_store).map_err(RpcError::from)?;
+            for (g, digest, json) in to_store {
+                if let Some(entry) = out.iter_mut().find(|o| o.guest_id == g.get()) {
+                    entry.revision = revision;
+                }
+                c.hub.push(
+                    g,
+                    v1::DesiredState {
+                        revision,
+                        digest,
+                        spec_json: json,
+                        dry_run: false,
+                    },
+                );
+            }
+        }
+        Ok(Response::new(v1::AdminApplyResponse { guests: out }))
+    }
+
+    async fn status(
+        &self,
+        _req: Request<v1::StatusRequest>,
+    ) -> Result<Response<v1::StatusResponse>, Status> {
+        let c = &self.0;
+        let mut guests: BTreeMap<GuestId, v1::GuestStatus> = BTreeMap::new();
+        for (g, d) in c.store.all_desired().map_err(RpcError::from)? {
+            let e = guests.entry(g).or_default();
+            e.guest_id = g.get();
+            e.wanted_revision = d.revision;
+            e.wanted_digest = d.digest;
+        }
+        for (g, a) in c.store.agents().map_err(RpcError::from)? {
+            let e = guests.entry(g).or_default();
+            e.guest_id = g.get();
+            e.enrolled = true;
+            e.applied_revision = a.applied_revision;
+            e.applied_digest = a.applied_digest;
+            e.cert_not_after_unix = a.not_after_unix;
+            e.agent_version = a.agent_version;
+            e.last_seen_unix = a.last_seen_unix;
+            e.facts = prost::Message::decode(a.facts.as_slice()).ok();
+        }
+        for (g, e) in guests.iter_mut() {
+            e.connected = c.hub.connected(*g);
+            if let Some(r) = c.store.report(*g).map_err(RpcError::from)? {
+                e.last_report = Some(v1::ApplyReport::from(&r.report));
+                e.last_report_unix = r.received_unix;
+            }
+        }
+        Ok(Response::new(v1::StatusResponse {
+            guests: guests.into_values().collect(),
+        }))
+    }
+
+    async fn create_token(
+        &self,
+        req: Request<v1::CreateTokenRequest>,
+    ) -> Result<Response<v1::CreateTokenResponse>, Status> {
+        let c = &self.0;
+        let req = req.into_inner();
+        let guest = guest_id(req.guest_id)?;
+        let ttl = match req.ttl_seconds {
+            0 => DEFAULT_TOKEN_TTL,
+            s => Duration::from_secs(s),
+        };
+        if ttl > MAX_TOKEN_TTL {
+            return Err(RpcError::BadRequest(format!(
+                "token lifetime {}s exceeds the maximum of {}s",
+                ttl.as_secs(),
+                MAX_TOKEN_TTL.as_secs()
+            ))
+            .into());
+        }
+        let expires = now_unix() + ttl.as_secs() as i64;
+        let token = JoinToken::mint(&c.advertise, &c.ca_fingerprint()?, guest, expires);
+        c.store
+            .put_token(
+                &token.secret_hash(),
+                &crate::store::TokenRecord {
+                    guest,
+                    expires_unix: expires,
+                    used_unix: None,
+                },
+            )
+            .map_err(RpcError::from)?;
+        Ok(Response::new(v1::CreateTokenResponse {
+            token: token.encode(),
+            expires_unix: expires,
+        }))
+    }
+
+    type WatchReportsStream = ReportStream;
+
+    async fn watch_reports(
+        &self,
+        req: Request<v1::WatchReportsRequest>,
+    ) -> Result<Response<ReportStream>, Status> {
+        let c = self.0.clone();
+        let wanted: Vec<GuestId> = req
+            .into_inner()
+            .guest_ids
+            .into_iter()
+            .map(guest_id)
+            .collect::<Result<_, _>>()?;
+        // Subscribe before reading the stored reports so nothing falls in between.
+        let mut live = c.hub.subscribe_reports();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        for g in &wanted {
+            if let Some(r) = c.store.report(*g).map_err(RpcError::from)? {
+                let _ = tx
+                    .send(Ok(v1::ReportEvent {
+                        guest_id: g.get(),
+                        report: Some(v1::ApplyReport::from(&r.report)),
+                    }))
+                    .await;
+            }
+        }
+        tokio::spawn(async move {
+            loop {
+                match live.recv().await {
+                    Ok((g, report)) => {
+                        if !wanted.is_empty() && !wanted.contains(&g) {
+                            continue;
+                        }
+                        let ev = v1::ReportEvent {
+                            guest_id: g.get(),
+                            report: Some(v1::ApplyReport::from(report.as_ref())),
+                        };
+                        if tx.send(Ok(ev)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "report watcher fell behind");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn certs(
+        &self,
+        _req: Request<v1::CertsRequest>,
+    ) -> Result<Response<v1::CertsResponse>, Status> {
+        let c = &self.0;
+        let own = c.identity.current().info;
+        let mut certs = vec![v1::CertEntry {
+            guest_id: 0,
+            kind: "coordinator".into(),
+            subject: own.common_name.clone(),
+            sans: own.sans.iter().map(|s| s.to_string()).collect(),
+            not_after_unix: super::unix(own.not_after),
+            last_renewal_unix: super::unix(own.not_before),
+            last_result: "ok".into(),
+            serial: own.serial_hex.clone(),
+        }];
+        for (g, a) in c.store.agents().map_err(RpcError::from)? {
+            certs.push(v1::CertEntry {
+                guest_id: g.get(),
+                kind: "identity".into(),
+                subject: format!("guest-{g}"),
+                sans: vec![format!("URI:{}", c.td.guest_uri(g))],
+                not_after_unix: a.not_after_unix,
+                last_renewal_unix: a.renewed_unix,
+                last_result: "ok".into(),
+                serial: a.serial,
+            });
+        }
+        Ok(Response::new(v1::CertsResponse { certs }))
+    }
+}

@@ -1,0 +1,54 @@
+use crate::store::StoreError;
+use phoenix_pki::CaError;
+use tonic::Status;
+
+/// Everything an RPC handler can fail with; mapped to a gRPC status in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    Denied(String),
+    #[error("enroll refused: {0}")]
+    Token(StoreError),
+    #[error("{0}")]
+    Store(StoreError),
+    #[error("certificate authority: {0}")]
+    Ca(CaError),
+    #[error("{0}")]
+    NotFound(String),
+}
+
+impl From<StoreError> for RpcError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::TokenUnknown
+            | StoreError::TokenUsed { .. }
+            | StoreError::TokenExpired { .. }
+            | StoreError::TokenGuest { .. } => RpcError::Token(e),
+            StoreError::Open { .. } | StoreError::Io { .. } => RpcError::Store(e),
+        }
+    }
+}
+
+impl From<CaError> for RpcError {
+    fn from(e: CaError) -> Self {
+        RpcError::Ca(e)
+    }
+}
+
+impl From<RpcError> for Status {
+    fn from(e: RpcError) -> Status {
+        let msg = e.to_string();
+        match e {
+            RpcError::BadRequest(_) => Status::invalid_argument(msg),
+            RpcError::Unauthenticated(_) => Status::unauthenticated(msg),
+            RpcError::Denied(_) | RpcError::Token(_) => Status::permission_denied(msg),
+            RpcError::Store(_) => Status::internal(msg),
+            RpcError::Ca(_) => Status::unavailable(msg),
+            RpcError::NotFound(_) => Status::not_found(msg),
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Per-guest channels between admin pushes and agent sessions. Each guest has a
+//! `watch` for its desired state, so the latest revision always wins and a session
+//! opened later still gets it; reports fan out on a broadcast for CLI watchers.
+
+use phoenix_proto::model::{ApplyReport, GuestId};
+use phoenix_proto::v1;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{broadcast, watch};
+
+pub type Pushed = Option<Arc<v1::DesiredState>>;
+
+struct GuestChannels {
+    desired: watch::Sender<Pushed>,
+    dry_run: watch::Sender<Pushed>,
+    session: Option<u64>,
+}
+
+impl GuestChannels {
+    fn new() -> Self {
+        GuestChannels {
+            desired: watch::channel(None).0,
+            dry_run: watch::channel(None).0,
+            session: None,
+        }
+    }
+}
+
+/// A session's view of its guest's channels; detaches itself when dropped.
+pub struct Attachment {
+    pub desired: watch::Receiver<Pushed>,
+    pub dry_run: watch::Receiver<Pushed>,
+    hub: Arc<Hub>,
+    guest: GuestId,
+    session: u64,
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        let mut guests = self.hub.lock();
+        if let Some(ch) = guests.get_mut(&self.guest)
+            && ch.session == Some(self.session)
+        {
+            ch.session = None;
+        }
+    }
+}
+
+pub struct Hub {
+    guests: Mutex<HashMap<GuestId, GuestChannels>>,
+    reports: broadcast::Sender<(GuestId, Arc<ApplyReport>)>,
+    next_session: std::sync::atomic::AtomicU64,
+}
+
+impl Hub {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Hub {
+            guests: Mutex::new(HashMap::new()),
+            reports: broadcast::channel(4096).0,
+            next_session: std::sync::atomic::AtomicU64::new(1),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<GuestId, GuestChannels>> {
+        self.guests.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn push(&self, guest: GuestId, state: v1::DesiredState) {
+        let mut guests = self.lock();
+        let ch = guests.entry(guest).or_insert_with(GuestChannels::new);
+        let target = if state.dry_run {
+            &ch.dry_run
+        } else {
+            &ch.desired
+        };
+        target.send_replace(Some(Arc::new(state)));
+    }
+
+    /// Registers a new session for `guest`; a previous session of the same guest stops
+    /// counting as "the" session (it ends on its own when its stream breaks).
+    pub fn attach(self: &Arc<Self>, guest: GuestId) -> Attachment {
+        let session = self
+            .next_session
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut guests = self.lock();
+        let ch = guests.entry(guest).or_insert_with(GuestChannels::new);
+        ch.session = Some(session);
+        let mut desired = ch.desired.subscribe();
+        desired.mark_changed();
+        // A dry run pushed before the agent connected is stale; only later ones count.
+        let dry_run = ch.dry_run.subscribe();
+        Attachment {
+            desired,
+            dry_run,
+            hub: self.clone(),
+            guest,
+            session,
+        }
+    }
+
+    pub fn connected(&self, guest: GuestId) -> bool {
+        self.lock().get(&guest).is_some_and(|c| c.session.is_some())
+    }
+
+    pub fn connected_count(&self) -> usize {
+        self.lock().values().filter(|c| c.session.is_some()).count()
+    }
+
+    pub fn publish_report(&self, guest: GuestId, report: Arc<ApplyReport>) {
+        let _ = self.reports.send((guest, report));
+    }
+
+    pub fn subscribe_reports(&self) -> broadcast::Receiver<(GuestId, Arc<ApplyReport>)> {
+        self.reports.subscribe()
+    }
+}

@@ -1,0 +1,321 @@
+//! The daemon: the agent-facing gRPC service on TCP (TLS done by hand so identities rotate
+//! in memory), the admin service on a unix socket, and the renewal of its own identity.
+
+mod admin_service;
+mod agent_service;
+mod error;
+pub mod hub;
+
+pub use error::RpcError;
+
+use crate::store::{RedbStore, Store, StoreError};
+use hub::Hub;
+use phoenix_pki::embedded::EmbeddedCa;
+use phoenix_pki::fsutil::{ensure_dir, write_atomic};
+use phoenix_pki::tls::{Identity, IdentityStore, TlsSetupError, TrustStore};
+use phoenix_pki::{CaError, CertAuthority, IssueRequest, San, keys};
+use phoenix_proto::MAX_MESSAGE_BYTES;
+use phoenix_proto::model::{GuestId, TrustDomain};
+use phoenix_proto::v1;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::net::{TcpListener, UnixListener};
+
+/// How the daemon is set up; every field has a flag in `phoenix serve`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub state_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Address written into join tokens; defaults to the bound listen address.
+    pub advertise: Option<String>,
+    pub trust_domain: TrustDomain,
+    pub admin_socket: PathBuf,
+    /// Group allowed to use the admin socket besides root.
+    pub admin_group: Option<String>,
+    pub agent_cert_ttl: Duration,
+    pub coordinator_cert_ttl: Duration,
+    /// Application-level ping on every session, on top of HTTP/2 keepalive, so a
+    /// half-open session is noticed by both sides.
+    pub ping_interval: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("prepare state directory {path}: {source}")]
+    StateDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    #[error("coordinator identity: {0}")]
+    Identity(String),
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("admin socket {path}: {reason}")]
+    Admin { path: String, reason: String },
+    #[error("gRPC server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+pub(crate) fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn unix(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Shared state of the daemon.
+pub struct Coordinator {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) ca: Arc<dyn CertAuthority>,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) td: TrustDomain,
+    pub(crate) identity: Arc<IdentityStore>,
+    pub(crate) trust: Arc<TrustStore>,
+    pub(crate) advertise: String,
+    pub(crate) cfg: Config,
+}
+
+impl Coordinator {
+    pub(crate) fn ca_fingerprint(&self) -> Result<String, RpcError> {
+        let roots =
+            phoenix_pki::x509::parse_chain(&self.trust.pem(), "trust bundle").map_err(|e| {
+                RpcError::Ca(CaError::BadAnswer {
+                    action: "read roots",
+                    reason: e.to_string(),
+                })
+            })?;
+        // The last root is the one agents pin; a bundle in transition lists the new root first.
+        roots
+            .last()
+            .map(|r| phoenix_pki::x509::fingerprint(r))
+            .ok_or_else(|| RpcError::NotFound("no root CA".into()))
+    }
+}
+
+/// A fresh key and certificate for the coordinator, chain ending with the root so an
+/// enrolling agent can pin the root by fingerprint.
+async fn issue_own_identity(
+    ca: &dyn CertAuthority,
+    td: &TrustDomain,
+    advertise: &str,
+    ttl: Duration,
+) -> Result<Identity, ServeError> {
+    let key = keys::generate().map_err(|e| ServeError::Identity(e.to_string()))?;
+    let mut sans = vec![
+        San::Dns(td.coordinator_dns()),
+        San::Uri(td.coordinator_uri()),
+    ];
+    let host = advertise
+        .rsplit_once(':')
+        .map(|(h, _)| h.trim_matches(['[', ']']))
+        .unwrap_or(advertise);
+    if !host.is_empty() && host != td.coordinator_dns() {
+        sans.push(San::host(host));
+    }
+    let csr = keys::csr(&key, &td.coordinator_dns(), &sans)
+        .map_err(|e| ServeError::Identity(e.to_string()))?;
+    let issued = ca
+        .issue(IssueRequest {
+            csr_pem: csr,
+            common_name: td.coordinator_dns(),
+            sans,
+            ttl,
+        })
+        .await?;
+    let chain = format!("{}{}", issued.chain_pem, issued.roots_pem);
+    Ok(Identity::from_pem(&chain, &key.serialize_pem())?)
+}
+
+/// Renews the coordinator's identity at about 2/3 of its lifetime; on failure keeps the
+/// old one and retries.
+async fn renew_own_identity(c: Arc<Coordinator>) {
+    loop {
+        let info = c.identity.current().info;
+        let wait = phoenix_pki::rotation::renew_delay(&info, SystemTime::now());
+        tokio::time::sleep(wait).await;
+        let renewed = issue_own_identity(
+            c.ca.as_ref(),
+            &c.td,
+            &c.advertise,
+            c.cfg.coordinator_cert_ttl,
+        )
+        .await;
+        match renewed.and_then(|id| {
+            c.trust.verify_chain(&id.chain_pem)?;
+            Ok(id)
+        }) {
+            Ok(id) => {
+                tracing::info!(serial = %id.info.serial_hex, "coordinator identity renewed");
+                c.identity.swap(id);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "coordinator identity renewal failed; keeping the current one");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    }
+}
+
+fn prepare_admin_socket(cfg: &Config) -> Result<UnixListener, ServeError> {
+    let path = &cfg.admin_socket;
+    let err = |reason: String| ServeError::Admin {
+        path: path.display().to_string(),
+        reason,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    }
+    // A stale socket from a killed daemon would make bind fail.
+    if path.exists() {
+        std::fs::remove_file(path).map_err(|e| err(e.to_string()))?;
+    }
+    let listener = UnixListener::bind(path).map_err(|e| err(e.to_string()))?;
+    use std::os::unix::fs::PermissionsExt;
+    let mode = if cfg.admin_group.is_some() {
+        0o660
+    } else {
+        0o600
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| err(e.to_string()))?;
+    if let Some(group) = &cfg.admin_group {
+        let gid = nix::unistd::Group::from_name(group)
+            .map_err(|e| err(e.to_string()))?
+            .ok_or_else(|| err(format!("group {group:?} does not exist")))?
+            .gid;
+        nix::unistd::chown(path, None, Some(gid)).map_err(|e| err(e.to_string()))?;
+    }
+    Ok(listener)
+}
+
+/// Runs the daemon until `shutdown` resolves. `listener` is passed in so tests and
+/// callers choose the port; `ca` overrides the embedded CA (Step-CA).
+pub async fn run(
+    cfg: Config,
+    listener: TcpListener,
+    ca: Option<Arc<dyn CertAuthority>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    ensure_dir(&cfg.state_dir, 0o700).map_err(|source| ServeError::StateDir {
+        path: cfg.state_dir.display().to_string(),
+        source,
+    })?;
+    let store: Arc<dyn Store> = Arc::new(RedbStore::open(&cfg.state_dir.join("phoenix.redb"))?);
+    let ca: Arc<dyn CertAuthority> = match ca {
+        Some(ca) => ca,
+        None => Arc::new(EmbeddedCa::load_or_create(
+            &cfg.state_dir.join("ca"),
+            cfg.trust_domain.as_str(),
+        )?),
+    };
+    let local = listener.local_addr().map_err(|source| ServeError::Listen {
+        addr: cfg.listen.to_string(),
+        source,
+    })?;
+    let advertise = cfg.advertise.clone().unwrap_or_else(|| local.to_string());
+    let trust = TrustStore::from_pem(&ca.roots_pem().await?)?;
+    let identity = issue_own_identity(
+        ca.as_ref(),
+        &cfg.trust_domain,
+        &advertise,
+        cfg.coordinator_cert_ttl,
+    )
+    .await?;
+    trust.verify_chain(&identity.chain_pem)?;
+    let identity = IdentityStore::new(identity);
+    let hub = Hub::new();
+    for (guest, rec) in store.all_desired()? {
+        hub.push(guest, desired_message(&rec));
+    }
+    let admin_listener = prepare_admin_socket(&cfg)?;
+    let server_tls = phoenix_pki::tls::server_config(identity.clone(), trust.clone())?;
+    let c = Arc::new(Coordinator {
+        store,
+        ca,
+        hub,
+        td: cfg.trust_domain.clone(),
+        identity,
+        trust,
+        advertise: advertise.clone(),
+        cfg: cfg.clone(),
+    });
+    write_atomic(
+        &cfg.state_dir.join("coordinator.addr"),
+        advertise.as_bytes(),
+        0o644,
+    )
+    .map_err(|source| ServeError::StateDir {
+        path: cfg.state_dir.display().to_string(),
+        source,
+    })?;
+    tracing::info!(listen = %local, %advertise, admin = %cfg.admin_socket.display(), ca = c.ca.name(), "coordinator ready");
+
+    let renew = tokio::spawn(renew_own_identity(c.clone()));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let agent_svc = v1::agent_server::AgentServer::new(agent_service::AgentApi(c.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let admin_svc = v1::admin_server::AdminServer::new(admin_service::AdminApi(c.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let agent_server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_nodelay(true)
+        .serve_with_incoming_shutdown(
+            agent_svc,
+            phoenix_pki::transport::tls_incoming(listener, server_tls),
+            stopped(stop_rx.clone()),
+        );
+    let admin_server = tonic::transport::Server::builder().serve_with_incoming_shutdown(
+        admin_svc,
+        tokio_stream::wrappers::UnixListenerStream::new(admin_listener),
+        stopped(stop_rx),
+    );
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let (a, b) = tokio::join!(agent_server, admin_server);
+    renew.abort();
+    let _ = std::fs::remove_file(&cfg.admin_socket);
+    a?;
+    b?;
+    Ok(())
+}
+
+pub(crate) fn desired_message(rec: &crate::store::DesiredRecord) -> v1::DesiredState {
+    v1::DesiredState {
+        revision: rec.revision,
+        digest: rec.digest.clone(),
+        spec_json: rec.spec_json.clone(),
+        dry_run: false,
+    }
+}
+
+pub(crate) fn guest_id(raw: u32) -> Result<GuestId, RpcError> {
+    GuestId::try_from(raw).map_err(|e| RpcError::BadRequest(e.to_string()))
+}
