@@ -1,6 +1,279 @@
 //! The reconcile engine: validate every resource, then walk them in dependency order,
 //! check → apply, and report each honestly.
+//!
+//! Guarantees: nothing is changed unless every resource validated; a resource whose
+//! `depends_on` failed or was skipped is skipped; one failure does not stop independent
+//! resources; passes never overlap (one lock); a newer desired state arriving mid-pass
+//! stops the pass between resources, the rest reported as skipped.
 
 pub mod handler;
 
 pub use handler::{Check, Converge, PassContext, ResourceError};
+
+use phoenix_proto::model::{
+    ApplyReport, AptSourceSpec, CertSpec, DesiredState, ExecSpec, FileSpec, PackageSpec, Resource,
+    ResourceRef, ResourceResult, ServiceSpec, StackSpec, Status,
+};
+use std::collections::BTreeSet;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// One handler per resource kind.
+#[derive(Clone)]
+pub struct Handlers {
+    pub files: Arc<dyn Converge<FileSpec>>,
+    pub packages: Arc<dyn Converge<PackageSpec>>,
+    pub apt_sources: Arc<dyn Converge<AptSourceSpec>>,
+    pub services: Arc<dyn Converge<ServiceSpec>>,
+    pub stacks: Arc<dyn Converge<StackSpec>>,
+    pub certs: Arc<dyn Converge<CertSpec>>,
+    pub execs: Arc<dyn Converge<ExecSpec>>,
+}
+
+/// Stands in for a kind this agent build cannot manage: it fails validation, so a spec
+/// using it is refused whole instead of half-applied.
+pub struct Unsupported<S>(&'static str, PhantomData<fn(&S)>);
+
+impl<S> Unsupported<S> {
+    pub fn new(kind: &'static str) -> Arc<Self> {
+        Arc::new(Unsupported(kind, PhantomData))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("resource kind {0:?} is not supported by this agent build")]
+struct UnsupportedKind(&'static str);
+
+#[async_trait::async_trait]
+impl<S: Sync> Converge<S> for Unsupported<S> {
+    fn validate(&self, _spec: &S) -> Result<(), ResourceError> {
+        Err(Box::new(UnsupportedKind(self.0)))
+    }
+    async fn check(&self, _spec: &S, _cx: &PassContext) -> Result<Check, ResourceError> {
+        Err(Box::new(UnsupportedKind(self.0)))
+    }
+    async fn apply(&self, _spec: &S, _cx: &PassContext) -> Result<String, ResourceError> {
+        Err(Box::new(UnsupportedKind(self.0)))
+    }
+}
+
+impl Handlers {
+    /// Only files; every other kind unsupported. Used by tests of the engine itself.
+    pub fn files_only(files: Arc<dyn Converge<FileSpec>>) -> Self {
+        Handlers {
+            files,
+            packages: Unsupported::new("package"),
+            apt_sources: Unsupported::new("apt_source"),
+            services: Unsupported::new("service"),
+            stacks: Unsupported::new("stack"),
+            certs: Unsupported::new("cert"),
+            execs: Unsupported::new("exec"),
+        }
+    }
+
+    fn validate(&self, r: &Resource) -> Result<(), ResourceError> {
+        match r {
+            Resource::File(s) => self.files.validate(s),
+            Resource::Package(s) => self.packages.validate(s),
+            Resource::AptSource(s) => self.apt_sources.validate(s),
+            Resource::Service(s) => self.services.validate(s),
+            Resource::Stack(s) => self.stacks.validate(s),
+            Resource::Cert(s) => self.certs.validate(s),
+            Resource::Exec(s) => self.execs.validate(s),
+        }
+    }
+
+    async fn check(&self, r: &Resource, cx: &PassContext) -> Result<Check, ResourceError> {
+        match r {
+            Resource::File(s) => self.files.check(s, cx).await,
+            Resource::Package(s) => self.packages.check(s, cx).await,
+            Resource::AptSource(s) => self.apt_sources.check(s, cx).await,
+            Resource::Service(s) => self.services.check(s, cx).await,
+            Resource::Stack(s) => self.stacks.check(s, cx).await,
+            Resource::Cert(s) => self.certs.check(s, cx).await,
+            Resource::Exec(s) => self.execs.check(s, cx).await,
+        }
+    }
+
+    async fn apply(&self, r: &Resource, cx: &PassContext) -> Result<String, ResourceError> {
+        match r {
+            Resource::File(s) => self.files.apply(s, cx).await,
+            Resource::Package(s) => self.packages.apply(s, cx).await,
+            Resource::AptSource(s) => self.apt_sources.apply(s, cx).await,
+            Resource::Service(s) => self.services.apply(s, cx).await,
+            Resource::Stack(s) => self.stacks.apply(s, cx).await,
+            Resource::Cert(s) => self.certs.apply(s, cx).await,
+            Resource::Exec(s) => self.execs.apply(s, cx).await,
+        }
+    }
+}
+
+pub struct Engine {
+    handlers: Handlers,
+    lock: tokio::sync::Mutex<()>,
+}
+
+fn result(
+    id: &ResourceRef,
+    status: Status,
+    message: String,
+    diff: String,
+    started: Instant,
+) -> ResourceResult {
+    ResourceResult {
+        resource: id.to_string(),
+        status,
+        message,
+        duration_micros: started.elapsed().as_micros() as u64,
+        diff,
+    }
+}
+
+impl Engine {
+    pub fn new(handlers: Handlers) -> Self {
+        Engine {
+            handlers,
+            lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Runs one pass. `superseded` is polled between resources; when it returns a
+    /// revision, the pass stops there.
+    pub async fn run(
+        &self,
+        desired: &DesiredState,
+        trigger: &str,
+        superseded: &(dyn Fn() -> Option<u64> + Send + Sync),
+    ) -> ApplyReport {
+        let _pass = self.lock.lock().await;
+        let started = Instant::now();
+        let spec = &desired.spec;
+        let mut results = Vec::with_capacity(spec.resources.len());
+        let order = match spec.order() {
+            Ok(o) => o,
+            Err(e) => {
+                // A validated spec has no cycles; keep going honestly if one slipped by.
+                for r in &spec.resources {
+                    results.push(result(
+                        &r.id(),
+                        Status::Failed,
+                        e.to_string(),
+                        String::new(),
+                        started,
+                    ));
+                }
+                return self.report(desired, trigger, results, started);
+            }
+        };
+
+        let invalid: Vec<(usize, String)> = order
+            .iter()
+            .filter_map(|&i| {
+                self.handlers
+                    .validate(&spec.resources[i])
+                    .err()
+                    .map(|e| (i, e.to_string()))
+            })
+            .collect();
+        if !invalid.is_empty() {
+            let n = invalid.len();
+            for &i in &order {
+                let r = &spec.resources[i];
+                let t = Instant::now();
+                match invalid.iter().find(|(j, _)| *j == i) {
+                    Some((_, msg)) => results.push(result(&r.id(), Status::Failed, format!("invalid: {msg}"), String::new(), t)),
+                    None => results.push(result(
+                        &r.id(),
+                        Status::Skipped,
+                        format!("not applied: {n} resource(s) of this state failed validation, so nothing was changed"),
+                        String::new(),
+                        t,
+                    )),
+                }
+            }
+            return self.report(desired, trigger, results, started);
+        }
+
+        let mut cx = PassContext {
+            dry_run: desired.dry_run,
+            changed: BTreeSet::new(),
+        };
+        let mut not_ok: BTreeSet<ResourceRef> = BTreeSet::new();
+        for &i in &order {
+            let r = &spec.resources[i];
+            let id = r.id();
+            let t = Instant::now();
+            if let Some(rev) = superseded() {
+                not_ok.insert(id.clone());
+                results.push(result(
+                    &id,
+                    Status::Skipped,
+                    format!("superseded by revision {rev}"),
+                    String::new(),
+                    t,
+                ));
+                continue;
+            }
+            if let Some(dep) = r.depends_on().iter().find(|d| not_ok.contains(*d)) {
+                not_ok.insert(id.clone());
+                results.push(result(
+                    &id,
+                    Status::Skipped,
+                    format!("dependency {dep} did not converge"),
+                    String::new(),
+                    t,
+                ));
+                continue;
+            }
+            match self.handlers.check(r, &cx).await {
+                Ok(Check::InSync) => results.push(result(
+                    &id,
+                    Status::Unchanged,
+                    String::new(),
+                    String::new(),
+                    t,
+                )),
+                Ok(Check::Drift { diff }) if cx.dry_run => {
+                    cx.changed.insert(id.clone());
+                    results.push(result(&id, Status::Changed, "would change".into(), diff, t));
+                }
+                Ok(Check::Drift { diff }) => match self.handlers.apply(r, &cx).await {
+                    Ok(msg) => {
+                        cx.changed.insert(id.clone());
+                        results.push(result(&id, Status::Changed, msg, diff, t));
+                    }
+                    Err(e) => {
+                        not_ok.insert(id.clone());
+                        results.push(result(&id, Status::Failed, e.to_string(), diff, t));
+                    }
+                },
+                Err(e) => {
+                    not_ok.insert(id.clone());
+                    results.push(result(&id, Status::Failed, e.to_string(), String::new(), t));
+                }
+            }
+        }
+        self.report(desired, trigger, results, started)
+    }
+
+    fn report(
+        &self,
+        desired: &DesiredState,
+        trigger: &str,
+        results: Vec<ResourceResult>,
+        started: Instant,
+    ) -> ApplyReport {
+        ApplyReport {
+            revision: desired.revision,
+            digest: desired.digest.clone(),
+            dry_run: desired.dry_run,
+            results,
+            duration_micros: started.elapsed().as_micros() as u64,
+            trigger: trigger.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

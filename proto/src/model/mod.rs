@@ -112,6 +112,19 @@ impl Resource {
         }
     }
 
+    /// Every resource this one must come after: `depends_on` plus the resources whose
+    /// change triggers it (restart_on, reload_on, refresh_on). Only `depends_on` makes a
+    /// failure propagate as "skipped".
+    pub fn after(&self) -> Vec<&ResourceRef> {
+        let mut out: Vec<&ResourceRef> = self.depends_on().iter().collect();
+        match self {
+            Resource::Service(s) => out.extend(s.restart_on.iter().chain(&s.reload_on)),
+            Resource::Exec(s) => out.extend(s.refresh_on.iter()),
+            _ => {}
+        }
+        out
+    }
+
     fn validate(&self) -> Result<(), ModelError> {
         let invalid = |reason: String| ModelError::Invalid {
             resource: self.id(),
@@ -152,7 +165,7 @@ impl GuestSpec {
             }
         }
         for r in &self.resources {
-            for dep in r.depends_on() {
+            for dep in r.after() {
                 if !ids.contains(dep) {
                     errors.push(ModelError::UnknownDependency {
                         from: r.id(),
@@ -185,7 +198,7 @@ impl GuestSpec {
         let mut indegree = vec![0usize; self.resources.len()];
         let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); self.resources.len()];
         for (i, r) in self.resources.iter().enumerate() {
-            for dep in r.depends_on() {
+            for dep in r.after() {
                 if let Some(&j) = index.get(dep) {
                     indegree[i] += 1;
                     dependents[j].push(i);
