@@ -1,0 +1,322 @@
+//! Managed files: whole content, mode, owner, group; written atomically; confined to the
+//! roots the agent was started with (a desired state cannot write `/etc/shadow` unless
+//! the operator allowed `/etc`).
+
+use crate::reconcile::{Check, Converge, PassContext, ResourceError};
+use phoenix_pki::fsutil::{self, FileAttrs};
+use phoenix_proto::model::{Ensure, FileSpec};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+const DEFAULT_MODE: u32 = 0o644;
+/// Content diffs longer than this many lines are summarized.
+const DIFF_LINES: usize = 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("file {path}: outside the allowed roots ({roots})")]
+    OutsideRoots { path: String, roots: String },
+    #[error("file {path}: {component} is a symlink leading outside the allowed roots")]
+    SymlinkEscape { path: String, component: String },
+    #[error("file {path}: exists and is not a regular file; refusing to replace it")]
+    NotRegular { path: String },
+    #[error("file {path}: unknown {what} {name:?}")]
+    UnknownAccount {
+        path: String,
+        what: &'static str,
+        name: String,
+    },
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> FileError + 'a {
+    move |source| FileError::Io {
+        action,
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+pub struct FileConverger {
+    roots: Vec<PathBuf>,
+}
+
+impl FileConverger {
+    pub fn new(roots: Vec<PathBuf>) -> Self {
+        FileConverger { roots }
+    }
+
+    fn root_of(&self, path: &Path) -> Option<&Path> {
+        self.roots
+            .iter()
+            .find(|r| path.starts_with(r) && path != r.as_path())
+            .map(|r| r.as_path())
+    }
+
+    /// Every existing ancestor between the root and the file must resolve inside the root,
+    /// so a symlinked directory cannot redirect a write.
+    fn check_symlinks(&self, path: &Path) -> Result<(), FileError> {
+        let Some(root) = self.root_of(path) else {
+            return Err(self.outside(path));
+        };
+        let real_root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+        let mut cur = path.parent();
+        while let Some(dir) = cur {
+            if !dir.starts_with(root) || dir == root {
+                break;
+            }
+            if let Ok(real) = std::fs::canonicalize(dir)
+                && !real.starts_with(&real_root)
+            {
+                return Err(FileError::SymlinkEscape {
+                    path: path.display().to_string(),
+                    component: dir.display().to_string(),
+                });
+            }
+            cur = dir.parent();
+        }
+        Ok(())
+    }
+
+    fn outside(&self, path: &Path) -> FileError {
+        FileError::OutsideRoots {
+            path: path.display().to_string(),
+            roots: self
+                .roots
+                .iter()
+                .map(|r| r.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+}
+
+pub(crate) fn resolve_user(path: &Path, name: &str) -> Result<u32, FileError> {
+    if let Ok(n) = name.parse() {
+        return Ok(n);
+    }
+    nix::unistd::User::from_name(name)
+        .ok()
+        .flatten()
+        .map(|u| u.uid.as_raw())
+        .ok_or_else(|| FileError::UnknownAccount {
+            path: path.display().to_string(),
+            what: "user",
+            name: name.to_string(),
+        })
+}
+
+pub(crate) fn resolve_group(path: &Path, name: &str) -> Result<u32, FileError> {
+    if let Ok(n) = name.parse() {
+        return Ok(n);
+    }
+    nix::unistd::Group::from_name(name)
+        .ok()
+        .flatten()
+        .map(|g| g.gid.as_raw())
+        .ok_or_else(|| FileError::UnknownAccount {
+            path: path.display().to_string(),
+            what: "group",
+            name: name.to_string(),
+        })
+}
+
+/// What differs between the file on disk and the spec.
+struct Observed {
+    exists: bool,
+    content_differs: bool,
+    old_content: Option<Vec<u8>>,
+    mode: Option<u32>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+}
+
+fn observe(spec: &FileSpec) -> Result<Observed, FileError> {
+    let path = spec.path.as_path();
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Observed {
+            exists: false,
+            content_differs: true,
+            old_content: None,
+            mode: None,
+            uid: None,
+            gid: None,
+        }),
+        Err(e) => Err(io("inspect", path)(e)),
+        Ok(meta) if !meta.file_type().is_file() => Err(FileError::NotRegular {
+            path: path.display().to_string(),
+        }),
+        Ok(meta) => {
+            let differs = meta.len() != spec.content.len() as u64
+                || std::fs::read(path).map_err(io("read", path))? != spec.content.as_bytes();
+            let old_content = if differs {
+                std::fs::read(path).ok()
+            } else {
+                None
+            };
+            Ok(Observed {
+                exists: true,
+                content_differs: differs,
+                old_content,
+                mode: Some(meta.permissions().mode() & 0o7777),
+                uid: Some(meta.uid()),
+                gid: Some(meta.gid()),
+            })
+        }
+    }
+}
+
+/// A short line diff; private files (no read bit for others) get a size summary only,
+/// since their content may be secret.
+fn content_diff(old: Option<&[u8]>, new: &str, private: bool) -> String {
+    let old_len = old.map(|o| o.len()).unwrap_or(0);
+    let summary = format!("content: {old_len} → {} bytes", new.len());
+    if private {
+        return format!("{summary} (private file, content not shown)");
+    }
+    let (Some(old), true) = (old.and_then(|o| std::str::from_utf8(o).ok()), true) else {
+        return summary;
+    };
+    let old_lines: Vec<&str> = old.lines().collect();
+    let new_lines: Vec<&str> = new.lines().collect();
+    let mut out = vec![summary];
+    for l in old_lines
+        .iter()
+        .filter(|l| !new_lines.contains(l))
+        .take(DIFF_LINES)
+    {
+        out.push(format!("- {l}"));
+    }
+    for l in new_lines
+        .iter()
+        .filter(|l| !old_lines.contains(l))
+        .take(DIFF_LINES)
+    {
+        out.push(format!("+ {l}"));
+    }
+    out.join("\n")
+}
+
+#[async_trait::async_trait]
+impl Converge<FileSpec> for FileConverger {
+    fn validate(&self, spec: &FileSpec) -> Result<(), ResourceError> {
+        if self.root_of(spec.path.as_path()).is_none() {
+            return Err(Box::new(self.outside(spec.path.as_path())));
+        }
+        Ok(())
+    }
+
+    async fn check(&self, spec: &FileSpec, _cx: &PassContext) -> Result<Check, ResourceError> {
+        let path = spec.path.as_path();
+        self.check_symlinks(path)?;
+        if spec.ensure == Ensure::Absent {
+            return Ok(match std::fs::symlink_metadata(path) {
+                Ok(_) => Check::Drift {
+                    diff: format!("remove {}", spec.path),
+                },
+                Err(_) => Check::InSync,
+            });
+        }
+        let obs = observe(spec)?;
+        let mut diff = Vec::new();
+        let want_mode = spec.mode.map(|m| m.bits());
+        if !obs.exists {
+            diff.push(format!(
+                "create {} ({} bytes)",
+                spec.path,
+                spec.content.len()
+            ));
+        } else if obs.content_differs {
+            let mode = want_mode.or(obs.mode).unwrap_or(DEFAULT_MODE);
+            diff.push(content_diff(
+                obs.old_content.as_deref(),
+                &spec.content,
+                mode & 0o004 == 0,
+            ));
+        }
+        if let (Some(want), Some(have)) = (want_mode, obs.mode)
+            && want != have
+        {
+            diff.push(format!("mode: {have:04o} → {want:04o}"));
+        }
+        if let Some(owner) = &spec.owner {
+            let want = resolve_user(path, owner)?;
+            if obs.uid.is_some_and(|u| u != want) {
+                diff.push(format!("owner: {} → {owner}", obs.uid.unwrap_or_default()));
+            }
+        }
+        if let Some(group) = &spec.group {
+            let want = resolve_group(path, group)?;
+            if obs.gid.is_some_and(|g| g != want) {
+                diff.push(format!("group: {} → {group}", obs.gid.unwrap_or_default()));
+            }
+        }
+        Ok(if diff.is_empty() {
+            Check::InSync
+        } else {
+            Check::Drift {
+                diff: diff.join("\n"),
+            }
+        })
+    }
+
+    async fn apply(&self, spec: &FileSpec, _cx: &PassContext) -> Result<String, ResourceError> {
+        let path = spec.path.as_path();
+        self.check_symlinks(path)?;
+        if spec.ensure == Ensure::Absent {
+            std::fs::remove_file(path).map_err(io("remove", path))?;
+            return Ok(format!("removed {}", spec.path));
+        }
+        let obs = observe(spec)?;
+        let uid = spec
+            .owner
+            .as_deref()
+            .map(|o| resolve_user(path, o))
+            .transpose()?;
+        let gid = spec
+            .group
+            .as_deref()
+            .map(|g| resolve_group(path, g))
+            .transpose()?;
+        let mode = spec
+            .mode
+            .map(|m| m.bits())
+            .or(obs.mode)
+            .unwrap_or(DEFAULT_MODE);
+        if obs.content_differs {
+            if let Some(parent) = path.parent()
+                && !parent.exists()
+            {
+                std::fs::create_dir_all(parent).map_err(io("create directory for", path))?;
+            }
+            // Keep the existing owner when the spec does not name one.
+            let attrs = FileAttrs {
+                mode,
+                uid: uid.or(obs.uid),
+                gid: gid.or(obs.gid),
+            };
+            fsutil::write_file(path, spec.content.as_bytes(), attrs).map_err(io("write", path))?;
+            return Ok(format!(
+                "{} {} ({} bytes)",
+                if obs.exists { "rewrote" } else { "created" },
+                spec.path,
+                spec.content.len()
+            ));
+        }
+        if uid.is_some() || gid.is_some() {
+            std::os::unix::fs::chown(path, uid, gid).map_err(io("chown", path))?;
+        }
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(io("chmod", path))?;
+        Ok(format!("fixed metadata of {}", spec.path))
+    }
+}
+
+#[cfg(test)]
+mod tests;
