@@ -8,4 +8,3 @@ pub mod admin_client;
 pub mod cli;
 pub mod server;
 pub mod store;
-pub mod tokens;

@@ -500,7 +500,7 @@ async fn apply(
         let what = if dry_run {
             "plan"
         } else if g.changed {
-            "new revision"
+            "new"
         } else {
             "unchanged"
         };

@@ -1,8 +1,8 @@
 //! The local admin RPCs behind `phoenix apply|status|token|agents|certs`.
 
 use super::{Coordinator, RpcError, guest_id, now_unix};
-use crate::tokens::JoinToken;
 use phoenix_proto::model::{self, GuestId, GuestSpec};
+use phoenix_proto::token::JoinToken;
 use phoenix_proto::v1;
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -189,7 +189,7 @@ impl v1::admin_server::Admin for AdminApi {
             .into());
         }
         let expires = now_unix() + ttl.as_secs() as i64;
-        let token = JoinToken::mint(&c.advertise, &c.ca_fingerprint()?, guest, expires);
+        let token = JoinToken::mint(&c.advertise, &c.td, &c.ca_fingerprint()?, guest, expires);
         c.store
             .put_token(
                 &token.secret_hash(),

@@ -4,10 +4,10 @@
 
 use super::{Coordinator, RpcError, guest_id, now_unix, unix};
 use crate::store::{AgentRecord, ReportRecord};
-use crate::tokens::JoinToken;
 use phoenix_pki::x509::{self, CertInfo};
 use phoenix_pki::{IssueRequest, San};
 use phoenix_proto::model::{ApplyReport, GuestId, GuestSpec, Resource};
+use phoenix_proto::token::JoinToken;
 use phoenix_proto::v1::{self, agent_message, coordinator_message};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -86,6 +86,7 @@ impl AgentApi {
         let report =
             ApplyReport::try_from(report).map_err(|e| RpcError::BadRequest(e.to_string()))?;
         if !report.dry_run
+            && report.converged()
             && let Some(mut rec) = c.store.agent(guest)?
         {
             rec.applied_revision = report.revision;

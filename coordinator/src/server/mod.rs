@@ -220,11 +220,16 @@ pub async fn run(
         path: cfg.state_dir.display().to_string(),
         source,
     })?;
+    let ca_dir = cfg.state_dir.join("ca");
+    ensure_dir(&ca_dir, 0o700).map_err(|source| ServeError::StateDir {
+        path: ca_dir.display().to_string(),
+        source,
+    })?;
     let store: Arc<dyn Store> = Arc::new(RedbStore::open(&cfg.state_dir.join("phoenix.redb"))?);
     let ca: Arc<dyn CertAuthority> = match ca {
         Some(ca) => ca,
         None => Arc::new(EmbeddedCa::load_or_create(
-            &cfg.state_dir.join("ca"),
+            &ca_dir,
             cfg.trust_domain.as_str(),
         )?),
     };

@@ -2,9 +2,9 @@
 //! coordinator address, the CA fingerprint to pin (as `step ca bootstrap --fingerprint`)
 //! and the guest it is for. Only the SHA-256 of its secret is stored.
 
+use crate::model::{GuestId, TrustDomain};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use phoenix_proto::model::GuestId;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -21,6 +21,9 @@ pub struct JoinToken {
     /// Address agents dial, host:port.
     #[serde(rename = "a")]
     pub addr: String,
+    /// The coordinator's certificate is verified as `coordinator.<trust domain>`.
+    #[serde(rename = "t")]
+    pub trust_domain: TrustDomain,
     /// Hex SHA-256 of the root CA certificate.
     #[serde(rename = "f")]
     pub ca_fingerprint: String,
@@ -34,11 +37,18 @@ pub struct JoinToken {
 }
 
 impl JoinToken {
-    pub fn mint(addr: &str, ca_fingerprint: &str, guest: GuestId, expires_unix: i64) -> Self {
+    pub fn mint(
+        addr: &str,
+        trust_domain: &TrustDomain,
+        ca_fingerprint: &str,
+        guest: GuestId,
+        expires_unix: i64,
+    ) -> Self {
         let mut secret = [0u8; 32];
         rand::Rng::fill(&mut rand::rng(), &mut secret[..]);
         JoinToken {
             addr: addr.to_string(),
+            trust_domain: trust_domain.clone(),
             ca_fingerprint: ca_fingerprint.to_string(),
             guest,
             expires_unix,
@@ -83,7 +93,8 @@ mod tests {
     #[test]
     fn round_trips_and_rejects_garbage() {
         let g = GuestId::try_from(101).expect("valid");
-        let t = JoinToken::mint("10.0.0.2:7443", &"ab".repeat(32), g, 99);
+        let td = TrustDomain::try_from("phoenix.lab".to_string()).expect("valid");
+        let t = JoinToken::mint("10.0.0.2:7443", &td, &"ab".repeat(32), g, 99);
         assert_eq!(JoinToken::decode(&t.encode()), Ok(t.clone()));
         assert!(JoinToken::decode("PHX1.!!!").is_err());
         assert!(JoinToken::decode(&t.encode().replace("PHX1.", "PHX2.")).is_err());
