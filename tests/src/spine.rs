@@ -1,0 +1,248 @@
+//! Real `phoenix` and `phoenix-agent` processes on loopback.
+
+use crate::{bin, wait_for};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+fn spawn_logged(cmd: &mut Command, log: &Path) -> Child {
+    let out = File::create(log).expect("create log");
+    let err = out.try_clone().expect("clone log");
+    cmd.stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .env("PHOENIX_LOG", "info")
+        .spawn()
+        .expect("spawn")
+}
+
+fn kill9(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// A coordinator daemon in its own directory.
+pub struct Coordinator {
+    pub dir: PathBuf,
+    pub addr: String,
+    pub extra: Vec<String>,
+    child: Option<Child>,
+    runs: u32,
+}
+
+impl Coordinator {
+    pub fn start(dir: &Path, extra: &[&str]) -> Self {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        let mut c = Coordinator {
+            dir: dir.to_path_buf(),
+            addr: "127.0.0.1:0".into(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            runs: 0,
+        };
+        c.spawn();
+        c
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("admin.sock")
+    }
+
+    fn spawn(&mut self) {
+        let addr_file = self.dir.join("state/coordinator.addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let _ = std::fs::remove_file(self.socket());
+        let mut cmd = Command::new(bin("phoenix"));
+        cmd.arg("--admin-socket")
+            .arg(self.socket())
+            .arg("serve")
+            .arg("--state-dir")
+            .arg(self.dir.join("state"))
+            .arg("--listen")
+            .arg(&self.addr)
+            .arg("--ping-interval")
+            .arg("2s")
+            .args(&self.extra);
+        self.runs += 1;
+        let log = self.dir.join(format!("coordinator.{}.log", self.runs));
+        self.child = Some(spawn_logged(&mut cmd, &log));
+        self.addr = wait_for(Duration::from_secs(20), "coordinator to listen", || {
+            let a = std::fs::read_to_string(&addr_file).ok()?;
+            self.socket().exists().then_some(a)
+        });
+    }
+
+    /// `kill -9`, as a crash.
+    pub fn kill9(&mut self) {
+        kill9(&mut self.child);
+    }
+
+    /// Starts again on the same port and state.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin("phoenix"))
+            .arg("--admin-socket")
+            .arg(self.socket())
+            .args(args)
+            .output()
+            .expect("run phoenix")
+    }
+
+    pub fn token(&self, guest: u32) -> String {
+        let out = self.cli(&["token", "create", "--guest", &guest.to_string()]);
+        assert!(
+            out.status.success(),
+            "token create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let out = self.cli(&["status", "-o", "json"]);
+        assert!(
+            out.status.success(),
+            "status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status json")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join(format!("coordinator.{}.log", self.runs)))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        kill9(&mut self.child);
+    }
+}
+
+/// A `phoenix-agent` with its own state dir and file root.
+pub struct Agent {
+    pub guest: u32,
+    pub dir: PathBuf,
+    pub root: PathBuf,
+    child: Option<Child>,
+    runs: u32,
+}
+
+impl Agent {
+    pub fn new(base: &Path, guest: u32) -> Self {
+        let dir = base.join(format!("agent-{guest}"));
+        let root = dir.join("root");
+        std::fs::create_dir_all(&root).expect("mkdir");
+        Agent {
+            guest,
+            dir,
+            root,
+            child: None,
+            runs: 0,
+        }
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    pub fn join(&self, token: &str, extra: &[&str]) -> Output {
+        Command::new(bin("phoenix-agent"))
+            .arg("--state-dir")
+            .arg(self.state())
+            .arg("join")
+            .arg(token)
+            .args(extra)
+            .output()
+            .expect("run phoenix-agent join")
+    }
+
+    pub fn start(&mut self) {
+        self.runs += 1;
+        let mut cmd = Command::new(bin("phoenix-agent"));
+        cmd.arg("--state-dir")
+            .arg(self.state())
+            .arg("run")
+            .arg("--file-root")
+            .arg(&self.root)
+            .arg("--drift-interval")
+            .arg("3")
+            .arg("--backoff-max")
+            .arg("2");
+        self.child = Some(spawn_logged(
+            &mut cmd,
+            &self.dir.join(format!("agent.{}.log", self.runs)),
+        ));
+    }
+
+    pub fn kill9(&mut self) {
+        kill9(&mut self.child);
+    }
+
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join(format!("agent.{}.log", self.runs)))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        kill9(&mut self.child);
+    }
+}
+
+/// Writes `{"guests": {...}}` for `phoenix apply -f`.
+pub fn write_spec(path: &Path, guests: &[(u32, serde_json::Value)]) {
+    let mut map = serde_json::Map::new();
+    for (g, spec) in guests {
+        map.insert(g.to_string(), spec.clone());
+    }
+    let doc = serde_json::json!({ "guests": map });
+    std::fs::write(path, serde_json::to_vec_pretty(&doc).expect("json")).expect("write spec");
+}
+
+/// A spec of plain files under `root`.
+pub fn files_spec(root: &Path, files: &[(&str, &str)]) -> serde_json::Value {
+    let resources: Vec<_> = files
+        .iter()
+        .map(|(name, content)| {
+            serde_json::json!({"kind": "file", "path": root.join(name).display().to_string(), "content": content})
+        })
+        .collect();
+    serde_json::json!({ "resources": resources })
+}
+
+/// The guest's row in `phoenix status -o json`.
+pub fn guest_status(status: &serde_json::Value, guest: u32) -> Option<serde_json::Value> {
+    status
+        .as_array()?
+        .iter()
+        .find(|g| g["guest"] == guest)
+        .cloned()
+}
+
+/// True when the guest reports the wanted revision applied and converged.
+pub fn converged(status: &serde_json::Value, guest: u32) -> bool {
+    guest_status(status, guest).is_some_and(|g| {
+        g["wanted_revision"].as_u64().unwrap_or(0) > 0
+            && g["wanted_revision"] == g["applied_revision"]
+            && g["converged"] == true
+    })
+}

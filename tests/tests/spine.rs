@@ -1,0 +1,292 @@
+//! The spine end to end: real `phoenix` and `phoenix-agent` binaries on loopback.
+
+use phoenix_tests::spine::{Agent, Coordinator, converged, files_spec, guest_status, write_spec};
+use phoenix_tests::wait_for;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(30);
+
+fn enrolled(c: &Coordinator, base: &std::path::Path, guest: u32) -> Agent {
+    let mut a = Agent::new(base, guest);
+    let out = a.join(&c.token(guest), &[]);
+    assert!(
+        out.status.success(),
+        "join {guest}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    a.start();
+    wait_for(T, "agent connected", || {
+        phoenix_tests::spine::guest_status(&c.status(), guest).filter(|g| g["connected"] == true)
+    });
+    a
+}
+
+fn apply(c: &Coordinator, spec: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["apply", "-f", spec.to_str().expect("utf8")];
+    if !extra.contains(&"--timeout") {
+        args.extend(["--timeout", "30s"]);
+    }
+    args.extend_from_slice(extra);
+    c.cli(&args)
+}
+
+#[test]
+fn three_agents_enroll_apply_change_and_converge() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let c = Coordinator::start(&tmp.path().join("c"), &[]);
+    let agents: Vec<Agent> = [101, 102, 103]
+        .into_iter()
+        .map(|g| enrolled(&c, tmp.path(), g))
+        .collect();
+    let spec = tmp.path().join("spec.json");
+    let specs = |v: &str| -> Vec<(u32, serde_json::Value)> {
+        agents
+            .iter()
+            .map(|a| {
+                (
+                    a.guest,
+                    files_spec(&a.root, &[("motd", v), ("app.conf", "port=80\n")]),
+                )
+            })
+            .collect()
+    };
+    write_spec(&spec, &specs("v1\n"));
+    let out = apply(&c, &spec, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "apply: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for a in &agents {
+        assert!(
+            stdout.contains(&format!("guest {} rev 1: converged: 2 changed", a.guest)),
+            "{stdout}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(a.root.join("motd")).expect("motd"),
+            "v1\n"
+        );
+    }
+
+    // Change one file on every guest: exactly that resource changes.
+    write_spec(&spec, &specs("v2\n"));
+    let out = apply(&c, &spec, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "apply v2: {stdout}");
+    assert!(stdout.contains("1 changed, 1 unchanged"), "{stdout}");
+    let status = c.status();
+    for a in &agents {
+        assert_eq!(
+            std::fs::read_to_string(a.root.join("motd")).expect("motd"),
+            "v2\n"
+        );
+        assert!(converged(&status, a.guest), "{status:#}");
+        let g = guest_status(&status, a.guest).expect("row");
+        assert_eq!(g["connected"], true);
+        assert!(
+            g["facts"]["cpus"].as_u64().unwrap_or(0) > 0,
+            "facts reported: {g}"
+        );
+    }
+
+    // Same state again: no new revision, nothing touched.
+    let before = std::fs::metadata(agents[0].root.join("motd"))
+        .expect("meta")
+        .modified()
+        .expect("mtime");
+    let out = apply(&c, &spec, &[]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("unchanged"));
+    let after = std::fs::metadata(agents[0].root.join("motd"))
+        .expect("meta")
+        .modified()
+        .expect("mtime");
+    assert_eq!(before, after);
+}
+
+#[test]
+fn dry_run_shows_the_diff_and_mutates_nothing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let c = Coordinator::start(&tmp.path().join("c"), &[]);
+    let a = enrolled(&c, tmp.path(), 201);
+    std::fs::write(a.root.join("motd"), "hand edited\n").expect("write");
+    let spec = tmp.path().join("spec.json");
+    write_spec(
+        &spec,
+        &[(201, files_spec(&a.root, &[("motd", "managed\n")]))],
+    );
+    let out = apply(&c, &spec, &["--dry-run"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("- hand edited") && stdout.contains("+ managed"),
+        "{stdout}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(a.root.join("motd")).expect("motd"),
+        "hand edited\n"
+    );
+    let status = c.status();
+    assert_eq!(
+        guest_status(&status, 201).expect("row")["wanted_revision"],
+        0,
+        "dry-run stored nothing"
+    );
+}
+
+#[test]
+fn coordinator_crash_mid_push_loses_nothing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut c = Coordinator::start(&tmp.path().join("c"), &[]);
+    let agents: Vec<Agent> = [111, 112, 113]
+        .into_iter()
+        .map(|g| enrolled(&c, tmp.path(), g))
+        .collect();
+    let spec = tmp.path().join("spec.json");
+    let guests: Vec<_> = agents
+        .iter()
+        .map(|a| (a.guest, files_spec(&a.root, &[("a", "1\n"), ("b", "2\n")])))
+        .collect();
+    write_spec(&spec, &guests);
+    let out = apply(&c, &spec, &["--no-wait"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.kill9();
+    c.restart();
+    wait_for(
+        T,
+        "all guests converged after the coordinator restart",
+        || {
+            let s = c.status();
+            agents.iter().all(|a| converged(&s, a.guest)).then_some(())
+        },
+    );
+    let s = c.status();
+    for a in &agents {
+        assert_eq!(guest_status(&s, a.guest).expect("row")["connected"], true);
+        assert_eq!(std::fs::read_to_string(a.root.join("b")).expect("b"), "2\n");
+    }
+    // The next apply after the restart gets a newer revision than the one before it.
+    write_spec(
+        &spec,
+        &guests
+            .iter()
+            .map(|(g, _)| (*g, files_spec(&agents[0].root, &[])))
+            .take(1)
+            .collect::<Vec<_>>(),
+    );
+    let out = apply(&c, &spec, &[]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("rev 2"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn offline_agent_converges_when_it_comes_back() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let c = Coordinator::start(&tmp.path().join("c"), &[]);
+    let mut a = enrolled(&c, tmp.path(), 121);
+    wait_for(T, "agent connected", || {
+        guest_status(&c.status(), 121).filter(|g| g["connected"] == true)
+    });
+    a.kill9();
+    wait_for(T, "agent seen offline", || {
+        guest_status(&c.status(), 121).filter(|g| g["connected"] == false)
+    });
+    let spec = tmp.path().join("spec.json");
+    write_spec(&spec, &[(121, files_spec(&a.root, &[("late", "x\n")]))]);
+    let out = apply(&c, &spec, &["--timeout", "2s"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "apply must say the guest did not converge"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("not connected"), "{stdout}");
+    a.start();
+    wait_for(T, "offline agent converged", || {
+        converged(&c.status(), 121).then_some(())
+    });
+    assert_eq!(
+        std::fs::read_to_string(a.root.join("late")).expect("late"),
+        "x\n"
+    );
+}
+
+#[test]
+fn agent_keeps_enforcing_while_the_coordinator_is_down() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut c = Coordinator::start(&tmp.path().join("c"), &[]);
+    let mut a = enrolled(&c, tmp.path(), 131);
+    let spec = tmp.path().join("spec.json");
+    write_spec(
+        &spec,
+        &[(131, files_spec(&a.root, &[("conf", "managed\n")]))],
+    );
+    assert!(apply(&c, &spec, &[]).status.success());
+    c.kill9();
+    // Restart the agent too: it must work from its persisted desired state alone.
+    a.kill9();
+    a.start();
+    std::fs::write(a.root.join("conf"), "tampered\n").expect("tamper");
+    wait_for(T, "drift repaired without a coordinator", || {
+        (std::fs::read_to_string(a.root.join("conf")).ok()? == "managed\n").then_some(())
+    });
+}
+
+#[test]
+fn agent_killed_mid_apply_leaves_no_torn_file() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let c = Coordinator::start(&tmp.path().join("c"), &[]);
+    let mut a = enrolled(&c, tmp.path(), 141);
+    let spec = tmp.path().join("spec.json");
+    let old = "o".repeat(64 * 1024);
+    let new = "n".repeat(64 * 1024);
+    let names: Vec<String> = (0..60).map(|i| format!("f{i:02}")).collect();
+    let files = |content: &str| -> serde_json::Value {
+        let list: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), content)).collect();
+        files_spec(&a.root, &list)
+    };
+    write_spec(&spec, &[(141, files(&old))]);
+    assert!(apply(&c, &spec, &[]).status.success());
+    write_spec(&spec, &[(141, files(&new))]);
+    assert!(apply(&c, &spec, &["--no-wait"]).status.success());
+    // Kill as soon as the first new file shows up: mid-pass.
+    wait_for(T, "the pass to start", || {
+        names
+            .iter()
+            .any(|n| std::fs::read_to_string(a.root.join(n)).is_ok_and(|s| s == new))
+            .then_some(())
+    });
+    a.kill9();
+    let mut seen_new = 0;
+    for n in &names {
+        let s = std::fs::read_to_string(a.root.join(n)).expect("file still there");
+        assert!(s == old || s == new, "{n} is torn ({} bytes)", s.len());
+        seen_new += usize::from(s == new);
+    }
+    eprintln!("killed after {seen_new}/{} files", names.len());
+    a.start();
+    wait_for(T, "convergence after restart", || {
+        converged(&c.status(), 141).then_some(())
+    });
+    for n in &names {
+        assert_eq!(std::fs::read_to_string(a.root.join(n)).expect("file"), new);
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(&a.root)
+        .expect("ls")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("phoenix-tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+}
