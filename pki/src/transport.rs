@@ -77,12 +77,28 @@ impl Default for ChannelOptions {
 pub enum ConnectError {
     #[error("connect to coordinator at {addr}: invalid server name {name:?}")]
     ServerName { addr: String, name: String },
-    #[error("connect to coordinator at {addr}: {source}")]
+    #[error("connect to coordinator at {addr}: {}", error_chain(source))]
     Connect {
         addr: String,
         #[source]
         source: tonic::transport::Error,
     },
+}
+
+/// `outer: inner: innermost`, because tonic's transport errors hide the TLS reason
+/// (bad certificate, unknown CA) in their sources.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let msg = s.to_string();
+        if !out.contains(&msg) {
+            out.push_str(": ");
+            out.push_str(&msg);
+        }
+        cur = s.source();
+    }
+    out
 }
 
 /// Dials `addr` (host:port), verifying the server as `server_name`.

@@ -1,0 +1,39 @@
+//! A hand-driven agent client, for presenting identities the real agent never would.
+
+use phoenix_pki::tls::{self, Identity, IdentityStore, TrustStore};
+use phoenix_pki::transport::{self, ChannelOptions};
+use phoenix_proto::v1::{self, agent_message};
+
+/// Opens a session as `chain_pem`/`key_pem` and sends a Hello for `hello_guest`.
+/// Ok if the coordinator accepted the session, else the error text.
+pub async fn session_attempt(
+    addr: &str,
+    server_name: &str,
+    chain_pem: &str,
+    key_pem: &str,
+    roots_pem: &str,
+    hello_guest: u32,
+) -> Result<(), String> {
+    let id = Identity::from_pem(chain_pem, key_pem).map_err(|e| e.to_string())?;
+    let trust = TrustStore::from_pem(roots_pem).map_err(|e| e.to_string())?;
+    let cfg = tls::client_config(IdentityStore::new(id), trust).map_err(|e| e.to_string())?;
+    let channel = transport::connect(addr, server_name, cfg, &ChannelOptions::default())
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    let mut client = v1::agent_client::AgentClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let hello = v1::AgentMessage {
+        msg: Some(agent_message::Msg::Hello(v1::Hello {
+            guest_id: hello_guest,
+            agent_version: "raw".into(),
+            ..Default::default()
+        })),
+    };
+    tx.send(hello).await.map_err(|e| e.to_string())?;
+    let resp = client
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
+    drop(resp);
+    Ok(())
+}

@@ -1,0 +1,199 @@
+//! Every refusal of "Identity and security", against the real binaries.
+
+use phoenix_pki::embedded::EmbeddedCa;
+use phoenix_pki::{CertAuthority, IssueRequest, San, keys};
+use phoenix_proto::token::JoinToken;
+use phoenix_tests::raw::session_attempt;
+use phoenix_tests::spine::{Agent, Coordinator};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+const SERVER: &str = "coordinator.phoenix.lab";
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
+}
+
+/// (chain, key, roots) of an enrolled agent.
+fn identity(a: &Agent) -> (String, String, String) {
+    let s = a.state();
+    (
+        read(&s.join("cert.pem")),
+        read(&s.join("key.pem")),
+        read(&s.join("roots.pem")),
+    )
+}
+
+async fn issue(ca: &EmbeddedCa, uri: &str, ttl: Duration) -> (String, String) {
+    let key = keys::generate().expect("key");
+    let csr = keys::csr(&key, "x", &[]).expect("csr");
+    let issued = ca
+        .issue(IssueRequest {
+            csr_pem: csr,
+            common_name: "x".into(),
+            sans: vec![San::Uri(uri.into())],
+            ttl,
+        })
+        .await
+        .expect("issue");
+    (issued.chain_pem, key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn join_tokens_are_single_use_expiring_and_guest_bound() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let c = Coordinator::start(&tmp.path().join("c"), &[]);
+
+    let a = Agent::new(tmp.path(), 101);
+    let token = c.token(101);
+    assert!(a.join(&token, &[]).status.success());
+    // Key and state are private.
+    let mode = std::fs::metadata(a.state().join("key.pem"))
+        .expect("key")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let mode = std::fs::metadata(a.state())
+        .expect("dir")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700);
+
+    let again = Agent::new(&tmp.path().join("again"), 101).join(&token, &[]);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("already used"),
+        "{}",
+        stderr(&again)
+    );
+
+    let other = Agent::new(tmp.path(), 102).join(&c.token(101), &["--guest", "102"]);
+    assert!(!other.status.success());
+    assert!(
+        stderr(&other).contains("is for guest 101, not guest 102"),
+        "{}",
+        stderr(&other)
+    );
+
+    let out = c.cli(&["token", "create", "--guest", "103", "--ttl", "1s"]);
+    let short = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    std::thread::sleep(Duration::from_millis(2100));
+    let expired = Agent::new(tmp.path(), 103).join(&short, &[]);
+    assert!(!expired.status.success());
+    assert!(stderr(&expired).contains("expired"), "{}", stderr(&expired));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_pins_the_ca_fingerprint_and_the_coordinator_name() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let c = Coordinator::start(&tmp.path().join("c"), &[]);
+    let mut forged = JoinToken::decode(&c.token(104)).expect("token");
+    forged.ca_fingerprint = "00".repeat(32);
+    let out = Agent::new(tmp.path(), 104).join(&forged.encode(), &[]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("did not present the CA with fingerprint"),
+        "{}",
+        stderr(&out)
+    );
+
+    let mut forged = JoinToken::decode(&c.token(105)).expect("token");
+    forged.trust_domain = "other.lab".to_string().try_into().expect("td");
+    let out = Agent::new(tmp.path(), 105).join(&forged.encode(), &[]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).to_lowercase().contains("certificate"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn coordinator_refuses_wrong_identities() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let c = Coordinator::start(&tmp.path().join("c"), &[]);
+    let a = Agent::new(tmp.path(), 101);
+    assert!(a.join(&c.token(101), &[]).status.success());
+    let (chain, key, roots) = identity(&a);
+
+    // The genuine identity works, so the refusals below are about the identity alone.
+    session_attempt(&c.addr, SERVER, &chain, &key, &roots, 101)
+        .await
+        .expect("own identity accepted");
+
+    let err = session_attempt(&c.addr, SERVER, &chain, &key, &roots, 102)
+        .await
+        .expect_err("Hello for another guest");
+    assert!(
+        err.contains("PermissionDenied") && err.contains("claims guest 102"),
+        "{err}"
+    );
+
+    // Same URI, signed by a CA the coordinator does not trust.
+    let other_dir = tempfile::tempdir().expect("tempdir");
+    let other = EmbeddedCa::load_or_create(other_dir.path(), "rogue").expect("ca");
+    let (rogue_chain, rogue_key) = issue(
+        &other,
+        "spiffe://phoenix.lab/guest/101",
+        Duration::from_secs(600),
+    )
+    .await;
+    let err = session_attempt(&c.addr, SERVER, &rogue_chain, &rogue_key, &roots, 101)
+        .await
+        .expect_err("foreign CA");
+    assert!(!err.is_empty());
+
+    // A cert from the right CA carrying the coordinator's role.
+    let ours = EmbeddedCa::load_or_create(&c.dir.join("state/ca"), "phoenix.lab").expect("ca");
+    let (coord_chain, coord_key) = issue(
+        &ours,
+        "spiffe://phoenix.lab/coordinator",
+        Duration::from_secs(600),
+    )
+    .await;
+    let err = session_attempt(&c.addr, SERVER, &coord_chain, &coord_key, &roots, 101)
+        .await
+        .expect_err("coordinator role");
+    assert!(err.contains("not an agent identity"), "{err}");
+
+    // A rebuilt guest re-enrolls with a new token: the old identity is retired.
+    let rebuilt = Agent::new(&tmp.path().join("rebuilt"), 101);
+    assert!(rebuilt.join(&c.token(101), &[]).status.success());
+    let err = session_attempt(&c.addr, SERVER, &chain, &key, &roots, 101)
+        .await
+        .expect_err("old identity");
+    assert!(err.contains("replaced by a newer enrollment"), "{err}");
+    let (chain2, key2, roots2) = identity(&rebuilt);
+    session_attempt(&c.addr, SERVER, &chain2, &key2, &roots2, 101)
+        .await
+        .expect("new identity accepted");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expired_agent_certificate_is_refused_and_the_agent_says_what_to_do() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let c = Coordinator::start(&tmp.path().join("c"), &["--agent-cert-ttl", "2s"]);
+    let mut a = Agent::new(tmp.path(), 106);
+    assert!(a.join(&c.token(106), &[]).status.success());
+    let (chain, key, roots) = identity(&a);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let err = session_attempt(&c.addr, SERVER, &chain, &key, &roots, 106)
+        .await
+        .expect_err("expired");
+    assert!(!err.is_empty());
+    a.start();
+    phoenix_tests::wait_for(
+        Duration::from_secs(15),
+        "expiry advice in the agent log",
+        || {
+            a.log()
+                .contains("phoenix token create --guest 106")
+                .then_some(())
+        },
+    );
+}
