@@ -6,9 +6,13 @@
 //! coordinator; `enroll` and `state` own the identity on disk.
 
 pub mod enroll;
+pub mod exec;
 pub mod facts;
 pub mod files;
 pub mod host;
+mod hostio;
+pub mod packages;
 pub mod reconcile;
 pub mod runtime;
 pub mod state;
+pub mod systemd;

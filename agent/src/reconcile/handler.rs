@@ -49,4 +49,20 @@ pub trait Converge<S: Sync>: Send + Sync {
     /// Make the host match `spec`. Called only after `check` returned `Drift`, never in
     /// dry-run. Returns a short description of what was done.
     async fn apply(&self, spec: &S, cx: &PassContext) -> Result<String, ResourceError>;
+
+    /// Apply several drifted resources of this kind together, where the host does better
+    /// with one transaction than with many (apt resolves all package changes of a pass in
+    /// one `apt-get` run). The engine passes resources that are ready together: every
+    /// dependency of each is done. One result per spec, in order. Default: `apply` each.
+    async fn apply_batch(
+        &self,
+        specs: &[&S],
+        cx: &PassContext,
+    ) -> Vec<Result<String, ResourceError>> {
+        let mut out = Vec::with_capacity(specs.len());
+        for spec in specs {
+            out.push(self.apply(spec, cx).await);
+        }
+        out
+    }
 }

@@ -1,0 +1,88 @@
+//! Host I/O shared by the resource modules: atomic file replacement and reading a secret
+//! where the agent finds it. Blocking std I/O on small files; callers run it inline.
+
+use phoenix_proto::model::SecretRef;
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+/// Replaces `path` with `bytes` so that a reader sees the old or the new content, never a
+/// mix: temp file in the same directory, fsync, rename, fsync of the directory. Creates
+/// missing parent directories (mode 0755).
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| io::Error::other("path has no parent"))?;
+    fs::create_dir_all(dir)?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::other("path has no file name"))?;
+    let tmp = dir.join(format!(
+        ".{}.phoenix-tmp.{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = fs::File::create(&tmp)?;
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// The current content of `path`, `None` when it does not exist.
+pub(crate) fn read_if_exists(path: &Path) -> io::Result<Option<Vec<u8>>> {
+    match fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads a secret's value; the error names where it looked, never the value.
+pub(crate) fn read_secret(secret: &SecretRef) -> io::Result<String> {
+    match secret {
+        SecretRef::File(p) => {
+            let s = fs::read_to_string(p.as_path())
+                .map_err(|e| io::Error::new(e.kind(), format!("read secret file {p}: {e}")))?;
+            Ok(s.trim_end_matches('\n').to_owned())
+        }
+        SecretRef::Env(name) => std::env::var(name).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("secret environment variable {name} is not set"),
+            )
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_atomic_replaces_content_and_sets_mode() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("sub/f.conf");
+        write_atomic(&p, b"one", 0o600).expect("first write");
+        write_atomic(&p, b"two", 0o644).expect("second write");
+        assert_eq!(fs::read(&p).expect("read"), b"two");
+        let mode = fs::metadata(&p).expect("stat").permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o644);
+        let leftovers: Vec<_> = fs::read_dir(p.parent().expect("parent"))
+            .expect("list")
+            .collect();
+        assert_eq!(leftovers.len(), 1, "no temp file left behind");
+        assert_eq!(
+            read_if_exists(&dir.path().join("none")).expect("read"),
+            None
+        );
+    }
+}
