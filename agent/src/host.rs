@@ -1,8 +1,11 @@
 //! The real handlers of this build, one per resource kind. Each host-effect module plugs
 //! itself in here.
 
+use crate::exec::{ExecConverger, ProcessRunner};
 use crate::files::FileConverger;
+use crate::packages::{Apt, AptSourceConverger, PackageConverger};
 use crate::reconcile::{Handlers, Unsupported};
+use crate::systemd::{ServiceConverger, Systemctl};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -16,11 +19,18 @@ pub struct HostOptions {
 pub fn handlers(opts: &HostOptions) -> Handlers {
     Handlers {
         files: Arc::new(FileConverger::new(opts.file_roots.clone())),
-        packages: Unsupported::new("package"),
-        apt_sources: Unsupported::new("apt_source"),
-        services: Unsupported::new("service"),
+        packages: Arc::new(PackageConverger::new(Apt::new(ProcessRunner::default()))),
+        apt_sources: Arc::new(AptSourceConverger::new(
+            Apt::new(ProcessRunner::default()),
+            "/",
+        )),
+        services: Arc::new(ServiceConverger::new(
+            Systemctl::new(ProcessRunner::default()),
+            "/etc/systemd/system",
+            "/etc/phoenix/env",
+        )),
         stacks: Unsupported::new("stack"),
         certs: Unsupported::new("cert"),
-        execs: Unsupported::new("exec"),
+        execs: Arc::new(ExecConverger::new(ProcessRunner::default())),
     }
 }

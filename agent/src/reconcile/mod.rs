@@ -200,7 +200,13 @@ impl Engine {
             changed: BTreeSet::new(),
         };
         let mut not_ok: BTreeSet<ResourceRef> = BTreeSet::new();
-        for &i in &order {
+        // Converged so far, and packages already handled by an earlier batch.
+        let mut settled: BTreeSet<ResourceRef> = BTreeSet::new();
+        let mut batched: BTreeSet<usize> = BTreeSet::new();
+        for (pos, &i) in order.iter().enumerate() {
+            if batched.contains(&i) {
+                continue;
+            }
             let r = &spec.resources[i];
             let id = r.id();
             let t = Instant::now();
@@ -227,13 +233,78 @@ impl Engine {
                 continue;
             }
             match self.handlers.check(r, &cx).await {
-                Ok(Check::InSync) => results.push(result(
-                    &id,
-                    Status::Unchanged,
-                    String::new(),
-                    String::new(),
-                    t,
-                )),
+                Ok(Check::InSync) => {
+                    settled.insert(id.clone());
+                    results.push(result(
+                        &id,
+                        Status::Unchanged,
+                        String::new(),
+                        String::new(),
+                        t,
+                    ))
+                }
+                Ok(Check::Drift { diff }) if !cx.dry_run && matches!(r, Resource::Package(_)) => {
+                    // One apt transaction: every later package whose dependencies have
+                    // all converged joins this one.
+                    let mut batch = vec![(i, diff)];
+                    for &j in &order[pos + 1..] {
+                        let Resource::Package(p) = &spec.resources[j] else {
+                            continue;
+                        };
+                        if batched.contains(&j) || !p.depends_on.iter().all(|d| settled.contains(d))
+                        {
+                            continue;
+                        }
+                        batched.insert(j);
+                        let jid = spec.resources[j].id();
+                        let tj = Instant::now();
+                        match self.handlers.packages.check(p, &cx).await {
+                            Ok(Check::InSync) => {
+                                settled.insert(jid.clone());
+                                results.push(result(
+                                    &jid,
+                                    Status::Unchanged,
+                                    String::new(),
+                                    String::new(),
+                                    tj,
+                                ));
+                            }
+                            Ok(Check::Drift { diff }) => batch.push((j, diff)),
+                            Err(e) => {
+                                not_ok.insert(jid.clone());
+                                results.push(result(
+                                    &jid,
+                                    Status::Failed,
+                                    e.to_string(),
+                                    String::new(),
+                                    tj,
+                                ));
+                            }
+                        }
+                    }
+                    let specs: Vec<&PackageSpec> = batch
+                        .iter()
+                        .filter_map(|(j, _)| match &spec.resources[*j] {
+                            Resource::Package(p) => Some(p),
+                            _ => None,
+                        })
+                        .collect();
+                    let outcomes = self.handlers.packages.apply_batch(&specs, &cx).await;
+                    for ((j, diff), outcome) in batch.into_iter().zip(outcomes) {
+                        let jid = spec.resources[j].id();
+                        match outcome {
+                            Ok(msg) => {
+                                cx.changed.insert(jid.clone());
+                                settled.insert(jid.clone());
+                                results.push(result(&jid, Status::Changed, msg, diff, t));
+                            }
+                            Err(e) => {
+                                not_ok.insert(jid.clone());
+                                results.push(result(&jid, Status::Failed, e.to_string(), diff, t));
+                            }
+                        }
+                    }
+                }
                 Ok(Check::Drift { diff }) if cx.dry_run => {
                     cx.changed.insert(id.clone());
                     results.push(result(&id, Status::Changed, "would change".into(), diff, t));
@@ -241,6 +312,7 @@ impl Engine {
                 Ok(Check::Drift { diff }) => match self.handlers.apply(r, &cx).await {
                     Ok(msg) => {
                         cx.changed.insert(id.clone());
+                        settled.insert(id.clone());
                         results.push(result(&id, Status::Changed, msg, diff, t));
                     }
                     Err(e) => {

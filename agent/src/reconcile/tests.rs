@@ -164,3 +164,62 @@ async fn newer_revision_stops_the_pass_between_resources() {
     assert_eq!(r.count(Status::Skipped), 2);
     assert!(r.results[1].message.contains("superseded by revision 7"));
 }
+
+/// Packages that record each `apply_batch` call.
+#[derive(Default)]
+struct FakePackages {
+    installed: Mutex<Vec<String>>,
+    batches: Mutex<Vec<Vec<String>>>,
+}
+
+#[async_trait::async_trait]
+impl Converge<PackageSpec> for FakePackages {
+    fn validate(&self, _s: &PackageSpec) -> Result<(), ResourceError> {
+        Ok(())
+    }
+    async fn check(&self, s: &PackageSpec, _cx: &PassContext) -> Result<Check, ResourceError> {
+        Ok(if self.installed.lock().expect("lock").contains(&s.name) {
+            Check::InSync
+        } else {
+            Check::Drift {
+                diff: format!("install {}", s.name),
+            }
+        })
+    }
+    async fn apply(&self, s: &PackageSpec, cx: &PassContext) -> Result<String, ResourceError> {
+        self.apply_batch(&[s], cx).await.remove(0)
+    }
+    async fn apply_batch(
+        &self,
+        specs: &[&PackageSpec],
+        _cx: &PassContext,
+    ) -> Vec<Result<String, ResourceError>> {
+        let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+        self.installed.lock().expect("lock").extend(names.clone());
+        self.batches.lock().expect("lock").push(names);
+        specs.iter().map(|_| Ok("installed".to_string())).collect()
+    }
+}
+
+#[tokio::test]
+async fn ready_packages_are_applied_in_one_batch() {
+    let spec = r#"{"resources":[
+        {"kind":"file","path":"/a","content":"1"},
+        {"kind":"package","name":"aa"},
+        {"kind":"package","name":"bb","depends_on":["file:/a"]},
+        {"kind":"package","name":"cc"}]}"#;
+    let packages = Arc::new(FakePackages::default());
+    let mut handlers = Handlers::files_only(Arc::new(FakeFiles::default()));
+    handlers.packages = packages.clone();
+    let engine = Engine::new(handlers);
+    let r = engine.run(&state(spec, false), "push", &never).await;
+    assert!(r.converged());
+    assert_eq!(r.count(Status::Changed), 4);
+    assert_eq!(
+        *packages.batches.lock().expect("lock"),
+        [["aa", "bb", "cc"]]
+    );
+    let again = engine.run(&state(spec, false), "drift", &never).await;
+    assert_eq!(again.count(Status::Unchanged), 4);
+    assert_eq!(packages.batches.lock().expect("lock").len(), 1);
+}
