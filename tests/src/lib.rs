@@ -1,6 +1,7 @@
 //! End-to-end test harness: locates the built binaries, runs them in temporary state
 //! directories and kills what it started when dropped, also when a test fails.
 
+pub mod aptrepo;
 pub mod guest;
 pub mod raw;
 pub mod spine;
