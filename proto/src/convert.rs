@@ -9,7 +9,7 @@ use crate::v1;
 pub enum ConvertError {
     #[error("desired state digest mismatch: header says {claimed}, spec hashes to {actual}")]
     Digest { claimed: String, actual: String },
-    #[error("desired state revision {0} is invalid (must be at least 1)")]
+    #[error("desired state revision {0} is invalid (must be at least 1; 0 only for a dry run)")]
     Revision(u64),
     #[error("desired state spec is invalid: {}", join(.0))]
     Spec(Vec<ModelError>),
@@ -39,7 +39,7 @@ impl DesiredState {
 impl TryFrom<v1::DesiredState> for DesiredState {
     type Error = ConvertError;
     fn try_from(m: v1::DesiredState) -> Result<Self, ConvertError> {
-        if m.revision == 0 {
+        if m.revision == 0 && !m.dry_run {
             return Err(ConvertError::Revision(m.revision));
         }
         let actual = model::digest(&m.spec_json);

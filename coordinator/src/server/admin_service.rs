@@ -90,7 +90,7 @@ impl v1::admin_server::Admin for AdminApi {
                 c.hub.push(
                     *g,
                     v1::DesiredState {
-                        revision: u64::MAX,
+                        revision: 0,
                         digest: digest.clone(),
                         spec_json: json.clone(),
                         dry_run: true,
@@ -104,7 +104,7 @@ impl v1::admin_server::Admin for AdminApi {
                     c.hub.push(
                         *g,
                         v1::DesiredState {
-                            revision: u64::MAX,
+                            revision: 0,
                             digest: model::digest(&json),
                             spec_json: json,
                             dry_run: true,
