@@ -6,5 +6,6 @@
 
 pub mod admin_client;
 pub mod cli;
+pub mod compile;
 pub mod server;
 pub mod store;

@@ -1,0 +1,629 @@
+//! Feature bundles: what each Phoenix `features` entry
+//! (`bin/lxc_setup/phoenix_hypervisor_feature_install_<f>.sh`,
+//! `bin/vm_features/feature_install_<f>.sh`) means as declarative resources.
+//!
+//! Each bundle is self-contained (it lists the packages it needs; duplicates across
+//! bundles merge). Ordering against *other* bundles is soft: an `after` edge is kept only
+//! when the other resource is in the guest's spec, because a clone may already carry a
+//! feature its template installed (801 lists `vllm` but gets `nvidia` from 911).
+//! Vendor installers without an apt repository key we could pin (step-cli, Ollama,
+//! Traefik, the NVIDIA runfile, vLLM wheels) are guarded `exec`s that run once.
+
+use super::GuestKind;
+use super::phoenix::Nvidia;
+use phoenix_proto::model::{
+    AbsPath, Ensure, ExecSpec, FileMode, FileSpec, PackageSpec, PackageState, Resource,
+    ResourceRef, RunState, ServiceSpec, StackSpec,
+};
+use std::collections::BTreeMap;
+
+/// A bundle member plus soft ordering edges (kept only if the target exists).
+#[derive(Debug, Clone)]
+pub(crate) struct Item {
+    pub resource: Resource,
+    pub after: Vec<ResourceRef>,
+}
+
+impl From<Resource> for Item {
+    fn from(resource: Resource) -> Self {
+        Item {
+            resource,
+            after: Vec::new(),
+        }
+    }
+}
+
+impl Item {
+    fn after(mut self, r: ResourceRef) -> Self {
+        self.after.push(r);
+        self
+    }
+}
+
+/// What a bundle needs to know about its guest.
+pub(crate) struct FeatureCtx<'a> {
+    pub kind: GuestKind,
+    pub gpus: &'a [u32],
+    pub nvidia: &'a Nvidia,
+    pub cuda_version: &'a str,
+    pub portainer_role: Option<&'a str>,
+    pub bootstrap_ca_url: Option<&'a str>,
+    pub trust_roots_pem: Option<&'a str>,
+    /// In-guest path of the Step-CA root that existing Phoenix shares with every guest.
+    pub step_ca_root: AbsPath,
+    pub unprivileged: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FeatureProblem {
+    Unknown,
+    /// Known to Phoenix, but its job is done elsewhere (or not by the agent).
+    NotCompiled(&'static str),
+    /// A key the bundle needs is missing (e.g. `nvidia_runfile_url`).
+    Missing(&'static str),
+}
+
+pub(crate) const KNOWN: [&str; 12] = [
+    "base_setup",
+    "trusted_ca",
+    "step_cli",
+    "step_ca",
+    "docker",
+    "nvidia",
+    "vllm",
+    "ollama",
+    "traefik",
+    "portainer",
+    "python_api_service",
+    "sync_traefik_certs",
+];
+
+pub(crate) fn bundle(name: &str, ctx: &FeatureCtx) -> Result<Vec<Item>, FeatureProblem> {
+    match name {
+        "base_setup" => Ok(base_setup(ctx)),
+        "trusted_ca" => Ok(trusted_ca(ctx)),
+        "step_cli" => Ok(step_cli(ctx)),
+        "step_ca" => Ok(step_ca()),
+        "docker" => Ok(docker(ctx)),
+        "nvidia" => nvidia(ctx),
+        "vllm" => Ok(vllm(ctx)),
+        "ollama" => Ok(ollama()),
+        "traefik" => Ok(traefik()),
+        "portainer" => Ok(portainer(ctx)),
+        "python_api_service" => Ok(python_api_service()),
+        "sync_traefik_certs" | "sync_docker_certs" => Err(FeatureProblem::NotCompiled(
+            "certificates are `cert` resources renewed by the agent, not copied by a script",
+        )),
+        "docker_proxy" | "sync_docker_proxy" => Err(FeatureProblem::NotCompiled(
+            "the agent talks to the local Docker socket; no TCP proxy is set up",
+        )),
+        "dns_server" | "nat_gateway" => Err(FeatureProblem::NotCompiled(
+            "a host/network role outside the agent's scope",
+        )),
+        _ => Err(FeatureProblem::Unknown),
+    }
+}
+
+pub(crate) fn simple_name_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+pub(crate) fn abs(s: &str) -> AbsPath {
+    // Only called with constant or already-validated paths.
+    AbsPath::try_from(s.to_string()).unwrap_or_else(|_| unreachable!("constant path {s}"))
+}
+
+fn mode(s: &str) -> FileMode {
+    FileMode::try_from(s.to_string()).unwrap_or_else(|_| unreachable!("constant mode {s}"))
+}
+
+fn argv(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
+}
+
+fn sh(script: &str) -> Vec<String> {
+    argv(&["/bin/sh", "-c", script])
+}
+
+pub(crate) fn pkg(name: &str) -> Resource {
+    Resource::Package(PackageSpec {
+        name: name.into(),
+        version: None,
+        state: PackageState::Present,
+        hold: false,
+        depends_on: Vec::new(),
+    })
+}
+
+fn pkg_ref(name: &str) -> ResourceRef {
+    ResourceRef::new("package", name)
+}
+
+pub(crate) fn exec(name: &str, command: Vec<String>) -> ExecSpec {
+    ExecSpec {
+        name: name.into(),
+        command,
+        creates: None,
+        unless: None,
+        onlyif: None,
+        refresh_on: Vec::new(),
+        timeout_seconds: 300,
+        environment: BTreeMap::new(),
+        secret_environment: BTreeMap::new(),
+        cwd: None,
+        user: None,
+        depends_on: Vec::new(),
+    }
+}
+
+pub(crate) fn service(name: &str) -> ServiceSpec {
+    ServiceSpec {
+        name: name.into(),
+        ensure: Ensure::Present,
+        unit: None,
+        dropins: BTreeMap::new(),
+        enabled: Some(true),
+        state: Some(RunState::Running),
+        restart_on: Vec::new(),
+        reload_on: Vec::new(),
+        depends_on: Vec::new(),
+    }
+}
+
+fn file(path: &str, content: String, file_mode: &str) -> FileSpec {
+    FileSpec {
+        path: abs(path),
+        ensure: Ensure::Present,
+        content,
+        mode: Some(mode(file_mode)),
+        owner: Some("root".into()),
+        group: Some("root".into()),
+        depends_on: Vec::new(),
+    }
+}
+
+fn packages(names: &[&str]) -> Vec<Item> {
+    names.iter().map(|n| Item::from(pkg(n))).collect()
+}
+
+/// Essentials and the en_US.UTF-8 locale; VMs also get the NFS client (their
+/// `volumes` are NFS) and IPv6 off, as the VM script does.
+fn base_setup(ctx: &FeatureCtx) -> Vec<Item> {
+    let mut items = packages(&[
+        "ca-certificates",
+        "curl",
+        "wget",
+        "vim",
+        "htop",
+        "jq",
+        "git",
+        "locales",
+    ]);
+    let mut locale = exec(
+        "locale-en-us-utf8",
+        argv(&["/usr/sbin/locale-gen", "en_US.UTF-8"]),
+    );
+    locale.unless = Some(sh("locale -a | grep -qix 'en_US.utf8'"));
+    locale.depends_on = vec![pkg_ref("locales")];
+    items.push(Resource::Exec(locale).into());
+    if ctx.kind == GuestKind::Vm {
+        items.push(pkg("nfs-common").into());
+        let path = "/etc/sysctl.d/90-phoenix-disable-ipv6.conf";
+        items.push(
+            Resource::File(file(
+                path,
+                "net.ipv6.conf.all.disable_ipv6 = 1\nnet.ipv6.conf.default.disable_ipv6 = 1\n"
+                    .into(),
+                "0644",
+            ))
+            .into(),
+        );
+        let mut apply = exec(
+            "sysctl-disable-ipv6",
+            argv(&["/usr/sbin/sysctl", "--system"]),
+        );
+        apply.refresh_on = vec![ResourceRef::new("file", path)];
+        apply.depends_on = vec![ResourceRef::new("file", path)];
+        items.push(Resource::Exec(apply).into());
+    }
+    items
+}
+
+const TRUST_STORE_ROOT: &str = "/usr/local/share/ca-certificates/phoenix_root_ca.crt";
+
+/// Puts the Phoenix root into the system trust store and refreshes the bundle. The
+/// refresh runs when the root changed, and also while the store lacks it (`creates`),
+/// so a failed refresh is retried on the next pass.
+fn trusted_ca(ctx: &FeatureCtx) -> Vec<Item> {
+    let mut items = vec![Item::from(pkg("ca-certificates"))];
+    let installed = match ctx.trust_roots_pem {
+        Some(pem) => {
+            let mut f = file(TRUST_STORE_ROOT, pem.to_string(), "0644");
+            f.depends_on = vec![pkg_ref("ca-certificates")];
+            items.push(Resource::File(f).into());
+            ResourceRef::new("file", TRUST_STORE_ROOT)
+        }
+        None => {
+            let src = ctx.step_ca_root.as_str();
+            let mut copy = exec(
+                "install-phoenix-root-ca",
+                argv(&["/usr/bin/install", "-m", "0644", src, TRUST_STORE_ROOT]),
+            );
+            copy.unless = Some(argv(&["/usr/bin/cmp", "-s", src, TRUST_STORE_ROOT]));
+            copy.depends_on = vec![pkg_ref("ca-certificates")];
+            items.push(Resource::Exec(copy).into());
+            ResourceRef::new("exec", "install-phoenix-root-ca")
+        }
+    };
+    let mut refresh = exec(
+        "update-ca-certificates",
+        argv(&["/usr/sbin/update-ca-certificates"]),
+    );
+    refresh.creates = Some(abs("/etc/ssl/certs/phoenix_root_ca.pem"));
+    refresh.refresh_on = vec![installed.clone()];
+    refresh.depends_on = vec![installed];
+    items.push(Resource::Exec(refresh).into());
+    items
+}
+
+fn step_cli(ctx: &FeatureCtx) -> Vec<Item> {
+    let mut items = step_cli_install();
+    if let Some(url) = ctx.bootstrap_ca_url {
+        // The fingerprint file is exported by the Step-CA guest next to its root.
+        let fingerprint = ctx
+            .step_ca_root
+            .as_path()
+            .with_file_name("root_ca.fingerprint");
+        let mut bootstrap = exec(
+            "step-ca-bootstrap",
+            sh(&format!(
+                "step ca bootstrap --ca-url '{url}' --fingerprint \"$(cat '{}')\" --force",
+                fingerprint.display()
+            )),
+        );
+        bootstrap.creates = Some(abs("/root/.step/config/defaults.json"));
+        bootstrap.depends_on = vec![ResourceRef::new("exec", "install-step-cli")];
+        items.push(Resource::Exec(bootstrap).into());
+    }
+    items
+}
+
+fn step_cli_install() -> Vec<Item> {
+    let mut items = packages(&["curl", "ca-certificates"]);
+    let mut install = exec(
+        "install-step-cli",
+        sh(
+            "curl -fsSL -o /tmp/step-cli_amd64.deb https://dl.smallstep.com/cli/docs-cli-install/latest/step-cli_amd64.deb && dpkg -i /tmp/step-cli_amd64.deb && rm -f /tmp/step-cli_amd64.deb",
+        ),
+    );
+    install.creates = Some(abs("/usr/bin/step"));
+    install.depends_on = vec![pkg_ref("curl"), pkg_ref("ca-certificates")];
+    items.push(Resource::Exec(install).into());
+    items
+}
+
+fn step_ca() -> Vec<Item> {
+    let mut items = packages(&["curl", "ca-certificates"]);
+    let mut install = exec(
+        "install-step-ca",
+        sh(
+            "curl -fsSL -o /tmp/step-ca_amd64.deb https://dl.smallstep.com/certificates/docs-ca-install/latest/step-ca_amd64.deb && dpkg -i /tmp/step-ca_amd64.deb && rm -f /tmp/step-ca_amd64.deb",
+        ),
+    );
+    install.creates = Some(abs("/usr/bin/step-ca"));
+    install.depends_on = vec![pkg_ref("curl"), pkg_ref("ca-certificates")];
+    items.push(Resource::Exec(install).into());
+    items.extend(step_cli_install());
+    items
+}
+
+#[cfg(test)]
+fn placeholder_ctx() -> FeatureCtx<'static> {
+    static NVIDIA: Nvidia = Nvidia {
+        driver_version: None,
+        repo_url: None,
+        runfile_url: None,
+    };
+    FeatureCtx {
+        kind: GuestKind::Lxc,
+        gpus: &[],
+        nvidia: &NVIDIA,
+        cuda_version: "",
+        portainer_role: None,
+        bootstrap_ca_url: None,
+        trust_roots_pem: None,
+        step_ca_root: abs("/etc/step-ca/ssl/phoenix_root_ca.crt"),
+        unprivileged: false,
+    }
+}
+
+/// Docker from the distribution (docker.io + compose v2). Unprivileged LXC needs the
+/// fuse-overlayfs storage driver; a GPU adds the NVIDIA runtime.
+fn docker(ctx: &FeatureCtx) -> Vec<Item> {
+    let mut items = packages(&["docker.io", "docker-compose-v2"]);
+    let mut daemon = serde_json::Map::new();
+    let lxc_unprivileged = ctx.kind == GuestKind::Lxc && ctx.unprivileged;
+    if lxc_unprivileged {
+        items.push(pkg("fuse-overlayfs").into());
+        daemon.insert("storage-driver".into(), "fuse-overlayfs".into());
+    }
+    if !ctx.gpus.is_empty() {
+        daemon.insert(
+            "runtimes".into(),
+            serde_json::json!({"nvidia": {"path": "nvidia-container-runtime", "args": []}}),
+        );
+        let mut repo = exec(
+            "nvidia-container-toolkit-repo",
+            sh(
+                "curl -fsSL https://nvidia.github.io/libnvidia-container/gpgkey | gpg --dearmor -o /usr/share/keyrings/nvidia-container-toolkit-keyring.gpg && curl -fsSL https://nvidia.github.io/libnvidia-container/stable/deb/nvidia-container-toolkit.list | sed 's#deb https://#deb [signed-by=/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg] https://#g' > /etc/apt/sources.list.d/nvidia-container-toolkit.list && apt-get update",
+            ),
+        );
+        repo.creates = Some(abs("/etc/apt/sources.list.d/nvidia-container-toolkit.list"));
+        repo.depends_on = vec![pkg_ref("curl"), pkg_ref("gpg")];
+        items.push(pkg("curl").into());
+        items.push(pkg("gpg").into());
+        items.push(Resource::Exec(repo).into());
+        let toolkit = PackageSpec {
+            depends_on: vec![ResourceRef::new("exec", "nvidia-container-toolkit-repo")],
+            ..package_spec("nvidia-container-toolkit")
+        };
+        items.push(Resource::Package(toolkit).into());
+    }
+    let mut svc = service("docker.service");
+    svc.depends_on = vec![pkg_ref("docker.io")];
+    if !daemon.is_empty() {
+        let path = "/etc/docker/daemon.json";
+        let content = serde_json::to_string_pretty(&serde_json::Value::Object(daemon))
+            .unwrap_or_default()
+            + "\n";
+        items.push(Resource::File(file(path, content, "0644")).into());
+        svc.restart_on = vec![ResourceRef::new("file", path)];
+        svc.depends_on.push(ResourceRef::new("file", path));
+        if !ctx.gpus.is_empty() {
+            svc.depends_on.push(pkg_ref("nvidia-container-toolkit"));
+        }
+    }
+    items.push(Resource::Service(svc).into());
+    items
+}
+
+fn package_spec(name: &str) -> PackageSpec {
+    match pkg(name) {
+        Resource::Package(p) => p,
+        _ => unreachable!("pkg builds a package"),
+    }
+}
+
+/// The NVIDIA driver from the runfile (user space only in an LXC) and the CUDA toolkit
+/// from NVIDIA's repository.
+fn nvidia(ctx: &FeatureCtx) -> Result<Vec<Item>, FeatureProblem> {
+    let version = ctx
+        .nvidia
+        .driver_version
+        .as_deref()
+        .ok_or(FeatureProblem::Missing("nvidia_driver_version"))?;
+    let runfile = ctx
+        .nvidia
+        .runfile_url
+        .as_deref()
+        .ok_or(FeatureProblem::Missing("nvidia_runfile_url"))?;
+    let repo = ctx
+        .nvidia
+        .repo_url
+        .as_deref()
+        .ok_or(FeatureProblem::Missing("nvidia_repo_url"))?;
+    let repo = repo.trim_end_matches('/');
+    let mut items = packages(&["curl", "ca-certificates", "kmod"]);
+    let mut keyring = exec(
+        "cuda-keyring",
+        sh(&format!(
+            "curl -fsSL -o /tmp/cuda-keyring.deb '{repo}/cuda-keyring_1.1-1_all.deb' && dpkg -i /tmp/cuda-keyring.deb && rm -f /tmp/cuda-keyring.deb && apt-get update"
+        )),
+    );
+    keyring.creates = Some(abs("/usr/share/keyrings/cuda-archive-keyring.gpg"));
+    keyring.depends_on = vec![pkg_ref("curl"), pkg_ref("ca-certificates")];
+    items.push(Resource::Exec(keyring).into());
+    // In an LXC the host owns the kernel module; a VM (PCI passthrough) builds its own.
+    let (flags, needs) = match ctx.kind {
+        GuestKind::Vm => (
+            "--silent --no-questions --dkms",
+            &["build-essential", "dkms", "linux-headers-generic"][..],
+        ),
+        _ => ("--silent --no-questions --no-kernel-module", &[][..]),
+    };
+    items.extend(packages(needs));
+    let mut driver = exec(
+        "nvidia-driver",
+        sh(&format!(
+            "curl -fsSL -o /tmp/nvidia-driver.run '{runfile}' && sh /tmp/nvidia-driver.run {flags} && rm -f /tmp/nvidia-driver.run"
+        )),
+    );
+    driver.unless = Some(sh(&format!(
+        "nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | grep -qx '{version}'"
+    )));
+    driver.timeout_seconds = 1800;
+    driver.depends_on = [&["curl", "kmod"][..], needs]
+        .concat()
+        .iter()
+        .map(|p| pkg_ref(p))
+        .collect();
+    items.push(Resource::Exec(driver).into());
+    let toolkit = cuda_toolkit(ctx);
+    items.push(
+        Resource::Package(PackageSpec {
+            depends_on: vec![ResourceRef::new("exec", "cuda-keyring")],
+            ..package_spec(&toolkit)
+        })
+        .into(),
+    );
+    Ok(items)
+}
+
+fn cuda_toolkit(ctx: &FeatureCtx) -> String {
+    format!("cuda-toolkit-{}", ctx.cuda_version.replace('.', "-"))
+}
+
+/// vLLM in a virtualenv at /opt/vllm (the unit's interpreter). The original script
+/// builds torch nightly + FlashInfer from source; here the pinned wheel brings its own
+/// torch build.
+fn vllm(ctx: &FeatureCtx) -> Vec<Item> {
+    let mut items = packages(&[
+        "python3",
+        "python3-venv",
+        "python3-dev",
+        "build-essential",
+        "git",
+    ]);
+    let mut venv = exec(
+        "vllm-venv",
+        argv(&["/usr/bin/python3", "-m", "venv", "/opt/vllm"]),
+    );
+    venv.creates = Some(abs("/opt/vllm/bin/python"));
+    venv.depends_on = vec![pkg_ref("python3-venv")];
+    items.push(Resource::Exec(venv).into());
+    let mut install = exec(
+        "vllm-install",
+        argv(&[
+            "/opt/vllm/bin/pip",
+            "install",
+            "--no-cache-dir",
+            "vllm==0.10.2",
+        ]),
+    );
+    install.creates = Some(abs("/opt/vllm/bin/vllm"));
+    install.timeout_seconds = 3600;
+    install
+        .environment
+        .insert("TORCH_CUDA_ARCH_LIST".into(), "12.0".into());
+    install.depends_on = vec![
+        ResourceRef::new("exec", "vllm-venv"),
+        pkg_ref("build-essential"),
+        pkg_ref("python3-dev"),
+    ];
+    items.push(
+        Item::from(Resource::Exec(install))
+            .after(pkg_ref(&cuda_toolkit(ctx)))
+            .after(ResourceRef::new("exec", "nvidia-driver")),
+    );
+    items
+}
+
+fn ollama() -> Vec<Item> {
+    let mut items = packages(&["curl", "ca-certificates"]);
+    let mut install = exec(
+        "install-ollama",
+        sh("curl -fsSL https://ollama.com/install.sh | sh"),
+    );
+    install.creates = Some(abs("/usr/local/bin/ollama"));
+    install.timeout_seconds = 1800;
+    install.depends_on = vec![pkg_ref("curl"), pkg_ref("ca-certificates")];
+    items
+        .push(Item::from(Resource::Exec(install)).after(ResourceRef::new("exec", "nvidia-driver")));
+    let mut svc = service("ollama.service");
+    svc.depends_on = vec![ResourceRef::new("exec", "install-ollama")];
+    items.push(Resource::Service(svc).into());
+    items
+}
+
+/// The Traefik binary; its configuration and unit come from the guest's application.
+fn traefik() -> Vec<Item> {
+    let mut items = packages(&["curl", "ca-certificates"]);
+    let mut install = exec(
+        "install-traefik",
+        sh(
+            "curl -fsSL https://github.com/traefik/traefik/releases/download/v3.1.2/traefik_v3.1.2_linux_amd64.tar.gz | tar -xz -C /usr/local/bin traefik",
+        ),
+    );
+    install.creates = Some(abs("/usr/local/bin/traefik"));
+    install.depends_on = vec![pkg_ref("curl"), pkg_ref("ca-certificates")];
+    items.push(Resource::Exec(install).into());
+    items
+}
+
+/// Portainer server or agent as a Docker stack, by `portainer_role`.
+fn portainer(ctx: &FeatureCtx) -> Vec<Item> {
+    let compose = match ctx.portainer_role {
+        Some("server") | Some("primary") => {
+            "services:\n  portainer:\n    image: portainer/portainer-ce:latest\n    container_name: portainer_server\n    restart: always\n    ports:\n      - \"9443:9443\"\n    volumes:\n      - /var/run/docker.sock:/var/run/docker.sock\n      - portainer_data:/data\nvolumes:\n  portainer_data: {}\n"
+        }
+        Some("agent") => {
+            "services:\n  agent:\n    image: portainer/agent:latest\n    container_name: portainer_agent\n    restart: always\n    ports:\n      - \"9001:9001\"\n    volumes:\n      - /var/run/docker.sock:/var/run/docker.sock\n      - /var/lib/docker/volumes:/var/lib/docker/volumes\n"
+        }
+        _ => return Vec::new(),
+    };
+    let stack = StackSpec {
+        name: "portainer".into(),
+        environment: "production".into(),
+        compose: compose.into(),
+        variables: BTreeMap::new(),
+        labels: BTreeMap::new(),
+        files: Vec::new(),
+        registry_auth: None,
+        rollback_on_failure: true,
+        depends_on: Vec::new(),
+    };
+    vec![Item::from(Resource::Stack(stack)).after(ResourceRef::new("service", "docker.service"))]
+}
+
+fn python_api_service() -> Vec<Item> {
+    packages(&["python3", "python3-pip", "python3-venv"])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_known_feature_builds_a_valid_bundle() {
+        let nvidia = Nvidia {
+            driver_version: Some("580.76.05".into()),
+            repo_url: Some("https://example.invalid/repo/".into()),
+            runfile_url: Some("https://example.invalid/NVIDIA.run".into()),
+        };
+        for kind in [GuestKind::Lxc, GuestKind::Vm] {
+            for gpus in [&[][..], &[0u32][..]] {
+                let ctx = FeatureCtx {
+                    kind,
+                    gpus,
+                    nvidia: &nvidia,
+                    cuda_version: "12.8",
+                    portainer_role: Some("agent"),
+                    bootstrap_ca_url: Some("https://10.0.0.10:9000"),
+                    trust_roots_pem: None,
+                    step_ca_root: abs("/etc/step-ca/ssl/phoenix_root_ca.crt"),
+                    unprivileged: true,
+                };
+                for f in KNOWN {
+                    let items = match bundle(f, &ctx) {
+                        Ok(items) => items,
+                        Err(FeatureProblem::NotCompiled(_)) => continue,
+                        Err(e) => panic!("{f}: {e:?}"),
+                    };
+                    let mut spec = phoenix_proto::model::GuestSpec::default();
+                    for i in items {
+                        if !spec.resources.iter().any(|r| r.id() == i.resource.id()) {
+                            spec.resources.push(i.resource);
+                        }
+                    }
+                    assert_eq!(spec.validate(), Ok(()), "feature {f} on {kind}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn nvidia_without_globals_names_the_missing_key() {
+        let ctx = placeholder_ctx();
+        assert_eq!(
+            bundle("nvidia", &ctx).err(),
+            Some(FeatureProblem::Missing("nvidia_driver_version"))
+        );
+        assert_eq!(
+            bundle("warp_drive", &ctx).err(),
+            Some(FeatureProblem::Unknown)
+        );
+    }
+}

@@ -1,0 +1,211 @@
+//! Secrets in configs. A desired state never carries a secret value: only a
+//! [`SecretRef`] (a file on the guest or an environment variable of the agent) that the
+//! agent resolves. A literal secret found in a config is flagged as a warning, is not
+//! copied into any spec, and its value is never printed.
+
+use super::reader::{Diag, Node};
+use phoenix_proto::model::{AbsPath, SecretRef};
+use serde_json::Value;
+
+/// Key names that hold credentials. Keys naming where a secret lives (`*_file`,
+/// `*_path`) are references, not secrets.
+pub(crate) fn looks_secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    if k.ends_with("_file") || k.ends_with("_path") || k.ends_with("_ref") || k.ends_with("_url") {
+        return false;
+    }
+    [
+        "password",
+        "passwd",
+        "secret",
+        "token",
+        "api_key",
+        "apikey",
+        "private_key",
+        "credential",
+    ]
+    .iter()
+    .any(|w| k.contains(w))
+        || k == "pass"
+        || k.ends_with("_pass")
+        || k.ends_with("_pw")
+}
+
+/// Values that are obviously not a real secret: unset markers and references.
+pub(crate) fn is_placeholder(v: &str) -> bool {
+    let t = v.trim();
+    t.is_empty()
+        || t.starts_with('/')
+        || (t.starts_with("${") && t.ends_with('}'))
+        || (t.starts_with('<') && t.ends_with('>'))
+        || matches!(
+            t.to_ascii_uppercase().as_str(),
+            "NOT_SET" | "NONE" | "NULL" | "CHANGEME" | "CHANGE_ME" | "REDACTED" | "TODO"
+        )
+}
+
+/// Walks a whole config file and flags every literal secret.
+pub(crate) fn scan(n: &Node, d: &mut Diag) {
+    match n.value {
+        Value::Object(map) => {
+            for key in map.keys() {
+                let Some(child) = n.get(key) else { continue };
+                if looks_secret_key(key)
+                    && let Value::String(s) = child.value
+                    && !is_placeholder(s)
+                {
+                    flag(&child, d);
+                } else {
+                    scan(&child, d);
+                }
+            }
+        }
+        Value::Array(_) => {
+            for item in n.items(d, "an array") {
+                // `[{name: "DATABASE_PASS", value: "..."}]`, the stack variable shape.
+                if let (Some(name), Some(value)) = (item.get("name"), item.get("value"))
+                    && name.value.as_str().is_some_and(looks_secret_key)
+                    && value.value.as_str().is_some_and(|s| !is_placeholder(s))
+                {
+                    flag(&value, d);
+                } else {
+                    scan(&item, d);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn flag(n: &Node, d: &mut Diag) {
+    n.warn(
+        d,
+        "literal secret in a config file (value redacted and never sent to a guest); reference it instead: {\"file\": \"/path/on/guest\"} or {\"env\": \"VAR\"}",
+    );
+}
+
+/// A secret reference: `{"file": "/abs"}`, `{"env": "NAME"}` or the string `"${NAME}"`.
+/// A literal is flagged and yields `None`.
+pub(crate) fn reference(n: &Node, d: &mut Diag) -> Option<SecretRef> {
+    if let Some(f) = n.get("file") {
+        return super::phoenix::abs_path(&f, d).map(SecretRef::File);
+    }
+    if let Some(e) = n.get("env") {
+        return env_name(&e, d).map(SecretRef::Env);
+    }
+    if let Some(s) = n.value.as_str()
+        && let Some(name) = s.strip_prefix("${").and_then(|r| r.strip_suffix('}'))
+    {
+        return valid_env(name)
+            .then(|| SecretRef::Env(name.to_string()))
+            .or_else(|| {
+                n.expected(d, "a secret reference ${NAME} with a valid variable name");
+                None
+            });
+    }
+    if let Some(s) = n.value.as_str()
+        && s.starts_with('/')
+    {
+        return AbsPath::try_from(s.to_string()).ok().map(SecretRef::File);
+    }
+    if n.value.is_string() {
+        flag(n, d);
+    } else {
+        n.expected(
+            d,
+            "a secret reference {\"file\": \"/path\"} or {\"env\": \"NAME\"}",
+        );
+    }
+    None
+}
+
+fn valid_env(k: &str) -> bool {
+    !k.is_empty()
+        && !k.as_bytes()[0].is_ascii_digit()
+        && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+fn env_name(n: &Node, d: &mut Diag) -> Option<String> {
+    match n.value.as_str() {
+        Some(s) if valid_env(s) => Some(s.to_string()),
+        _ => {
+            n.expected(d, "an environment variable name");
+            None
+        }
+    }
+}
+
+/// Replaces literal secret values in Compose text (`KEY: value`, `- KEY=value`) with
+/// a `${KEY}` interpolation, so the value comes from the stack's variables at deploy
+/// time and never from the file. Returns the redacted text and the keys it touched.
+pub(crate) fn redact_compose(text: &str) -> (String, Vec<String>) {
+    let mut keys = Vec::new();
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let body = line.trim_end_matches(['\n', '\r']);
+        let ending = &line[body.len()..];
+        let indent_len = body.len() - body.trim_start().len();
+        let (indent, rest) = body.split_at(indent_len);
+        let (dash, rest) = match rest.strip_prefix("- ") {
+            Some(r) => ("- ", r),
+            None => ("", rest),
+        };
+        let split = if dash.is_empty() {
+            rest.split_once(": ").map(|(k, v)| (k, ": ", v))
+        } else {
+            rest.split_once('=').map(|(k, v)| (k, "=", v))
+        };
+        if let Some((key, sep, value)) = split {
+            let key_clean = key.trim().trim_matches(['"', '\'']);
+            let value_clean = value.trim().trim_matches(['"', '\'']);
+            if valid_env(key_clean)
+                && looks_secret_key(key_clean)
+                && !is_placeholder(value_clean)
+                && !value_clean.contains("${")
+            {
+                keys.push(key_clean.to_string());
+                out.push_str(&format!("{indent}{dash}{key}{sep}${{{key_clean}}}{ending}"));
+                continue;
+            }
+        }
+        out.push_str(line);
+    }
+    (out, keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::path::Path;
+
+    #[test]
+    fn flags_literals_not_references_or_placeholders() {
+        let v = json!({
+            "portainer_api": {"admin_password": "hunter2", "admin_user": "admin"},
+            "users": {"password_hash": "NOT_SET"},
+            "core_paths": {"hf_token_file": "/etc/x"},
+            "variables": [{"name": "DATABASE_PASS", "value": "s3cret"}, {"name": "API_PORT", "value": "8000"}]
+        });
+        let mut d = Diag::default();
+        scan(&Node::root(Path::new("f.json"), &v), &mut d);
+        let paths: Vec<&str> = d.warnings.iter().map(|w| w.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["portainer_api.admin_password", "variables[0].value"]
+        );
+        assert!(!d.warnings.iter().any(|w| w.to_string().contains("hunter2")));
+    }
+
+    #[test]
+    fn compose_literals_become_interpolations() {
+        let (text, keys) = redact_compose(
+            "services:\n  db:\n    environment:\n      POSTGRES_PASSWORD: hunter2\n      - N8N_API_TOKEN=abc\n      POSTGRES_USER: n8n\n      DB_PASSWORD: ${DB_PASSWORD}\n",
+        );
+        assert_eq!(keys, ["POSTGRES_PASSWORD", "N8N_API_TOKEN"]);
+        assert!(!text.contains("hunter2") && !text.contains("abc"));
+        assert!(text.contains("POSTGRES_PASSWORD: ${POSTGRES_PASSWORD}\n"));
+        assert!(text.contains("- N8N_API_TOKEN=${N8N_API_TOKEN}\n"));
+        assert!(text.contains("POSTGRES_USER: n8n"));
+    }
+}
