@@ -368,26 +368,46 @@ fn build_guest(
         }
     }
     // What the application scripts wrote that nothing compiles: say so, unless the
-    // user declared it.
-    let declares = |prefix: &str| {
-        b.resources
-            .iter()
-            .any(|r| matches!(r, Resource::File(f) if f.path.as_str().starts_with(prefix)))
-    };
+    // user declared it; if declared, the service follows changes of those files.
     if let Some((script, path)) = &g.application_script {
-        if script == "phoenix_hypervisor_lxc_101.sh" && !declares("/etc/nginx/") {
-            d.warn(
-                &g.file,
-                path,
-                "nginx runs with its default site: the gateway sites are not in these configs (declare them in phoenix_resources)",
-            );
-        }
-        if script == "phoenix_hypervisor_lxc_102.sh" && !declares("/etc/traefik/traefik.yml") {
-            d.warn(
-                &g.file,
-                path,
-                "traefik.service reads /etc/traefik/traefik.yml, which these configs do not declare (phoenix_resources)",
-            );
+        let (unit, dir, reload) = match script.as_str() {
+            "phoenix_hypervisor_lxc_101.sh" => ("nginx.service", "/etc/nginx/", true),
+            "phoenix_hypervisor_lxc_102.sh" => ("traefik.service", "/etc/traefik/", false),
+            _ => ("", "", false),
+        };
+        if !unit.is_empty() {
+            let files: Vec<ResourceRef> = b
+                .resources
+                .iter()
+                .filter(|r| matches!(r, Resource::File(f) if f.path.as_str().starts_with(dir)))
+                .map(Resource::id)
+                .collect();
+            if files.is_empty() {
+                d.warn(
+                    &g.file,
+                    path,
+                    format!("{unit} would run without its configuration: nothing under {dir} is declared (phoenix_resources)"),
+                );
+            }
+            if let Some(Resource::Service(svc)) = b
+                .resources
+                .iter_mut()
+                .find(|r| r.id() == ResourceRef::new("service", unit))
+            {
+                let triggers = if reload {
+                    &mut svc.reload_on
+                } else {
+                    &mut svc.restart_on
+                };
+                for f in files {
+                    if !triggers.contains(&f) {
+                        triggers.push(f.clone());
+                    }
+                    if !svc.depends_on.contains(&f) {
+                        svc.depends_on.push(f);
+                    }
+                }
+            }
         }
     }
     (b, stack_rules)
@@ -498,12 +518,10 @@ fn application(script: &str, path: &str, g: &GuestConfig, b: &mut Builder, d: &m
                 wants: vec!["network-online.target".into()],
                 ..UnitSpec::default()
             });
-            let config = ResourceRef::new("file", "/etc/traefik/traefik.yml");
-            svc.restart_on = vec![config.clone()];
             b.add(
                 Item {
                     resource: Resource::Service(svc),
-                    after: vec![ResourceRef::new("exec", "install-traefik"), config.clone()],
+                    after: vec![ResourceRef::new("exec", "install-traefik")],
                 },
                 g,
                 d,

@@ -114,10 +114,8 @@ pub(crate) fn from_engine_config(n: &Node, d: &mut Diag) -> Option<VllmArgs> {
 /// Values with a known meaning are checked: a wrong one is a mistake, not a variant.
 fn check_known(key: &str, n: &Node, d: &mut Diag) {
     match key {
-        "gpu_memory_utilization" => {
-            if !n.value.as_f64().is_some_and(|v| v > 0.0 && v <= 1.0) {
-                n.expected(d, "a fraction of GPU memory, greater than 0 and at most 1");
-            }
+        "gpu_memory_utilization" if !n.value.as_f64().is_some_and(|v| v > 0.0 && v <= 1.0) => {
+            n.expected(d, "a fraction of GPU memory, greater than 0 and at most 1");
         }
         "port" => {
             n.uint(d, 1..=65535);
