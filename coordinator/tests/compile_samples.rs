@@ -140,12 +140,6 @@ fn manifest_certs_land_in_the_owning_guest_with_in_guest_paths_and_reloads() {
         nginx.reload,
         [Reload::ServiceReload("nginx.service".into())]
     );
-    assert!(
-        nginx
-            .depends_on
-            .iter()
-            .any(|d| d.as_str() == "service:nginx.service")
-    );
 
     let portainer = cert(1001, "portainer.internal.thinkheads.ai");
     assert_eq!(

@@ -930,13 +930,12 @@ fn certificate(
             FileMode::try_from("0600".to_string()).ok()?,
         ),
     };
+    // A container restart needs the container: the cert waits for the stack that creates
+    // it (the RCA's second failure). A service is not waited for: its configuration
+    // usually needs the cert first, and the reload runs only after a renewal.
     let after = reload
         .iter()
         .filter_map(|r| match r {
-            Reload::ServiceReload(u) | Reload::ServiceRestart(u) => {
-                Some(ResourceRef::new("service", u))
-            }
-            // The container must exist before its hook can run (the RCA's second failure).
             Reload::ContainerRestart(c) => built.get(&target).and_then(|(_, b)| {
                 b.resources.iter().find_map(|r| match r {
                     Resource::Stack(s) if s.compose.contains(&format!("container_name: {c}")) => {
@@ -945,6 +944,7 @@ fn certificate(
                     _ => None,
                 })
             }),
+            Reload::ServiceReload(_) | Reload::ServiceRestart(_) => None,
         })
         .collect();
     let name: String = cn.chars().map(|c| if c == '*' { '_' } else { c }).collect();

@@ -63,7 +63,7 @@ pub(crate) enum FeatureProblem {
     Missing(&'static str),
 }
 
-pub(crate) const KNOWN: [&str; 12] = [
+pub(crate) const KNOWN: [&str; 11] = [
     "base_setup",
     "trusted_ca",
     "step_cli",
@@ -75,7 +75,6 @@ pub(crate) const KNOWN: [&str; 12] = [
     "traefik",
     "portainer",
     "python_api_service",
-    "sync_traefik_certs",
 ];
 
 pub(crate) fn bundle(name: &str, ctx: &FeatureCtx) -> Result<Vec<Item>, FeatureProblem> {

@@ -403,14 +403,15 @@ fn network(
         n.expected(d, "an object {name, bridge, ip, gw, nameservers}");
         return None;
     }
+    // Read everything before giving up, so every bad value is reported in one run.
     let ip_addr = match n.get("ip") {
-        Some(i) => cidr_or_dhcp(&i, d)?,
+        Some(i) => cidr_or_dhcp(&i, d),
         None => {
             n.error(
                 d,
                 Problem::Missing("\"ip\": a CIDR address or \"dhcp\"".into()),
             );
-            return None;
+            None
         }
     };
     // `nameservers` (string, older) and `nameserver` (newer); either may list several.
@@ -436,18 +437,22 @@ fn network(
             }
         }
     }
+    let name = n
+        .opt(d, "name", |n, d| n.text(d, "an interface name"))
+        .unwrap_or_else(|| default_name.to_string());
+    let bridge = n
+        .get("bridge")
+        .or(bridge)
+        .and_then(|b| b.text(d, "a bridge name"));
+    let gateway = n.opt(d, "gw", |n, d| ip(n, d));
+    let mac_address = n.opt(d, "hwaddr", |n, d| mac_address(n, d));
     Some(NetworkInterface {
-        name: n
-            .opt(d, "name", |n, d| n.text(d, "an interface name"))
-            .unwrap_or_else(|| default_name.to_string()),
-        bridge: n
-            .get("bridge")
-            .or(bridge)
-            .and_then(|b| b.text(d, "a bridge name")),
-        ip: ip_addr,
-        gateway: n.opt(d, "gw", |n, d| ip(n, d)),
+        name,
+        bridge,
+        ip: ip_addr?,
+        gateway,
         nameservers,
-        mac_address: n.opt(d, "hwaddr", |n, d| mac_address(n, d)),
+        mac_address,
     })
 }
 

@@ -1,0 +1,178 @@
+//! The example configs in `configs/` (the Phoenix design, written as a user would)
+//! compile to the reviewed golden states; every broken config in `tests/broken/`
+//! produces exactly its expected errors, all of them in one run.
+//!
+//! Regenerate goldens/expectations after a deliberate change with
+//! `PHOENIX_UPDATE_GOLDEN=1 cargo test -p phoenix-coordinator --test compile_configs`,
+//! then review the diff by hand.
+
+use phoenix_coordinator::compile::{self, NativeConfig};
+use phoenix_proto::model::{GuestId, Resource};
+use std::path::{Path, PathBuf};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn configs() -> PathBuf {
+    repo().join("configs")
+}
+
+fn id(n: u32) -> GuestId {
+    GuestId::try_from(n).expect("valid id")
+}
+
+fn update() -> bool {
+    std::env::var("PHOENIX_UPDATE_GOLDEN").as_deref() == Ok("1")
+}
+
+fn check_text(path: &Path, actual: &str) {
+    if update() {
+        std::fs::write(path, actual).expect("write golden");
+        return;
+    }
+    let expected = std::fs::read_to_string(path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (PHOENIX_UPDATE_GOLDEN=1 creates it)",
+            path.display()
+        )
+    });
+    assert!(
+        expected == actual,
+        "{} differs from the compiler's output:\n--- expected\n{expected}\n--- actual\n{actual}",
+        path.display()
+    );
+}
+
+#[test]
+fn every_file_in_configs_loads_and_compiles() {
+    let c = compile::load(&configs()).unwrap_or_else(|e| panic!("{e}"));
+    let ids: Vec<u32> = c.guests.keys().map(|g| g.get()).collect();
+    assert_eq!(ids, [101, 102, 103, 801, 1002, 9000]);
+    // The one thing the examples cannot declare: the CA's one-off `step ca init`.
+    let warnings: Vec<String> = c.warnings.iter().map(|w| w.message.clone()).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(warnings[0].starts_with("`step ca init`"));
+    // Every Phoenix file named directly compiles as its directory.
+    for name in [
+        "phoenix_lxc_configs.json",
+        "phoenix_vm_configs.json",
+        "phoenix_stacks_config.json",
+        "phoenix_hypervisor_config.json",
+        "certificate-manifest.json",
+    ] {
+        let one = compile::load(&configs().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(one.guests, c.guests, "{name}");
+    }
+    // Every stack directory is used by a guest.
+    let mut used: Vec<String> = c
+        .guests
+        .values()
+        .flat_map(|g| g.spec.resources.iter())
+        .filter_map(|r| match r {
+            Resource::Stack(s) => Some(s.name.clone()),
+            _ => None,
+        })
+        .collect();
+    used.sort();
+    let mut dirs: Vec<String> = std::fs::read_dir(configs().join("stacks"))
+        .expect("stacks dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    dirs.sort();
+    assert_eq!(used, dirs);
+    // The native example, as a file and as a directory.
+    for p in [
+        configs().join("native"),
+        configs().join("native/lab-extras.json"),
+    ] {
+        let n = compile::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        assert_eq!(n.guests[&id(104)].spec.resources.len(), 3);
+    }
+}
+
+#[test]
+fn golden_lxc_101_vllm_lxc_801_and_vm_1002() {
+    let c = compile::load(&configs()).unwrap_or_else(|e| panic!("{e}"));
+    for g in [101, 801, 1002] {
+        let json = serde_json::to_string_pretty(&c.guests[&id(g)]).expect("json") + "\n";
+        check_text(
+            &repo().join(format!("coordinator/tests/golden/{g}.json")),
+            &json,
+        );
+    }
+}
+
+#[test]
+fn compiled_specs_round_trip_through_the_native_format() {
+    let c = compile::load(&configs()).unwrap_or_else(|e| panic!("{e}"));
+    let native = NativeConfig {
+        guests: c
+            .guests
+            .iter()
+            .map(|(id, g)| (*id, g.spec.clone()))
+            .collect(),
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("all.json");
+    std::fs::write(&file, serde_json::to_vec_pretty(&native).expect("json")).expect("write");
+    let again = compile::load(&file).unwrap_or_else(|e| panic!("{e}"));
+    for (id, g) in &c.guests {
+        assert_eq!(again.guests[id].spec, g.spec, "guest {id}");
+    }
+}
+
+#[test]
+fn schema_describes_the_native_format() {
+    let schema: serde_json::Value =
+        serde_json::from_str(&compile::schema_json()).expect("schema is JSON");
+    assert!(schema["properties"]["guests"].is_object(), "{schema}");
+    let text = schema.to_string();
+    for kind in [
+        "file",
+        "package",
+        "apt_source",
+        "service",
+        "stack",
+        "cert",
+        "exec",
+    ] {
+        assert!(text.contains(&format!("\"{kind}\"")), "kind {kind} missing");
+    }
+}
+
+/// Each `tests/broken/<case>/` is a config (a Phoenix etc dir, or `native.json`) and
+/// `expected.txt`: every error line, with the case directory written as `<dir>`.
+#[test]
+fn every_broken_config_reports_its_precise_errors() {
+    let root = repo().join("coordinator/tests/broken");
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&root)
+        .expect("broken corpus")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.is_dir())
+        .collect();
+    cases.sort();
+    assert!(cases.len() >= 8, "corpus has {} cases", cases.len());
+    for case in cases {
+        let input = if case.join("native.json").is_file() {
+            case.join("native.json")
+        } else {
+            case.clone()
+        };
+        let errors = match compile::load(&input) {
+            Ok(_) => panic!("{} compiled but must fail", case.display()),
+            Err(e) => e,
+        };
+        let prefix = format!("{}/", case.display());
+        let mut actual = String::new();
+        for e in &errors.0 {
+            actual.push_str(&e.to_string().replace(&prefix, "<dir>/"));
+            actual.push('\n');
+        }
+        check_text(&case.join("expected.txt"), &actual);
+        // The summary names every error, once.
+        let shown = errors.to_string();
+        assert!(shown.starts_with(&format!("{} config error", errors.0.len())));
+        assert_eq!(shown.lines().count(), errors.0.len() + 1);
+    }
+}
