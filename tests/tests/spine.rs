@@ -290,3 +290,34 @@ fn agent_killed_mid_apply_leaves_no_torn_file() {
         .collect();
     assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
 }
+
+#[test]
+fn oversized_and_invalid_input_get_clean_errors() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let c = Coordinator::start(&tmp.path().join("c"), &[]);
+    let spec = tmp.path().join("spec.json");
+    let big = "x".repeat(9 * 1024 * 1024);
+    write_spec(
+        &spec,
+        &[(151, files_spec(&tmp.path().join("r"), &[("big", &big)]))],
+    );
+    let out = apply(&c, &spec, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("too large"), "{err}");
+
+    // Every error of the file at once, naming the file and the JSON path.
+    std::fs::write(
+        &spec,
+        r#"{"guests": {"0": {"resources": []}, "152": {"resources": [
+            {"kind": "file", "path": "relative/path", "content": ""},
+            {"kind": "package", "name": "nginx; rm -rf /"}]}}}"#,
+    )
+    .expect("write");
+    let out = apply(&c, &spec, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("spec.json"), "{err}");
+    assert!(err.contains("guests.\"0\""), "{err}");
+    assert!(err.contains("guests.\"152\""), "{err}");
+}

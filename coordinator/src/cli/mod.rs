@@ -2,9 +2,9 @@
 //! over the admin socket.
 
 pub mod duration;
-pub mod load;
 
 use crate::admin_client;
+use crate::compile;
 use crate::server::{self, Config};
 use clap::{Parser, Subcommand, ValueEnum};
 use phoenix_proto::model::{ApplyReport, GuestId, Status, TrustDomain};
@@ -43,9 +43,26 @@ pub enum Output {
 pub enum Command {
     /// Run the coordinator daemon.
     Serve(ServeArgs),
+    /// Check configs offline: every error of the run, with file and JSON path.
+    Validate {
+        /// A Phoenix etc directory (phoenix_lxc_configs.json, ...) or native desired-state files.
+        path: PathBuf,
+        /// Also print each guest's compiled desired state as JSON.
+        #[arg(long)]
+        show: bool,
+    },
+    /// What `apply` would change on every guest (same as `apply --dry-run`).
+    Plan {
+        #[arg(short = 'f', long = "file")]
+        path: PathBuf,
+        #[arg(long, default_value = "60s", value_parser = duration::parse)]
+        timeout: Duration,
+    },
+    /// Print the JSON Schema of Phoenix's native desired-state format.
+    Schema,
     /// Push desired states and follow the agents until they converge.
     Apply {
-        /// A file or directory of desired states.
+        /// A Phoenix etc directory (/usr/local/phoenix_hypervisor/etc) or native desired-state files.
         #[arg(short = 'f', long = "file")]
         path: PathBuf,
         /// Show what would change on every guest; change nothing.
@@ -237,6 +254,7 @@ fn status_json(s: &v1::GuestStatus) -> serde_json::Value {
         "cert_not_after_unix": s.cert_not_after_unix,
         "agent_version": s.agent_version,
         "last_seen_unix": s.last_seen_unix,
+        "mismatches": s.mismatches,
         "facts": s.facts.as_ref().map(|f| serde_json::json!({
             "hostname": f.hostname, "os": f.os, "kernel": f.kernel, "cpus": f.cpus,
             "memory_bytes": f.memory_bytes, "uptime_seconds": f.uptime_seconds,
@@ -431,6 +449,33 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             timeout,
             no_wait,
         } => apply(&cli.admin_socket, &path, dry_run, timeout, no_wait).await,
+        Command::Plan { path, timeout } => {
+            apply(&cli.admin_socket, &path, true, timeout, false).await
+        }
+        Command::Schema => {
+            println!("{}", compile::schema_json());
+            Ok(())
+        }
+        Command::Validate { path, show } => {
+            let compiled = load(&path)?;
+            for g in compiled.start_order() {
+                let c = &compiled.guests[&g];
+                println!(
+                    "{} {g} ({}): {} resources",
+                    c.kind,
+                    c.name,
+                    c.spec.resources.len()
+                );
+                if show {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&c.spec).unwrap_or_default()
+                    );
+                }
+            }
+            println!("ok: {} guests", compiled.guests.len());
+            Ok(())
+        }
     }
 }
 
@@ -466,6 +511,15 @@ async fn serve(args: ServeArgs, admin_socket: PathBuf) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Compiles `path`, printing warnings; all errors at once.
+fn load(path: &std::path::Path) -> Result<compile::Compiled, CliError> {
+    let compiled = compile::load(path).map_err(|e| CliError::Input(e.to_string()))?;
+    for w in &compiled.warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(compiled)
+}
+
 async fn apply(
     socket: &std::path::Path,
     path: &std::path::Path,
@@ -473,18 +527,39 @@ async fn apply(
     timeout: Duration,
     no_wait: bool,
 ) -> Result<(), CliError> {
-    let specs = load::load(path).map_err(|errs| {
-        CliError::Input(
-            errs.iter()
-                .map(|e| format!("error: {e}"))
-                .collect::<Vec<_>>()
-                .join("\n"),
-        )
-    })?;
+    let compiled = load(path)?;
+    // Each guest's state travels as one message to its agent: refuse what cannot be sent
+    // here, with the guest named, rather than as a transport error later.
+    let limit = phoenix_proto::MAX_MESSAGE_BYTES;
+    let mut total = 0;
+    for (g, c) in &compiled.guests {
+        let size = c.spec.to_json().len();
+        total += size;
+        if size > limit / 2 {
+            return Err(CliError::Input(format!(
+                "desired state of guest {g} is {size} bytes, too large (limit {} bytes per guest): ship big content as packages or stack images, not inline files",
+                limit / 2
+            )));
+        }
+    }
+    if total > limit - 64 * 1024 {
+        return Err(CliError::Input(format!(
+            "desired states total {total} bytes, too large for one apply (limit {limit} bytes): apply guests in batches"
+        )));
+    }
     let mut admin = admin_client::connect(socket).await?;
-    let guests = specs.iter().map(|(g, s)| (g.get(), s.to_json())).collect();
+    let guests = compiled
+        .guests
+        .iter()
+        .map(|(g, c)| (g.get(), c.spec.to_json()))
+        .collect();
+    let declared_json = compiled
+        .guests
+        .iter()
+        .map(|(g, c)| (g.get(), serde_json::to_vec(&c.declared).unwrap_or_default()))
+        .collect();
     // Watch before pushing so no report can slip past.
-    let ids: Vec<u32> = specs.keys().map(|g| g.get()).collect();
+    let ids: Vec<u32> = compiled.guests.keys().map(|g| g.get()).collect();
     let mut reports = admin
         .watch_reports(v1::WatchReportsRequest {
             guest_ids: ids.clone(),
@@ -492,7 +567,11 @@ async fn apply(
         .await?
         .into_inner();
     let resp = admin
-        .apply(v1::AdminApplyRequest { guests, dry_run })
+        .apply(v1::AdminApplyRequest {
+            guests,
+            dry_run,
+            declared_json,
+        })
         .await?
         .into_inner();
     let mut pending: BTreeMap<u32, (u64, String)> = BTreeMap::new();

@@ -85,6 +85,15 @@ impl v1::admin_server::Admin for AdminApi {
                 to_store.push((*guest, digest, json));
             }
         }
+        if !req.dry_run {
+            for (raw, json) in &req.declared_json {
+                let g = guest_id(*raw)?;
+                if c.store.declared(g).map_err(RpcError::from)?.as_deref() != Some(json.as_slice())
+                {
+                    c.store.put_declared(g, json).map_err(RpcError::from)?;
+                }
+            }
+        }
         if req.dry_run {
             for (g, digest, json) in &to_store {
                 c.hub.push(
@@ -156,6 +165,19 @@ impl v1::admin_server::Admin for AdminApi {
             e.agent_version = a.agent_version;
             e.last_seen_unix = a.last_seen_unix;
             e.facts = prost::Message::decode(a.facts.as_slice()).ok();
+        }
+        for (g, e) in guests.iter_mut() {
+            let declared = c
+                .store
+                .declared(*g)
+                .map_err(RpcError::from)?
+                .and_then(|j| serde_json::from_slice::<crate::compile::Declared>(&j).ok());
+            if let (Some(d), Some(f)) = (declared, e.facts.as_ref()) {
+                e.mismatches = crate::compile::compare(&d, f)
+                    .iter()
+                    .map(|m| m.to_string())
+                    .collect();
+            }
         }
         for (g, e) in guests.iter_mut() {
             e.connected = c.hub.connected(*g);

@@ -95,6 +95,10 @@ pub trait Store: Send + Sync + 'static {
     /// one global, monotonically increasing counter, so "newer" is unambiguous.
     fn put_desired(&self, states: &[(GuestId, String, Vec<u8>)]) -> Result<u64, StoreError>;
 
+    /// What the configs declare about the guest (JSON of `compile::Declared`).
+    fn declared(&self, guest: GuestId) -> Result<Option<Vec<u8>>, StoreError>;
+    fn put_declared(&self, guest: GuestId, json: &[u8]) -> Result<(), StoreError>;
+
     fn report(&self, guest: GuestId) -> Result<Option<ReportRecord>, StoreError>;
     fn put_report(&self, guest: GuestId, rec: &ReportRecord) -> Result<(), StoreError>;
 }

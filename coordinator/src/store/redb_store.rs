@@ -10,6 +10,7 @@ const AGENTS: TableDefinition<u32, &[u8]> = TableDefinition::new("agents");
 const DESIRED: TableDefinition<u32, &[u8]> = TableDefinition::new("desired");
 const REPORTS: TableDefinition<u32, &[u8]> = TableDefinition::new("reports");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const DECLARED: TableDefinition<u32, &[u8]> = TableDefinition::new("declared");
 
 pub struct RedbStore {
     db: Database,
@@ -60,6 +61,7 @@ impl RedbStore {
             tx.open_table(DESIRED).map_err(map)?;
             tx.open_table(REPORTS).map_err(map)?;
             tx.open_table(META).map_err(map)?;
+            tx.open_table(DECLARED).map_err(map)?;
         }
         tx.commit().map_err(|e| io("create tables")(e.into()))?;
         Ok(RedbStore { db })
@@ -228,6 +230,24 @@ impl Store for RedbStore {
                     .map_err(|e| io(A)(e.into()))?;
             }
             Ok(revision)
+        })
+    }
+
+    fn declared(&self, g: GuestId) -> Result<Option<Vec<u8>>, StoreError> {
+        const A: &str = "read declared facts";
+        let tx = self.db.begin_read().map_err(|e| io(A)(e.into()))?;
+        let t = tx.open_table(DECLARED).map_err(|e| io(A)(e.into()))?;
+        Ok(t.get(g.get())
+            .map_err(|e| io(A)(e.into()))?
+            .map(|v| v.value().to_vec()))
+    }
+
+    fn put_declared(&self, g: GuestId, json: &[u8]) -> Result<(), StoreError> {
+        const A: &str = "save declared facts";
+        self.write(A, true, |tx| {
+            let mut t = tx.open_table(DECLARED).map_err(|e| io(A)(e.into()))?;
+            t.insert(g.get(), json).map_err(|e| io(A)(e.into()))?;
+            Ok(())
         })
     }
 

@@ -224,6 +224,7 @@ async fn run_n(n: u32, rounds: u32, work: &Path) -> Res<()> {
             .apply(v1::AdminApplyRequest {
                 guests,
                 dry_run: false,
+                ..Default::default()
             })
             .await?
             .into_inner();
@@ -328,6 +329,7 @@ async fn agent_rss(work: &Path, secs: u64) -> Res<()> {
         .apply(v1::AdminApplyRequest {
             guests: [(7, spec.into_bytes())].into_iter().collect(),
             dry_run: false,
+            ..Default::default()
         })
         .await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
