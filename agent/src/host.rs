@@ -1,6 +1,7 @@
 //! The real handlers of this build, one per resource kind. Each host-effect module plugs
 //! itself in here.
 
+use crate::certs::SessionSigner;
 use crate::exec::{ExecConverger, ProcessRunner};
 use crate::files::FileConverger;
 use crate::packages::{Apt, AptSourceConverger, PackageConverger};
@@ -14,6 +15,8 @@ use std::sync::Arc;
 pub struct HostOptions {
     /// Managed files (and certs) may only live under these directories.
     pub file_roots: Vec<PathBuf>,
+    /// Signs service certificates through the coordinator session.
+    pub signer: SessionSigner,
 }
 
 pub fn handlers(opts: &HostOptions) -> Handlers {

@@ -5,6 +5,7 @@
 //! host effect (`files`, …) implements it; `runtime` connects the engine to the
 //! coordinator; `enroll` and `state` own the identity on disk.
 
+pub mod certs;
 pub mod enroll;
 pub mod exec;
 pub mod facts;

@@ -1,4 +1,5 @@
 use clap::{Parser, Subcommand};
+use phoenix_agent::certs::SessionSigner;
 use phoenix_agent::host::{self, HostOptions};
 use phoenix_agent::reconcile::Engine;
 use phoenix_agent::runtime::{self, Options};
@@ -126,8 +127,10 @@ async fn run(cli: Cli) -> Result<ExitCode, MainError> {
             drift_interval,
             backoff_max,
         } => {
+            let signer = SessionSigner::default();
             let engine = Arc::new(Engine::new(host::handlers(&HostOptions {
                 file_roots: policy.file_roots,
+                signer: signer.clone(),
             })));
             let opts = Options {
                 drift_interval: Duration::from_secs(drift_interval.max(1)),
@@ -142,7 +145,7 @@ async fn run(cli: Cli) -> Result<ExitCode, MainError> {
                     _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {},
                 }
             };
-            runtime::run(state, engine, opts, shutdown).await?;
+            runtime::run(state, engine, signer, opts, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Apply {
@@ -163,8 +166,10 @@ async fn run(cli: Cli) -> Result<ExitCode, MainError> {
                     .collect::<Vec<_>>()
                     .join("; "),
             })?;
+            // No coordinator here: certificates that need signing fail with "offline".
             let engine = Engine::new(host::handlers(&HostOptions {
                 file_roots: policy.file_roots,
+                signer: SessionSigner::default(),
             }));
             let report = engine
                 .run(&DesiredState::new(1, spec, dry_run), "local", &|| None)

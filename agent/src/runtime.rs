@@ -4,6 +4,7 @@
 //! The reconcile loop never depends on the session: with the coordinator away it keeps
 //! enforcing the last desired state from disk.
 
+use crate::certs::SessionSigner;
 use crate::facts;
 use crate::reconcile::Engine;
 use crate::state::{Applied, Enrollment, StateDir, StateError};
@@ -84,6 +85,7 @@ impl Backoff {
 }
 
 struct Shared {
+    signer: SessionSigner,
     state: StateDir,
     enrollment: Enrollment,
     identity: Arc<IdentityStore>,
@@ -95,6 +97,7 @@ struct Shared {
 pub async fn run(
     state: StateDir,
     engine: Arc<Engine>,
+    signer: SessionSigner,
     opts: Options,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), RunError> {
@@ -112,6 +115,7 @@ pub async fn run(
         identity,
         trust,
         opts,
+        signer,
     });
     let reconcile = tokio::spawn(reconcile_loop(
         shared.clone(),
@@ -252,6 +256,7 @@ async fn session_loop(
         }
         let started = Instant::now();
         let result = session(&shared, &desired, &dry, &mut reports).await;
+        shared.signer.set(None);
         if let Err(e) = &result {
             tracing::warn!(error = %e, "coordinator session ended");
         }
@@ -277,6 +282,7 @@ async fn session(
         &shared.opts.channel,
     )
     .await?;
+    shared.signer.set(Some(channel.clone()));
     let mut client = v1::agent_client::AgentClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
