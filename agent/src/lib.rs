@@ -15,5 +15,6 @@ mod hostio;
 pub mod packages;
 pub mod reconcile;
 pub mod runtime;
+pub mod stacks;
 pub mod state;
 pub mod systemd;

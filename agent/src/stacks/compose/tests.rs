@@ -1,0 +1,205 @@
+use super::*;
+
+fn vars(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+const FULL: &str = r#"
+version: "3.8"
+services:
+  db:
+    image: "busybox:${TAG:-1}"
+    command: sh -c 'echo "hi there" && sleep 1000'
+    environment:
+      A: 1
+      B: "${B_VAL}"
+      C: ~
+    env_file: /etc/phoenix/db.env
+    healthcheck:
+      test: ["CMD", "true"]
+      interval: 1s
+      timeout: 500ms
+      retries: 3
+      start_period: 1m30s
+    volumes:
+      - data:/data
+      - type: bind
+        source: /srv/conf
+        target: /conf
+        read_only: true
+    networks:
+      back:
+        aliases: [database]
+    restart: unless-stopped
+    ulimits:
+      nofile: {soft: 1024, hard: 2048}
+      nproc: 512
+    labels:
+      - "x.y=z"
+    logging:
+      driver: json-file
+      options: {max-size: 10m}
+  api:
+    image: busybox:1
+    entrypoint: ["/bin/sh", "-c"]
+    command: ["exec httpd -f"]
+    ports:
+      - "127.0.0.1:${PORT}:80"
+      - 9000
+      - "53:53/udp"
+    depends_on:
+      db:
+        condition: service_healthy
+    user: 1000
+    working_dir: /srv
+    devices: ["/dev/null:/dev/mynull"]
+    cap_add: [NET_ADMIN]
+    extra_hosts: ["host.docker.internal:10.0.0.1"]
+    dns: 10.0.0.13
+    init: true
+    networks: [back, front]
+    deploy:
+      resources:
+        reservations:
+          devices:
+            - driver: nvidia
+              count: all
+              capabilities: [gpu]
+  web:
+    image: busybox:1
+    restart: "no"
+    depends_on: [api]
+networks:
+  back:
+  front:
+    driver: bridge
+volumes:
+  data:
+"#;
+
+#[test]
+fn parses_the_whole_subset() {
+    let p = parse(FULL, &vars(&[("B_VAL", "b"), ("PORT", "8080"), ("C", "c")])).unwrap();
+    let db = &p.services["db"];
+    assert_eq!(db.image, "busybox:1");
+    assert_eq!(
+        db.command.as_deref().unwrap(),
+        ["sh", "-c", "echo \"hi there\" && sleep 1000"]
+    );
+    assert_eq!(db.environment["A"], "1");
+    assert_eq!(db.environment["B"], "b");
+    assert_eq!(db.environment["C"], "c");
+    let hc = db.healthcheck.as_ref().unwrap();
+    assert_eq!(hc.test, ["CMD", "true"]);
+    assert_eq!(hc.interval, Some(1_000_000_000));
+    assert_eq!(hc.timeout, Some(500_000_000));
+    assert_eq!(hc.start_period, Some(90_000_000_000));
+    assert_eq!(db.volumes[0].kind, MountKind::Volume);
+    assert_eq!(db.volumes[1].kind, MountKind::Bind);
+    assert!(db.volumes[1].read_only);
+    assert_eq!(db.networks["back"], ["database"]);
+    assert_eq!(db.ulimits["nofile"], Ulimit { soft: 1024, hard: 2048 });
+    assert_eq!(db.ulimits["nproc"], Ulimit { soft: 512, hard: 512 });
+    assert_eq!(db.labels["x.y"], "z");
+
+    let api = &p.services["api"];
+    assert_eq!(api.ports[0].host_ip.as_deref(), Some("127.0.0.1"));
+    assert_eq!(api.ports[0].host_port, Some(8080));
+    assert_eq!(api.ports[1].host_port, None);
+    assert_eq!(api.ports[2].protocol, "udp");
+    assert_eq!(api.depends_on["db"], Condition::ServiceHealthy);
+    assert_eq!(api.user.as_deref(), Some("1000"));
+    assert_eq!(api.gpus[0].count, Some(-1));
+    assert_eq!(api.gpus[0].capabilities, ["gpu"]);
+    assert_eq!(api.dns, ["10.0.0.13"]);
+    assert_eq!(p.services["web"].restart.as_deref(), Some("no"));
+    assert!(p.networks.contains_key("default"), "web has no networks");
+    assert_eq!(p.start_order(), ["db", "api", "web"]);
+}
+
+#[test]
+fn unsupported_keys_are_named() {
+    let e = parse("services:\n  a:\n    image: x\n    build: .\n", &vars(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("build"), "{e}");
+    let e = parse(
+        "services:\n  a:\n    image: x\n    deploy:\n      replicas: 2\n",
+        &vars(&[]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("replicas"), "{e}");
+    let e = parse(
+        "services:\n  a:\n    image: x\n    volumes:\n      - type: bind\n        source: /a\n        target: /b\n        bind: {propagation: shared}\n",
+        &vars(&[]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("bind"), "{e}");
+    let e = parse("services: {}\nsecrets: {}\n", &vars(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("secrets"), "{e}");
+}
+
+#[test]
+fn interpolation() {
+    let v = vars(&[("A", "1"), ("E", "")]);
+    assert_eq!(interpolate("x${A}y$A", &v).unwrap(), "x1y1");
+    assert_eq!(interpolate("${B:-d}", &v).unwrap(), "d");
+    assert_eq!(interpolate("${E:-d}", &v).unwrap(), "d");
+    assert_eq!(interpolate("${E-d}", &v).unwrap(), "");
+    assert_eq!(interpolate("$$A", &v).unwrap(), "$A");
+    assert_eq!(interpolate("${B}", &v), Err(Interp::Unset("B".into())));
+    assert!(matches!(interpolate("${A:?x}", &v), Err(Interp::Syntax(_))));
+    let e = parse("services:\n  a:\n    image: \"${IMG}\"\n", &vars(&[])).unwrap_err();
+    assert!(
+        matches!(&e, ComposeError::UnsetVariable { var, field } if var == "IMG" && field == "services.a.image"),
+        "{e}"
+    );
+}
+
+#[test]
+fn references_and_cycles() {
+    let e = parse(
+        "services:\n  a:\n    image: x\n    depends_on: [b]\n  b:\n    image: x\n    depends_on: [a]\n",
+        &vars(&[]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("cycle"), "{e}");
+    let e = parse(
+        "services:\n  a:\n    image: x\n    volumes: [\"nope:/x\"]\n",
+        &vars(&[]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("nope"), "{e}");
+    let e = parse(
+        "services:\n  a:\n    image: x\n    volumes: [\"/x\"]\n",
+        &vars(&[]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("anonymous"), "{e}");
+    let e = parse(
+        "services:\n  a:\n    image: x\n    labels: {phoenix.stack: other}\n",
+        &vars(&[]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("reserved"), "{e}");
+}
+
+#[test]
+fn ports() {
+    let p = parse_port("[::1]:80:8080/tcp").unwrap();
+    assert_eq!(p.host_ip.as_deref(), Some("::1"));
+    assert_eq!((p.host_port, p.container_port), (Some(80), 8080));
+    assert!(parse_port("80-90:80-90").is_err());
+    assert!(parse_port("80:80/xyz").is_err());
+}

@@ -1,0 +1,559 @@
+//! The container engine as the stack converger sees it: a small trait, and its
+//! implementation over the Docker Engine API with bollard.
+//!
+//! bollard sends unversioned paths, so the daemon answers at its own API version; the
+//! bodies below only use fields that Engine API 1.41 (Docker 20.10) knows.
+
+use super::compose::Condition;
+use super::plan::{ContainerConfig, NetworkPlan, ObservedContainer, VolumePlan};
+use bollard::Docker;
+use bollard::errors::Error as BollardError;
+use bollard::models::{
+    ContainerCreateBody, ContainerStateStatusEnum, DeviceMapping, DeviceRequest, EndpointSettings,
+    HealthConfig, HealthStatusEnum, HostConfig, HostConfigLogConfig, NetworkConnectRequest,
+    NetworkCreateRequest, NetworkingConfig, PortBinding, ResourcesUlimits, RestartPolicy,
+    RestartPolicyNameEnum, VolumeCreateRequest,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
+    ListNetworksOptions, ListVolumesOptions, RemoveContainerOptionsBuilder,
+    RenameContainerOptionsBuilder, StopContainerOptionsBuilder,
+};
+use std::collections::{BTreeMap, HashMap};
+use tokio_stream::StreamExt;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{action} {object}: {source}")]
+    Docker {
+        action: &'static str,
+        object: String,
+        #[source]
+        source: BollardError,
+    },
+    #[error("connect to the Docker engine: {0}")]
+    Connect(#[source] BollardError),
+}
+
+fn err(action: &'static str, object: &str) -> impl FnOnce(BollardError) -> EngineError {
+    let object = object.to_string();
+    move |source| EngineError::Docker {
+        action,
+        object,
+        source,
+    }
+}
+
+fn is_status(e: &BollardError, code: u16) -> bool {
+    matches!(e, BollardError::DockerResponseServerError { status_code, .. } if *status_code == code)
+}
+
+/// What `inspect` tells about a running or finished container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerState {
+    /// created, running, restarting, exited, …
+    pub status: String,
+    pub running: bool,
+    /// healthy, unhealthy, starting; `None` without a healthcheck.
+    pub health: Option<String>,
+    pub exit_code: Option<i64>,
+}
+
+impl ContainerState {
+    /// Whether a dependent waiting with `cond` may start. `Err` when it never will.
+    pub fn satisfies(&self, cond: Condition) -> Result<bool, String> {
+        match cond {
+            // A one-shot service that already finished has started, too.
+            Condition::ServiceStarted => Ok(self.running || self.status == "exited"),
+            Condition::ServiceHealthy => match self.health.as_deref() {
+                Some("healthy") => Ok(true),
+                Some("unhealthy") => Err("is unhealthy".into()),
+                Some(_) if self.running => Ok(false),
+                Some(_) => Err(format!("is {}", self.status)),
+                None => Err("has no healthcheck".into()),
+            },
+            Condition::ServiceCompletedSuccessfully => match (self.running, self.exit_code) {
+                (true, _) => Ok(false),
+                (false, Some(0)) if self.status == "exited" => Ok(true),
+                (false, Some(c)) if self.status == "exited" => Err(format!("exited with {c}")),
+                _ => Ok(false),
+            },
+        }
+    }
+}
+
+/// Registry credentials for a pull; never logged.
+#[derive(Clone, serde::Deserialize)]
+pub struct RegistryAuth {
+    pub username: String,
+    pub password: String,
+    #[serde(default)]
+    pub serveraddress: Option<String>,
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryAuth")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+#[async_trait::async_trait]
+pub trait ContainerEngine: Send + Sync {
+    /// Containers (running or not) carrying `phoenix.stack=<stack>`, plus any container
+    /// holding one of `names`.
+    async fn list_containers(
+        &self,
+        stack: &str,
+        names: &[String],
+    ) -> Result<Vec<ObservedContainer>, EngineError>;
+    async fn inspect_state(&self, id: &str) -> Result<ContainerState, EngineError>;
+    /// Every network: name → labels.
+    async fn list_networks(&self)
+    -> Result<BTreeMap<String, BTreeMap<String, String>>, EngineError>;
+    async fn list_volumes(&self) -> Result<Vec<String>, EngineError>;
+    /// Local image ID for a reference, `None` when absent.
+    async fn image_id(&self, image: &str) -> Result<Option<String>, EngineError>;
+
+    async fn pull_image(&self, image: &str, auth: Option<RegistryAuth>)
+    -> Result<(), EngineError>;
+    async fn create_network(
+        &self,
+        network: &NetworkPlan,
+        labels: HashMap<String, String>,
+    ) -> Result<(), EngineError>;
+    async fn remove_network(&self, name: &str) -> Result<(), EngineError>;
+    async fn create_volume(
+        &self,
+        volume: &VolumePlan,
+        labels: HashMap<String, String>,
+    ) -> Result<(), EngineError>;
+    /// Creates the container attached to its first network; returns its ID.
+    async fn create_container(
+        &self,
+        name: &str,
+        body: ContainerCreateBody,
+    ) -> Result<String, EngineError>;
+    async fn connect_network(
+        &self,
+        network: &str,
+        container: &str,
+        aliases: Vec<String>,
+    ) -> Result<(), EngineError>;
+    async fn start_container(&self, id: &str) -> Result<(), EngineError>;
+    async fn stop_container(&self, id: &str) -> Result<(), EngineError>;
+    async fn rename_container(&self, id: &str, name: &str) -> Result<(), EngineError>;
+    /// Removes a container (forcing it if running); its named volumes stay.
+    async fn remove_container(&self, id: &str) -> Result<(), EngineError>;
+}
+
+/// Builds the Engine API body. The first of the container's networks goes into the
+/// create call (Engine API 1.41 takes only one there); `connect_network` adds the rest.
+pub fn create_body(c: &ContainerConfig, labels: HashMap<String, String>) -> ContainerCreateBody {
+    let s = &c.spec;
+    let none_if_empty = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+    let mut exposed = Vec::new();
+    let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
+    for p in &s.ports {
+        let key = format!("{}/{}", p.container_port, p.protocol);
+        exposed.push(key.clone());
+        bindings.entry(key).or_default().get_or_insert_default().push(PortBinding {
+            host_ip: p.host_ip.clone(),
+            host_port: Some(p.host_port.map(|h| h.to_string()).unwrap_or_default()),
+        });
+    }
+    let binds: Vec<String> = s
+        .volumes
+        .iter()
+        .map(|m| {
+            let ro = if m.read_only { ":ro" } else { "" };
+            // Binds (not Mounts) for both kinds, so a missing host directory is created
+            // as Compose does.
+            format!("{}:{}{ro}", m.source, m.target)
+        })
+        .collect();
+    let restart_policy = s.restart.as_deref().map(|r| {
+        let (name, retries) = match r {
+            "always" => (RestartPolicyNameEnum::ALWAYS, None),
+            "unless-stopped" => (RestartPolicyNameEnum::UNLESS_STOPPED, None),
+            "no" => (RestartPolicyNameEnum::NO, None),
+            other => (
+                RestartPolicyNameEnum::ON_FAILURE,
+                other
+                    .strip_prefix("on-failure:")
+                    .and_then(|n| n.parse::<i64>().ok()),
+            ),
+        };
+        RestartPolicy {
+            name: Some(name),
+            maximum_retry_count: retries,
+        }
+    });
+    let devices: Vec<DeviceMapping> = s
+        .devices
+        .iter()
+        .map(|d| {
+            let mut parts = d.splitn(3, ':');
+            let host = parts.next().unwrap_or_default().to_string();
+            let inside = parts.next().map(str::to_string).unwrap_or_else(|| host.clone());
+            DeviceMapping {
+                path_on_host: Some(host),
+                path_in_container: Some(inside),
+                cgroup_permissions: Some(parts.next().unwrap_or("rwm").to_string()),
+            }
+        })
+        .collect();
+    let device_requests: Vec<DeviceRequest> = s
+        .gpus
+        .iter()
+        .map(|g| DeviceRequest {
+            driver: g.driver.clone(),
+            count: g.count,
+            device_ids: none_if_empty(&g.device_ids),
+            capabilities: Some(vec![g.capabilities.clone()]),
+            options: Some(g.options.clone().into_iter().collect()),
+        })
+        .collect();
+    let ulimits: Vec<ResourcesUlimits> = s
+        .ulimits
+        .iter()
+        .map(|(name, u)| ResourcesUlimits {
+            name: Some(name.clone()),
+            soft: Some(u.soft),
+            hard: Some(u.hard),
+        })
+        .collect();
+    let first_net = s.networks.iter().next();
+    let host_config = HostConfig {
+        binds: none_if_empty(&binds),
+        port_bindings: (!bindings.is_empty()).then_some(bindings),
+        restart_policy,
+        devices: (!devices.is_empty()).then_some(devices),
+        device_requests: (!device_requests.is_empty()).then_some(device_requests),
+        cap_add: none_if_empty(&s.cap_add),
+        ulimits: (!ulimits.is_empty()).then_some(ulimits),
+        extra_hosts: none_if_empty(&s.extra_hosts),
+        log_config: s.logging.as_ref().map(|l| HostConfigLogConfig {
+            typ: l.driver.clone(),
+            config: Some(l.options.clone().into_iter().collect()),
+        }),
+        init: s.init,
+        dns: none_if_empty(&s.dns),
+        network_mode: first_net.map(|(n, _)| n.clone()),
+        ..Default::default()
+    };
+    ContainerCreateBody {
+        image: Some(s.image.clone()),
+        cmd: s.command.clone(),
+        entrypoint: s.entrypoint.clone(),
+        env: Some(s.environment.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        exposed_ports: (!exposed.is_empty()).then_some(exposed),
+        healthcheck: s.healthcheck.as_ref().map(|h| HealthConfig {
+            test: Some(h.test.clone()),
+            interval: h.interval,
+            timeout: h.timeout,
+            retries: h.retries,
+            start_period: h.start_period,
+            start_interval: None,
+        }),
+        labels: Some(labels),
+        user: s.user.clone(),
+        working_dir: s.working_dir.clone(),
+        hostname: s.hostname.clone(),
+        host_config: Some(host_config),
+        networking_config: first_net.map(|(n, aliases)| NetworkingConfig {
+            endpoints_config: Some(HashMap::from([(
+                n.clone(),
+                EndpointSettings {
+                    aliases: Some(aliases.clone()),
+                    ..Default::default()
+                },
+            )])),
+        }),
+        ..Default::default()
+    }
+}
+
+/// The real engine.
+pub struct DockerEngine {
+    docker: Docker,
+}
+
+impl DockerEngine {
+    /// Honours `DOCKER_HOST=unix://…`, else the default socket. Connects lazily: an
+    /// agent on a guest without Docker only fails the stacks it is asked to run.
+    pub fn connect() -> Result<Self, EngineError> {
+        let docker = Docker::connect_with_defaults().map_err(EngineError::Connect)?;
+        Ok(DockerEngine { docker })
+    }
+}
+
+fn string_map(m: Option<HashMap<String, String>>) -> BTreeMap<String, String> {
+    m.unwrap_or_default().into_iter().collect()
+}
+
+#[async_trait::async_trait]
+impl ContainerEngine for DockerEngine {
+    async fn list_containers(
+        &self,
+        stack: &str,
+        names: &[String],
+    ) -> Result<Vec<ObservedContainer>, EngineError> {
+        let mut out: Vec<ObservedContainer> = Vec::new();
+        let by_label = HashMap::from([("label", vec![format!("{}={stack}", super::LABEL_STACK)])]);
+        let mut queries = vec![by_label];
+        if !names.is_empty() {
+            // The name filter matches substrings; exact names are checked below.
+            queries.push(HashMap::from([("name", names.to_vec())]));
+        }
+        for filters in queries {
+            let opts = ListContainersOptionsBuilder::new()
+                .all(true)
+                .filters(&filters)
+                .build();
+            let list = self
+                .docker
+                .list_containers(Some(opts))
+                .await
+                .map_err(err("list containers of stack", stack))?;
+            for c in list {
+                let Some(id) = c.id else { continue };
+                if out.iter().any(|o| o.id == id) {
+                    continue;
+                }
+                let name = c
+                    .names
+                    .unwrap_or_default()
+                    .first()
+                    .map(|n| n.trim_start_matches('/').to_string())
+                    .unwrap_or_default();
+                let labels = string_map(c.labels);
+                let state = c.state.map(|s| s.to_string()).unwrap_or_default();
+                let running = state == "running" || state == "restarting";
+                let exit_code = c.status.as_deref().and_then(|s| {
+                    s.strip_prefix("Exited (")
+                        .and_then(|r| r.split(')').next())
+                        .and_then(|n| n.parse().ok())
+                });
+                let ours = labels.get(super::LABEL_STACK).map(String::as_str) == Some(stack);
+                if ours || names.contains(&name) {
+                    out.push(ObservedContainer {
+                        id,
+                        name,
+                        labels,
+                        running,
+                        exit_code,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn inspect_state(&self, id: &str) -> Result<ContainerState, EngineError> {
+        let c = self
+            .docker
+            .inspect_container(id, None)
+            .await
+            .map_err(err("inspect container", id))?;
+        let st = c.state.unwrap_or_default();
+        let status = st.status.unwrap_or(ContainerStateStatusEnum::EMPTY);
+        let health = st
+            .health
+            .and_then(|h| h.status)
+            .filter(|h| !matches!(h, HealthStatusEnum::EMPTY | HealthStatusEnum::NONE))
+            .map(|h| h.to_string());
+        Ok(ContainerState {
+            status: status.to_string(),
+            running: st.running.unwrap_or(false),
+            health,
+            exit_code: st.exit_code,
+        })
+    }
+
+    async fn list_networks(
+        &self,
+    ) -> Result<BTreeMap<String, BTreeMap<String, String>>, EngineError> {
+        let list = self
+            .docker
+            .list_networks(None::<ListNetworksOptions>)
+            .await
+            .map_err(err("list", "networks"))?;
+        Ok(list
+            .into_iter()
+            .filter_map(|n| Some((n.name?, string_map(n.labels))))
+            .collect())
+    }
+
+    async fn list_volumes(&self) -> Result<Vec<String>, EngineError> {
+        let list = self
+            .docker
+            .list_volumes(None::<ListVolumesOptions>)
+            .await
+            .map_err(err("list", "volumes"))?;
+        Ok(list
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| v.name)
+            .collect())
+    }
+
+    async fn image_id(&self, image: &str) -> Result<Option<String>, EngineError> {
+        match self.docker.inspect_image(image).await {
+            Ok(i) => Ok(i.id),
+            Err(e) if is_status(&e, 404) => Ok(None),
+            Err(e) => Err(err("inspect image", image)(e)),
+        }
+    }
+
+    async fn pull_image(
+        &self,
+        image: &str,
+        auth: Option<RegistryAuth>,
+    ) -> Result<(), EngineError> {
+        // A reference without a tag would pull every tag; Compose pulls :latest.
+        let last = image.rsplit('/').next().unwrap_or(image);
+        let reference = if last.contains(':') || last.contains('@') {
+            image.to_string()
+        } else {
+            format!("{image}:latest")
+        };
+        let opts = CreateImageOptionsBuilder::new()
+            .from_image(&reference)
+            .build();
+        let creds = auth.map(|a| bollard::auth::DockerCredentials {
+            username: Some(a.username),
+            password: Some(a.password),
+            serveraddress: a.serveraddress,
+            ..Default::default()
+        });
+        let mut stream = self.docker.create_image(Some(opts), None, creds);
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(err("pull image", image))?;
+            if let Some(detail) = info.error_detail {
+                return Err(EngineError::Docker {
+                    action: "pull image",
+                    object: image.to_string(),
+                    source: BollardError::DockerStreamError {
+                        error: detail.message.unwrap_or_default(),
+                    },
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn create_network(
+        &self,
+        network: &NetworkPlan,
+        labels: HashMap<String, String>,
+    ) -> Result<(), EngineError> {
+        let req = NetworkCreateRequest {
+            name: network.name.clone(),
+            driver: network.driver.clone(),
+            internal: network.internal.then_some(true),
+            options: Some(network.driver_opts.clone().into_iter().collect()),
+            labels: Some(labels),
+            ..Default::default()
+        };
+        self.docker
+            .create_network(req)
+            .await
+            .map_err(err("create network", &network.name))?;
+        Ok(())
+    }
+
+    async fn remove_network(&self, name: &str) -> Result<(), EngineError> {
+        self.docker
+            .remove_network(name)
+            .await
+            .map_err(err("remove network", name))
+    }
+
+    async fn create_volume(
+        &self,
+        volume: &VolumePlan,
+        labels: HashMap<String, String>,
+    ) -> Result<(), EngineError> {
+        let req = VolumeCreateRequest {
+            name: Some(volume.name.clone()),
+            driver: volume.driver.clone(),
+            driver_opts: Some(volume.driver_opts.clone().into_iter().collect()),
+            labels: Some(labels),
+            ..Default::default()
+        };
+        self.docker
+            .create_volume(req)
+            .await
+            .map_err(err("create volume", &volume.name))?;
+        Ok(())
+    }
+
+    async fn create_container(
+        &self,
+        name: &str,
+        body: ContainerCreateBody,
+    ) -> Result<String, EngineError> {
+        let opts = CreateContainerOptionsBuilder::new().name(name).build();
+        let r = self
+            .docker
+            .create_container(Some(opts), body)
+            .await
+            .map_err(err("create container", name))?;
+        Ok(r.id)
+    }
+
+    async fn connect_network(
+        &self,
+        network: &str,
+        container: &str,
+        aliases: Vec<String>,
+    ) -> Result<(), EngineError> {
+        let req = NetworkConnectRequest {
+            container: container.to_string(),
+            endpoint_config: Some(EndpointSettings {
+                aliases: Some(aliases),
+                ..Default::default()
+            }),
+        };
+        self.docker
+            .connect_network(network, req)
+            .await
+            .map_err(err("connect to network", network))
+    }
+
+    async fn start_container(&self, id: &str) -> Result<(), EngineError> {
+        match self.docker.start_container(id, None).await {
+            // 304: already running.
+            Err(e) if is_status(&e, 304) => Ok(()),
+            r => r.map_err(err("start container", id)),
+        }
+    }
+
+    async fn stop_container(&self, id: &str) -> Result<(), EngineError> {
+        let opts = StopContainerOptionsBuilder::new().t(10).build();
+        match self.docker.stop_container(id, Some(opts)).await {
+            Err(e) if is_status(&e, 304) => Ok(()),
+            r => r.map_err(err("stop container", id)),
+        }
+    }
+
+    async fn rename_container(&self, id: &str, name: &str) -> Result<(), EngineError> {
+        let opts = RenameContainerOptionsBuilder::new().name(name).build();
+        self.docker
+            .rename_container(id, opts)
+            .await
+            .map_err(err("rename container", id))
+    }
+
+    async fn remove_container(&self, id: &str) -> Result<(), EngineError> {
+        let opts = RemoveContainerOptionsBuilder::new().force(true).build();
+        match self.docker.remove_container(id, Some(opts)).await {
+            Err(e) if is_status(&e, 404) => Ok(()),
+            r => r.map_err(err("remove container", id)),
+        }
+    }
+}

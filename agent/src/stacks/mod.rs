@@ -1,0 +1,715 @@
+//! Docker stacks, converged through the Engine API (bollard) instead of `docker compose`.
+//!
+//! `compose` parses and validates the Compose subset (pure; the coordinator uses it too),
+//! `plan` compares desired with observed and lists steps (pure), `engine` is the small
+//! `ContainerEngine` trait with its Docker implementation, and `StackConverger` below ties
+//! them to the reconcile engine.
+//!
+//! Every object created here carries `phoenix.stack=<name>`; containers also carry
+//! `phoenix.service`, `phoenix.config-hash` and `phoenix.image-digest` (the local image
+//! ID they were created from). Nothing without the stack label is ever changed.
+//! Limits: images are pulled only when absent locally (a moved `:latest` tag upstream is
+//! not noticed until the image is removed); named volumes are never removed; services
+//! are started one after another.
+
+pub mod compose;
+pub mod engine;
+pub mod plan;
+
+use crate::reconcile::{Check, Converge, PassContext, ResourceError};
+use compose::{ComposeError, ComposeProject, Condition};
+use engine::{ContainerEngine, ContainerState, EngineError, RegistryAuth};
+use phoenix_proto::model::{SecretRef, StackSpec};
+use plan::{Desired, Observed, Plan, PlanError, Step};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Labels under this prefix belong to Phoenix; a Compose file may not set them.
+pub const LABEL_PREFIX: &str = "phoenix.";
+pub const LABEL_STACK: &str = "phoenix.stack";
+pub const LABEL_SERVICE: &str = "phoenix.service";
+pub const LABEL_CONFIG_HASH: &str = "phoenix.config-hash";
+pub const LABEL_IMAGE: &str = "phoenix.image-digest";
+
+/// Suffix of the previous container's name while its replacement starts.
+const OLD_SUFFIX: &str = "-phoenix-old";
+const POLL: Duration = Duration::from_millis(100);
+const MAX_WAIT: Duration = Duration::from_secs(600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StackError {
+    #[error("stack {stack}: {source}")]
+    Compose {
+        stack: String,
+        #[source]
+        source: ComposeError,
+    },
+    #[error("stack {stack}: label {label:?} for service {service}: {why}")]
+    Label {
+        stack: String,
+        service: String,
+        label: String,
+        why: &'static str,
+    },
+    #[error("stack {stack}: file {path} is outside the allowed roots")]
+    FileOutsideRoots { stack: String, path: String },
+    #[error("stack {stack}: {action} {path}: {source}")]
+    Io {
+        stack: String,
+        action: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("stack {stack}: env file {path} line {line}: expected KEY=VALUE")]
+    EnvFileLine {
+        stack: String,
+        path: String,
+        line: usize,
+    },
+    #[error("stack {stack}: read registry credentials from {from}: {why}")]
+    RegistryAuth {
+        stack: String,
+        from: String,
+        why: String,
+    },
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("stack {stack}: {source}")]
+    Engine {
+        stack: String,
+        #[source]
+        source: EngineError,
+    },
+    #[error("stack {stack}: service {service} {why}")]
+    Dependency {
+        stack: String,
+        service: String,
+        why: String,
+    },
+    #[error("stack {stack}: image {image} is still absent after pulling it")]
+    PullMissing { stack: String, image: String },
+    #[error(
+        "stack {stack}: recreate {service} failed: {cause}; {}",
+        if *.restored { "the previous container was put back" } else { "the previous container was not restored" }
+    )]
+    RecreateFailed {
+        stack: String,
+        service: String,
+        cause: String,
+        restored: bool,
+    },
+}
+
+/// One container of a stack as reported to the operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerStatus {
+    pub service: String,
+    pub name: String,
+    pub state: String,
+    pub health: Option<String>,
+}
+
+pub struct StackConverger {
+    engine: Arc<dyn ContainerEngine>,
+    file_roots: Vec<PathBuf>,
+}
+
+/// A desired state rendered against the host: the containers, and the stack files whose
+/// content on disk differs from the spec.
+struct Rendered {
+    desired: Desired,
+    stale_files: Vec<(PathBuf, String)>,
+}
+
+impl StackConverger {
+    /// `file_roots`: where a stack's `files` may be written (the operator's policy, as for
+    /// file resources).
+    pub fn new(engine: Arc<dyn ContainerEngine>, file_roots: Vec<PathBuf>) -> Self {
+        StackConverger { engine, file_roots }
+    }
+
+    fn project(&self, spec: &StackSpec) -> Result<ComposeProject, StackError> {
+        compose::parse(&spec.compose, &spec.variables).map_err(|source| StackError::Compose {
+            stack: spec.name.clone(),
+            source,
+        })
+    }
+
+    fn extra_labels(
+        spec: &StackSpec,
+        project: &ComposeProject,
+    ) -> Result<BTreeMap<String, BTreeMap<String, String>>, StackError> {
+        let mut out = BTreeMap::new();
+        for (service, labels) in &spec.labels {
+            let bad = |label: &str, why| StackError::Label {
+                stack: spec.name.clone(),
+                service: service.clone(),
+                label: label.to_string(),
+                why,
+            };
+            if !project.services.contains_key(service) {
+                return Err(bad("", "no such service in the compose file"));
+            }
+            let mut map = BTreeMap::new();
+            for l in labels {
+                let (k, v) = l.split_once('=').ok_or_else(|| bad(l, "expected key=value"))?;
+                if k.starts_with(LABEL_PREFIX) {
+                    return Err(bad(l, "the phoenix. prefix is reserved"));
+                }
+                map.insert(k.to_string(), v.to_string());
+            }
+            out.insert(service.clone(), map);
+        }
+        Ok(out)
+    }
+
+    fn check_roots(&self, spec: &StackSpec) -> Result<(), StackError> {
+        for f in &spec.files {
+            let p = f.path.as_path();
+            if !self
+                .file_roots
+                .iter()
+                .any(|r| p.starts_with(r) && p != r.as_path())
+                || p.components().any(|c| c == std::path::Component::ParentDir)
+            {
+                return Err(StackError::FileOutsideRoots {
+                    stack: spec.name.clone(),
+                    path: f.path.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads env files (from the stack's own files first, else the host) and compares
+    /// stack files with the host. Reads only.
+    fn render(&self, spec: &StackSpec) -> Result<Rendered, StackError> {
+        let stack = spec.name.as_str();
+        let project = self.project(spec)?;
+        let labels = Self::extra_labels(spec, &project)?;
+        let io = |action, path: &Path| {
+            let path = path.display().to_string();
+            move |source| StackError::Io {
+                stack: stack.to_string(),
+                action,
+                path,
+                source,
+            }
+        };
+        let mut env_files = BTreeMap::new();
+        for svc in project.services.values() {
+            for path in &svc.env_files {
+                if env_files.contains_key(path) {
+                    continue;
+                }
+                let text = match spec.files.iter().find(|f| f.path.as_str() == path) {
+                    Some(f) => f.content.clone(),
+                    None => std::fs::read_to_string(path).map_err(io("read env file", Path::new(path)))?,
+                };
+                env_files.insert(path.clone(), parse_env_file(stack, path, &text)?);
+            }
+        }
+        let mut digests = BTreeMap::new();
+        let mut stale_files = Vec::new();
+        for f in &spec.files {
+            digests.insert(
+                f.path.to_string(),
+                hex::encode(Sha256::digest(f.content.as_bytes())),
+            );
+            let path = f.path.as_path();
+            match std::fs::read(path) {
+                Ok(have) if have == f.content.as_bytes() => {}
+                Ok(_) => stale_files.push((path.to_path_buf(), f.content.clone())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    stale_files.push((path.to_path_buf(), f.content.clone()))
+                }
+                Err(e) => return Err(io("read stack file", path)(e)),
+            }
+        }
+        let desired = plan::render(stack, &project, &labels, &env_files, &digests);
+        Ok(Rendered {
+            desired,
+            stale_files,
+        })
+    }
+
+    fn engine_err(stack: &str) -> impl FnOnce(EngineError) -> StackError + '_ {
+        move |source| StackError::Engine {
+            stack: stack.to_string(),
+            source,
+        }
+    }
+
+    async fn observe(&self, desired: &Desired) -> Result<Observed, StackError> {
+        let stack = desired.stack.as_str();
+        let e = || Self::engine_err(stack);
+        let names: Vec<String> = desired.containers.iter().map(|c| c.name.clone()).collect();
+        let containers = self
+            .engine
+            .list_containers(stack, &names)
+            .await
+            .map_err(e())?;
+        let networks = self.engine.list_networks().await.map_err(e())?;
+        let volumes = self
+            .engine
+            .list_volumes()
+            .await
+            .map_err(e())?
+            .into_iter()
+            .collect();
+        let mut images = BTreeMap::new();
+        for c in &desired.containers {
+            if !images.contains_key(&c.spec.image) {
+                let id = self.engine.image_id(&c.spec.image).await.map_err(e())?;
+                images.insert(c.spec.image.clone(), id);
+            }
+        }
+        Ok(Observed {
+            containers,
+            networks,
+            volumes,
+            images,
+        })
+    }
+
+    /// Each container of the stack with its state and health, for the operator.
+    pub async fn status(&self, spec: &StackSpec) -> Result<Vec<ContainerStatus>, StackError> {
+        let stack = spec.name.as_str();
+        let list = self
+            .engine
+            .list_containers(stack, &[])
+            .await
+            .map_err(Self::engine_err(stack))?;
+        let mut out = Vec::new();
+        for c in list {
+            let st = self
+                .engine
+                .inspect_state(&c.id)
+                .await
+                .map_err(Self::engine_err(stack))?;
+            out.push(ContainerStatus {
+                service: c.labels.get(LABEL_SERVICE).cloned().unwrap_or_default(),
+                name: c.name,
+                state: st.status,
+                health: st.health,
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn registry_auth(&self, spec: &StackSpec) -> Result<Option<RegistryAuth>, StackError> {
+        let Some(secret) = &spec.registry_auth else {
+            return Ok(None);
+        };
+        let (from, text) = match secret {
+            SecretRef::File(p) => (
+                p.to_string(),
+                std::fs::read_to_string(p.as_path()).map_err(|e| e.to_string()),
+            ),
+            SecretRef::Env(v) => (
+                format!("${v}"),
+                std::env::var(v).map_err(|e| e.to_string()),
+            ),
+        };
+        let fail = |why: String| StackError::RegistryAuth {
+            stack: spec.name.clone(),
+            from: from.clone(),
+            why,
+        };
+        let text = text.map_err(fail)?;
+        // The parser's message carries a position, never the secret's content.
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| fail(format!("expected {{\"username\", \"password\"}} JSON ({e})")))
+    }
+
+    fn labels(desired: &Desired, index: usize, image_id: &str) -> HashMap<String, String> {
+        let c = &desired.containers[index];
+        let mut l: HashMap<String, String> = c.spec.labels.clone().into_iter().collect();
+        l.insert(LABEL_STACK.into(), desired.stack.clone());
+        l.insert(LABEL_SERVICE.into(), c.service.clone());
+        l.insert(LABEL_CONFIG_HASH.into(), c.config_hash());
+        l.insert(LABEL_IMAGE.into(), image_id.to_string());
+        l
+    }
+
+    /// Waits until `id` (service `service`) satisfies `cond`, bounded by what its
+    /// healthcheck allows.
+    async fn wait_for(
+        &self,
+        desired: &Desired,
+        service: &str,
+        id: &str,
+        cond: Condition,
+    ) -> Result<(), StackError> {
+        let stack = desired.stack.as_str();
+        let limit = desired
+            .containers
+            .iter()
+            .find(|c| c.service == service)
+            .and_then(|c| c.spec.healthcheck.as_ref())
+            .map(|h| {
+                let ns = |v: Option<i64>, d: i64| Duration::from_nanos(v.unwrap_or(d).max(0) as u64);
+                let s = 1_000_000_000;
+                ns(h.start_period, 0)
+                    + (ns(h.interval, 30 * s) + ns(h.timeout, 30 * s))
+                        * (h.retries.unwrap_or(3).max(1) as u32)
+                    + Duration::from_secs(10)
+            })
+            .unwrap_or(Duration::from_secs(60))
+            .min(MAX_WAIT);
+        let started = Instant::now();
+        loop {
+            let st: ContainerState = self
+                .engine
+                .inspect_state(id)
+                .await
+                .map_err(Self::engine_err(stack))?;
+            match st.satisfies(cond) {
+                Ok(true) => return Ok(()),
+                Ok(false) if started.elapsed() < limit => tokio::time::sleep(POLL).await,
+                Ok(false) => {
+                    return Err(StackError::Dependency {
+                        stack: stack.into(),
+                        service: service.into(),
+                        why: format!("did not reach {cond:?} within {limit:?}"),
+                    });
+                }
+                Err(why) => {
+                    return Err(StackError::Dependency {
+                        stack: stack.into(),
+                        service: service.into(),
+                        why,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Creates, connects and starts one container; with `gate`, also waits for it to
+    /// become healthy (when it has a healthcheck). On failure returns the ID of what was
+    /// created, so the caller can clean up.
+    async fn create_and_start(
+        &self,
+        desired: &Desired,
+        index: usize,
+        image_id: &str,
+        gate: bool,
+    ) -> Result<String, (Option<String>, StackError)> {
+        let stack = desired.stack.as_str();
+        let c = &desired.containers[index];
+        let body = engine::create_body(c, Self::labels(desired, index, image_id));
+        let id = self
+            .engine
+            .create_container(&c.name, body)
+            .await
+            .map_err(|e| (None, Self::engine_err(stack)(e)))?;
+        let fail = |e: StackError| (Some(id.clone()), e);
+        for (net, aliases) in c.spec.networks.iter().skip(1) {
+            self.engine
+                .connect_network(net, &id, aliases.clone())
+                .await
+                .map_err(|e| fail(Self::engine_err(stack)(e)))?;
+        }
+        self.engine
+            .start_container(&id)
+            .await
+            .map_err(|e| fail(Self::engine_err(stack)(e)))?;
+        let has_health = c
+            .spec
+            .healthcheck
+            .as_ref()
+            .is_some_and(|h| h.test.first().map(String::as_str) != Some("NONE"));
+        if gate && has_health {
+            self.wait_for(desired, &c.service, &id, Condition::ServiceHealthy)
+                .await
+                .map_err(fail)?;
+        }
+        Ok(id)
+    }
+
+    /// Replaces a container, keeping the old one aside until the new one runs (and is
+    /// healthy, if it has a healthcheck). On failure, with `rollback`, the old one is put
+    /// back under its name and restarted if it was running.
+    async fn recreate(
+        &self,
+        desired: &Desired,
+        index: usize,
+        image_id: &str,
+        old_id: &str,
+        was_running: bool,
+        rollback: bool,
+    ) -> Result<String, StackError> {
+        let stack = desired.stack.as_str();
+        let c = &desired.containers[index];
+        let e = || Self::engine_err(stack);
+        self.engine.stop_container(old_id).await.map_err(e())?;
+        let aside = format!("{}{OLD_SUFFIX}", c.name);
+        self.engine
+            .rename_container(old_id, &aside)
+            .await
+            .map_err(e())?;
+        match self.create_and_start(desired, index, image_id, true).await {
+            Ok(id) => {
+                self.engine.remove_container(old_id).await.map_err(e())?;
+                Ok(id)
+            }
+            Err((new_id, cause)) => {
+                let restored = if rollback {
+                    let put_back = async {
+                        if let Some(id) = &new_id {
+                            self.engine.remove_container(id).await?;
+                        }
+                        self.engine.rename_container(old_id, &c.name).await?;
+                        if was_running {
+                            self.engine.start_container(old_id).await?;
+                        }
+                        Ok::<_, EngineError>(())
+                    };
+                    match put_back.await {
+                        Ok(()) => true,
+                        Err(e) => {
+                            tracing::warn!(stack, service = %c.service, error = %e, "rollback failed");
+                            false
+                        }
+                    }
+                } else {
+                    false
+                };
+                Err(StackError::RecreateFailed {
+                    stack: stack.into(),
+                    service: c.service.clone(),
+                    cause: cause.to_string(),
+                    restored,
+                })
+            }
+        }
+    }
+
+    async fn execute(
+        &self,
+        spec: &StackSpec,
+        desired: &Desired,
+        observed: &Observed,
+        plan: &Plan,
+    ) -> Result<Vec<String>, StackError> {
+        let stack = desired.stack.as_str();
+        let e = || Self::engine_err(stack);
+        let mut stack_labels = HashMap::new();
+        stack_labels.insert(LABEL_STACK.to_string(), stack.to_string());
+        // Container per service as it stands now; updated as steps run.
+        let mut ids: BTreeMap<&str, String> = BTreeMap::new();
+        for c in &desired.containers {
+            if let Some(o) = observed.containers.iter().find(|o| {
+                o.name == c.name && o.labels.get(LABEL_STACK).map(String::as_str) == Some(stack)
+            }) {
+                ids.insert(c.service.as_str(), o.id.clone());
+            }
+        }
+        let image_id = |i: usize| -> Result<String, StackError> {
+            let image = &desired.containers[i].spec.image;
+            observed
+                .images
+                .get(image)
+                .cloned()
+                .flatten()
+                .ok_or_else(|| StackError::PullMissing {
+                    stack: stack.into(),
+                    image: image.clone(),
+                })
+        };
+        let mut done = Vec::new();
+        let described = plan.describe(desired);
+        for (step, what) in plan.steps.iter().zip(described) {
+            if let Step::Create { index } | Step::Recreate { index, .. } | Step::Start { index, .. } =
+                step
+            {
+                let c = &desired.containers[*index];
+                for (dep, cond) in &c.spec.depends_on {
+                    let Some(id) = ids.get(dep.as_str()) else {
+                        return Err(StackError::Dependency {
+                            stack: stack.into(),
+                            service: dep.clone(),
+                            why: "has no container".into(),
+                        });
+                    };
+                    self.wait_for(desired, dep, id, *cond).await?;
+                }
+            }
+            match step {
+                Step::Pull { image } => {
+                    return Err(StackError::PullMissing {
+                        stack: stack.into(),
+                        image: image.clone(),
+                    });
+                }
+                Step::CreateNetwork { network } => self
+                    .engine
+                    .create_network(network, stack_labels.clone())
+                    .await
+                    .map_err(e())?,
+                Step::CreateVolume { volume } => self
+                    .engine
+                    .create_volume(volume, stack_labels.clone())
+                    .await
+                    .map_err(e())?,
+                Step::RemoveContainer { id, .. } => {
+                    self.engine.remove_container(id).await.map_err(e())?
+                }
+                Step::Create { index } => {
+                    let id = self
+                        .create_and_start(desired, *index, &image_id(*index)?, false)
+                        .await
+                        .map_err(|(_, err)| err)?;
+                    ids.insert(desired.containers[*index].service.as_str(), id);
+                }
+                Step::Recreate {
+                    index,
+                    old_id,
+                    was_running,
+                    ..
+                } => {
+                    let id = self
+                        .recreate(
+                            desired,
+                            *index,
+                            &image_id(*index)?,
+                            old_id,
+                            *was_running,
+                            spec.rollback_on_failure,
+                        )
+                        .await?;
+                    ids.insert(desired.containers[*index].service.as_str(), id);
+                }
+                Step::Start { id, .. } => self.engine.start_container(id).await.map_err(e())?,
+                Step::RemoveNetwork { name } => {
+                    self.engine.remove_network(name).await.map_err(e())?
+                }
+            }
+            done.push(what);
+        }
+        Ok(done)
+    }
+}
+
+fn parse_env_file(
+    stack: &str,
+    path: &str,
+    text: &str,
+) -> Result<BTreeMap<String, String>, StackError> {
+    let mut out = BTreeMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (k, v) = line
+            .split_once('=')
+            .filter(|(k, _)| !k.trim().is_empty())
+            .ok_or_else(|| StackError::EnvFileLine {
+                stack: stack.into(),
+                path: path.into(),
+                line: n + 1,
+            })?;
+        let v = v.trim();
+        let v = v
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .or_else(|| v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+            .unwrap_or(v);
+        out.insert(k.trim().to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+fn write_stack_file(stack: &str, path: &Path, content: &str) -> Result<(), StackError> {
+    let io = |action| {
+        move |source| StackError::Io {
+            stack: stack.to_string(),
+            action,
+            path: path.display().to_string(),
+            source,
+        }
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io("create directory for"))?;
+    }
+    phoenix_pki::fsutil::write_atomic(path, content.as_bytes(), 0o644).map_err(io("write"))
+}
+
+#[async_trait::async_trait]
+impl Converge<StackSpec> for StackConverger {
+    fn validate(&self, spec: &StackSpec) -> Result<(), ResourceError> {
+        let project = self.project(spec)?;
+        Self::extra_labels(spec, &project)?;
+        self.check_roots(spec)?;
+        Ok(())
+    }
+
+    async fn check(&self, spec: &StackSpec, _cx: &PassContext) -> Result<Check, ResourceError> {
+        let r = self.render(spec)?;
+        let observed = self.observe(&r.desired).await?;
+        let plan = plan::plan(&r.desired, &observed)?;
+        let mut lines: Vec<String> = r
+            .stale_files
+            .iter()
+            .map(|(p, _)| format!("write file {}", p.display()))
+            .collect();
+        lines.extend(plan.describe(&r.desired));
+        if lines.is_empty() {
+            Ok(Check::InSync)
+        } else {
+            Ok(Check::Drift {
+                diff: lines.join("\n"),
+            })
+        }
+    }
+
+    async fn apply(&self, spec: &StackSpec, _cx: &PassContext) -> Result<String, ResourceError> {
+        let stack = spec.name.as_str();
+        self.check_roots(spec)?;
+        let r = self.render(spec)?;
+        let mut done = Vec::new();
+        for (path, content) in &r.stale_files {
+            write_stack_file(stack, path, content)?;
+            done.push(format!("write file {}", path.display()));
+        }
+        let mut observed = self.observe(&r.desired).await?;
+        let mut plan = plan::plan(&r.desired, &observed)?;
+        let pulls: Vec<&String> = plan
+            .steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Pull { image } => Some(image),
+                _ => None,
+            })
+            .collect();
+        if !pulls.is_empty() {
+            let auth = self.registry_auth(spec)?;
+            for image in pulls {
+                self.engine
+                    .pull_image(image, auth.clone())
+                    .await
+                    .map_err(Self::engine_err(stack))?;
+                done.push(format!("pull image {image}"));
+            }
+            // Level-triggered: decide recreations against what is there after the pull.
+            observed = self.observe(&r.desired).await?;
+            plan = plan::plan(&r.desired, &observed)?;
+        }
+        done.extend(self.execute(spec, &r.desired, &observed, &plan).await?);
+        for s in self.status(spec).await? {
+            let health = s.health.map(|h| format!(" ({h})")).unwrap_or_default();
+            done.push(format!("{}: {}{health}", s.name, s.state));
+        }
+        Ok(done.join("\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests;

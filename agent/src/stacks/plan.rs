@@ -1,0 +1,426 @@
+//! Desired versus observed, as a list of steps. Pure: the converger observes the engine,
+//! calls `plan`, and executes (or, in dry-run, only prints) the steps.
+//!
+//! Guarantees: a container is recreated only when its config hash or the ID of the image
+//! its tag points at differs from the labels it was created with; only objects labelled
+//! `phoenix.stack=<name>` are ever removed; named volumes are never removed.
+
+use super::compose::{ComposeProject, Condition, MountKind, Service};
+use super::{LABEL_CONFIG_HASH, LABEL_IMAGE, LABEL_SERVICE, LABEL_STACK};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("stack {stack}: external {kind} {name:?} does not exist")]
+    MissingExternal {
+        stack: String,
+        kind: &'static str,
+        name: String,
+    },
+    #[error(
+        "stack {stack}: container {name:?} exists but is not labelled as part of this stack; refusing to touch it"
+    )]
+    NameTaken { stack: String, name: String },
+}
+
+/// One container as the stack wants it. Everything that should recreate the container
+/// when it changes is in here, and nothing else: its hash is the config-hash label.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ContainerConfig {
+    pub service: String,
+    pub name: String,
+    /// The Compose service with env files merged, extra labels added and volume and
+    /// network keys replaced by engine-side names.
+    pub spec: Service,
+    /// Digest of each stack file this container bind-mounts, so editing one recreates it.
+    pub files: BTreeMap<String, String>,
+}
+
+impl ContainerConfig {
+    pub fn config_hash(&self) -> String {
+        // Serializing our own BTreeMap-based types is deterministic.
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        hex::encode(Sha256::digest(json))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetworkPlan {
+    pub name: String,
+    pub external: bool,
+    pub driver: Option<String>,
+    pub driver_opts: BTreeMap<String, String>,
+    pub internal: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct VolumePlan {
+    pub name: String,
+    pub external: bool,
+    pub driver: Option<String>,
+    pub driver_opts: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Desired {
+    pub stack: String,
+    /// In start order (dependencies first).
+    pub containers: Vec<ContainerConfig>,
+    pub networks: Vec<NetworkPlan>,
+    pub volumes: Vec<VolumePlan>,
+}
+
+/// Engine-side name of a stack object: `<stack>_<key>`, as Compose names networks and volumes.
+pub fn object_name(stack: &str, key: &str, explicit: &Option<String>) -> String {
+    explicit.clone().unwrap_or_else(|| format!("{stack}_{key}"))
+}
+
+/// Engine-side container name: `container_name`, or `<stack>-<service>-1` (Compose v2).
+pub fn container_name(stack: &str, service: &str, explicit: &Option<String>) -> String {
+    explicit
+        .clone()
+        .unwrap_or_else(|| format!("{stack}-{service}-1"))
+}
+
+/// Builds the desired containers. `env_files` maps each env_file path to its content,
+/// `stack_files` each stack file path to its content digest.
+pub fn render(
+    stack: &str,
+    project: &ComposeProject,
+    extra_labels: &BTreeMap<String, BTreeMap<String, String>>,
+    env_files: &BTreeMap<String, BTreeMap<String, String>>,
+    stack_files: &BTreeMap<String, String>,
+) -> Desired {
+    let networks: Vec<NetworkPlan> = project
+        .networks
+        .iter()
+        .map(|(key, n)| NetworkPlan {
+            name: if n.external {
+                n.name.clone().unwrap_or_else(|| key.clone())
+            } else {
+                object_name(stack, key, &n.name)
+            },
+            external: n.external,
+            driver: n.driver.clone(),
+            driver_opts: n.driver_opts.clone(),
+            internal: n.internal,
+        })
+        .collect();
+    let net_name: BTreeMap<&str, &str> = project
+        .networks
+        .keys()
+        .zip(&networks)
+        .map(|(k, n)| (k.as_str(), n.name.as_str()))
+        .collect();
+    let volumes: Vec<VolumePlan> = project
+        .volumes
+        .iter()
+        .map(|(key, v)| VolumePlan {
+            name: if v.external {
+                v.name.clone().unwrap_or_else(|| key.clone())
+            } else {
+                object_name(stack, key, &v.name)
+            },
+            external: v.external,
+            driver: v.driver.clone(),
+            driver_opts: v.driver_opts.clone(),
+        })
+        .collect();
+    let vol_name: BTreeMap<&str, &str> = project
+        .volumes
+        .keys()
+        .zip(&volumes)
+        .map(|(k, v)| (k.as_str(), v.name.as_str()))
+        .collect();
+
+    let mut containers = Vec::new();
+    for svc_name in project.start_order() {
+        let Some(svc) = project.services.get(svc_name) else {
+            continue;
+        };
+        let mut spec = svc.clone();
+        // Later env files win over earlier ones, `environment` wins over all, as in Compose.
+        let mut env = BTreeMap::new();
+        for path in &svc.env_files {
+            if let Some(vars) = env_files.get(path) {
+                env.extend(vars.clone());
+            }
+        }
+        env.extend(svc.environment.clone());
+        spec.environment = env;
+        if let Some(extra) = extra_labels.get(svc_name) {
+            spec.labels.extend(extra.clone());
+        }
+        for m in &mut spec.volumes {
+            if m.kind == MountKind::Volume
+                && let Some(n) = vol_name.get(m.source.as_str())
+            {
+                m.source = (*n).to_string();
+            }
+        }
+        let keys: Vec<String> = if svc.networks.is_empty() {
+            vec![super::compose::DEFAULT_NETWORK.to_string()]
+        } else {
+            svc.networks.keys().cloned().collect()
+        };
+        spec.networks = keys
+            .iter()
+            .map(|k| {
+                let mut aliases = svc.networks.get(k).cloned().unwrap_or_default();
+                // Other services reach this one by its service name, as in Compose.
+                if !aliases.iter().any(|a| a == svc_name) {
+                    aliases.insert(0, svc_name.to_string());
+                }
+                let name = net_name.get(k.as_str()).copied().unwrap_or(k.as_str());
+                (name.to_string(), aliases)
+            })
+            .collect();
+        let files = stack_files
+            .iter()
+            .filter(|(path, _)| {
+                svc.volumes.iter().any(|m| {
+                    m.kind == MountKind::Bind
+                        && std::path::Path::new(path.as_str()).starts_with(&m.source)
+                })
+            })
+            .map(|(p, d)| (p.clone(), d.clone()))
+            .collect();
+        containers.push(ContainerConfig {
+            service: svc_name.to_string(),
+            name: container_name(stack, svc_name, &svc.container_name),
+            spec,
+            files,
+        });
+    }
+    Desired {
+        stack: stack.to_string(),
+        containers,
+        networks,
+        volumes,
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObservedContainer {
+    pub id: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub running: bool,
+    /// Exit code when the container has exited; `None` while running or never started.
+    pub exit_code: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Observed {
+    /// Containers labelled with the stack, plus any container holding one of the stack's
+    /// container names (to detect a foreign container in the way).
+    pub containers: Vec<ObservedContainer>,
+    /// Every network name → its labels.
+    pub networks: BTreeMap<String, BTreeMap<String, String>>,
+    /// Every volume name.
+    pub volumes: BTreeSet<String>,
+    /// Image reference → local image ID, `None` when the image is not present.
+    pub images: BTreeMap<String, Option<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    Pull {
+        image: String,
+    },
+    CreateNetwork {
+        network: NetworkPlan,
+    },
+    CreateVolume {
+        volume: VolumePlan,
+    },
+    RemoveContainer {
+        id: String,
+        name: String,
+        why: &'static str,
+    },
+    /// `index` into `Desired::containers`.
+    Create {
+        index: usize,
+    },
+    Recreate {
+        index: usize,
+        old_id: String,
+        was_running: bool,
+        why: String,
+    },
+    Start {
+        index: usize,
+        id: String,
+    },
+    RemoveNetwork {
+        name: String,
+    },
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    pub fn describe(&self, desired: &Desired) -> Vec<String> {
+        let svc = |i: &usize| {
+            desired
+                .containers
+                .get(*i)
+                .map(|c| format!("{} ({})", c.name, c.service))
+                .unwrap_or_default()
+        };
+        self.steps
+            .iter()
+            .map(|s| match s {
+                Step::Pull { image } => format!("pull image {image}"),
+                Step::CreateNetwork { network } => format!("create network {}", network.name),
+                Step::CreateVolume { volume } => format!("create volume {}", volume.name),
+                Step::RemoveContainer { name, why, .. } => {
+                    format!("remove container {name}: {why}")
+                }
+                Step::Create { index } => format!("create container {}", svc(index)),
+                Step::Recreate { index, why, .. } => {
+                    format!("recreate container {}: {why}", svc(index))
+                }
+                Step::Start { index, .. } => format!("start container {}", svc(index)),
+                Step::RemoveNetwork { name } => format!("remove network {name}: not in the stack"),
+            })
+            .collect()
+    }
+}
+
+/// The steps that bring `observed` to `desired`, in execution order: pulls, networks,
+/// volumes, orphan removal (frees names and ports), services in dependency order,
+/// orphan networks last.
+pub fn plan(desired: &Desired, observed: &Observed) -> Result<Plan, PlanError> {
+    let stack = desired.stack.as_str();
+    let mut steps = Vec::new();
+
+    let mut pulls = BTreeSet::new();
+    for c in &desired.containers {
+        if matches!(observed.images.get(&c.spec.image), None | Some(None)) {
+            pulls.insert(c.spec.image.clone());
+        }
+    }
+    steps.extend(pulls.iter().map(|image| Step::Pull {
+        image: image.clone(),
+    }));
+
+    for n in &desired.networks {
+        if observed.networks.contains_key(&n.name) {
+            continue;
+        }
+        if n.external {
+            return Err(PlanError::MissingExternal {
+                stack: stack.into(),
+                kind: "network",
+                name: n.name.clone(),
+            });
+        }
+        steps.push(Step::CreateNetwork { network: n.clone() });
+    }
+    for v in &desired.volumes {
+        if observed.volumes.contains(&v.name) {
+            continue;
+        }
+        if v.external {
+            return Err(PlanError::MissingExternal {
+                stack: stack.into(),
+                kind: "volume",
+                name: v.name.clone(),
+            });
+        }
+        steps.push(Step::CreateVolume { volume: v.clone() });
+    }
+
+    let ours = |c: &ObservedContainer| c.labels.get(LABEL_STACK).map(String::as_str) == Some(stack);
+    let mut primary: BTreeMap<usize, &ObservedContainer> = BTreeMap::new();
+    for obs in &observed.containers {
+        let slot = desired.containers.iter().position(|d| d.name == obs.name);
+        match slot {
+            Some(i) if !ours(obs) => {
+                return Err(PlanError::NameTaken {
+                    stack: stack.into(),
+                    name: desired.containers[i].name.clone(),
+                });
+            }
+            Some(i) if obs.labels.get(LABEL_SERVICE) == Some(&desired.containers[i].service) => {
+                primary.insert(i, obs);
+            }
+            Some(_) => steps.push(Step::RemoveContainer {
+                id: obs.id.clone(),
+                name: obs.name.clone(),
+                why: "its name now belongs to another service",
+            }),
+            None if ours(obs) => steps.push(Step::RemoveContainer {
+                id: obs.id.clone(),
+                name: obs.name.clone(),
+                why: "orphan (not in the stack)",
+            }),
+            None => {}
+        }
+    }
+
+    // One-shot services others wait on with service_completed_successfully stay exited.
+    let one_shot: BTreeSet<&str> = desired
+        .containers
+        .iter()
+        .flat_map(|c| c.spec.depends_on.iter())
+        .filter(|(_, cond)| **cond == Condition::ServiceCompletedSuccessfully)
+        .map(|(s, _)| s.as_str())
+        .collect();
+
+    for (i, want) in desired.containers.iter().enumerate() {
+        let Some(have) = primary.get(&i) else {
+            steps.push(Step::Create { index: i });
+            continue;
+        };
+        let image_id = observed.images.get(&want.spec.image).cloned().flatten();
+        let why = if have.labels.get(LABEL_CONFIG_HASH) != Some(&want.config_hash()) {
+            Some("configuration changed".to_string())
+        } else if image_id.is_none() {
+            Some(format!(
+                "image {} is not present (recreated if the pulled image differs)",
+                want.spec.image
+            ))
+        } else if have.labels.get(LABEL_IMAGE) != image_id.as_ref() {
+            Some(format!("image {} changed", want.spec.image))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            steps.push(Step::Recreate {
+                index: i,
+                old_id: have.id.clone(),
+                was_running: have.running,
+                why,
+            });
+        } else if !have.running
+            && !(one_shot.contains(want.service.as_str()) && have.exit_code == Some(0))
+        {
+            steps.push(Step::Start {
+                index: i,
+                id: have.id.clone(),
+            });
+        }
+    }
+
+    let wanted: BTreeSet<&str> = desired.networks.iter().map(|n| n.name.as_str()).collect();
+    for (name, labels) in &observed.networks {
+        if labels.get(LABEL_STACK).map(String::as_str) == Some(stack)
+            && !wanted.contains(name.as_str())
+        {
+            steps.push(Step::RemoveNetwork { name: name.clone() });
+        }
+    }
+    Ok(Plan { steps })
+}
