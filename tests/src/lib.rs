@@ -5,6 +5,7 @@ pub mod aptrepo;
 pub mod guest;
 pub mod raw;
 pub mod spine;
+pub mod stacks;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

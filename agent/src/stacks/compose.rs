@@ -404,9 +404,12 @@ fn service(
         Some(Scalar::Bool(false)) => Some("no".to_string()),
         Some(s) => {
             let r = vars.s(&f("restart"), &s.into_string())?;
-            let ok = matches!(r.as_str(), "no" | "always" | "unless-stopped" | "on-failure")
-                || r.strip_prefix("on-failure:")
-                    .is_some_and(|n| n.parse::<u32>().is_ok());
+            let ok = matches!(
+                r.as_str(),
+                "no" | "always" | "unless-stopped" | "on-failure"
+            ) || r
+                .strip_prefix("on-failure:")
+                .is_some_and(|n| n.parse::<u32>().is_ok());
             if !ok {
                 return Err(invalid(
                     f("restart"),
@@ -450,7 +453,10 @@ fn service(
         }
     }
     if depends_on.contains_key(name) {
-        return Err(invalid(f("depends_on"), "a service cannot depend on itself"));
+        return Err(invalid(
+            f("depends_on"),
+            "a service cannot depend on itself",
+        ));
     }
 
     let mut labels = BTreeMap::new();
@@ -490,7 +496,8 @@ fn service(
     let mut extra_hosts = Vec::new();
     if let Some(h) = raw.extra_hosts {
         for (host, ip) in vars.pairs_sep(&f("extra_hosts"), h, ':')? {
-            let ip = ip.ok_or_else(|| invalid(f("extra_hosts"), format!("{host:?} has no address")))?;
+            let ip =
+                ip.ok_or_else(|| invalid(f("extra_hosts"), format!("{host:?} has no address")))?;
             extra_hosts.push(format!("{host}:{ip}"));
         }
     }
@@ -536,7 +543,10 @@ fn service(
         extra_hosts,
         logging,
         init: raw.init,
-        dns: vars.list(&f("dns"), raw.dns.map(StrOrList::into_vec).unwrap_or_default())?,
+        dns: vars.list(
+            &f("dns"),
+            raw.dns.map(StrOrList::into_vec).unwrap_or_default(),
+        )?,
     })
 }
 
@@ -692,7 +702,11 @@ fn parse_short_volume(s: &str) -> Result<Mount, String> {
     }
 }
 
-fn long_volume(vars: &Vars, field: &str, l: RawLongVolume) -> Result<Result<Mount, String>, ComposeError> {
+fn long_volume(
+    vars: &Vars,
+    field: &str,
+    l: RawLongVolume,
+) -> Result<Result<Mount, String>, ComposeError> {
     let source = vars.s(field, &l.source)?;
     let target = vars.s(field, &l.target)?;
     let m = mount(&source, &target, l.read_only.unwrap_or(false));
@@ -712,7 +726,8 @@ fn healthcheck(vars: &Vars, field: &str, h: RawHealthcheck) -> Result<Healthchec
     let dur = |k: &str, v: Option<String>| -> Result<Option<i64>, ComposeError> {
         v.map(|v| {
             let v = vars.s(field, &v)?;
-            parse_duration(&v).ok_or_else(|| invalid(format!("{field}.{k}"), format!("{v:?} is not a duration")))
+            parse_duration(&v)
+                .ok_or_else(|| invalid(format!("{field}.{k}"), format!("{v:?} is not a duration")))
         })
         .transpose()
     };
@@ -776,7 +791,11 @@ fn parse_duration(s: &str) -> Option<i64> {
     Some(total as i64)
 }
 
-fn device_request(vars: &Vars, field: &str, d: RawDeviceRequest) -> Result<DeviceRequest, ComposeError> {
+fn device_request(
+    vars: &Vars,
+    field: &str,
+    d: RawDeviceRequest,
+) -> Result<DeviceRequest, ComposeError> {
     let count = match d.count {
         None => None,
         Some(Scalar::Int(n)) => Some(n),
@@ -900,7 +919,9 @@ fn interpolate(input: &str, vars: &BTreeMap<String, String>) -> Result<String, I
             }
             let value = vars.get(name);
             let v = if op.is_empty() {
-                value.cloned().ok_or_else(|| Interp::Unset(name.to_string()))?
+                value
+                    .cloned()
+                    .ok_or_else(|| Interp::Unset(name.to_string()))?
             } else if let Some(default) = op.strip_prefix(":-") {
                 match value {
                     Some(v) if !v.is_empty() => v.clone(),
@@ -925,7 +946,10 @@ fn interpolate(input: &str, vars: &BTreeMap<String, String>) -> Result<String, I
                 )));
             }
             let name = &rest[..name_end];
-            out.push_str(vars.get(name).ok_or_else(|| Interp::Unset(name.to_string()))?);
+            out.push_str(
+                vars.get(name)
+                    .ok_or_else(|| Interp::Unset(name.to_string()))?,
+            );
             rest = &rest[name_end..];
         }
     }

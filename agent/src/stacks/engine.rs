@@ -111,14 +111,14 @@ pub trait ContainerEngine: Send + Sync {
     ) -> Result<Vec<ObservedContainer>, EngineError>;
     async fn inspect_state(&self, id: &str) -> Result<ContainerState, EngineError>;
     /// Every network: name → labels.
-    async fn list_networks(&self)
-    -> Result<BTreeMap<String, BTreeMap<String, String>>, EngineError>;
+    async fn list_networks(
+        &self,
+    ) -> Result<BTreeMap<String, BTreeMap<String, String>>, EngineError>;
     async fn list_volumes(&self) -> Result<Vec<String>, EngineError>;
     /// Local image ID for a reference, `None` when absent.
     async fn image_id(&self, image: &str) -> Result<Option<String>, EngineError>;
 
-    async fn pull_image(&self, image: &str, auth: Option<RegistryAuth>)
-    -> Result<(), EngineError>;
+    async fn pull_image(&self, image: &str, auth: Option<RegistryAuth>) -> Result<(), EngineError>;
     async fn create_network(
         &self,
         network: &NetworkPlan,
@@ -159,10 +159,14 @@ pub fn create_body(c: &ContainerConfig, labels: HashMap<String, String>) -> Cont
     for p in &s.ports {
         let key = format!("{}/{}", p.container_port, p.protocol);
         exposed.push(key.clone());
-        bindings.entry(key).or_default().get_or_insert_default().push(PortBinding {
-            host_ip: p.host_ip.clone(),
-            host_port: Some(p.host_port.map(|h| h.to_string()).unwrap_or_default()),
-        });
+        bindings
+            .entry(key)
+            .or_default()
+            .get_or_insert_default()
+            .push(PortBinding {
+                host_ip: p.host_ip.clone(),
+                host_port: Some(p.host_port.map(|h| h.to_string()).unwrap_or_default()),
+            });
     }
     let binds: Vec<String> = s
         .volumes
@@ -197,7 +201,10 @@ pub fn create_body(c: &ContainerConfig, labels: HashMap<String, String>) -> Cont
         .map(|d| {
             let mut parts = d.splitn(3, ':');
             let host = parts.next().unwrap_or_default().to_string();
-            let inside = parts.next().map(str::to_string).unwrap_or_else(|| host.clone());
+            let inside = parts
+                .next()
+                .map(str::to_string)
+                .unwrap_or_else(|| host.clone());
             DeviceMapping {
                 path_on_host: Some(host),
                 path_in_container: Some(inside),
@@ -248,7 +255,12 @@ pub fn create_body(c: &ContainerConfig, labels: HashMap<String, String>) -> Cont
         image: Some(s.image.clone()),
         cmd: s.command.clone(),
         entrypoint: s.entrypoint.clone(),
-        env: Some(s.environment.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        env: Some(
+            s.environment
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect(),
+        ),
         exposed_ports: (!exposed.is_empty()).then_some(exposed),
         healthcheck: s.healthcheck.as_ref().map(|h| HealthConfig {
             test: Some(h.test.clone()),
@@ -286,6 +298,13 @@ impl DockerEngine {
     /// agent on a guest without Docker only fails the stacks it is asked to run.
     pub fn connect() -> Result<Self, EngineError> {
         let docker = Docker::connect_with_defaults().map_err(EngineError::Connect)?;
+        Ok(DockerEngine { docker })
+    }
+
+    /// A specific daemon socket (tests run a private daemon).
+    pub fn connect_unix(socket: &str) -> Result<Self, EngineError> {
+        let docker = Docker::connect_with_unix(socket, 120, bollard::API_DEFAULT_VERSION)
+            .map_err(EngineError::Connect)?;
         Ok(DockerEngine { docker })
     }
 }
@@ -409,11 +428,7 @@ impl ContainerEngine for DockerEngine {
         }
     }
 
-    async fn pull_image(
-        &self,
-        image: &str,
-        auth: Option<RegistryAuth>,
-    ) -> Result<(), EngineError> {
+    async fn pull_image(&self, image: &str, auth: Option<RegistryAuth>) -> Result<(), EngineError> {
         // A reference without a tag would pull every tag; Compose pulls :latest.
         let last = image.rsplit('/').next().unwrap_or(image);
         let reference = if last.contains(':') || last.contains('@') {

@@ -37,6 +37,10 @@ pub const LABEL_IMAGE: &str = "phoenix.image-digest";
 /// Suffix of the previous container's name while its replacement starts.
 const OLD_SUFFIX: &str = "-phoenix-old";
 const POLL: Duration = Duration::from_millis(100);
+/// How long a replacement without a healthcheck must stay up to count as started: a bad
+/// command or a missing file kills it within this window, and that is all that can be
+/// known about it.
+const SETTLE: Duration = Duration::from_secs(1);
 const MAX_WAIT: Duration = Duration::from_secs(600);
 
 #[derive(Debug, thiserror::Error)]
@@ -156,7 +160,9 @@ impl StackConverger {
             }
             let mut map = BTreeMap::new();
             for l in labels {
-                let (k, v) = l.split_once('=').ok_or_else(|| bad(l, "expected key=value"))?;
+                let (k, v) = l
+                    .split_once('=')
+                    .ok_or_else(|| bad(l, "expected key=value"))?;
                 if k.starts_with(LABEL_PREFIX) {
                     return Err(bad(l, "the phoenix. prefix is reserved"));
                 }
@@ -208,7 +214,8 @@ impl StackConverger {
                 }
                 let text = match spec.files.iter().find(|f| f.path.as_str() == path) {
                     Some(f) => f.content.clone(),
-                    None => std::fs::read_to_string(path).map_err(io("read env file", Path::new(path)))?,
+                    None => std::fs::read_to_string(path)
+                        .map_err(io("read env file", Path::new(path)))?,
                 };
                 env_files.insert(path.clone(), parse_env_file(stack, path, &text)?);
             }
@@ -311,10 +318,7 @@ impl StackConverger {
                 p.to_string(),
                 std::fs::read_to_string(p.as_path()).map_err(|e| e.to_string()),
             ),
-            SecretRef::Env(v) => (
-                format!("${v}"),
-                std::env::var(v).map_err(|e| e.to_string()),
-            ),
+            SecretRef::Env(v) => (format!("${v}"), std::env::var(v).map_err(|e| e.to_string())),
         };
         let fail = |why: String| StackError::RegistryAuth {
             stack: spec.name.clone(),
@@ -323,9 +327,11 @@ impl StackConverger {
         };
         let text = text.map_err(fail)?;
         // The parser's message carries a position, never the secret's content.
-        serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|e| fail(format!("expected {{\"username\", \"password\"}} JSON ({e})")))
+        serde_json::from_str(&text).map(Some).map_err(|e| {
+            fail(format!(
+                "expected {{\"username\", \"password\"}} JSON ({e})"
+            ))
+        })
     }
 
     fn labels(desired: &Desired, index: usize, image_id: &str) -> HashMap<String, String> {
@@ -354,7 +360,8 @@ impl StackConverger {
             .find(|c| c.service == service)
             .and_then(|c| c.spec.healthcheck.as_ref())
             .map(|h| {
-                let ns = |v: Option<i64>, d: i64| Duration::from_nanos(v.unwrap_or(d).max(0) as u64);
+                let ns =
+                    |v: Option<i64>, d: i64| Duration::from_nanos(v.unwrap_or(d).max(0) as u64);
                 let s = 1_000_000_000;
                 ns(h.start_period, 0)
                     + (ns(h.interval, 30 * s) + ns(h.timeout, 30 * s))
@@ -392,7 +399,7 @@ impl StackConverger {
     }
 
     /// Creates, connects and starts one container; with `gate`, also waits for it to
-    /// become healthy (when it has a healthcheck). On failure returns the ID of what was
+    /// become healthy (with a healthcheck) or to stay up for `SETTLE` (without). On failure returns the ID of what was
     /// created, so the caller can clean up.
     async fn create_and_start(
         &self,
@@ -429,6 +436,26 @@ impl StackConverger {
             self.wait_for(desired, &c.service, &id, Condition::ServiceHealthy)
                 .await
                 .map_err(fail)?;
+        } else if gate {
+            let started = Instant::now();
+            while started.elapsed() < SETTLE {
+                tokio::time::sleep(POLL).await;
+                let st = self
+                    .engine
+                    .inspect_state(&id)
+                    .await
+                    .map_err(|e| fail(Self::engine_err(stack)(e)))?;
+                if matches!(st.status.as_str(), "exited" | "dead" | "restarting") {
+                    return Err(fail(StackError::Dependency {
+                        stack: stack.into(),
+                        service: c.service.clone(),
+                        why: format!(
+                            "stopped right after starting (exit code {})",
+                            st.exit_code.unwrap_or(-1)
+                        ),
+                    }));
+                }
+            }
         }
         Ok(id)
     }
@@ -526,8 +553,9 @@ impl StackConverger {
         let mut done = Vec::new();
         let described = plan.describe(desired);
         for (step, what) in plan.steps.iter().zip(described) {
-            if let Step::Create { index } | Step::Recreate { index, .. } | Step::Start { index, .. } =
-                step
+            if let Step::Create { index }
+            | Step::Recreate { index, .. }
+            | Step::Start { index, .. } = step
             {
                 let c = &desired.containers[*index];
                 for (dep, cond) in &c.spec.depends_on {

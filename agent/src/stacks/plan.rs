@@ -404,8 +404,8 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Result<Plan, PlanError> {
                 was_running: have.running,
                 why,
             });
-        } else if !have.running
-            && !(one_shot.contains(want.service.as_str()) && have.exit_code == Some(0))
+        } else if !(have.running
+            || one_shot.contains(want.service.as_str()) && have.exit_code == Some(0))
         {
             steps.push(Step::Start {
                 index: i,

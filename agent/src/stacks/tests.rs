@@ -1,6 +1,9 @@
 //! Planning logic against hand-made observations; the real engine is exercised in
 //! tests/tests/stacks.rs.
 
+// In tests a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use super::*;
 use plan::ObservedContainer;
 
@@ -39,7 +42,8 @@ fn converged(d: &Desired) -> Observed {
             running: true,
             exit_code: None,
         });
-        o.images.insert(c.spec.image.clone(), Some("sha256:1".into()));
+        o.images
+            .insert(c.spec.image.clone(), Some("sha256:1".into()));
     }
     for n in &d.networks {
         o.networks.insert(
@@ -55,7 +59,10 @@ fn converged(d: &Desired) -> Observed {
 fn converged_stack_plans_nothing() {
     let d = desired(STACK, &[]);
     assert_eq!(
-        d.containers.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+        d.containers
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>(),
         ["s-db-1", "s-api-1"]
     );
     let p = plan::plan(&d, &converged(&d)).unwrap();
@@ -147,7 +154,12 @@ fn missing_external_volume_and_missing_image() {
     let mut o = converged(&d);
     o.images.insert("img:1".into(), None);
     let p = plan::plan(&d, &o).unwrap();
-    assert_eq!(p.steps[0], Step::Pull { image: "img:1".into() });
+    assert_eq!(
+        p.steps[0],
+        Step::Pull {
+            image: "img:1".into()
+        }
+    );
 }
 
 #[test]
@@ -162,6 +174,8 @@ fn env_files_and_labels() {
     }))
     .unwrap();
     let p = compose::parse(&spec.compose, &spec.variables).unwrap();
-    let e = StackConverger::extra_labels(&spec, &p).unwrap_err().to_string();
+    let e = StackConverger::extra_labels(&spec, &p)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("broken"), "{e}");
 }

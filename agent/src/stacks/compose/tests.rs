@@ -1,3 +1,6 @@
+// In tests a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use super::*;
 
 fn vars(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -101,8 +104,20 @@ fn parses_the_whole_subset() {
     assert_eq!(db.volumes[1].kind, MountKind::Bind);
     assert!(db.volumes[1].read_only);
     assert_eq!(db.networks["back"], ["database"]);
-    assert_eq!(db.ulimits["nofile"], Ulimit { soft: 1024, hard: 2048 });
-    assert_eq!(db.ulimits["nproc"], Ulimit { soft: 512, hard: 512 });
+    assert_eq!(
+        db.ulimits["nofile"],
+        Ulimit {
+            soft: 1024,
+            hard: 2048
+        }
+    );
+    assert_eq!(
+        db.ulimits["nproc"],
+        Ulimit {
+            soft: 512,
+            hard: 512
+        }
+    );
     assert_eq!(db.labels["x.y"], "z");
 
     let api = &p.services["api"];

@@ -1,0 +1,592 @@
+//! Docker stacks against a real Docker engine (a private dockerd 20.10 from
+//! tests/setup/20-docker.sh), through the agent's `StackConverger`.
+
+// In tests a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+use phoenix_agent::stacks::StackConverger;
+use phoenix_agent::stacks::compose;
+use phoenix_agent::stacks::engine::ContainerEngine;
+use phoenix_tests::stacks::{
+    CountingEngine, DockerEnv, FOUR_SERVICES, Pass, Teardown, pass, sample_spec, spec,
+};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The daemon-restart test would break any test running beside it on the same engine.
+static ENGINE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn converger(env: &DockerEnv) -> (Arc<CountingEngine>, StackConverger) {
+    let counting = CountingEngine::new(env.engine());
+    let conv = StackConverger::new(counting.clone() as Arc<dyn ContainerEngine>, Vec::new());
+    (counting, conv)
+}
+
+fn ids(m: &BTreeMap<String, (String, String, String)>) -> BTreeMap<String, String> {
+    m.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect()
+}
+
+fn assert_running(env: &DockerEnv, stack: &str, names: &[&str]) {
+    let c = env.containers(&format!("{stack}-"));
+    let got: Vec<&str> = c.keys().map(String::as_str).collect();
+    assert_eq!(got, names, "containers of {stack}");
+    for (name, (_, state, _)) in &c {
+        assert_eq!(state, "running", "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_service_stack_converges_recreates_only_changes_and_removes_orphans() {
+    let Some(env) = DockerEnv::get() else { return };
+    let _lock = ENGINE.lock().await;
+    let stack = "phx4";
+    let _down = Teardown {
+        env: env.clone(),
+        stack: stack.into(),
+        extra: vec![],
+    };
+    let (count, conv) = converger(&env);
+    let v1 = spec(stack, FOUR_SERVICES, &[("IMAGE", &env.image)]);
+
+    // Cold converge.
+    let Pass::Applied { diff, report } = pass(&conv, &v1, false).await.unwrap() else {
+        panic!("first pass must apply")
+    };
+    assert!(diff.contains("create container phx4-db-1 (db)"), "{diff}");
+    assert!(report.contains("phx4-db-1: running (healthy)"), "{report}");
+    let all = ["phx4-api-1", "phx4-db-1", "phx4-web-1", "phx4-worker-1"];
+    assert_running(&env, stack, &all);
+    let c = env.containers("phx4-");
+    assert_eq!(c["phx4-db-1"].2, "healthy");
+    // The health gate held: api started only after db's first passing healthcheck.
+    let db_healthy = env.docker(&[
+        "inspect",
+        "-f",
+        "{{(index .State.Health.Log 0).End}}",
+        "phx4-db-1",
+    ]);
+    let api_started = env.docker(&["inspect", "-f", "{{.State.StartedAt}}", "phx4-api-1"]);
+    assert!(
+        api_started.as_str() > db_healthy.as_str(),
+        "api started {api_started} before db was healthy {db_healthy}"
+    );
+    // Labels on everything created; other services reach api by its service name.
+    assert_eq!(
+        env.docker(&[
+            "network",
+            "inspect",
+            "-f",
+            "{{index .Labels \"phoenix.stack\"}}",
+            "phx4_back"
+        ]),
+        stack
+    );
+    assert_eq!(
+        env.docker(&[
+            "volume",
+            "inspect",
+            "-f",
+            "{{index .Labels \"phoenix.stack\"}}",
+            "phx4_data"
+        ]),
+        stack
+    );
+    let labels = env.docker(&["inspect", "-f", "{{json .Config.Labels}}", "phx4-web-1"]);
+    for l in [
+        "phoenix.config-hash",
+        "phoenix.image-digest",
+        "\"phoenix.service\":\"web\"",
+        "example.role",
+    ] {
+        assert!(labels.contains(l), "{l} missing in {labels}");
+    }
+    // (Resolution only: this machine's FORWARD policy drops traffic between containers
+    // of a daemon that does not manage iptables.)
+    let api_ip = env.docker(&[
+        "inspect",
+        "-f",
+        "{{(index .NetworkSettings.Networks \"phx4_back\").IPAddress}}",
+        "phx4-api-1",
+    ]);
+    let lookup = env.docker(&["exec", "phx4-worker-1", "nslookup", "api"]);
+    assert!(
+        lookup.contains(&api_ip),
+        "api resolved to something else than {api_ip}: {lookup}"
+    );
+    assert_eq!(
+        env.docker(&[
+            "exec",
+            "phx4-api-1",
+            "wget",
+            "-qO-",
+            "http://127.0.0.1:8080/"
+        ]),
+        "ok"
+    );
+    count.take();
+
+    // Converged: the next pass is read-only.
+    assert!(matches!(
+        pass(&conv, &v1, false).await.unwrap(),
+        Pass::InSync
+    ));
+    assert_eq!(
+        count.take(),
+        Vec::<String>::new(),
+        "no-op pass mutated the engine"
+    );
+
+    // Change one service: only it is recreated.
+    let before = ids(&env.containers("phx4-"));
+    let v2 = spec(
+        stack,
+        FOUR_SERVICES,
+        &[("IMAGE", &env.image), ("MODE", "debug")],
+    );
+    let Pass::Applied { diff, .. } = pass(&conv, &v2, false).await.unwrap() else {
+        panic!("a changed service must apply")
+    };
+    assert_eq!(
+        diff,
+        "recreate container phx4-api-1 (api): configuration changed"
+    );
+    let after = ids(&env.containers("phx4-"));
+    assert_ne!(before["phx4-api-1"], after["phx4-api-1"]);
+    for name in ["phx4-db-1", "phx4-web-1", "phx4-worker-1"] {
+        assert_eq!(before[name], after[name], "{name} was recreated");
+    }
+    assert!(
+        env.docker(&["exec", "phx4-api-1", "env"])
+            .contains("MODE=debug")
+    );
+    assert_running(&env, stack, &all);
+    assert!(matches!(
+        pass(&conv, &v2, false).await.unwrap(),
+        Pass::InSync
+    ));
+    count.take();
+
+    // Remove one service from the file: its container goes as an orphan.
+    let without_worker = FOUR_SERVICES.split("  worker:").next().unwrap().to_string()
+        + "networks:\n  back: {}\n  front: {}\nvolumes:\n  data: {}\n";
+    let v3 = spec(
+        stack,
+        &without_worker,
+        &[("IMAGE", &env.image), ("MODE", "debug")],
+    );
+    let Pass::Applied { diff, .. } = pass(&conv, &v3, false).await.unwrap() else {
+        panic!("removing a service must apply")
+    };
+    assert_eq!(
+        diff,
+        "remove container phx4-worker-1: orphan (not in the stack)"
+    );
+    assert_running(&env, stack, &["phx4-api-1", "phx4-db-1", "phx4-web-1"]);
+    assert_eq!(
+        ids(&env.containers("phx4-"))["phx4-api-1"],
+        after["phx4-api-1"]
+    );
+    assert!(matches!(
+        pass(&conv, &v3, false).await.unwrap(),
+        Pass::InSync
+    ));
+
+    // Status reports each container's state and health.
+    let status = conv.status(&v3).await.unwrap();
+    let db = status.iter().find(|s| s.service == "db").unwrap();
+    assert_eq!(
+        (db.state.as_str(), db.health.as_deref()),
+        ("running", Some("healthy"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_prints_the_plan_and_mutates_nothing() {
+    let Some(env) = DockerEnv::get() else { return };
+    let _lock = ENGINE.lock().await;
+    let stack = "phxdry";
+    let _down = Teardown {
+        env: env.clone(),
+        stack: stack.into(),
+        extra: vec![],
+    };
+    let (count, conv) = converger(&env);
+    let v1 = spec(stack, FOUR_SERVICES, &[("IMAGE", &env.image)]);
+
+    let Pass::Planned(diff) = pass(&conv, &v1, true).await.unwrap() else {
+        panic!("dry-run must only plan")
+    };
+    assert_eq!(
+        diff.lines().collect::<Vec<_>>(),
+        [
+            "create network phxdry_back",
+            "create network phxdry_front",
+            "create volume phxdry_data",
+            "create container phxdry-db-1 (db)",
+            "create container phxdry-api-1 (api)",
+            "create container phxdry-web-1 (web)",
+            "create container phxdry-worker-1 (worker)",
+        ]
+    );
+    assert_eq!(count.take(), Vec::<String>::new());
+    assert!(env.containers("phxdry-").is_empty());
+    let filter = format!("label=phoenix.stack={stack}");
+    assert_eq!(
+        env.docker(&["network", "ls", "-q", "--filter", &filter]),
+        ""
+    );
+    assert_eq!(env.docker(&["volume", "ls", "-q", "--filter", &filter]), "");
+
+    // On a converged stack, a change is planned as a recreate and nothing moves.
+    assert!(matches!(
+        pass(&conv, &v1, false).await.unwrap(),
+        Pass::Applied { .. }
+    ));
+    count.take();
+    let before = env.containers("phxdry-");
+    let v2 = spec(
+        stack,
+        FOUR_SERVICES,
+        &[("IMAGE", &env.image), ("MODE", "x")],
+    );
+    let Pass::Planned(diff) = pass(&conv, &v2, true).await.unwrap() else {
+        panic!("dry-run must only plan")
+    };
+    assert_eq!(
+        diff,
+        "recreate container phxdry-api-1 (api): configuration changed"
+    );
+    assert_eq!(count.take(), Vec::<String>::new());
+    assert_eq!(ids(&env.containers("phxdry-")), ids(&before));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_outside_the_stack_are_never_touched() {
+    let Some(env) = DockerEnv::get() else { return };
+    let _lock = ENGINE.lock().await;
+    let stack = "phxown";
+    let _down = Teardown {
+        env: env.clone(),
+        stack: stack.into(),
+        extra: vec![
+            "phxown-foreign".into(),
+            "phxown-web-1".into(),
+            "phxother-x".into(),
+        ],
+    };
+    let (_count, conv) = converger(&env);
+    let compose = "services:\n  web:\n    image: \"${IMAGE}\"\n    init: true\n    command: [sleep, \"100000\"]\n";
+    let v = spec(stack, compose, &[("IMAGE", &env.image)]);
+
+    // Unlabelled, and labelled for another stack: both outlive our converges.
+    let foreign = env.docker(&[
+        "run",
+        "-d",
+        "--init",
+        "--name",
+        "phxown-foreign",
+        &env.image,
+        "sleep",
+        "100000",
+    ]);
+    let other = env.docker(&[
+        "run",
+        "-d",
+        "--init",
+        "--name",
+        "phxother-x",
+        "--label",
+        "phoenix.stack=phxother",
+        "--label",
+        "phoenix.service=x",
+        &env.image,
+        "sleep",
+        "100000",
+    ]);
+    assert!(matches!(
+        pass(&conv, &v, false).await.unwrap(),
+        Pass::Applied { .. }
+    ));
+    assert!(matches!(
+        pass(&conv, &v, false).await.unwrap(),
+        Pass::InSync
+    ));
+    let c = env.containers("phx");
+    assert!(c["phxown-foreign"].0.starts_with(&foreign[..12]));
+    assert!(c["phxother-x"].0.starts_with(&other[..12]));
+    assert_eq!(c["phxown-foreign"].1, "running");
+    assert_eq!(c["phxother-x"].1, "running");
+
+    // A foreign container squatting on the stack's container name stops the pass.
+    env.docker(&["rm", "-f", "phxown-web-1"]);
+    let squatter = env.docker(&[
+        "run",
+        "-d",
+        "--init",
+        "--name",
+        "phxown-web-1",
+        &env.image,
+        "sleep",
+        "100000",
+    ]);
+    let e = pass(&conv, &v, false).await.unwrap_err();
+    assert!(e.contains("not labelled as part of this stack"), "{e}");
+    let c = env.containers("phxown-web-1");
+    assert!(c["phxown-web-1"].0.starts_with(&squatter[..12]));
+    assert_eq!(c["phxown-web-1"].1, "running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_recreate_puts_the_previous_container_back() {
+    let Some(env) = DockerEnv::get() else { return };
+    let _lock = ENGINE.lock().await;
+    let stack = "phxrb";
+    let _down = Teardown {
+        env: env.clone(),
+        stack: stack.into(),
+        extra: vec![],
+    };
+    let (_count, conv) = converger(&env);
+    let good = "services:\n  app:\n    image: \"${IMAGE}\"\n    init: true\n    command: [\"${CMD}\", \"100000\"]\n    ports: [\"127.0.0.1::80\"]\n";
+    let v1 = spec(stack, good, &[("IMAGE", &env.image), ("CMD", "sleep")]);
+    assert!(matches!(
+        pass(&conv, &v1, false).await.unwrap(),
+        Pass::Applied { .. }
+    ));
+    let before = env.containers("phxrb-");
+    let old_id = &before["phxrb-app-1"].0;
+
+    // The new command does not exist: create succeeds, start fails.
+    let bad = spec(
+        stack,
+        good,
+        &[("IMAGE", &env.image), ("CMD", "/no/such/binary")],
+    );
+    let e = pass(&conv, &bad, false).await.unwrap_err();
+    assert!(e.contains("recreate app failed"), "{e}");
+    assert!(e.contains("the previous container was put back"), "{e}");
+    let after = env.containers("phxrb-");
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_eq!(&after["phxrb-app-1"].0, old_id);
+    assert_eq!(after["phxrb-app-1"].1, "running");
+    // The old container is the converged state of the old spec again.
+    assert!(matches!(
+        pass(&conv, &v1, false).await.unwrap(),
+        Pass::InSync
+    ));
+
+    // With rollback_on_failure off, the failed container stays for inspection.
+    let mut no_rb = bad.clone();
+    no_rb.rollback_on_failure = false;
+    let e = pass(&conv, &no_rb, false).await.unwrap_err();
+    assert!(e.contains("was not restored"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_restart_mid_converge_then_next_pass_converges() {
+    let Some(env) = DockerEnv::get() else { return };
+    let _lock = ENGINE.lock().await;
+    let stack = "phxrst";
+    let _down = Teardown {
+        env: env.clone(),
+        stack: stack.into(),
+        extra: vec![],
+    };
+    let (count, conv) = converger(&env);
+    let conv = Arc::new(conv);
+    let v = spec(stack, FOUR_SERVICES, &[("IMAGE", &env.image)]);
+
+    let first = tokio::spawn({
+        let conv = conv.clone();
+        let v = v.clone();
+        async move { pass(&conv, &v, false).await }
+    });
+    // db is created first and api waits for its health: restart while that wait runs.
+    let env2 = env.clone();
+    let seen = tokio::task::spawn_blocking(move || {
+        phoenix_tests::wait_for(Duration::from_secs(30), "phxrst-db-1 to exist", || {
+            let c = env2.containers("phxrst-");
+            c.contains_key("phxrst-db-1").then_some(c)
+        })
+    })
+    .await
+    .unwrap();
+    assert!(
+        !seen.contains_key("phxrst-worker-1"),
+        "restart came too late: {seen:?}"
+    );
+    let env3 = env.clone();
+    tokio::task::spawn_blocking(move || env3.daemon("restart"))
+        .await
+        .unwrap();
+    let interrupted = first.await.unwrap();
+    assert!(
+        interrupted.is_err(),
+        "the interrupted pass cannot have succeeded: {interrupted:?}"
+    );
+    count.take();
+
+    // The next pass converges whatever the restart left behind.
+    let Pass::Applied { report, .. } = pass(&conv, &v, false).await.unwrap() else {
+        panic!("the stack was not converged after the restart")
+    };
+    assert!(
+        report.contains("phxrst-db-1: running (healthy)"),
+        "{report}"
+    );
+    assert_running(
+        &env,
+        stack,
+        &[
+            "phxrst-api-1",
+            "phxrst-db-1",
+            "phxrst-web-1",
+            "phxrst-worker-1",
+        ],
+    );
+    count.take();
+    assert!(matches!(
+        pass(&conv, &v, false).await.unwrap(),
+        Pass::InSync
+    ));
+    assert_eq!(count.take(), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_image_is_pulled_from_the_registry() {
+    let Some(env) = DockerEnv::get() else { return };
+    let _lock = ENGINE.lock().await;
+    let stack = "phxpull";
+    let _down = Teardown {
+        env: env.clone(),
+        stack: stack.into(),
+        extra: vec![],
+    };
+    let (count, conv) = converger(&env);
+    // Only in the registry (the setup pushed it and removed it locally); make sure.
+    let _ = env.docker_raw(&["rmi", &env.registry_image]);
+    let compose = "services:\n  app:\n    image: \"${IMAGE}\"\n    init: true\n    command: [sleep, \"100000\"]\n";
+    let v = spec(stack, compose, &[("IMAGE", &env.registry_image)]);
+    let Pass::Applied { diff, report } = pass(&conv, &v, false).await.unwrap() else {
+        panic!("must apply")
+    };
+    assert!(
+        diff.starts_with(&format!("pull image {}", env.registry_image)),
+        "{diff}"
+    );
+    assert!(report.contains("phxpull-app-1: running"), "{report}");
+    let calls = count.take();
+    assert_eq!(
+        calls.iter().filter(|c| c.starts_with("pull_image")).count(),
+        1,
+        "{calls:?}"
+    );
+    let image_id = env.docker(&["image", "inspect", "-f", "{{.Id}}", &env.registry_image]);
+    assert_eq!(
+        env.docker(&[
+            "inspect",
+            "-f",
+            "{{index .Config.Labels \"phoenix.image-digest\"}}",
+            "phxpull-app-1"
+        ]),
+        image_id
+    );
+    // Present now: not pulled again.
+    assert!(matches!(
+        pass(&conv, &v, false).await.unwrap(),
+        Pass::InSync
+    ));
+    assert_eq!(count.take(), Vec::<String>::new());
+    let _ = env.docker_raw(&["rm", "-f", "phxpull-app-1"]);
+    let _ = env.docker_raw(&["rmi", &env.registry_image]);
+}
+
+/// The Phoenix repo's own stacks parse and plan. Their images are not pulled: planning
+/// runs against an engine without them and shows the pulls it would do.
+#[test]
+fn real_sample_stacks_parse_and_plan() {
+    let dir = std::env::var("PHOENIX_SAMPLE_STACKS")
+        .unwrap_or_else(|_| "/work/shared/phoenix/main/stacks".into());
+    let dir = Path::new(&dir);
+    if !phoenix_tests::require("Phoenix sample stacks", dir.is_dir()) {
+        return;
+    }
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if !path.join("docker-compose.yml").exists() {
+            continue;
+        }
+        seen += 1;
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let mut spec = sample_spec(&path, &[]);
+        let parsed = compose::parse(&spec.compose, &spec.variables);
+        if name == "thinkheads_ai_app" {
+            // Uses ${API_PORT} but its manifest defines no variables: Compose would
+            // silently publish ":"; Phoenix refuses and names the variable.
+            let e = parsed.unwrap_err().to_string();
+            assert!(e.contains("API_PORT"), "{e}");
+            spec = sample_spec(&path, &[("API_PORT", "8000")]);
+        }
+        let project = compose::parse(&spec.compose, &spec.variables)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let labels: BTreeMap<String, BTreeMap<String, String>> = spec
+            .labels
+            .iter()
+            .map(|(svc, l)| {
+                let m = l
+                    .iter()
+                    .filter_map(|x| x.split_once('='))
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                (svc.clone(), m)
+            })
+            .collect();
+        let desired = phoenix_agent::stacks::plan::render(
+            &name,
+            &project,
+            &labels,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+        );
+        // An engine where the external volumes exist and nothing else does.
+        let mut observed = phoenix_agent::stacks::plan::Observed::default();
+        for v in desired.volumes.iter().filter(|v| v.external) {
+            observed.volumes.insert(v.name.clone());
+        }
+        let plan = phoenix_agent::stacks::plan::plan(&desired, &observed)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let lines = plan.describe(&desired);
+        for c in &desired.containers {
+            assert!(
+                lines.contains(&format!("pull image {}", c.spec.image)),
+                "{lines:?}"
+            );
+            assert!(
+                lines
+                    .iter()
+                    .any(|l| l.starts_with(&format!("create container {}", c.name))),
+                "{lines:?}"
+            );
+        }
+        if name == "portainer_service" {
+            let p = &desired.containers[0];
+            assert_eq!(p.name, "portainer_server");
+            assert_eq!(
+                p.spec.command.as_deref().unwrap(),
+                ["-H", "unix:///var/run/docker.sock"]
+            );
+            assert_eq!(
+                p.spec.labels["traefik.http.services.portainer.loadbalancer.server.port"],
+                "9000"
+            );
+            assert_eq!(p.spec.init, Some(true));
+        }
+        // Without the external volume, planning refuses before changing anything.
+        let e = phoenix_agent::stacks::plan::plan(&desired, &Default::default()).unwrap_err();
+        assert!(e.to_string().contains("external"), "{e}");
+    }
+    assert_eq!(seen, 3, "expected the three stacks of the main branch");
+}
