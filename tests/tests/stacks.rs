@@ -507,9 +507,11 @@ async fn missing_image_is_pulled_from_the_registry() {
 /// runs against an engine without them and shows the pulls it would do.
 #[test]
 fn real_sample_stacks_parse_and_plan() {
-    let dir = std::env::var("PHOENIX_SAMPLE_STACKS")
-        .unwrap_or_else(|_| "/work/shared/phoenix/main/stacks".into());
-    let dir = Path::new(&dir);
+    // tests/setup/05-samples.sh exports PHOENIX_SAMPLES (the samples are read in place).
+    let samples =
+        std::env::var("PHOENIX_SAMPLES").unwrap_or_else(|_| "../../shared/phoenix/main".into());
+    let dir = Path::new(&samples).join("stacks");
+    let dir = dir.as_path();
     if !phoenix_tests::require("Phoenix sample stacks", dir.is_dir()) {
         return;
     }
