@@ -176,3 +176,52 @@ fn every_broken_config_reports_its_precise_errors() {
         assert_eq!(shown.lines().count(), errors.0.len() + 1);
     }
 }
+
+/// A compose file with a literal password: flagged, the value replaced by an
+/// interpolation, and the value absent from everything the compiler returns.
+#[test]
+fn literal_secrets_in_compose_are_flagged_and_redacted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("stacks/db")).expect("mkdir");
+    std::fs::write(
+        d.join("phoenix_vm_configs.json"),
+        r#"{"vms": [{"vmid": 1002, "name": "dr", "docker_stacks": ["db"]}]}"#,
+    )
+    .expect("write");
+    std::fs::write(
+        d.join("stacks/db/phoenix.json"),
+        r#"{"environments": {"production": {"variables": [{"name": "POSTGRES_USER", "value": "app"}]}}}"#,
+    )
+    .expect("write");
+    std::fs::write(
+        d.join("stacks/db/docker-compose.yml"),
+        "services:\n  db:\n    image: postgres:16\n    environment:\n      POSTGRES_USER: ${POSTGRES_USER}\n      POSTGRES_PASSWORD: correct-horse-battery\n",
+    )
+    .expect("write");
+    let c = compile::load(d).unwrap_or_else(|e| panic!("{e}"));
+    let stack = c.guests[&id(1002)]
+        .spec
+        .resources
+        .iter()
+        .find_map(|r| match r {
+            Resource::Stack(s) => Some(s.clone()),
+            _ => None,
+        })
+        .expect("stack");
+    assert!(
+        stack
+            .compose
+            .contains("POSTGRES_PASSWORD: ${POSTGRES_PASSWORD}\n")
+    );
+    let everything = format!(
+        "{c:?} {}",
+        c.warnings.iter().map(|w| w.to_string()).collect::<String>()
+    );
+    assert!(!everything.contains("correct-horse-battery"));
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.message.contains("literal secret for POSTGRES_PASSWORD"))
+    );
+}

@@ -92,6 +92,7 @@ pub(crate) fn compile_phoenix(dir: &Path, options: &CompileOptions, d: &mut Diag
     let mut out = Compiled::default();
     for (id, (g, b)) in built {
         let spec = b.finish();
+        secrets::check_leak(&spec, id, &g.file, &g.path, d);
         if let Err(errors) = spec.validate() {
             for e in errors {
                 d.error(&g.file, &g.path, Problem::Model(e.to_string()));
@@ -655,7 +656,8 @@ fn stack(
             return None;
         }
     };
-    let (compose, redacted) = secrets::redact_compose(&compose_raw);
+    let (compose, redacted, values) = secrets::redact_compose(&compose_raw);
+    d.secrets.extend(values);
     for key in &redacted {
         d.warn(
             &compose_path,

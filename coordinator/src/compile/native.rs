@@ -70,6 +70,7 @@ pub(crate) fn load(files: &[PathBuf], d: &mut Diag) -> Compiled {
                     continue;
                 }
             };
+            super::secrets::check_leak(&spec, id, n.file, &n.path, d);
             if let Err(errors) = spec.validate() {
                 for e in errors {
                     n.error(d, Problem::Model(e.to_string()));

@@ -746,3 +746,87 @@ fn stack_ref(n: &Node, d: &mut Diag) -> Option<StackRef> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn lxc(v: &Value) -> (Vec<GuestConfig>, Diag) {
+        let mut d = Diag::default();
+        let g = lxc_guests(&Node::root(Path::new("lxc.json"), v), &mut d);
+        (g, d)
+    }
+
+    #[test]
+    fn key_variants_of_newer_and_older_files_are_read() {
+        let v = json!({
+            "nvidia_driver_version": "580.76.05",
+            "lxc_configs": {"120": {
+                "name": "n",
+                "cores": "4",
+                "network_config": {"ip": "dhcp", "nameserver": "10.0.0.13, 1.1.1.1"},
+                "secondary_network_config": {"ip": "192.168.1.5/24", "nameservers": ["10.0.0.13"]},
+                "dependencies": [101, "1002"],
+                "clone_from_ctid": 900,
+                "gpu_assignment": "0, 1",
+                "ports": ["8080:80", 9000],
+                "unknown_future_key": {"anything": true},
+                "vllm_model": "m/x",
+                "vllm_port": 8001,
+                "vllm_trust_remote_code": true,
+                "vllm_args": ["--enforce-eager --max-num-seqs 8"]
+            }}
+        });
+        let (g, d) = lxc(&v);
+        assert!(d.errors.is_empty(), "{:?}", d.errors);
+        let g = &g[0];
+        assert_eq!(g.declared.cores, Some(4));
+        assert_eq!(g.declared.ips, ["dhcp", "192.168.1.5/24"]);
+        assert_eq!(g.facts.network[0].nameservers, ["10.0.0.13", "1.1.1.1"]);
+        assert_eq!(g.facts.network[1].name, "eth1");
+        let deps: Vec<u32> = g.facts.dependencies.iter().map(|d| d.get()).collect();
+        assert_eq!(deps, [101, 1002]);
+        assert_eq!(g.facts.clone_from.map(|c| c.get()), Some(900));
+        assert_eq!(g.facts.gpus, [0, 1]);
+        assert_eq!(
+            g.facts.ports[1],
+            PortMapping {
+                host: 9000,
+                guest: 9000
+            }
+        );
+        // Root fallback.
+        assert_eq!(g.nvidia.driver_version.as_deref(), Some("580.76.05"));
+        let args = &g.vllm.as_ref().expect("legacy vllm keys").args;
+        assert_eq!(
+            args,
+            &[
+                "--model",
+                "m/x",
+                "--port",
+                "8001",
+                "--trust_remote_code",
+                "--enforce-eager",
+                "--max-num-seqs",
+                "8"
+            ]
+        );
+    }
+
+    #[test]
+    fn docker_stacks_take_strings_and_objects() {
+        let v = json!({"vms": [{"vmid": "1002", "docker_stacks": ["a", {"name": "b", "environment": "testing"}]}]});
+        let mut d = Diag::default();
+        let g = vm_guests(&Node::root(Path::new("vm.json"), &v), &mut d);
+        assert!(d.errors.is_empty(), "{:?}", d.errors);
+        let s: Vec<(&str, &str)> = g[0]
+            .stacks
+            .iter()
+            .map(|s| (s.name.as_str(), s.environment.as_str()))
+            .collect();
+        assert_eq!(s, [("a", "production"), ("b", "testing")]);
+        // A missing name is a warning, not an error; the id stands in.
+        assert_eq!(g[0].name, "guest-1002");
+    }
+}

@@ -18,6 +18,9 @@ use std::path::{Path, PathBuf};
 pub(crate) struct Diag {
     pub errors: Vec<ConfigError>,
     pub warnings: Vec<Warning>,
+    /// Literal secret values found in this run: kept in memory only, to prove that none
+    /// reached a compiled spec. Never printed.
+    pub secrets: Vec<String>,
 }
 
 impl Diag {

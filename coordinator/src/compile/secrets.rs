@@ -78,6 +78,9 @@ pub(crate) fn scan(n: &Node, d: &mut Diag) {
 }
 
 fn flag(n: &Node, d: &mut Diag) {
+    if let Some(v) = n.value.as_str() {
+        d.secrets.push(v.to_string());
+    }
     n.warn(
         d,
         "literal secret in a config file (value redacted and never sent to a guest); reference it instead: {\"file\": \"/path/on/guest\"} or {\"env\": \"VAR\"}",
@@ -137,9 +140,11 @@ fn env_name(n: &Node, d: &mut Diag) -> Option<String> {
 
 /// Replaces literal secret values in Compose text (`KEY: value`, `- KEY=value`) with
 /// a `${KEY}` interpolation, so the value comes from the stack's variables at deploy
-/// time and never from the file. Returns the redacted text and the keys it touched.
-pub(crate) fn redact_compose(text: &str) -> (String, Vec<String>) {
+/// time and never from the file. Returns the redacted text, the keys it touched and
+/// the values it removed (for [`Diag::secrets`]).
+pub(crate) fn redact_compose(text: &str) -> (String, Vec<String>, Vec<String>) {
     let mut keys = Vec::new();
+    let mut values = Vec::new();
     let mut out = String::with_capacity(text.len());
     for line in text.split_inclusive('\n') {
         let body = line.trim_end_matches(['\n', '\r']);
@@ -164,13 +169,41 @@ pub(crate) fn redact_compose(text: &str) -> (String, Vec<String>) {
                 && !value_clean.contains("${")
             {
                 keys.push(key_clean.to_string());
+                values.push(value_clean.to_string());
                 out.push_str(&format!("{indent}{dash}{key}{sep}${{{key_clean}}}{ending}"));
                 continue;
             }
         }
         out.push_str(line);
     }
-    (out, keys)
+    (out, keys, values)
+}
+
+/// The last line of defence: a literal secret found anywhere in the configs must not
+/// appear in any compiled spec. Values shorter than 4 characters are too common to tell.
+/// Records an error at `file`/`path` if the spec carries one.
+pub(crate) fn check_leak(
+    spec: &phoenix_proto::model::GuestSpec,
+    id: phoenix_proto::model::GuestId,
+    file: &std::path::Path,
+    path: &str,
+    d: &mut Diag,
+) {
+    let json = String::from_utf8_lossy(&spec.to_json()).into_owned();
+    let leaked = d
+        .secrets
+        .iter()
+        .map(|s| s.trim())
+        .any(|s| s.len() >= 4 && json.contains(s));
+    if leaked {
+        d.error(
+            file,
+            path,
+            super::Problem::Conflict(format!(
+                "a literal secret from the configs would reach the desired state of guest {id} (value redacted); use a secret reference"
+            )),
+        );
+    }
 }
 
 #[cfg(test)]
@@ -199,10 +232,11 @@ mod tests {
 
     #[test]
     fn compose_literals_become_interpolations() {
-        let (text, keys) = redact_compose(
+        let (text, keys, values) = redact_compose(
             "services:\n  db:\n    environment:\n      POSTGRES_PASSWORD: hunter2\n      - N8N_API_TOKEN=abc\n      POSTGRES_USER: n8n\n      DB_PASSWORD: ${DB_PASSWORD}\n",
         );
         assert_eq!(keys, ["POSTGRES_PASSWORD", "N8N_API_TOKEN"]);
+        assert_eq!(values, ["hunter2", "abc"]);
         assert!(!text.contains("hunter2") && !text.contains("abc"));
         assert!(text.contains("POSTGRES_PASSWORD: ${POSTGRES_PASSWORD}\n"));
         assert!(text.contains("- N8N_API_TOKEN=${N8N_API_TOKEN}\n"));
