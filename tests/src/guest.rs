@@ -212,6 +212,40 @@ impl Guest {
     }
 }
 
+/// A self-signed certificate and its private key (PEM) for DNS name `cn`, made with openssl;
+/// `None` when openssl is missing.
+pub fn self_signed(cn: &str) -> Option<(String, String)> {
+    let dir = tempfile::tempdir().ok()?;
+    let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    let ok = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args(["-days", "2", "-subj", &format!("/CN={cn}"), "-addext"])
+        .arg(format!("subjectAltName=DNS:{cn}"))
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .ok()?
+        .status
+        .success();
+    if !ok {
+        return None;
+    }
+    Some((
+        std::fs::read_to_string(cert).ok()?,
+        std::fs::read_to_string(key).ok()?,
+    ))
+}
+
 impl Drop for Guest {
     fn drop(&mut self) {
         let _ = docker(&["rm", "-f", "-v", &self.name]);

@@ -5,7 +5,6 @@
 
 use phoenix_tests::guest::Guest;
 use serde_json::{Value, json};
-use std::process::Command;
 
 const SITE: &str = "/etc/nginx/sites-enabled/phoenix.conf";
 const PEM: &str = "/etc/ssl/phoenix/site.pem";
@@ -30,44 +29,6 @@ fn state(rev: &str, pem: &str) -> Value {
     ]})
 }
 
-/// A self-signed certificate and its key for site.test, in one PEM.
-fn self_signed() -> Option<String> {
-    let dir = tempfile::tempdir().ok()?;
-    let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
-    let ok = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=site.test",
-            "-addext",
-            "subjectAltName=DNS:site.test",
-            "-keyout",
-        ])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .ok()?
-        .status
-        .success();
-    ok.then(|| {
-        Some(format!(
-            "{}{}",
-            std::fs::read_to_string(cert).ok()?,
-            std::fs::read_to_string(key).ok()?
-        ))
-    })
-    .flatten()
-}
-
 /// An HTTPS request inside the guest that verifies nginx's certificate against `PEM`.
 fn https(g: &Guest) -> String {
     g.ok(&format!(
@@ -77,7 +38,7 @@ fn https(g: &Guest) -> String {
 
 #[test]
 fn nginx_serves_a_managed_site_over_tls_and_reloads_on_change() {
-    let pem = self_signed();
+    let pem = phoenix_tests::guest::self_signed("site.test").map(|(c, k)| format!("{c}{k}"));
     if !phoenix_tests::require("openssl (to make the stand-in certificate)", pem.is_some()) {
         return;
     }

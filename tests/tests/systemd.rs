@@ -168,3 +168,75 @@ fn bad_input_is_refused_before_anything_changes() {
         "no"
     );
 }
+
+/// `exec` steps in the real guest, shaped like the `trusted_ca` feature: a root certificate
+/// file and `update-ca-certificates` refreshed when it changes; a `creates`-guarded setup
+/// step; a failing step whose secret stays out of the report.
+#[test]
+fn exec_steps_run_once_and_on_refresh_only() {
+    let ca = phoenix_tests::guest::self_signed("phoenix-test-root");
+    if !phoenix_tests::require("openssl (to make a test root certificate)", ca.is_some()) {
+        return;
+    }
+    let Some(g) = Guest::boot("exec", &[]) else {
+        return;
+    };
+    let state = |pem: &str| {
+        json!({"resources": [
+            {"kind": "file", "path": "/usr/local/share/ca-certificates/phoenix-test.crt", "content": pem},
+            {"kind": "exec", "name": "update-ca-certificates",
+             "command": ["/usr/sbin/update-ca-certificates"],
+             "refresh_on": ["file:/usr/local/share/ca-certificates/phoenix-test.crt"],
+             "depends_on": ["file:/usr/local/share/ca-certificates/phoenix-test.crt"]},
+            {"kind": "exec", "name": "setup-once",
+             "command": ["/bin/sh", "-c", "echo ran >> /var/lib/setup-count && touch /var/lib/setup-done"],
+             "creates": "/var/lib/setup-done"},
+            {"kind": "exec", "name": "unless-guarded",
+             "command": ["/bin/sh", "-c", "echo ran >> /var/lib/unless-count"],
+             "unless": ["/bin/sh", "-c", "test -s /var/lib/unless-count"]}
+        ]})
+    };
+    let in_bundle =
+        |g: &Guest| g.ok("test -e /etc/ssl/certs/phoenix-test.pem && echo yes || echo no");
+    let (pem1, _) = ca.unwrap_or_default();
+    g.apply(&state(&pem1)).assert(&[
+        ("exec:update-ca-certificates", "changed"),
+        ("exec:setup-once", "changed"),
+        ("exec:unless-guarded", "changed"),
+    ]);
+    assert_eq!(in_bundle(&g), "yes", "root installed into the trust store");
+    let bundle = g.mtimes(&["/etc/ssl/certs/ca-certificates.crt"]);
+
+    g.apply(&state(&pem1)).assert_all_unchanged();
+    assert_eq!(g.ok("wc -l < /var/lib/setup-count"), "1");
+    assert_eq!(g.ok("wc -l < /var/lib/unless-count"), "1");
+    assert_eq!(
+        g.mtimes(&["/etc/ssl/certs/ca-certificates.crt"]),
+        bundle,
+        "not re-run"
+    );
+
+    // A new root: the refresh runs again, the guarded steps do not.
+    let (pem2, _) = phoenix_tests::guest::self_signed("phoenix-test-root").unwrap_or_default();
+    g.apply(&state(&pem2)).assert(&[
+        ("exec:update-ca-certificates", "changed"),
+        ("exec:setup-once", "unchanged"),
+    ]);
+    assert_ne!(g.mtimes(&["/etc/ssl/certs/ca-certificates.crt"]), bundle);
+
+    // Failure: exit status and output in the report, the secret's value redacted.
+    g.write("/etc/phoenix-test-secret", b"sup3r-s3cret\n");
+    let failing = json!({"resources": [
+        {"kind": "exec", "name": "fails", "onlyif": ["/bin/true"], "timeout_seconds": 10,
+         "command": ["/bin/sh", "-c", "echo using $TOKEN; echo broken >&2; exit 4"],
+         "secret_environment": {"TOKEN": {"file": "/etc/phoenix-test-secret"}}}
+    ]});
+    let a = g.apply(&failing);
+    assert!(!a.ok);
+    let msg = a.message("exec:fails");
+    assert!(
+        msg.contains("exit 4") && msg.contains("using [redacted]") && msg.contains("broken"),
+        "{msg}"
+    );
+    assert!(!a.report.to_string().contains("sup3r"), "{}", a.report);
+}
