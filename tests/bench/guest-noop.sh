@@ -24,7 +24,7 @@ trap cleanup EXIT
 if ! docker image inspect "$bench_image" >/dev/null 2>&1; then
   echo "building $bench_image (salt, ansible-core from PyPI)" >&2
   docker rm -f "$name-build" >/dev/null 2>&1 || true
-  docker run -d --name "$name-build" -v /etc/ssl/certs/ca-certificates.crt:/host-ca.crt:ro \
+  docker run -d --name "$name-build" --network host -v /etc/ssl/certs/ca-certificates.crt:/host-ca.crt:ro \
     "$PHOENIX_GUEST_IMAGE" sleep infinity >/dev/null
   docker exec "$name-build" sh -c '
     set -e
