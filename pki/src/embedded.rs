@@ -16,6 +16,12 @@ use time::OffsetDateTime;
 
 /// Backdating absorbs clock skew between host and guests.
 const BACKDATE: Duration = Duration::from_secs(60);
+
+/// Backdate of a leaf with lifetime `ttl`: a minute, but never so much of a short lifetime
+/// that "renew at 2/3 of the lifetime" would already be in the past.
+pub fn backdate(ttl: Duration) -> Duration {
+    BACKDATE.min(ttl / 10)
+}
 const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 pub struct EmbeddedCa {
@@ -115,7 +121,7 @@ impl CertAuthority for EmbeddedCa {
         ];
         params.use_authority_key_identifier_extension = true;
         let now = SystemTime::now();
-        params.not_before = OffsetDateTime::from(now - BACKDATE);
+        params.not_before = OffsetDateTime::from(now - backdate(req.ttl));
         params.not_after = OffsetDateTime::from(now + req.ttl);
         let mut serial = [0u8; 16];
         rand::Rng::fill(&mut rand::rng(), &mut serial[..]);

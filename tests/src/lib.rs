@@ -6,6 +6,7 @@ pub mod guest;
 pub mod raw;
 pub mod spine;
 pub mod stacks;
+pub mod stepca;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

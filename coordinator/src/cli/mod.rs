@@ -128,6 +128,70 @@ pub struct ServeArgs {
     pub coordinator_cert_ttl: Duration,
     #[arg(long, default_value = "15s", value_parser = duration::parse)]
     pub ping_interval: Duration,
+    /// Which CA signs identities: the embedded one, or a Smallstep step-ca.
+    #[arg(long, value_enum, default_value = "embedded")]
+    pub ca: CaKind,
+    /// step-ca URL, e.g. https://ca.internal:9000 (its host must be one of the CA's dnsNames).
+    #[arg(long, required_if_eq("ca", "step-ca"))]
+    pub step_ca_url: Option<String>,
+    /// Hex SHA-256 of step-ca's root certificate (`step certificate fingerprint`).
+    #[arg(long, required_if_eq("ca", "step-ca"))]
+    pub step_ca_fingerprint: Option<String>,
+    /// Name of the JWK provisioner in ca.json.
+    #[arg(long, required_if_eq("ca", "step-ca"))]
+    pub step_ca_provisioner: Option<String>,
+    /// The provisioner's private JWK (0600).
+    #[arg(long, conflicts_with = "step_ca_jwe")]
+    pub step_ca_jwk: Option<PathBuf>,
+    /// The provisioner key as step's password-encrypted JWE (the `encryptedKey` of ca.json)…
+    #[arg(long, requires = "step_ca_password_file")]
+    pub step_ca_jwe: Option<PathBuf>,
+    /// …and the file holding its password.
+    #[arg(long)]
+    pub step_ca_password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum CaKind {
+    Embedded,
+    StepCa,
+}
+
+impl ServeArgs {
+    async fn step_ca(
+        &self,
+    ) -> Result<Option<std::sync::Arc<dyn phoenix_pki::CertAuthority>>, CliError> {
+        use phoenix_pki::stepca::{ProvisionerKeySource, StepCa, StepCaConfig};
+        if self.ca == CaKind::Embedded {
+            return Ok(None);
+        }
+        let key = match (
+            &self.step_ca_jwk,
+            &self.step_ca_jwe,
+            &self.step_ca_password_file,
+        ) {
+            (Some(jwk), None, _) => ProvisionerKeySource::Jwk(jwk.clone()),
+            (None, Some(jwe), Some(pw)) => ProvisionerKeySource::EncryptedJwk {
+                jwe: jwe.clone(),
+                password_file: pw.clone(),
+            },
+            _ => {
+                return Err(CliError::Input(
+                    "--ca step-ca needs --step-ca-jwk, or --step-ca-jwe with --step-ca-password-file".into(),
+                ));
+            }
+        };
+        let cfg = StepCaConfig {
+            url: self.step_ca_url.clone().unwrap_or_default(),
+            fingerprint: self.step_ca_fingerprint.clone().unwrap_or_default(),
+            provisioner: self.step_ca_provisioner.clone().unwrap_or_default(),
+            key,
+        };
+        let ca = StepCa::connect(&cfg)
+            .await
+            .map_err(|e| CliError::Serve(server::ServeError::Ca(e)))?;
+        Ok(Some(std::sync::Arc::new(ca)))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -480,8 +544,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
 }
 
 async fn serve(args: ServeArgs, admin_socket: PathBuf) -> Result<(), CliError> {
-    let trust_domain =
-        TrustDomain::try_from(args.trust_domain).map_err(|e| CliError::Input(e.to_string()))?;
+    let trust_domain = TrustDomain::try_from(args.trust_domain.clone())
+        .map_err(|e| CliError::Input(e.to_string()))?;
+    let ca = args.step_ca().await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|source| server::ServeError::Listen {
@@ -507,7 +572,7 @@ async fn serve(args: ServeArgs, admin_socket: PathBuf) -> Result<(), CliError> {
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {},
         }
     };
-    server::run(cfg, listener, None, shutdown).await?;
+    server::run(cfg, listener, ca, shutdown).await?;
     Ok(())
 }
 

@@ -406,7 +406,16 @@ impl StepCa {
     ) -> Result<Signed, CaError> {
         let mut body = json!({"csr": csr_pem, "ott": ott});
         if let Some(d) = not_after {
-            body["notAfter"] = json!(format!("{}s", d.as_secs()));
+            // step-ca backdates by a minute unless notBefore is given; for short test
+            // lifetimes that would put "renew at 2/3" in the past, so send both ends.
+            let now = SystemTime::now();
+            let fmt = |t: SystemTime| {
+                time::OffsetDateTime::from(t)
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default()
+            };
+            body["notBefore"] = json!(fmt(now - crate::embedded::backdate(d)));
+            body["notAfter"] = json!(fmt(now + d));
         }
         let answer = self
             .request(
