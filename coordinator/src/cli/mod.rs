@@ -42,7 +42,7 @@ pub enum Output {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the coordinator daemon.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Check configs offline: every error of the run, with file and JSON path.
     Validate {
         /// A Phoenix etc directory (phoenix_lxc_configs.json, ...) or native desired-state files.
@@ -328,7 +328,7 @@ fn status_json(s: &v1::GuestStatus) -> serde_json::Value {
 
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
-        Command::Serve(args) => serve(args, cli.admin_socket).await,
+        Command::Serve(args) => serve(*args, cli.admin_socket).await,
         Command::Token {
             command: TokenCommand::Create { guest, ttl },
         } => {
