@@ -534,3 +534,29 @@ async fn sign_without_not_after_takes_the_ca_default_lifetime() {
     // Default lifetime from ca.json: 2 minutes (+1 minute backdate).
     assert_eq!(signed.leaf.lifetime(), Duration::from_secs(180));
 }
+
+#[tokio::test]
+async fn the_coordinators_agent_grant_shape_is_accepted() {
+    // The RA grants an agent CN guest-N plus its SPIFFE URI, while the agent's CSR names
+    // only the CN: step-ca accepts a CSR without SANs and issues the token's SANs.
+    let Some(env) = CaEnv::shared("agent grant shape") else {
+        return;
+    };
+    let ca = env.client().await;
+    let guest = 100_000 + u32::from(rand::random::<u16>());
+    let cn = format!("guest-{guest}");
+    let (_key, csr) = key_and_csr(&cn, &[]);
+    let uri = San::Uri(format!("spiffe://phoenix.test/guest/{guest}"));
+    let issued = ca
+        .issue(IssueRequest {
+            csr_pem: csr,
+            common_name: cn.clone(),
+            sans: vec![uri.clone()],
+            ttl: Duration::from_secs(60),
+        })
+        .await
+        .expect("issue agent identity");
+    let leaf =
+        x509::inspect(&x509::parse_chain(&issued.chain_pem, "c").expect("c")[0]).expect("leaf");
+    assert_eq!((leaf.common_name, leaf.sans), (cn, vec![uri]));
+}
