@@ -659,13 +659,15 @@ fn stack(
     let (compose, redacted, values) = secrets::redact_compose(&compose_raw);
     d.secrets.extend(values);
     for key in &redacted {
-        d.warn(
+        d.error(
             &compose_path,
             "",
-            format!("literal secret for {key} replaced by ${{{key}}} (value redacted); supply it as a secret"),
+            Problem::Conflict(format!(
+                "literal secret for {key} (value redacted); keep it on the guest, e.g. in an env_file such as /etc/phoenix/secrets/{}.env",
+                s.name
+            )),
         );
     }
-
     let mut variables = BTreeMap::new();
     if let Some(vars) = pick("variables") {
         for v in vars.items(d, "an array of {name, value}") {
@@ -691,19 +693,11 @@ fn stack(
             variables.insert(name, value);
         }
     }
-    for var in referenced_variables(&compose) {
-        if !variables.contains_key(&var) && !redacted.contains(&var) {
-            d.warn(
-                &compose_path,
-                "",
-                format!("${{{var}}} has no value in environment {:?}", s.environment),
-            );
-        }
-    }
-
     let mut labels: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut label_paths: BTreeMap<String, Node> = BTreeMap::new();
     if let Some(services) = pick("services") {
         for (svc, n) in services.entries(d, "an object of services") {
+            label_paths.insert(svc.clone(), n.clone());
             if let Some(list) = n.get("traefik_labels") {
                 for l in list.items(d, "an array of \"key=value\" labels") {
                     match l.value.as_str() {
@@ -723,6 +717,41 @@ fn stack(
             d,
             "stack files (Portainer configs) are not compiled; mount them from the guest instead",
         );
+    }
+    // The agent's own Compose parser: what passes here is what the agent will accept.
+    // Redacted secrets already failed above; give them a value so they are not
+    // reported twice as unset variables.
+    let mut check_vars = variables.clone();
+    for key in &redacted {
+        check_vars.entry(key.clone()).or_default();
+    }
+    match phoenix_agent::stacks::compose::parse(&compose, &check_vars) {
+        Ok(project) => {
+            for (svc, n) in &label_paths {
+                if labels.contains_key(svc) && !project.services.contains_key(svc) {
+                    n.error(
+                        d,
+                        Problem::Expected {
+                            expected: format!("a service of {}", compose_path.display()),
+                            found: format!("{svc:?}"),
+                        },
+                    );
+                }
+            }
+        }
+        // One line per error: the parser's source excerpt repeats the file.
+        Err(e) => d.error(
+            &compose_path,
+            "",
+            Problem::Compose(
+                e.to_string()
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_string(),
+            ),
+        ),
     }
     let rules: Vec<FirewallRule> = pick("firewall_rules")
         .map(|n| phoenix::firewall_rules(&n, d))
@@ -745,27 +774,6 @@ fn stack(
         },
         rules,
     ))
-}
-
-/// `${NAME}` and `$NAME` without a default (`${NAME:-x}` has one).
-fn referenced_variables(text: &str) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    let mut rest = text;
-    while let Some(i) = rest.find("${") {
-        rest = &rest[i + 2..];
-        let end = rest.find('}').unwrap_or(rest.len());
-        let inner = &rest[..end];
-        let name: String = inner
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect();
-        let has_default =
-            inner[name.len()..].starts_with(":-") || inner[name.len()..].starts_with('-');
-        if !name.is_empty() && !has_default {
-            out.insert(name);
-        }
-    }
-    out
 }
 
 /// Certificate-manifest entries → `cert` resources in the guest that owns the path.
@@ -1072,11 +1080,5 @@ mod tests {
             Some(1001)
         );
         assert_eq!(command_guest("pct exec 102 -- x").map(u32::from), Some(102));
-    }
-
-    #[test]
-    fn compose_variables_without_defaults() {
-        let v = referenced_variables("a: ${A}\nb: ${B:-x}\nc: \"${C}:${C}\"\n");
-        assert_eq!(v.into_iter().collect::<Vec<_>>(), ["A", "C"]);
     }
 }

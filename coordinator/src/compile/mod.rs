@@ -299,6 +299,9 @@ pub enum Problem {
     Model(String),
     #[error("{0}")]
     Conflict(String),
+    /// The agent's Compose parser rejected the stack's compose file.
+    #[error("{0}")]
+    Compose(String),
 }
 
 /// One error: the file, the JSON path inside it, and what was expected.
