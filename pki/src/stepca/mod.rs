@@ -148,6 +148,25 @@ fn random_jti() -> String {
     hex::encode(rand::random::<[u8; 32]>())
 }
 
+/// step-ca verifies an x5c renew token's chain at `leaf.NotAfter - 1m`; a leaf must be
+/// valid then, or it can never be renewed after expiry.
+const X5C_VERIFY_SKEW: Duration = Duration::from_secs(60);
+
+/// The backdate for a certificate valid until now + `ttl`: the embedded CA's (at most a
+/// tenth of the lifetime, so renewal at 2/3 is not already due), stretched where needed so
+/// that NotAfter - 1m falls inside the validity (renewal after expiry) — unless that would
+/// make renewal at 2/3 of the lifetime already due (backdate ≥ 2 × ttl, i.e. ttl ≤ 20 s):
+/// such certs cannot be renewed after expiry.
+fn x5c_backdate(ttl: Duration) -> Duration {
+    let needed = (X5C_VERIFY_SKEW + Duration::from_secs(1)).saturating_sub(ttl);
+    let base = crate::embedded::backdate(ttl);
+    if needed > base && needed < ttl * 2 {
+        needed
+    } else {
+        base
+    }
+}
+
 /// step's SAN strings.
 pub fn san_string(san: &San) -> String {
     match san {
@@ -409,12 +428,13 @@ impl StepCa {
             // step-ca backdates by a minute unless notBefore is given; for short test
             // lifetimes that would put "renew at 2/3" in the past, so send both ends.
             let now = SystemTime::now();
+            let backdate = x5c_backdate(d);
             let fmt = |t: SystemTime| {
                 time::OffsetDateTime::from(t)
                     .format(&time::format_description::well_known::Rfc3339)
                     .unwrap_or_default()
             };
-            body["notBefore"] = json!(fmt(now - crate::embedded::backdate(d)));
+            body["notBefore"] = json!(fmt(now - backdate));
             body["notAfter"] = json!(fmt(now + d));
         }
         let answer = self
@@ -430,7 +450,9 @@ impl StepCa {
         self.signed("sign", answer)
     }
 
-    /// `POST /1.0/renew` over mTLS: same key, new serial, same lifetime. An expired
+    /// `POST /1.0/renew` over mTLS: same key, new serial, same lifetime (NotAfter -
+    /// NotBefore). step-ca re-backdates the renewed cert by its own minute, so a cert signed
+    /// with a shorter backdate comes back with NotAfter = now + lifetime - 1m. An expired
     /// certificate cannot authenticate (use [`StepCa::renew_expired`]).
     pub async fn renew(&self, chain_pem: &str, key_pem: &str) -> Result<Signed, CaError> {
         let client = self.mtls_client(chain_pem, key_pem)?;
@@ -801,6 +823,23 @@ impl ServerCertVerifier for BootstrapVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backdate_keeps_short_certs_renewable_after_expiry() {
+        let s = Duration::from_secs;
+        // Long lifetimes: the embedded CA's minute / tenth.
+        assert_eq!(x5c_backdate(s(3600)), s(60));
+        assert_eq!(x5c_backdate(s(120)), s(12));
+        // Short ones reach back far enough that NotAfter - 1m is inside the validity…
+        assert_eq!(x5c_backdate(s(30)), s(31));
+        assert!(s(30) + x5c_backdate(s(30)) > X5C_VERIFY_SKEW);
+        // …while renewal at 2/3 of the lifetime is still ahead of now.
+        let lifetime = s(30) + x5c_backdate(s(30));
+        assert!(lifetime * 2 / 3 > x5c_backdate(s(30)));
+        // Too short for both: renewal timing wins (a tenth of the lifetime).
+        assert_eq!(x5c_backdate(s(15)), s(15) / 10);
+        assert_eq!(x5c_backdate(s(20)), s(2));
+    }
 
     #[test]
     fn serials_convert_to_decimal() {
