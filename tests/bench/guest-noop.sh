@@ -5,7 +5,8 @@
 # Same machine, same container, same run; the tools alternate, REPS runs each; every timed run
 # is checked to have changed nothing. Prints each time and the medians and ratios.
 #
-# Needs network once, to build the bench image (python3-venv/python3-apt from Debian, salt and
+# Needs network once, to build the bench image (python3-venv/python3-apt, and gcc/python3-dev
+# for the one salt dependency without a wheel, from Debian; salt and
 # ansible-core from PyPI); the image is cached as phoenix-guest-bench:<version>.
 #   REPS=7 bash tests/bench/guest-noop.sh
 set -euo pipefail
@@ -29,7 +30,7 @@ if ! docker image inspect "$bench_image" >/dev/null 2>&1; then
   docker exec "$name-build" sh -c '
     set -e
     apt-get -o APT::Sandbox::User=root update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv python3-apt >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv python3-apt python3-dev gcc >/dev/null
     for v in salt ansible; do python3 -m venv --system-site-packages /opt/$v; done
     PIP_CERT=/host-ca.crt /opt/salt/bin/pip install -q salt
     PIP_CERT=/host-ca.crt /opt/ansible/bin/pip install -q ansible-core
