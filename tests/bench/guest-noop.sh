@@ -34,7 +34,7 @@ if ! docker image inspect "$bench_image" >/dev/null 2>&1; then
     for v in salt ansible; do python3 -m venv --system-site-packages /opt/$v; done
     PIP_CERT=/host-ca.crt /opt/salt/bin/pip install -q salt
     PIP_CERT=/host-ca.crt /opt/ansible/bin/pip install -q ansible-core
-    apt-get clean'
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --download-only nginx >/dev/null'
   docker commit "$name-build" "$bench_image" >/dev/null
   docker rm -f "$name-build" >/dev/null
 fi
