@@ -250,9 +250,14 @@ async fn session_loop(
         reload_identity_from_disk(&shared);
         let info = shared.identity.current().info;
         if info.not_after <= SystemTime::now() {
-            tracing::error!("{}", expired_advice(&shared, &info));
-            tokio::time::sleep(backoff.next().max(Duration::from_secs(5))).await;
-            continue;
+            match renew_expired(&shared).await {
+                Ok(()) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "{}", expired_advice(&shared, &info));
+                    tokio::time::sleep(backoff.next().max(Duration::from_secs(5))).await;
+                    continue;
+                }
+            }
         }
         let started = Instant::now();
         let result = session(&shared, &desired, &dry, &mut reports).await;
@@ -382,6 +387,44 @@ async fn renew(
         .renew(v1::RenewRequest { csr_pem: csr })
         .await?
         .into_inner();
+    adopt(shared, &key, resp)
+}
+
+/// An identity that expired while we were offline: prove we hold its key and ask for a
+/// new one over a server-authenticated connection (the expired cert cannot do mTLS).
+async fn renew_expired(shared: &Shared) -> Result<(), RenewError> {
+    let guest = shared.enrollment.guest;
+    let (chain, old_key, _) = shared.state.identity()?;
+    let old_key = keys::load(&old_key)?;
+    let key = keys::generate()?;
+    let csr = keys::csr(&key, &format!("guest-{guest}"), &[])?;
+    let proof = keys::sign(&old_key, &keys::renew_expired_message(&csr))?;
+    let cfg = tls::server_auth_config(shared.trust.clone())?;
+    let channel = transport::connect(
+        &shared.enrollment.coordinator,
+        &shared.enrollment.trust_domain.coordinator_dns(),
+        cfg,
+        &shared.opts.channel,
+    )
+    .await
+    .map_err(|e| RenewError::Rpc(tonic::Status::unavailable(e.to_string())))?;
+    let resp = v1::agent_client::AgentClient::new(channel)
+        .renew_expired(v1::RenewExpiredRequest {
+            chain_pem: chain,
+            csr_pem: csr,
+            proof,
+        })
+        .await?
+        .into_inner();
+    adopt(shared, &key, resp)?;
+    tracing::info!("expired identity renewed");
+    Ok(())
+}
+
+/// Checks a renewed chain against the roots and our own identity, persists it, then
+/// publishes it in memory.
+fn adopt(shared: &Shared, key: &rcgen::KeyPair, resp: v1::RenewResponse) -> Result<(), RenewError> {
+    let guest = shared.enrollment.guest;
     let trust = TrustStore::from_pem(&resp.roots_pem)?;
     trust.verify_chain(&resp.chain_pem)?;
     let id = Identity::from_pem(&resp.chain_pem, &key.serialize_pem())?;

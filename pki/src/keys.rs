@@ -51,3 +51,16 @@ pub fn csr(key: &KeyPair, common_name: &str, sans: &[San]) -> Result<String, Key
         .and_then(|r| r.pem())
         .map_err(|e| err(e.to_string()))
 }
+
+/// What an expired identity's key signs to ask for renewal: the context string binds the
+/// signature to this purpose, the CSR to the new key.
+pub fn renew_expired_message(csr_pem: &str) -> Vec<u8> {
+    let mut m = b"phoenix-renew-expired:v1\n".to_vec();
+    m.extend_from_slice(csr_pem.as_bytes());
+    m
+}
+
+/// Signs `msg` with `key` (ECDSA P-256 SHA-256, ASN.1 DER).
+pub fn sign(key: &KeyPair, msg: &[u8]) -> Result<Vec<u8>, KeyError> {
+    rcgen::SigningKey::sign(key, msg).map_err(|e| KeyError::Generate(e.to_string()))
+}

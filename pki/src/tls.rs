@@ -181,13 +181,19 @@ impl TrustStore {
 
     /// Checks `chain_pem` verifies as a client+server identity against these roots now.
     pub fn verify_chain(&self, chain_pem: &str) -> Result<(), TlsSetupError> {
+        self.verify_chain_at(chain_pem, UnixTime::now())
+    }
+
+    /// As `verify_chain`, at another instant (an expired identity is checked as of just
+    /// before its expiry, as step-ca does for renew-after-expiry).
+    pub fn verify_chain_at(&self, chain_pem: &str, at: UnixTime) -> Result<(), TlsSetupError> {
         let chain = x509::parse_chain(chain_pem, "certificate chain")
             .map_err(|e| TlsSetupError::Identity(e.to_string()))?;
         let verifier = WebPkiClientVerifier::builder_with_provider(self.store(), provider())
             .build()
             .map_err(|e| TlsSetupError::Roots(e.to_string()))?;
         verifier
-            .verify_client_cert(&chain[0], &chain[1..], UnixTime::now())
+            .verify_client_cert(&chain[0], &chain[1..], at)
             .map(|_| ())
             .map_err(|e| TlsSetupError::Untrusted(e.to_string()))
     }
@@ -411,6 +417,20 @@ pub fn client_config(
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(SwappableServerVerifier { trust }))
         .with_client_cert_resolver(identity);
+    cfg.alpn_protocols = h2();
+    cfg.resumption = Resumption::disabled();
+    Ok(Arc::new(cfg))
+}
+
+/// Server-authenticated only (no client cert), against the pinned bundle: for renewing an
+/// identity that can no longer authenticate.
+pub fn server_auth_config(trust: Arc<TrustStore>) -> Result<Arc<ClientConfig>, TlsSetupError> {
+    let mut cfg = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsSetupError::Roots(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(SwappableServerVerifier { trust }))
+        .with_no_client_auth();
     cfg.alpn_protocols = h2();
     cfg.resumption = Resumption::disabled();
     Ok(Arc::new(cfg))

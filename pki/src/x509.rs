@@ -128,3 +128,17 @@ pub fn inspect(der: &[u8]) -> Result<CertInfo, X509Error> {
         is_ca: cert.is_ca(),
     })
 }
+
+/// Checks an ECDSA P-256 SHA-256 (ASN.1) signature against the certificate's public key.
+pub fn verify_signature(cert_der: &[u8], msg: &[u8], sig: &[u8]) -> bool {
+    let Ok((_, cert)) = X509Certificate::from_der(cert_der) else {
+        return false;
+    };
+    let point = &cert.public_key().subject_public_key.data;
+    ring::signature::UnparsedPublicKey::new(
+        &ring::signature::ECDSA_P256_SHA256_ASN1,
+        point.as_ref(),
+    )
+    .verify(msg, sig)
+    .is_ok()
+}

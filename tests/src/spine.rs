@@ -246,3 +246,49 @@ pub fn converged(status: &serde_json::Value, guest: u32) -> bool {
             && g["converged"] == true
     })
 }
+
+/// Enrolls `guest`, lets its identity expire with the agent stopped, then starts the agent:
+/// it must renew by itself (proof of the old key) and converge a pushed state.
+pub fn expired_while_offline_recovers(c: &Coordinator, base: &Path, guest: u32) {
+    let mut a = Agent::new(base, guest);
+    let out = a.join(&c.token(guest), &[]);
+    assert!(
+        out.status.success(),
+        "join: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expired_at = wait_for(Duration::from_secs(30), "identity to expire", || {
+        let pem = std::fs::read_to_string(a.state().join("cert.pem")).ok()?;
+        let chain = phoenix_pki::x509::parse_chain(&pem, "cert").ok()?;
+        let info = phoenix_pki::x509::inspect(&chain[0]).ok()?;
+        (info.not_after + Duration::from_secs(1) < std::time::SystemTime::now())
+            .then_some(info.not_after)
+    });
+    let spec = base.join(format!("spec-{guest}.json"));
+    write_spec(
+        &spec,
+        &[(guest, files_spec(&a.root, &[("back", "online\n")]))],
+    );
+    let out = c.cli(&[
+        "apply",
+        "-f",
+        spec.to_str().unwrap_or_default(),
+        "--no-wait",
+    ]);
+    assert!(out.status.success());
+    a.start();
+    wait_for(
+        Duration::from_secs(30),
+        "converged after renewing the expired identity",
+        || converged(&c.status(), guest).then_some(()),
+    );
+    assert!(a.log().contains("expired identity renewed"), "{}", a.log());
+    let pem = std::fs::read_to_string(a.state().join("cert.pem")).expect("cert");
+    let chain = phoenix_pki::x509::parse_chain(&pem, "cert").expect("chain");
+    assert!(
+        phoenix_pki::x509::inspect(&chain[0])
+            .expect("inspect")
+            .not_after
+            > expired_at
+    );
+}

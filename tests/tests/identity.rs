@@ -177,7 +177,10 @@ async fn coordinator_refuses_wrong_identities() {
 #[tokio::test(flavor = "multi_thread")]
 async fn expired_agent_certificate_is_refused_and_the_agent_says_what_to_do() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let c = Coordinator::start(&tmp.path().join("c"), &["--agent-cert-ttl", "2s"]);
+    let c = Coordinator::start(
+        &tmp.path().join("c"),
+        &["--agent-cert-ttl", "2s", "--renew-after-expiry", "0s"],
+    );
     let mut a = Agent::new(tmp.path(), 106);
     assert!(a.join(&c.token(106), &[]).status.success());
     let (chain, key, roots) = identity(&a);
@@ -196,4 +199,11 @@ async fn expired_agent_certificate_is_refused_and_the_agent_says_what_to_do() {
                 .then_some(())
         },
     );
+}
+
+#[test]
+fn agent_expired_while_offline_recovers_by_itself() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let c = Coordinator::start(&tmp.path().join("c"), &["--agent-cert-ttl", "5s"]);
+    phoenix_tests::spine::expired_while_offline_recovers(&c, tmp.path(), 107);
 }

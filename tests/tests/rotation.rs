@@ -125,3 +125,16 @@ fn renewal_survives_a_step_ca_outage() {
     );
     assert!(converged(&c.status(), 301));
 }
+
+#[test]
+fn agent_expired_while_offline_recovers_with_step_ca() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Some(ca) = StepCa::start(&tmp.path().join("ca")) else {
+        return;
+    };
+    let mut args = ca.serve_args();
+    args.extend(["--agent-cert-ttl", "12s"].map(String::from));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let c = Coordinator::start(&tmp.path().join("c"), &refs);
+    phoenix_tests::spine::expired_while_offline_recovers(&c, tmp.path(), 302);
+}

@@ -128,6 +128,10 @@ pub struct ServeArgs {
     pub coordinator_cert_ttl: Duration,
     #[arg(long, default_value = "15s", value_parser = duration::parse)]
     pub ping_interval: Duration,
+    /// An agent whose identity expired at most this long ago may renew by proving it holds
+    /// the old key (a guest powered off over a weekend); 0 disables it.
+    #[arg(long, default_value = "7d", value_parser = duration::parse)]
+    pub renew_after_expiry: Duration,
     /// Which CA signs identities: the embedded one, or a Smallstep step-ca.
     #[arg(long, value_enum, default_value = "embedded")]
     pub ca: CaKind,
@@ -562,6 +566,7 @@ async fn serve(args: ServeArgs, admin_socket: PathBuf) -> Result<(), CliError> {
         admin_group: args.admin_group,
         agent_cert_ttl: args.agent_cert_ttl,
         coordinator_cert_ttl: args.coordinator_cert_ttl,
+        renew_after_expiry: args.renew_after_expiry,
         ping_interval: args.ping_interval,
     };
     let shutdown = async {

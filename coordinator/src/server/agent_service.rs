@@ -174,6 +174,74 @@ impl v1::agent_server::Agent for AgentApi {
         }))
     }
 
+    async fn renew_expired(
+        &self,
+        req: Request<v1::RenewExpiredRequest>,
+    ) -> Result<Response<v1::RenewResponse>, Status> {
+        let c = &self.0;
+        let req = req.into_inner();
+        let chain = x509::parse_chain(&req.chain_pem, "certificate chain")
+            .map_err(|e| RpcError::BadRequest(e.to_string()))?;
+        let info = x509::inspect(&chain[0]).map_err(|e| RpcError::BadRequest(e.to_string()))?;
+        let now = std::time::SystemTime::now();
+        let Ok(expired_for) = now.duration_since(info.not_after) else {
+            return Err(RpcError::BadRequest(
+                "certificate has not expired; renew it with Renew".into(),
+            )
+            .into());
+        };
+        if expired_for > c.cfg.renew_after_expiry {
+            return Err(RpcError::Denied(format!(
+                "certificate expired {}s ago; this coordinator renews expired certificates for {}s at most: re-join with a new token (`phoenix token create --guest <id>`)",
+                expired_for.as_secs(),
+                c.cfg.renew_after_expiry.as_secs()
+            ))
+            .into());
+        }
+        // Checked as of just before expiry, so only the expiry itself is forgiven.
+        let at = info.not_after - Duration::from_secs(1);
+        let at = rustls_pki_types::UnixTime::since_unix_epoch(
+            at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default(),
+        );
+        c.trust
+            .verify_chain_at(&req.chain_pem, at)
+            .map_err(|e| RpcError::Denied(e.to_string()))?;
+        let msg = phoenix_pki::keys::renew_expired_message(&req.csr_pem);
+        if !x509::verify_signature(&chain[0], &msg, &req.proof) {
+            return Err(RpcError::Denied(
+                "proof of possession of the expired key does not verify".into(),
+            )
+            .into());
+        }
+        let guest = info
+            .uris()
+            .find_map(|u| c.td.parse_guest_uri(u))
+            .ok_or_else(|| RpcError::Denied("certificate is not an agent identity".into()))?;
+        let mut rec = c
+            .store
+            .agent(guest)
+            .map_err(RpcError::from)?
+            .ok_or_else(|| RpcError::Denied(format!("guest {guest} is not enrolled")))?;
+        if rec.serial != info.serial_hex {
+            return Err(RpcError::Denied(format!(
+                "certificate {} is not guest {guest}'s current identity",
+                info.serial_hex
+            ))
+            .into());
+        }
+        let issued = self.issue_identity(guest, req.csr_pem).await?;
+        rec.previous_serial = None;
+        rec.serial = issued.serial.clone();
+        rec.not_after_unix = unix(issued.not_after);
+        rec.renewed_unix = now_unix();
+        c.store.put_agent(guest, &rec).map_err(RpcError::from)?;
+        tracing::info!(%guest, serial = %issued.serial, expired_for = expired_for.as_secs(), "expired agent identity renewed");
+        Ok(Response::new(v1::RenewResponse {
+            chain_pem: issued.chain_pem,
+            roots_pem: c.trust.pem(),
+        }))
+    }
+
     type SessionStream = SessionStream;
 
     async fn session(

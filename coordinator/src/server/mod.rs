@@ -37,6 +37,9 @@ pub struct Config {
     pub admin_group: Option<String>,
     pub agent_cert_ttl: Duration,
     pub coordinator_cert_ttl: Duration,
+    /// How long after expiry an agent may still renew by proving possession of its old
+    /// key (zero: never; it must re-join with a new token).
+    pub renew_after_expiry: Duration,
     /// Application-level ping on every session, on top of HTTP/2 keepalive, so a
     /// half-open session is noticed by both sides.
     pub ping_interval: Duration,
