@@ -37,3 +37,26 @@ pub async fn session_attempt(
     drop(resp);
     Ok(())
 }
+
+/// Calls `Renew` as `chain_pem`/`key_pem`; Ok if a new certificate came back.
+pub async fn renew_attempt(
+    addr: &str,
+    server_name: &str,
+    chain_pem: &str,
+    key_pem: &str,
+    roots_pem: &str,
+) -> Result<(), String> {
+    let id = Identity::from_pem(chain_pem, key_pem).map_err(|e| e.to_string())?;
+    let trust = TrustStore::from_pem(roots_pem).map_err(|e| e.to_string())?;
+    let cfg = tls::client_config(IdentityStore::new(id), trust).map_err(|e| e.to_string())?;
+    let channel = transport::connect(addr, server_name, cfg, &ChannelOptions::default())
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    let key = phoenix_pki::keys::generate().map_err(|e| e.to_string())?;
+    let csr = phoenix_pki::keys::csr(&key, "renew", &[]).map_err(|e| e.to_string())?;
+    v1::agent_client::AgentClient::new(channel)
+        .renew(v1::RenewRequest { csr_pem: csr })
+        .await
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
+    Ok(())
+}

@@ -207,3 +207,33 @@ fn agent_expired_while_offline_recovers_by_itself() {
     let c = Coordinator::start(&tmp.path().join("c"), &["--agent-cert-ttl", "5s"]);
     phoenix_tests::spine::expired_while_offline_recovers(&c, tmp.path(), 107);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revoked_identity_cannot_renew_or_connect_until_it_rejoins() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let c = Coordinator::start(&tmp.path().join("c"), &[]);
+    let a = Agent::new(tmp.path(), 108);
+    assert!(a.join(&c.token(108), &[]).status.success());
+    let (chain, key, roots) = identity(&a);
+    phoenix_tests::raw::renew_attempt(&c.addr, SERVER, &chain, &key, &roots)
+        .await
+        .expect("renewal before revocation");
+    let out = c.cli(&["revoke", "--guest", "108"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The renewal above made a new serial current; the old one is still the previous
+    // serial until revoked, and revocation covers both.
+    let err = phoenix_tests::raw::renew_attempt(&c.addr, SERVER, &chain, &key, &roots)
+        .await
+        .expect_err("renewal of a revoked identity");
+    assert!(err.contains("revoked"), "{err}");
+    let err = session_attempt(&c.addr, SERVER, &chain, &key, &roots, 108)
+        .await
+        .expect_err("session of a revoked identity");
+    assert!(err.contains("revoked"), "{err}");
+    let again = Agent::new(&tmp.path().join("again"), 108);
+    assert!(again.join(&c.token(108), &[]).status.success());
+    let (chain, key, roots) = identity(&again);
+    session_attempt(&c.addr, SERVER, &chain, &key, &roots, 108)
+        .await
+        .expect("re-joined identity accepted");
+}

@@ -90,6 +90,11 @@ pub enum Command {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Refuse a guest's current identity until it re-joins with a new token.
+    Revoke {
+        #[arg(long)]
+        guest: GuestId,
+    },
     /// Join tokens.
     Token {
         #[command(subcommand)]
@@ -519,6 +524,20 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         } => apply(&cli.admin_socket, &path, dry_run, timeout, no_wait).await,
         Command::Plan { path, timeout } => {
             apply(&cli.admin_socket, &path, true, timeout, false).await
+        }
+        Command::Revoke { guest } => {
+            let mut admin = admin_client::connect(&cli.admin_socket).await?;
+            let resp = admin
+                .revoke(v1::RevokeRequest {
+                    guest_id: guest.get(),
+                })
+                .await?
+                .into_inner();
+            println!(
+                "revoked identity {} of guest {guest}; it is refused from its next connection or renewal",
+                resp.serial
+            );
+            Ok(())
         }
         Command::Schema => {
             println!("{}", compile::schema_json());

@@ -281,6 +281,24 @@ impl v1::admin_server::Admin for AdminApi {
         )))
     }
 
+    async fn revoke(
+        &self,
+        req: Request<v1::RevokeRequest>,
+    ) -> Result<Response<v1::RevokeResponse>, Status> {
+        let c = &self.0;
+        let guest = guest_id(req.into_inner().guest_id)?;
+        let mut rec = c
+            .store
+            .agent(guest)
+            .map_err(RpcError::from)?
+            .ok_or_else(|| RpcError::NotFound(format!("guest {guest} is not enrolled")))?;
+        rec.revoked_unix = Some(now_unix());
+        rec.previous_serial = None;
+        c.store.put_agent(guest, &rec).map_err(RpcError::from)?;
+        tracing::warn!(%guest, serial = %rec.serial, "agent identity revoked");
+        Ok(Response::new(v1::RevokeResponse { serial: rec.serial }))
+    }
+
     async fn certs(
         &self,
         _req: Request<v1::CertsRequest>,

@@ -54,6 +54,11 @@ impl AgentApi {
             .store
             .agent(guest)?
             .ok_or_else(|| RpcError::Denied(format!("guest {guest} is not enrolled")))?;
+        if let Some(at) = rec.revoked_unix {
+            return Err(RpcError::Denied(format!(
+                "identity of guest {guest} was revoked at unix time {at}; re-join with a new token (`phoenix token create --guest {guest}`)"
+            )));
+        }
         if info.serial_hex != rec.serial
             && rec.previous_serial.as_deref() != Some(info.serial_hex.as_str())
         {
@@ -222,9 +227,9 @@ impl v1::agent_server::Agent for AgentApi {
             .agent(guest)
             .map_err(RpcError::from)?
             .ok_or_else(|| RpcError::Denied(format!("guest {guest} is not enrolled")))?;
-        if rec.serial != info.serial_hex {
+        if rec.serial != info.serial_hex || rec.revoked_unix.is_some() {
             return Err(RpcError::Denied(format!(
-                "certificate {} is not guest {guest}'s current identity",
+                "certificate {} is not guest {guest}'s current identity (replaced or revoked)",
                 info.serial_hex
             ))
             .into());

@@ -58,6 +58,10 @@ pub struct AgentRecord {
     pub applied_digest: String,
     /// Facts from the last Hello, protobuf-encoded `v1::Facts`.
     pub facts: Vec<u8>,
+    /// Set by `phoenix revoke`: every certificate of this guest is refused until it
+    /// re-joins (step-ca 0.19 has no CRL/OCSP, so this deny-list is the revocation).
+    #[serde(default)]
+    pub revoked_unix: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
