@@ -30,4 +30,4 @@ echo "== lint"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== test"
-cargo test --workspace -- --test-threads="${PHOENIX_TEST_THREADS:-2}"
+cargo test --workspace --no-fail-fast -- --test-threads="${PHOENIX_TEST_THREADS:-2}"
