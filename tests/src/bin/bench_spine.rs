@@ -55,6 +55,8 @@ async fn sim_agent(
     acks: tokio::sync::mpsc::UnboundedSender<(u32, u64, Instant)>,
     ready: tokio::sync::mpsc::UnboundedSender<u32>,
     permit: tokio::sync::OwnedSemaphorePermit,
+    mut rotate: tokio::sync::watch::Receiver<u32>,
+    rotated: tokio::sync::mpsc::UnboundedSender<Result<Duration, String>>,
 ) -> Res<()> {
     let tok = JoinToken::decode(&token)?;
     let key = keys::generate()?;
@@ -80,11 +82,38 @@ async fn sim_agent(
     let ch = transport::connect(
         &tok.addr,
         &server,
-        tls::client_config(id, trust)?,
+        tls::client_config(id.clone(), trust.clone())?,
         &ChannelOptions::default(),
     )
     .await?;
     let mut client = v1::agent_client::AgentClient::new(ch);
+    let mut renewer = client.clone();
+    // Renewal as the real agent does it: over the open channel, new key, swapped in memory.
+    tokio::spawn(async move {
+        while rotate.changed().await.is_ok() {
+            let t = Instant::now();
+            let result = async {
+                let key = keys::generate().map_err(|e| e.to_string())?;
+                let csr =
+                    keys::csr(&key, &format!("guest-{guest}"), &[]).map_err(|e| e.to_string())?;
+                let resp = renewer
+                    .renew(v1::RenewRequest { csr_pem: csr })
+                    .await
+                    .map_err(|s| s.to_string())?
+                    .into_inner();
+                trust
+                    .verify_chain(&resp.chain_pem)
+                    .map_err(|e| e.to_string())?;
+                id.swap(
+                    Identity::from_pem(&resp.chain_pem, &key.serialize_pem())
+                        .map_err(|e| e.to_string())?,
+                );
+                Ok(t.elapsed())
+            }
+            .await;
+            let _ = rotated.send(result);
+        }
+    });
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     tx.send(v1::AgentMessage {
         msg: Some(agent_message::Msg::Hello(v1::Hello {
@@ -147,7 +176,7 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-async fn run_n(n: u32, rounds: u32, work: &Path) -> Res<()> {
+async fn run_n(n: u32, rounds: u32, work: &Path, ca_args: &[String]) -> Res<()> {
     let dir = work.join(format!("n{n}"));
     std::fs::create_dir_all(&dir)?;
     let socket = dir.join("admin.sock");
@@ -190,18 +219,21 @@ async fn run_n(n: u32, rounds: u32, work: &Path) -> Res<()> {
     }
     let token_time = t.elapsed();
     let (ack_tx, mut ack_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (rotate_tx, rotate_rx) = tokio::sync::watch::channel(0u32);
+    let (rotated_tx, mut rotated_rx) = tokio::sync::mpsc::unbounded_channel();
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel();
     let t = Instant::now();
     let sem = Arc::new(tokio::sync::Semaphore::new(64));
     for (g, tok) in tokens {
         let (a, r, sem) = (ack_tx.clone(), ready_tx.clone(), sem.clone());
+        let (rot, rotd) = (rotate_rx.clone(), rotated_tx.clone());
         tokio::spawn(async move {
             let Ok(permit) = sem.acquire_owned().await else {
                 return;
             };
             // Errors after the run (the coordinator is killed at the end) are expected;
             // failures before it show up as missing sessions or acks in the figures.
-            let _ = sim_agent(g, tok, a, r, permit).await;
+            let _ = sim_agent(g, tok, a, r, permit, rot, rotd).await;
         });
     }
     let mut connected = 0;
@@ -255,6 +287,65 @@ async fn run_n(n: u32, rounds: u32, work: &Path) -> Res<()> {
             last.duration_since(t0).as_secs_f64() * 1000.0
         );
     }
+    // Every agent renews its identity at once, through the coordinator and its CA, while
+    // an apply is in flight on the same open streams.
+    let t0 = Instant::now();
+    rotate_tx.send_replace(1);
+    let guests = (1..=n)
+        .map(|g| (g, spec_for(g, rounds + 1).to_json()))
+        .collect();
+    let resp = admin
+        .apply(v1::AdminApplyRequest {
+            guests,
+            dry_run: false,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let rev = resp.guests.first().map(|g| g.revision).unwrap_or(0);
+    let (mut ok, mut failed, mut renew_lat) = (0u32, Vec::new(), Vec::new());
+    let mut acked = 0;
+    while (ok + failed.len() as u32) < held as u32 || acked < held {
+        tokio::select! {
+            r = rotated_rx.recv() => match r {
+                Some(Ok(d)) => { ok += 1; renew_lat.push(d.as_secs_f64() * 1000.0); }
+                Some(Err(e)) => failed.push(e),
+                None => break,
+            },
+            m = watch.message() => match m {
+                Ok(Some(ev)) if ev.report.as_ref().is_some_and(|r| r.revision == rev) => acked += 1,
+                Ok(Some(_)) => {}
+                _ => break,
+            },
+            _ = tokio::time::sleep(Duration::from_secs(60)) => break,
+        }
+    }
+    let rotate_time = t0.elapsed();
+    renew_lat.sort_by(|a, b| a.total_cmp(b));
+    let still = admin
+        .status(v1::StatusRequest {})
+        .await?
+        .into_inner()
+        .guests
+        .iter()
+        .filter(|g| g.connected)
+        .count();
+    println!(
+        "N={n} rotation ({}): {ok} renewed, {} failed RPCs{} in {:.1}s (renew p50 {:.0} ms p99 {:.0} ms); apply during rotation: {acked}/{held} reports; sessions still held {still}/{held}",
+        if ca_args.is_empty() {
+            "embedded CA"
+        } else {
+            "step-ca"
+        },
+        failed.len(),
+        failed
+            .first()
+            .map(|e| format!(" (first: {e})"))
+            .unwrap_or_default(),
+        rotate_time.as_secs_f64(),
+        pct(&renew_lat, 0.5),
+        pct(&renew_lat, 0.99)
+    );
     all_lat.sort_by(|a, b| a.total_cmp(b));
     all_acked.sort_by(|a, b| a.total_cmp(b));
     // Let the coordinator take the reports in, then read RSS.
@@ -361,18 +452,44 @@ async fn agent_rss(work: &Path, secs: u64) -> Res<()> {
 async fn main() -> Res<()> {
     phoenix_pki::tls::install_default_provider();
     raise_nofile();
-    let args: Vec<u32> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
-    let sizes = if args.is_empty() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let sizes: Vec<u32> = args.iter().filter_map(|a| a.parse().ok()).collect();
+    let sizes = if sizes.is_empty() {
         vec![100, 1000]
     } else {
-        args
+        sizes
+    };
+    // `--step-ca DIR`: a running CA made by tests/stepca/init-ca.sh (reads DIR/stepca.env).
+    let ca_args: Vec<String> = match args.iter().position(|a| a == "--step-ca") {
+        Some(i) => {
+            let dir = PathBuf::from(args.get(i + 1).ok_or("--step-ca needs a directory")?);
+            let env: std::collections::HashMap<String, String> =
+                std::fs::read_to_string(dir.join("stepca.env"))?
+                    .lines()
+                    .filter_map(|l| {
+                        l.split_once('=')
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                    })
+                    .collect();
+            let get = |k: &str| env.get(k).cloned().unwrap_or_default();
+            vec![
+                "--ca".into(),
+                "step-ca".into(),
+                "--step-ca-url".into(),
+                get("PHOENIX_STEPCA_URL"),
+                "--step-ca-fingerprint".into(),
+                get("PHOENIX_STEPCA_FINGERPRINT"),
+                "--step-ca-provisioner".into(),
+                get("PHOENIX_STEPCA_PROVISIONER"),
+                "--step-ca-jwk".into(),
+                get("PHOENIX_STEPCA_JWK"),
+            ]
+        }
+        None => vec![],
     };
     let work = tempfile::tempdir()?;
     for n in sizes {
-        run_n(n, 5, work.path()).await?;
+        run_n(n, 5, work.path(), &ca_args).await?;
     }
     agent_rss(work.path(), 30).await?;
     Ok(())
