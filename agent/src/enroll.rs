@@ -59,12 +59,14 @@ pub async fn join(
     let mut client = v1::agent_client::AgentClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let mut req = tonic::Request::new(v1::EnrollRequest {
+        token: token.encode(),
+        guest_id: guest.get(),
+        csr_pem: csr,
+    });
+    req.set_timeout(std::time::Duration::from_secs(30));
     let resp = client
-        .enroll(v1::EnrollRequest {
-            token: token.encode(),
-            guest_id: guest.get(),
-            csr_pem: csr,
-        })
+        .enroll(req)
         .await
         .map_err(|s| EnrollError::Refused(s.message().to_string()))?
         .into_inner();

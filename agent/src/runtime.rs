@@ -21,6 +21,9 @@ use tokio::sync::{mpsc, watch};
 
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// Deadline of every unary call (renewals); the session stream itself has none.
+const RPC_DEADLINE: Duration = Duration::from_secs(30);
+
 #[derive(Debug, Clone)]
 pub struct Options {
     /// Re-check the last desired state this often, to catch and repair drift.
@@ -383,10 +386,11 @@ async fn renew(
     let guest = shared.enrollment.guest;
     let key = keys::generate()?;
     let csr = keys::csr(&key, &format!("guest-{guest}"), &[])?;
-    let resp = client
-        .renew(v1::RenewRequest { csr_pem: csr })
-        .await?
-        .into_inner();
+    // A deadline, because this runs inside the session loop: a hung coordinator must not
+    // stall the stream.
+    let mut req = tonic::Request::new(v1::RenewRequest { csr_pem: csr });
+    req.set_timeout(RPC_DEADLINE);
+    let resp = client.renew(req).await?.into_inner();
     adopt(shared, &key, resp)
 }
 
@@ -408,12 +412,14 @@ async fn renew_expired(shared: &Shared) -> Result<(), RenewError> {
     )
     .await
     .map_err(|e| RenewError::Rpc(tonic::Status::unavailable(e.to_string())))?;
+    let mut req = tonic::Request::new(v1::RenewExpiredRequest {
+        chain_pem: chain,
+        csr_pem: csr,
+        proof,
+    });
+    req.set_timeout(RPC_DEADLINE);
     let resp = v1::agent_client::AgentClient::new(channel)
-        .renew_expired(v1::RenewExpiredRequest {
-            chain_pem: chain,
-            csr_pem: csr,
-            proof,
-        })
+        .renew_expired(req)
         .await?
         .into_inner();
     adopt(shared, &key, resp)?;

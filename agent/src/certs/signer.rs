@@ -70,13 +70,15 @@ impl CertSigner for SessionSigner {
         let mut client = v1::agent_client::AgentClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let mut req = tonic::Request::new(v1::SignServiceCertRequest {
+            csr_pem,
+            common_name: common_name.clone(),
+            sans,
+            ttl_seconds,
+        });
+        req.set_timeout(std::time::Duration::from_secs(30));
         let resp = client
-            .sign_service_cert(v1::SignServiceCertRequest {
-                csr_pem,
-                common_name: common_name.clone(),
-                sans,
-                ttl_seconds,
-            })
+            .sign_service_cert(req)
             .await
             .map_err(|s| SignError::Refused {
                 common_name,
