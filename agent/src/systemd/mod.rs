@@ -62,8 +62,6 @@ pub struct UnitStatus {
     /// Result of the last run, e.g. `success`, `exit-code`, `signal`.
     pub result: String,
     pub need_daemon_reload: bool,
-    /// Changes on every (re)start; tests use it to prove "no restart".
-    pub invocation_id: String,
     pub exec_main_status: String,
 }
 

@@ -47,7 +47,8 @@ impl<R: CommandRunner> Systemctl<R> {
     }
 }
 
-const PROPS: &str = "LoadState,ActiveState,SubState,UnitFileState,Result,NeedDaemonReload,InvocationID,ExecMainStatus";
+const PROPS: &str =
+    "LoadState,ActiveState,SubState,UnitFileState,Result,NeedDaemonReload,ExecMainStatus";
 
 #[async_trait::async_trait]
 impl<R: CommandRunner> ServiceManager for Systemctl<R> {
@@ -107,7 +108,6 @@ fn parse_show(out: &str) -> UnitStatus {
             "UnitFileState" => s.unit_file_state = v,
             "Result" => s.result = v,
             "NeedDaemonReload" => s.need_daemon_reload = v == "yes",
-            "InvocationID" => s.invocation_id = v,
             "ExecMainStatus" => s.exec_main_status = v,
             _ => {}
         }
