@@ -59,3 +59,28 @@ pub fn collect() -> v1::Facts {
         packages: Default::default(),
     }
 }
+
+/// Installed versions of `names` (the packages the desired state manages), from dpkg.
+/// Missing dpkg or unknown packages simply leave entries out: facts are best effort.
+pub fn package_versions(names: &[String]) -> std::collections::HashMap<String, String> {
+    if names.is_empty() {
+        return Default::default();
+    }
+    let out = std::process::Command::new("dpkg-query")
+        .arg("-W")
+        .arg("-f=${Package}\t${Version}\t${db:Status-Abbrev}\n")
+        .args(names)
+        .output();
+    let Ok(out) = out else {
+        return Default::default();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split('\t');
+            let (name, version, status) = (f.next()?, f.next()?, f.next()?);
+            (status.starts_with("ii") && !version.is_empty())
+                .then(|| (name.to_string(), version.to_string()))
+        })
+        .collect()
+}

@@ -294,9 +294,27 @@ async fn session(
     let mut client = v1::agent_client::AgentClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let facts = tokio::task::spawn_blocking(facts::collect)
-        .await
+    let managed: Vec<String> = desired
+        .borrow()
+        .as_ref()
+        .map(|d| {
+            d.spec
+                .resources
+                .iter()
+                .filter_map(|r| match r {
+                    phoenix_proto::model::Resource::Package(p) => Some(p.name.clone()),
+                    _ => None,
+                })
+                .collect()
+        })
         .unwrap_or_default();
+    let facts = tokio::task::spawn_blocking(move || {
+        let mut f = facts::collect();
+        f.packages = facts::package_versions(&managed);
+        f
+    })
+    .await
+    .unwrap_or_default();
     let (out, out_rx) = mpsc::channel::<v1::AgentMessage>(16);
     let _ = out.send(hello(shared, facts)).await;
     // The coordinator may have lost our last report (restart); send it again.

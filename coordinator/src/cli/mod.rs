@@ -331,6 +331,7 @@ fn status_json(s: &v1::GuestStatus) -> serde_json::Value {
         "facts": s.facts.as_ref().map(|f| serde_json::json!({
             "hostname": f.hostname, "os": f.os, "kernel": f.kernel, "cpus": f.cpus,
             "memory_bytes": f.memory_bytes, "uptime_seconds": f.uptime_seconds,
+            "packages": f.packages,
         })),
     })
 }
