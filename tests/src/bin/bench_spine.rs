@@ -192,6 +192,7 @@ async fn run_n(n: u32, rounds: u32, work: &Path, ca_args: &[String]) -> Res<()> 
             "--state-dir",
         ])
         .arg(dir.join("state"))
+        .args(ca_args)
         .env("PHOENIX_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
