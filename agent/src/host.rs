@@ -1,7 +1,7 @@
 //! The real handlers of this build, one per resource kind. Each host-effect module plugs
 //! itself in here.
 
-use crate::certs::SessionSigner;
+use crate::certs::{CertConverger, SessionSigner};
 use crate::exec::{ExecConverger, ProcessRunner};
 use crate::files::FileConverger;
 use crate::packages::{Apt, AptSourceConverger, PackageConverger};
@@ -33,7 +33,11 @@ pub fn handlers(opts: &HostOptions) -> Handlers {
             "/etc/phoenix/env",
         )),
         stacks: Unsupported::new("stack"),
-        certs: Unsupported::new("cert"),
+        certs: Arc::new(CertConverger::new(
+            opts.file_roots.clone(),
+            Arc::new(opts.signer.clone()),
+            Arc::new(Systemctl::new(ProcessRunner::default())),
+        )),
         execs: Arc::new(ExecConverger::new(ProcessRunner::default())),
     }
 }

@@ -32,6 +32,10 @@ pub struct EmbeddedCa {
 impl EmbeddedCa {
     /// Loads `dir/ca.crt` + `dir/ca.key`, or creates them on first start.
     pub fn load_or_create(dir: &Path, name: &str) -> Result<Self, CaError> {
+        crate::fsutil::ensure_dir(dir, 0o700).map_err(|e| CaError::Load {
+            path: dir.display().to_string(),
+            reason: e.to_string(),
+        })?;
         let cert_path = dir.join("ca.crt");
         let key_path = dir.join("ca.key");
         if cert_path.exists() {

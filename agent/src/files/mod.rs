@@ -97,7 +97,7 @@ impl FileConverger {
     }
 }
 
-pub(crate) fn resolve_user(path: &Path, name: &str) -> Result<u32, FileError> {
+pub fn resolve_user(path: &Path, name: &str) -> Result<u32, FileError> {
     if let Ok(n) = name.parse() {
         return Ok(n);
     }
@@ -112,7 +112,7 @@ pub(crate) fn resolve_user(path: &Path, name: &str) -> Result<u32, FileError> {
         })
 }
 
-pub(crate) fn resolve_group(path: &Path, name: &str) -> Result<u32, FileError> {
+pub fn resolve_group(path: &Path, name: &str) -> Result<u32, FileError> {
     if let Ok(n) = name.parse() {
         return Ok(n);
     }
