@@ -5,7 +5,8 @@ use crate::certs::{CertConverger, SessionSigner};
 use crate::exec::{ExecConverger, ProcessRunner};
 use crate::files::FileConverger;
 use crate::packages::{Apt, AptSourceConverger, PackageConverger};
-use crate::reconcile::{Handlers, Unsupported};
+use crate::reconcile::{Converge, Handlers, Unsupported};
+use crate::stacks::{StackConverger, engine::DockerEngine};
 use crate::systemd::{ServiceConverger, Systemctl};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,12 +33,27 @@ pub fn handlers(opts: &HostOptions) -> Handlers {
             "/etc/systemd/system",
             "/etc/phoenix/env",
         )),
-        stacks: Unsupported::new("stack"),
+        stacks: stacks(opts),
         certs: Arc::new(CertConverger::new(
             opts.file_roots.clone(),
             Arc::new(opts.signer.clone()),
             Arc::new(Systemctl::new(ProcessRunner::default())),
         )),
         execs: Arc::new(ExecConverger::new(ProcessRunner::default())),
+    }
+}
+
+/// The Docker client connects lazily, so a guest without Docker only fails the stacks it
+/// is asked to run; an unusable DOCKER_HOST disables stacks altogether.
+fn stacks(opts: &HostOptions) -> Arc<dyn Converge<phoenix_proto::model::StackSpec>> {
+    match DockerEngine::connect() {
+        Ok(engine) => Arc::new(StackConverger::new(
+            Arc::new(engine),
+            opts.file_roots.clone(),
+        )),
+        Err(e) => {
+            tracing::warn!(error = %e, "Docker stacks disabled");
+            Unsupported::new("stack")
+        }
     }
 }
