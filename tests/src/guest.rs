@@ -87,6 +87,12 @@ impl Guest {
     /// Boots a guest, or returns `None` (after `require`'s loud skip) when the image or
     /// Docker is missing. `mounts` are (host path, container path) read-only binds.
     pub fn boot(test: &str, mounts: &[(&Path, &str)]) -> Option<Guest> {
+        Self::boot_on(test, mounts, "none")
+    }
+
+    /// As `boot`, on Docker network `network` ("host" lets an agent inside reach a
+    /// coordinator on the host's loopback).
+    pub fn boot_on(test: &str, mounts: &[(&Path, &str)], network: &str) -> Option<Guest> {
         let image = std::env::var("PHOENIX_GUEST_IMAGE").unwrap_or_default();
         let have = !image.is_empty() && docker(&["image", "inspect", &image]).status.success();
         if !crate::require(
@@ -104,7 +110,7 @@ impl Guest {
             "--name",
             &name,
             "--network",
-            "none",
+            network,
             "--tmpfs",
             "/run",
             "--tmpfs",
