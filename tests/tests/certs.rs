@@ -77,4 +77,18 @@ fn service_cert_rotates_with_owner_mode_and_one_reload_per_renewal() {
     let reloads = g.ok("wc -l < /etc/phoenix-reloads");
     assert_eq!(reloads, "3", "issued 3 times: {serials:?}");
     assert_eq!(g.ok("systemctl is-active fake-web.service"), "active");
+    let certs: serde_json::Value =
+        serde_json::from_slice(&c.cli(&["certs", "-o", "json"]).stdout).expect("certs json");
+    let entry = certs
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["kind"] == "cert:gw"))
+        .cloned()
+        .unwrap_or_else(|| panic!("service cert listed: {certs:#}"));
+    assert_eq!(entry["guest"], 401);
+    assert_eq!(entry["subject"], "gw.lab");
+    assert!(entry["not_after_unix"].as_i64().unwrap_or(0) > 0, "{entry}");
+    assert!(
+        entry["last_result"] != "" && !entry["last_result"].to_string().contains("failed"),
+        "{entry}"
+    );
 }

@@ -327,6 +327,39 @@ impl v1::admin_server::Admin for AdminApi {
                 serial: a.serial,
             });
         }
+        for (g, rec) in c.store.service_certs().map_err(RpcError::from)? {
+            // The agent's view of the last attempt (signing, writing, reloading) wins when
+            // the coordinator's part succeeded.
+            let agent_result = c
+                .store
+                .report(g)
+                .map_err(RpcError::from)?
+                .and_then(|r| {
+                    let id = format!("cert:{}", rec.name);
+                    r.report.results.into_iter().find(|x| x.resource == id)
+                })
+                .map(|x| match x.status {
+                    phoenix_proto::model::Status::Failed => format!("failed: {}", x.message),
+                    s => s.to_string(),
+                });
+            certs.push(v1::CertEntry {
+                guest_id: g.get(),
+                kind: format!("cert:{}", rec.name),
+                subject: rec.common_name,
+                sans: rec
+                    .sans
+                    .iter()
+                    .map(|s| phoenix_pki::San::host(s).to_string())
+                    .collect(),
+                not_after_unix: rec.not_after_unix,
+                last_renewal_unix: rec.issued_unix,
+                last_result: match (rec.result.as_str(), agent_result) {
+                    ("ok", Some(a)) => a,
+                    (r, _) => r.to_string(),
+                },
+                serial: rec.serial,
+            });
+        }
         Ok(Response::new(v1::CertsResponse { certs }))
     }
 }

@@ -385,15 +385,34 @@ impl v1::agent_server::Agent for AgentApi {
             sans.push(San::host(&spec.common_name));
         }
         let ttl = Duration::from_secs(req.ttl_seconds.clamp(60, spec.ttl_seconds.max(60)));
-        let issued =
+        let result =
             c.ca.issue(IssueRequest {
                 csr_pem: req.csr_pem,
                 common_name: spec.common_name.clone(),
                 sans,
                 ttl,
             })
-            .await
-            .map_err(RpcError::from)?;
+            .await;
+        let mut rec = crate::store::ServiceCertRecord {
+            name: spec.name.clone(),
+            common_name: spec.common_name.clone(),
+            sans: req.sans.clone(),
+            serial: String::new(),
+            not_after_unix: 0,
+            issued_unix: now_unix(),
+            result: "ok".into(),
+        };
+        match &result {
+            Ok(issued) => {
+                rec.serial = issued.serial.clone();
+                rec.not_after_unix = unix(issued.not_after);
+            }
+            Err(e) => rec.result = format!("failed: {e}"),
+        }
+        if let Err(e) = c.store.put_service_cert(guest, &rec) {
+            tracing::warn!(%guest, error = %e, "cannot record service certificate");
+        }
+        let issued = result.map_err(RpcError::from)?;
         Ok(Response::new(v1::SignServiceCertResponse {
             chain_pem: issued.chain_pem,
             roots_pem: c.trust.pem(),

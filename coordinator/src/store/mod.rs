@@ -77,6 +77,20 @@ pub struct ReportRecord {
     pub report: ApplyReport,
 }
 
+/// A guest service certificate the coordinator had signed, for `phoenix certs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceCertRecord {
+    /// The `cert` resource's name.
+    pub name: String,
+    pub common_name: String,
+    pub sans: Vec<String>,
+    pub serial: String,
+    pub not_after_unix: i64,
+    pub issued_unix: i64,
+    /// "ok", or why the last signing request failed.
+    pub result: String,
+}
+
 pub trait Store: Send + Sync + 'static {
     fn put_token(&self, token_hash: &str, rec: &TokenRecord) -> Result<(), StoreError>;
     /// Marks the token used, atomically; fails if unknown, used, expired or for another guest.
@@ -102,6 +116,9 @@ pub trait Store: Send + Sync + 'static {
     /// What the configs declare about the guest (JSON of `compile::Declared`).
     fn declared(&self, guest: GuestId) -> Result<Option<Vec<u8>>, StoreError>;
     fn put_declared(&self, guest: GuestId, json: &[u8]) -> Result<(), StoreError>;
+
+    fn put_service_cert(&self, guest: GuestId, rec: &ServiceCertRecord) -> Result<(), StoreError>;
+    fn service_certs(&self) -> Result<Vec<(GuestId, ServiceCertRecord)>, StoreError>;
 
     fn report(&self, guest: GuestId) -> Result<Option<ReportRecord>, StoreError>;
     fn put_report(&self, guest: GuestId, rec: &ReportRecord) -> Result<(), StoreError>;

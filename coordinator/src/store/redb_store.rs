@@ -1,4 +1,6 @@
-use super::{AgentRecord, DesiredRecord, ReportRecord, Store, StoreError, TokenRecord};
+use super::{
+    AgentRecord, DesiredRecord, ReportRecord, ServiceCertRecord, Store, StoreError, TokenRecord,
+};
 use phoenix_proto::model::GuestId;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
@@ -11,6 +13,8 @@ const DESIRED: TableDefinition<u32, &[u8]> = TableDefinition::new("desired");
 const REPORTS: TableDefinition<u32, &[u8]> = TableDefinition::new("reports");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const DECLARED: TableDefinition<u32, &[u8]> = TableDefinition::new("declared");
+/// Key: "<guest>/<cert name>".
+const SERVICE_CERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("service_certs");
 
 pub struct RedbStore {
     db: Database,
@@ -62,6 +66,7 @@ impl RedbStore {
             tx.open_table(REPORTS).map_err(map)?;
             tx.open_table(META).map_err(map)?;
             tx.open_table(DECLARED).map_err(map)?;
+            tx.open_table(SERVICE_CERTS).map_err(map)?;
         }
         tx.commit().map_err(|e| io("create tables")(e.into()))?;
         Ok(RedbStore { db })
@@ -249,6 +254,38 @@ impl Store for RedbStore {
             t.insert(g.get(), json).map_err(|e| io(A)(e.into()))?;
             Ok(())
         })
+    }
+
+    fn put_service_cert(&self, g: GuestId, rec: &ServiceCertRecord) -> Result<(), StoreError> {
+        const A: &str = "save service certificate";
+        let key = format!("{g}/{}", rec.name);
+        let bytes = enc(rec)?;
+        self.write(A, true, |tx| {
+            let mut t = tx.open_table(SERVICE_CERTS).map_err(|e| io(A)(e.into()))?;
+            t.insert(key.as_str(), bytes.as_slice())
+                .map_err(|e| io(A)(e.into()))?;
+            Ok(())
+        })
+    }
+
+    fn service_certs(&self) -> Result<Vec<(GuestId, ServiceCertRecord)>, StoreError> {
+        const A: &str = "list service certificates";
+        let tx = self.db.begin_read().map_err(|e| io(A)(e.into()))?;
+        let t = tx.open_table(SERVICE_CERTS).map_err(|e| io(A)(e.into()))?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(|e| io(A)(e.into()))? {
+            let (k, v) = item.map_err(|e| io(A)(e.into()))?;
+            let g = k
+                .value()
+                .split_once('/')
+                .and_then(|(g, _)| g.parse().ok())
+                .ok_or_else(|| StoreError::Io {
+                    action: A,
+                    reason: format!("bad key {:?}", k.value()),
+                })?;
+            out.push((g, dec(v.value())?));
+        }
+        Ok(out)
     }
 
     fn report(&self, g: GuestId) -> Result<Option<ReportRecord>, StoreError> {
