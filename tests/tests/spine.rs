@@ -132,10 +132,11 @@ fn dry_run_shows_the_diff_and_mutates_nothing() {
         "hand edited\n"
     );
     let status = c.status();
-    assert_eq!(
-        guest_status(&status, 201).expect("row")["wanted_revision"],
-        0,
-        "dry-run stored nothing"
+    let row = guest_status(&status, 201).expect("row");
+    assert_eq!(row["wanted_revision"], 0, "dry-run stored nothing");
+    assert!(
+        row["last_report"].is_null(),
+        "a plan is not the guest's last report: {row:#}"
     );
 }
 
@@ -320,4 +321,37 @@ fn oversized_and_invalid_input_get_clean_errors() {
     assert!(err.contains("spec.json"), "{err}");
     assert!(err.contains("guests.\"0\""), "{err}");
     assert!(err.contains("guests.\"152\""), "{err}");
+}
+
+#[test]
+fn status_shows_declared_versus_observed_from_phoenix_configs() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let c = Coordinator::start(&tmp.path().join("c"), &[]);
+    let _a = enrolled(&c, tmp.path(), 901);
+    // A real-format LXC config declaring far more cores than this machine has.
+    let etc = tmp.path().join("etc");
+    std::fs::create_dir_all(&etc).expect("mkdir");
+    std::fs::write(
+        etc.join("phoenix_lxc_configs.json"),
+        r#"{"lxc_configs": {"901": {"name": "tiny", "cores": 64, "memory_mb": 512,
+            "network_config": {"name": "eth0", "bridge": "vmbr0", "ip": "dhcp"}}}}"#,
+    )
+    .expect("write");
+    let out = apply(&c, &etc, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = guest_status(&c.status(), 901).expect("row");
+    let mismatches = row["mismatches"].to_string();
+    assert!(
+        mismatches.contains("cores: declared 64, observed"),
+        "{row:#}"
+    );
+    let table = String::from_utf8_lossy(&c.cli(&["status"]).stdout).to_string();
+    assert!(
+        table.contains("DECLARED VS OBSERVED") && table.contains("cores: declared 64"),
+        "{table}"
+    );
 }

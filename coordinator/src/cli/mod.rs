@@ -397,6 +397,11 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                                     })
                                     .unwrap_or_else(|| "-".into()),
                                 until(s.cert_not_after_unix),
+                                if s.mismatches.is_empty() {
+                                    "-".into()
+                                } else {
+                                    s.mismatches.join("; ")
+                                },
                             ]
                         })
                         .collect();
@@ -409,7 +414,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                                 "WANTED",
                                 "APPLIED",
                                 "LAST REPORT",
-                                "CERT EXPIRES"
+                                "CERT EXPIRES",
+                                "DECLARED VS OBSERVED"
                             ],
                             &rows
                         )

@@ -90,8 +90,12 @@ impl AgentApi {
         let c = &self.0;
         let report =
             ApplyReport::try_from(report).map_err(|e| RpcError::BadRequest(e.to_string()))?;
-        if !report.dry_run
-            && report.converged()
+        // A plan is news for whoever asked for it, not the guest's state.
+        if report.dry_run {
+            c.hub.publish_report(guest, Arc::new(report));
+            return Ok(());
+        }
+        if report.converged()
             && let Some(mut rec) = c.store.agent(guest)?
         {
             rec.applied_revision = report.revision;
