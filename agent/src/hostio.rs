@@ -3,38 +3,18 @@
 
 use phoenix_proto::model::SecretRef;
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::io;
 use std::path::Path;
 
 /// Replaces `path` with `bytes` so that a reader sees the old or the new content, never a
-/// mix: temp file in the same directory, fsync, rename, fsync of the directory. Creates
-/// missing parent directories (mode 0755).
+/// mix (pki's `fsutil::write_atomic`: temp file, fsync, rename, fsync of the directory).
+/// Creates missing parent directories (mode 0755).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| io::Error::other("path has no parent"))?;
     fs::create_dir_all(dir)?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::other("path has no file name"))?;
-    let tmp = dir.join(format!(
-        ".{}.phoenix-tmp.{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
-        f.set_permissions(fs::Permissions::from_mode(mode))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    phoenix_pki::fsutil::write_atomic(path, bytes, mode)
 }
 
 /// The current content of `path`, `None` when it does not exist.
@@ -66,6 +46,7 @@ pub(crate) fn read_secret(secret: &SecretRef) -> io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn write_atomic_replaces_content_and_sets_mode() {
