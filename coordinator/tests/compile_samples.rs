@@ -5,14 +5,15 @@ use phoenix_coordinator::compile::{self, Compiled, GuestKind};
 use phoenix_proto::model::{GuestId, Reload, Resource};
 use std::path::PathBuf;
 
-/// `PHOENIX_SAMPLES`, else `../shared/phoenix/main` next to the repository.
+/// `PHOENIX_SAMPLES`, else `../shared/phoenix/main` next to the repository: the base
+/// directory of a real host (`/usr/local/phoenix_hypervisor`), with `etc/` beside `stacks/`.
 fn samples() -> Option<PathBuf> {
     let dir = std::env::var_os("PHOENIX_SAMPLES")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/phoenix/main")
         });
-    if dir.join("phoenix_lxc_configs.json").is_file() {
+    if dir.join("etc/phoenix_lxc_configs.json").is_file() {
         return Some(dir);
     }
     let reason = format!("Phoenix sample configs not found at {}", dir.display());
@@ -48,8 +49,11 @@ fn every_sample_file_loads_and_compiles() {
         .filter(|g| g.kind == GuestKind::Vm)
         .count();
     assert_eq!((lxc, vm), (12, 3));
+    // The base directory and its etc/ are the same install.
+    let etc = compile::load(&dir.join("etc")).unwrap_or_else(|e| panic!("etc/: {e}"));
+    assert_eq!(etc.guests, whole.guests, "etc/ vs base dir");
     // Each Phoenix file named directly stands for its directory and compiles the same.
-    for entry in std::fs::read_dir(&dir).expect("read samples") {
+    for entry in std::fs::read_dir(dir.join("etc")).expect("read samples") {
         let path = entry.expect("entry").path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         if name.ends_with(".json") && !name.ends_with(".schema.json") {

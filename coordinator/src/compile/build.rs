@@ -4,7 +4,8 @@ use super::features::{self, FeatureCtx, FeatureProblem, Item, abs};
 use super::phoenix::{self, GuestConfig, Hypervisor, StackRef, read_json};
 use super::reader::{Diag, Node};
 use super::{
-    CompileOptions, Compiled, CompiledGuest, FirewallRule, GuestKind, MountKind, Problem, secrets,
+    CompileOptions, Compiled, CompiledGuest, FirewallRule, GuestKind, Layout, MountKind, Problem,
+    secrets,
 };
 use phoenix_proto::model::{
     AbsPath, CertSpec, FileMode, GuestId, GuestSpec, Reload, Resource, ResourceRef, UnitSpec,
@@ -38,7 +39,8 @@ fn optional(dir: &Path, name: &str, d: &mut Diag) -> Option<(PathBuf, Value)> {
     Some((path, value))
 }
 
-pub(crate) fn compile_phoenix(dir: &Path, options: &CompileOptions, d: &mut Diag) -> Compiled {
+pub(crate) fn compile_phoenix(layout: &Layout, options: &CompileOptions, d: &mut Diag) -> Compiled {
+    let dir = layout.etc.as_path();
     let files = Files {
         lxc: optional(dir, LXC_FILE, d),
         vm: optional(dir, VM_FILE, d),
@@ -81,7 +83,7 @@ pub(crate) fn compile_phoenix(dir: &Path, options: &CompileOptions, d: &mut Diag
         if built.contains_key(&g.id) {
             continue;
         }
-        let (b, stack_rules) = build_guest(&g, dir, &files, &hv, options, &mut scanned, d);
+        let (b, stack_rules) = build_guest(&g, layout, &files, &hv, options, &mut scanned, d);
         g.facts.stack_firewall_rules = stack_rules;
         built.insert(g.id, (g, b));
     }
@@ -263,7 +265,7 @@ fn deps_mut(r: &mut Resource) -> &mut Vec<ResourceRef> {
 
 fn build_guest(
     g: &GuestConfig,
-    dir: &Path,
+    layout: &Layout,
     files: &Files,
     hv: &Hypervisor,
     options: &CompileOptions,
@@ -347,7 +349,7 @@ fn build_guest(
     let catalog = files.stacks.as_ref().map(|(p, v)| Node::root(p, v));
     let mut stack_rules = BTreeMap::new();
     for s in &g.stacks {
-        if let Some((item, rules)) = stack(dir, catalog.as_ref(), s, g, scanned, d) {
+        if let Some((item, rules)) = stack(layout, catalog.as_ref(), s, g, scanned, d) {
             b.add(item, g, d);
             if !rules.is_empty() {
                 stack_rules.insert(s.name.clone(), rules);
@@ -581,14 +583,15 @@ fn application(script: &str, path: &str, g: &GuestConfig, b: &mut Builder, d: &m
 }
 
 fn stack(
-    dir: &Path,
+    layout: &Layout,
     catalog: Option<&Node>,
     s: &StackRef,
     g: &GuestConfig,
     scanned: &mut BTreeSet<PathBuf>,
     d: &mut Diag,
 ) -> Option<(Item, Vec<FirewallRule>)> {
-    let manifest_path = dir.join("stacks").join(&s.name).join("phoenix.json");
+    let stack_dir = layout.stacks_dir().join(&s.name);
+    let manifest_path = stack_dir.join("phoenix.json");
     let manifest_value = if manifest_path.is_file() {
         let v = read_json(&manifest_path, d)?;
         if scanned.insert(manifest_path.clone()) {
@@ -640,14 +643,34 @@ fn stack(
             .or_else(|| env_catalog.as_ref().and_then(|e| e.get(key)))
     };
 
-    let compose_path = if manifest.is_some() {
-        manifest_path.with_file_name("docker-compose.yml")
+    // main's scripts discover stacks from `stacks/<name>/`, so its compose file wins; the
+    // catalog's `compose_file_path` (relative to the base directory) is the older place.
+    let in_stack_dir = stack_dir.join("docker-compose.yml");
+    let compose_path = if in_stack_dir.is_file() {
+        in_stack_dir
     } else {
         let rel = entry
             .as_ref()
             .and_then(|e| e.get("compose_file_path"))
-            .and_then(|n| n.text(d, "a path to the compose file"))?;
-        dir.join(rel)
+            .and_then(|n| n.text(d, "a path to the compose file"));
+        match rel.map(|r| layout.base.join(r)) {
+            Some(p) if p.is_file() => p,
+            other => {
+                let also = other
+                    .map(|p| format!(" nor {}", p.display()))
+                    .unwrap_or_default();
+                d.error(
+                    &g.file,
+                    &s.path,
+                    Problem::Missing(format!(
+                        "compose file of stack {:?}: neither {}{also}",
+                        s.name,
+                        stack_dir.join("docker-compose.yml").display()
+                    )),
+                );
+                return None;
+            }
+        }
     };
     let compose_raw = match std::fs::read_to_string(&compose_path) {
         Ok(t) => t,

@@ -362,7 +362,7 @@ pub fn load(path: &Path) -> Result<Compiled, ConfigErrors> {
 pub fn load_with(path: &Path, options: &CompileOptions) -> Result<Compiled, ConfigErrors> {
     let mut diag = reader::Diag::default();
     let compiled = match detect(path) {
-        Ok(Input::Phoenix(dir)) => build::compile_phoenix(&dir, options, &mut diag),
+        Ok(Input::Phoenix(layout)) => build::compile_phoenix(&layout, options, &mut diag),
         Ok(Input::Native(files)) => native::load(&files, &mut diag),
         Err(e) => {
             diag.errors.push(e);
@@ -388,8 +388,44 @@ pub fn schema_json() -> String {
 const PHOENIX_FILES: [&str; 2] = ["phoenix_lxc_configs.json", "phoenix_vm_configs.json"];
 
 enum Input {
-    Phoenix(PathBuf),
+    Phoenix(Layout),
     Native(Vec<PathBuf>),
+}
+
+/// Where a Phoenix Hypervisor install keeps its files: `etc/` holds the JSON configs, and
+/// the base directory above it (`PHOENIX_BASE_DIR`, `/usr/local/phoenix_hypervisor` on a
+/// host) holds `stacks/` and `persistent-storage/`, which `compose_file_path` is relative to.
+#[derive(Debug, Clone)]
+pub(crate) struct Layout {
+    pub etc: PathBuf,
+    pub base: PathBuf,
+}
+
+impl Layout {
+    /// `etc` given: its parent is the base, as in the old scripts.
+    fn from_etc(etc: PathBuf) -> Self {
+        let base = etc
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from(".."));
+        Layout { etc, base }
+    }
+
+    /// `stacks/` beside `etc/`; a flat copy (everything in one directory) keeps it inside.
+    pub fn stacks_dir(&self) -> PathBuf {
+        let beside = self.base.join("stacks");
+        let inside = self.etc.join("stacks");
+        if !beside.is_dir() && inside.is_dir() {
+            inside
+        } else {
+            beside
+        }
+    }
+}
+
+fn has_phoenix_files(dir: &Path) -> bool {
+    PHOENIX_FILES.iter().any(|f| dir.join(f).is_file())
 }
 
 fn detect(path: &Path) -> Result<Input, ConfigError> {
@@ -400,8 +436,15 @@ fn detect(path: &Path) -> Result<Input, ConfigError> {
     };
     let meta = std::fs::metadata(path).map_err(|e| err(Problem::Read(e.to_string())))?;
     if meta.is_dir() {
-        if PHOENIX_FILES.iter().any(|f| path.join(f).is_file()) {
-            return Ok(Input::Phoenix(path.to_path_buf()));
+        if has_phoenix_files(path) {
+            return Ok(Input::Phoenix(Layout::from_etc(path.to_path_buf())));
+        }
+        // The base directory (`/usr/local/phoenix_hypervisor`) given instead of its etc/.
+        if has_phoenix_files(&path.join("etc")) {
+            return Ok(Input::Phoenix(Layout {
+                etc: path.join("etc"),
+                base: path.to_path_buf(),
+            }));
         }
         let mut files: Vec<PathBuf> = std::fs::read_dir(path)
             .map_err(|e| err(Problem::Read(e.to_string())))?
@@ -426,7 +469,7 @@ fn detect(path: &Path) -> Result<Input, ConfigError> {
         } else {
             dir
         };
-        return Ok(Input::Phoenix(dir));
+        return Ok(Input::Phoenix(Layout::from_etc(dir)));
     }
     Ok(Input::Native(vec![path.to_path_buf()]))
 }
