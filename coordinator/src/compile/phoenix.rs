@@ -258,7 +258,7 @@ fn guest(
     facts.firewall = g.opt(d, "firewall", |n, d| firewall(n, d));
     facts.traefik_service = g.opt(d, "traefik_service", |n, d| traefik_service(n, d));
     facts.portainer_role = g.opt(d, "portainer_role", |n, d| n.text(d, "a Portainer role"));
-    facts.mount_points = mounts(g, d);
+    facts.mount_points = mounts(g, kind, d);
 
     let features = g
         .get("features")
@@ -635,7 +635,7 @@ fn firewall_rule(r: &Node, d: &mut Diag) -> Option<FirewallRule> {
     })
 }
 
-fn mounts(g: &Node, d: &mut Diag) -> Vec<MountPoint> {
+fn mounts(g: &Node, kind: GuestKind, d: &mut Diag) -> Vec<MountPoint> {
     let mut out = Vec::new();
     let uid = |m: &Node, key: &str, d: &mut Diag| {
         m.opt(d, key, |n, d| n.uint(d, 0..=4_294_967_294))
@@ -665,52 +665,90 @@ fn mounts(g: &Node, d: &mut Diag) -> Vec<MountPoint> {
     }
     if let Some(list) = g.get("zfs_volumes") {
         for z in list.items(d, "an array of {name, pool, size_gb, mount_point}") {
-            let name = z.opt(d, "name", |n, d| n.text(d, "a dataset name"));
-            let pool = z.opt(d, "pool", |n, d| n.text(d, "a pool name"));
-            let guest = z.opt(d, "mount_point", |n, d| abs_path(n, d));
-            z.opt(d, "size_gb", |n, d| n.uint(d, 1..=1_048_576));
-            match (name, pool, guest) {
-                (Some(name), Some(pool), Some(guest)) => out.push(MountPoint {
-                    kind: MountKind::Zfs,
-                    source: format!("{pool}/{name}"),
-                    guest_path: guest,
-                    owner_uid: None,
-                    owner_gid: None,
-                    host_path: None,
-                }),
-                _ => z.error(
-                    d,
-                    Problem::Missing("\"name\", \"pool\" and \"mount_point\"".into()),
-                ),
-            }
+            out.extend(zfs_volume(&z, d));
         }
     }
-    // `volumes`: NFS shares of VMs (and a legacy LXC key of the same shape).
+    // `volumes`: NFS shares of VMs; in older LXC configs either a ZFS dataset created on the
+    // host and bind-mounted (`{name, pool, size_gb, mount_point}`) or a bind
+    // (`{path, mount_point}`). The shape, not a `type` key, tells them apart there.
     if let Some(list) = g.get("volumes") {
         for v in list.items(d, "an array of volumes") {
             let vtype = v.opt(d, "type", |n, d| n.text(d, "a volume type"));
-            if vtype.as_deref().is_some_and(|t| t != "nfs") {
-                v.warn(d, "only NFS volumes are understood; kept out of the facts");
-                continue;
-            }
-            let export = v.opt(d, "path", |n, d| abs_path(n, d));
-            let guest = v.opt(d, "mount_point", |n, d| abs_path(n, d));
-            let server = v.opt(d, "server", |n, d| ip(n, d));
-            match (export, guest) {
-                (Some(export), Some(guest)) => out.push(MountPoint {
-                    kind: MountKind::Nfs,
-                    source: format!("{}:{export}", server.unwrap_or_default()),
-                    guest_path: guest,
-                    owner_uid: None,
-                    owner_gid: None,
-                    // Filled in by the compiler from the hypervisor's mount_point_base.
-                    host_path: Some(export),
-                }),
-                _ => v.error(d, Problem::Missing("\"path\" and \"mount_point\"".into())),
+            match vtype.as_deref() {
+                Some("nfs") => out.extend(nfs_volume(&v, d)),
+                Some(_) => v.warn(d, "only NFS volumes are understood; kept out of the facts"),
+                None if v.has("pool") => out.extend(zfs_volume(&v, d)),
+                None if kind == GuestKind::Lxc => {
+                    let host = v.opt(d, "path", |n, d| abs_path(n, d));
+                    let guest = v.opt(d, "mount_point", |n, d| abs_path(n, d));
+                    match (host, guest) {
+                        (Some(host), Some(guest)) => out.push(MountPoint {
+                            kind: MountKind::Bind,
+                            source: host.to_string(),
+                            guest_path: guest,
+                            owner_uid: None,
+                            owner_gid: None,
+                            host_path: Some(host),
+                        }),
+                        _ => v.error(
+                            d,
+                            Problem::Missing(
+                                "\"path\" and \"mount_point\" (a bind), or \"name\", \"pool\" and \"mount_point\" (a ZFS dataset)"
+                                    .into(),
+                            ),
+                        ),
+                    }
+                }
+                None => out.extend(nfs_volume(&v, d)),
             }
         }
     }
     out
+}
+
+fn zfs_volume(z: &Node, d: &mut Diag) -> Option<MountPoint> {
+    let name = z.opt(d, "name", |n, d| n.text(d, "a dataset name"));
+    let pool = z.opt(d, "pool", |n, d| n.text(d, "a pool name"));
+    let guest = z.opt(d, "mount_point", |n, d| abs_path(n, d));
+    z.opt(d, "size_gb", |n, d| n.uint(d, 1..=1_048_576));
+    match (name, pool, guest) {
+        (Some(name), Some(pool), Some(guest)) => Some(MountPoint {
+            kind: MountKind::Zfs,
+            source: format!("{pool}/{name}"),
+            guest_path: guest,
+            owner_uid: None,
+            owner_gid: None,
+            host_path: None,
+        }),
+        _ => {
+            z.error(
+                d,
+                Problem::Missing("\"name\", \"pool\" and \"mount_point\"".into()),
+            );
+            None
+        }
+    }
+}
+
+fn nfs_volume(v: &Node, d: &mut Diag) -> Option<MountPoint> {
+    let export = v.opt(d, "path", |n, d| abs_path(n, d));
+    let guest = v.opt(d, "mount_point", |n, d| abs_path(n, d));
+    let server = v.opt(d, "server", |n, d| ip(n, d));
+    match (export, guest) {
+        (Some(export), Some(guest)) => Some(MountPoint {
+            kind: MountKind::Nfs,
+            source: format!("{}:{export}", server.unwrap_or_default()),
+            guest_path: guest,
+            owner_uid: None,
+            owner_gid: None,
+            // Filled in by the compiler from the hypervisor's mount_point_base.
+            host_path: Some(export),
+        }),
+        _ => {
+            v.error(d, Problem::Missing("\"path\" and \"mount_point\"".into()));
+            None
+        }
+    }
 }
 
 fn stack_ref(n: &Node, d: &mut Diag) -> Option<StackRef> {
@@ -756,6 +794,28 @@ mod tests {
         let mut d = Diag::default();
         let g = lxc_guests(&Node::root(Path::new("lxc.json"), v), &mut d);
         (g, d)
+    }
+
+    #[test]
+    fn both_legacy_lxc_volume_shapes_are_declared_facts() {
+        let v = json!({"lxc_configs": {"952": {
+            "name": "qdrant",
+            "volumes": [
+                {"name": "qdrant-data", "pool": "quickOS-lxc-disks", "size_gb": 50, "mount_point": "/qdrant/storage"},
+                {"path": "/mnt/pve/shared/models", "mount_point": "/models"},
+                {"mount_point": "/half"}
+            ]
+        }}});
+        let (g, d) = lxc(&v);
+        let m = &g[0].facts.mount_points;
+        assert_eq!(m.len(), 2, "{m:?}");
+        assert_eq!(m[0].kind, MountKind::Zfs);
+        assert_eq!(m[0].source, "quickOS-lxc-disks/qdrant-data");
+        assert_eq!(m[0].guest_path.as_str(), "/qdrant/storage");
+        assert_eq!(m[1].kind, MountKind::Bind);
+        assert_eq!(m[1].source, "/mnt/pve/shared/models");
+        assert_eq!(d.errors.len(), 1, "{:?}", d.errors);
+        assert_eq!(d.errors[0].path, "lxc_configs.\"952\".volumes[2]");
     }
 
     #[test]
