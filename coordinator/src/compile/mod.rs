@@ -19,6 +19,7 @@
 mod build;
 mod compare;
 mod features;
+mod keys;
 mod native;
 mod phoenix;
 mod reader;

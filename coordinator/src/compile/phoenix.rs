@@ -145,6 +145,9 @@ pub(crate) fn vm_guests(root: &Node, d: &mut Diag) -> Vec<GuestConfig> {
         return Vec::new();
     };
     let defaults = root.get("vm_defaults");
+    if let Some(def) = &defaults {
+        super::keys::check(def, super::keys::VM, d);
+    }
     let mut out = Vec::new();
     for vm in vms.items(d, "an array of VM objects") {
         if !vm.is_object() {
@@ -173,6 +176,12 @@ fn guest(
     defaults: Option<&Node>,
     d: &mut Diag,
 ) -> GuestConfig {
+    let known = if kind == GuestKind::Vm {
+        super::keys::VM
+    } else {
+        super::keys::LXC
+    };
+    super::keys::check(g, known, d);
     // VMs fall back to `vm_defaults`, LXC keys to the file root (jq_get_value).
     let fallback = |key: &str| -> Option<Node> {
         g.get(key).or_else(|| match defaults {
@@ -403,6 +412,7 @@ fn network(
         n.expected(d, "an object {name, bridge, ip, gw, nameservers}");
         return None;
     }
+    super::keys::check(n, super::keys::NETWORK, d);
     // Read everything before giving up, so every bad value is reported in one run.
     let ip_addr = match n.get("ip") {
         Some(i) => cidr_or_dhcp(&i, d),
