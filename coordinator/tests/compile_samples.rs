@@ -260,3 +260,97 @@ fn declared_resources_facts_and_root_fallbacks_are_kept() {
     assert!(pos(103) < pos(102) && pos(102) < pos(1001) && pos(1001) < pos(1002));
     assert!(pos(1002) < pos(801));
 }
+
+/// The routes `bin/generate_traefik_config.sh` would write for the sample, by guest: the
+/// compiled `dynamic_conf.yml` in the Traefik guest (102) is parsed as YAML and compared
+/// route by route. Traefik itself is not installable here (no Debian package), so the
+/// file is checked by parsing, not by a running Traefik.
+#[test]
+fn traefik_routes_of_the_sample_match_the_old_generator() {
+    let Some(c) = load() else { return };
+    let file = c.guests[&id(102)]
+        .spec
+        .resources
+        .iter()
+        .find_map(|r| match r {
+            Resource::File(f) if f.path.as_str() == "/etc/traefik/dynamic/dynamic_conf.yml" => {
+                Some(f.content.clone())
+            }
+            _ => None,
+        })
+        .expect("102 carries Traefik's dynamic configuration");
+    let y: serde_json::Value = serde_saphyr::from_str(&file).expect("valid YAML");
+    let expected = [
+        ("granite-embedding", "http://10.0.0.141:8000", false),
+        ("granite-3b", "http://10.0.0.142:8000", false),
+        ("nginx", "http://10.0.0.153:443", false),
+        ("ollama", "http://10.0.0.155:11434", false),
+        ("llamacpp", "http://10.0.0.157:8081", false),
+        ("ca", "http://10.0.0.10:9000", false),
+        ("portainer", "https://10.0.0.111:9443", true),
+        ("portainer-agent", "https://10.0.0.102:9001", true),
+    ];
+    let routers = y["http"]["routers"].as_object().expect("routers");
+    let services = y["http"]["services"].as_object().expect("services");
+    assert_eq!(routers.len(), expected.len() + 1, "{routers:?}");
+    assert_eq!(services.len(), expected.len(), "{services:?}");
+    assert_eq!(
+        routers["traefik-dashboard-router"]["service"],
+        "api@internal"
+    );
+    for (name, url, tls) in expected {
+        let r = &routers[&format!("{name}-router")];
+        assert_eq!(
+            r["rule"],
+            format!("Host(`{name}.internal.thinkheads.ai`)"),
+            "{name}"
+        );
+        assert_eq!(r["service"], format!("{name}-service"));
+        assert_eq!(r["entryPoints"], serde_json::json!(["web"]));
+        let lb = &services[&format!("{name}-service")]["loadBalancer"];
+        assert_eq!(lb["servers"], serde_json::json!([{ "url": url }]), "{name}");
+        assert_eq!(
+            lb.get("serversTransport").and_then(|t| t.as_str()),
+            tls.then_some("internal-ca@file"),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        y["http"]["serversTransports"]["internal-ca"]["rootCAs"],
+        serde_json::json!(["/etc/step-ca/ssl/phoenix_root_ca.crt"])
+    );
+    // Only 102 gets it; the gateway (101) gets etc/nginx instead, reloaded after `nginx -t`.
+    for (gid, g) in &c.guests {
+        let has = g.spec.resources.iter().any(
+            |r| matches!(r, Resource::File(f) if f.path.as_str().starts_with("/etc/traefik/")),
+        );
+        assert_eq!(has, u32::from(*gid) == 102, "guest {gid}");
+    }
+    let gw = &c.guests[&id(101)].spec;
+    let site = gw
+        .resources
+        .iter()
+        .find_map(|r| match r {
+            Resource::File(f) if f.path.as_str() == "/etc/nginx/sites-enabled/gateway" => Some(f),
+            _ => None,
+        })
+        .expect("gateway site");
+    assert!(site.content.contains("proxy_pass $upstream_service;"));
+    let nginx = gw
+        .resources
+        .iter()
+        .find_map(|r| match r {
+            Resource::Service(s) if s.name == "nginx.service" => Some(s),
+            _ => None,
+        })
+        .expect("nginx.service");
+    assert!(
+        nginx
+            .reload_on
+            .iter()
+            .any(|r| r.to_string().contains("/etc/nginx/sites-enabled/gateway")),
+        "{:?}",
+        nginx.reload_on
+    );
+    assert!(nginx.dropins["phoenix-checked-reload"].contains("nginx -t"));
+}

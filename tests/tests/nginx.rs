@@ -107,3 +107,56 @@ fn nginx_serves_a_managed_site_over_tls_and_reloads_on_change() {
     );
     assert!(page.contains("hello from phoenix"), "{page}");
 }
+
+/// The gateway's compiled drop-in (`compile::NGINX_CHECKED_RELOAD`) with the real nginx: a
+/// broken site fails the reload, the report says so, and the old configuration keeps serving.
+#[test]
+fn a_broken_gateway_site_fails_the_checked_reload_and_the_old_site_keeps_serving() {
+    let pem = phoenix_tests::guest::self_signed("site.test").map(|(c, k)| format!("{c}{k}"));
+    if !phoenix_tests::require("openssl (to make the stand-in certificate)", pem.is_some()) {
+        return;
+    }
+    let pem = pem.unwrap_or_default();
+    let Some(g) = Guest::boot("nginx-checked", &[]) else {
+        return;
+    };
+    let with_dropin = |mut v: Value| {
+        for r in v["resources"].as_array_mut().into_iter().flatten() {
+            if r["kind"] == "service" {
+                r["dropins"] = json!({
+                    "phoenix-checked-reload": phoenix_coordinator::compile::NGINX_CHECKED_RELOAD
+                });
+            }
+        }
+        v
+    };
+    g.apply(&with_dropin(state("v1", &pem))).assert(&[
+        ("package:nginx", "changed"),
+        ("service:nginx.service", "changed"),
+    ]);
+    assert!(https(&g).contains("X-Phoenix-Rev: v1"));
+    let pid = g.unit_prop("nginx.service", "MainPID");
+
+    // A site nginx refuses: `nginx -t` fails inside the reload, the service is reported failed.
+    let mut broken = with_dropin(state("v1", &pem));
+    for r in broken["resources"].as_array_mut().into_iter().flatten() {
+        if r["path"] == SITE {
+            r["content"] = json!("server {\n  listen 443 ssl;\n  no_such_directive on;\n}\n");
+        }
+    }
+    let a = g.apply(&broken);
+    assert!(!a.ok, "a failed reload fails the apply: {}", a.stderr);
+    let st = a.statuses();
+    assert_eq!(st[&format!("file:{SITE}")], "changed", "{st:?}");
+    assert_eq!(st["service:nginx.service"], "failed", "{}", a.stderr);
+    let detail = a.report["results"]
+        .as_array()
+        .and_then(|rs| rs.iter().find(|r| r["resource"] == "service:nginx.service"))
+        .map(|r| r.to_string())
+        .unwrap_or_default();
+    assert!(detail.contains("reload"), "{detail}");
+    // Same master, old configuration still answering.
+    assert_eq!(g.unit_prop("nginx.service", "MainPID"), pid);
+    assert_eq!(g.unit_prop("nginx.service", "ActiveState"), "active");
+    assert!(https(&g).contains("X-Phoenix-Rev: v1"));
+}

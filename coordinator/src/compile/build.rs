@@ -5,7 +5,7 @@ use super::phoenix::{self, GuestConfig, Hypervisor, StackRef, read_json};
 use super::reader::{Diag, Node};
 use super::{
     CompileOptions, Compiled, CompiledGuest, FirewallRule, GuestKind, Layout, MountKind, Problem,
-    secrets,
+    routing, secrets,
 };
 use phoenix_proto::model::{
     AbsPath, CertSpec, FileMode, GuestId, GuestSpec, Reload, Resource, ResourceRef, UnitSpec,
@@ -76,6 +76,11 @@ pub(crate) fn compile_phoenix(layout: &Layout, options: &CompileOptions, d: &mut
         }
     }
     check_ids_and_dependencies(&guests, d);
+    let routes = hv
+        .domain_name
+        .as_deref()
+        .map(|domain| routing::routes(&guests, domain, d))
+        .unwrap_or_default();
 
     let mut built: BTreeMap<GuestId, (GuestConfig, Builder)> = BTreeMap::new();
     let mut scanned = BTreeSet::new();
@@ -90,6 +95,7 @@ pub(crate) fn compile_phoenix(layout: &Layout, options: &CompileOptions, d: &mut
     if let Some((p, v)) = &files.manifest {
         certificates(&Node::root(p, v), &mut built, d);
     }
+    routing_tier(layout, &hv, &routes, &mut built, d);
 
     let mut out = Compiled::default();
     for (id, (g, b)) in built {
@@ -229,6 +235,42 @@ impl Builder {
         match self.resources.iter_mut().find(|x| x.id() == id) {
             Some(existing) => *existing = r,
             None => self.resources.push(r),
+        }
+    }
+
+    /// `service` reloads (or restarts) when `changed` changed in the same pass.
+    fn on_change(&mut self, service: &str, changed: ResourceRef, reload: bool) {
+        for r in &mut self.resources {
+            if let Resource::Service(s) = r
+                && s.name == service
+            {
+                let list = if reload {
+                    &mut s.reload_on
+                } else {
+                    &mut s.restart_on
+                };
+                if !list.contains(&changed) {
+                    list.push(changed.clone());
+                }
+                self.after
+                    .push((ResourceRef::new("service", service), changed));
+                return;
+            }
+        }
+    }
+
+    /// Debian's nginx.service reloads without checking the configuration; this drop-in
+    /// runs `nginx -t` first, so a broken file fails the reload and the old config keeps serving.
+    fn nginx_checked_reload(&mut self) {
+        for r in &mut self.resources {
+            if let Resource::Service(s) = r
+                && s.name == "nginx.service"
+            {
+                s.dropins.insert(
+                    "phoenix-checked-reload".into(),
+                    super::NGINX_CHECKED_RELOAD.into(),
+                );
+            }
         }
     }
 
@@ -439,6 +481,61 @@ fn files_node<'a>(files: &'a Files, g: &GuestConfig) -> Option<Node<'a>> {
                 path: format!("vms[{idx}]"),
                 value: &v["vms"][idx],
             })
+        }
+    }
+}
+
+/// The Traefik guest gets the dynamic configuration of every route (Traefik watches the
+/// file, so a changed route is live without a restart) and its static configuration
+/// (restart on change); the gateway guest gets `etc/nginx/`, checked by `nginx -t` before
+/// every reload, so a bad file fails the reload instead of taking the gateway down.
+fn routing_tier(
+    layout: &Layout,
+    hv: &Hypervisor,
+    routes: &[routing::Route],
+    built: &mut BTreeMap<GuestId, (GuestConfig, Builder)>,
+    d: &mut Diag,
+) {
+    for (g, b) in built.values_mut() {
+        let script = g.application_script.as_ref().map(|(s, _)| s.as_str());
+        let has = |f: &str| g.features.iter().any(|(n, _)| n == f);
+        if script == Some("phoenix_hypervisor_lxc_102.sh") || has("traefik") {
+            let Some(domain) = hv.domain_name.as_deref() else {
+                d.warn(
+                    &g.file,
+                    &g.path,
+                    "no domain_name in phoenix_hypervisor_config.json: Traefik's routes are not compiled",
+                );
+                continue;
+            };
+            let dynamic = routing::managed(
+                routing::TRAEFIK_DYNAMIC,
+                routing::traefik_dynamic(routes, domain),
+            );
+            b.add(Resource::File(dynamic).into(), g, d);
+            let template = layout.etc.join("traefik/traefik.yml.template");
+            if let Ok(text) = std::fs::read_to_string(&template) {
+                let file = routing::managed(routing::TRAEFIK_STATIC, text);
+                let id = Resource::File(file.clone()).id();
+                b.add(Resource::File(file).into(), g, d);
+                b.on_change("traefik.service", id, false);
+            }
+        }
+        if script == Some("phoenix_hypervisor_lxc_101.sh") {
+            let files = routing::gateway_files(&layout.etc, d);
+            for f in files {
+                let id = Resource::File(f.clone()).id();
+                b.add(
+                    Item {
+                        resource: Resource::File(f),
+                        after: vec![ResourceRef::new("package", "nginx")],
+                    },
+                    g,
+                    d,
+                );
+                b.on_change("nginx.service", id, true);
+            }
+            b.nginx_checked_reload();
         }
     }
 }

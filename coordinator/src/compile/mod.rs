@@ -23,6 +23,7 @@ mod keys;
 mod native;
 mod phoenix;
 mod reader;
+mod routing;
 mod secrets;
 mod vllm;
 
@@ -385,6 +386,12 @@ pub fn schema_json() -> String {
     let schema = schemars::schema_for!(NativeConfig);
     serde_json::to_string_pretty(&schema).unwrap_or_default()
 }
+
+/// Drop-in for nginx.service on the gateway: `nginx -t` runs before every reload, so a broken
+/// configuration fails the reload (and the report) while the old one keeps serving. Debian's
+/// own `nginx -s reload` parses the configuration too; the explicit check keeps that true
+/// whatever unit the package ships.
+pub const NGINX_CHECKED_RELOAD: &str = "[Service]\nExecReload=\nExecReload=/usr/sbin/nginx -t -q -g \"daemon on; master_process on;\"\nExecReload=/usr/sbin/nginx -g \"daemon on; master_process on;\" -s reload\n";
 
 const PHOENIX_FILES: [&str; 2] = ["phoenix_lxc_configs.json", "phoenix_vm_configs.json"];
 

@@ -56,6 +56,8 @@ pub(crate) struct Hypervisor {
     pub mount_point_base: String,
     /// `12.8` → package `cuda-toolkit-12-8`.
     pub cuda_version: String,
+    /// `domain_name`: the internal domain Traefik routes `<service>.<domain>` in.
+    pub domain_name: Option<String>,
 }
 
 impl Default for Hypervisor {
@@ -63,6 +65,7 @@ impl Default for Hypervisor {
         Hypervisor {
             mount_point_base: "/mnt/pve".into(),
             cuda_version: "12.8".into(),
+            domain_name: None,
         }
     }
 }
@@ -88,6 +91,13 @@ pub(crate) fn hypervisor(root: &Node, d: &mut Diag) -> Hypervisor {
     let mut h = Hypervisor::default();
     if let Some(base) = root.opt(d, "mount_point_base", |n, d| abs_path(n, d)) {
         h.mount_point_base = base.to_string();
+    }
+    if let Some(n) = root.get("domain_name") {
+        match n.text(d, "a domain name") {
+            Some(v) if super::routing::domain_ok(&v) => h.domain_name = Some(v),
+            Some(_) => n.expected(d, "a domain name of DNS labels (a-z, 0-9, '-')"),
+            None => {}
+        }
     }
     if let Some(v) = root.get("nvidia_driver").and_then(|n| {
         n.opt(d, "cuda_version", |n, d| {
