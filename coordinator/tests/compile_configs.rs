@@ -53,6 +53,9 @@ fn every_file_in_configs_loads_and_compiles() {
     let warnings: Vec<String> = c.warnings.iter().map(|w| w.message.clone()).collect();
     assert_eq!(warnings.len(), 1, "{warnings:#?}");
     assert!(warnings[0].starts_with("`step ca init`"));
+    // The base directory and its etc/ are the same install.
+    let etc = compile::load(&configs().join("etc")).unwrap_or_else(|e| panic!("etc/: {e}"));
+    assert_eq!(etc.guests, c.guests);
     // Every Phoenix file named directly compiles as its directory.
     for name in [
         "phoenix_lxc_configs.json",
@@ -61,7 +64,8 @@ fn every_file_in_configs_loads_and_compiles() {
         "phoenix_hypervisor_config.json",
         "certificate-manifest.json",
     ] {
-        let one = compile::load(&configs().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let one = compile::load(&configs().join("etc").join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(one.guests, c.guests, "{name}");
     }
     // Every stack directory is used by a guest.
