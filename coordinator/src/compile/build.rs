@@ -631,12 +631,16 @@ fn application(script: &str, path: &str, g: &GuestConfig, b: &mut Builder, d: &m
             let mut svc = features::service("step-ca.service");
             svc.unit = Some(UnitSpec {
                 description: "Step-CA certificate authority".into(),
+                // Flags before the config path: step-ca 0.19 (urfave/cli) takes everything
+                // after the first positional argument as positional and refuses to start
+                // ("too many positional arguments").
                 exec_start: vec![
                     "/usr/bin/step-ca".into(),
-                    "/root/.step/config/ca.json".into(),
                     "--password-file".into(),
                     "/root/.step/secrets/password.txt".into(),
+                    "/root/.step/config/ca.json".into(),
                 ],
+                environment: [("STEPPATH".to_string(), "/root/.step".to_string())].into(),
                 restart: Some("always".into()),
                 restart_sec: Some(5),
                 after: vec!["network-online.target".into()],
