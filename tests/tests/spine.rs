@@ -355,3 +355,64 @@ fn status_shows_declared_versus_observed_from_phoenix_configs() {
         "{table}"
     );
 }
+
+/// `apply` waits only for enrolled guests in its scope: a declared guest that never joined
+/// is listed as not enrolled and does not make the apply time out, unless `--wait-all`.
+#[test]
+fn apply_waits_only_for_enrolled_guests_in_scope() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let c = Coordinator::start(&tmp.path().join("c"), &[]);
+    let a = enrolled(&c, tmp.path(), 101);
+    let spec = tmp.path().join("spec.json");
+    let never_joined = tmp.path().join("nobody");
+    write_spec(
+        &spec,
+        &[
+            (101, files_spec(&a.root, &[("motd", "v1\n")])),
+            (102, files_spec(&never_joined, &[("motd", "v1\n")])),
+        ],
+    );
+    let out = apply(&c, &spec, &["--timeout", "20s"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("guest 102: new rev 1 (not enrolled"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("guest 101 rev 1: converged"), "{stdout}");
+
+    // --guest: only 101 is pushed; 102's revision stays where it was.
+    write_spec(
+        &spec,
+        &[
+            (101, files_spec(&a.root, &[("motd", "v2\n")])),
+            (102, files_spec(&never_joined, &[("motd", "v2\n")])),
+        ],
+    );
+    let out = apply(&c, &spec, &["--guest", "101"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!stdout.contains("guest 102"), "{stdout}");
+    assert_eq!(
+        std::fs::read_to_string(a.root.join("motd")).expect("motd"),
+        "v2\n"
+    );
+    assert_eq!(
+        guest_status(&c.status(), 102).expect("102")["wanted_revision"],
+        1
+    );
+
+    // --wait-all: the guest that never joined makes it time out, named in the error.
+    let out = apply(&c, &spec, &["--wait-all", "--timeout", "3s"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("waiting for guests 102"), "{err}");
+}

@@ -57,6 +57,9 @@ pub enum Command {
         path: PathBuf,
         #[arg(long, default_value = "60s", value_parser = duration::parse)]
         timeout: Duration,
+        /// Only these guests (comma-separated ids); default every compiled guest.
+        #[arg(long, value_delimiter = ',')]
+        guest: Vec<GuestId>,
     },
     /// Print the JSON Schema of Phoenix's native desired-state format.
     Schema,
@@ -74,6 +77,13 @@ pub enum Command {
         /// Return after the push, without waiting for reports.
         #[arg(long)]
         no_wait: bool,
+        /// Only these guests (comma-separated ids); default every compiled guest.
+        #[arg(long, value_delimiter = ',')]
+        guest: Vec<GuestId>,
+        /// Also wait for guests that have not enrolled yet (default: only enrolled ones
+        /// are waited for and count in the exit status).
+        #[arg(long)]
+        wait_all: bool,
     },
     /// Per guest: connected, revision wanted and applied, last report, cert expiry.
     Status {
@@ -528,9 +538,25 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             dry_run,
             timeout,
             no_wait,
-        } => apply(&cli.admin_socket, &path, dry_run, timeout, no_wait).await,
-        Command::Plan { path, timeout } => {
-            apply(&cli.admin_socket, &path, true, timeout, false).await
+            guest,
+            wait_all,
+        } => {
+            let scope = Scope {
+                guests: guest,
+                wait_all,
+            };
+            apply(&cli.admin_socket, &path, dry_run, timeout, no_wait, &scope).await
+        }
+        Command::Plan {
+            path,
+            timeout,
+            guest,
+        } => {
+            let scope = Scope {
+                guests: guest,
+                wait_all: false,
+            };
+            apply(&cli.admin_socket, &path, true, timeout, false, &scope).await
         }
         Command::Revoke { guest } => {
             let mut admin = admin_client::connect(&cli.admin_socket).await?;
@@ -616,14 +642,55 @@ fn load(path: &std::path::Path) -> Result<compile::Compiled, CliError> {
     Ok(compiled)
 }
 
+/// Which compiled guests an apply or plan pushes to and waits for.
+struct Scope {
+    /// Empty: every compiled guest.
+    guests: Vec<GuestId>,
+    wait_all: bool,
+}
+
+/// Drops templates (compiled and validated, but a clone source is never a running guest)
+/// and guests outside `--guest`; an id in `--guest` that the configs lack is an error.
+fn select(compiled: &mut compile::Compiled, scope: &Scope) -> Result<(), CliError> {
+    let unknown: Vec<String> = scope
+        .guests
+        .iter()
+        .filter(|g| !compiled.guests.contains_key(g))
+        .map(|g| g.to_string())
+        .collect();
+    if !unknown.is_empty() {
+        return Err(CliError::Input(format!(
+            "--guest names guests the configs do not declare: {}",
+            unknown.join(", ")
+        )));
+    }
+    compiled.guests.retain(|g, c| {
+        if !scope.guests.is_empty() && !scope.guests.contains(g) {
+            return false;
+        }
+        if c.facts.is_template {
+            println!("guest {g}: template: compiled and valid, never pushed");
+            return false;
+        }
+        true
+    });
+    Ok(())
+}
+
 async fn apply(
     socket: &std::path::Path,
     path: &std::path::Path,
     dry_run: bool,
     timeout: Duration,
     no_wait: bool,
+    scope: &Scope,
 ) -> Result<(), CliError> {
-    let compiled = load(path)?;
+    let mut compiled = load(path)?;
+    select(&mut compiled, scope)?;
+    if compiled.guests.is_empty() {
+        println!("nothing to apply: no guest in scope");
+        return Ok(());
+    }
     // Each guest's state travels as one message to its agent: refuse what cannot be sent
     // here, with the guest named, rather than as a transport error later.
     let limit = phoenix_proto::MAX_MESSAGE_BYTES;
@@ -644,6 +711,15 @@ async fn apply(
         )));
     }
     let mut admin = admin_client::connect(socket).await?;
+    let enrolled: BTreeSet<u32> = admin
+        .status(v1::StatusRequest {})
+        .await?
+        .into_inner()
+        .guests
+        .iter()
+        .filter(|s| s.enrolled)
+        .map(|s| s.guest_id)
+        .collect();
     let guests = compiled
         .guests
         .iter()
@@ -689,8 +765,10 @@ async fn apply(
             },
             if g.connected {
                 "connected"
-            } else {
+            } else if enrolled.contains(&g.guest_id) {
                 "not connected: will converge when it connects"
+            } else {
+                "not enrolled: will converge once it joins"
             },
             if g.diff.is_empty() {
                 String::new()
@@ -698,7 +776,12 @@ async fn apply(
                 format!("\n  {}", g.diff.join("\n  "))
             }
         );
-        if g.connected || !dry_run {
+        let waited = if dry_run {
+            g.connected
+        } else {
+            scope.wait_all || enrolled.contains(&g.guest_id)
+        };
+        if waited {
             pending.insert(g.guest_id, (g.revision, g.digest.clone()));
         }
     }
@@ -785,4 +868,56 @@ async fn apply(
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example() -> compile::Compiled {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        compile::load(&dir).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn id(n: u32) -> GuestId {
+        GuestId::try_from(n).expect("id")
+    }
+
+    #[test]
+    fn templates_are_compiled_but_never_in_scope() {
+        let mut c = example();
+        assert!(c.guests[&id(9000)].facts.is_template);
+        select(
+            &mut c,
+            &Scope {
+                guests: vec![],
+                wait_all: false,
+            },
+        )
+        .expect("scope");
+        let ids: Vec<u32> = c.guests.keys().map(|g| g.get()).collect();
+        assert_eq!(ids, [101, 102, 103, 801, 1002]);
+    }
+
+    #[test]
+    fn guest_scope_keeps_only_the_named_guests_and_refuses_unknown_ones() {
+        let mut c = example();
+        let scope = Scope {
+            guests: vec![id(101), id(1002)],
+            wait_all: false,
+        };
+        select(&mut c, &scope).expect("scope");
+        let ids: Vec<u32> = c.guests.keys().map(|g| g.get()).collect();
+        assert_eq!(ids, [101, 1002]);
+        let mut c = example();
+        let e = select(
+            &mut c,
+            &Scope {
+                guests: vec![id(555)],
+                wait_all: false,
+            },
+        )
+        .expect_err("unknown guest");
+        assert!(e.to_string().contains("555"), "{e}");
+    }
 }
