@@ -69,9 +69,7 @@ impl From<FsError> for io::Error {
         let kind = match &e {
             FsError::Io { source, .. } => source.kind(),
             FsError::NotBeneath { .. } => io::ErrorKind::PermissionDenied,
-            FsError::Symlink { .. } | FsError::HardLinked { .. } => {
-                io::ErrorKind::PermissionDenied
-            }
+            FsError::Symlink { .. } | FsError::HardLinked { .. } => io::ErrorKind::PermissionDenied,
             FsError::NotDirectory { .. } => io::ErrorKind::NotADirectory,
             FsError::NotRegular { .. } => io::ErrorKind::InvalidInput,
         };
@@ -217,7 +215,10 @@ fn open_dir(
 
 /// Opens an existing regular file beneath `root` for reading, refusing links anywhere
 /// below the root. `Ok(None)` when it (or a parent) does not exist.
-fn open_file(root: &Path, path: &Path) -> Result<Option<(File, nix::sys::stat::FileStat)>, FsError> {
+fn open_file(
+    root: &Path,
+    path: &Path,
+) -> Result<Option<(File, nix::sys::stat::FileStat)>, FsError> {
     let (names, name) = beneath(root, path)?;
     let Some((dir, _)) = open_dir(root, &names, false)? else {
         return Ok(None);

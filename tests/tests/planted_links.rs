@@ -27,7 +27,12 @@ fn file(path: &str, content: &str) -> Value {
 }
 
 fn assert_refused(applied: &phoenix_tests::guest::Applied, id: &str, link: &str) {
-    assert_eq!(applied.status(id), "failed", "{id}: {}", applied.message(id));
+    assert_eq!(
+        applied.status(id),
+        "failed",
+        "{id}: {}",
+        applied.message(id)
+    );
     let msg = applied.message(id);
     assert!(
         msg.contains(&format!("refusing to follow symbolic link {link}")),
@@ -55,12 +60,23 @@ fn links_planted_by_a_local_user_never_redirect_root_writes() {
         &format!("ln -s {VICTIM} /srv/www/.index.html.phoenix-tmp"),
     );
     let spec = json!({"resources": [file("/srv/www/index.html", "hello\n")]});
-    g.apply(&spec)
-        .assert(&[("file:/srv/www/index.html", "changed")]);
+    let a = g.apply(&spec);
+    assert_eq!(
+        victims(&g),
+        before,
+        "victim untouched by the temp-name link"
+    );
+    a.assert(&[("file:/srv/www/index.html", "changed")]);
     assert_eq!(g.ok("cat /srv/www/index.html"), "hello");
-    assert_eq!(g.ok("stat -c '%U %a %F' /srv/www/index.html"), "evil 644 regular file");
-    assert_eq!(g.ok("ls -A /srv/www"), "index.html", "stale temp link removed");
-    assert_eq!(victims(&g), before, "victim untouched by the temp-name link");
+    assert_eq!(
+        g.ok("stat -c '%U %a %F' /srv/www/index.html"),
+        "evil 644 regular file"
+    );
+    assert_eq!(
+        g.ok("ls -A /srv/www"),
+        "index.html",
+        "stale temp link removed"
+    );
 
     // (2) A link at the target: reading it to compare is refused; nothing is followed.
     as_evil(

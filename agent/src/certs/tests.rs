@@ -2,11 +2,11 @@
 //! proof against the real coordinator and systemd is tests/tests/certs.rs.
 
 use super::*;
-use std::os::unix::fs::PermissionsExt;
 use crate::systemd::{ServiceError, UnitStatus};
 use phoenix_pki::embedded::EmbeddedCa;
 use phoenix_pki::{CertAuthority, IssueRequest};
 use phoenix_proto::model::FileMode;
+use std::os::unix::fs::PermissionsExt;
 use std::sync::Mutex;
 use std::time::Duration;
 

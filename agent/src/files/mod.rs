@@ -108,27 +108,29 @@ struct Observed {
 
 fn observe(root: &Path, spec: &FileSpec) -> Result<Observed, FileError> {
     let path = spec.path.as_path();
-    Ok(match fsutil::read_beneath(root, path).map_err(fs("inspect", path))? {
-        None => Observed {
-            exists: false,
-            content_differs: true,
-            old_content: None,
-            mode: None,
-            uid: None,
-            gid: None,
-        },
-        Some(have) => {
-            let differs = have.bytes != spec.content.as_bytes();
-            Observed {
-                exists: true,
-                content_differs: differs,
-                old_content: differs.then_some(have.bytes),
-                mode: Some(have.mode),
-                uid: Some(have.uid),
-                gid: Some(have.gid),
+    Ok(
+        match fsutil::read_beneath(root, path).map_err(fs("inspect", path))? {
+            None => Observed {
+                exists: false,
+                content_differs: true,
+                old_content: None,
+                mode: None,
+                uid: None,
+                gid: None,
+            },
+            Some(have) => {
+                let differs = have.bytes != spec.content.as_bytes();
+                Observed {
+                    exists: true,
+                    content_differs: differs,
+                    old_content: differs.then_some(have.bytes),
+                    mode: Some(have.mode),
+                    uid: Some(have.uid),
+                    gid: Some(have.gid),
+                }
             }
-        }
-    })
+        },
+    )
 }
 
 /// A short line diff; private files (no read bit for others) get a size summary only,

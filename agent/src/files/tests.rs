@@ -1,6 +1,6 @@
 use super::*;
-use std::os::unix::fs::PermissionsExt;
 use phoenix_proto::model::{AbsPath, FileMode};
+use std::os::unix::fs::PermissionsExt;
 
 fn spec(path: &Path, content: &str, mode: Option<&str>) -> FileSpec {
     FileSpec {

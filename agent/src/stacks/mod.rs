@@ -663,19 +663,22 @@ fn parse_env_file(
     Ok(out)
 }
 
-fn write_stack_file(stack: &str, root: &Path, path: &Path, content: &str) -> Result<(), StackError> {
+fn write_stack_file(
+    stack: &str,
+    root: &Path,
+    path: &Path,
+    content: &str,
+) -> Result<(), StackError> {
     let attrs = FileAttrs {
         mode: 0o644,
         uid: None,
         gid: None,
     };
-    fsutil::write_beneath(root, path, content.as_bytes(), attrs, true).map_err(|e| {
-        StackError::Io {
-            stack: stack.to_string(),
-            action: "write",
-            path: path.display().to_string(),
-            source: e.into(),
-        }
+    fsutil::write_beneath(root, path, content.as_bytes(), attrs, true).map_err(|e| StackError::Io {
+        stack: stack.to_string(),
+        action: "write",
+        path: path.display().to_string(),
+        source: e.into(),
     })
 }
 

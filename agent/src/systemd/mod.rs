@@ -219,12 +219,15 @@ impl<M: ServiceManager> ServiceConverger<M> {
     fn stale(&self, spec: &ServiceSpec) -> Result<Vec<Managed>, ServiceError> {
         let mut out = Vec::new();
         for f in self.render(spec)? {
-            let have = hostio::read_if_exists(self.root_for(&f.path), &f.path).map_err(|source| ServiceError::File {
-                unit: spec.name.clone(),
-                action: "read",
-                path: f.path.display().to_string(),
-                source,
-            })?;
+            let have =
+                hostio::read_if_exists(self.root_for(&f.path), &f.path).map_err(|source| {
+                    ServiceError::File {
+                        unit: spec.name.clone(),
+                        action: "read",
+                        path: f.path.display().to_string(),
+                        source,
+                    }
+                })?;
             if have.as_deref() != Some(f.content.as_slice()) {
                 out.push(f);
             }
@@ -323,14 +326,14 @@ impl<M: ServiceManager> ServiceConverger<M> {
         let stale = self.stale(spec)?;
         let mut done = Vec::new();
         for f in &stale {
-            hostio::write_atomic(self.root_for(&f.path), &f.path, &f.content, f.mode).map_err(|source| {
-                ServiceError::File {
+            hostio::write_atomic(self.root_for(&f.path), &f.path, &f.content, f.mode).map_err(
+                |source| ServiceError::File {
                     unit: name.to_owned(),
                     action: "write",
                     path: f.path.display().to_string(),
                     source,
-                }
-            })?;
+                },
+            )?;
             done.push(format!("wrote {}", f.path.display()));
         }
         let wrote = !stale.is_empty();

@@ -60,8 +60,14 @@ fn writes_create_dirs_replace_content_and_leave_no_temp() {
     assert_eq!(got.bytes, b"two");
     assert_eq!(got.mode, 0o644);
     assert_eq!(entries(&fx.root.join("a/b")), ["f.conf"]);
-    assert_eq!(read_beneath(&fx.root, &fx.root.join("a/none")).expect("read"), None);
-    assert_eq!(read_beneath(&fx.root, &fx.root.join("x/none")).expect("read"), None);
+    assert_eq!(
+        read_beneath(&fx.root, &fx.root.join("a/none")).expect("read"),
+        None
+    );
+    assert_eq!(
+        read_beneath(&fx.root, &fx.root.join("x/none")).expect("read"),
+        None
+    );
 }
 
 #[test]
@@ -80,7 +86,12 @@ fn link_at_the_old_predictable_temp_name_is_not_followed() {
     write_beneath(&fx.root, &p, b"hello", attrs(0o644), true).expect("write");
     fx.assert_victim_untouched();
     assert_eq!(fs::read(&p).expect("read"), b"hello");
-    assert!(!fs::symlink_metadata(&p).expect("stat").file_type().is_symlink());
+    assert!(
+        !fs::symlink_metadata(&p)
+            .expect("stat")
+            .file_type()
+            .is_symlink()
+    );
     // The stale temp (a link here) was removed, not followed.
     assert_eq!(entries(&fx.root), ["index.html"]);
 }
@@ -191,7 +202,10 @@ fn root_of_picks_the_longest_root() {
         root_of(&roots, Path::new("/srv/www/a")),
         Some(Path::new("/srv/www"))
     );
-    assert_eq!(root_of(&roots, Path::new("/srv/x")), Some(Path::new("/srv")));
+    assert_eq!(
+        root_of(&roots, Path::new("/srv/x")),
+        Some(Path::new("/srv"))
+    );
     assert_eq!(root_of(&roots, Path::new("/srv")), None);
     assert_eq!(root_of(&roots, Path::new("/etc/x")), None);
 }
@@ -203,7 +217,10 @@ fn write_atomic_and_ensure_dir_keep_their_contract() {
     ensure_dir(&d, 0o700).expect("ensure");
     assert_eq!(fs::metadata(&d).expect("stat").mode() & 0o7777, 0o700);
     write_private(&d.join("key"), b"k").expect("write");
-    assert_eq!(fs::metadata(d.join("key")).expect("stat").mode() & 0o7777, 0o600);
+    assert_eq!(
+        fs::metadata(d.join("key")).expect("stat").mode() & 0o7777,
+        0o600
+    );
     let link = fx.root.join("linkdir");
     symlink(&d, &link).expect("plant");
     assert!(ensure_dir(&link, 0o777).is_err());
