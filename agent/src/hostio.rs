@@ -1,29 +1,34 @@
 //! Host I/O shared by the resource modules: atomic file replacement and reading a secret
 //! where the agent finds it. Blocking std I/O on small files; callers run it inline.
 
+use phoenix_pki::fsutil::{self, FileAttrs};
 use phoenix_proto::model::SecretRef;
 use std::fs;
 use std::io;
 use std::path::Path;
 
-/// Replaces `path` with `bytes` so that a reader sees the old or the new content, never a
-/// mix (pki's `fsutil::write_atomic`: temp file, fsync, rename, fsync of the directory).
-/// Creates missing parent directories (mode 0755).
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| io::Error::other("path has no parent"))?;
-    fs::create_dir_all(dir)?;
-    phoenix_pki::fsutil::write_atomic(path, bytes, mode)
+/// Replaces `path` (beneath `root`) with `bytes` so that a reader sees the old or the new
+/// content, never a mix, and so that no link below `root` is followed (pki's
+/// `fsutil::write_beneath`). Creates `root` and missing directories below it (0755).
+pub(crate) fn write_atomic(root: &Path, path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let attrs = FileAttrs {
+        mode,
+        uid: None,
+        gid: None,
+    };
+    Ok(fsutil::write_beneath(root, path, bytes, attrs, true)?)
 }
 
-/// The current content of `path`, `None` when it does not exist.
-pub(crate) fn read_if_exists(path: &Path) -> io::Result<Option<Vec<u8>>> {
-    match fs::read(path) {
-        Ok(b) => Ok(Some(b)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
+/// The current content of `path` (beneath `root`), `None` when it does not exist; a link
+/// at it or at a directory below `root` is an error, never followed.
+pub(crate) fn read_if_exists(root: &Path, path: &Path) -> io::Result<Option<Vec<u8>>> {
+    Ok(fsutil::read_beneath(root, path)?.map(|e| e.bytes))
+}
+
+/// Removes the name `path` beneath `root` (a link there is removed, not followed).
+pub(crate) fn remove(root: &Path, path: &Path) -> io::Result<()> {
+    fsutil::remove_beneath(root, path)?;
+    Ok(())
 }
 
 /// Reads a secret's value; the error names where it looked, never the value.
@@ -52,8 +57,8 @@ mod tests {
     fn write_atomic_replaces_content_and_sets_mode() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("sub/f.conf");
-        write_atomic(&p, b"one", 0o600).expect("first write");
-        write_atomic(&p, b"two", 0o644).expect("second write");
+        write_atomic(dir.path(), &p, b"one", 0o600).expect("first write");
+        write_atomic(dir.path(), &p, b"two", 0o644).expect("second write");
         assert_eq!(fs::read(&p).expect("read"), b"two");
         let mode = fs::metadata(&p).expect("stat").permissions().mode() & 0o7777;
         assert_eq!(mode, 0o644);
@@ -62,7 +67,7 @@ mod tests {
             .collect();
         assert_eq!(leftovers.len(), 1, "no temp file left behind");
         assert_eq!(
-            read_if_exists(&dir.path().join("none")).expect("read"),
+            read_if_exists(dir.path(), &dir.path().join("none")).expect("read"),
             None
         );
     }

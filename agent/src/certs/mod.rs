@@ -11,11 +11,10 @@ pub use signer::{CertSigner, SessionSigner, SignError, SignedCert};
 use crate::files::{resolve_group, resolve_user};
 use crate::reconcile::{Check, Converge, PassContext, ResourceError};
 use crate::systemd::{ServiceManager, Verb};
-use phoenix_pki::fsutil::{self, FileAttrs};
+use phoenix_pki::fsutil::{self, Existing, FileAttrs, FsError};
 use phoenix_pki::tls::{Identity, TrustStore};
 use phoenix_pki::{San, keys, rotation, x509};
 use phoenix_proto::model::{AbsPath, CertSpec, Reload};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -27,12 +26,12 @@ pub enum CertError {
     #[error("cert {name}: new certificate rejected before writing: {reason}")]
     Verify { name: String, reason: String },
     #[error("cert {name}: {action} {path}: {source}")]
-    Io {
+    Fs {
         name: String,
         action: &'static str,
         path: String,
         #[source]
-        source: std::io::Error,
+        source: FsError,
     },
     #[error("cert {name}: {0}", name = .1)]
     Key(keys::KeyError, String),
@@ -114,6 +113,30 @@ impl CertConverger {
         t
     }
 
+    /// The allowed root `path` is resolved beneath (links below it are refused).
+    fn root_of(&self, spec: &CertSpec, path: &AbsPath) -> Result<&Path, CertError> {
+        fsutil::root_of(&self.roots, path.as_path()).ok_or_else(|| CertError::OutsideRoots {
+            name: spec.name.clone(),
+            path: path.to_string(),
+        })
+    }
+
+    /// A target's current content and metadata, read without following links.
+    fn read(
+        &self,
+        spec: &CertSpec,
+        path: &AbsPath,
+        action: &'static str,
+    ) -> Result<Option<Existing>, CertError> {
+        let fs_err = |source| CertError::Fs {
+            name: spec.name.clone(),
+            action,
+            path: path.to_string(),
+            source,
+        };
+        fsutil::read_beneath(self.root_of(spec, path)?, path.as_path()).map_err(fs_err)
+    }
+
     fn ids(
         &self,
         spec: &CertSpec,
@@ -134,7 +157,13 @@ impl CertConverger {
 
     /// Why the certificate material itself must be (re)issued, if it must.
     fn material_drift(&self, spec: &CertSpec) -> Option<String> {
-        let read = |p: &AbsPath| std::fs::read_to_string(p.as_path()).ok();
+        // A refusal (a planted link) counts as missing here; `metadata_drift` reports it.
+        let read = |p: &AbsPath| {
+            self.read(spec, p, "read")
+                .ok()
+                .flatten()
+                .and_then(|e| String::from_utf8(e.bytes).ok())
+        };
         let (Some(cert), Some(key)) = (read(&spec.cert_path), read(&spec.key_path)) else {
             return Some(format!(
                 "issue certificate for {} (files missing)",
@@ -179,20 +208,20 @@ impl CertConverger {
     fn metadata_drift(&self, spec: &CertSpec) -> Result<Vec<String>, ResourceError> {
         let mut out = Vec::new();
         for t in self.targets(spec) {
-            let Ok(meta) = std::fs::metadata(t.path.as_path()) else {
+            let Some(have) = self.read(spec, t.path, "inspect")? else {
                 continue;
             };
-            let mode = meta.permissions().mode() & 0o7777;
+            let mode = have.mode;
             if mode != t.mode {
                 out.push(format!("{}: mode {mode:04o} → {:04o}", t.path, t.mode));
             }
             let (uid, gid) = self.ids(spec, t.path.as_path())?;
-            if uid.is_some_and(|u| u != meta.uid()) || gid.is_some_and(|g| g != meta.gid()) {
+            if uid.is_some_and(|u| u != have.uid) || gid.is_some_and(|g| g != have.gid) {
                 out.push(format!(
                     "{}: owner {}:{} → {}:{}",
                     t.path,
-                    meta.uid(),
-                    meta.gid(),
+                    have.uid,
+                    have.gid,
                     spec.owner.as_deref().unwrap_or("-"),
                     spec.group.as_deref().unwrap_or("-")
                 ));
@@ -209,16 +238,10 @@ impl CertConverger {
         mode: u32,
     ) -> Result<(), ResourceError> {
         let (uid, gid) = self.ids(spec, path.as_path())?;
-        if let Some(dir) = path.as_path().parent() {
-            std::fs::create_dir_all(dir).map_err(|source| CertError::Io {
-                name: spec.name.clone(),
-                action: "create directory for",
-                path: path.to_string(),
-                source,
-            })?;
-        }
-        fsutil::write_file(path.as_path(), bytes, FileAttrs { mode, uid, gid }).map_err(|source| {
-            Box::new(CertError::Io {
+        let root = self.root_of(spec, path)?;
+        let attrs = FileAttrs { mode, uid, gid };
+        fsutil::write_beneath(root, path.as_path(), bytes, attrs, true).map_err(|source| {
+            Box::new(CertError::Fs {
                 name: spec.name.clone(),
                 action: "write",
                 path: path.to_string(),
@@ -261,17 +284,7 @@ impl CertConverger {
 impl Converge<CertSpec> for CertConverger {
     fn validate(&self, spec: &CertSpec) -> Result<(), ResourceError> {
         for t in self.targets(spec) {
-            let p = t.path.as_path();
-            if !self
-                .roots
-                .iter()
-                .any(|r| p.starts_with(r) && p != r.as_path())
-            {
-                return Err(Box::new(CertError::OutsideRoots {
-                    name: spec.name.clone(),
-                    path: t.path.to_string(),
-                }));
-            }
+            self.root_of(spec, t.path)?;
         }
         Ok(())
     }
@@ -293,15 +306,18 @@ impl Converge<CertSpec> for CertConverger {
             // Only owner/mode drifted: fix them, no new certificate, no reload.
             for t in self.targets(spec) {
                 let (uid, gid) = self.ids(spec, t.path.as_path())?;
-                let io = |action, source| CertError::Io {
-                    name: spec.name.clone(),
-                    action,
-                    path: t.path.to_string(),
-                    source,
+                let attrs = FileAttrs {
+                    mode: t.mode,
+                    uid,
+                    gid,
                 };
-                std::os::unix::fs::chown(t.path.as_path(), uid, gid).map_err(|e| io("chown", e))?;
-                std::fs::set_permissions(t.path.as_path(), std::fs::Permissions::from_mode(t.mode))
-                    .map_err(|e| io("chmod", e))?;
+                fsutil::set_attrs_beneath(self.root_of(spec, t.path)?, t.path.as_path(), attrs)
+                    .map_err(|source| CertError::Fs {
+                        name: spec.name.clone(),
+                        action: "fix owner and mode of",
+                        path: t.path.to_string(),
+                        source,
+                    })?;
             }
             return Ok("fixed owner/mode".into());
         }

@@ -6,6 +6,7 @@ use crate::systemd::{ServiceError, UnitStatus};
 use phoenix_pki::embedded::EmbeddedCa;
 use phoenix_pki::{CertAuthority, IssueRequest};
 use phoenix_proto::model::FileMode;
+use std::os::unix::fs::PermissionsExt;
 use std::sync::Mutex;
 use std::time::Duration;
 

@@ -1,11 +1,12 @@
 //! Managed files: whole content, mode, owner, group; written atomically; confined to the
 //! roots the agent was started with (a desired state cannot write `/etc/shadow` unless
-//! the operator allowed `/etc`).
+//! the operator allowed `/etc`). Roots like `/srv` hold directories other accounts can
+//! write, so every read, write, chown and chmod goes through pki's `fsutil` beneath the
+//! file's root: a link planted below the root is refused, never followed.
 
 use crate::reconcile::{Check, Converge, PassContext, ResourceError};
-use phoenix_pki::fsutil::{self, FileAttrs};
+use phoenix_pki::fsutil::{self, FileAttrs, FsError};
 use phoenix_proto::model::{Ensure, FileSpec};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 const DEFAULT_MODE: u32 = 0o644;
@@ -16,27 +17,23 @@ const DIFF_LINES: usize = 20;
 pub enum FileError {
     #[error("file {path}: outside the allowed roots ({roots})")]
     OutsideRoots { path: String, roots: String },
-    #[error("file {path}: {component} is a symlink leading outside the allowed roots")]
-    SymlinkEscape { path: String, component: String },
-    #[error("file {path}: exists and is not a regular file; refusing to replace it")]
-    NotRegular { path: String },
     #[error("file {path}: unknown {what} {name:?}")]
     UnknownAccount {
         path: String,
         what: &'static str,
         name: String,
     },
-    #[error("{action} {path}: {source}")]
-    Io {
+    #[error("{action} file {path}: {source}")]
+    Fs {
         action: &'static str,
         path: String,
         #[source]
-        source: std::io::Error,
+        source: FsError,
     },
 }
 
-fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> FileError + 'a {
-    move |source| FileError::Io {
+fn fs<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(FsError) -> FileError + 'a {
+    move |source| FileError::Fs {
         action,
         path: path.display().to_string(),
         source,
@@ -52,36 +49,8 @@ impl FileConverger {
         FileConverger { roots }
     }
 
-    fn root_of(&self, path: &Path) -> Option<&Path> {
-        self.roots
-            .iter()
-            .find(|r| path.starts_with(r) && path != r.as_path())
-            .map(|r| r.as_path())
-    }
-
-    /// Every existing ancestor between the root and the file must resolve inside the root,
-    /// so a symlinked directory cannot redirect a write.
-    fn check_symlinks(&self, path: &Path) -> Result<(), FileError> {
-        let Some(root) = self.root_of(path) else {
-            return Err(self.outside(path));
-        };
-        let real_root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
-        let mut cur = path.parent();
-        while let Some(dir) = cur {
-            if !dir.starts_with(root) || dir == root {
-                break;
-            }
-            if let Ok(real) = std::fs::canonicalize(dir)
-                && !real.starts_with(&real_root)
-            {
-                return Err(FileError::SymlinkEscape {
-                    path: path.display().to_string(),
-                    component: dir.display().to_string(),
-                });
-            }
-            cur = dir.parent();
-        }
-        Ok(())
+    fn root_of(&self, path: &Path) -> Result<&Path, FileError> {
+        fsutil::root_of(&self.roots, path).ok_or_else(|| self.outside(path))
     }
 
     fn outside(&self, path: &Path) -> FileError {
@@ -137,39 +106,31 @@ struct Observed {
     gid: Option<u32>,
 }
 
-fn observe(spec: &FileSpec) -> Result<Observed, FileError> {
+fn observe(root: &Path, spec: &FileSpec) -> Result<Observed, FileError> {
     let path = spec.path.as_path();
-    match std::fs::symlink_metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Observed {
-            exists: false,
-            content_differs: true,
-            old_content: None,
-            mode: None,
-            uid: None,
-            gid: None,
-        }),
-        Err(e) => Err(io("inspect", path)(e)),
-        Ok(meta) if !meta.file_type().is_file() => Err(FileError::NotRegular {
-            path: path.display().to_string(),
-        }),
-        Ok(meta) => {
-            let differs = meta.len() != spec.content.len() as u64
-                || std::fs::read(path).map_err(io("read", path))? != spec.content.as_bytes();
-            let old_content = if differs {
-                std::fs::read(path).ok()
-            } else {
-                None
-            };
-            Ok(Observed {
-                exists: true,
-                content_differs: differs,
-                old_content,
-                mode: Some(meta.permissions().mode() & 0o7777),
-                uid: Some(meta.uid()),
-                gid: Some(meta.gid()),
-            })
-        }
-    }
+    Ok(
+        match fsutil::read_beneath(root, path).map_err(fs("inspect", path))? {
+            None => Observed {
+                exists: false,
+                content_differs: true,
+                old_content: None,
+                mode: None,
+                uid: None,
+                gid: None,
+            },
+            Some(have) => {
+                let differs = have.bytes != spec.content.as_bytes();
+                Observed {
+                    exists: true,
+                    content_differs: differs,
+                    old_content: differs.then_some(have.bytes),
+                    mode: Some(have.mode),
+                    uid: Some(have.uid),
+                    gid: Some(have.gid),
+                }
+            }
+        },
+    )
 }
 
 /// A short line diff; private files (no read bit for others) get a size summary only,
@@ -206,15 +167,13 @@ fn content_diff(old: Option<&[u8]>, new: &str, private: bool) -> String {
 #[async_trait::async_trait]
 impl Converge<FileSpec> for FileConverger {
     fn validate(&self, spec: &FileSpec) -> Result<(), ResourceError> {
-        if self.root_of(spec.path.as_path()).is_none() {
-            return Err(Box::new(self.outside(spec.path.as_path())));
-        }
+        self.root_of(spec.path.as_path())?;
         Ok(())
     }
 
     async fn check(&self, spec: &FileSpec, _cx: &PassContext) -> Result<Check, ResourceError> {
         let path = spec.path.as_path();
-        self.check_symlinks(path)?;
+        let root = self.root_of(path)?;
         if spec.ensure == Ensure::Absent {
             return Ok(match std::fs::symlink_metadata(path) {
                 Ok(_) => Check::Drift {
@@ -223,7 +182,7 @@ impl Converge<FileSpec> for FileConverger {
                 Err(_) => Check::InSync,
             });
         }
-        let obs = observe(spec)?;
+        let obs = observe(root, spec)?;
         let mut diff = Vec::new();
         let want_mode = spec.mode.map(|m| m.bits());
         if !obs.exists {
@@ -268,12 +227,12 @@ impl Converge<FileSpec> for FileConverger {
 
     async fn apply(&self, spec: &FileSpec, _cx: &PassContext) -> Result<String, ResourceError> {
         let path = spec.path.as_path();
-        self.check_symlinks(path)?;
+        let root = self.root_of(path)?;
         if spec.ensure == Ensure::Absent {
-            std::fs::remove_file(path).map_err(io("remove", path))?;
+            fsutil::remove_beneath(root, path).map_err(fs("remove", path))?;
             return Ok(format!("removed {}", spec.path));
         }
-        let obs = observe(spec)?;
+        let obs = observe(root, spec)?;
         let uid = spec
             .owner
             .as_deref()
@@ -290,18 +249,14 @@ impl Converge<FileSpec> for FileConverger {
             .or(obs.mode)
             .unwrap_or(DEFAULT_MODE);
         if obs.content_differs {
-            if let Some(parent) = path.parent()
-                && !parent.exists()
-            {
-                std::fs::create_dir_all(parent).map_err(io("create directory for", path))?;
-            }
             // Keep the existing owner when the spec does not name one.
             let attrs = FileAttrs {
                 mode,
                 uid: uid.or(obs.uid),
                 gid: gid.or(obs.gid),
             };
-            fsutil::write_file(path, spec.content.as_bytes(), attrs).map_err(io("write", path))?;
+            fsutil::write_beneath(root, path, spec.content.as_bytes(), attrs, true)
+                .map_err(fs("write", path))?;
             return Ok(format!(
                 "{} {} ({} bytes)",
                 if obs.exists { "rewrote" } else { "created" },
@@ -309,11 +264,8 @@ impl Converge<FileSpec> for FileConverger {
                 spec.content.len()
             ));
         }
-        if uid.is_some() || gid.is_some() {
-            std::os::unix::fs::chown(path, uid, gid).map_err(io("chown", path))?;
-        }
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-            .map_err(io("chmod", path))?;
+        fsutil::set_attrs_beneath(root, path, FileAttrs { mode, uid, gid })
+            .map_err(fs("fix owner and mode of", path))?;
         Ok(format!("fixed metadata of {}", spec.path))
     }
 }

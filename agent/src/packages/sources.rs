@@ -31,6 +31,11 @@ impl<M: PackageManager> AptSourceConverger<M> {
         }
     }
 
+    /// Both files are resolved beneath this directory; links below it are refused.
+    fn apt_dir(&self) -> PathBuf {
+        self.root.join("etc/apt")
+    }
+
     fn sources_path(&self, name: &str) -> PathBuf {
         self.root
             .join("etc/apt/sources.list.d")
@@ -93,11 +98,13 @@ impl<M: PackageManager> AptSourceConverger<M> {
     fn stale(&self, spec: &AptSourceSpec) -> Result<Vec<Stale>, PackageError> {
         let mut out = Vec::new();
         for (path, want) in self.render(spec)? {
-            let have = hostio::read_if_exists(&path).map_err(|source| PackageError::File {
-                name: spec.name.clone(),
-                action: "read",
-                path: path.display().to_string(),
-                source,
+            let have = hostio::read_if_exists(&self.apt_dir(), &path).map_err(|source| {
+                PackageError::File {
+                    name: spec.name.clone(),
+                    action: "read",
+                    path: path.display().to_string(),
+                    source,
+                }
             })?;
             if have.as_deref() != Some(want.as_bytes()) {
                 out.push(Stale {
@@ -143,14 +150,14 @@ impl<M: PackageManager> Converge<AptSourceSpec> for AptSourceConverger<M> {
     ) -> Result<String, ResourceError> {
         let stale = self.stale(spec)?;
         for Stale { path, want, .. } in &stale {
-            hostio::write_atomic(path, want.as_bytes(), 0o644).map_err(|source| {
-                PackageError::File {
+            hostio::write_atomic(&self.apt_dir(), path, want.as_bytes(), 0o644).map_err(
+                |source| PackageError::File {
                     name: spec.name.clone(),
                     action: "write",
                     path: path.display().to_string(),
                     source,
-                }
-            })?;
+                },
+            )?;
         }
         let sources = self.sources_path(&spec.name);
         if let Err(e) = self.mgr.update_source(&sources).await {
@@ -158,8 +165,8 @@ impl<M: PackageManager> Converge<AptSourceSpec> for AptSourceConverger<M> {
             // instead of finding the files in sync and an index that never came.
             for Stale { path, old, .. } in &stale {
                 let _ = match old {
-                    Some(b) => hostio::write_atomic(path, b, 0o644),
-                    None => std::fs::remove_file(path),
+                    Some(b) => hostio::write_atomic(&self.apt_dir(), path, b, 0o644),
+                    None => hostio::remove(&self.apt_dir(), path),
                 };
             }
             return Err(e.into());

@@ -19,6 +19,7 @@ pub mod plan;
 use crate::reconcile::{Check, Converge, PassContext, ResourceError};
 use compose::{ComposeError, ComposeProject, Condition};
 use engine::{ContainerEngine, ContainerState, EngineError, RegistryAuth};
+use phoenix_pki::fsutil::{self, FileAttrs};
 use phoenix_proto::model::{SecretRef, StackSpec};
 use plan::{Desired, Observed, Plan, PlanError, Step};
 use sha2::{Digest, Sha256};
@@ -173,6 +174,14 @@ impl StackConverger {
         Ok(out)
     }
 
+    /// The allowed root a stack file is resolved beneath (links below it are refused).
+    fn root_of(&self, spec: &StackSpec, path: &Path) -> Result<&Path, StackError> {
+        fsutil::root_of(&self.file_roots, path).ok_or_else(|| StackError::FileOutsideRoots {
+            stack: spec.name.clone(),
+            path: path.display().to_string(),
+        })
+    }
+
     fn check_roots(&self, spec: &StackSpec) -> Result<(), StackError> {
         for f in &spec.files {
             let p = f.path.as_path();
@@ -228,13 +237,12 @@ impl StackConverger {
                 hex::encode(Sha256::digest(f.content.as_bytes())),
             );
             let path = f.path.as_path();
-            match std::fs::read(path) {
-                Ok(have) if have == f.content.as_bytes() => {}
+            let root = self.root_of(spec, path)?;
+            // A link planted at the file or a parent is refused here, before any change.
+            match fsutil::read_beneath(root, path) {
+                Ok(Some(have)) if have.bytes == f.content.as_bytes() => {}
                 Ok(_) => stale_files.push((path.to_path_buf(), f.content.clone())),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    stale_files.push((path.to_path_buf(), f.content.clone()))
-                }
-                Err(e) => return Err(io("read stack file", path)(e)),
+                Err(e) => return Err(io("read stack file", path)(e.into())),
             }
         }
         let desired = plan::render(stack, &project, &labels, &env_files, &digests);
@@ -655,19 +663,23 @@ fn parse_env_file(
     Ok(out)
 }
 
-fn write_stack_file(stack: &str, path: &Path, content: &str) -> Result<(), StackError> {
-    let io = |action| {
-        move |source| StackError::Io {
-            stack: stack.to_string(),
-            action,
-            path: path.display().to_string(),
-            source,
-        }
+fn write_stack_file(
+    stack: &str,
+    root: &Path,
+    path: &Path,
+    content: &str,
+) -> Result<(), StackError> {
+    let attrs = FileAttrs {
+        mode: 0o644,
+        uid: None,
+        gid: None,
     };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io("create directory for"))?;
-    }
-    phoenix_pki::fsutil::write_atomic(path, content.as_bytes(), 0o644).map_err(io("write"))
+    fsutil::write_beneath(root, path, content.as_bytes(), attrs, true).map_err(|e| StackError::Io {
+        stack: stack.to_string(),
+        action: "write",
+        path: path.display().to_string(),
+        source: e.into(),
+    })
 }
 
 #[async_trait::async_trait]
@@ -704,7 +716,7 @@ impl Converge<StackSpec> for StackConverger {
         let r = self.render(spec)?;
         let mut done = Vec::new();
         for (path, content) in &r.stale_files {
-            write_stack_file(stack, path, content)?;
+            write_stack_file(stack, self.root_of(spec, path)?, path, content)?;
             done.push(format!("write file {}", path.display()));
         }
         let mut observed = self.observe(&r.desired).await?;

@@ -18,7 +18,7 @@ use crate::exec::ExecError;
 use crate::hostio;
 use crate::reconcile::{Check, Converge, PassContext, ResourceError};
 use phoenix_proto::model::{Ensure, RunState, ServiceSpec};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -153,6 +153,15 @@ impl<M: ServiceManager> ServiceConverger<M> {
         }
     }
 
+    /// The directory a managed file is resolved beneath (links below it are refused).
+    fn root_for(&self, path: &Path) -> &Path {
+        if path.starts_with(&self.env_dir) {
+            &self.env_dir
+        } else {
+            &self.unit_dir
+        }
+    }
+
     fn unit_path(&self, name: &str) -> PathBuf {
         self.unit_dir.join(name)
     }
@@ -210,12 +219,15 @@ impl<M: ServiceManager> ServiceConverger<M> {
     fn stale(&self, spec: &ServiceSpec) -> Result<Vec<Managed>, ServiceError> {
         let mut out = Vec::new();
         for f in self.render(spec)? {
-            let have = hostio::read_if_exists(&f.path).map_err(|source| ServiceError::File {
-                unit: spec.name.clone(),
-                action: "read",
-                path: f.path.display().to_string(),
-                source,
-            })?;
+            let have =
+                hostio::read_if_exists(self.root_for(&f.path), &f.path).map_err(|source| {
+                    ServiceError::File {
+                        unit: spec.name.clone(),
+                        action: "read",
+                        path: f.path.display().to_string(),
+                        source,
+                    }
+                })?;
             if have.as_deref() != Some(f.content.as_slice()) {
                 out.push(f);
             }
@@ -227,7 +239,7 @@ impl<M: ServiceManager> ServiceConverger<M> {
     fn removable(&self, spec: &ServiceSpec) -> Vec<PathBuf> {
         let mut out = Vec::new();
         let unit = self.unit_path(&spec.name);
-        if let Ok(Some(b)) = hostio::read_if_exists(&unit)
+        if let Ok(Some(b)) = hostio::read_if_exists(&self.unit_dir, &unit)
             && b.starts_with(unit::HEADER.as_bytes())
         {
             out.push(unit);
@@ -314,14 +326,14 @@ impl<M: ServiceManager> ServiceConverger<M> {
         let stale = self.stale(spec)?;
         let mut done = Vec::new();
         for f in &stale {
-            hostio::write_atomic(&f.path, &f.content, f.mode).map_err(|source| {
-                ServiceError::File {
+            hostio::write_atomic(self.root_for(&f.path), &f.path, &f.content, f.mode).map_err(
+                |source| ServiceError::File {
                     unit: name.to_owned(),
                     action: "write",
                     path: f.path.display().to_string(),
                     source,
-                }
-            })?;
+                },
+            )?;
             done.push(format!("wrote {}", f.path.display()));
         }
         let wrote = !stale.is_empty();
@@ -404,7 +416,7 @@ impl<M: ServiceManager> ServiceConverger<M> {
         }
         let remove = self.removable(spec);
         for p in &remove {
-            std::fs::remove_file(p).map_err(|source| ServiceError::File {
+            hostio::remove(self.root_for(p), p).map_err(|source| ServiceError::File {
                 unit: name.to_owned(),
                 action: "remove",
                 path: p.display().to_string(),
