@@ -286,7 +286,7 @@ async fn session(
         shared.trust.clone(),
         &shared.enrollment.trust_domain.coordinator_uri(),
     )
-        .map_err(|e| SessionError::Rpc(tonic::Status::internal(e.to_string())))?;
+    .map_err(|e| SessionError::Rpc(tonic::Status::internal(e.to_string())))?;
     let channel = transport::connect(
         &shared.enrollment.coordinator,
         &shared.enrollment.trust_domain.coordinator_dns(),

@@ -149,13 +149,18 @@ pub fn reserved_name(td: &TrustDomain, name: &str) -> Option<ReservedName> {
         return refuse(format!("is the reserved coordinator name {coordinator}"));
     }
     if n.ends_with(&format!(".{coordinator}")) {
-        return refuse(format!("is under the reserved coordinator name {coordinator}"));
+        return refuse(format!(
+            "is under the reserved coordinator name {coordinator}"
+        ));
     }
     if n.contains('*') {
         let labels: Vec<&str> = n.split('.').collect();
         let reserved: Vec<&str> = coordinator.split('.').collect();
         if labels.len() == reserved.len()
-            && labels.iter().zip(&reserved).all(|(l, r)| label_matches(l.as_bytes(), r.as_bytes()))
+            && labels
+                .iter()
+                .zip(&reserved)
+                .all(|(l, r)| label_matches(l.as_bytes(), r.as_bytes()))
         {
             return refuse(format!(
                 "covers the reserved coordinator name {coordinator}"

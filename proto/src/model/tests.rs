@@ -82,19 +82,41 @@ fn service_cert_names_reserved_for_identities_are_refused_naming_the_rule() {
             "refused: service certificate name \"*.phoenix.lab\" covers the reserved coordinator name coordinator.phoenix.lab (service certs may not carry identity names)"
         )
     );
-    for n in ["coordinator.phoenix.lab", "Coordinator.Phoenix.Lab.", "COORDINATOR.phoenix.lab"] {
+    for n in [
+        "coordinator.phoenix.lab",
+        "Coordinator.Phoenix.Lab.",
+        "COORDINATOR.phoenix.lab",
+    ] {
         assert!(
-            rule(n).is_some_and(|e| e.contains("is the reserved coordinator name coordinator.phoenix.lab")),
+            rule(n).is_some_and(
+                |e| e.contains("is the reserved coordinator name coordinator.phoenix.lab")
+            ),
             "{n}"
         );
     }
     for n in ["x.coordinator.phoenix.lab", "*.coordinator.phoenix.lab"] {
-        assert!(rule(n).is_some_and(|e| e.contains("is under the reserved coordinator name")), "{n}");
+        assert!(
+            rule(n).is_some_and(|e| e.contains("is under the reserved coordinator name")),
+            "{n}"
+        );
     }
-    for n in ["coord*.phoenix.lab", "*tor.phoenix.lab", "*.*.lab", "*.phoenix.*", "c*o*r.phoenix.lab"] {
-        assert!(rule(n).is_some_and(|e| e.contains("covers the reserved")), "{n}");
+    for n in [
+        "coord*.phoenix.lab",
+        "*tor.phoenix.lab",
+        "*.*.lab",
+        "*.phoenix.*",
+        "c*o*r.phoenix.lab",
+    ] {
+        assert!(
+            rule(n).is_some_and(|e| e.contains("covers the reserved")),
+            "{n}"
+        );
     }
-    for n in ["spiffe://phoenix.lab/coordinator", "spiffe://phoenix.lab/guest/101", "https://x"] {
+    for n in [
+        "spiffe://phoenix.lab/coordinator",
+        "spiffe://phoenix.lab/guest/101",
+        "https://x",
+    ] {
         assert!(rule(n).is_some_and(|e| e.contains("is a URI")), "{n}");
     }
     // Ordinary service names in and outside the trust domain stay allowed.
@@ -119,5 +141,9 @@ fn service_cert_names_reserved_for_identities_are_refused_naming_the_rule() {
     .expect("valid");
     let found = reserved_cert_names(&spec, &td);
     assert_eq!(found.len(), 1, "{found:?}");
-    assert!(found[0].starts_with("cert wild: refused: service certificate name \"*.phoenix.lab\" covers"), "{found:?}");
+    assert!(
+        found[0]
+            .starts_with("cert wild: refused: service certificate name \"*.phoenix.lab\" covers"),
+        "{found:?}"
+    );
 }

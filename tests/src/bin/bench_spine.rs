@@ -82,7 +82,11 @@ async fn sim_agent(
     let ch = transport::connect(
         &tok.addr,
         &server,
-        tls::client_config(id.clone(), trust.clone(), &tok.trust_domain.coordinator_uri())?,
+        tls::client_config(
+            id.clone(),
+            trust.clone(),
+            &tok.trust_domain.coordinator_uri(),
+        )?,
         &ChannelOptions::default(),
     )
     .await?;
