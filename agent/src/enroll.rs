@@ -48,7 +48,8 @@ pub async fn join(
     let guest = guest.unwrap_or(token.guest);
     let key = keys::generate()?;
     let csr = keys::csr(&key, &format!("guest-{guest}"), &[])?;
-    let cfg = tls::enroll_client_config(&token.ca_fingerprint)?;
+    let cfg =
+        tls::enroll_client_config(&token.ca_fingerprint, &token.trust_domain.coordinator_uri())?;
     let channel = transport::connect(
         &token.addr,
         &token.trust_domain.coordinator_dns(),

@@ -281,8 +281,12 @@ async fn session(
     dry: &watch::Sender<Option<Arc<DesiredState>>>,
     reports: &mut watch::Receiver<Option<Arc<ApplyReport>>>,
 ) -> Result<(), SessionError> {
-    let cfg = tls::client_config(shared.identity.clone(), shared.trust.clone())
-        .map_err(|e| SessionError::Rpc(tonic::Status::internal(e.to_string())))?;
+    let cfg = tls::client_config(
+        shared.identity.clone(),
+        shared.trust.clone(),
+        &shared.enrollment.trust_domain.coordinator_uri(),
+    )
+    .map_err(|e| SessionError::Rpc(tonic::Status::internal(e.to_string())))?;
     let channel = transport::connect(
         &shared.enrollment.coordinator,
         &shared.enrollment.trust_domain.coordinator_dns(),
@@ -421,7 +425,10 @@ async fn renew_expired(shared: &Shared) -> Result<(), RenewError> {
     let key = keys::generate()?;
     let csr = keys::csr(&key, &format!("guest-{guest}"), &[])?;
     let proof = keys::sign(&old_key, &keys::renew_expired_message(&csr))?;
-    let cfg = tls::server_auth_config(shared.trust.clone())?;
+    let cfg = tls::server_auth_config(
+        shared.trust.clone(),
+        &shared.enrollment.trust_domain.coordinator_uri(),
+    )?;
     let channel = transport::connect(
         &shared.enrollment.coordinator,
         &shared.enrollment.trust_domain.coordinator_dns(),

@@ -158,8 +158,17 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = EmbeddedCa::load_or_create(dir.path(), "test").expect("ca");
         let key = keys::generate().expect("key");
-        // The CSR asks for more than the RA grants; the grant wins.
-        let csr = keys::csr(&key, "evil", &[San::Dns("coordinator.lab".into())]).expect("csr");
+        // The CSR asks for more than the RA grants (a DNS name and an identity URI); the
+        // grant wins, so a service CSR can never smuggle in a spiffe:// URI.
+        let csr = keys::csr(
+            &key,
+            "evil",
+            &[
+                San::Dns("coordinator.lab".into()),
+                San::Uri("spiffe://lab/coordinator".into()),
+            ],
+        )
+        .expect("csr");
         let issued = ca
             .issue(IssueRequest {
                 csr_pem: csr,

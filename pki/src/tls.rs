@@ -30,6 +30,33 @@ pub enum TlsSetupError {
     Roots(String),
     #[error("identity does not verify against the trust bundle: {0}")]
     Untrusted(String),
+    #[error(
+        "server certificate ({presented}) lacks the coordinator identity {want}: a certificate from the same CA without that URI (a service certificate) cannot act as the coordinator"
+    )]
+    NotTheServer { want: String, presented: String },
+}
+
+/// The server's identity check after chain validation: the leaf must carry the URI SAN
+/// `want`. DNS names prove nothing here: the same CA signs service certificates for any
+/// name a guest declares (docs/design/0004-identities-and-service-certs.md).
+pub fn require_server_identity(end_entity: &[u8], want: &str) -> Result<(), TlsSetupError> {
+    let info = x509::inspect(end_entity).map_err(|e| TlsSetupError::Identity(e.to_string()))?;
+    if info.uris().any(|u| u == want) {
+        return Ok(());
+    }
+    let mut presented = vec![format!("CN={}", info.common_name)];
+    presented.extend(info.sans.iter().map(ToString::to_string));
+    Err(TlsSetupError::NotTheServer {
+        want: want.to_string(),
+        presented: presented.join(", "),
+    })
+}
+
+/// [`require_server_identity`] as a rustls verdict, keeping the message for the log.
+fn server_identity_verdict(end_entity: &[u8], want: &str) -> Result<ServerCertVerified, TlsError> {
+    require_server_identity(end_entity, want)
+        .map(|()| ServerCertVerified::assertion())
+        .map_err(|e| TlsError::Other(rustls::OtherError(Arc::new(e))))
 }
 
 pub fn provider() -> Arc<CryptoProvider> {
@@ -260,11 +287,12 @@ impl ClientCertVerifier for SwappableClientVerifier {
     }
 }
 
-/// Server verification against the current trust bundle (and the server name the
-/// caller passes: the coordinator's DNS identity).
+/// Server verification against the current trust bundle and the server name the caller
+/// passes, then the identity: the leaf must carry the URI SAN `identity`.
 #[derive(Debug)]
 struct SwappableServerVerifier {
     trust: Arc<TrustStore>,
+    identity: String,
 }
 
 impl SwappableServerVerifier {
@@ -283,7 +311,8 @@ impl ServerCertVerifier for SwappableServerVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, TlsError> {
         self.inner()?
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
+        server_identity_verdict(end_entity, &self.identity)
     }
     fn verify_tls12_signature(
         &self,
@@ -310,16 +339,19 @@ impl ServerCertVerifier for SwappableServerVerifier {
 
 /// Trust-on-first-use by fingerprint, as `step ca bootstrap --fingerprint`: the server
 /// must send a chain containing the root whose SHA-256 is `fingerprint`, and the leaf must
-/// verify against that root. Used only for enrollment, before the agent has the bundle.
+/// verify against that root, and carry the URI SAN `identity`. Used only for enrollment,
+/// before the agent has the bundle.
 #[derive(Debug)]
 pub struct FingerprintVerifier {
     fingerprint: String,
+    identity: String,
 }
 
 impl FingerprintVerifier {
-    pub fn new(fingerprint: &str) -> Arc<Self> {
+    pub fn new(fingerprint: &str, identity: &str) -> Arc<Self> {
         Arc::new(FingerprintVerifier {
             fingerprint: fingerprint.to_ascii_lowercase(),
+            identity: identity.to_string(),
         })
     }
 }
@@ -349,7 +381,8 @@ impl ServerCertVerifier for FingerprintVerifier {
         WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider())
             .build()
             .map_err(|e| TlsError::General(e.to_string()))?
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
+        server_identity_verdict(end_entity, &self.identity)
     }
     fn verify_tls12_signature(
         &self,
@@ -405,17 +438,22 @@ pub fn server_config(
     Ok(Arc::new(cfg))
 }
 
-/// An agent's mTLS config: verifies the coordinator against the pinned bundle and presents
-/// the current identity.
+/// An agent's mTLS config: verifies the coordinator against the pinned bundle and by its
+/// identity URI `server_identity` (`spiffe://<td>/coordinator`), and presents the current
+/// identity.
 pub fn client_config(
     identity: Arc<IdentityStore>,
     trust: Arc<TrustStore>,
+    server_identity: &str,
 ) -> Result<Arc<ClientConfig>, TlsSetupError> {
     let mut cfg = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsSetupError::Roots(e.to_string()))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(SwappableServerVerifier { trust }))
+        .with_custom_certificate_verifier(Arc::new(SwappableServerVerifier {
+            trust,
+            identity: server_identity.to_string(),
+        }))
         .with_client_cert_resolver(identity);
     cfg.alpn_protocols = h2();
     cfg.resumption = Resumption::disabled();
@@ -423,28 +461,83 @@ pub fn client_config(
 }
 
 /// Server-authenticated only (no client cert), against the pinned bundle: for renewing an
-/// identity that can no longer authenticate.
-pub fn server_auth_config(trust: Arc<TrustStore>) -> Result<Arc<ClientConfig>, TlsSetupError> {
+/// identity that can no longer authenticate. The server must carry `server_identity`.
+pub fn server_auth_config(
+    trust: Arc<TrustStore>,
+    server_identity: &str,
+) -> Result<Arc<ClientConfig>, TlsSetupError> {
     let mut cfg = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsSetupError::Roots(e.to_string()))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(SwappableServerVerifier { trust }))
+        .with_custom_certificate_verifier(Arc::new(SwappableServerVerifier {
+            trust,
+            identity: server_identity.to_string(),
+        }))
         .with_no_client_auth();
     cfg.alpn_protocols = h2();
     cfg.resumption = Resumption::disabled();
     Ok(Arc::new(cfg))
 }
 
-/// Enrollment: no client cert; the server is pinned by the CA fingerprint from the token.
-pub fn enroll_client_config(fingerprint: &str) -> Result<Arc<ClientConfig>, TlsSetupError> {
+/// Enrollment: no client cert; the server is pinned by the CA fingerprint from the token
+/// and must carry `server_identity`.
+pub fn enroll_client_config(
+    fingerprint: &str,
+    server_identity: &str,
+) -> Result<Arc<ClientConfig>, TlsSetupError> {
     let mut cfg = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsSetupError::Roots(e.to_string()))?
         .dangerous()
-        .with_custom_certificate_verifier(FingerprintVerifier::new(fingerprint))
+        .with_custom_certificate_verifier(FingerprintVerifier::new(fingerprint, server_identity))
         .with_no_client_auth();
     cfg.alpn_protocols = h2();
     cfg.resumption = Resumption::disabled();
     Ok(Arc::new(cfg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::embedded::EmbeddedCa;
+    use crate::{CertAuthority, IssueRequest, San, keys};
+
+    async fn leaf(ca: &EmbeddedCa, sans: Vec<San>) -> Vec<u8> {
+        let key = keys::generate().expect("key");
+        let issued = ca
+            .issue(IssueRequest {
+                csr_pem: keys::csr(&key, "x", &[]).expect("csr"),
+                common_name: "coordinator.lab".into(),
+                sans,
+                ttl: std::time::Duration::from_secs(600),
+            })
+            .await
+            .expect("issue");
+        x509::parse_chain(&issued.chain_pem, "chain").expect("pem")[0].to_vec()
+    }
+
+    #[tokio::test]
+    async fn the_coordinator_is_recognised_by_its_uri_not_its_dns_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = EmbeddedCa::load_or_create(dir.path(), "lab").expect("ca");
+        let want = "spiffe://lab/coordinator";
+        let genuine = leaf(
+            &ca,
+            vec![San::Dns("coordinator.lab".into()), San::Uri(want.into())],
+        )
+        .await;
+        require_server_identity(&genuine, want).expect("coordinator identity");
+        // What the signing RPC used to issue for a declared `coordinator.lab` service cert.
+        let service = leaf(&ca, vec![San::Dns("coordinator.lab".into())]).await;
+        let err = require_server_identity(&service, want)
+            .expect_err("service cert")
+            .to_string();
+        assert!(
+            err.contains("(CN=coordinator.lab, DNS:coordinator.lab) lacks the coordinator identity spiffe://lab/coordinator"),
+            "{err}"
+        );
+        let guest = leaf(&ca, vec![San::Uri("spiffe://lab/guest/101".into())]).await;
+        assert!(require_server_identity(&guest, want).is_err());
+    }
 }

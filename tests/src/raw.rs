@@ -4,6 +4,14 @@ use phoenix_pki::tls::{self, Identity, IdentityStore, TrustStore};
 use phoenix_pki::transport::{self, ChannelOptions};
 use phoenix_proto::v1::{self, agent_message};
 
+/// The identity URI a coordinator named `coordinator.<td>` carries.
+fn coordinator_uri(server_name: &str) -> String {
+    let td = server_name
+        .strip_prefix("coordinator.")
+        .unwrap_or(server_name);
+    format!("spiffe://{td}/coordinator")
+}
+
 /// Opens a session as `chain_pem`/`key_pem` and sends a Hello for `hello_guest`.
 /// Ok if the coordinator accepted the session, else the error text.
 pub async fn session_attempt(
@@ -16,7 +24,8 @@ pub async fn session_attempt(
 ) -> Result<(), String> {
     let id = Identity::from_pem(chain_pem, key_pem).map_err(|e| e.to_string())?;
     let trust = TrustStore::from_pem(roots_pem).map_err(|e| e.to_string())?;
-    let cfg = tls::client_config(IdentityStore::new(id), trust).map_err(|e| e.to_string())?;
+    let cfg = tls::client_config(IdentityStore::new(id), trust, &coordinator_uri(server_name))
+        .map_err(|e| e.to_string())?;
     let channel = transport::connect(addr, server_name, cfg, &ChannelOptions::default())
         .await
         .map_err(|e| format!("{e:?}"))?;
@@ -48,7 +57,8 @@ pub async fn renew_attempt(
 ) -> Result<(), String> {
     let id = Identity::from_pem(chain_pem, key_pem).map_err(|e| e.to_string())?;
     let trust = TrustStore::from_pem(roots_pem).map_err(|e| e.to_string())?;
-    let cfg = tls::client_config(IdentityStore::new(id), trust).map_err(|e| e.to_string())?;
+    let cfg = tls::client_config(IdentityStore::new(id), trust, &coordinator_uri(server_name))
+        .map_err(|e| e.to_string())?;
     let channel = transport::connect(addr, server_name, cfg, &ChannelOptions::default())
         .await
         .map_err(|e| format!("{e:?}"))?;

@@ -50,6 +50,10 @@ pub enum Command {
         /// Also print each guest's compiled desired state as JSON.
         #[arg(long)]
         show: bool,
+        /// The trust domain `phoenix serve` uses: certificate names reserved for its
+        /// identities (coordinator.<td>, wildcards covering it) are refused.
+        #[arg(long, default_value = "phoenix.lab")]
+        trust_domain: String,
     },
     /// What `apply` would change on every guest (same as `apply --dry-run`).
     Plan {
@@ -576,8 +580,13 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             println!("{}", compile::schema_json());
             Ok(())
         }
-        Command::Validate { path, show } => {
+        Command::Validate {
+            path,
+            show,
+            trust_domain,
+        } => {
             let compiled = load(&path)?;
+            refuse_reserved_names(&compiled, &trust_domain)?;
             for g in compiled.start_order() {
                 let c = &compiled.guests[&g];
                 println!(
@@ -631,6 +640,27 @@ async fn serve(args: ServeArgs, admin_socket: PathBuf) -> Result<(), CliError> {
     };
     server::run(cfg, listener, ca, shutdown).await?;
     Ok(())
+}
+
+/// Certificates naming an identity of `trust_domain` (the daemon refuses them at apply
+/// and at signing too), all at once.
+fn refuse_reserved_names(compiled: &compile::Compiled, trust_domain: &str) -> Result<(), CliError> {
+    let td = TrustDomain::try_from(trust_domain.to_string())
+        .map_err(|e| CliError::Input(e.to_string()))?;
+    let errors: Vec<String> = compiled
+        .guests
+        .iter()
+        .flat_map(|(g, c)| {
+            phoenix_proto::model::reserved_cert_names(&c.spec, &td)
+                .into_iter()
+                .map(move |e| format!("guest {g}: {e}"))
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::Input(errors.join("\n")))
+    }
 }
 
 /// Compiles `path`, printing warnings; all errors at once.

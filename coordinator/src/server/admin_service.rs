@@ -55,7 +55,11 @@ impl v1::admin_server::Admin for AdminApi {
         for (raw, json) in &req.guests {
             let guest = guest_id(*raw)?;
             match GuestSpec::from_json(json) {
-                Ok(spec) => parsed.push((guest, spec)),
+                Ok(spec) => {
+                    let reserved = model::reserved_cert_names(&spec, &c.td);
+                    errors.extend(reserved.into_iter().map(|e| format!("guest {guest}: {e}")));
+                    parsed.push((guest, spec));
+                }
                 Err(errs) => errors.extend(errs.into_iter().map(|e| format!("guest {guest}: {e}"))),
             }
         }

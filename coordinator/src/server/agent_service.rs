@@ -6,7 +6,7 @@ use super::{Coordinator, RpcError, guest_id, now_unix, unix};
 use crate::store::{AgentRecord, ReportRecord};
 use phoenix_pki::x509::{self, CertInfo};
 use phoenix_pki::{IssueRequest, San};
-use phoenix_proto::model::{ApplyReport, GuestId, GuestSpec, Resource};
+use phoenix_proto::model::{ApplyReport, GuestId, GuestSpec, Resource, reserved_name};
 use phoenix_proto::token::JoinToken;
 use phoenix_proto::v1::{self, agent_message, coordinator_message};
 use std::pin::Pin;
@@ -373,6 +373,15 @@ impl v1::agent_server::Agent for AgentApi {
             ))
             .into());
         };
+        // Service certs never carry identity names, whatever a stored desired state says
+        // (one stored before this rule existed included): docs/design/0004.
+        if let Some(reserved) = spec
+            .check_identity_names(&c.td)
+            .err()
+            .or_else(|| req.sans.iter().find_map(|s| reserved_name(&c.td, s)))
+        {
+            return Err(RpcError::Denied(format!("certificate {}: {reserved}", spec.name)).into());
+        }
         if let Some(extra) = req
             .sans
             .iter()

@@ -1,6 +1,6 @@
 use super::file::valid_account;
 use super::service::valid_unit_name;
-use super::{AbsPath, FileMode, ResourceRef};
+use super::{AbsPath, FileMode, GuestSpec, Resource, ResourceRef, TrustDomain};
 use serde::{Deserialize, Serialize};
 
 /// A guest service certificate (nginx, Traefik, Portainer). The key is generated in the
@@ -111,6 +111,103 @@ impl CertSpec {
         }
         Ok(())
     }
+}
+
+/// A service certificate name that would let its holder pass for a Phoenix identity.
+///
+/// Identities are recognised by their `spiffe://` URI (docs/design/0004), which service
+/// certificates never carry; the coordinator's DNS name is reserved as well because agents
+/// before that rule authenticated the coordinator by it alone.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "refused: service certificate name {name:?} {rule} (service certs may not carry identity names)"
+)]
+pub struct ReservedName {
+    pub name: String,
+    /// Which rule the name breaks, with the identity it collides with.
+    pub rule: String,
+}
+
+/// Whether `name` (a service certificate's CN or SAN) is reserved for identities of `td`:
+/// a URI, the coordinator's name `coordinator.<td>` or any name under it, or a wildcard
+/// covering one of those (compared label by label, `*` matching within one label).
+pub fn reserved_name(td: &TrustDomain, name: &str) -> Option<ReservedName> {
+    let n = name.trim_end_matches('.').to_ascii_lowercase();
+    let refuse = |rule: String| {
+        Some(ReservedName {
+            name: name.to_string(),
+            rule,
+        })
+    };
+    if n.contains("://") || n.starts_with("spiffe:") || n.starts_with("uri:") {
+        return refuse(format!(
+            "is a URI; identities are spiffe://{td}/... URIs and only the coordinator's own CA path issues them"
+        ));
+    }
+    let coordinator = td.coordinator_dns();
+    if n == coordinator {
+        return refuse(format!("is the reserved coordinator name {coordinator}"));
+    }
+    if n.ends_with(&format!(".{coordinator}")) {
+        return refuse(format!(
+            "is under the reserved coordinator name {coordinator}"
+        ));
+    }
+    if n.contains('*') {
+        let labels: Vec<&str> = n.split('.').collect();
+        let reserved: Vec<&str> = coordinator.split('.').collect();
+        if labels.len() == reserved.len()
+            && labels
+                .iter()
+                .zip(&reserved)
+                .all(|(l, r)| label_matches(l.as_bytes(), r.as_bytes()))
+        {
+            return refuse(format!(
+                "covers the reserved coordinator name {coordinator}"
+            ));
+        }
+    }
+    None
+}
+
+/// `pattern` (one DNS label, `*` for any run of characters) matches `label`. Bytes, not
+/// chars: names reaching the signing RPC come from the network unvalidated.
+fn label_matches(pattern: &[u8], label: &[u8]) -> bool {
+    match pattern.iter().position(|b| *b == b'*') {
+        None => pattern == label,
+        Some(star) => {
+            let (head, tail) = (&pattern[..star], &pattern[star + 1..]);
+            label.starts_with(head)
+                && (head.len()..=label.len()).any(|i| label_matches(tail, &label[i..]))
+        }
+    }
+}
+
+impl CertSpec {
+    /// The first of the common name and SANs that is reserved for an identity of `td`.
+    pub fn check_identity_names(&self, td: &TrustDomain) -> Result<(), ReservedName> {
+        match std::iter::once(&self.common_name)
+            .chain(&self.sans)
+            .find_map(|n| reserved_name(td, n))
+        {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Every certificate of `spec` that names a reserved identity, as "cert NAME: reason".
+pub fn reserved_cert_names(spec: &GuestSpec, td: &TrustDomain) -> Vec<String> {
+    spec.resources
+        .iter()
+        .filter_map(|r| match r {
+            Resource::Cert(c) => c
+                .check_identity_names(td)
+                .err()
+                .map(|e| format!("cert {}: {e}", c.name)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Names used as identifiers (stack, cert, exec): letters, digits, `-_.`.

@@ -11,7 +11,7 @@ mod secret;
 mod service;
 mod stack;
 
-pub use cert::{CertSpec, Reload};
+pub use cert::{CertSpec, Reload, ReservedName, reserved_cert_names, reserved_name};
 pub use exec::ExecSpec;
 pub use file::{AbsPath, Ensure, FileMode, FileSpec};
 pub use ids::{GuestId, ResourceRef, TrustDomain};

@@ -71,3 +71,79 @@ fn mode_is_octal_string() {
     assert_eq!(String::from(m), "0640");
     assert!(FileMode::try_from("999".to_string()).is_err());
 }
+
+#[test]
+fn service_cert_names_reserved_for_identities_are_refused_naming_the_rule() {
+    let td = TrustDomain::try_from("phoenix.lab".to_string()).expect("valid");
+    let rule = |n: &str| reserved_name(&td, n).map(|e| e.to_string());
+    assert_eq!(
+        rule("*.phoenix.lab").as_deref(),
+        Some(
+            "refused: service certificate name \"*.phoenix.lab\" covers the reserved coordinator name coordinator.phoenix.lab (service certs may not carry identity names)"
+        )
+    );
+    for n in [
+        "coordinator.phoenix.lab",
+        "Coordinator.Phoenix.Lab.",
+        "COORDINATOR.phoenix.lab",
+    ] {
+        assert!(
+            rule(n).is_some_and(
+                |e| e.contains("is the reserved coordinator name coordinator.phoenix.lab")
+            ),
+            "{n}"
+        );
+    }
+    for n in ["x.coordinator.phoenix.lab", "*.coordinator.phoenix.lab"] {
+        assert!(
+            rule(n).is_some_and(|e| e.contains("is under the reserved coordinator name")),
+            "{n}"
+        );
+    }
+    for n in [
+        "coord*.phoenix.lab",
+        "*tor.phoenix.lab",
+        "*.*.lab",
+        "*.phoenix.*",
+        "c*o*r.phoenix.lab",
+    ] {
+        assert!(
+            rule(n).is_some_and(|e| e.contains("covers the reserved")),
+            "{n}"
+        );
+    }
+    for n in [
+        "spiffe://phoenix.lab/coordinator",
+        "spiffe://phoenix.lab/guest/101",
+        "https://x",
+    ] {
+        assert!(rule(n).is_some_and(|e| e.contains("is a URI")), "{n}");
+    }
+    // Ordinary service names in and outside the trust domain stay allowed.
+    for n in [
+        "gw.phoenix.lab",
+        "*.apps.phoenix.lab",
+        "*.internal.thinkheads.ai",
+        "phoenix.lab",
+        "coordinatorx.phoenix.lab",
+        "x*.phoenix.lab",
+        "10.0.0.13",
+        "coordinator.other.lab",
+        "ü*.phoenix.lab",
+    ] {
+        assert_eq!(rule(n), None, "{n}");
+    }
+    let spec = spec(
+        r#"{"resources":[
+        {"kind":"cert","name":"ok","common_name":"gw.phoenix.lab","cert_path":"/a.crt","key_path":"/a.key"},
+        {"kind":"cert","name":"wild","common_name":"gw.phoenix.lab","sans":["*.phoenix.lab"],"cert_path":"/b.crt","key_path":"/b.key"}]}"#,
+    )
+    .expect("valid");
+    let found = reserved_cert_names(&spec, &td);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0]
+            .starts_with("cert wild: refused: service certificate name \"*.phoenix.lab\" covers"),
+        "{found:?}"
+    );
+}

@@ -65,7 +65,7 @@ async fn sim_agent(
     let ch = transport::connect(
         &tok.addr,
         &server,
-        tls::enroll_client_config(&tok.ca_fingerprint)?,
+        tls::enroll_client_config(&tok.ca_fingerprint, &tok.trust_domain.coordinator_uri())?,
         &ChannelOptions::default(),
     )
     .await?;
@@ -82,7 +82,11 @@ async fn sim_agent(
     let ch = transport::connect(
         &tok.addr,
         &server,
-        tls::client_config(id.clone(), trust.clone())?,
+        tls::client_config(
+            id.clone(),
+            trust.clone(),
+            &tok.trust_domain.coordinator_uri(),
+        )?,
         &ChannelOptions::default(),
     )
     .await?;
