@@ -38,7 +38,7 @@ pub enum TlsSetupError {
 
 /// The server's identity check after chain validation: the leaf must carry the URI SAN
 /// `want`. DNS names prove nothing here: the same CA signs service certificates for any
-/// name a guest declares (docs/design/0004-identities-and-service-certs.md).
+/// name a guest declares (docs/design/0005-identities-and-service-certs.md).
 pub fn require_server_identity(end_entity: &[u8], want: &str) -> Result<(), TlsSetupError> {
     let info = x509::inspect(end_entity).map_err(|e| TlsSetupError::Identity(e.to_string()))?;
     if info.uris().any(|u| u == want) {

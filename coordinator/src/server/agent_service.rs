@@ -374,7 +374,7 @@ impl v1::agent_server::Agent for AgentApi {
             .into());
         };
         // Service certs never carry identity names, whatever a stored desired state says
-        // (one stored before this rule existed included): docs/design/0004.
+        // (one stored before this rule existed included): docs/design/0005.
         if let Some(reserved) = spec
             .check_identity_names(&c.td)
             .err()

@@ -115,7 +115,7 @@ impl CertSpec {
 
 /// A service certificate name that would let its holder pass for a Phoenix identity.
 ///
-/// Identities are recognised by their `spiffe://` URI (docs/design/0004), which service
+/// Identities are recognised by their `spiffe://` URI (docs/design/0005), which service
 /// certificates never carry; the coordinator's DNS name is reserved as well because agents
 /// before that rule authenticated the coordinator by it alone.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
