@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use bollard::models::ContainerCreateBody;
 use phoenix_agent::reconcile::{Check, Converge, PassContext};
 use phoenix_agent::stacks::StackConverger;
+use phoenix_agent::stacks::owner::OwnerKey;
 use phoenix_agent::stacks::engine::{
     ContainerEngine, ContainerState, DockerEngine, EngineError, RegistryAuth,
 };
@@ -14,7 +15,7 @@ use phoenix_proto::model::StackSpec;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// What tests/setup/20-docker.sh exported.
 #[derive(Debug, Clone)]
@@ -108,6 +109,15 @@ impl DockerEnv {
         }
         map
     }
+}
+
+/// The owner key of "this agent" in the tests: one per test process, like the single
+/// state directory of a real agent, so every converger of the process recognises what
+/// another one created.
+pub fn owner_key() -> OwnerKey {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let dir = DIR.get_or_init(|| tempfile::tempdir().expect("owner key directory"));
+    OwnerKey::load_or_create(dir.path()).expect("owner key")
 }
 
 /// Removes everything labelled with the stack (and the named extra containers) when
