@@ -20,7 +20,8 @@ use std::path::{Component, Path, PathBuf};
 /// configuration and credentials, kernel interfaces, raw devices and the Docker engine
 /// (whose socket and data directory are root on the guest). A bind of any of them, of
 /// anything beneath them, or of any parent of them (`/var` contains `/var/run/docker.sock`)
-/// is a grant.
+/// is a grant, with one exception: a read-only bind of a single item beneath `/etc` (an
+/// application's config or secret file) is not, unless it is one of `ETC_CREDENTIALS`.
 pub const SENSITIVE: &[&str] = &[
     "/",
     "/etc",
@@ -32,6 +33,16 @@ pub const SENSITIVE: &[&str] = &[
     "/var/run/docker.sock",
     "/run/docker.sock",
     "/var/lib/docker",
+];
+
+/// Beneath `/etc`, what even a read-only bind must not expose: password hashes, sudo
+/// rules, SSH host keys.
+const ETC_CREDENTIALS: &[&str] = &[
+    "/etc/shadow",
+    "/etc/gshadow",
+    "/etc/sudoers",
+    "/etc/sudoers.d",
+    "/etc/ssh",
 ];
 
 /// Capabilities in Docker's default set: adding them changes nothing. Any other
@@ -90,7 +101,16 @@ pub fn normalize(path: &str) -> PathBuf {
 
 /// Whether a bind of `path` (absolute, normalized) exposes a sensitive path or one of
 /// `protected` (the agent's own state directory).
-pub fn is_sensitive(path: &Path, protected: &[PathBuf]) -> bool {
+pub fn is_sensitive(path: &Path, read_only: bool, protected: &[PathBuf]) -> bool {
+    let etc = Path::new("/etc");
+    if read_only
+        && path.starts_with(etc)
+        && path != etc
+        && !ETC_CREDENTIALS.iter().any(|c| path.starts_with(c))
+        && !protected.iter().any(|p| p.starts_with(path) || path.starts_with(p))
+    {
+        return false;
+    }
     SENSITIVE
         .iter()
         .map(PathBuf::from)
@@ -120,20 +140,20 @@ pub fn detect_resolved(
     resolve: impl Fn(&Path) -> Option<PathBuf>,
 ) -> Vec<Grant> {
     let mut out = Vec::new();
-    let bind_grant = |source: &str| -> Option<String> {
+    let bind_grant = |source: &str, read_only: bool| -> Option<String> {
         let lexical = normalize(source);
-        if is_sensitive(&lexical, protected) {
+        if is_sensitive(&lexical, read_only, protected) {
             return Some(format!("bind {}", lexical.display()));
         }
         let real = resolve(&lexical)?;
-        is_sensitive(&real, protected).then(|| format!("bind {}", real.display()))
+        is_sensitive(&real, read_only, protected).then(|| format!("bind {}", real.display()))
     };
     // A local-driver volume with `o: bind` (or a device path) mounts a host path too.
     let mut volume_grants: BTreeMap<&str, String> = BTreeMap::new();
     for (key, v) in &project.volumes {
         if let Some(device) = v.driver_opts.get("device")
             && device.starts_with('/')
-            && let Some(access) = bind_grant(device)
+            && let Some(access) = bind_grant(device, false)
         {
             volume_grants.insert(key, access);
         }
@@ -150,7 +170,7 @@ pub fn detect_resolved(
         for m in &svc.volumes {
             match m.kind {
                 MountKind::Bind => {
-                    if let Some(access) = bind_grant(&m.source) {
+                    if let Some(access) = bind_grant(&m.source, m.read_only) {
                         push(field("volumes"), access);
                     }
                 }
@@ -216,6 +236,9 @@ services:
       - /run/docker.sock:/d
       - /var:/v
       - /etc/shadow:/s:ro
+      - /etc/ssh/ssh_host_ed25519_key:/k:ro
+      - /etc/cron.d:/cron
+      - /etc/app/secret:/secret:ro
       - /srv/../proc:/p
       - /dev/sda:/sda
       - /sys/./kernel:/k
@@ -236,7 +259,9 @@ services:
                 "services.a.volumes: bind /boot",
                 "services.a.volumes: bind /dev/sda",
                 "services.a.volumes: bind /etc",
+                "services.a.volumes: bind /etc/cron.d",
                 "services.a.volumes: bind /etc/shadow",
+                "services.a.volumes: bind /etc/ssh/ssh_host_ed25519_key",
                 "services.a.volumes: bind /proc",
                 "services.a.volumes: bind /root",
                 "services.a.volumes: bind /run/docker.sock",
@@ -303,7 +328,7 @@ volumes:
 services:
   a:
     image: x
-    volumes: ["/srv/app/conf:/conf:ro", "/opt/x:/x", "data:/data"]
+    volumes: ["/srv/app/conf:/conf:ro", "/opt/x:/x", "data:/data", "/etc/phoenix/secrets/key:/run/secrets/key:ro"]
     cap_add: [NET_BIND_SERVICE]
 volumes:
   data: {}
