@@ -253,7 +253,9 @@ fn stack_host_access_is_declared_in_the_manifest_and_shown() {
     let w: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
     assert!(
         w.iter().any(|w| w.contains("services.ui.volumes")
-            && w.contains("service ui GRANTS HOST ACCESS: bind /var/run/docker.sock, not declared")
+            && w.contains(
+                "service ui GRANTS HOST ACCESS: bind /var/run/docker.sock, not declared"
+            )
             && w.contains(r#""host_access": ["bind /var/run/docker.sock"]"#)),
         "{w:?}"
     );

@@ -6,10 +6,10 @@ use async_trait::async_trait;
 use bollard::models::ContainerCreateBody;
 use phoenix_agent::reconcile::{Check, Converge, PassContext};
 use phoenix_agent::stacks::StackConverger;
-use phoenix_agent::stacks::owner::OwnerKey;
 use phoenix_agent::stacks::engine::{
     ContainerEngine, ContainerState, DockerEngine, EngineError, RegistryAuth,
 };
+use phoenix_agent::stacks::owner::OwnerKey;
 use phoenix_agent::stacks::plan::{NetworkPlan, ObservedContainer, VolumePlan};
 use phoenix_proto::model::StackSpec;
 use std::collections::{BTreeMap, HashMap};
@@ -111,13 +111,17 @@ impl DockerEnv {
     }
 }
 
-/// The owner key of "this agent" in the tests: one per test process, like the single
-/// state directory of a real agent, so every converger of the process recognises what
-/// another one created.
+/// The owner key of "this agent" in the tests. Like a real agent's state directory it
+/// persists (in the temp directory), so objects a crashed earlier run left on the engine
+/// are recognised and cleaned up by the next pass instead of blocking it as conflicts.
 pub fn owner_key() -> OwnerKey {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    let dir = DIR.get_or_init(|| tempfile::tempdir().expect("owner key directory"));
-    OwnerKey::load_or_create(dir.path()).expect("owner key")
+    static DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join("phoenix-tests-stack-owner");
+        phoenix_pki::fsutil::ensure_dir(&dir, 0o700).expect("owner key directory");
+        dir
+    });
+    OwnerKey::load_or_create(dir).expect("owner key")
 }
 
 /// Removes everything labelled with the stack (and the named extra containers) when

@@ -652,7 +652,11 @@ async fn host_root_grants_are_refused_unless_declared() {
 
     // Declared. (The test machine's dockerd runs without /dev/mem and without every
     // capability, so the declared grants are SYS_ADMIN and /dev/zero.)
-    let mut declared = spec(stack, &compose("SYS_ADMIN", "/dev/zero"), &[("IMAGE", &env.image)]);
+    let mut declared = spec(
+        stack,
+        &compose("SYS_ADMIN", "/dev/zero"),
+        &[("IMAGE", &env.image)],
+    );
     declared.host_access = vec![
         "bind /".into(),
         "bind /var/run/docker.sock".into(),
@@ -698,11 +702,7 @@ async fn env_file_outside_the_allowed_roots_is_refused() {
     // A root-only victim outside the root, as /etc/shadow is.
     let victim = outside.path().join("victim");
     std::fs::write(&victim, "VICTIM=phx-victim-secret\n").unwrap();
-    std::fs::set_permissions(
-        &victim,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
+    std::fs::set_permissions(&victim, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     std::os::unix::fs::symlink(&victim, root.path().join("app.env")).unwrap();
     std::fs::write(root.path().join("good.env"), "GOOD=from-root\n").unwrap();
     let counting = CountingEngine::new(env.engine());
@@ -809,7 +809,10 @@ async fn look_alike_containers_are_conflicts_not_orphans_or_services() {
     }
     assert_eq!(count.take(), Vec::<String>::new());
     let mut after = before.clone();
-    after.insert("phxfor-stray".into(), env.containers("phxfor-stray")["phxfor-stray"].0.clone());
+    after.insert(
+        "phxfor-stray".into(),
+        env.containers("phxfor-stray")["phxfor-stray"].0.clone(),
+    );
     assert_eq!(ids(&env.containers("phxfor-")), after);
     assert!(stray.starts_with(&after["phxfor-stray"]));
     assert_eq!(env.containers("phxfor-stray")["phxfor-stray"].1, "running");
@@ -850,4 +853,90 @@ async fn look_alike_containers_are_conflicts_not_orphans_or_services() {
         panic!("must recreate web")
     };
     assert_eq!(diff, "create container phxfor-web-1 (web)");
+}
+
+/// The same guarantees through the real `phoenix-agent` binary: an undeclared grant fails
+/// the stack, a declared one is planned with its grants and created, and an agent with
+/// another state directory (another owner key) treats the containers as a conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_binary_refuses_undeclared_grants_and_foreign_owners() {
+    let Some(env) = DockerEnv::get() else { return };
+    let _lock = ENGINE.lock().await;
+    let stack = "phxbin";
+    let _down = Teardown {
+        env: env.clone(),
+        stack: stack.into(),
+        extra: vec![],
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let compose = "services:\n  app:\n    image: \"${IMAGE}\"\n    init: true\n    command: [sleep, \"100000\"]\n    volumes: [\"/var/run/docker.sock:/var/run/docker.sock:ro\"]\n";
+    let apply = |state: &str, host_access: &[&str], dry_run: bool| {
+        let file = dir.path().join("guest.json");
+        std::fs::write(
+            &file,
+            serde_json::to_vec(&serde_json::json!({"resources": [{
+                "kind": "stack",
+                "name": stack,
+                "compose": compose,
+                "variables": {"IMAGE": env.image},
+                "host_access": host_access,
+            }]}))
+            .unwrap(),
+        )
+        .unwrap();
+        let mut cmd = std::process::Command::new(phoenix_tests::bin("phoenix-agent"));
+        cmd.env("DOCKER_HOST", &env.host)
+            .arg("--state-dir")
+            .arg(dir.path().join(state))
+            .args(["apply", "--json", "-f"])
+            .arg(&file);
+        if dry_run {
+            cmd.arg("--dry-run");
+        }
+        let out = cmd.output().unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.code(), report["results"][0].clone())
+    };
+
+    let (code, r) = apply("a", &[], false);
+    assert_eq!(code, Some(2), "{r}");
+    let msg = r["message"].as_str().unwrap();
+    assert!(
+        msg.contains("stack phxbin: host access not declared in host_access: bind /var/run/docker.sock (services.app.volumes)"),
+        "{r}"
+    );
+    assert!(env.containers("phxbin-").is_empty());
+
+    let declared = ["bind /var/run/docker.sock"];
+    let (code, r) = apply("a", &declared, true);
+    assert_eq!(code, Some(0), "{r}");
+    assert!(
+        r["diff"].as_str().unwrap().contains(
+            "create container phxbin-app-1 (app) (GRANTS HOST ACCESS: bind /var/run/docker.sock)"
+        ),
+        "{r}"
+    );
+    assert!(env.containers("phxbin-").is_empty());
+    let (code, r) = apply("a", &declared, false);
+    assert_eq!(code, Some(0), "{r}");
+    assert_running(&env, stack, &["phxbin-app-1"]);
+    let id = env.containers("phxbin-")["phxbin-app-1"].0.clone();
+    let (code, r) = apply("a", &declared, false);
+    assert_eq!(
+        (code, r["status"].as_str()),
+        (Some(0), Some("unchanged")),
+        "{r}"
+    );
+
+    // Another agent's key: the container is not its to adopt or replace.
+    let (code, r) = apply("b", &declared, false);
+    assert_eq!(code, Some(2), "{r}");
+    assert!(
+        r["message"].as_str().unwrap().contains(
+            "conflict: container phxbin-app-1 carries phoenix labels but was not created by this agent"
+        ),
+        "{r}"
+    );
+    assert_eq!(env.containers("phxbin-")["phxbin-app-1"].0, id);
 }

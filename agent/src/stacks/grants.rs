@@ -107,7 +107,9 @@ pub fn is_sensitive(path: &Path, read_only: bool, protected: &[PathBuf]) -> bool
         && path.starts_with(etc)
         && path != etc
         && !ETC_CREDENTIALS.iter().any(|c| path.starts_with(c))
-        && !protected.iter().any(|p| p.starts_with(path) || path.starts_with(p))
+        && !protected
+            .iter()
+            .any(|p| p.starts_with(path) || path.starts_with(p))
     {
         return false;
     }
@@ -176,7 +178,10 @@ pub fn detect_resolved(
                 }
                 MountKind::Volume => {
                     if let Some(access) = volume_grants.get(m.source.as_str()) {
-                        push(format!("volumes.{}.driver_opts.device", m.source), access.clone());
+                        push(
+                            format!("volumes.{}.driver_opts.device", m.source),
+                            access.clone(),
+                        );
                     }
                 }
             }
@@ -189,7 +194,10 @@ pub fn detect_resolved(
         }
         for d in &svc.devices {
             let host = d.split(':').next().unwrap_or_default();
-            push(field("devices"), format!("device {}", normalize(host).display()));
+            push(
+                field("devices"),
+                format!("device {}", normalize(host).display()),
+            );
         }
     }
     out.sort();

@@ -151,7 +151,11 @@ impl StackConverger {
     /// `file_roots`: where a stack's `files` may be written and its env files read (the
     /// operator's policy, as for file resources). `owner`: the key that marks what this
     /// agent creates.
-    pub fn new(engine: Arc<dyn ContainerEngine>, file_roots: Vec<PathBuf>, owner: OwnerKey) -> Self {
+    pub fn new(
+        engine: Arc<dyn ContainerEngine>,
+        file_roots: Vec<PathBuf>,
+        owner: OwnerKey,
+    ) -> Self {
         StackConverger {
             engine,
             file_roots,
@@ -746,15 +750,17 @@ fn read_env_file(roots: &[PathBuf], path: &str) -> Result<String, String> {
     let inside = |r: &&PathBuf| {
         p.starts_with(r)
             && p != r.as_path()
-            && !p
-                .components()
-                .any(|c| c == std::path::Component::ParentDir)
+            && !p.components().any(|c| c == std::path::Component::ParentDir)
     };
     let Some(root) = roots.iter().find(inside) else {
         let roots: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
         return Err(format!(
             "is outside the allowed roots ({}); keep env files beneath one of them",
-            if roots.is_empty() { "none configured".to_string() } else { roots.join(", ") }
+            if roots.is_empty() {
+                "none configured".to_string()
+            } else {
+                roots.join(", ")
+            }
         ));
     };
     let rel = p.strip_prefix(root).map_err(|e| e.to_string())?;

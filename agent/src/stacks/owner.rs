@@ -28,7 +28,9 @@ pub enum OwnerError {
         #[source]
         source: std::io::Error,
     },
-    #[error("stack owner key {path} is not 64 hex digits; remove it only if no stack containers exist")]
+    #[error(
+        "stack owner key {path} is not 64 hex digits; remove it only if no stack containers exist"
+    )]
     Corrupt { path: PathBuf },
     #[error("write stack owner key {path}: {source}")]
     Write {
@@ -83,11 +85,12 @@ impl OwnerKey {
                 .ok_or_else(|| OwnerError::Corrupt { path: path.clone() })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let fresh: [u8; 32] = rand::random();
-                phoenix_pki::fsutil::write_private(&path, hex::encode(fresh).as_bytes())
-                    .map_err(|source| OwnerError::Write {
+                phoenix_pki::fsutil::write_private(&path, hex::encode(fresh).as_bytes()).map_err(
+                    |source| OwnerError::Write {
                         path: path.clone(),
                         source,
-                    })?;
+                    },
+                )?;
                 fresh.to_vec()
             }
             Err(source) => return Err(OwnerError::Read { path, source }),

@@ -26,8 +26,8 @@ pub enum PlanError {
     )]
     NameTaken { stack: String, name: String },
     #[error(
-        "stack {stack}: conflict: {} carries phoenix labels but was not created by this agent; refusing to touch the stack. If it is a container of an older Phoenix agent, or of this guest before its agent state was lost, remove it by hand (docker rm -f / docker network rm) and the next pass recreates it",
-        .objects.join(", ")
+        "stack {stack}: conflict: {}; refusing to touch the stack. If it is an object of an older Phoenix agent, or of this guest before its agent state was lost, remove it by hand (docker rm -f / docker network rm) and the next pass recreates it",
+        .objects.iter().map(|o| format!("{o} carries phoenix labels but was not created by this agent")).collect::<Vec<_>>().join("; ")
     )]
     Conflict { stack: String, objects: Vec<String> },
 }

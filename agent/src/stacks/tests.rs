@@ -227,11 +227,23 @@ fn env_files_are_read_only_beneath_the_roots() {
     assert!(e.contains("leads outside the allowed root"), "{e}");
     let e = read_env_file(&roots, &victim.display().to_string()).unwrap_err();
     assert!(e.contains("outside the allowed roots"), "{e}");
-    let e = read_env_file(&roots, &format!("{}/../{}/victim", root.path().display(), outside.path().display())).unwrap_err();
+    let e = read_env_file(
+        &roots,
+        &format!(
+            "{}/../{}/victim",
+            root.path().display(),
+            outside.path().display()
+        ),
+    )
+    .unwrap_err();
     assert!(e.contains("outside the allowed roots"), "{e}");
     let e = read_env_file(&roots, "/etc/shadow").unwrap_err();
     assert!(e.contains("outside the allowed roots"), "{e}");
-    nix::unistd::mkfifo(&root.path().join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    nix::unistd::mkfifo(
+        &root.path().join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
     let e = read_env_file(&roots, &at("fifo")).unwrap_err();
     assert!(e.contains("not a regular file"), "{e}");
 }

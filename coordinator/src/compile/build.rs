@@ -853,7 +853,10 @@ fn stack(
     // key `host_access`, a list of grants as the agent prints them).
     let mut host_access = Vec::new();
     if let Some(list) = pick("host_access") {
-        for n in list.items(d, "an array of grants such as \"bind /var/run/docker.sock\"") {
+        for n in list.items(
+            d,
+            "an array of grants such as \"bind /var/run/docker.sock\"",
+        ) {
             if let Some(g) = n.text(d, "a grant such as \"bind /var/run/docker.sock\"") {
                 host_access.push(g.trim().to_string());
             }
@@ -865,7 +868,9 @@ fn stack(
             // links lead somewhere sensitive; only the guest can see those.
             let grants = phoenix_agent::stacks::grants::detect(
                 &project,
-                &[std::path::PathBuf::from(phoenix_agent::state::DEFAULT_STATE_DIR)],
+                &[std::path::PathBuf::from(
+                    phoenix_agent::state::DEFAULT_STATE_DIR,
+                )],
             );
             for g in &grants {
                 let declared = host_access.iter().any(|a| a == &g.access);
