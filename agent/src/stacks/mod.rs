@@ -348,8 +348,11 @@ impl StackConverger {
         let owned = containers
             .iter()
             .filter(|c| {
+                // A container set aside by a recreate that never finished keeps the proof
+                // of the name it had; the plan then removes it as an orphan.
+                let name = c.name.strip_suffix(OLD_SUFFIX).unwrap_or(&c.name);
                 self.owner
-                    .proves(Kind::Container, stack, &c.name, c.labels.get(LABEL_OWNER))
+                    .proves(Kind::Container, stack, name, c.labels.get(LABEL_OWNER))
             })
             .map(|c| c.id.clone())
             .collect();
