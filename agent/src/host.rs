@@ -6,7 +6,7 @@ use crate::exec::{ExecConverger, ProcessRunner};
 use crate::files::FileConverger;
 use crate::packages::{Apt, AptSourceConverger, PackageConverger};
 use crate::reconcile::{Converge, Handlers, Unsupported};
-use crate::stacks::{StackConverger, engine::DockerEngine};
+use crate::stacks::{StackConverger, engine::DockerEngine, owner::OwnerKey};
 use crate::systemd::{ServiceConverger, Systemctl};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,6 +18,9 @@ pub struct HostOptions {
     pub file_roots: Vec<PathBuf>,
     /// Signs service certificates through the coordinator session.
     pub signer: SessionSigner,
+    /// The agent's state directory: holds the key that proves which containers the agent
+    /// created, and may not be bound into a stack's container.
+    pub state_dir: PathBuf,
 }
 
 pub fn handlers(opts: &HostOptions) -> Handlers {
@@ -44,12 +47,20 @@ pub fn handlers(opts: &HostOptions) -> Handlers {
 }
 
 /// The Docker client connects lazily, so a guest without Docker only fails the stacks it
-/// is asked to run; an unusable DOCKER_HOST disables stacks altogether.
+/// is asked to run; an unusable DOCKER_HOST or owner key disables stacks altogether.
 fn stacks(opts: &HostOptions) -> Arc<dyn Converge<phoenix_proto::model::StackSpec>> {
+    let owner = match OwnerKey::load_or_create(&opts.state_dir) {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::warn!(error = %e, "Docker stacks disabled");
+            return Unsupported::new("stack");
+        }
+    };
     match DockerEngine::connect() {
         Ok(engine) => Arc::new(StackConverger::new(
             Arc::new(engine),
             opts.file_roots.clone(),
+            owner,
         )),
         Err(e) => {
             tracing::warn!(error = %e, "Docker stacks disabled");

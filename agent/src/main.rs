@@ -21,7 +21,7 @@ struct Cli {
         long,
         global = true,
         env = "PHOENIX_AGENT_STATE_DIR",
-        default_value = "/var/lib/phoenix-agent"
+        default_value = phoenix_agent::state::DEFAULT_STATE_DIR
     )]
     state_dir: PathBuf,
     #[command(subcommand)]
@@ -131,6 +131,7 @@ async fn run(cli: Cli) -> Result<ExitCode, MainError> {
             let engine = Arc::new(Engine::new(host::handlers(&HostOptions {
                 file_roots: policy.file_roots,
                 signer: signer.clone(),
+                state_dir: cli.state_dir.clone(),
             })));
             let opts = Options {
                 drift_interval: Duration::from_secs(drift_interval.max(1)),
@@ -170,6 +171,7 @@ async fn run(cli: Cli) -> Result<ExitCode, MainError> {
             let engine = Engine::new(host::handlers(&HostOptions {
                 file_roots: policy.file_roots,
                 signer: SessionSigner::default(),
+                state_dir: cli.state_dir.clone(),
             }));
             let report = engine
                 .run(&DesiredState::new(1, spec, dry_run), "local", &|| None)

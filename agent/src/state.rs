@@ -7,6 +7,10 @@ use phoenix_proto::model::{DesiredState, GuestId, TrustDomain};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// Where the agent keeps its state unless told otherwise. Stacks may not bind it: it
+/// holds the identity key and the stack owner key.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/phoenix-agent";
+
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("{action} {path}: {source}")]

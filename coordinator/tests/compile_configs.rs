@@ -222,3 +222,56 @@ fn literal_secrets_in_compose_are_refused_without_printing_them() {
     let c = compile::load(d).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.guests[&id(1002)].spec.resources.len(), 1);
 }
+
+/// A stack's host-root grants come from its manifest's `host_access`; an undeclared one
+/// is shown by `phoenix validate` with the manifest line that would declare it, and the
+/// compiled spec does not carry it (so the agent refuses the stack).
+#[test]
+fn stack_host_access_is_declared_in_the_manifest_and_shown() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("stacks/ui")).expect("mkdir");
+    std::fs::write(
+        d.join("phoenix_vm_configs.json"),
+        r#"{"vms": [{"vmid": 1002, "name": "dr", "docker_stacks": ["ui"]}]}"#,
+    )
+    .expect("write");
+    std::fs::write(
+        d.join("stacks/ui/docker-compose.yml"),
+        "services:\n  ui:\n    image: portainer/portainer-ce:latest\n    volumes:\n      - /var/run/docker.sock:/var/run/docker.sock\n",
+    )
+    .expect("write");
+    let manifest = d.join("stacks/ui/phoenix.json");
+    let stack = |c: &compile::Compiled| match &c.guests[&id(1002)].spec.resources[0] {
+        phoenix_proto::model::Resource::Stack(s) => s.clone(),
+        other => panic!("not a stack: {other:?}"),
+    };
+
+    std::fs::write(&manifest, r#"{"environments": {"production": {}}}"#).expect("write");
+    let c = compile::load(d).unwrap_or_else(|e| panic!("{e}"));
+    assert!(stack(&c).host_access.is_empty());
+    let w: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
+    assert!(
+        w.iter().any(|w| w.contains("services.ui.volumes")
+            && w.contains(
+                "service ui GRANTS HOST ACCESS: bind /var/run/docker.sock, not declared"
+            )
+            && w.contains(r#""host_access": ["bind /var/run/docker.sock"]"#)),
+        "{w:?}"
+    );
+
+    std::fs::write(
+        &manifest,
+        r#"{"environments": {"production": {"host_access": ["bind /var/run/docker.sock"]}}}"#,
+    )
+    .expect("write");
+    let c = compile::load(d).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(stack(&c).host_access, ["bind /var/run/docker.sock"]);
+    let w: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
+    assert!(
+        w.iter().any(|w| w.contains(
+            "service ui GRANTS HOST ACCESS: bind /var/run/docker.sock (declared in host_access)"
+        )),
+        "{w:?}"
+    );
+}

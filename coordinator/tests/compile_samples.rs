@@ -229,6 +229,15 @@ fn stacks_get_manifest_labels_and_catalog_variables_but_never_literal_secrets() 
             .iter()
             .any(|w| w.to_string().contains("SECRET_PASSWORD"))
     );
+    // portainer_service binds the Docker socket and its manifest declares no host_access:
+    // validate shows the grant, and the agent will refuse the stack until it is declared.
+    assert!(
+        c.warnings.iter().any(|w| w.message.contains(
+            "service portainer GRANTS HOST ACCESS: bind /var/run/docker.sock, not declared"
+        )),
+        "{:?}",
+        c.warnings
+    );
     // Stack manifests' firewall rules are kept as facts of the guest.
     assert_eq!(vm.facts.stack_firewall_rules["qdrant_service"].len(), 2);
 }

@@ -9,12 +9,13 @@ use phoenix_agent::stacks::StackConverger;
 use phoenix_agent::stacks::engine::{
     ContainerEngine, ContainerState, DockerEngine, EngineError, RegistryAuth,
 };
+use phoenix_agent::stacks::owner::OwnerKey;
 use phoenix_agent::stacks::plan::{NetworkPlan, ObservedContainer, VolumePlan};
 use phoenix_proto::model::StackSpec;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// What tests/setup/20-docker.sh exported.
 #[derive(Debug, Clone)]
@@ -108,6 +109,19 @@ impl DockerEnv {
         }
         map
     }
+}
+
+/// The owner key of "this agent" in the tests. Like a real agent's state directory it
+/// persists (in the temp directory), so objects a crashed earlier run left on the engine
+/// are recognised and cleaned up by the next pass instead of blocking it as conflicts.
+pub fn owner_key() -> OwnerKey {
+    static DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join("phoenix-tests-stack-owner");
+        phoenix_pki::fsutil::ensure_dir(&dir, 0o700).expect("owner key directory");
+        dir
+    });
+    OwnerKey::load_or_create(dir).expect("owner key")
 }
 
 /// Removes everything labelled with the stack (and the named extra containers) when

@@ -8,7 +8,7 @@ use phoenix_agent::stacks::StackConverger;
 use phoenix_agent::stacks::compose;
 use phoenix_agent::stacks::engine::ContainerEngine;
 use phoenix_tests::stacks::{
-    CountingEngine, DockerEnv, FOUR_SERVICES, Pass, Teardown, pass, sample_spec, spec,
+    CountingEngine, DockerEnv, FOUR_SERVICES, Pass, Teardown, owner_key, pass, sample_spec, spec,
 };
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -20,7 +20,11 @@ static ENGINE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn converger(env: &DockerEnv) -> (Arc<CountingEngine>, StackConverger) {
     let counting = CountingEngine::new(env.engine());
-    let conv = StackConverger::new(counting.clone() as Arc<dyn ContainerEngine>, Vec::new());
+    let conv = StackConverger::new(
+        counting.clone() as Arc<dyn ContainerEngine>,
+        Vec::new(),
+        owner_key(),
+    );
     (counting, conv)
 }
 
@@ -585,10 +589,354 @@ fn real_sample_stacks_parse_and_plan() {
                 "9000"
             );
             assert_eq!(p.spec.init, Some(true));
+            // The socket bind is root on the guest; the plan says so.
+            assert!(
+                lines.contains(&"create container portainer_server (portainer) (GRANTS HOST ACCESS: bind /var/run/docker.sock)".to_string()),
+                "{lines:?}"
+            );
+        } else {
+            assert!(
+                desired.containers.iter().all(|c| c.grants.is_empty()),
+                "{name}"
+            );
         }
         // Without the external volume, planning refuses before changing anything.
         let e = phoenix_agent::stacks::plan::plan(&desired, &Default::default()).unwrap_err();
         assert!(e.to_string().contains("external"), "{e}");
     }
     assert_eq!(seen, 3, "expected the three stacks of the main branch");
+}
+
+/// A stack that binds `/` and the Docker socket, adds every capability and a host device
+/// is refused with each grant named, and nothing reaches the engine; declared, the same
+/// grants are created and every plan line says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_root_grants_are_refused_unless_declared() {
+    let Some(env) = DockerEnv::get() else { return };
+    let _lock = ENGINE.lock().await;
+    let stack = "phxgrant";
+    let _down = Teardown {
+        env: env.clone(),
+        stack: stack.into(),
+        extra: vec![],
+    };
+    let (count, conv) = converger(&env);
+    let compose = |cap: &str, device: &str| {
+        format!(
+            "services:\n  evil:\n    image: \"${{IMAGE}}\"\n    init: true\n    command: [sleep, \"100000\"]\n    volumes:\n      - /:/host:ro\n      - /var/run/docker.sock:/var/run/docker.sock:ro\n    cap_add: [{cap}]\n    devices: [\"{device}\"]\n"
+        )
+    };
+    let undeclared = spec(stack, &compose("ALL", "/dev/mem"), &[("IMAGE", &env.image)]);
+    for dry_run in [true, false] {
+        let e = pass(&conv, &undeclared, dry_run).await.unwrap_err();
+        for part in [
+            "stack phxgrant: host access not declared in host_access",
+            "bind / (services.evil.volumes)",
+            "bind /var/run/docker.sock (services.evil.volumes)",
+            "cap_add ALL (services.evil.cap_add)",
+            "device /dev/mem (services.evil.devices)",
+        ] {
+            assert!(e.contains(part), "{part:?} missing in: {e}");
+        }
+    }
+    assert_eq!(count.take(), Vec::<String>::new());
+    assert!(env.containers("phxgrant-").is_empty());
+    // Declaring some is not declaring all.
+    let mut partly = undeclared.clone();
+    partly.host_access = vec!["bind /var/run/docker.sock".into()];
+    let e = pass(&conv, &partly, false).await.unwrap_err();
+    assert!(e.contains("bind / (services.evil.volumes)"), "{e}");
+    assert!(!e.contains("bind /var/run/docker.sock"), "{e}");
+    assert_eq!(count.take(), Vec::<String>::new());
+    assert!(env.containers("phxgrant-").is_empty());
+
+    // Declared. (The test machine's dockerd runs without /dev/mem and without every
+    // capability, so the declared grants are SYS_ADMIN and /dev/zero.)
+    let mut declared = spec(
+        stack,
+        &compose("SYS_ADMIN", "/dev/zero"),
+        &[("IMAGE", &env.image)],
+    );
+    declared.host_access = vec![
+        "bind /".into(),
+        "bind /var/run/docker.sock".into(),
+        "cap_add SYS_ADMIN".into(),
+        "device /dev/zero".into(),
+    ];
+    let line = "create container phxgrant-evil-1 (evil) (GRANTS HOST ACCESS: cap_add SYS_ADMIN, device /dev/zero, bind /, bind /var/run/docker.sock)";
+    let Pass::Planned(plan) = pass(&conv, &declared, true).await.unwrap() else {
+        panic!("dry run must plan")
+    };
+    assert!(plan.lines().any(|l| l == line), "{plan}");
+    let Pass::Applied { diff, .. } = pass(&conv, &declared, false).await.unwrap() else {
+        panic!("declared grants must apply")
+    };
+    assert!(diff.lines().any(|l| l == line), "{diff}");
+    assert_running(&env, stack, &["phxgrant-evil-1"]);
+    let host = env.docker(&[
+        "inspect",
+        "-f",
+        "{{.HostConfig.Binds}} {{.HostConfig.CapAdd}} {{range .HostConfig.Devices}}{{.PathOnHost}}{{end}}",
+        "phxgrant-evil-1",
+    ]);
+    assert_eq!(
+        host,
+        "[/:/host:ro /var/run/docker.sock:/var/run/docker.sock:ro] [SYS_ADMIN] /dev/zero"
+    );
+}
+
+/// env_file may not read a file of the guest outside the allowed roots, neither named
+/// directly nor through a link inside a root; the victim's content reaches no container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn env_file_outside_the_allowed_roots_is_refused() {
+    let Some(env) = DockerEnv::get() else { return };
+    let _lock = ENGINE.lock().await;
+    let stack = "phxenv";
+    let _down = Teardown {
+        env: env.clone(),
+        stack: stack.into(),
+        extra: vec![],
+    };
+    let root = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    // A root-only victim outside the root, as /etc/shadow is.
+    let victim = outside.path().join("victim");
+    std::fs::write(&victim, "VICTIM=phx-victim-secret\n").unwrap();
+    std::fs::set_permissions(&victim, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    std::os::unix::fs::symlink(&victim, root.path().join("app.env")).unwrap();
+    std::fs::write(root.path().join("good.env"), "GOOD=from-root\n").unwrap();
+    let counting = CountingEngine::new(env.engine());
+    let conv = StackConverger::new(
+        counting.clone() as Arc<dyn ContainerEngine>,
+        vec![root.path().to_path_buf()],
+        owner_key(),
+    );
+    let compose = |file: &str| {
+        format!(
+            "services:\n  app:\n    image: \"${{IMAGE}}\"\n    init: true\n    command: [sleep, \"100000\"]\n    env_file: {file}\n"
+        )
+    };
+    let link = root.path().join("app.env").display().to_string();
+    for (file, why) in [
+        ("/etc/shadow".to_string(), "is outside the allowed roots"),
+        (victim.display().to_string(), "is outside the allowed roots"),
+        (link.clone(), "leads outside the allowed root"),
+    ] {
+        let s = spec(stack, &compose(&file), &[("IMAGE", &env.image)]);
+        let e = pass(&conv, &s, false).await.unwrap_err();
+        assert!(
+            e.contains(&format!("stack phxenv: env file {file}: {why}")),
+            "{e}"
+        );
+        assert!(!e.contains("phx-victim-secret"), "{e}");
+    }
+    assert_eq!(counting.take(), Vec::<String>::new());
+    assert!(env.containers("phxenv-").is_empty());
+
+    // An env file beneath the root is read.
+    let good = root.path().join("good.env").display().to_string();
+    let s = spec(stack, &compose(&good), &[("IMAGE", &env.image)]);
+    assert!(matches!(
+        pass(&conv, &s, false).await.unwrap(),
+        Pass::Applied { .. }
+    ));
+    let envs = env.docker(&["inspect", "-f", "{{.Config.Env}}", "phxenv-app-1"]);
+    assert!(envs.contains("GOOD=from-root"), "{envs}");
+    // No container on the engine carries the victim's content.
+    let all = env.docker(&["ps", "-aq"]);
+    for id in all.split_whitespace() {
+        let envs = env.docker(&["inspect", "-f", "{{.Config.Env}}", id]);
+        assert!(!envs.contains("phx-victim-secret"), "{id}: {envs}");
+    }
+}
+
+/// A container anyone starts with the stack's labels (even a copied owner label) is
+/// neither removed as an orphan nor adopted as a service: the pass fails for the stack,
+/// names the conflict and touches nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn look_alike_containers_are_conflicts_not_orphans_or_services() {
+    let Some(env) = DockerEnv::get() else { return };
+    let _lock = ENGINE.lock().await;
+    let stack = "phxfor";
+    let _down = Teardown {
+        env: env.clone(),
+        stack: stack.into(),
+        extra: vec!["phxfor-stray".into()],
+    };
+    let (count, conv) = converger(&env);
+    let compose = "services:\n  web:\n    image: \"${IMAGE}\"\n    init: true\n    command: [sleep, \"100000\"]\n  db:\n    image: \"${IMAGE}\"\n    init: true\n    command: [sleep, \"100000\"]\n";
+    let v = spec(stack, compose, &[("IMAGE", &env.image)]);
+    assert!(matches!(
+        pass(&conv, &v, false).await.unwrap(),
+        Pass::Applied { .. }
+    ));
+    count.take();
+    let label = |name: &str, key: &str| {
+        env.docker(&[
+            "inspect",
+            "-f",
+            &format!("{{{{index .Config.Labels \"{key}\"}}}}"),
+            name,
+        ])
+    };
+    let db_owner = label("phxfor-db-1", "phoenix.owner");
+    assert_eq!(db_owner.len(), 64, "{db_owner}");
+    let before = ids(&env.containers("phxfor-"));
+
+    // A stray with the stack's labels and a copied owner proof: formerly an "orphan".
+    let stray = env.docker(&[
+        "run",
+        "-d",
+        "--init",
+        "--name",
+        "phxfor-stray",
+        "--label",
+        "phoenix.stack=phxfor",
+        "--label",
+        "phoenix.service=stray",
+        "--label",
+        &format!("phoenix.owner={db_owner}"),
+        &env.image,
+        "sleep",
+        "100000",
+    ]);
+    for dry_run in [true, false] {
+        let e = pass(&conv, &v, dry_run).await.unwrap_err();
+        assert!(
+            e.contains("stack phxfor: conflict: container phxfor-stray carries phoenix labels but was not created by this agent"),
+            "{e}"
+        );
+    }
+    assert_eq!(count.take(), Vec::<String>::new());
+    let mut after = before.clone();
+    after.insert(
+        "phxfor-stray".into(),
+        env.containers("phxfor-stray")["phxfor-stray"].0.clone(),
+    );
+    assert_eq!(ids(&env.containers("phxfor-")), after);
+    assert!(stray.starts_with(&after["phxfor-stray"]));
+    assert_eq!(env.containers("phxfor-stray")["phxfor-stray"].1, "running");
+    env.docker(&["rm", "-f", "phxfor-stray"]);
+
+    // A look-alike in web's place with web's labels: formerly adopted as web.
+    let mut args: Vec<String> = ["run", "-d", "--init", "--name", "phxfor-web-1"]
+        .map(String::from)
+        .to_vec();
+    for key in [
+        "phoenix.stack",
+        "phoenix.service",
+        "phoenix.config-hash",
+        "phoenix.image-digest",
+    ] {
+        args.push("--label".into());
+        args.push(format!("{key}={}", label("phxfor-web-1", key)));
+    }
+    args.push("--label".into());
+    args.push(format!("phoenix.owner={db_owner}"));
+    args.extend([env.image.clone(), "sleep".into(), "100000".into()]);
+    env.docker(&["rm", "-f", "phxfor-web-1"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let fake = env.docker(&args);
+    let e = pass(&conv, &v, false).await.unwrap_err();
+    assert!(
+        e.contains("conflict: container phxfor-web-1 carries phoenix labels but was not created by this agent"),
+        "{e}"
+    );
+    assert_eq!(count.take(), Vec::<String>::new());
+    let c = env.containers("phxfor-");
+    assert!(fake.starts_with(&c["phxfor-web-1"].0));
+    assert_eq!(c["phxfor-web-1"].1, "running");
+    assert_eq!(c["phxfor-db-1"].0, before["phxfor-db-1"]);
+    // Removing the look-alike by hand lets the next pass recreate web.
+    env.docker(&["rm", "-f", "phxfor-web-1"]);
+    let Pass::Applied { diff, .. } = pass(&conv, &v, false).await.unwrap() else {
+        panic!("must recreate web")
+    };
+    assert_eq!(diff, "create container phxfor-web-1 (web)");
+}
+
+/// The same guarantees through the real `phoenix-agent` binary: an undeclared grant fails
+/// the stack, a declared one is planned with its grants and created, and an agent with
+/// another state directory (another owner key) treats the containers as a conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_binary_refuses_undeclared_grants_and_foreign_owners() {
+    let Some(env) = DockerEnv::get() else { return };
+    let _lock = ENGINE.lock().await;
+    let stack = "phxbin";
+    let _down = Teardown {
+        env: env.clone(),
+        stack: stack.into(),
+        extra: vec![],
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let compose = "services:\n  app:\n    image: \"${IMAGE}\"\n    init: true\n    command: [sleep, \"100000\"]\n    volumes: [\"/var/run/docker.sock:/var/run/docker.sock:ro\"]\n";
+    let apply = |state: &str, host_access: &[&str], dry_run: bool| {
+        let file = dir.path().join("guest.json");
+        std::fs::write(
+            &file,
+            serde_json::to_vec(&serde_json::json!({"resources": [{
+                "kind": "stack",
+                "name": stack,
+                "compose": compose,
+                "variables": {"IMAGE": env.image},
+                "host_access": host_access,
+            }]}))
+            .unwrap(),
+        )
+        .unwrap();
+        let mut cmd = std::process::Command::new(phoenix_tests::bin("phoenix-agent"));
+        cmd.env("DOCKER_HOST", &env.host)
+            .arg("--state-dir")
+            .arg(dir.path().join(state))
+            .args(["apply", "--json", "-f"])
+            .arg(&file);
+        if dry_run {
+            cmd.arg("--dry-run");
+        }
+        let out = cmd.output().unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.code(), report["results"][0].clone())
+    };
+
+    let (code, r) = apply("a", &[], false);
+    assert_eq!(code, Some(2), "{r}");
+    let msg = r["message"].as_str().unwrap();
+    assert!(
+        msg.contains("stack phxbin: host access not declared in host_access: bind /var/run/docker.sock (services.app.volumes)"),
+        "{r}"
+    );
+    assert!(env.containers("phxbin-").is_empty());
+
+    let declared = ["bind /var/run/docker.sock"];
+    let (code, r) = apply("a", &declared, true);
+    assert_eq!(code, Some(0), "{r}");
+    assert!(
+        r["diff"].as_str().unwrap().contains(
+            "create container phxbin-app-1 (app) (GRANTS HOST ACCESS: bind /var/run/docker.sock)"
+        ),
+        "{r}"
+    );
+    assert!(env.containers("phxbin-").is_empty());
+    let (code, r) = apply("a", &declared, false);
+    assert_eq!(code, Some(0), "{r}");
+    assert_running(&env, stack, &["phxbin-app-1"]);
+    let id = env.containers("phxbin-")["phxbin-app-1"].0.clone();
+    let (code, r) = apply("a", &declared, false);
+    assert_eq!(
+        (code, r["status"].as_str()),
+        (Some(0), Some("unchanged")),
+        "{r}"
+    );
+
+    // Another agent's key: the container is not its to adopt or replace.
+    let (code, r) = apply("b", &declared, false);
+    assert_eq!(code, Some(2), "{r}");
+    assert!(
+        r["message"].as_str().unwrap().contains(
+            "conflict: container phxbin-app-1 carries phoenix labels but was not created by this agent"
+        ),
+        "{r}"
+    );
+    assert_eq!(env.containers("phxbin-")["phxbin-app-1"].0, id);
 }

@@ -5,20 +5,27 @@
 //! `ContainerEngine` trait with its Docker implementation, and `StackConverger` below ties
 //! them to the reconcile engine.
 //!
-//! Every object created here carries `phoenix.stack=<name>`; containers also carry
+//! Every object created here carries `phoenix.stack=<name>` and `phoenix.owner` (an HMAC
+//! under a key only this agent holds, see `owner`); containers also carry
 //! `phoenix.service`, `phoenix.config-hash` and `phoenix.image-digest` (the local image
-//! ID they were created from). Nothing without the stack label is ever changed.
+//! ID they were created from). Nothing without a valid owner proof is ever changed or
+//! adopted: an object that carries the stack label without the proof is reported as a
+//! conflict and fails the stack. Host-root grants (`grants`) are refused unless the spec
+//! declares them in `host_access`, and env files are read only beneath the allowed roots.
 //! Limits: images are pulled only when absent locally (a moved `:latest` tag upstream is
 //! not noticed until the image is removed); named volumes are never removed; services
 //! are started one after another.
 
 pub mod compose;
 pub mod engine;
+pub mod grants;
+pub mod owner;
 pub mod plan;
 
 use crate::reconcile::{Check, Converge, PassContext, ResourceError};
 use compose::{ComposeError, ComposeProject, Condition};
 use engine::{ContainerEngine, ContainerState, EngineError, RegistryAuth};
+use owner::{Kind, LABEL_OWNER, OwnerKey};
 use phoenix_pki::fsutil::{self, FileAttrs};
 use phoenix_proto::model::{SecretRef, StackSpec};
 use plan::{Desired, Observed, Plan, PlanError, Step};
@@ -68,6 +75,16 @@ pub enum StackError {
         path: String,
         #[source]
         source: std::io::Error,
+    },
+    #[error(
+        "stack {stack}: host access not declared in host_access: {grants}; a stack gets these only by listing them in its host_access"
+    )]
+    HostAccess { stack: String, grants: String },
+    #[error("stack {stack}: env file {path}: {why}")]
+    EnvFile {
+        stack: String,
+        path: String,
+        why: String,
     },
     #[error("stack {stack}: env file {path} line {line}: expected KEY=VALUE")]
     EnvFileLine {
@@ -121,6 +138,7 @@ pub struct ContainerStatus {
 pub struct StackConverger {
     engine: Arc<dyn ContainerEngine>,
     file_roots: Vec<PathBuf>,
+    owner: OwnerKey,
 }
 
 /// A desired state rendered against the host: the containers, and the stack files whose
@@ -131,10 +149,49 @@ struct Rendered {
 }
 
 impl StackConverger {
-    /// `file_roots`: where a stack's `files` may be written (the operator's policy, as for
-    /// file resources).
-    pub fn new(engine: Arc<dyn ContainerEngine>, file_roots: Vec<PathBuf>) -> Self {
-        StackConverger { engine, file_roots }
+    /// `file_roots`: where a stack's `files` may be written and its env files read (the
+    /// operator's policy, as for file resources). `owner`: the key that marks what this
+    /// agent creates.
+    pub fn new(
+        engine: Arc<dyn ContainerEngine>,
+        file_roots: Vec<PathBuf>,
+        owner: OwnerKey,
+    ) -> Self {
+        StackConverger {
+            engine,
+            file_roots,
+            owner,
+        }
+    }
+
+    /// Every host-root grant of the project, bind sources judged by where their links
+    /// lead on this host too; the owner key's directory is protected as well.
+    fn grants(&self, project: &ComposeProject) -> Vec<grants::Grant> {
+        grants::detect_resolved(project, &[self.owner.dir().to_path_buf()], |p| {
+            std::fs::canonicalize(p).ok()
+        })
+    }
+
+    /// Refuses the stack when it makes a grant its spec does not declare.
+    fn check_grants(
+        &self,
+        spec: &StackSpec,
+        project: &ComposeProject,
+    ) -> Result<Vec<grants::Grant>, StackError> {
+        let all = self.grants(project);
+        let missing = grants::undeclared(&all, &spec.host_access);
+        if missing.is_empty() {
+            Ok(all)
+        } else {
+            Err(StackError::HostAccess {
+                stack: spec.name.clone(),
+                grants: missing
+                    .iter()
+                    .map(|g| g.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+        }
     }
 
     fn project(&self, spec: &StackSpec) -> Result<ComposeProject, StackError> {
@@ -205,6 +262,7 @@ impl StackConverger {
     fn render(&self, spec: &StackSpec) -> Result<Rendered, StackError> {
         let stack = spec.name.as_str();
         let project = self.project(spec)?;
+        let grants = self.check_grants(spec, &project)?;
         let labels = Self::extra_labels(spec, &project)?;
         let io = |action, path: &Path| {
             let path = path.display().to_string();
@@ -223,8 +281,13 @@ impl StackConverger {
                 }
                 let text = match spec.files.iter().find(|f| f.path.as_str() == path) {
                     Some(f) => f.content.clone(),
-                    None => std::fs::read_to_string(path)
-                        .map_err(io("read env file", Path::new(path)))?,
+                    None => read_env_file(&self.file_roots, path).map_err(|why| {
+                        StackError::EnvFile {
+                            stack: stack.to_string(),
+                            path: path.clone(),
+                            why,
+                        }
+                    })?,
                 };
                 env_files.insert(path.clone(), parse_env_file(stack, path, &text)?);
             }
@@ -245,7 +308,14 @@ impl StackConverger {
                 Err(e) => return Err(io("read stack file", path)(e.into())),
             }
         }
-        let desired = plan::render(stack, &project, &labels, &env_files, &digests);
+        let mut desired = plan::render(stack, &project, &labels, &env_files, &digests);
+        for c in &mut desired.containers {
+            c.grants = grants
+                .iter()
+                .filter(|g| g.service == c.service)
+                .map(|g| g.access.clone())
+                .collect();
+        }
         Ok(Rendered {
             desired,
             stale_files,
@@ -283,11 +353,32 @@ impl StackConverger {
                 images.insert(c.spec.image.clone(), id);
             }
         }
+        let owned = containers
+            .iter()
+            .filter(|c| {
+                // A container set aside by a recreate that never finished keeps the proof
+                // of the name it had; the plan then removes it as an orphan.
+                let name = c.name.strip_suffix(OLD_SUFFIX).unwrap_or(&c.name);
+                self.owner
+                    .proves(Kind::Container, stack, name, c.labels.get(LABEL_OWNER))
+            })
+            .map(|c| c.id.clone())
+            .collect();
+        let owned_networks = networks
+            .iter()
+            .filter(|(name, labels)| {
+                self.owner
+                    .proves(Kind::Network, stack, name, labels.get(LABEL_OWNER))
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
         Ok(Observed {
             containers,
             networks,
             volumes,
             images,
+            owned,
+            owned_networks,
         })
     }
 
@@ -301,6 +392,12 @@ impl StackConverger {
             .map_err(Self::engine_err(stack))?;
         let mut out = Vec::new();
         for c in list {
+            if !self
+                .owner
+                .proves(Kind::Container, stack, &c.name, c.labels.get(LABEL_OWNER))
+            {
+                continue;
+            }
             let st = self
                 .engine
                 .inspect_state(&c.id)
@@ -342,10 +439,19 @@ impl StackConverger {
         })
     }
 
-    fn labels(desired: &Desired, index: usize, image_id: &str) -> HashMap<String, String> {
+    fn labels(
+        owner: &OwnerKey,
+        desired: &Desired,
+        index: usize,
+        image_id: &str,
+    ) -> HashMap<String, String> {
         let c = &desired.containers[index];
         let mut l: HashMap<String, String> = c.spec.labels.clone().into_iter().collect();
         l.insert(LABEL_STACK.into(), desired.stack.clone());
+        l.insert(
+            LABEL_OWNER.into(),
+            owner.tag(Kind::Container, &desired.stack, &c.name),
+        );
         l.insert(LABEL_SERVICE.into(), c.service.clone());
         l.insert(LABEL_CONFIG_HASH.into(), c.config_hash());
         l.insert(LABEL_IMAGE.into(), image_id.to_string());
@@ -418,7 +524,7 @@ impl StackConverger {
     ) -> Result<String, (Option<String>, StackError)> {
         let stack = desired.stack.as_str();
         let c = &desired.containers[index];
-        let body = engine::create_body(c, Self::labels(desired, index, image_id));
+        let body = engine::create_body(c, Self::labels(&self.owner, desired, index, image_id));
         let id = self
             .engine
             .create_container(&c.name, body)
@@ -535,14 +641,20 @@ impl StackConverger {
     ) -> Result<Vec<String>, StackError> {
         let stack = desired.stack.as_str();
         let e = || Self::engine_err(stack);
-        let mut stack_labels = HashMap::new();
-        stack_labels.insert(LABEL_STACK.to_string(), stack.to_string());
+        let owned_labels = |kind: Kind, name: &str| {
+            HashMap::from([
+                (LABEL_STACK.to_string(), stack.to_string()),
+                (LABEL_OWNER.to_string(), self.owner.tag(kind, stack, name)),
+            ])
+        };
         // Container per service as it stands now; updated as steps run.
         let mut ids: BTreeMap<&str, String> = BTreeMap::new();
         for c in &desired.containers {
-            if let Some(o) = observed.containers.iter().find(|o| {
-                o.name == c.name && o.labels.get(LABEL_STACK).map(String::as_str) == Some(stack)
-            }) {
+            if let Some(o) = observed
+                .containers
+                .iter()
+                .find(|o| o.name == c.name && observed.owned.contains(&o.id))
+            {
                 ids.insert(c.service.as_str(), o.id.clone());
             }
         }
@@ -586,12 +698,12 @@ impl StackConverger {
                 }
                 Step::CreateNetwork { network } => self
                     .engine
-                    .create_network(network, stack_labels.clone())
+                    .create_network(network, owned_labels(Kind::Network, &network.name))
                     .await
                     .map_err(e())?,
                 Step::CreateVolume { volume } => self
                     .engine
-                    .create_volume(volume, stack_labels.clone())
+                    .create_volume(volume, owned_labels(Kind::Volume, &volume.name))
                     .await
                     .map_err(e())?,
                 Step::RemoveContainer { id, .. } => {
@@ -631,6 +743,63 @@ impl StackConverger {
         }
         Ok(done)
     }
+}
+
+/// Largest env file read from the host; larger is a mistake, not configuration.
+const ENV_FILE_MAX: u64 = 1 << 20;
+
+/// Reads an env file from the host, only from beneath one of `roots`. The path below the
+/// root is resolved by the kernel (openat2 with RESOLVE_BENEATH and RESOLVE_NO_MAGICLINKS
+/// against the root's directory fd), so neither `..` nor a symlink, even one swapped in
+/// while we read, leads outside the root; links that stay inside are followed. Only a
+/// regular file is read (a FIFO would block the pass, a device would never end). Returns
+/// why not, as text for `StackError::EnvFile`.
+fn read_env_file(roots: &[PathBuf], path: &str) -> Result<String, String> {
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+    use std::io::Read;
+    let p = Path::new(path);
+    let inside = |r: &&PathBuf| {
+        p.starts_with(r)
+            && p != r.as_path()
+            && !p.components().any(|c| c == std::path::Component::ParentDir)
+    };
+    let Some(root) = roots.iter().find(inside) else {
+        let roots: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
+        return Err(format!(
+            "is outside the allowed roots ({}); keep env files beneath one of them",
+            if roots.is_empty() {
+                "none configured".to_string()
+            } else {
+                roots.join(", ")
+            }
+        ));
+    };
+    let rel = p.strip_prefix(root).map_err(|e| e.to_string())?;
+    let dir = std::fs::File::open(root)
+        .map_err(|e| format!("open allowed root {}: {e}", root.display()))?;
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let fd = openat2(&dir, rel, how).map_err(|e| match e {
+        nix::errno::Errno::EXDEV | nix::errno::Errno::ELOOP => format!(
+            "leads outside the allowed root {} through a link or '..'; refusing to read it",
+            root.display()
+        ),
+        e => format!("open: {e}"),
+    })?;
+    let file = std::fs::File::from(fd);
+    let meta = file.metadata().map_err(|e| format!("stat: {e}"))?;
+    if !meta.file_type().is_file() {
+        return Err("is not a regular file".into());
+    }
+    if meta.len() > ENV_FILE_MAX {
+        return Err(format!("is larger than {ENV_FILE_MAX} bytes"));
+    }
+    let mut text = String::new();
+    file.take(ENV_FILE_MAX)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("read: {e}"))?;
+    Ok(text)
 }
 
 fn parse_env_file(
@@ -688,6 +857,7 @@ impl Converge<StackSpec> for StackConverger {
         let project = self.project(spec)?;
         Self::extra_labels(spec, &project)?;
         self.check_roots(spec)?;
+        self.check_grants(spec, &project)?;
         Ok(())
     }
 
@@ -714,13 +884,15 @@ impl Converge<StackSpec> for StackConverger {
         let stack = spec.name.as_str();
         self.check_roots(spec)?;
         let r = self.render(spec)?;
+        // Plan first: a conflict or a missing external object fails the stack before any
+        // file is written.
+        let mut observed = self.observe(&r.desired).await?;
+        let mut plan = plan::plan(&r.desired, &observed)?;
         let mut done = Vec::new();
         for (path, content) in &r.stale_files {
             write_stack_file(stack, self.root_of(spec, path)?, path, content)?;
             done.push(format!("write file {}", path.display()));
         }
-        let mut observed = self.observe(&r.desired).await?;
-        let mut plan = plan::plan(&r.desired, &observed)?;
         let pulls: Vec<&String> = plan
             .steps
             .iter()

@@ -2,8 +2,10 @@
 //! calls `plan`, and executes (or, in dry-run, only prints) the steps.
 //!
 //! Guarantees: a container is recreated only when its config hash or the ID of the image
-//! its tag points at differs from the labels it was created with; only objects labelled
-//! `phoenix.stack=<name>` are ever removed; named volumes are never removed.
+//! its tag points at differs from the labels it was created with; only objects the
+//! converger proved its own (`Observed::owned`) are ever removed or adopted, and an object
+//! that carries the stack label without that proof fails the plan as a conflict; named
+//! volumes are never removed.
 
 use super::compose::{ComposeProject, Condition, MountKind, Service};
 use super::{LABEL_CONFIG_HASH, LABEL_IMAGE, LABEL_SERVICE, LABEL_STACK};
@@ -23,6 +25,11 @@ pub enum PlanError {
         "stack {stack}: container {name:?} exists but is not labelled as part of this stack; refusing to touch it"
     )]
     NameTaken { stack: String, name: String },
+    #[error(
+        "stack {stack}: conflict: {}; refusing to touch the stack. If it is an object of an older Phoenix agent, or of this guest before its agent state was lost, remove it by hand (docker rm -f / docker network rm) and the next pass recreates it",
+        .objects.iter().map(|o| format!("{o} carries phoenix labels but was not created by this agent")).collect::<Vec<_>>().join("; ")
+    )]
+    Conflict { stack: String, objects: Vec<String> },
 }
 
 /// One container as the stack wants it. Everything that should recreate the container
@@ -36,6 +43,10 @@ pub struct ContainerConfig {
     pub spec: Service,
     /// Digest of each stack file this container bind-mounts, so editing one recreates it.
     pub files: BTreeMap<String, String>,
+    /// Host-root grants (`grants::Grant::access`) the container receives, shown on every
+    /// plan line that creates it. Derived from `spec`, so not hashed again.
+    #[serde(skip)]
+    pub grants: Vec<String>,
 }
 
 impl ContainerConfig {
@@ -192,7 +203,14 @@ pub fn render(
             name: container_name(stack, svc_name, &svc.container_name),
             spec,
             files,
+            grants: Vec::new(),
         });
+    }
+    // As the file says; the converger also judges where bind sources' links lead.
+    for g in super::grants::detect(project, &[]) {
+        if let Some(c) = containers.iter_mut().find(|c| c.service == g.service) {
+            c.grants.push(g.access);
+        }
     }
     Desired {
         stack: stack.to_string(),
@@ -223,6 +241,10 @@ pub struct Observed {
     pub volumes: BTreeSet<String>,
     /// Image reference → local image ID, `None` when the image is not present.
     pub images: BTreeMap<String, Option<String>>,
+    /// IDs of the containers whose `phoenix.owner` label proves this agent created them.
+    pub owned: BTreeSet<String>,
+    /// Names of the networks proven the same way.
+    pub owned_networks: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -278,6 +300,12 @@ impl Plan {
                 .map(|c| format!("{} ({})", c.name, c.service))
                 .unwrap_or_default()
         };
+        let grants = |i: &usize| match desired.containers.get(*i) {
+            Some(c) if !c.grants.is_empty() => {
+                format!(" (GRANTS HOST ACCESS: {})", c.grants.join(", "))
+            }
+            _ => String::new(),
+        };
         self.steps
             .iter()
             .map(|s| match s {
@@ -287,9 +315,11 @@ impl Plan {
                 Step::RemoveContainer { name, why, .. } => {
                     format!("remove container {name}: {why}")
                 }
-                Step::Create { index } => format!("create container {}", svc(index)),
+                Step::Create { index } => {
+                    format!("create container {}{}", svc(index), grants(index))
+                }
                 Step::Recreate { index, why, .. } => {
-                    format!("recreate container {}: {why}", svc(index))
+                    format!("recreate container {}: {why}{}", svc(index), grants(index))
                 }
                 Step::Start { index, .. } => format!("start container {}", svc(index)),
                 Step::RemoveNetwork { name } => format!("remove network {name}: not in the stack"),
@@ -342,7 +372,31 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Result<Plan, PlanError> {
         steps.push(Step::CreateVolume { volume: v.clone() });
     }
 
-    let ours = |c: &ObservedContainer| c.labels.get(LABEL_STACK).map(String::as_str) == Some(stack);
+    let claims = |labels: &BTreeMap<String, String>| {
+        labels.get(LABEL_STACK).map(String::as_str) == Some(stack)
+    };
+    // Anything claiming the stack without proof is neither adopted nor removed, and nothing
+    // else of the stack is touched while it is there.
+    let mut conflicts: Vec<String> = observed
+        .containers
+        .iter()
+        .filter(|c| claims(&c.labels) && !observed.owned.contains(&c.id))
+        .map(|c| format!("container {}", c.name))
+        .collect();
+    conflicts.extend(
+        observed
+            .networks
+            .iter()
+            .filter(|(name, labels)| claims(labels) && !observed.owned_networks.contains(*name))
+            .map(|(name, _)| format!("network {name}")),
+    );
+    if !conflicts.is_empty() {
+        return Err(PlanError::Conflict {
+            stack: stack.into(),
+            objects: conflicts,
+        });
+    }
+    let ours = |c: &ObservedContainer| claims(&c.labels) && observed.owned.contains(&c.id);
     let mut primary: BTreeMap<usize, &ObservedContainer> = BTreeMap::new();
     for obs in &observed.containers {
         let slot = desired.containers.iter().position(|d| d.name == obs.name);
@@ -416,7 +470,8 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Result<Plan, PlanError> {
 
     let wanted: BTreeSet<&str> = desired.networks.iter().map(|n| n.name.as_str()).collect();
     for (name, labels) in &observed.networks {
-        if labels.get(LABEL_STACK).map(String::as_str) == Some(stack)
+        if claims(labels)
+            && observed.owned_networks.contains(name)
             && !wanted.contains(name.as_str())
         {
             steps.push(Step::RemoveNetwork { name: name.clone() });

@@ -30,11 +30,18 @@ fn desired(compose: &str, files: &[(&str, &str)]) -> Desired {
     plan::render("s", &p, &BTreeMap::new(), &BTreeMap::new(), &files)
 }
 
+fn key() -> OwnerKey {
+    let dir = tempfile::tempdir().unwrap();
+    OwnerKey::load_or_create(dir.path()).unwrap()
+}
+
 /// What the engine would show after a perfect converge of `d`.
 fn converged(d: &Desired) -> Observed {
     let mut o = Observed::default();
+    let key = key();
     for (i, c) in d.containers.iter().enumerate() {
-        let labels = StackConverger::labels(d, i, "sha256:1");
+        let labels = StackConverger::labels(&key, d, i, "sha256:1");
+        o.owned.insert(format!("id-{}", c.service));
         o.containers.push(ObservedContainer {
             id: format!("id-{}", c.service),
             name: c.name.clone(),
@@ -46,6 +53,7 @@ fn converged(d: &Desired) -> Observed {
             .insert(c.spec.image.clone(), Some("sha256:1".into()));
     }
     for n in &d.networks {
+        o.owned_networks.insert(n.name.clone());
         o.networks.insert(
             n.name.clone(),
             BTreeMap::from([(LABEL_STACK.to_string(), "s".to_string())]),
@@ -113,6 +121,8 @@ fn orphans_stopped_and_foreign_containers() {
     let d = desired(STACK, &[]);
     let mut o = converged(&d);
     o.containers[0].running = false;
+    o.owned.insert("gone".into());
+    o.owned_networks.insert("s_unused".into());
     o.containers.push(ObservedContainer {
         id: "gone".into(),
         name: "s-old-1".into(),
@@ -142,6 +152,100 @@ fn orphans_stopped_and_foreign_containers() {
     o.containers[1].labels.clear();
     let e = plan::plan(&d, &o).unwrap_err().to_string();
     assert!(e.contains("s-api-1") && e.contains("refusing"), "{e}");
+}
+
+#[test]
+fn unproven_stack_labels_are_conflicts_not_orphans_or_services() {
+    let d = desired(STACK, &[]);
+    // A look-alike of s-api-1 (same labels, no valid proof) and an unproven "orphan".
+    for (id, name, service) in [("fake", "s-api-1", "api"), ("stray", "s-old-1", "old")] {
+        let mut o = converged(&d);
+        o.containers.retain(|c| c.name != name);
+        o.containers.push(ObservedContainer {
+            id: id.into(),
+            name: name.into(),
+            labels: BTreeMap::from([
+                (LABEL_STACK.to_string(), "s".to_string()),
+                (LABEL_SERVICE.to_string(), service.to_string()),
+                (owner::LABEL_OWNER.to_string(), "00".repeat(32)),
+            ]),
+            running: true,
+            exit_code: None,
+        });
+        let e = plan::plan(&d, &o).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!(
+                "conflict: container {name} carries phoenix labels but was not created by this agent"
+            )),
+            "{e}"
+        );
+    }
+    // An unproven network with the stack label is not removed either.
+    let mut o = converged(&d);
+    o.networks.insert(
+        "s_unused".into(),
+        BTreeMap::from([(LABEL_STACK.to_string(), "s".to_string())]),
+    );
+    let e = plan::plan(&d, &o).unwrap_err().to_string();
+    assert!(e.contains("network s_unused"), "{e}");
+}
+
+#[test]
+fn plan_lines_name_the_grants() {
+    let d = desired(
+        "services:\n  p:\n    image: img:1\n    volumes: [\"/var/run/docker.sock:/var/run/docker.sock\"]\n    cap_add: [SYS_ADMIN]\n",
+        &[],
+    );
+    let mut o = Observed::default();
+    o.images.insert("img:1".into(), Some("sha256:1".into()));
+    let p = plan::plan(&d, &o).unwrap();
+    assert!(
+        p.describe(&d).contains(
+            &"create container s-p-1 (p) (GRANTS HOST ACCESS: cap_add SYS_ADMIN, bind /var/run/docker.sock)"
+                .to_string()
+        ),
+        "{:?}",
+        p.describe(&d)
+    );
+}
+
+#[test]
+fn env_files_are_read_only_beneath_the_roots() {
+    let root = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let victim = outside.path().join("victim");
+    std::fs::write(&victim, "SECRET=victim\n").unwrap();
+    std::fs::write(root.path().join("ok.env"), "A=1\n").unwrap();
+    std::os::unix::fs::symlink(&victim, root.path().join("link.env")).unwrap();
+    std::os::unix::fs::symlink("ok.env", root.path().join("inner.env")).unwrap();
+    let roots = vec![root.path().to_path_buf()];
+    let at = |name: &str| root.path().join(name).display().to_string();
+    assert_eq!(read_env_file(&roots, &at("ok.env")).unwrap(), "A=1\n");
+    // A link that stays inside the root is fine.
+    assert_eq!(read_env_file(&roots, &at("inner.env")).unwrap(), "A=1\n");
+    let e = read_env_file(&roots, &at("link.env")).unwrap_err();
+    assert!(e.contains("leads outside the allowed root"), "{e}");
+    let e = read_env_file(&roots, &victim.display().to_string()).unwrap_err();
+    assert!(e.contains("outside the allowed roots"), "{e}");
+    let e = read_env_file(
+        &roots,
+        &format!(
+            "{}/../{}/victim",
+            root.path().display(),
+            outside.path().display()
+        ),
+    )
+    .unwrap_err();
+    assert!(e.contains("outside the allowed roots"), "{e}");
+    let e = read_env_file(&roots, "/etc/shadow").unwrap_err();
+    assert!(e.contains("outside the allowed roots"), "{e}");
+    nix::unistd::mkfifo(
+        &root.path().join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let e = read_env_file(&roots, &at("fifo")).unwrap_err();
+    assert!(e.contains("not a regular file"), "{e}");
 }
 
 #[test]

@@ -849,8 +849,44 @@ fn stack(
     for key in &redacted {
         check_vars.entry(key.clone()).or_default();
     }
+    // Host-root grants must be declared by the stack (manifest or catalog environment
+    // key `host_access`, a list of grants as the agent prints them).
+    let mut host_access = Vec::new();
+    if let Some(list) = pick("host_access") {
+        for n in list.items(
+            d,
+            "an array of grants such as \"bind /var/run/docker.sock\"",
+        ) {
+            if let Some(g) = n.text(d, "a grant such as \"bind /var/run/docker.sock\"") {
+                host_access.push(g.trim().to_string());
+            }
+        }
+    }
     match phoenix_agent::stacks::compose::parse(&compose, &check_vars) {
         Ok(project) => {
+            // The agent also refuses binds of its own state directory and binds whose
+            // links lead somewhere sensitive; only the guest can see those.
+            let grants = phoenix_agent::stacks::grants::detect(
+                &project,
+                &[std::path::PathBuf::from(
+                    phoenix_agent::state::DEFAULT_STATE_DIR,
+                )],
+            );
+            for g in &grants {
+                let declared = host_access.iter().any(|a| a == &g.access);
+                d.warn(
+                    &compose_path,
+                    &g.field,
+                    if declared {
+                        format!("service {} GRANTS HOST ACCESS: {} (declared in host_access)", g.service, g.access)
+                    } else {
+                        format!(
+                            "service {} GRANTS HOST ACCESS: {}, not declared: the agent refuses stack {} until \"host_access\": [\"{}\"] is added to its environment {:?} in stacks/{}/phoenix.json",
+                            g.service, g.access, s.name, g.access, s.environment, s.name
+                        )
+                    },
+                );
+            }
             for (svc, n) in &label_paths {
                 if labels.contains_key(svc) && !project.services.contains_key(svc) {
                     n.error(
@@ -890,6 +926,7 @@ fn stack(
         registry_auth: None,
         rollback_on_failure: true,
         depends_on: Vec::new(),
+        host_access,
     };
     Some((
         Item {

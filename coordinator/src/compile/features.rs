@@ -553,6 +553,12 @@ fn portainer(ctx: &FeatureCtx) -> Vec<Item> {
         }
         _ => return Vec::new(),
     };
+    // Portainer manages the guest's Docker engine through its socket: a grant Phoenix
+    // makes on purpose for this feature, so it is declared here, in the open.
+    let mut host_access = vec!["bind /var/run/docker.sock".to_string()];
+    if ctx.portainer_role == Some("agent") {
+        host_access.push("bind /var/lib/docker/volumes".into());
+    }
     let stack = StackSpec {
         name: "portainer".into(),
         environment: "production".into(),
@@ -563,6 +569,7 @@ fn portainer(ctx: &FeatureCtx) -> Vec<Item> {
         registry_auth: None,
         rollback_on_failure: true,
         depends_on: Vec::new(),
+        host_access,
     };
     vec![Item::from(Resource::Stack(stack)).after(ResourceRef::new("service", "docker.service"))]
 }

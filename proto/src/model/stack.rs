@@ -32,6 +32,11 @@ pub struct StackSpec {
     pub rollback_on_failure: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<ResourceRef>,
+    /// Host-root grants the stack is allowed to make, exactly as the agent prints them:
+    /// `bind /var/run/docker.sock`, `cap_add SYS_ADMIN`, `device /dev/mem`. Any grant the
+    /// Compose file makes that is not listed here fails the stack before anything runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_access: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -54,6 +59,15 @@ impl StackSpec {
         super::cert::simple_name("stack", &self.name)?;
         if self.compose.trim().is_empty() {
             return Err("compose file is empty".into());
+        }
+        for g in &self.host_access {
+            let ok = matches!(g.split_once(' '), Some(("bind" | "device", p)) if p.starts_with('/'))
+                || matches!(g.split_once(' '), Some(("cap_add", c)) if !c.is_empty() && c.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'));
+            if !ok {
+                return Err(format!(
+                    "host_access {g:?}: expected \"bind /path\", \"device /dev/x\" or \"cap_add NAME\""
+                ));
+            }
         }
         Ok(())
     }

@@ -132,7 +132,7 @@ async fn main() -> Res<()> {
         stack: PHOENIX_STACK.into(),
         extra: vec![],
     };
-    let conv = StackConverger::new(env.engine(), Vec::new());
+    let conv = StackConverger::new(env.engine(), Vec::new(), phoenix_tests::stacks::owner_key());
     let stack = spec(PHOENIX_STACK, FOUR_SERVICES, &[("IMAGE", &env.image)]);
     let _down_agent = Teardown {
         env: env.clone(),
