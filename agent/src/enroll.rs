@@ -28,8 +28,21 @@ pub enum EnrollError {
     Refused(String),
     #[error("coordinator answered with a certificate that is not ours: {0}")]
     BadAnswer(String),
+    #[error(
+        "agent clock is {behind_secs} s behind: the certificate the coordinator just issued is not valid yet here; fix the clock (NTP) and run join again with the same token"
+    )]
+    ClockBehind { behind_secs: u64 },
     #[error("{0}")]
     State(#[from] StateError),
+}
+
+/// How far the local clock is behind a certificate issued just now, if it is.
+fn clock_behind(not_before: std::time::SystemTime, now: std::time::SystemTime) -> Option<u64> {
+    not_before
+        .duration_since(now)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .map(|d| d.as_secs().max(1))
 }
 
 pub async fn join(
@@ -84,6 +97,17 @@ pub async fn join(
             "trust bundle lacks the pinned root".into(),
         ));
     }
+    // A clock behind the CA's makes the fresh chain "not valid yet"; say that instead
+    // of a bare verification error (the token stays usable until the identity is used).
+    let leaf = x509::parse_chain(&resp.chain_pem, "certificate chain")
+        .map_err(|e| EnrollError::BadAnswer(e.to_string()))?;
+    let leaf = leaf
+        .first()
+        .ok_or_else(|| EnrollError::BadAnswer("empty certificate chain".into()))?;
+    let info = x509::inspect(leaf).map_err(|e| EnrollError::BadAnswer(e.to_string()))?;
+    if let Some(behind_secs) = clock_behind(info.not_before, std::time::SystemTime::now()) {
+        return Err(EnrollError::ClockBehind { behind_secs });
+    }
     let trust = TrustStore::from_pem(&resp.roots_pem)?;
     trust.verify_chain(&resp.chain_pem)?;
     let identity = tls::Identity::from_pem(&resp.chain_pem, &key.serialize_pem())?;
@@ -105,4 +129,19 @@ pub async fn join(
         &resp.roots_pem,
     )?;
     Ok(enrollment)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn clock_skew_is_measured_in_whole_seconds() {
+        let t = UNIX_EPOCH + Duration::from_secs(1000);
+        assert_eq!(clock_behind(t, t - Duration::from_secs(90)), Some(90));
+        assert_eq!(clock_behind(t, t - Duration::from_millis(200)), Some(1));
+        assert_eq!(clock_behind(t, t), None);
+        assert_eq!(clock_behind(t, t + Duration::from_secs(5)), None);
+    }
 }
