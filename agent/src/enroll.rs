@@ -32,17 +32,25 @@ pub enum EnrollError {
         "agent clock is {behind_secs} s behind: the certificate the coordinator just issued is not valid yet here; fix the clock (NTP) and run join again with the same token"
     )]
     ClockBehind { behind_secs: u64 },
+    #[error(
+        "agent clock is behind: the coordinator's certificate is not valid yet by this machine's clock; fix the clock (NTP) and run join again with the same token ({0})"
+    )]
+    CoordinatorNotValidYet(String),
     #[error("{0}")]
     State(#[from] StateError),
 }
 
-/// How far the local clock is behind a certificate issued just now, if it is.
-fn clock_behind(not_before: std::time::SystemTime, now: std::time::SystemTime) -> Option<u64> {
-    not_before
-        .duration_since(now)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .map(|d| d.as_secs().max(1))
+/// How far the local clock is behind, if the certificate issued just now is not valid
+/// yet here: measured against the coordinator's clock when it sent it, else against
+/// the certificate's start.
+fn clock_behind(
+    not_before: std::time::SystemTime,
+    coordinator_now: Option<std::time::SystemTime>,
+    now: std::time::SystemTime,
+) -> Option<u64> {
+    not_before.duration_since(now).ok().filter(|d| !d.is_zero())?;
+    let reference = coordinator_now.filter(|c| *c > not_before).unwrap_or(not_before);
+    Some(reference.duration_since(now).unwrap_or_default().as_secs().max(1))
 }
 
 pub async fn join(
@@ -69,7 +77,15 @@ pub async fn join(
         cfg,
         &ChannelOptions::default(),
     )
-    .await?;
+    .await
+    .map_err(|e| {
+        // With a clock far behind, even the coordinator's certificate is "not valid yet".
+        if format!("{e:?}").contains("NotValidYet") {
+            EnrollError::CoordinatorNotValidYet(e.to_string())
+        } else {
+            EnrollError::Connect(e)
+        }
+    })?;
     let mut client = v1::agent_client::AgentClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -105,7 +121,15 @@ pub async fn join(
         .first()
         .ok_or_else(|| EnrollError::BadAnswer("empty certificate chain".into()))?;
     let info = x509::inspect(leaf).map_err(|e| EnrollError::BadAnswer(e.to_string()))?;
-    if let Some(behind_secs) = clock_behind(info.not_before, std::time::SystemTime::now()) {
+    let coordinator_now = u64::try_from(resp.coordinator_time_unix)
+        .ok()
+        .filter(|t| *t > 0)
+        .map(|t| std::time::UNIX_EPOCH + std::time::Duration::from_secs(t));
+    if let Some(behind_secs) = clock_behind(
+        info.not_before,
+        coordinator_now,
+        std::time::SystemTime::now(),
+    ) {
         return Err(EnrollError::ClockBehind { behind_secs });
     }
     let trust = TrustStore::from_pem(&resp.roots_pem)?;
@@ -139,9 +163,12 @@ mod tests {
     #[test]
     fn clock_skew_is_measured_in_whole_seconds() {
         let t = UNIX_EPOCH + Duration::from_secs(1000);
-        assert_eq!(clock_behind(t, t - Duration::from_secs(90)), Some(90));
-        assert_eq!(clock_behind(t, t - Duration::from_millis(200)), Some(1));
-        assert_eq!(clock_behind(t, t), None);
-        assert_eq!(clock_behind(t, t + Duration::from_secs(5)), None);
+        let s = Duration::from_secs;
+        assert_eq!(clock_behind(t, None, t - s(90)), Some(90));
+        assert_eq!(clock_behind(t, None, t - Duration::from_millis(200)), Some(1));
+        // The coordinator's clock is the better reference (the cert may be backdated).
+        assert_eq!(clock_behind(t, Some(t + s(30)), t - s(15)), Some(45));
+        assert_eq!(clock_behind(t, None, t), None);
+        assert_eq!(clock_behind(t, Some(t + s(30)), t + s(5)), None);
     }
 }

@@ -231,6 +231,7 @@ impl v1::agent_server::Agent for AgentApi {
                     chain_pem: issued.chain_pem,
                     roots_pem: c.trust.pem(),
                     trust_domain: c.td.to_string(),
+                    coordinator_time_unix: now_unix(),
                 }))
             }
             Err(e) => {
