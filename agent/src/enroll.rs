@@ -48,9 +48,20 @@ fn clock_behind(
     coordinator_now: Option<std::time::SystemTime>,
     now: std::time::SystemTime,
 ) -> Option<u64> {
-    not_before.duration_since(now).ok().filter(|d| !d.is_zero())?;
-    let reference = coordinator_now.filter(|c| *c > not_before).unwrap_or(not_before);
-    Some(reference.duration_since(now).unwrap_or_default().as_secs().max(1))
+    not_before
+        .duration_since(now)
+        .ok()
+        .filter(|d| !d.is_zero())?;
+    let reference = coordinator_now
+        .filter(|c| *c > not_before)
+        .unwrap_or(not_before);
+    Some(
+        reference
+            .duration_since(now)
+            .unwrap_or_default()
+            .as_secs()
+            .max(1),
+    )
 }
 
 pub async fn join(
@@ -152,7 +163,63 @@ pub async fn join(
         &resp.chain_pem,
         &resp.roots_pem,
     )?;
+    // The coordinator spends the token when the new identity is first used; until then
+    // an answer refused here or lost on the way leaves it usable. Using it now closes
+    // that window for everyone else holding the token.
+    if let Err(e) = first_use(
+        state,
+        &enrollment,
+        &resp.chain_pem,
+        &key.serialize_pem(),
+        &resp.roots_pem,
+    )
+    .await
+    {
+        tracing::warn!(error = %e, "enrolled, but could not use the new identity yet: the join token stays usable until `phoenix-agent run` connects");
+    }
     Ok(enrollment)
+}
+
+/// Opens one session with the new identity (Hello, then close).
+async fn first_use(
+    state: &StateDir,
+    enrollment: &Enrollment,
+    chain_pem: &str,
+    key_pem: &str,
+    roots_pem: &str,
+) -> Result<(), String> {
+    let identity = tls::Identity::from_pem(chain_pem, key_pem).map_err(|e| e.to_string())?;
+    let trust = TrustStore::from_pem(roots_pem).map_err(|e| e.to_string())?;
+    let cfg =
+        tls::client_config(tls::IdentityStore::new(identity), trust).map_err(|e| e.to_string())?;
+    let channel = transport::connect(
+        &enrollment.coordinator,
+        &enrollment.trust_domain.coordinator_dns(),
+        cfg,
+        &ChannelOptions::default(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let applied = state.applied().unwrap_or_default();
+    let hello = v1::AgentMessage {
+        msg: Some(v1::agent_message::Msg::Hello(v1::Hello {
+            guest_id: enrollment.guest.get(),
+            agent_version: crate::runtime::AGENT_VERSION.to_string(),
+            facts: None,
+            applied_revision: applied.revision,
+            applied_digest: applied.digest,
+        })),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(hello).await.map_err(|e| e.to_string())?;
+    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    req.set_timeout(std::time::Duration::from_secs(30));
+    // The coordinator answers once the Hello is recorded; dropping the stream ends it.
+    v1::agent_client::AgentClient::new(channel)
+        .session(req)
+        .await
+        .map_err(|s| s.message().to_string())?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -165,7 +232,10 @@ mod tests {
         let t = UNIX_EPOCH + Duration::from_secs(1000);
         let s = Duration::from_secs;
         assert_eq!(clock_behind(t, None, t - s(90)), Some(90));
-        assert_eq!(clock_behind(t, None, t - Duration::from_millis(200)), Some(1));
+        assert_eq!(
+            clock_behind(t, None, t - Duration::from_millis(200)),
+            Some(1)
+        );
         // The coordinator's clock is the better reference (the cert may be backdated).
         assert_eq!(clock_behind(t, Some(t + s(30)), t - s(15)), Some(45));
         assert_eq!(clock_behind(t, None, t), None);

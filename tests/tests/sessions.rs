@@ -84,7 +84,10 @@ fn row(table: &str, guest: u32) -> String {
 }
 
 fn apply_no_wait(c: &Coordinator, spec: &Path) {
-    cli_ok(c, &["apply", "-f", spec.to_str().expect("utf8"), "--no-wait"]);
+    cli_ok(
+        c,
+        &["apply", "-f", spec.to_str().expect("utf8"), "--no-wait"],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -94,7 +97,16 @@ async fn revoke_ends_the_open_session_at_once_and_shows_everywhere() {
     let mut a = running(&c, tmp.path(), 121);
     let spec = tmp.path().join("spec.json");
     write_spec(&spec, &[(121, files_spec(&a.root, &[("one.txt", "1")]))]);
-    cli_ok(&c, &["apply", "-f", spec.to_str().expect("utf8"), "--timeout", "30s"]);
+    cli_ok(
+        &c,
+        &[
+            "apply",
+            "-f",
+            spec.to_str().expect("utf8"),
+            "--timeout",
+            "30s",
+        ],
+    );
     assert!(converged(&c.status(), 121));
 
     // A second session with the same identity, to see exactly how the coordinator ends it.
@@ -121,14 +133,19 @@ async fn revoke_ends_the_open_session_at_once_and_shows_everywhere() {
         revoked_at.elapsed()
     );
     assert_eq!(end, "PermissionDenied: guest 121 was revoked");
-    wait_for(Duration::from_secs(3), "the real agent's session to end", || {
-        a.log().contains("guest 121 was revoked").then_some(())
-    });
+    wait_for(
+        Duration::from_secs(3),
+        "the real agent's session to end",
+        || a.log().contains("guest 121 was revoked").then_some(()),
+    );
 
     // A desired state pushed after the revoke never reaches the guest.
     write_spec(
         &spec,
-        &[(121, files_spec(&a.root, &[("one.txt", "1"), ("two.txt", "2")]))],
+        &[(
+            121,
+            files_spec(&a.root, &[("one.txt", "1"), ("two.txt", "2")]),
+        )],
     );
     apply_no_wait(&c, &spec);
     std::thread::sleep(Duration::from_secs(5));
@@ -137,10 +154,16 @@ async fn revoke_ends_the_open_session_at_once_and_shows_everywhere() {
         !a.root.join("two.txt").exists(),
         "a revoked guest applied a new desired state"
     );
-    assert!(a.running(), "the agent keeps running (and enforcing its last state)");
+    assert!(
+        a.running(),
+        "the agent keeps running (and enforcing its last state)"
+    );
 
     let status = guest_status(&c.status(), 121).expect("status row");
-    assert_eq!((&status["revoked"], &status["connected"]), (&json!(true), &json!(false)));
+    assert_eq!(
+        (&status["revoked"], &status["connected"]),
+        (&json!(true), &json!(false))
+    );
     assert!(row(&cli_ok(&c, &["status"]), 121).contains("revoked"));
     let agents = json(&c, &["agents", "-o", "json"]);
     assert_eq!(agents[0]["revoked"], true, "{agents:#}");
@@ -148,7 +171,10 @@ async fn revoke_ends_the_open_session_at_once_and_shows_everywhere() {
     let certs = json(&c, &["certs", "-o", "json"]);
     let id = certs
         .as_array()
-        .and_then(|l| l.iter().find(|e| e["guest"] == 121 && e["kind"] == "identity"))
+        .and_then(|l| {
+            l.iter()
+                .find(|e| e["guest"] == 121 && e["kind"] == "identity")
+        })
         .unwrap_or_else(|| panic!("identity listed: {certs:#}"));
     assert!(id["last_result"].to_string().contains("revoked"), "{id}");
     assert!(row(&cli_ok(&c, &["certs"]), 121).contains("revoked"));
@@ -161,7 +187,9 @@ async fn a_session_ends_when_its_certificate_expires() {
     let a = joined(&c, tmp.path(), 122);
     let (chain, key, roots) = identity(&a);
     let leaf = phoenix_pki::x509::parse_chain(&chain, "chain").expect("chain");
-    let not_after = phoenix_pki::x509::inspect(&leaf[0]).expect("leaf").not_after;
+    let not_after = phoenix_pki::x509::inspect(&leaf[0])
+        .expect("leaf")
+        .not_after;
     let left = not_after
         .duration_since(std::time::SystemTime::now())
         .expect("not expired yet");
@@ -174,7 +202,10 @@ async fn a_session_ends_when_its_certificate_expires() {
     )
     .await
     .expect("session opened");
-    assert_eq!(end, "Unauthenticated: certificate of guest 122 expired, renew");
+    assert_eq!(
+        end,
+        "Unauthenticated: certificate of guest 122 expired, renew"
+    );
     assert!(
         lasted <= left + Duration::from_secs(2),
         "session lasted {lasted:?}, certificate had {left:?} left"
@@ -203,7 +234,11 @@ fn a_token_is_not_burnt_by_an_upper_case_fingerprint_or_a_clock_behind() {
     let c = Coordinator::start(&tmp.path().join("c"), &["--agent-cert-ttl", "5m"]);
     let a = Agent::new(tmp.path(), 123);
     let out = a.join(&upper_case_fingerprint(&c.token(123)), &[]);
-    assert!(out.status.success(), "upper-case fingerprint: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "upper-case fingerprint: {}",
+        text(&out)
+    );
 
     let b = Agent::new(tmp.path(), 124);
     let token = c.token(124);
@@ -216,7 +251,10 @@ fn a_token_is_not_burnt_by_an_upper_case_fingerprint_or_a_clock_behind() {
         .args(["join", &token])
         .output()
         .expect("run faketime");
-    assert!(!out.status.success(), "join with a clock 45 s behind succeeded");
+    assert!(
+        !out.status.success(),
+        "join with a clock 45 s behind succeeded"
+    );
     let err = text(&out);
     let secs: u64 = err
         .split("agent clock is ")
@@ -226,7 +264,11 @@ fn a_token_is_not_burnt_by_an_upper_case_fingerprint_or_a_clock_behind() {
         .unwrap_or_else(|| panic!("clock skew not named: {err}"));
     assert!((43..=48).contains(&secs), "{err}");
     let out = b.join(&token, &[]);
-    assert!(out.status.success(), "same token, clock fixed: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "same token, clock fixed: {}",
+        text(&out)
+    );
     // Once the identity is in use, the token is spent.
     let mut b = b;
     b.start();
@@ -239,7 +281,9 @@ fn a_token_is_not_burnt_by_an_upper_case_fingerprint_or_a_clock_behind() {
     assert!(text(&out).contains("already used"), "{}", text(&out));
     let log = c.log();
     assert!(
-        log.contains("agent enrolled") && log.contains("enrollment refused") && log.contains("127.0.0.1"),
+        log.contains("agent enrolled")
+            && log.contains("enrollment refused")
+            && log.contains("127.0.0.1"),
         "enrollments and refusals logged with the peer address:\n{log}"
     );
 }
@@ -265,10 +309,18 @@ fn a_token_is_not_burnt_by_a_ca_outage() {
     ca.ctl("stop");
     let out = a.join(&token, &[]);
     assert!(!out.status.success(), "join while the CA is down succeeded");
-    assert!(text(&out).contains("certificate authority"), "{}", text(&out));
+    assert!(
+        text(&out).contains("certificate authority"),
+        "{}",
+        text(&out)
+    );
     ca.ctl("start");
     let out = a.join(&token, &[]);
-    assert!(out.status.success(), "same token after the outage: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "same token after the outage: {}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -288,20 +340,31 @@ fn replacing_a_connected_guest_needs_a_replace_token() {
 
     let intruder = Agent::new(&tmp.path().join("other-machine"), 126);
     let out = intruder.join(&c.token(126), &[]);
-    assert!(!out.status.success(), "a plain token replaced a connected guest");
+    assert!(
+        !out.status.success(),
+        "a plain token replaced a connected guest"
+    );
     assert!(text(&out).contains("--replace"), "{}", text(&out));
     assert_eq!(current(&json(&c, &["certs", "-o", "json"])), before);
-    assert_eq!(guest_status(&c.status(), 126).expect("row")["connected"], true, "{serial}");
+    assert_eq!(
+        guest_status(&c.status(), 126).expect("row")["connected"],
+        true,
+        "{serial}"
+    );
 
     let token = cli_ok(&c, &["token", "create", "--guest", "126", "--replace"]);
     let out = intruder.join(token.trim(), &[]);
     assert!(out.status.success(), "--replace token: {}", text(&out));
     assert_ne!(current(&json(&c, &["certs", "-o", "json"])), before);
-    wait_for(Duration::from_secs(5), "the replaced session to end", || {
-        a.log()
-            .contains("identity of guest 126 was replaced by a new enrollment")
-            .then_some(())
-    });
+    wait_for(
+        Duration::from_secs(5),
+        "the replaced session to end",
+        || {
+            a.log()
+                .contains("identity of guest 126 was replaced by a new enrollment")
+                .then_some(())
+        },
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -335,11 +398,18 @@ async fn guest_text_is_escaped_in_tables_and_bounded() {
     );
     assert_eq!(table.lines().count(), 2, "a forged row: {table}");
     let r = row(&table, 127);
-    assert!(r.contains("web\\u{1b}]0;owned\\u{7}\\n999  yes  forged-row\\u{202e}"), "{r}");
+    assert!(
+        r.contains("web\\u{1b}]0;owned\\u{7}\\n999  yes  forged-row\\u{202e}"),
+        "{r}"
+    );
     assert!(r.contains("1.0\\u{1b}[2J"), "{r}");
     let agents = json(&c, &["agents", "-o", "json"]);
     let version = agents[0]["agent_version"].as_str().expect("version");
-    assert_eq!(version.chars().count(), 64, "agent version bounded: {version}");
+    assert_eq!(
+        version.chars().count(),
+        64,
+        "agent version bounded: {version}"
+    );
 }
 
 #[test]
@@ -347,7 +417,13 @@ fn state_dir_world_readable_is_fixed_loudly_and_a_symlink_is_refused() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let c = Coordinator::start(&tmp.path().join("c"), &[]);
     let a = joined(&c, tmp.path(), 128);
-    let mode = |p: &Path| std::fs::symlink_metadata(p).expect("stat").permissions().mode() & 0o7777;
+    let mode = |p: &Path| {
+        std::fs::symlink_metadata(p)
+            .expect("stat")
+            .permissions()
+            .mode()
+            & 0o7777
+    };
     let set = |p: &Path, m: u32| {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).expect("chmod")
     };
@@ -364,10 +440,15 @@ fn state_dir_world_readable_is_fixed_loudly_and_a_symlink_is_refused() {
     let out = agent(&a.state());
     let err = text(&out);
     assert!(
-        err.contains("SECURITY") && err.contains("key.pem had mode 0666") && err.contains("compromised"),
+        err.contains("SECURITY")
+            && err.contains("key.pem had mode 0666")
+            && err.contains("compromised"),
         "{err}"
     );
-    assert_eq!((mode(&a.state()), mode(&a.state().join("key.pem"))), (0o700, 0o600));
+    assert_eq!(
+        (mode(&a.state()), mode(&a.state().join("key.pem"))),
+        (0o700, 0o600)
+    );
 
     // A symlinked state dir is refused and its target keeps its mode.
     let target = tmp.path().join("elsewhere");
