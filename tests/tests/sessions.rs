@@ -587,3 +587,84 @@ async fn a_revoke_while_the_ca_signs_a_renewal_is_not_undone() {
     let _ = stop.send(());
     let _ = daemon.await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revoke_revokes_the_guests_service_certs_at_step_ca() {
+    use phoenix_pki::stepca::{ProvisionerKeySource, RevokeAuth, StepCaConfig};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Some(ca) = StepCa::start(&tmp.path().join("ca")) else {
+        return;
+    };
+    let args = ca.serve_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let c = Coordinator::start(&tmp.path().join("c"), &args);
+    let a = running(&c, tmp.path(), 130);
+    let r = |f: &str| a.root.join(f).display().to_string();
+    let spec = json!({"resources": [
+        {"kind": "cert", "name": "gw", "common_name": "gw.lab", "sans": ["gw.lab"],
+         "cert_path": r("gw.crt"), "key_path": r("gw.key"), "ca_path": r("ca.crt"),
+         "owner": "root", "group": "root", "mode": "0644", "key_mode": "0600",
+         "ttl_seconds": 3600}
+    ]});
+    let file = tmp.path().join("spec.json");
+    write_spec(&file, &[(130, spec)]);
+    cli_ok(
+        &c,
+        &[
+            "apply",
+            "-f",
+            file.to_str().expect("utf8"),
+            "--timeout",
+            "60s",
+        ],
+    );
+    let service_cert = |c: &Coordinator| {
+        json(c, &["certs", "-o", "json"])
+            .as_array()
+            .and_then(|l| l.iter().find(|e| e["kind"] == "cert:gw").cloned())
+            .expect("service cert listed")
+    };
+    let serial = service_cert(&c)["serial"]
+        .as_str()
+        .expect("serial")
+        .to_string();
+    let out = cli_ok(&c, &["revoke", "--guest", "130"]);
+    assert!(
+        out.contains(&format!("gw ({serial}): revoked at step-ca")),
+        "{out}"
+    );
+    let listed = service_cert(&c);
+    assert!(
+        listed["last_result"]
+            .to_string()
+            .contains("revoked: revoked at step-ca"),
+        "{listed}"
+    );
+    // step-ca itself has it on its revocation list: revoking it again is refused.
+    let client = phoenix_pki::stepca::StepCa::connect(&StepCaConfig {
+        url: ca.get("PHOENIX_STEPCA_URL").into(),
+        fingerprint: ca.get("PHOENIX_STEPCA_FINGERPRINT").into(),
+        provisioner: ca.get("PHOENIX_STEPCA_PROVISIONER").into(),
+        key: ProvisionerKeySource::EncryptedJwk {
+            jwe: ca.get("PHOENIX_STEPCA_JWE").into(),
+            password_file: ca.get("PHOENIX_STEPCA_PASSWORD_FILE").into(),
+        },
+    })
+    .await
+    .expect("step-ca client");
+    let again = client
+        .revoke(&serial, "again", RevokeAuth::Token)
+        .await
+        .expect_err("step-ca had not revoked the service certificate");
+    assert!(
+        matches!(
+            again,
+            phoenix_pki::CaError::Refused {
+                action: "revoke",
+                status: 400,
+                ..
+            }
+        ),
+        "{again}"
+    );
+}

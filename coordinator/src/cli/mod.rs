@@ -104,7 +104,8 @@ pub enum Command {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
     },
-    /// Refuse a guest's current identity until it re-joins with a new token.
+    /// End a guest's session now and refuse its identity until it re-joins with a new
+    /// token; its service certificates are revoked at step-ca where possible.
     Revoke {
         #[arg(long)]
         guest: GuestId,
