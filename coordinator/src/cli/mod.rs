@@ -920,11 +920,13 @@ async fn apply(
                 } else {
                     &r.diff
                 };
+                // The agent's words: escaped line by line, the diff keeps its lines.
+                let detail: Vec<String> = detail.lines().map(escape_controls).collect();
                 println!(
                     "  {:<9} {}  {}",
                     r.status.to_string(),
-                    r.resource,
-                    detail.replace('\n', "\n            ")
+                    escape_controls(&r.resource),
+                    detail.join("\n            ")
                 );
             }
         }
@@ -1000,5 +1002,21 @@ mod tests {
         )
         .expect_err("unknown guest");
         assert!(e.to_string().contains("555"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod escape_tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_and_bidi_overrides_are_escaped() {
+        assert_eq!(
+            escape_controls("a\x1b[2J\nb\t\\\u{202e}c"),
+            "a\\u{1b}[2J\\nb\\t\\\\\\u{202e}c"
+        );
+        assert_eq!(escape_controls("plain host-1 ✓"), "plain host-1 ✓");
+        let t = table(&["A"], &[vec!["x\ry".into()]]);
+        assert_eq!(t, "A\nx\\ry");
     }
 }
