@@ -170,6 +170,18 @@ fn current_or_previous(guest: GuestId, rec: &AgentRecord, serial: &str) -> Resul
     Ok(())
 }
 
+/// How long a session whose certificate (`serial`) just expired may go on: as long as
+/// the identity its holder renewed from that certificate (the agent renews over its open
+/// connection, so rotation does not cut the stream). None: not renewed, or revoked.
+fn renewed_through(c: &Coordinator, guest: GuestId, serial: &str) -> Option<Duration> {
+    let rec = c.store.agent(guest).ok()??;
+    if rec.revoked_unix.is_some() || rec.previous_serial.as_deref() != Some(serial) {
+        return None;
+    }
+    let left = rec.not_after_unix.checked_sub(now_unix())?;
+    (left > 0).then(|| Duration::from_secs(left.unsigned_abs()))
+}
+
 /// Longest agent version and fact strings kept from a Hello: they are the guest's own
 /// words and end up in the operator's terminal.
 const MAX_VERSION_CHARS: usize = 64;
@@ -421,6 +433,10 @@ impl v1::agent_server::Agent for AgentApi {
                         break;
                     }
                     () = &mut expiry => {
+                        if let Some(left) = renewed_through(&api.0, guest, &serial) {
+                            expiry.as_mut().reset(tokio::time::Instant::now() + left);
+                            continue;
+                        }
                         tracing::info!(%guest, "session ended: its certificate expired");
                         let _ = tx
                             .send(Err(Status::unauthenticated(format!(
