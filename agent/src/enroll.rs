@@ -190,8 +190,12 @@ async fn first_use(
 ) -> Result<(), String> {
     let identity = tls::Identity::from_pem(chain_pem, key_pem).map_err(|e| e.to_string())?;
     let trust = TrustStore::from_pem(roots_pem).map_err(|e| e.to_string())?;
-    let cfg =
-        tls::client_config(tls::IdentityStore::new(identity), trust).map_err(|e| e.to_string())?;
+    let cfg = tls::client_config(
+        tls::IdentityStore::new(identity),
+        trust,
+        &enrollment.trust_domain.coordinator_uri(),
+    )
+    .map_err(|e| e.to_string())?;
     let channel = transport::connect(
         &enrollment.coordinator,
         &enrollment.trust_domain.coordinator_dns(),

@@ -83,7 +83,8 @@ pub async fn session_hold(
 ) -> Result<(std::time::Duration, String), String> {
     let id = Identity::from_pem(chain_pem, key_pem).map_err(|e| e.to_string())?;
     let trust = TrustStore::from_pem(roots_pem).map_err(|e| e.to_string())?;
-    let cfg = tls::client_config(IdentityStore::new(id), trust).map_err(|e| e.to_string())?;
+    let cfg = tls::client_config(IdentityStore::new(id), trust, &coordinator_uri(server_name))
+        .map_err(|e| e.to_string())?;
     let channel = transport::connect(addr, server_name, cfg, &ChannelOptions::default())
         .await
         .map_err(|e| format!("{e:?}"))?;
