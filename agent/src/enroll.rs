@@ -28,8 +28,40 @@ pub enum EnrollError {
     Refused(String),
     #[error("coordinator answered with a certificate that is not ours: {0}")]
     BadAnswer(String),
+    #[error(
+        "agent clock is {behind_secs} s behind: the certificate the coordinator just issued is not valid yet here; fix the clock (NTP) and run join again with the same token"
+    )]
+    ClockBehind { behind_secs: u64 },
+    #[error(
+        "agent clock is behind: the coordinator's certificate is not valid yet by this machine's clock; fix the clock (NTP) and run join again with the same token ({0})"
+    )]
+    CoordinatorNotValidYet(String),
     #[error("{0}")]
     State(#[from] StateError),
+}
+
+/// How far the local clock is behind, if the certificate issued just now is not valid
+/// yet here: measured against the coordinator's clock when it sent it, else against
+/// the certificate's start.
+fn clock_behind(
+    not_before: std::time::SystemTime,
+    coordinator_now: Option<std::time::SystemTime>,
+    now: std::time::SystemTime,
+) -> Option<u64> {
+    not_before
+        .duration_since(now)
+        .ok()
+        .filter(|d| !d.is_zero())?;
+    let reference = coordinator_now
+        .filter(|c| *c > not_before)
+        .unwrap_or(not_before);
+    Some(
+        reference
+            .duration_since(now)
+            .unwrap_or_default()
+            .as_secs()
+            .max(1),
+    )
 }
 
 pub async fn join(
@@ -56,7 +88,15 @@ pub async fn join(
         cfg,
         &ChannelOptions::default(),
     )
-    .await?;
+    .await
+    .map_err(|e| {
+        // With a clock far behind, even the coordinator's certificate is "not valid yet".
+        if format!("{e:?}").contains("NotValidYet") {
+            EnrollError::CoordinatorNotValidYet(e.to_string())
+        } else {
+            EnrollError::Connect(e)
+        }
+    })?;
     let mut client = v1::agent_client::AgentClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -84,6 +124,25 @@ pub async fn join(
             "trust bundle lacks the pinned root".into(),
         ));
     }
+    // A clock behind the CA's makes the fresh chain "not valid yet"; say that instead
+    // of a bare verification error (the token stays usable until the identity is used).
+    let leaf = x509::parse_chain(&resp.chain_pem, "certificate chain")
+        .map_err(|e| EnrollError::BadAnswer(e.to_string()))?;
+    let leaf = leaf
+        .first()
+        .ok_or_else(|| EnrollError::BadAnswer("empty certificate chain".into()))?;
+    let info = x509::inspect(leaf).map_err(|e| EnrollError::BadAnswer(e.to_string()))?;
+    let coordinator_now = u64::try_from(resp.coordinator_time_unix)
+        .ok()
+        .filter(|t| *t > 0)
+        .map(|t| std::time::UNIX_EPOCH + std::time::Duration::from_secs(t));
+    if let Some(behind_secs) = clock_behind(
+        info.not_before,
+        coordinator_now,
+        std::time::SystemTime::now(),
+    ) {
+        return Err(EnrollError::ClockBehind { behind_secs });
+    }
     let trust = TrustStore::from_pem(&resp.roots_pem)?;
     trust.verify_chain(&resp.chain_pem)?;
     let identity = tls::Identity::from_pem(&resp.chain_pem, &key.serialize_pem())?;
@@ -104,5 +163,86 @@ pub async fn join(
         &resp.chain_pem,
         &resp.roots_pem,
     )?;
+    // The coordinator spends the token when the new identity is first used; until then
+    // an answer refused here or lost on the way leaves it usable. Using it now closes
+    // that window for everyone else holding the token.
+    if let Err(e) = first_use(
+        state,
+        &enrollment,
+        &resp.chain_pem,
+        &key.serialize_pem(),
+        &resp.roots_pem,
+    )
+    .await
+    {
+        tracing::warn!(error = %e, "enrolled, but could not use the new identity yet: the join token stays usable until `phoenix-agent run` connects");
+    }
     Ok(enrollment)
+}
+
+/// Opens one session with the new identity (Hello, then close).
+async fn first_use(
+    state: &StateDir,
+    enrollment: &Enrollment,
+    chain_pem: &str,
+    key_pem: &str,
+    roots_pem: &str,
+) -> Result<(), String> {
+    let identity = tls::Identity::from_pem(chain_pem, key_pem).map_err(|e| e.to_string())?;
+    let trust = TrustStore::from_pem(roots_pem).map_err(|e| e.to_string())?;
+    let cfg = tls::client_config(
+        tls::IdentityStore::new(identity),
+        trust,
+        &enrollment.trust_domain.coordinator_uri(),
+    )
+    .map_err(|e| e.to_string())?;
+    let channel = transport::connect(
+        &enrollment.coordinator,
+        &enrollment.trust_domain.coordinator_dns(),
+        cfg,
+        &ChannelOptions::default(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let applied = state.applied().unwrap_or_default();
+    let hello = v1::AgentMessage {
+        msg: Some(v1::agent_message::Msg::Hello(v1::Hello {
+            guest_id: enrollment.guest.get(),
+            agent_version: crate::runtime::AGENT_VERSION.to_string(),
+            facts: None,
+            applied_revision: applied.revision,
+            applied_digest: applied.digest,
+        })),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(hello).await.map_err(|e| e.to_string())?;
+    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    req.set_timeout(std::time::Duration::from_secs(30));
+    // The coordinator answers once the Hello is recorded; dropping the stream ends it.
+    v1::agent_client::AgentClient::new(channel)
+        .session(req)
+        .await
+        .map_err(|s| s.message().to_string())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn clock_skew_is_measured_in_whole_seconds() {
+        let t = UNIX_EPOCH + Duration::from_secs(1000);
+        let s = Duration::from_secs;
+        assert_eq!(clock_behind(t, None, t - s(90)), Some(90));
+        assert_eq!(
+            clock_behind(t, None, t - Duration::from_millis(200)),
+            Some(1)
+        );
+        // The coordinator's clock is the better reference (the cert may be backdated).
+        assert_eq!(clock_behind(t, Some(t + s(30)), t - s(15)), Some(45));
+        assert_eq!(clock_behind(t, None, t), None);
+        assert_eq!(clock_behind(t, Some(t + s(30)), t + s(5)), None);
+    }
 }

@@ -2,7 +2,8 @@
 //! bundle, enrollment facts, and the last desired state so it keeps enforcing it while
 //! the coordinator is away. Every file is written atomically.
 
-use phoenix_pki::fsutil::{ensure_dir, write_atomic, write_private};
+use phoenix_pki::fsutil::{write_atomic, write_private};
+use phoenix_pki::statedir::{self, StateDirError};
 use phoenix_proto::model::{DesiredState, GuestId, TrustDomain};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -22,6 +23,8 @@ pub enum StateError {
     },
     #[error("{path}: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    #[error("state directory: {0}")]
+    Insecure(#[from] StateDirError),
     #[error(
         "this agent is not enrolled ({path} missing): run `phoenix token create --guest <id>` on the host, then `phoenix-agent join <token>` here"
     )]
@@ -48,11 +51,8 @@ pub struct StateDir {
 
 impl StateDir {
     pub fn open(dir: &Path) -> Result<Self, StateError> {
-        ensure_dir(dir, 0o700).map_err(|source| StateError::Io {
-            action: "create state directory",
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        // Warnings are logged by `secure`; a loose mode is fixed, a link refused.
+        statedir::secure(dir, &["key.pem", "key.next.pem"])?;
         Ok(StateDir {
             dir: dir.to_path_buf(),
         })

@@ -88,4 +88,10 @@ pub trait CertAuthority: Send + Sync {
     /// The current trust bundle, PEM. May contain more than one root while a new root
     /// is being distributed ahead of its use.
     async fn roots_pem(&self) -> Result<String, CaError>;
+    /// Records at the CA that the certificate with `serial_hex` is revoked. `Ok(false)`:
+    /// this CA keeps no revocation list (the embedded CA); the coordinator's deny-list
+    /// is then the only revocation.
+    async fn revoke_serial(&self, _serial_hex: &str, _reason: &str) -> Result<bool, CaError> {
+        Ok(false)
+    }
 }

@@ -8,6 +8,7 @@ pub mod embedded;
 pub mod fsutil;
 pub mod keys;
 pub mod rotation;
+pub mod statedir;
 pub mod stepca;
 pub mod tls;
 pub mod transport;

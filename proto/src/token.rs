@@ -69,14 +69,16 @@ impl JoinToken {
         let json = URL_SAFE_NO_PAD
             .decode(body)
             .map_err(|_| TokenError::Malformed("not base64url"))?;
-        let t: JoinToken =
+        let mut t: JoinToken =
             serde_json::from_slice(&json).map_err(|_| TokenError::Malformed("bad payload"))?;
         if t.secret.len() != 64 || hex::decode(&t.secret).is_err() {
             return Err(TokenError::Malformed("bad secret"));
         }
-        if t.ca_fingerprint.len() != 64 {
+        if t.ca_fingerprint.len() != 64 || hex::decode(&t.ca_fingerprint).is_err() {
             return Err(TokenError::Malformed("bad CA fingerprint"));
         }
+        // Hex is case-insensitive; every comparison downstream is against lower case.
+        t.ca_fingerprint.make_ascii_lowercase();
         Ok(t)
     }
 
@@ -99,5 +101,18 @@ mod tests {
         assert!(JoinToken::decode("PHX1.!!!").is_err());
         assert!(JoinToken::decode(&t.encode().replace("PHX1.", "PHX2.")).is_err());
         assert_ne!(t.secret_hash(), t.secret);
+    }
+
+    #[test]
+    fn fingerprint_case_does_not_matter() {
+        let g = GuestId::try_from(101).expect("valid");
+        let td = TrustDomain::try_from("phoenix.lab".to_string()).expect("valid");
+        let mut t = JoinToken::mint("10.0.0.2:7443", &td, &"ab".repeat(32), g, 99);
+        t.ca_fingerprint = "AB".repeat(32);
+        let decoded = JoinToken::decode(&t.encode()).expect("upper-case hex is valid");
+        assert_eq!(decoded.ca_fingerprint, "ab".repeat(32));
+        assert_eq!(decoded.secret_hash(), t.secret_hash());
+        t.ca_fingerprint = "zz".repeat(32);
+        assert!(JoinToken::decode(&t.encode()).is_err());
     }
 }

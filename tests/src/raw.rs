@@ -70,3 +70,48 @@ pub async fn renew_attempt(
         .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
     Ok(())
 }
+
+/// Opens a session as `chain_pem`/`key_pem` with `hello` and holds it, reading what the
+/// coordinator sends, until the coordinator ends it or `limit` passes. Returns how long
+/// the session lasted and how it ended ("Code: message", or "timeout").
+pub async fn session_hold(
+    addr: &str,
+    server_name: &str,
+    (chain_pem, key_pem, roots_pem): (&str, &str, &str),
+    hello: v1::Hello,
+    limit: std::time::Duration,
+) -> Result<(std::time::Duration, String), String> {
+    let id = Identity::from_pem(chain_pem, key_pem).map_err(|e| e.to_string())?;
+    let trust = TrustStore::from_pem(roots_pem).map_err(|e| e.to_string())?;
+    let cfg = tls::client_config(IdentityStore::new(id), trust, &coordinator_uri(server_name))
+        .map_err(|e| e.to_string())?;
+    let channel = transport::connect(addr, server_name, cfg, &ChannelOptions::default())
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    let mut client = v1::agent_client::AgentClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(v1::AgentMessage {
+        msg: Some(agent_message::Msg::Hello(hello)),
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let start = std::time::Instant::now();
+    let mut inbound = client
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+        .into_inner();
+    let end = tokio::time::timeout(limit, async {
+        loop {
+            match inbound.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return "stream closed without status".to_string(),
+                Err(s) => return format!("{:?}: {}", s.code(), s.message()),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| "timeout".to_string());
+    drop(tx);
+    Ok((start.elapsed(), end))
+}

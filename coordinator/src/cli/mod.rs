@@ -104,7 +104,8 @@ pub enum Command {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
     },
-    /// Refuse a guest's current identity until it re-joins with a new token.
+    /// End a guest's session now and refuse its identity until it re-joins with a new
+    /// token; its service certificates are revoked at step-ca where possible.
     Revoke {
         #[arg(long)]
         guest: GuestId,
@@ -124,6 +125,11 @@ pub enum TokenCommand {
         guest: GuestId,
         #[arg(long, default_value = "15m", value_parser = duration::parse)]
         ttl: Duration,
+        /// Allow the token to replace the identity of the guest while it is connected
+        /// (otherwise such a join is refused, so a token used on the wrong machine
+        /// cannot silently take over a live guest).
+        #[arg(long)]
+        replace: bool,
     },
 }
 
@@ -277,8 +283,14 @@ fn human(secs: i64, suffix: &str) -> String {
     }
 }
 
-/// A plain aligned table; no external crate needed for this.
+/// A plain aligned table; no external crate needed for this. Cells are escaped here,
+/// once for every table.
 fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| escape_controls(c)).collect())
+        .collect();
+    let rows = rows.as_slice();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
@@ -303,6 +315,44 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         out.push_str(&line(r.clone()));
     }
     out
+}
+
+/// The CONNECTED column; a revoked guest says so whatever else is true.
+fn connection(s: &v1::GuestStatus) -> &'static str {
+    if s.revoked_unix != 0 {
+        "revoked"
+    } else if s.connected {
+        "yes"
+    } else if s.enrolled {
+        "no"
+    } else {
+        "not enrolled"
+    }
+}
+
+/// `s` with every control character (and the backslash) written as an escape, so text
+/// a guest sent (hostname, agent version, error messages) cannot move the cursor, clear
+/// the screen or forge table rows in the operator's terminal.
+fn escape_controls(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for ch in s.chars() {
+        match ch {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() || is_bidi_control(c) => {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Unicode directional overrides can make a cell read backwards (Trojan Source).
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}')
 }
 
 fn report_summary(r: &ApplyReport) -> String {
@@ -332,6 +382,8 @@ fn status_json(s: &v1::GuestStatus) -> serde_json::Value {
     serde_json::json!({
         "guest": s.guest_id,
         "enrolled": s.enrolled,
+        "revoked": s.revoked_unix != 0,
+        "revoked_unix": (s.revoked_unix != 0).then_some(s.revoked_unix),
         "connected": s.connected,
         "wanted_revision": s.wanted_revision,
         "applied_revision": s.applied_revision,
@@ -354,13 +406,19 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Serve(args) => serve(*args, cli.admin_socket).await,
         Command::Token {
-            command: TokenCommand::Create { guest, ttl },
+            command:
+                TokenCommand::Create {
+                    guest,
+                    ttl,
+                    replace,
+                },
         } => {
             let mut admin = admin_client::connect(&cli.admin_socket).await?;
             let resp = admin
                 .create_token(v1::CreateTokenRequest {
                     guest_id: guest.get(),
                     ttl_seconds: ttl.as_secs(),
+                    replace,
                 })
                 .await?
                 .into_inner();
@@ -390,14 +448,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                                 .and_then(|r| ApplyReport::try_from(r).ok());
                             vec![
                                 s.guest_id.to_string(),
-                                if s.connected {
-                                    "yes"
-                                } else if s.enrolled {
-                                    "no"
-                                } else {
-                                    "not enrolled"
-                                }
-                                .into(),
+                                connection(s).into(),
                                 s.wanted_revision.to_string(),
                                 s.applied_revision.to_string(),
                                 report
@@ -454,11 +505,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                             let f = s.facts.clone().unwrap_or_default();
                             vec![
                                 s.guest_id.to_string(),
-                                if s.connected {
-                                    "yes".into()
-                                } else {
-                                    "no".into()
-                                },
+                                connection(s).into(),
                                 s.agent_version.clone(),
                                 f.hostname,
                                 f.os,
@@ -571,9 +618,13 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 .await?
                 .into_inner();
             println!(
-                "revoked identity {} of guest {guest}; it is refused from its next connection or renewal",
-                resp.serial
+                "revoked identity {} of guest {guest} ({}); its session was ended and it is refused until it re-joins",
+                resp.serial,
+                escape_controls(&resp.identity)
             );
+            for line in &resp.service_certs {
+                println!("service certificate {}", escape_controls(line));
+            }
             Ok(())
         }
         Command::Schema => {
@@ -869,11 +920,13 @@ async fn apply(
                 } else {
                     &r.diff
                 };
+                // The agent's words: escaped line by line, the diff keeps its lines.
+                let detail: Vec<String> = detail.lines().map(escape_controls).collect();
                 println!(
                     "  {:<9} {}  {}",
                     r.status.to_string(),
-                    r.resource,
-                    detail.replace('\n', "\n            ")
+                    escape_controls(&r.resource),
+                    detail.join("\n            ")
                 );
             }
         }
@@ -949,5 +1002,21 @@ mod tests {
         )
         .expect_err("unknown guest");
         assert!(e.to_string().contains("555"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod escape_tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_and_bidi_overrides_are_escaped() {
+        assert_eq!(
+            escape_controls("a\x1b[2J\nb\t\\\u{202e}c"),
+            "a\\u{1b}[2J\\nb\\t\\\\\\u{202e}c"
+        );
+        assert_eq!(escape_controls("plain host-1 ✓"), "plain host-1 ✓");
+        let t = table(&["A"], &[vec!["x\ry".into()]]);
+        assert_eq!(t, "A\nx\\ry");
     }
 }

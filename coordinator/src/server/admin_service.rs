@@ -1,6 +1,7 @@
 //! The local admin RPCs behind `phoenix apply|status|token|agents|certs`.
 
 use super::{Coordinator, RpcError, guest_id, now_unix};
+use crate::store::StoreError;
 use phoenix_proto::model::{self, GuestId, GuestSpec};
 use phoenix_proto::token::JoinToken;
 use phoenix_proto::v1;
@@ -37,6 +38,21 @@ pub fn spec_diff(old: &GuestSpec, new: &GuestSpec) -> Vec<String> {
         out.push(format!("- {id}"));
     }
     out
+}
+
+/// Revokes `serial` at the CA where it keeps a list; says how it went, for the operator.
+async fn revoke_at_ca(c: &Coordinator, serial: &str) -> String {
+    match c.ca.revoke_serial(serial, "phoenix revoke").await {
+        Ok(true) => format!("revoked at {} and deny-listed by Phoenix", c.ca.name()),
+        Ok(false) => format!(
+            "deny-listed by Phoenix only (the {} CA keeps no revocation list)",
+            c.ca.name()
+        ),
+        Err(e) => format!(
+            "deny-listed by Phoenix; revoking at {} failed: {e}",
+            c.ca.name()
+        ),
+    }
 }
 
 type ReportStream = Pin<Box<dyn Stream<Item = Result<v1::ReportEvent, Status>> + Send>>;
@@ -169,6 +185,7 @@ impl v1::admin_server::Admin for AdminApi {
             e.agent_version = a.agent_version;
             e.last_seen_unix = a.last_seen_unix;
             e.facts = prost::Message::decode(a.facts.as_slice()).ok();
+            e.revoked_unix = a.revoked_unix.unwrap_or(0);
         }
         for (g, e) in guests.iter_mut() {
             let declared = c
@@ -223,6 +240,8 @@ impl v1::admin_server::Admin for AdminApi {
                     guest,
                     expires_unix: expires,
                     used_unix: None,
+                    issued_serial: None,
+                    replace: req.replace,
                 },
             )
             .map_err(RpcError::from)?;
@@ -291,16 +310,39 @@ impl v1::admin_server::Admin for AdminApi {
     ) -> Result<Response<v1::RevokeResponse>, Status> {
         let c = &self.0;
         let guest = guest_id(req.into_inner().guest_id)?;
-        let mut rec = c
+        // In one transaction, so a renewal waiting for the CA cannot undo it.
+        let rec = c
             .store
-            .agent(guest)
-            .map_err(RpcError::from)?
-            .ok_or_else(|| RpcError::NotFound(format!("guest {guest} is not enrolled")))?;
-        rec.revoked_unix = Some(now_unix());
-        rec.previous_serial = None;
-        c.store.put_agent(guest, &rec).map_err(RpcError::from)?;
-        tracing::warn!(%guest, serial = %rec.serial, "agent identity revoked");
-        Ok(Response::new(v1::RevokeResponse { serial: rec.serial }))
+            .revoke_agent(guest, now_unix())
+            .map_err(|e| match e {
+                StoreError::NotEnrolled { .. } => RpcError::NotFound(e.to_string()),
+                e => RpcError::from(e),
+            })?;
+        // Its open session ends now, not at its next reconnect.
+        c.hub.end_sessions(
+            guest,
+            Status::permission_denied(format!("guest {guest} was revoked")),
+        );
+        let identity = revoke_at_ca(c, &rec.serial).await;
+        tracing::warn!(%guest, serial = %rec.serial, how = %identity, "agent identity revoked");
+        let mut service_certs = Vec::new();
+        for (g, mut cert) in c.store.service_certs().map_err(RpcError::from)? {
+            if g != guest || cert.serial.is_empty() || cert.revoked.is_some() {
+                continue;
+            }
+            let how = revoke_at_ca(c, &cert.serial).await;
+            tracing::warn!(%guest, cert = %cert.name, serial = %cert.serial, how = %how, "service certificate revoked");
+            service_certs.push(format!("{} ({}): {how}", cert.name, cert.serial));
+            cert.revoked = Some(how);
+            c.store
+                .put_service_cert(guest, &cert)
+                .map_err(RpcError::from)?;
+        }
+        Ok(Response::new(v1::RevokeResponse {
+            serial: rec.serial,
+            service_certs,
+            identity,
+        }))
     }
 
     async fn certs(
@@ -327,7 +369,10 @@ impl v1::admin_server::Admin for AdminApi {
                 sans: vec![format!("URI:{}", c.td.guest_uri(g))],
                 not_after_unix: a.not_after_unix,
                 last_renewal_unix: a.renewed_unix,
-                last_result: "ok".into(),
+                last_result: match a.revoked_unix {
+                    Some(at) => format!("revoked at unix time {at} (deny-listed by Phoenix)"),
+                    None => "ok".into(),
+                },
                 serial: a.serial,
             });
         }
@@ -357,9 +402,10 @@ impl v1::admin_server::Admin for AdminApi {
                     .collect(),
                 not_after_unix: rec.not_after_unix,
                 last_renewal_unix: rec.issued_unix,
-                last_result: match (rec.result.as_str(), agent_result) {
-                    ("ok", Some(a)) => a,
-                    (r, _) => r.to_string(),
+                last_result: match (rec.revoked, rec.result.as_str(), agent_result) {
+                    (Some(how), _, _) => format!("revoked: {how}"),
+                    (None, "ok", Some(a)) => a,
+                    (None, r, _) => r.to_string(),
                 },
                 serial: rec.serial,
             });

@@ -3,7 +3,7 @@
 //! issued last for that guest (a rebuilt guest's new enrollment retires the old cert).
 
 use super::{Coordinator, RpcError, guest_id, now_unix, unix};
-use crate::store::{AgentRecord, ReportRecord};
+use crate::store::{AgentRecord, ReportRecord, StoreError};
 use phoenix_pki::x509::{self, CertInfo};
 use phoenix_pki::{IssueRequest, San};
 use phoenix_proto::model::{ApplyReport, GuestId, GuestSpec, Resource, reserved_name};
@@ -54,19 +54,7 @@ impl AgentApi {
             .store
             .agent(guest)?
             .ok_or_else(|| RpcError::Denied(format!("guest {guest} is not enrolled")))?;
-        if let Some(at) = rec.revoked_unix {
-            return Err(RpcError::Denied(format!(
-                "identity of guest {guest} was revoked at unix time {at}; re-join with a new token (`phoenix token create --guest {guest}`)"
-            )));
-        }
-        if info.serial_hex != rec.serial
-            && rec.previous_serial.as_deref() != Some(info.serial_hex.as_str())
-        {
-            return Err(RpcError::Denied(format!(
-                "certificate {} of guest {guest} was replaced by a newer enrollment",
-                info.serial_hex
-            )));
-        }
+        current_or_previous(guest, &rec, &info.serial_hex)?;
         Ok((guest, info, rec))
     }
 
@@ -86,6 +74,60 @@ impl AgentApi {
             .await?)
     }
 
+    /// Enrolls with a join token. The token is only used once the CA has signed and the
+    /// identity is stored, in the transaction that stores it; a CA outage leaves it
+    /// usable. Returns the guest, its new identity and whether an identity was replaced.
+    async fn enroll_checked(
+        &self,
+        req: v1::EnrollRequest,
+    ) -> Result<(GuestId, phoenix_pki::Issued, bool), RpcError> {
+        let c = &self.0;
+        let guest = guest_id(req.guest_id)?;
+        let token =
+            JoinToken::decode(&req.token).map_err(|e| RpcError::BadRequest(e.to_string()))?;
+        let hash = token.secret_hash();
+        let tok = c.store.check_token(&hash, guest, now_unix())?;
+        let current = c.store.agent(guest)?;
+        if let Some(cur) = &current
+            && cur.revoked_unix.is_none()
+            && c.hub.connected(guest)
+            && !tok.replace
+        {
+            return Err(RpcError::Denied(format!(
+                "guest {guest} is connected with its current identity (serial {}); a token that replaces it must be created with `phoenix token create --guest {guest} --replace`",
+                cur.serial
+            )));
+        }
+        let issued = self.issue_identity(guest, req.csr_pem).await?;
+        let now = now_unix();
+        c.store.enroll(
+            &hash,
+            guest,
+            now,
+            current.as_ref().map(|r| r.serial.as_str()),
+            &AgentRecord {
+                serial: issued.serial.clone(),
+                previous_serial: None,
+                not_after_unix: unix(issued.not_after),
+                enrolled_unix: now,
+                renewed_unix: now,
+                last_seen_unix: now,
+                confirmed: false,
+                ..AgentRecord::default()
+            },
+        )?;
+        if current.is_some() {
+            c.hub.end_sessions(
+                guest,
+                Status::permission_denied(format!(
+                    "identity of guest {guest} was replaced by a new enrollment"
+                )),
+            );
+        }
+        let replaced = current.is_some();
+        Ok((guest, issued, replaced))
+    }
+
     async fn handle_report(&self, guest: GuestId, report: v1::ApplyReport) -> Result<(), RpcError> {
         let c = &self.0;
         let report =
@@ -95,13 +137,12 @@ impl AgentApi {
             c.hub.publish_report(guest, Arc::new(report));
             return Ok(());
         }
-        if report.converged()
-            && let Some(mut rec) = c.store.agent(guest)?
-        {
-            rec.applied_revision = report.revision;
-            rec.applied_digest = report.digest.clone();
-            rec.last_seen_unix = now_unix();
-            c.store.put_agent_soft(guest, &rec)?;
+        if report.converged() {
+            c.store.update_agent(guest, None, false, &mut |rec| {
+                rec.applied_revision = report.revision;
+                rec.applied_digest = report.digest.clone();
+                rec.last_seen_unix = now_unix();
+            })?;
         }
         c.store.put_report(
             guest,
@@ -113,6 +154,68 @@ impl AgentApi {
         c.hub.publish_report(guest, Arc::new(report));
         Ok(())
     }
+}
+
+/// Whether a certificate with `serial` still speaks for `guest`: not revoked, and the
+/// current serial or the one just renewed away from.
+fn current_or_previous(guest: GuestId, rec: &AgentRecord, serial: &str) -> Result<(), RpcError> {
+    if let Some(at) = rec.revoked_unix {
+        return Err(RpcError::Identity(StoreError::Revoked { guest, at }));
+    }
+    if serial != rec.serial && rec.previous_serial.as_deref() != Some(serial) {
+        return Err(RpcError::Denied(format!(
+            "certificate {serial} of guest {guest} was replaced by a newer enrollment"
+        )));
+    }
+    Ok(())
+}
+
+/// How long a session whose certificate (`serial`) just expired may go on: as long as
+/// the identity its holder renewed from that certificate (the agent renews over its open
+/// connection, so rotation does not cut the stream). None: not renewed, or revoked.
+fn renewed_through(c: &Coordinator, guest: GuestId, serial: &str) -> Option<Duration> {
+    let rec = c.store.agent(guest).ok()??;
+    if rec.revoked_unix.is_some() || rec.previous_serial.as_deref() != Some(serial) {
+        return None;
+    }
+    let left = rec.not_after_unix.checked_sub(now_unix())?;
+    (left > 0).then(|| Duration::from_secs(left.unsigned_abs()))
+}
+
+/// Longest agent version and fact strings kept from a Hello: they are the guest's own
+/// words and end up in the operator's terminal.
+const MAX_VERSION_CHARS: usize = 64;
+const MAX_HOSTNAME_CHARS: usize = 253;
+const MAX_FACT_CHARS: usize = 256;
+const MAX_LIST_ITEMS: usize = 64;
+
+/// `s` cut to `max` characters (marked with "…" when cut).
+fn bounded(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+fn bounded_facts(mut f: v1::Facts) -> v1::Facts {
+    f.hostname = bounded(&f.hostname, MAX_HOSTNAME_CHARS);
+    f.os = bounded(&f.os, MAX_FACT_CHARS);
+    f.kernel = bounded(&f.kernel, MAX_FACT_CHARS);
+    f.disks.truncate(MAX_LIST_ITEMS);
+    for d in &mut f.disks {
+        d.mount_point = bounded(&d.mount_point, MAX_FACT_CHARS);
+    }
+    f.interfaces.truncate(MAX_LIST_ITEMS);
+    for i in &mut f.interfaces {
+        i.name = bounded(&i.name, MAX_FACT_CHARS);
+        i.addresses.truncate(MAX_LIST_ITEMS);
+        for a in &mut i.addresses {
+            *a = bounded(a, MAX_FACT_CHARS);
+        }
+    }
+    f
 }
 
 type SessionStream = Pin<Box<dyn Stream<Item = Result<v1::CoordinatorMessage, Status>> + Send>>;
@@ -127,54 +230,47 @@ impl v1::agent_server::Agent for AgentApi {
         &self,
         req: Request<v1::EnrollRequest>,
     ) -> Result<Response<v1::EnrollResponse>, Status> {
-        let c = &self.0;
+        let peer = req
+            .remote_addr()
+            .map_or_else(|| "unknown".to_string(), |a| a.to_string());
         let req = req.into_inner();
-        let guest = guest_id(req.guest_id)?;
-        let token =
-            JoinToken::decode(&req.token).map_err(|e| RpcError::BadRequest(e.to_string()))?;
-        // Single use: consumed before signing, so two racing joins cannot both succeed.
-        c.store
-            .consume_token(&token.secret_hash(), guest, now_unix())
-            .map_err(RpcError::from)?;
-        let issued = self.issue_identity(guest, req.csr_pem).await?;
-        let serial = issued.serial.clone();
-        let now = now_unix();
-        c.store
-            .put_agent(
-                guest,
-                &AgentRecord {
-                    serial,
-                    previous_serial: None,
-                    not_after_unix: unix(issued.not_after),
-                    enrolled_unix: now,
-                    renewed_unix: now,
-                    last_seen_unix: now,
-                    ..AgentRecord::default()
-                },
-            )
-            .map_err(RpcError::from)?;
-        tracing::info!(%guest, serial = %issued.serial, "agent enrolled");
-        Ok(Response::new(v1::EnrollResponse {
-            chain_pem: issued.chain_pem,
-            roots_pem: c.trust.pem(),
-            trust_domain: c.td.to_string(),
-        }))
+        let claimed = req.guest_id;
+        match self.enroll_checked(req).await {
+            Ok((guest, issued, replaced)) => {
+                tracing::info!(%guest, %peer, serial = %issued.serial, replaced, "agent enrolled");
+                let c = &self.0;
+                Ok(Response::new(v1::EnrollResponse {
+                    chain_pem: issued.chain_pem,
+                    roots_pem: c.trust.pem(),
+                    trust_domain: c.td.to_string(),
+                    coordinator_time_unix: now_unix(),
+                }))
+            }
+            Err(e) => {
+                tracing::warn!(guest = claimed, %peer, error = %e, "enrollment refused");
+                Err(e.into())
+            }
+        }
     }
 
     async fn renew(
         &self,
         req: Request<v1::RenewRequest>,
     ) -> Result<Response<v1::RenewResponse>, Status> {
-        let (guest, info, mut rec) = self.authenticate(&req)?;
+        let (guest, info, seen) = self.authenticate(&req)?;
         let issued = self.issue_identity(guest, req.into_inner().csr_pem).await?;
-        // The cert that authenticated this call stays valid until the new one is used.
-        rec.previous_serial = Some(info.serial_hex);
-        rec.serial = issued.serial.clone();
-        rec.not_after_unix = unix(issued.not_after);
-        rec.renewed_unix = now_unix();
+        // Written only if nothing (a revoke, another renewal) changed the record while
+        // the CA was signing.
         self.0
             .store
-            .put_agent(guest, &rec)
+            .update_agent(guest, Some(&seen.serial), true, &mut |rec| {
+                // The cert that authenticated this call stays valid until the new one is used.
+                rec.previous_serial = Some(info.serial_hex.clone());
+                rec.serial = issued.serial.clone();
+                rec.not_after_unix = unix(issued.not_after);
+                rec.renewed_unix = now_unix();
+                rec.confirmed = true;
+            })
             .map_err(RpcError::from)?;
         tracing::info!(%guest, serial = %issued.serial, "agent identity renewed");
         Ok(Response::new(v1::RenewResponse {
@@ -226,7 +322,7 @@ impl v1::agent_server::Agent for AgentApi {
             .uris()
             .find_map(|u| c.td.parse_guest_uri(u))
             .ok_or_else(|| RpcError::Denied("certificate is not an agent identity".into()))?;
-        let mut rec = c
+        let rec = c
             .store
             .agent(guest)
             .map_err(RpcError::from)?
@@ -239,11 +335,15 @@ impl v1::agent_server::Agent for AgentApi {
             .into());
         }
         let issued = self.issue_identity(guest, req.csr_pem).await?;
-        rec.previous_serial = None;
-        rec.serial = issued.serial.clone();
-        rec.not_after_unix = unix(issued.not_after);
-        rec.renewed_unix = now_unix();
-        c.store.put_agent(guest, &rec).map_err(RpcError::from)?;
+        c.store
+            .update_agent(guest, Some(&rec.serial), true, &mut |rec| {
+                rec.previous_serial = None;
+                rec.serial = issued.serial.clone();
+                rec.not_after_unix = unix(issued.not_after);
+                rec.renewed_unix = now_unix();
+                rec.confirmed = true;
+            })
+            .map_err(RpcError::from)?;
         tracing::info!(%guest, serial = %issued.serial, expired_for = expired_for.as_secs(), "expired agent identity renewed");
         Ok(Response::new(v1::RenewResponse {
             chain_pem: issued.chain_pem,
@@ -257,7 +357,7 @@ impl v1::agent_server::Agent for AgentApi {
         &self,
         req: Request<Streaming<v1::AgentMessage>>,
     ) -> Result<Response<SessionStream>, Status> {
-        let (guest, info, mut rec) = self.authenticate(&req)?;
+        let (guest, info, seen) = self.authenticate(&req)?;
         let c = self.0.clone();
         let mut inbound = req.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
@@ -277,32 +377,74 @@ impl v1::agent_server::Agent for AgentApi {
             ))
             .into());
         }
-        // Seeing the new serial in use retires the previous one.
-        if rec.serial == info.serial_hex {
-            rec.previous_serial = None;
-        }
-        rec.agent_version = hello.agent_version.clone();
-        rec.applied_revision = hello.applied_revision;
-        rec.applied_digest = hello.applied_digest.clone();
-        rec.last_seen_unix = now_unix();
-        rec.facts = hello
-            .facts
-            .map(|f| prost::Message::encode_to_vec(&f))
-            .unwrap_or_default();
+        let facts = hello.facts.map(bounded_facts);
+        let version = bounded(&hello.agent_version, MAX_VERSION_CHARS);
+        let serial = info.serial_hex.clone();
         c.store
-            .put_agent_soft(guest, &rec)
+            .update_agent(
+                guest,
+                Some(&seen.serial),
+                // The first use of a new identity is what finally uses its join token.
+                !seen.confirmed && seen.serial == serial,
+                &mut |rec| {
+                    // Seeing the new serial in use retires the previous one.
+                    if rec.serial == serial {
+                        rec.previous_serial = None;
+                        rec.confirmed = true;
+                    }
+                    rec.agent_version = version.clone();
+                    rec.applied_revision = hello.applied_revision;
+                    rec.applied_digest = hello.applied_digest.clone();
+                    rec.last_seen_unix = now_unix();
+                    rec.facts = facts
+                        .as_ref()
+                        .map(prost::Message::encode_to_vec)
+                        .unwrap_or_default();
+                },
+            )
             .map_err(RpcError::from)?;
-        tracing::info!(%guest, version = %hello.agent_version, applied = hello.applied_revision, "agent connected");
+        tracing::info!(%guest, %version, applied = hello.applied_revision, "agent connected");
 
         let (tx, rx) = mpsc::channel::<Result<v1::CoordinatorMessage, Status>>(16);
         let mut attachment = c.hub.attach(guest);
+        // A revoke or re-enrollment that landed between `authenticate` and `attach` ended
+        // no session yet; it must end this one.
+        let still = c.store.agent(guest).map_err(RpcError::from)?;
+        let still = still.ok_or(RpcError::Identity(StoreError::NotEnrolled { guest }))?;
+        current_or_previous(guest, &still, &info.serial_hex)?;
+        // The session lives no longer than the certificate that opened it; the agent
+        // reconnects with its renewed one.
+        let expires = info
+            .not_after
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
         let api = AgentApi(c.clone());
         tokio::spawn(async move {
             let mut ping = tokio::time::interval(api.0.cfg.ping_interval);
             ping.tick().await;
             let mut nonce = 0u64;
+            let expiry = tokio::time::sleep(expires);
+            tokio::pin!(expiry);
             loop {
                 let out = tokio::select! {
+                    status = attachment.ended.wait() => {
+                        tracing::warn!(%guest, %status, "session ended by the coordinator");
+                        let _ = tx.send(Err(status)).await;
+                        break;
+                    }
+                    () = &mut expiry => {
+                        if let Some(left) = renewed_through(&api.0, guest, &serial) {
+                            expiry.as_mut().reset(tokio::time::Instant::now() + left);
+                            continue;
+                        }
+                        tracing::info!(%guest, "session ended: its certificate expired");
+                        let _ = tx
+                            .send(Err(Status::unauthenticated(format!(
+                                "certificate of guest {guest} expired, renew"
+                            ))))
+                            .await;
+                        break;
+                    }
                     m = inbound.message() => match m {
                         Ok(Some(v1::AgentMessage { msg: Some(agent_message::Msg::Report(r)) })) => {
                             if let Err(e) = api.handle_report(guest, r).await {
@@ -414,6 +556,7 @@ impl v1::agent_server::Agent for AgentApi {
             not_after_unix: 0,
             issued_unix: now_unix(),
             result: "ok".into(),
+            revoked: None,
         };
         match &result {
             Ok(issued) => {
@@ -422,10 +565,21 @@ impl v1::agent_server::Agent for AgentApi {
             }
             Err(e) => rec.result = format!("failed: {e}"),
         }
+        // A revoke that landed while the CA was signing must not leave this cert unlisted.
+        let revoked_at = match c.store.agent(guest) {
+            Ok(Some(a)) => a.revoked_unix,
+            _ => None,
+        };
+        if revoked_at.is_some() {
+            rec.revoked = Some("deny-listed by Phoenix (guest revoked while signing)".into());
+        }
         if let Err(e) = c.store.put_service_cert(guest, &rec) {
             tracing::warn!(%guest, error = %e, "cannot record service certificate");
         }
         let issued = result.map_err(RpcError::from)?;
+        if let Some(at) = revoked_at {
+            return Err(RpcError::Identity(StoreError::Revoked { guest, at }).into());
+        }
         Ok(Response::new(v1::SignServiceCertResponse {
             chain_pem: issued.chain_pem,
             roots_pem: c.trust.pem(),

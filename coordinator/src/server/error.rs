@@ -15,6 +15,12 @@ pub enum RpcError {
     Token(StoreError),
     #[error("{0}")]
     Store(StoreError),
+    /// The guest's identity is not (or no longer) acceptable.
+    #[error("{0}")]
+    Identity(StoreError),
+    /// A concurrent change won; the caller may retry.
+    #[error("{0}")]
+    Conflict(StoreError),
     #[error("certificate authority: {0}")]
     Ca(CaError),
     #[error("{0}")]
@@ -28,6 +34,8 @@ impl From<StoreError> for RpcError {
             | StoreError::TokenUsed { .. }
             | StoreError::TokenExpired { .. }
             | StoreError::TokenGuest { .. } => RpcError::Token(e),
+            StoreError::NotEnrolled { .. } | StoreError::Revoked { .. } => RpcError::Identity(e),
+            StoreError::Changed { .. } => RpcError::Conflict(e),
             StoreError::Open { .. } | StoreError::Io { .. } => RpcError::Store(e),
         }
     }
@@ -45,7 +53,10 @@ impl From<RpcError> for Status {
         match e {
             RpcError::BadRequest(_) => Status::invalid_argument(msg),
             RpcError::Unauthenticated(_) => Status::unauthenticated(msg),
-            RpcError::Denied(_) | RpcError::Token(_) => Status::permission_denied(msg),
+            RpcError::Denied(_) | RpcError::Token(_) | RpcError::Identity(_) => {
+                Status::permission_denied(msg)
+            }
+            RpcError::Conflict(_) => Status::aborted(msg),
             RpcError::Store(_) => Status::internal(msg),
             RpcError::Ca(_) => Status::unavailable(msg),
             RpcError::NotFound(_) => Status::not_found(msg),

@@ -7,6 +7,7 @@ use phoenix_proto::v1;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, watch};
+use tonic::Status;
 
 pub type Pushed = Option<Arc<v1::DesiredState>>;
 
@@ -14,6 +15,17 @@ struct GuestChannels {
     desired: watch::Sender<Pushed>,
     dry_run: watch::Sender<Pushed>,
     session: Option<u64>,
+    /// Every session of this guest opened before `Ended::before` must end with its status.
+    ended: watch::Sender<Ended>,
+}
+
+/// Why the sessions of a guest opened up to some point were ended (revoke, replaced
+/// identity): a threshold rather than a flag, so a session opened after a re-join is
+/// not ended by an older revoke.
+#[derive(Clone, Default)]
+struct Ended {
+    before: u64,
+    status: Option<Status>,
 }
 
 impl GuestChannels {
@@ -22,6 +34,7 @@ impl GuestChannels {
             desired: watch::channel(None).0,
             dry_run: watch::channel(None).0,
             session: None,
+            ended: watch::channel(Ended::default()).0,
         }
     }
 }
@@ -30,9 +43,32 @@ impl GuestChannels {
 pub struct Attachment {
     pub desired: watch::Receiver<Pushed>,
     pub dry_run: watch::Receiver<Pushed>,
+    pub ended: EndSignal,
     hub: Arc<Hub>,
     guest: GuestId,
     session: u64,
+}
+
+/// Tells one session when the coordinator has ended it.
+pub struct EndSignal {
+    rx: watch::Receiver<Ended>,
+    session: u64,
+}
+
+impl EndSignal {
+    /// Resolves with the status to end this session with once the coordinator has ended
+    /// it (the guest was revoked or its identity replaced).
+    pub async fn wait(&mut self) -> Status {
+        let session = self.session;
+        match self.rx.wait_for(|e| e.before > session).await {
+            Ok(e) => e
+                .status
+                .clone()
+                .unwrap_or_else(|| Status::permission_denied("session ended by the coordinator")),
+            // The hub outlives every session; if it is gone the server is stopping.
+            Err(_) => Status::unavailable("coordinator is shutting down"),
+        }
+    }
 }
 
 impl Drop for Attachment {
@@ -92,10 +128,28 @@ impl Hub {
         Attachment {
             desired,
             dry_run,
+            ended: EndSignal {
+                rx: ch.ended.subscribe(),
+                session,
+            },
             hub: self.clone(),
             guest,
             session,
         }
+    }
+
+    /// Ends every session of `guest` attached so far with `status`; sessions attached
+    /// later are not affected.
+    pub fn end_sessions(&self, guest: GuestId, status: Status) {
+        let before = self
+            .next_session
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut guests = self.lock();
+        let ch = guests.entry(guest).or_insert_with(GuestChannels::new);
+        ch.ended.send_replace(Ended {
+            before,
+            status: Some(status),
+        });
     }
 
     pub fn connected(&self, guest: GuestId) -> bool {

@@ -11,7 +11,7 @@ pub use error::RpcError;
 use crate::store::{RedbStore, Store, StoreError};
 use hub::Hub;
 use phoenix_pki::embedded::EmbeddedCa;
-use phoenix_pki::fsutil::{ensure_dir, write_atomic};
+use phoenix_pki::fsutil::write_atomic;
 use phoenix_pki::tls::{Identity, IdentityStore, TlsSetupError, TrustStore};
 use phoenix_pki::{CaError, CertAuthority, IssueRequest, San, keys};
 use phoenix_proto::MAX_MESSAGE_BYTES;
@@ -53,6 +53,8 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    #[error("state directory: {0}")]
+    Insecure(#[from] phoenix_pki::statedir::StateDirError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -219,15 +221,10 @@ pub async fn run(
     ca: Option<Arc<dyn CertAuthority>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    ensure_dir(&cfg.state_dir, 0o700).map_err(|source| ServeError::StateDir {
-        path: cfg.state_dir.display().to_string(),
-        source,
-    })?;
+    // Never follows a link; loose modes are fixed with a logged warning.
+    phoenix_pki::statedir::secure(&cfg.state_dir, &[])?;
     let ca_dir = cfg.state_dir.join("ca");
-    ensure_dir(&ca_dir, 0o700).map_err(|source| ServeError::StateDir {
-        path: ca_dir.display().to_string(),
-        source,
-    })?;
+    phoenix_pki::statedir::secure(&ca_dir, &["ca.key"])?;
     let store: Arc<dyn Store> = Arc::new(RedbStore::open(&cfg.state_dir.join("phoenix.redb"))?);
     let ca: Arc<dyn CertAuthority> = match ca {
         Some(ca) => ca,

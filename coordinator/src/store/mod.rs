@@ -31,6 +31,22 @@ pub enum StoreError {
         token_guest: GuestId,
         claimed: GuestId,
     },
+    #[error("guest {guest} is not enrolled")]
+    NotEnrolled { guest: GuestId },
+    #[error(
+        "identity of guest {guest} was revoked at unix time {at}; re-join with a new token (`phoenix token create --guest {guest}`)"
+    )]
+    Revoked { guest: GuestId, at: i64 },
+    /// Another enrollment or renewal of the guest committed while this one waited for
+    /// the CA; writing ours would silently undo it.
+    #[error(
+        "identity of guest {guest} changed while the CA was signing (serial {expected} is now {found}); retry"
+    )]
+    Changed {
+        guest: GuestId,
+        expected: String,
+        found: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +54,15 @@ pub struct TokenRecord {
     pub guest: GuestId,
     pub expires_unix: i64,
     pub used_unix: Option<i64>,
+    /// Serial of the identity this token produced. Until the agent has used that
+    /// identity once (`AgentRecord::confirmed`) the same token may enroll again, so an
+    /// answer the agent refused (clock skew, lost reply) does not burn the token.
+    #[serde(default)]
+    pub issued_serial: Option<String>,
+    /// May replace the identity of a guest that is connected right now
+    /// (`phoenix token create --replace`).
+    #[serde(default)]
+    pub replace: bool,
 }
 
 /// An enrolled agent's identity and what it last told us.
@@ -62,6 +87,14 @@ pub struct AgentRecord {
     /// re-joins (step-ca 0.19 has no CRL/OCSP, so this deny-list is the revocation).
     #[serde(default)]
     pub revoked_unix: Option<i64>,
+    /// The agent has authenticated with `serial` at least once; until then the join
+    /// token that produced it may be used again.
+    #[serde(default = "yes")]
+    pub confirmed: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,22 +122,100 @@ pub struct ServiceCertRecord {
     pub issued_unix: i64,
     /// "ok", or why the last signing request failed.
     pub result: String,
+    /// Set when the guest was revoked: how this certificate was revoked.
+    #[serde(default)]
+    pub revoked: Option<String>,
+}
+
+/// Whether `tok` may enroll `claimed` now. A used token stays usable while the identity
+/// it produced is the guest's current one and has never been used (the agent refused
+/// the answer or never received it).
+fn token_usable(
+    tok: &TokenRecord,
+    claimed: GuestId,
+    now_unix: i64,
+    current: Option<&AgentRecord>,
+) -> Result<(), StoreError> {
+    if tok.guest != claimed {
+        return Err(StoreError::TokenGuest {
+            token_guest: tok.guest,
+            claimed,
+        });
+    }
+    if let Some(used) = tok.used_unix {
+        let unconfirmed = match (&tok.issued_serial, current) {
+            (Some(s), Some(rec)) => {
+                *s == rec.serial && !rec.confirmed && rec.revoked_unix.is_none()
+            }
+            _ => false,
+        };
+        if !unconfirmed {
+            return Err(StoreError::TokenUsed { used_at_unix: used });
+        }
+    }
+    if now_unix >= tok.expires_unix {
+        return Err(StoreError::TokenExpired {
+            expired_at_unix: tok.expires_unix,
+        });
+    }
+    Ok(())
+}
+
+/// The checks of `Store::update_agent`, shared by every implementation.
+fn check_current(
+    guest: GuestId,
+    rec: &AgentRecord,
+    expected_serial: Option<&str>,
+) -> Result<(), StoreError> {
+    if let Some(at) = rec.revoked_unix {
+        return Err(StoreError::Revoked { guest, at });
+    }
+    match expected_serial {
+        Some(s) if s != rec.serial => Err(StoreError::Changed {
+            guest,
+            expected: s.to_string(),
+            found: rec.serial.clone(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 pub trait Store: Send + Sync + 'static {
     fn put_token(&self, token_hash: &str, rec: &TokenRecord) -> Result<(), StoreError>;
-    /// Marks the token used, atomically; fails if unknown, used, expired or for another guest.
-    fn consume_token(
+    /// Checks a join token without using it, so the CA is not asked for a bad token.
+    fn check_token(
         &self,
         token_hash: &str,
         guest: GuestId,
         now_unix: i64,
+    ) -> Result<TokenRecord, StoreError>;
+    /// Completes an enrollment in one transaction: re-checks the token, checks that the
+    /// guest's serial is still `expected_serial` (None: not enrolled), marks the token
+    /// used for `rec.serial` and stores `rec`.
+    fn enroll(
+        &self,
+        token_hash: &str,
+        guest: GuestId,
+        now_unix: i64,
+        expected_serial: Option<&str>,
+        rec: &AgentRecord,
     ) -> Result<(), StoreError>;
 
     fn agent(&self, guest: GuestId) -> Result<Option<AgentRecord>, StoreError>;
-    fn put_agent(&self, guest: GuestId, rec: &AgentRecord) -> Result<(), StoreError>;
-    /// Soft state (last seen, facts): may be lost on a crash without harm.
-    fn put_agent_soft(&self, guest: GuestId, rec: &AgentRecord) -> Result<(), StoreError>;
+    /// Read-modify-write of an enrolled guest's record in one write transaction. Fails,
+    /// writing nothing, when the guest was revoked or, with `expected_serial`, when its
+    /// serial is no longer that one (a revoke or renewal that landed while the caller
+    /// waited for the CA is never undone). `durable: false` is for soft state (last
+    /// seen, facts) that may be lost on a crash without harm.
+    fn update_agent(
+        &self,
+        guest: GuestId,
+        expected_serial: Option<&str>,
+        durable: bool,
+        f: &mut dyn FnMut(&mut AgentRecord),
+    ) -> Result<AgentRecord, StoreError>;
+    /// Marks the guest revoked (whatever happens concurrently) and returns the record.
+    fn revoke_agent(&self, guest: GuestId, now_unix: i64) -> Result<AgentRecord, StoreError>;
     fn agents(&self) -> Result<Vec<(GuestId, AgentRecord)>, StoreError>;
 
     fn desired(&self, guest: GuestId) -> Result<Option<DesiredRecord>, StoreError>;

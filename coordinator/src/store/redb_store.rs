@@ -1,5 +1,6 @@
 use super::{
     AgentRecord, DesiredRecord, ReportRecord, ServiceCertRecord, Store, StoreError, TokenRecord,
+    check_current, token_usable,
 };
 use phoenix_proto::model::GuestId;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
@@ -152,51 +153,115 @@ impl Store for RedbStore {
         })
     }
 
-    fn consume_token(
+    fn check_token(
         &self,
         token_hash: &str,
         claimed: GuestId,
         now_unix: i64,
+    ) -> Result<TokenRecord, StoreError> {
+        const A: &str = "check join token";
+        let tx = self.db.begin_read().map_err(|e| io(A)(e.into()))?;
+        let t = tx.open_table(TOKENS).map_err(|e| io(A)(e.into()))?;
+        let tok: TokenRecord = match t.get(token_hash).map_err(|e| io(A)(e.into()))? {
+            Some(v) => dec(v.value())?,
+            None => return Err(StoreError::TokenUnknown),
+        };
+        let agents = tx.open_table(AGENTS).map_err(|e| io(A)(e.into()))?;
+        let current: Option<AgentRecord> =
+            match agents.get(claimed.get()).map_err(|e| io(A)(e.into()))? {
+                Some(v) => Some(dec(v.value())?),
+                None => None,
+            };
+        token_usable(&tok, claimed, now_unix, current.as_ref())?;
+        Ok(tok)
+    }
+
+    fn enroll(
+        &self,
+        token_hash: &str,
+        claimed: GuestId,
+        now_unix: i64,
+        expected_serial: Option<&str>,
+        rec: &AgentRecord,
     ) -> Result<(), StoreError> {
-        const A: &str = "consume join token";
+        const A: &str = "enroll agent";
+        let bytes = enc(rec)?;
         self.write(A, true, |tx| {
-            let mut t = tx.open_table(TOKENS).map_err(|e| io(A)(e.into()))?;
-            let mut rec: TokenRecord = match t.get(token_hash).map_err(|e| io(A)(e.into()))? {
+            let mut tokens = tx.open_table(TOKENS).map_err(|e| io(A)(e.into()))?;
+            let mut agents = tx.open_table(AGENTS).map_err(|e| io(A)(e.into()))?;
+            let mut tok: TokenRecord = match tokens.get(token_hash).map_err(|e| io(A)(e.into()))? {
                 Some(v) => dec(v.value())?,
                 None => return Err(StoreError::TokenUnknown),
             };
-            if let Some(used) = rec.used_unix {
-                return Err(StoreError::TokenUsed { used_at_unix: used });
-            }
-            if now_unix >= rec.expires_unix {
-                return Err(StoreError::TokenExpired {
-                    expired_at_unix: rec.expires_unix,
+            let current: Option<AgentRecord> =
+                match agents.get(claimed.get()).map_err(|e| io(A)(e.into()))? {
+                    Some(v) => Some(dec(v.value())?),
+                    None => None,
+                };
+            token_usable(&tok, claimed, now_unix, current.as_ref())?;
+            let found = current.as_ref().map(|r| r.serial.as_str());
+            if found != expected_serial {
+                return Err(StoreError::Changed {
+                    guest: claimed,
+                    expected: expected_serial.unwrap_or("none").to_string(),
+                    found: found.unwrap_or("none").to_string(),
                 });
             }
-            if rec.guest != claimed {
-                return Err(StoreError::TokenGuest {
-                    token_guest: rec.guest,
-                    claimed,
-                });
-            }
-            rec.used_unix = Some(now_unix);
-            let bytes = enc(&rec)?;
-            t.insert(token_hash, bytes.as_slice())
+            tok.used_unix = Some(now_unix);
+            tok.issued_serial = Some(rec.serial.clone());
+            let tok_bytes = enc(&tok)?;
+            tokens
+                .insert(token_hash, tok_bytes.as_slice())
+                .map_err(|e| io(A)(e.into()))?;
+            agents
+                .insert(claimed.get(), bytes.as_slice())
                 .map_err(|e| io(A)(e.into()))?;
             Ok(())
         })
     }
 
+    fn update_agent(
+        &self,
+        g: GuestId,
+        expected_serial: Option<&str>,
+        durable: bool,
+        f: &mut dyn FnMut(&mut AgentRecord),
+    ) -> Result<AgentRecord, StoreError> {
+        const A: &str = "update agent";
+        self.write(A, durable, |tx| {
+            let mut t = tx.open_table(AGENTS).map_err(|e| io(A)(e.into()))?;
+            let mut rec: AgentRecord = match t.get(g.get()).map_err(|e| io(A)(e.into()))? {
+                Some(v) => dec(v.value())?,
+                None => return Err(StoreError::NotEnrolled { guest: g }),
+            };
+            check_current(g, &rec, expected_serial)?;
+            f(&mut rec);
+            let bytes = enc(&rec)?;
+            t.insert(g.get(), bytes.as_slice())
+                .map_err(|e| io(A)(e.into()))?;
+            Ok(rec)
+        })
+    }
+
+    fn revoke_agent(&self, g: GuestId, now_unix: i64) -> Result<AgentRecord, StoreError> {
+        const A: &str = "revoke agent";
+        self.write(A, true, |tx| {
+            let mut t = tx.open_table(AGENTS).map_err(|e| io(A)(e.into()))?;
+            let mut rec: AgentRecord = match t.get(g.get()).map_err(|e| io(A)(e.into()))? {
+                Some(v) => dec(v.value())?,
+                None => return Err(StoreError::NotEnrolled { guest: g }),
+            };
+            rec.revoked_unix.get_or_insert(now_unix);
+            rec.previous_serial = None;
+            let bytes = enc(&rec)?;
+            t.insert(g.get(), bytes.as_slice())
+                .map_err(|e| io(A)(e.into()))?;
+            Ok(rec)
+        })
+    }
+
     fn agent(&self, g: GuestId) -> Result<Option<AgentRecord>, StoreError> {
         self.get_u32(AGENTS, "read agent", g.get())
-    }
-
-    fn put_agent(&self, g: GuestId, rec: &AgentRecord) -> Result<(), StoreError> {
-        self.put_u32(AGENTS, "save agent", true, g.get(), rec)
-    }
-
-    fn put_agent_soft(&self, g: GuestId, rec: &AgentRecord) -> Result<(), StoreError> {
-        self.put_u32(AGENTS, "save agent", false, g.get(), rec)
     }
 
     fn agents(&self) -> Result<Vec<(GuestId, AgentRecord)>, StoreError> {
@@ -305,33 +370,109 @@ mod tests {
         GuestId::try_from(n).expect("valid")
     }
 
+    fn token(guest: u32, expires_unix: i64) -> TokenRecord {
+        TokenRecord {
+            guest: g(guest),
+            expires_unix,
+            used_unix: None,
+            issued_serial: None,
+            replace: false,
+        }
+    }
+
+    fn agent(serial: &str) -> AgentRecord {
+        AgentRecord {
+            serial: serial.into(),
+            confirmed: false,
+            ..AgentRecord::default()
+        }
+    }
+
     #[test]
     fn tokens_are_single_use_expiring_and_guest_bound() {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = RedbStore::open(&dir.path().join("db")).expect("open");
-        let rec = TokenRecord {
-            guest: g(101),
-            expires_unix: 1000,
-            used_unix: None,
-        };
-        s.put_token("h1", &rec).expect("put");
-        s.put_token("h2", &rec).expect("put");
+        s.put_token("h1", &token(101, 1000)).expect("put");
+        s.put_token("h2", &token(101, 1000)).expect("put");
         assert!(matches!(
-            s.consume_token("h1", g(102), 10),
+            s.check_token("h1", g(102), 10),
             Err(StoreError::TokenGuest { .. })
         ));
         assert!(matches!(
-            s.consume_token("h2", g(101), 1000),
+            s.check_token("h2", g(101), 1000),
             Err(StoreError::TokenExpired { .. })
         ));
-        s.consume_token("h1", g(101), 10).expect("first use");
+        s.check_token("h1", g(101), 10).expect("valid");
+        s.enroll("h1", g(101), 10, None, &agent("aa"))
+            .expect("first use");
+        // The identity was never used: the agent may have refused it, so the token works again.
+        s.check_token("h1", g(101), 11)
+            .expect("unconfirmed identity");
+        s.enroll("h1", g(101), 11, Some("aa"), &agent("bb"))
+            .expect("second use before confirmation");
+        s.update_agent(g(101), Some("bb"), true, &mut |r| r.confirmed = true)
+            .expect("confirm");
         assert!(matches!(
-            s.consume_token("h1", g(101), 11),
+            s.check_token("h1", g(101), 12),
             Err(StoreError::TokenUsed { .. })
         ));
         assert!(matches!(
-            s.consume_token("nope", g(101), 11),
+            s.enroll("h1", g(101), 12, Some("bb"), &agent("cc")),
+            Err(StoreError::TokenUsed { .. })
+        ));
+        assert!(matches!(
+            s.check_token("nope", g(101), 11),
             Err(StoreError::TokenUnknown)
+        ));
+    }
+
+    #[test]
+    fn enroll_refuses_when_the_identity_changed_meanwhile() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = RedbStore::open(&dir.path().join("db")).expect("open");
+        s.put_token("h1", &token(101, 1000)).expect("put");
+        s.put_token("h2", &token(101, 1000)).expect("put");
+        // Both joins checked their token while the guest had no identity; the second
+        // to commit must not overwrite the first.
+        s.enroll("h1", g(101), 10, None, &agent("aa"))
+            .expect("first");
+        assert!(matches!(
+            s.enroll("h2", g(101), 10, None, &agent("bb")),
+            Err(StoreError::Changed { .. })
+        ));
+        assert_eq!(
+            s.agent(g(101)).expect("get").map(|r| r.serial),
+            Some("aa".into())
+        );
+        // The refused join did not use its token.
+        s.check_token("h2", g(101), 11).expect("still unused");
+    }
+
+    #[test]
+    fn a_revoke_during_a_renewal_is_not_undone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = RedbStore::open(&dir.path().join("db")).expect("open");
+        s.put_token("h1", &token(101, 1000)).expect("put");
+        s.enroll("h1", g(101), 10, None, &agent("aa"))
+            .expect("enroll");
+        // A renewal read serial "aa", then waited for the CA; the revoke lands meanwhile.
+        let seen = s.agent(g(101)).expect("read").expect("enrolled");
+        s.revoke_agent(g(101), 20).expect("revoke");
+        let renewed = s.update_agent(g(101), Some(&seen.serial), true, &mut |r| {
+            r.serial = "bb".into();
+        });
+        assert!(matches!(renewed, Err(StoreError::Revoked { at: 20, .. })));
+        let rec = s.agent(g(101)).expect("read").expect("enrolled");
+        assert_eq!((rec.serial.as_str(), rec.revoked_unix), ("aa", Some(20)));
+        // A renewal that lost the race against another renewal is refused too.
+        s.put_token("h2", &token(101, 1000)).expect("put");
+        s.enroll("h2", g(101), 30, Some("aa"), &agent("cc"))
+            .expect("re-join");
+        s.update_agent(g(101), Some("cc"), true, &mut |r| r.serial = "dd".into())
+            .expect("renew");
+        assert!(matches!(
+            s.update_agent(g(101), Some("cc"), true, &mut |r| r.serial = "ee".into()),
+            Err(StoreError::Changed { .. })
         ));
     }
 

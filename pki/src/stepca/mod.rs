@@ -742,6 +742,14 @@ impl CertAuthority for StepCa {
     /// Signs `req.csr_pem` with a token that grants exactly `req.sans` to
     /// `req.common_name`. step-ca requires the CSR's CN, if any, to equal the common name and
     /// its SANs, if any, to equal the granted ones; the RA builds both from the same data.
+    /// Passive revocation with a revoke-audience OTT: step-ca then refuses to renew or
+    /// rekey the certificate; TLS peers that do not ask step-ca still accept it until
+    /// it expires.
+    async fn revoke_serial(&self, serial_hex: &str, reason: &str) -> Result<bool, CaError> {
+        StepCa::revoke(self, serial_hex, reason, RevokeAuth::Token).await?;
+        Ok(true)
+    }
+
     async fn issue(&self, req: IssueRequest) -> Result<Issued, CaError> {
         let ott = self.sign_token(&req.common_name, &req.sans)?;
         let signed = self.sign(&req.csr_pem, &ott, Some(req.ttl)).await?;

@@ -216,6 +216,7 @@ async fn run_n(n: u32, rounds: u32, work: &Path, ca_args: &[String]) -> Res<()> 
             .create_token(v1::CreateTokenRequest {
                 guest_id: g,
                 ttl_seconds: 600,
+                replace: false,
             })
             .await?
             .into_inner()
@@ -396,6 +397,7 @@ async fn agent_rss(work: &Path, secs: u64) -> Res<()> {
         .create_token(v1::CreateTokenRequest {
             guest_id: 7,
             ttl_seconds: 600,
+            replace: false,
         })
         .await?
         .into_inner()
