@@ -190,7 +190,7 @@ impl<M: ServiceManager> ServiceConverger<M> {
                 }
                 files.push(Managed {
                     path: p.clone(),
-                    content: unit::env_file(&values).into_bytes(),
+                    content: unit::env_file(&spec.name, &values)?.into_bytes(),
                     mode: 0o600,
                 });
             }
