@@ -126,7 +126,7 @@ fn argv(a: &[&str]) -> Vec<String> {
 /// A constant shell script. Config values never become part of `script`: they are
 /// passed as positional parameters (`$1`, `$2`, …), which the shell never re-parses.
 fn sh(script: &'static str) -> Vec<String> {
-    sh_with(script, &[])
+    argv(&["/bin/sh", "-c", script])
 }
 
 /// `sh -c SCRIPT sh ARGS…`: `script` sees each of `args` as one literal word in `"$N"`.
