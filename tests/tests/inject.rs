@@ -43,10 +43,11 @@ fn lxc_etc(dir: &Path, url: &str) -> std::path::PathBuf {
 
 /// A URL that passes the URL check (no blanks) and would run `touch /pwned` if it were
 /// pasted into the script: it reaches `sh` only as the positional parameter `$1`.
-#[test]
-fn bootstrap_ca_url_reaches_the_command_as_one_literal_argument() {
+const HOSTILE_URL: &str = "https://ca.lab:9000/'$(touch${IFS}/pwned)'`touch${IFS}/pwned`";
+
+/// The `step-ca-bootstrap` exec compiled by the real `phoenix validate --show`.
+fn compiled_bootstrap(url: &str) -> serde_json::Value {
     let dir = tempfile::tempdir().expect("tempdir");
-    let url = "https://ca.lab:9000/'$(touch${IFS}/pwned)'`touch${IFS}/pwned`";
     let out = validate(&lxc_etc(dir.path(), url), true);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}{stderr}");
@@ -56,13 +57,19 @@ fn bootstrap_ca_url_reaches_the_command_as_one_literal_argument() {
         .next()
         .expect("one value")
         .expect("json");
-    let cmd = spec["resources"]
+    spec["resources"]
         .as_array()
         .expect("resources")
         .iter()
         .find(|r| r["name"] == "step-ca-bootstrap")
-        .map(|r| r["command"].clone())
-        .expect("bootstrap exec");
+        .cloned()
+        .expect("bootstrap exec")
+}
+
+#[test]
+fn bootstrap_ca_url_reaches_the_command_as_one_literal_argument() {
+    let url = HOSTILE_URL;
+    let cmd = compiled_bootstrap(url)["command"].clone();
     let argv: Vec<&str> = cmd
         .as_array()
         .expect("argv")
@@ -92,29 +99,30 @@ fn bootstrap_ca_url_reaches_the_command_as_one_literal_argument() {
 #[test]
 fn validate_refuses_line_breaks_in_every_unit_field() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let inject = "ExecStartPre=/bin/touch /pwned";
-    let cases: Vec<(&str, Box<dyn Fn(&str) -> serde_json::Value>)> = vec![
+    const INJECT: &str = "ExecStartPre=/bin/touch /pwned";
+    type UnitWith = Box<dyn Fn(&str) -> serde_json::Value>;
+    let cases: Vec<(&str, UnitWith)> = vec![
         (
             "working_directory",
             Box::new(
-                |b| serde_json::json!({"exec_start": ["/bin/true"], "working_directory": format!("/srv{b}{inject}")}),
+                |b| serde_json::json!({"exec_start": ["/bin/true"], "working_directory": format!("/srv{b}{INJECT}")}),
             ),
         ),
         (
             "environment.MODE",
             Box::new(
-                |b| serde_json::json!({"exec_start": ["/bin/true"], "environment": {"MODE": format!("x{b}{inject}")}}),
+                |b| serde_json::json!({"exec_start": ["/bin/true"], "environment": {"MODE": format!("x{b}{INJECT}")}}),
             ),
         ),
         (
             "description",
             Box::new(
-                |b| serde_json::json!({"exec_start": ["/bin/true"], "description": format!("d{b}{inject}")}),
+                |b| serde_json::json!({"exec_start": ["/bin/true"], "description": format!("d{b}{INJECT}")}),
             ),
         ),
         (
             "exec_start[1]",
-            Box::new(|b| serde_json::json!({"exec_start": ["/bin/true", format!("a{b}{inject}")]})),
+            Box::new(|b| serde_json::json!({"exec_start": ["/bin/true", format!("a{b}{INJECT}")]})),
         ),
         (
             "user",
@@ -290,4 +298,107 @@ fn secrets_are_flagged_with_errors_and_never_printed() {
         }
     }
     assert!(!stdout.contains("20261202") && !stderr.contains("20261202"));
+}
+
+/// The compiled bootstrap exec applied by the real `phoenix-agent` in a real systemd guest,
+/// with a stand-in `step` that records its argv: nothing is run, the URL arrives whole.
+#[test]
+fn hostile_bootstrap_url_applied_in_a_guest_runs_nothing() {
+    let mut exec = compiled_bootstrap(HOSTILE_URL);
+    let Some(g) = phoenix_tests::guest::Guest::boot("inject-url", &[]) else {
+        return;
+    };
+    exec["depends_on"] = serde_json::json!([]);
+    let argv: Vec<String> = exec["command"]
+        .as_array()
+        .expect("argv")
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    let fingerprint = &argv[5];
+    g.ok(&format!(
+        "mkdir -p \"$(dirname '{fingerprint}')\" && printf abc123 > '{fingerprint}'"
+    ));
+    g.write(
+        "/usr/bin/step",
+        b"#!/bin/sh\nprintf '%s\\n' \"$@\" > /var/lib/step-argv\n",
+    );
+    g.ok("chmod 755 /usr/bin/step");
+    let applied = g.apply(&serde_json::json!({"resources": [exec]}));
+    assert!(applied.ok, "{}", applied.stderr);
+    assert_eq!(g.ok("test -e /pwned && echo yes || echo no"), "no");
+    assert_eq!(
+        g.ok("cat /var/lib/step-argv"),
+        format!("ca\nbootstrap\n--ca-url\n{HOSTILE_URL}\n--fingerprint\nabc123\n--force")
+    );
+}
+
+/// Valid odd characters in every rendered field: the unit passes `systemd-analyze verify`
+/// in a real systemd, and the service sees exactly the configured argv, environment and
+/// working directory.
+#[test]
+fn odd_characters_reach_the_service_exactly() {
+    let Some(g) = phoenix_tests::guest::Guest::boot("inject-odd", &[]) else {
+        return;
+    };
+    let dir = "/srv/odd dir %h $X";
+    let args = [
+        "a b",
+        "%n",
+        "$HOME",
+        "${HOME}",
+        "q\"uote",
+        "back\\slash",
+        "it's",
+        ";",
+        "tab\there",
+        "",
+    ];
+    let env = "100% \"q\" $X ${Y} \\ end\\";
+    let script = "printf '%s\\n' \"$@\" > /var/lib/odd-argv; printf '%s' \"$ODD\" > /var/lib/odd-env; pwd > /var/lib/odd-cwd; exec sleep 600";
+    let mut exec_start = vec![
+        "/bin/sh".to_string(),
+        "-c".into(),
+        script.into(),
+        "sh".into(),
+    ];
+    exec_start.extend(args.iter().map(|a| a.to_string()));
+    let spec = serde_json::json!({"resources": [
+        {"kind": "exec", "name": "odd-dir", "command": ["/bin/mkdir", "-p", dir], "creates": dir},
+        {"kind": "service", "name": "odd.service", "depends_on": ["exec:odd-dir"],
+         "unit": {"description": "odd 100% \"chars\" $X back\\slash", "exec_start": exec_start,
+                  "environment": {"ODD": env}, "working_directory": dir},
+         "enabled": true, "state": "running"}
+    ]});
+    let applied = g.apply(&spec);
+    assert!(applied.ok, "{}", applied.stderr);
+    let verify = g.sh("systemd-analyze verify /etc/systemd/system/odd.service 2>&1");
+    let said = String::from_utf8_lossy(&verify.stdout).into_owned();
+    assert!(verify.status.success(), "{said}");
+    assert!(!said.contains("odd.service"), "verify complained: {said}");
+    crate_wait(&g, "/var/lib/odd-cwd");
+    let want_argv: String = args.iter().map(|a| format!("{a}\n")).collect();
+    assert_eq!(
+        g.ok("cat /var/lib/odd-argv; echo END"),
+        format!("{want_argv}END")
+    );
+    assert_eq!(g.ok("cat /var/lib/odd-env"), env.trim_end());
+    assert_eq!(g.ok("cat /var/lib/odd-cwd"), dir);
+    assert_eq!(
+        g.unit_prop("odd.service", "Description"),
+        "odd 100% \"chars\" $X back\\slash"
+    );
+}
+
+fn crate_wait(g: &phoenix_tests::guest::Guest, path: &str) {
+    phoenix_tests::wait_for(
+        std::time::Duration::from_secs(20),
+        "the service to record what it saw",
+        || {
+            g.sh(&format!("test -s '{path}'"))
+                .status
+                .success()
+                .then_some(())
+        },
+    );
 }

@@ -70,13 +70,13 @@ pub(crate) fn scan(n: &Node, d: &mut Diag) {
                 }
             }
         }
-        Value::String(s) if s.contains('\n') => {
-            if phoenix_proto::redact::redact_text(s) != s.as_str() {
-                n.warn(
-                    d,
-                    "content holds a secret-looking line (shown redacted in plans); keep such a file private (mode 0600) or read the secret on the guest",
-                );
-            }
+        Value::String(s)
+            if s.contains('\n') && phoenix_proto::redact::redact_text(s) != s.as_str() =>
+        {
+            n.warn(
+                d,
+                "content holds a secret-looking line (shown redacted in plans); keep such a file private (mode 0600) or read the secret on the guest",
+            );
         }
         _ => {}
     }

@@ -152,7 +152,8 @@ fn service_cert_names_reserved_for_identities_are_refused_naming_the_rule() {
 /// model refuses all of them, naming the field, so `phoenix validate` and the agent agree.
 #[test]
 fn unit_fields_refuse_line_breaks_and_nul() {
-    let fields: [(&str, fn(&str) -> serde_json::Value); 7] = [
+    type UnitWith = fn(&str) -> serde_json::Value;
+    let fields: [(&str, UnitWith); 7] = [
         (
             "unit.working_directory",
             |v| serde_json::json!({"exec_start": ["/bin/true"], "working_directory": format!("/srv/a{v}ExecStartPre=/bin/touch /pwned")}),
