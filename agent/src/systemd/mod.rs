@@ -272,7 +272,9 @@ impl<M: ServiceManager> ServiceConverger<M> {
         stale
             .iter()
             .filter_map(|f| {
-                let have = hostio::read_if_exists(&f.path).ok()?.unwrap_or_default();
+                let have = hostio::read_if_exists(self.root_for(&f.path), &f.path)
+                    .ok()?
+                    .unwrap_or_default();
                 let new = String::from_utf8_lossy(&f.content);
                 let diff = crate::files::content_diff(Some(&have), &new, f.mode & 0o004 == 0);
                 Some(format!("{}:\n{diff}", f.path.display()))
