@@ -8,6 +8,7 @@
 
 pub mod convert;
 pub mod model;
+pub mod redact;
 pub mod token;
 
 #[allow(clippy::all, clippy::unwrap_used)]

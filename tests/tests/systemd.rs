@@ -149,8 +149,8 @@ fn bad_input_is_refused_before_anything_changes() {
             "nothing may change when a resource is invalid"
         );
     }
-    // An agent-side check (not the model's): a generated unit with a reload trigger but no
-    // way to reload; the whole state is refused, the file not written.
+    // A generated unit with a reload trigger but no way to reload: a model check, so
+    // `phoenix validate` refuses it too; the whole state is refused, the file not written.
     let spec = json!({"resources": [
         {"kind": "file", "path": marker, "content": "x"},
         {"kind": "service", "name": "x.service", "unit": {"exec_start": ["/bin/true"]},
@@ -158,10 +158,9 @@ fn bad_input_is_refused_before_anything_changes() {
     let a = g.apply(&spec);
     assert!(!a.ok);
     assert!(
-        a.message("service:x.service")
-            .contains("reload_on needs unit.exec_reload"),
+        a.stderr.contains("reload_on needs unit.exec_reload"),
         "{}",
-        a.report
+        a.stderr
     );
     assert_eq!(
         g.ok(&format!("test -e {marker} && echo yes || echo no")),

@@ -134,8 +134,9 @@ fn observe(root: &Path, spec: &FileSpec) -> Result<Observed, FileError> {
 }
 
 /// A short line diff; private files (no read bit for others) get a size summary only,
-/// since their content may be secret.
-fn content_diff(old: Option<&[u8]>, new: &str, private: bool) -> String {
+/// since their content may be secret, and secret-looking lines of the others are shown
+/// redacted (plans are printed and stored).
+pub(crate) fn content_diff(old: Option<&[u8]>, new: &str, private: bool) -> String {
     let old_len = old.map(|o| o.len()).unwrap_or(0);
     let summary = format!("content: {old_len} → {} bytes", new.len());
     if private {
@@ -144,24 +145,48 @@ fn content_diff(old: Option<&[u8]>, new: &str, private: bool) -> String {
     let (Some(old), true) = (old.and_then(|o| std::str::from_utf8(o).ok()), true) else {
         return summary;
     };
-    let old_lines: Vec<&str> = old.lines().collect();
-    let new_lines: Vec<&str> = new.lines().collect();
+    // Compared raw (a changed secret still shows as changed), printed redacted.
+    let old_lines = shown_lines(old);
+    let new_lines = shown_lines(new);
     let mut out = vec![summary];
-    for l in old_lines
+    for (_, l) in old_lines
         .iter()
-        .filter(|l| !new_lines.contains(l))
+        .filter(|(raw, _)| !new_lines.iter().any(|(r, _)| r == raw))
         .take(DIFF_LINES)
     {
         out.push(format!("- {l}"));
     }
-    for l in new_lines
+    for (_, l) in new_lines
         .iter()
-        .filter(|l| !old_lines.contains(l))
+        .filter(|(raw, _)| !old_lines.iter().any(|(r, _)| r == raw))
         .take(DIFF_LINES)
     {
         out.push(format!("+ {l}"));
     }
+    out.dedup();
     out.join("\n")
+}
+
+/// Each line with its printable form: secret-looking values redacted, every line of a PEM
+/// private key block shown as one marker.
+fn shown_lines(text: &str) -> Vec<(&str, String)> {
+    let mut in_key = false;
+    text.lines()
+        .map(|l| {
+            let begins = l.contains("-----BEGIN") && l.contains("PRIVATE KEY-----");
+            let shown = if begins || in_key {
+                format!("{} (private key)", phoenix_proto::redact::REDACTED)
+            } else {
+                phoenix_proto::redact::redact_line(l).into_owned()
+            };
+            if begins {
+                in_key = true;
+            } else if in_key && l.contains("-----END") {
+                in_key = false;
+            }
+            (l, shown)
+        })
+        .collect()
 }
 
 #[async_trait::async_trait]

@@ -103,3 +103,21 @@ async fn absent_removes() {
     assert!(!p.exists());
     assert_eq!(conv.check(&s, &cx()).await.expect("check"), Check::InSync);
 }
+
+/// A world-readable file's plan diff shows which lines change, never a secret's value.
+#[test]
+fn content_diff_redacts_secret_lines() {
+    let old = "host=db\npassword=hunter2\n-----BEGIN PRIVATE KEY-----\nMIIBVQIBADANBgkq\n-----END PRIVATE KEY-----\n";
+    let new = "host=db\npassword=correct-horse\nurl=redis://:pw1234@cache\n";
+    let diff = super::content_diff(Some(old.as_bytes()), new, false);
+    for secret in ["hunter2", "correct-horse", "pw1234", "MIIBVQIBADANBgkq"] {
+        assert!(!diff.contains(secret), "{secret} shown: {diff}");
+    }
+    assert!(diff.contains("- password=<redacted>"), "{diff}");
+    assert!(diff.contains("+ password=<redacted>"), "{diff}");
+    assert!(diff.contains("- <redacted> (private key)"), "{diff}");
+    assert!(
+        !diff.contains("host=db"),
+        "unchanged lines are not listed: {diff}"
+    );
+}

@@ -190,7 +190,7 @@ impl<M: ServiceManager> ServiceConverger<M> {
                 }
                 files.push(Managed {
                     path: p.clone(),
-                    content: unit::env_file(&values).into_bytes(),
+                    content: unit::env_file(&spec.name, &values)?.into_bytes(),
                     mode: 0o600,
                 });
             }
@@ -266,6 +266,22 @@ impl<M: ServiceManager> ServiceConverger<M> {
             .map(|r| (Verb::Reload, format!("{r} changed")))
     }
 
+    /// The text diff of each stale file, for the plan: secret-looking lines redacted, the
+    /// 0600 secret environment file summarized only.
+    fn stale_diffs(&self, stale: &[Managed]) -> Vec<String> {
+        stale
+            .iter()
+            .filter_map(|f| {
+                let have = hostio::read_if_exists(self.root_for(&f.path), &f.path)
+                    .ok()?
+                    .unwrap_or_default();
+                let new = String::from_utf8_lossy(&f.content);
+                let diff = crate::files::content_diff(Some(&have), &new, f.mode & 0o004 == 0);
+                Some(format!("{}:\n{diff}", f.path.display()))
+            })
+            .collect()
+    }
+
     async fn check_present(
         &self,
         spec: &ServiceSpec,
@@ -277,6 +293,7 @@ impl<M: ServiceManager> ServiceConverger<M> {
         if !stale.is_empty() {
             let paths: Vec<String> = stale.iter().map(|f| f.path.display().to_string()).collect();
             diff.push(format!("write {}", paths.join(", ")));
+            diff.extend(self.stale_diffs(&stale));
         } else if st.need_daemon_reload {
             diff.push("daemon-reload (unit changed on disk)".into());
         }

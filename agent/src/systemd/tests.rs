@@ -189,3 +189,40 @@ async fn dropins_for_a_unit_phoenix_does_not_own() {
     assert!(text.ends_with("LimitNOFILE=65536\n"));
     assert_eq!(c.check(&s, &cx).await.expect("check"), Check::InSync);
 }
+
+/// The plan of a changed unit shows its text diff, with secret-looking values redacted.
+#[tokio::test]
+async fn plan_shows_the_unit_text_diff_with_secrets_redacted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = ServiceConverger::new(
+        Fake::default(),
+        dir.path().join("system"),
+        dir.path().join("env"),
+    );
+    let cx = PassContext::default();
+    let with = |arg: &str, key: &str| {
+        spec(serde_json::json!({
+            "name": "demo.service",
+            "unit": {"exec_start": ["/bin/sleep", arg], "environment": {"JWT_SIGNING_KEY": key}},
+            "enabled": true,
+            "state": "running",
+        }))
+    };
+    c.apply(&with("5", "old-signing-key"), &cx)
+        .await
+        .expect("apply");
+    let Check::Drift { diff } = c
+        .check(&with("6", "new-signing-key"), &cx)
+        .await
+        .expect("check")
+    else {
+        panic!("a changed unit must drift");
+    };
+    assert!(diff.contains("- ExecStart=/bin/sleep 5"), "{diff}");
+    assert!(diff.contains("+ ExecStart=/bin/sleep 6"), "{diff}");
+    assert!(
+        !diff.contains("old-signing-key") && !diff.contains("new-signing-key"),
+        "{diff}"
+    );
+    assert!(diff.contains("JWT_SIGNING_KEY=<redacted>"), "{diff}");
+}

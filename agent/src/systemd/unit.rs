@@ -8,106 +8,32 @@ use phoenix_proto::model::{ServiceSpec, UnitSpec};
 
 pub(super) const HEADER: &str = "# Managed by Phoenix; local changes are overwritten.\n";
 
-const RESTART: [&str; 7] = [
-    "no",
-    "always",
-    "on-success",
-    "on-failure",
-    "on-abnormal",
-    "on-abort",
-    "on-watchdog",
-];
-const TYPES: [&str; 8] = [
-    "simple",
-    "exec",
-    "forking",
-    "oneshot",
-    "dbus",
-    "notify",
-    "notify-reload",
-    "idle",
-];
-
-fn invalid(unit: &str, reason: String) -> ServiceError {
-    ServiceError::Invalid {
-        unit: unit.to_owned(),
-        reason,
-    }
-}
-
-/// Agent-side checks beyond the model's: values that would break the unit file's syntax
-/// or that systemd would reject.
+/// The model's checks (the same ones `phoenix validate` runs): every value rendered into
+/// the unit is refused there if no escaping could carry it (line breaks, NUL).
 pub(super) fn validate(spec: &ServiceSpec) -> Result<(), ServiceError> {
-    let name = spec.name.as_str();
-    for (key, text) in &spec.dropins {
-        if text.contains('\0') {
-            return Err(invalid(name, format!("drop-in {key} contains a NUL byte")));
-        }
-    }
-    let Some(u) = &spec.unit else {
-        return Ok(());
-    };
-    if !name.ends_with(".service") {
-        return Err(invalid(name, "a generated unit must be a .service".into()));
-    }
-    if u.description.contains(['\n', '\r']) {
-        return Err(invalid(name, "description contains a line break".into()));
-    }
-    for arg in u.exec_start.iter().chain(&u.exec_reload) {
-        if arg.contains(['\n', '\r', '\0']) {
-            return Err(invalid(
-                name,
-                format!("command argument {arg:?} contains a line break or NUL"),
-            ));
-        }
-    }
-    if !u.exec_reload.is_empty() && !u.exec_reload[0].starts_with('/') {
-        return Err(invalid(
-            name,
-            "exec_reload needs an absolute program path".into(),
-        ));
-    }
-    if !spec.reload_on.is_empty() && u.exec_reload.is_empty() {
-        return Err(invalid(
-            name,
-            "reload_on needs unit.exec_reload (the unit could not be reloaded)".into(),
-        ));
-    }
-    if let Some(r) = &u.restart
-        && !RESTART.contains(&r.as_str())
-    {
-        return Err(invalid(
-            name,
-            format!("restart {r:?} is not one of {}", RESTART.join(", ")),
-        ));
-    }
-    if let Some(t) = &u.service_type
-        && !TYPES.contains(&t.as_str())
-    {
-        return Err(invalid(
-            name,
-            format!("service_type {t:?} is not one of {}", TYPES.join(", ")),
-        ));
-    }
-    if let Some(l) = &u.limits {
-        for (what, v) in [("memory_max", &l.memory_max), ("cpu_quota", &l.cpu_quota)] {
-            if let Some(v) = v
-                && (v.is_empty()
-                    || !v
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'%'))
-            {
-                return Err(invalid(
-                    name,
-                    format!("limits.{what} {v:?} is not a systemd size or percentage"),
-                ));
-            }
-        }
-    }
-    Ok(())
+    spec.validate().map_err(|reason| ServiceError::Invalid {
+        unit: spec.name.clone(),
+        reason,
+    })
 }
 
-/// One command-line word, quoted when needed.
+/// Escapes inside a double-quoted word (systemd.syntax(7) C-style escapes): backslash and
+/// quote, and control characters as `\xNN` so the file stays one line per directive.
+fn escape_quoted(w: &str) -> String {
+    let mut out = String::with_capacity(w.len() + 2);
+    for c in w.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            c if c.is_ascii_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// One command-line word, quoted when needed: `%` doubled (specifiers), `$` doubled
+/// (variable expansion), everything else C-escaped inside double quotes.
 fn quote_word(w: &str) -> String {
     let escaped = w.replace('%', "%%").replace('$', "$$");
     let plain = !escaped.is_empty()
@@ -117,10 +43,11 @@ fn quote_word(w: &str) -> String {
     if plain {
         return escaped;
     }
+    // A lone `;` separates commands even when quoted.
     if w == ";" {
         return "\\;".into();
     }
-    format!("\"{}\"", escaped.replace('\\', "\\\\").replace('"', "\\\""))
+    format!("\"{}\"", escape_quoted(&escaped))
 }
 
 pub(super) fn command_line(argv: &[String]) -> String {
@@ -131,27 +58,33 @@ pub(super) fn command_line(argv: &[String]) -> String {
 }
 
 fn quote_env(k: &str, v: &str) -> String {
-    format!(
-        "\"{}={}\"",
-        k,
-        v.replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('%', "%%")
-    )
+    format!("\"{}={}\"", k, escape_quoted(&v.replace('%', "%%")))
 }
 
-/// The `EnvironmentFile=` body for resolved secret values.
-pub(super) fn env_file(values: &[(String, String)]) -> String {
+/// The `EnvironmentFile=` body for resolved secret values. Inside double quotes systemd
+/// unescapes only `\\ " $ \``; a line break cannot be carried (backslash-newline is a
+/// continuation), so such a value is refused rather than silently changed.
+pub(super) fn env_file(unit: &str, values: &[(String, String)]) -> Result<String, ServiceError> {
     let mut s = String::from(HEADER);
     for (k, v) in values {
-        s.push_str(&format!(
-            "{k}=\"{}\"\n",
-            v.replace('\\', "\\\\")
-                .replace('"', "\\\"")
-                .replace('\n', "\\n")
-        ));
+        if v.contains(['\n', '\r', '\0']) {
+            return Err(ServiceError::Invalid {
+                unit: unit.to_owned(),
+                reason: format!(
+                    "secret environment {k}: the value contains a line break or NUL, which an EnvironmentFile cannot carry"
+                ),
+            });
+        }
+        let mut q = String::with_capacity(v.len());
+        for c in v.chars() {
+            if matches!(c, '\\' | '"' | '$' | '`') {
+                q.push('\\');
+            }
+            q.push(c);
+        }
+        s.push_str(&format!("{k}=\"{q}\"\n"));
     }
-    s
+    Ok(s)
 }
 
 /// The unit file for `u`; `env_file` is the path of the secret environment file, if any.
@@ -274,6 +207,32 @@ mod tests {
         ];
         for b in bad {
             assert!(validate(&spec(b.clone())).is_err(), "{b}");
+        }
+    }
+
+    #[test]
+    fn odd_characters_are_escaped_not_interpreted() {
+        let argv: Vec<String> = ["/bin/x", "%n", "$HOME", "a\tb", ";", "it's"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            command_line(&argv),
+            "/bin/x %%n $$HOME \"a\\x09b\" \\; \"it's\""
+        );
+        assert_eq!(quote_env("V", "%i \"q\""), "\"V=%%i \\\"q\\\"\"");
+    }
+
+    #[test]
+    fn env_file_escapes_shell_specials_and_refuses_line_breaks() {
+        let body = env_file("a.service", &[("K".into(), "a\"b$c`d\\e".into())]).expect("ok");
+        assert!(body.ends_with("K=\"a\\\"b\\$c\\`d\\\\e\"\n"), "{body}");
+        for bad in ["a\nb", "a\rb", "a\0b"] {
+            let err = env_file("a.service", &[("K".into(), bad.into())]).expect_err("refused");
+            assert!(
+                !err.to_string().contains(bad),
+                "value must not be printed: {err}"
+            );
         }
     }
 }

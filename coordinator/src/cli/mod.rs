@@ -647,9 +647,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                     c.spec.resources.len()
                 );
                 if show {
+                    // File contents may hold secret-looking lines meant for the guest.
+                    let mut json = serde_json::to_value(&c.spec).unwrap_or_default();
+                    phoenix_proto::redact::redact_json(&mut json);
                     println!(
                         "{}",
-                        serde_json::to_string_pretty(&c.spec).unwrap_or_default()
+                        serde_json::to_string_pretty(&json).unwrap_or_default()
                     );
                 }
             }
@@ -715,12 +718,23 @@ fn refuse_reserved_names(compiled: &compile::Compiled, trust_domain: &str) -> Re
 }
 
 /// Compiles `path`, printing warnings; all errors at once.
+/// Warnings are printed whether or not there are errors: a flagged secret must not go
+/// unmentioned because an unrelated value failed.
 fn load(path: &std::path::Path) -> Result<compile::Compiled, CliError> {
-    let compiled = compile::load(path).map_err(|e| CliError::Input(e.to_string()))?;
-    for w in &compiled.warnings {
+    let (result, warnings) = match compile::load(path) {
+        Ok(c) => {
+            let w = c.warnings.clone();
+            (Ok(c), w)
+        }
+        Err(e) => {
+            let w = e.1.clone();
+            (Err(CliError::Input(e.to_string())), w)
+        }
+    };
+    for w in &warnings {
         eprintln!("warning: {w}");
     }
-    Ok(compiled)
+    result
 }
 
 /// Which compiled guests an apply or plan pushes to and waits for.

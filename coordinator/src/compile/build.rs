@@ -811,7 +811,7 @@ fn stack(
             };
             let Some(value) = value else { continue };
             // Flagged by the secret scan; never copied into a spec.
-            if secrets::looks_secret_key(&name) && !secrets::is_placeholder(&value) {
+            if secrets::is_literal_secret(&name, &value) {
                 continue;
             }
             variables.insert(name, value);

@@ -123,8 +123,17 @@ fn argv(a: &[&str]) -> Vec<String> {
     a.iter().map(|s| s.to_string()).collect()
 }
 
-fn sh(script: &str) -> Vec<String> {
+/// A constant shell script. Config values never become part of `script`: they are
+/// passed as positional parameters (`$1`, `$2`, …), which the shell never re-parses.
+fn sh(script: &'static str) -> Vec<String> {
     argv(&["/bin/sh", "-c", script])
+}
+
+/// `sh -c SCRIPT sh ARGS…`: `script` sees each of `args` as one literal word in `"$N"`.
+fn sh_with(script: &'static str, args: &[&str]) -> Vec<String> {
+    let mut v = argv(&["/bin/sh", "-c", script, "sh"]);
+    v.extend(args.iter().map(|a| a.to_string()));
+    v
 }
 
 pub(crate) fn pkg(name: &str) -> Resource {
@@ -276,12 +285,13 @@ fn step_cli(ctx: &FeatureCtx) -> Vec<Item> {
             .step_ca_root
             .as_path()
             .with_file_name("root_ca.fingerprint");
+        let fingerprint = fingerprint.display().to_string();
         let mut bootstrap = exec(
             "step-ca-bootstrap",
-            sh(&format!(
-                "step ca bootstrap --ca-url '{url}' --fingerprint \"$(cat '{}')\" --force",
-                fingerprint.display()
-            )),
+            sh_with(
+                "exec step ca bootstrap --ca-url \"$1\" --fingerprint \"$(cat -- \"$2\")\" --force",
+                &[url, &fingerprint],
+            ),
         );
         bootstrap.creates = Some(abs("/root/.step/config/defaults.json"));
         bootstrap.depends_on = vec![ResourceRef::new("exec", "install-step-cli")];
@@ -418,9 +428,10 @@ fn nvidia(ctx: &FeatureCtx) -> Result<Vec<Item>, FeatureProblem> {
     let mut items = packages(&["curl", "ca-certificates", "kmod"]);
     let mut keyring = exec(
         "cuda-keyring",
-        sh(&format!(
-            "curl -fsSL -o /tmp/cuda-keyring.deb '{repo}/cuda-keyring_1.1-1_all.deb' && dpkg -i /tmp/cuda-keyring.deb && rm -f /tmp/cuda-keyring.deb && apt-get update"
-        )),
+        sh_with(
+            "curl -fsSL -o /tmp/cuda-keyring.deb \"$1/cuda-keyring_1.1-1_all.deb\" && dpkg -i /tmp/cuda-keyring.deb && rm -f /tmp/cuda-keyring.deb && apt-get update",
+            &[repo],
+        ),
     );
     keyring.creates = Some(abs("/usr/share/keyrings/cuda-archive-keyring.gpg"));
     keyring.depends_on = vec![pkg_ref("curl"), pkg_ref("ca-certificates")];
@@ -428,21 +439,26 @@ fn nvidia(ctx: &FeatureCtx) -> Result<Vec<Item>, FeatureProblem> {
     // In an LXC the host owns the kernel module; a VM (PCI passthrough) builds its own.
     let (flags, needs) = match ctx.kind {
         GuestKind::Vm => (
-            "--silent --no-questions --dkms",
+            &["--silent", "--no-questions", "--dkms"][..],
             &["build-essential", "dkms", "linux-headers-generic"][..],
         ),
-        _ => ("--silent --no-questions --no-kernel-module", &[][..]),
+        _ => (
+            &["--silent", "--no-questions", "--no-kernel-module"][..],
+            &[][..],
+        ),
     };
     items.extend(packages(needs));
     let mut driver = exec(
         "nvidia-driver",
-        sh(&format!(
-            "curl -fsSL -o /tmp/nvidia-driver.run '{runfile}' && sh /tmp/nvidia-driver.run {flags} && rm -f /tmp/nvidia-driver.run"
-        )),
+        sh_with(
+            "curl -fsSL -o /tmp/nvidia-driver.run \"$1\" && shift && sh /tmp/nvidia-driver.run \"$@\" && rm -f /tmp/nvidia-driver.run",
+            &[&[runfile][..], flags].concat(),
+        ),
     );
-    driver.unless = Some(sh(&format!(
-        "nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | grep -qx '{version}'"
-    )));
+    driver.unless = Some(sh_with(
+        "nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | grep -qxF -- \"$1\"",
+        &[version],
+    ));
     driver.timeout_seconds = 1800;
     driver.depends_on = [&["curl", "kmod"][..], needs]
         .concat()
@@ -615,6 +631,77 @@ mod tests {
                         }
                     }
                     assert_eq!(spec.validate(), Ok(()), "feature {f} on {kind}");
+                }
+            }
+        }
+    }
+
+    /// The bootstrap command run by the real `/bin/sh` with a stand-in `step` that records
+    /// its argv: hostile URLs arrive as one literal argument and run nothing.
+    #[test]
+    fn config_values_reach_the_shell_as_literal_arguments() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        std::fs::write(d.join("root_ca.fingerprint"), "abc123").expect("fingerprint");
+        let step = d.join("step");
+        std::fs::write(&step, "#!/bin/sh\nprintf '%s\\n' \"$@\" > \"$OUT\"\n").expect("step");
+        std::fs::set_permissions(&step, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+        let pwned = d.join("pwned");
+        let p = pwned.display();
+        for url in [
+            format!("https://x'; touch {p}; '"),
+            format!("https://x$(touch {p})"),
+            format!("https://x`touch {p}`\"; touch {p}; \""),
+        ] {
+            let mut ctx = placeholder_ctx();
+            ctx.bootstrap_ca_url = Some(&url);
+            ctx.step_ca_root = abs(&d.join("phoenix_root_ca.crt").display().to_string());
+            let items = bundle("step_cli", &ctx).expect("bundle");
+            let cmd = items
+                .iter()
+                .find_map(|i| match &i.resource {
+                    Resource::Exec(e) if e.name == "step-ca-bootstrap" => Some(e.command.clone()),
+                    _ => None,
+                })
+                .expect("bootstrap exec");
+            assert!(
+                !cmd[2].contains("https://"),
+                "value inside the script: {cmd:?}"
+            );
+            let out = d.join("argv");
+            let status = std::process::Command::new(&cmd[0])
+                .args(&cmd[1..])
+                .current_dir(d)
+                .env("PATH", format!("{}:/usr/bin:/bin", d.display()))
+                .env("OUT", &out)
+                .status()
+                .expect("run sh");
+            assert!(status.success());
+            assert!(!pwned.exists(), "{url} ran a command");
+            let argv = std::fs::read_to_string(&out).expect("argv");
+            assert_eq!(
+                argv,
+                format!("ca\nbootstrap\n--ca-url\n{url}\n--fingerprint\nabc123\n--force\n")
+            );
+        }
+    }
+
+    #[test]
+    fn nvidia_values_are_not_pasted_into_scripts() {
+        let nvidia = Nvidia {
+            driver_version: Some("1'; touch /pwned; '".into()),
+            repo_url: Some("https://x/$(touch${IFS}/pwned)".into()),
+            runfile_url: Some("https://x/'$(touch${IFS}/pwned)'".into()),
+        };
+        let mut ctx = placeholder_ctx();
+        ctx.nvidia = &nvidia;
+        for i in bundle("nvidia", &ctx).expect("bundle") {
+            if let Resource::Exec(e) = &i.resource {
+                for argv in std::iter::once(&e.command).chain(e.unless.iter()) {
+                    if argv[0] == "/bin/sh" {
+                        assert!(!argv[2].contains("pwned"), "{argv:?}");
+                    }
                 }
             }
         }

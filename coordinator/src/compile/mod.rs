@@ -330,9 +330,10 @@ impl fmt::Display for ConfigError {
     }
 }
 
-/// All errors of one run, in file order.
+/// All errors of one run, in file order, and the run's warnings (a literal secret must be
+/// reported even when something else failed). `Display` shows the errors only.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
+pub struct ConfigErrors(pub Vec<ConfigError>, pub Vec<Warning>);
 
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -377,7 +378,7 @@ pub fn load_with(path: &Path, options: &CompileOptions) -> Result<Compiled, Conf
             ..compiled
         })
     } else {
-        Err(ConfigErrors(diag.errors))
+        Err(ConfigErrors(diag.errors, diag.warnings))
     }
 }
 

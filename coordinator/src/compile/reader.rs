@@ -117,7 +117,12 @@ impl<'a> Node<'a> {
     /// What was found, short, and never the value of a secret-looking key.
     pub fn found(&self) -> String {
         let last = self.path.rsplit('.').next().unwrap_or("");
-        if looks_secret_key(last.trim_matches('"')) {
+        if looks_secret_key(last.trim_matches('"'))
+            || self
+                .value
+                .as_str()
+                .is_some_and(|s| phoenix_proto::redact::secret_value(s).is_some())
+        {
             return format!("{} (value redacted)", kind_of(self.value));
         }
         match self.value {

@@ -7,65 +7,62 @@ use super::reader::{Diag, Node};
 use phoenix_proto::model::{AbsPath, SecretRef};
 use serde_json::Value;
 
-/// Key names that hold credentials. Keys naming where a secret lives (`*_file`,
-/// `*_path`) are references, not secrets.
-pub(crate) fn looks_secret_key(key: &str) -> bool {
-    let k = key.to_ascii_lowercase();
-    if k.ends_with("_file") || k.ends_with("_path") || k.ends_with("_ref") || k.ends_with("_url") {
-        return false;
-    }
-    [
-        "password",
-        "passwd",
-        "secret",
-        "token",
-        "api_key",
-        "apikey",
-        "private_key",
-        "credential",
-    ]
-    .iter()
-    .any(|w| k.contains(w))
-        || k == "pass"
-        || k.ends_with("_pass")
-        || k.ends_with("_pw")
+pub(crate) use phoenix_proto::redact::{is_placeholder, secret_key as looks_secret_key};
+use phoenix_proto::redact::{secret_args, secret_value};
+
+/// A value that must not reach a guest: under a credential key, or a secret by its shape.
+pub(crate) fn is_literal_secret(key: &str, value: &str) -> bool {
+    (looks_secret_key(key) && !is_placeholder(value)) || secret_value(value).is_some()
 }
 
-/// Values that are obviously not a real secret: unset markers and references.
-pub(crate) fn is_placeholder(v: &str) -> bool {
-    let t = v.trim();
-    t.is_empty()
-        || t.starts_with('/')
-        || (t.starts_with("${") && t.ends_with('}'))
-        || (t.starts_with('<') && t.ends_with('>'))
-        || matches!(
-            t.to_ascii_uppercase().as_str(),
-            "NOT_SET" | "NONE" | "NULL" | "CHANGEME" | "CHANGE_ME" | "REDACTED" | "TODO"
-        )
-}
-
-/// Walks a whole config file and flags every literal secret.
+/// Walks a whole config file and flags every literal secret: by key (strings and
+/// numbers alike), by the value's shape, as `--password x` in a command array, and as
+/// `password=` lines inside file contents.
 pub(crate) fn scan(n: &Node, d: &mut Diag) {
     match n.value {
         Value::Object(map) => {
             for key in map.keys() {
                 let Some(child) = n.get(key) else { continue };
-                if looks_secret_key(key)
-                    && let Value::String(s) = child.value
-                    && !is_placeholder(s)
-                {
+                let literal = match child.value {
+                    Value::String(s) => is_literal_secret(key, s),
+                    Value::Number(_) => looks_secret_key(key),
+                    _ => false,
+                };
+                if literal {
                     flag(&child, d);
                 } else {
                     scan(&child, d);
                 }
             }
         }
-        Value::Array(_) => {
+        Value::Array(items) => {
+            let strings: Option<Vec<String>> = items
+                .iter()
+                .map(|v| v.as_str().map(str::to_string))
+                .collect();
+            if let Some(argv) = strings {
+                let items = n.items(d, "an array");
+                for i in secret_args(&argv) {
+                    if let Some(item) = items.get(i) {
+                        flag(item, d);
+                    }
+                }
+                for (i, item) in items.iter().enumerate() {
+                    if !secret_args(&argv).contains(&i) {
+                        scan(item, d);
+                    }
+                }
+                return;
+            }
             for item in n.items(d, "an array") {
                 // `[{name: "DATABASE_PASS", value: "..."}]`, the stack variable shape.
                 if let (Some(name), Some(value)) = (item.get("name"), item.get("value"))
-                    && name.value.as_str().is_some_and(looks_secret_key)
-                    && value.value.as_str().is_some_and(|s| !is_placeholder(s))
+                    && let Some(name) = name.value.as_str()
+                    && match value.value {
+                        Value::String(s) => is_literal_secret(name, s),
+                        Value::Number(_) => looks_secret_key(name),
+                        _ => false,
+                    }
                 {
                     flag(&value, d);
                 } else {
@@ -73,13 +70,23 @@ pub(crate) fn scan(n: &Node, d: &mut Diag) {
                 }
             }
         }
+        Value::String(s)
+            if s.contains('\n') && phoenix_proto::redact::redact_text(s) != s.as_str() =>
+        {
+            n.warn(
+                d,
+                "content holds a secret-looking line (shown redacted in plans); keep such a file private (mode 0600) or read the secret on the guest",
+            );
+        }
         _ => {}
     }
 }
 
 fn flag(n: &Node, d: &mut Diag) {
-    if let Some(v) = n.value.as_str() {
-        d.secrets.push(v.to_string());
+    match n.value {
+        Value::String(v) => d.secrets.push(v.to_string()),
+        Value::Number(v) => d.secrets.push(v.to_string()),
+        _ => {}
     }
     n.warn(
         d,
@@ -146,7 +153,7 @@ pub(crate) fn redact_compose(text: &str) -> (String, Vec<String>, Vec<String>) {
     let mut keys = Vec::new();
     let mut values = Vec::new();
     let mut out = String::with_capacity(text.len());
-    for line in text.split_inclusive('\n') {
+    for (no, line) in text.split_inclusive('\n').enumerate() {
         let body = line.trim_end_matches(['\n', '\r']);
         let ending = &line[body.len()..];
         let indent_len = body.len() - body.trim_start().len();
@@ -164,8 +171,7 @@ pub(crate) fn redact_compose(text: &str) -> (String, Vec<String>, Vec<String>) {
             let key_clean = key.trim().trim_matches(['"', '\'']);
             let value_clean = value.trim().trim_matches(['"', '\'']);
             if valid_env(key_clean)
-                && looks_secret_key(key_clean)
-                && !is_placeholder(value_clean)
+                && is_literal_secret(key_clean, value_clean)
                 && !value_clean.contains("${")
             {
                 keys.push(key_clean.to_string());
@@ -173,6 +179,12 @@ pub(crate) fn redact_compose(text: &str) -> (String, Vec<String>, Vec<String>) {
                 out.push_str(&format!("{indent}{dash}{key}{sep}${{{key_clean}}}{ending}"));
                 continue;
             }
+        }
+        // A secret that cannot become an interpolation (a label such as
+        // `traefik…basicauth.users=admin:$$apr1$$…`): reported, never sent.
+        if phoenix_proto::redact::redact_line(body) != body {
+            keys.push(format!("line {}", no + 1));
+            values.push(body.trim().to_string());
         }
         out.push_str(line);
     }

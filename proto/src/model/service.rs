@@ -118,51 +118,168 @@ pub fn valid_unit_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// `Restart=` values systemd accepts.
+const RESTART: [&str; 7] = [
+    "no",
+    "always",
+    "on-success",
+    "on-failure",
+    "on-abnormal",
+    "on-abort",
+    "on-watchdog",
+];
+/// `Type=` values systemd accepts.
+const TYPES: [&str; 8] = [
+    "simple",
+    "exec",
+    "forking",
+    "oneshot",
+    "dbus",
+    "notify",
+    "notify-reload",
+    "idle",
+];
+
+/// A value rendered on one line of a unit or environment file: a line break there would
+/// start a new directive (`ExecStartPre=` run as root), and NUL cannot be carried at all.
+/// Every other character is escaped by the renderer.
+pub fn one_line(what: &str, v: &str) -> Result<(), String> {
+    match v.chars().find(|c| matches!(c, '\n' | '\r' | '\0')) {
+        Some(c) => Err(format!(
+            "{what} contains {}, which would break out of its line in the unit file",
+            match c {
+                '\n' => "a line feed",
+                '\r' => "a carriage return",
+                _ => "a NUL byte",
+            }
+        )),
+        None => Ok(()),
+    }
+}
+
 impl ServiceSpec {
-    pub(super) fn validate(&self) -> Result<(), String> {
+    /// Everything the agent renders into a unit, drop-in or environment file is checked
+    /// here, so `phoenix validate` and the agent refuse the same specs.
+    pub fn validate(&self) -> Result<(), String> {
         valid_unit_name(&self.name)?;
-        for key in self.dropins.keys() {
+        for (key, text) in &self.dropins {
             super::cert::simple_name("drop-in", key)?;
+            // Drop-ins are raw INI by design; only what no file can hold is refused.
+            if text.contains('\0') {
+                return Err(format!("drop-in {key} contains a NUL byte"));
+            }
         }
         if let Some(u) = &self.unit {
-            if u.exec_start.is_empty() || u.exec_start[0].is_empty() {
-                return Err("unit.exec_start needs at least the program".into());
+            if !self.name.ends_with(".service") {
+                return Err("a generated unit must be a .service".into());
             }
-            if !u.exec_start[0].starts_with('/') {
-                return Err(format!(
-                    "unit.exec_start program {:?} must be an absolute path",
-                    u.exec_start[0]
-                ));
-            }
-            for (what, v) in [("user", &u.user), ("group", &u.group)] {
-                if let Some(v) = v
-                    && !valid_account(v)
-                {
-                    return Err(format!("unit.{what} {v:?} is not a user/group name"));
-                }
-            }
-            for k in u.environment.keys().chain(u.secret_environment.keys()) {
-                valid_env_name(k)?;
-            }
-            for v in u.environment.values() {
-                if v.contains('\n') {
-                    return Err("unit.environment values may not contain newlines".into());
-                }
-            }
-            for dep in u
-                .after
-                .iter()
-                .chain(&u.requires)
-                .chain(&u.wants)
-                .chain(&u.wanted_by)
-            {
-                valid_unit_name(dep)?;
+            u.validate()?;
+            if !self.reload_on.is_empty() && u.exec_reload.is_empty() {
+                return Err(
+                    "reload_on needs unit.exec_reload (the unit could not be reloaded)".into(),
+                );
             }
         }
         if self.ensure == Ensure::Absent
             && (self.unit.is_some() || self.state == Some(RunState::Running))
         {
             return Err("an absent service cannot have a unit or be running".into());
+        }
+        Ok(())
+    }
+}
+
+impl UnitSpec {
+    fn validate(&self) -> Result<(), String> {
+        if self.exec_start.is_empty() || self.exec_start[0].is_empty() {
+            return Err("unit.exec_start needs at least the program".into());
+        }
+        for (what, argv) in [
+            ("exec_start", &self.exec_start),
+            ("exec_reload", &self.exec_reload),
+        ] {
+            if let Some(p) = argv.first()
+                && !p.starts_with('/')
+            {
+                return Err(format!(
+                    "unit.{what} program {p:?} must be an absolute path"
+                ));
+            }
+            for (i, arg) in argv.iter().enumerate() {
+                one_line(&format!("unit.{what}[{i}]"), arg)?;
+            }
+        }
+        // These two are written unquoted: a trailing backslash would continue the line
+        // and swallow the next directive, surrounding blanks would be stripped.
+        for (what, v) in [
+            ("unit.description", self.description.as_str()),
+            (
+                "unit.working_directory",
+                self.working_directory.as_ref().map_or("", |d| d.as_str()),
+            ),
+        ] {
+            one_line(what, v)?;
+            if v.ends_with('\\') || v != v.trim() {
+                return Err(format!(
+                    "{what} {v:?} ends with a backslash or has surrounding blanks, which the unit file would not keep"
+                ));
+            }
+        }
+        for (what, v) in [("user", &self.user), ("group", &self.group)] {
+            if let Some(v) = v
+                && !valid_account(v)
+            {
+                return Err(format!("unit.{what} {v:?} is not a user/group name"));
+            }
+        }
+        for k in self
+            .environment
+            .keys()
+            .chain(self.secret_environment.keys())
+        {
+            valid_env_name(k)?;
+        }
+        for (k, v) in &self.environment {
+            one_line(&format!("unit.environment.{k}"), v)?;
+        }
+        for dep in self
+            .after
+            .iter()
+            .chain(&self.requires)
+            .chain(&self.wants)
+            .chain(&self.wanted_by)
+        {
+            valid_unit_name(dep)?;
+        }
+        if let Some(r) = &self.restart
+            && !RESTART.contains(&r.as_str())
+        {
+            return Err(format!(
+                "unit.restart {r:?} is not one of {}",
+                RESTART.join(", ")
+            ));
+        }
+        if let Some(t) = &self.service_type
+            && !TYPES.contains(&t.as_str())
+        {
+            return Err(format!(
+                "unit.service_type {t:?} is not one of {}",
+                TYPES.join(", ")
+            ));
+        }
+        if let Some(l) = &self.limits {
+            for (what, v) in [("memory_max", &l.memory_max), ("cpu_quota", &l.cpu_quota)] {
+                if let Some(v) = v
+                    && (v.is_empty()
+                        || !v
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'%'))
+                {
+                    return Err(format!(
+                        "unit.limits.{what} {v:?} is not a systemd size or percentage"
+                    ));
+                }
+            }
         }
         Ok(())
     }

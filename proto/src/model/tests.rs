@@ -147,3 +147,76 @@ fn service_cert_names_reserved_for_identities_are_refused_naming_the_rule() {
         "{found:?}"
     );
 }
+
+/// Each value rendered into a unit, with each character that would end its line: the
+/// model refuses all of them, naming the field, so `phoenix validate` and the agent agree.
+#[test]
+fn unit_fields_refuse_line_breaks_and_nul() {
+    type UnitWith = fn(&str) -> serde_json::Value;
+    let fields: [(&str, UnitWith); 7] = [
+        (
+            "unit.working_directory",
+            |v| serde_json::json!({"exec_start": ["/bin/true"], "working_directory": format!("/srv/a{v}ExecStartPre=/bin/touch /pwned")}),
+        ),
+        (
+            "unit.environment.MODE",
+            |v| serde_json::json!({"exec_start": ["/bin/true"], "environment": {"MODE": format!("x{v}ExecStartPre=/bin/touch /pwned")}}),
+        ),
+        (
+            "unit.description",
+            |v| serde_json::json!({"exec_start": ["/bin/true"], "description": format!("d{v}ExecStartPre=/bin/touch /pwned")}),
+        ),
+        (
+            "unit.exec_start[1]",
+            |v| serde_json::json!({"exec_start": ["/bin/true", format!("a{v}ExecStartPre=/bin/touch /pwned")]}),
+        ),
+        (
+            "unit.exec_reload[1]",
+            |v| serde_json::json!({"exec_start": ["/bin/true"], "exec_reload": ["/bin/kill", format!("a{v}b")]}),
+        ),
+        (
+            "unit.user",
+            |v| serde_json::json!({"exec_start": ["/bin/true"], "user": format!("www{v}data")}),
+        ),
+        (
+            "unit.limits.memory_max",
+            |v| serde_json::json!({"exec_start": ["/bin/true"], "limits": {"memory_max": format!("4G{v}X=1")}}),
+        ),
+    ];
+    for (field, unit) in fields {
+        for bad in ["\n", "\r", "\0"] {
+            let json = serde_json::json!({"resources": [{"kind": "service", "name": "a.service", "unit": unit(bad)}]});
+            let errs = spec(&json.to_string()).expect_err("refused");
+            let text = format!("{errs:?}");
+            // NUL in a path is already refused when the path is parsed.
+            assert!(
+                text.contains(field.rsplit('.').next().unwrap_or(field))
+                    || (field == "unit.working_directory" && text.contains("invalid path")),
+                "{field} with {bad:?}: {text}"
+            );
+        }
+    }
+}
+
+#[test]
+fn unit_fields_accept_odd_but_valid_characters() {
+    let json = serde_json::json!({"resources": [{"kind": "service", "name": "a.service", "unit": {
+        "description": "100% \"quoted\" $HOME back\\slash",
+        "exec_start": ["/bin/sh", "a b", "%n", "$X", "\\", "'", "\t"],
+        "environment": {"V": "%i $Y \"q\" \\ end\\"},
+        "working_directory": "/srv/my dir/%h"
+    }}]});
+    spec(&json.to_string()).expect("valid");
+}
+
+#[test]
+fn unquoted_unit_values_refuse_a_trailing_backslash() {
+    for unit in [
+        serde_json::json!({"exec_start": ["/bin/true"], "description": "x\\"}),
+        serde_json::json!({"exec_start": ["/bin/true"], "working_directory": "/srv/x\\"}),
+        serde_json::json!({"exec_start": ["/bin/true"], "description": " x"}),
+    ] {
+        let json = serde_json::json!({"resources": [{"kind": "service", "name": "a.service", "unit": unit}]});
+        assert!(spec(&json.to_string()).is_err(), "{json}");
+    }
+}
