@@ -2,8 +2,8 @@
 //! in memory, connections admitted and time-limited in [`listener`]), the admin service on
 //! a unix socket ([`admin_socket`]), and the renewal of its own identity.
 
-pub mod admin_socket;
 mod admin_service;
+pub mod admin_socket;
 mod agent_service;
 mod error;
 pub mod hub;
@@ -279,14 +279,13 @@ pub async fn run(
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
         admin_socket::check_peer,
     );
-    let admin_done =
-        admin_socket::spawn_server(
-            admin.listener,
-            admin.policy,
-            tonic::service::Routes::new(admin_svc),
-            stop_rx.clone(),
-        )
-        .map_err(ServeError::AdminThread)?;
+    let admin_done = admin_socket::spawn_server(
+        admin.listener,
+        admin.policy,
+        tonic::service::Routes::new(admin_svc),
+        stop_rx.clone(),
+    )
+    .map_err(ServeError::AdminThread)?;
     tracing::info!(
         listen = %local,
         %advertise,
