@@ -1,15 +1,60 @@
 //! TLS under tonic, done by hand so certificates can rotate in memory (tonic's own TLS
-//! takes a fixed identity): a connector doing the rustls handshake; the URI is `http://`
-//! because TLS is ours. The server side (admission, deadlines) is the coordinator's
-//! `server::listener`.
+//! takes a fixed identity). Server: accept TCP, handshake in a spawned task with a
+//! timeout (a slow client never stalls accepts), hand finished streams to tonic. Client:
+//! a connector doing the rustls handshake; the URI is `http://` because TLS is ours.
 
 use hyper_util::rt::TokioIo;
-use rustls::ClientConfig;
+use rustls::{ClientConfig, ServerConfig};
 use rustls_pki_types::ServerName;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_stream::wrappers::ReceiverStream;
+
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A stream of TLS connections for `Server::serve_with_incoming_shutdown`, for test
+/// servers; the coordinator's agent port uses its own admission (`server::listener`). Failed
+/// handshakes are logged and dropped; they never end the stream.
+pub fn tls_incoming(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+    let (tx, rx) = mpsc::channel(256);
+    let acceptor = TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            if tx.is_closed() {
+                break;
+            }
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake refused"),
+                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
 
 /// gRPC channel knobs, set explicitly rather than inherited.
 #[derive(Debug, Clone)]

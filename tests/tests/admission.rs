@@ -115,7 +115,11 @@ async fn idle_tls_connections_lock_out_neither_admin_nor_agents() {
     assert_eq!(nofile(pid), (1024, 1024), "the limit the attack needs");
 
     let roots = std::fs::read_to_string(c.dir.join("state/ca/ca.crt")).expect("root");
-    let cfg = tls::server_auth_config(TrustStore::from_pem(&roots).expect("roots")).expect("cfg");
+    let cfg = tls::server_auth_config(
+        TrustStore::from_pem(&roots).expect("roots"),
+        "spiffe://phoenix.lab/coordinator",
+    )
+    .expect("cfg");
     let connector = TlsConnector::from(cfg);
 
     // The attack: 2000 connections at once, each completing TLS if the server lets it,
