@@ -281,23 +281,6 @@ async fn session(
     dry: &watch::Sender<Option<Arc<DesiredState>>>,
     reports: &mut watch::Receiver<Option<Arc<ApplyReport>>>,
 ) -> Result<(), SessionError> {
-    let cfg = tls::client_config(
-        shared.identity.clone(),
-        shared.trust.clone(),
-        &shared.enrollment.trust_domain.coordinator_uri(),
-    )
-    .map_err(|e| SessionError::Rpc(tonic::Status::internal(e.to_string())))?;
-    let channel = transport::connect(
-        &shared.enrollment.coordinator,
-        &shared.enrollment.trust_domain.coordinator_dns(),
-        cfg,
-        &shared.opts.channel,
-    )
-    .await?;
-    shared.signer.set(Some(channel.clone()));
-    let mut client = v1::agent_client::AgentClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let managed: Vec<String> = desired
         .borrow()
         .as_ref()
@@ -319,6 +302,25 @@ async fn session(
     })
     .await
     .unwrap_or_default();
+    // Facts first: the coordinator closes a connection whose first request does not come
+    // within its handshake timeout, and collecting them can take seconds.
+    let cfg = tls::client_config(
+        shared.identity.clone(),
+        shared.trust.clone(),
+        &shared.enrollment.trust_domain.coordinator_uri(),
+    )
+    .map_err(|e| SessionError::Rpc(tonic::Status::internal(e.to_string())))?;
+    let channel = transport::connect(
+        &shared.enrollment.coordinator,
+        &shared.enrollment.trust_domain.coordinator_dns(),
+        cfg,
+        &shared.opts.channel,
+    )
+    .await?;
+    shared.signer.set(Some(channel.clone()));
+    let mut client = v1::agent_client::AgentClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let (out, out_rx) = mpsc::channel::<v1::AgentMessage>(16);
     let _ = out.send(hello(shared, facts)).await;
     // The coordinator may have lost our last report (restart); send it again.

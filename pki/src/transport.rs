@@ -16,7 +16,8 @@ use tokio_stream::wrappers::ReceiverStream;
 
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A stream of TLS connections for `Server::serve_with_incoming_shutdown`. Failed
+/// A stream of TLS connections for `Server::serve_with_incoming_shutdown`, for test
+/// servers; the coordinator's agent port uses its own admission (`server::listener`). Failed
 /// handshakes are logged and dropped; they never end the stream.
 pub fn tls_incoming(
     listener: TcpListener,

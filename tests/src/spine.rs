@@ -28,22 +28,34 @@ pub struct Coordinator {
     pub dir: PathBuf,
     pub addr: String,
     pub extra: Vec<String>,
+    /// A command the daemon runs under, e.g. `prlimit --nofile=1024:1024 --`.
+    pub wrapper: Vec<String>,
     child: Option<Child>,
     runs: u32,
 }
 
 impl Coordinator {
     pub fn start(dir: &Path, extra: &[&str]) -> Self {
+        Self::start_under(dir, extra, &[])
+    }
+
+    /// Like `start`, with the daemon exec'd by `wrapper` (which must exec, not fork).
+    pub fn start_under(dir: &Path, extra: &[&str], wrapper: &[&str]) -> Self {
         std::fs::create_dir_all(dir).expect("mkdir");
         let mut c = Coordinator {
             dir: dir.to_path_buf(),
             addr: "127.0.0.1:0".into(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            wrapper: wrapper.iter().map(|s| s.to_string()).collect(),
             child: None,
             runs: 0,
         };
         c.spawn();
         c
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -53,8 +65,15 @@ impl Coordinator {
     fn spawn(&mut self) {
         let addr_file = self.dir.join("state/coordinator.addr");
         let _ = std::fs::remove_file(&addr_file);
-        let _ = std::fs::remove_file(self.socket());
-        let mut cmd = Command::new(bin("phoenix"));
+        // A socket left by a killed daemon stays: the daemon must replace it by itself.
+        let mut cmd = match self.wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin("phoenix"));
+                c
+            }
+            None => Command::new(bin("phoenix")),
+        };
         cmd.arg("--admin-socket")
             .arg(self.socket())
             .arg("serve")
@@ -118,6 +137,38 @@ impl Coordinator {
         std::fs::read_to_string(self.dir.join(format!("coordinator.{}.log", self.runs)))
             .unwrap_or_default()
     }
+}
+
+/// Runs a `phoenix serve` that must fail at start; panics if it is still running after
+/// 30 s (it is killed then).
+pub fn serve_expecting_failure(state_dir: &Path, socket: &Path, extra: &[&str]) -> Output {
+    let mut child = Command::new(bin("phoenix"))
+        .arg("--admin-socket")
+        .arg(socket)
+        .arg("serve")
+        .arg("--state-dir")
+        .arg(state_dir)
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn phoenix serve");
+    let exited = (0..600).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        child.try_wait().ok().flatten().is_some()
+    });
+    if !exited {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().expect("wait phoenix serve");
+    assert!(
+        exited,
+        "phoenix serve kept running: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 impl Drop for Coordinator {

@@ -536,6 +536,8 @@ async fn a_revoke_while_the_ca_signs_a_renewal_is_not_undone() {
         coordinator_cert_ttl: Duration::from_secs(3600),
         renew_after_expiry: Duration::from_secs(3600),
         ping_interval: Duration::from_secs(2),
+        max_pending_connections: 256,
+        handshake_timeout: Duration::from_secs(10),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let daemon = tokio::spawn(server::run(

@@ -144,9 +144,21 @@ pub struct ServeArgs {
     pub advertise: Option<String>,
     #[arg(long, default_value = "phoenix.lab")]
     pub trust_domain: String,
-    /// Group that may use the admin socket besides root.
+    /// Group that may use the admin socket besides root (socket mode 0660, else 0600).
+    /// Every admin connection is checked by its peer credentials: root, the daemon's uid
+    /// or a member of this group.
     #[arg(long)]
     pub admin_group: Option<String>,
+    /// Agent-port connections that are not yet authenticated (TLS handshake, waiting for
+    /// their first request, or enrolling without a certificate) held at once; further
+    /// connections are closed at once and logged.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_pending_connections: u32,
+    /// An agent-port connection must finish TLS and send its first request within this
+    /// long of being accepted, or it is closed. A connection without a client
+    /// certificate (enrollment) is closed 60s after accept in any case.
+    #[arg(long, default_value = "10s", value_parser = duration::parse)]
+    pub handshake_timeout: Duration,
     #[arg(long, default_value = "24h", value_parser = duration::parse)]
     pub agent_cert_ttl: Duration,
     #[arg(long, default_value = "24h", value_parser = duration::parse)]
@@ -665,6 +677,11 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
 async fn serve(args: ServeArgs, admin_socket: PathBuf) -> Result<(), CliError> {
     let trust_domain = TrustDomain::try_from(args.trust_domain.clone())
         .map_err(|e| CliError::Input(e.to_string()))?;
+    if args.handshake_timeout.is_zero() {
+        return Err(CliError::Input(
+            "--handshake-timeout must be more than 0s".into(),
+        ));
+    }
     let ca = args.step_ca().await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -683,7 +700,10 @@ async fn serve(args: ServeArgs, admin_socket: PathBuf) -> Result<(), CliError> {
         coordinator_cert_ttl: args.coordinator_cert_ttl,
         renew_after_expiry: args.renew_after_expiry,
         ping_interval: args.ping_interval,
+        max_pending_connections: args.max_pending_connections as usize,
+        handshake_timeout: args.handshake_timeout,
     };
+    raise_fd_limit();
     let shutdown = async {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -714,6 +734,22 @@ fn refuse_reserved_names(compiled: &compile::Compiled, trust_domain: &str) -> Re
         Ok(())
     } else {
         Err(CliError::Input(errors.join("\n")))
+    }
+}
+
+/// One descriptor per agent connection: a fleet needs more than the usual soft limit of
+/// 1024, so the daemon raises it to the hard limit (the connection budget follows it).
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(from = soft, to = hard, "raised the open-file limit"),
+            Err(e) => {
+                tracing::warn!(soft, hard, error = %e, "could not raise the open-file limit")
+            }
+        },
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not read the open-file limit"),
     }
 }
 

@@ -1,10 +1,13 @@
 //! The daemon: the agent-facing gRPC service on TCP (TLS done by hand so identities rotate
-//! in memory), the admin service on a unix socket, and the renewal of its own identity.
+//! in memory, connections admitted and time-limited in [`listener`]), the admin service on
+//! a unix socket ([`admin_socket`]), and the renewal of its own identity.
 
 mod admin_service;
+pub mod admin_socket;
 mod agent_service;
 mod error;
 pub mod hub;
+pub mod listener;
 
 pub use error::RpcError;
 
@@ -22,7 +25,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::TcpListener;
 
 /// How the daemon is set up; every field has a flag in `phoenix serve`.
 #[derive(Debug, Clone)]
@@ -43,6 +46,10 @@ pub struct Config {
     /// Application-level ping on every session, on top of HTTP/2 keepalive, so a
     /// half-open session is noticed by both sides.
     pub ping_interval: Duration,
+    /// Agent-port connections not yet authenticated, held at once; more are closed at once.
+    pub max_pending_connections: usize,
+    /// From accept to the first request (TLS, HTTP/2 preface, request headers).
+    pub handshake_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,8 +76,14 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
-    #[error("admin socket {path}: {reason}")]
-    Admin { path: String, reason: String },
+    #[error(transparent)]
+    AdminSocket(#[from] admin_socket::AdminSocketError),
+    #[error("start the admin socket server: {0}")]
+    AdminThread(#[source] std::io::Error),
+    #[error("the admin socket server ended abnormally")]
+    AdminStopped,
+    #[error("read the open-file limit: {0}")]
+    FdLimit(#[source] nix::Error),
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -181,38 +194,6 @@ async fn renew_own_identity(c: Arc<Coordinator>) {
     }
 }
 
-fn prepare_admin_socket(cfg: &Config) -> Result<UnixListener, ServeError> {
-    let path = &cfg.admin_socket;
-    let err = |reason: String| ServeError::Admin {
-        path: path.display().to_string(),
-        reason,
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-    }
-    // A stale socket from a killed daemon would make bind fail.
-    if path.exists() {
-        std::fs::remove_file(path).map_err(|e| err(e.to_string()))?;
-    }
-    let listener = UnixListener::bind(path).map_err(|e| err(e.to_string()))?;
-    use std::os::unix::fs::PermissionsExt;
-    let mode = if cfg.admin_group.is_some() {
-        0o660
-    } else {
-        0o600
-    };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| err(e.to_string()))?;
-    if let Some(group) = &cfg.admin_group {
-        let gid = nix::unistd::Group::from_name(group)
-            .map_err(|e| err(e.to_string()))?
-            .ok_or_else(|| err(format!("group {group:?} does not exist")))?
-            .gid;
-        nix::unistd::chown(path, None, Some(gid)).map_err(|e| err(e.to_string()))?;
-    }
-    Ok(listener)
-}
-
 /// Runs the daemon until `shutdown` resolves. `listener` is passed in so tests and
 /// callers choose the port; `ca` overrides the embedded CA (Step-CA).
 pub async fn run(
@@ -221,6 +202,16 @@ pub async fn run(
     ca: Option<Arc<dyn CertAuthority>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    // Before anything changes: a second daemon must not take over a running one's socket.
+    let admin_claim = admin_socket::claim(&cfg.admin_socket, cfg.admin_group.as_deref())?;
+    let (nofile, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_err(ServeError::FdLimit)?;
+    let max_connections = listener::connection_budget(nofile);
+    let limits = listener::Limits {
+        max_pending: cfg.max_pending_connections.clamp(1, max_connections),
+        handshake_timeout: cfg.handshake_timeout,
+        max_connections,
+    };
     // Never follows a link; loose modes are fixed with a logged warning.
     phoenix_pki::statedir::secure(&cfg.state_dir, &[])?;
     let ca_dir = cfg.state_dir.join("ca");
@@ -252,7 +243,6 @@ pub async fn run(
     for (guest, rec) in store.all_desired()? {
         hub.push(guest, desired_message(&rec));
     }
-    let admin_listener = prepare_admin_socket(&cfg)?;
     let server_tls = phoenix_pki::tls::server_config(identity.clone(), trust.clone())?;
     let c = Arc::new(Coordinator {
         store,
@@ -264,6 +254,8 @@ pub async fn run(
         advertise: advertise.clone(),
         cfg: cfg.clone(),
     });
+    // From here the guard removes the socket on every way out, a failed start included.
+    let admin = admin_claim.bind()?;
     write_atomic(
         &cfg.state_dir.join("coordinator.addr"),
         advertise.as_bytes(),
@@ -273,42 +265,53 @@ pub async fn run(
         path: cfg.state_dir.display().to_string(),
         source,
     })?;
-    tracing::info!(listen = %local, %advertise, admin = %cfg.admin_socket.display(), ca = c.ca.name(), "coordinator ready");
 
-    let renew = tokio::spawn(renew_own_identity(c.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
     let agent_svc = v1::agent_server::AgentServer::new(agent_service::AgentApi(c.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let admin_svc = v1::admin_server::AdminServer::new(admin_service::AdminApi(c.clone()))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let agent_server = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(20)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .tcp_nodelay(true)
-        .serve_with_incoming_shutdown(
-            agent_svc,
-            phoenix_pki::transport::tls_incoming(listener, server_tls),
-            stopped(stop_rx.clone()),
-        );
-    let admin_server = tonic::transport::Server::builder().serve_with_incoming_shutdown(
-        admin_svc,
-        tokio_stream::wrappers::UnixListenerStream::new(admin_listener),
-        stopped(stop_rx),
+    let admin_svc = tonic::service::interceptor::InterceptedService::new(
+        v1::admin_server::AdminServer::new(admin_service::AdminApi(c.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        admin_socket::check_peer,
     );
+    let admin_done = admin_socket::spawn_server(
+        admin.listener,
+        admin.policy,
+        tonic::service::Routes::new(admin_svc),
+        stop_rx.clone(),
+    )
+    .map_err(ServeError::AdminThread)?;
+    tracing::info!(
+        listen = %local,
+        %advertise,
+        admin = %cfg.admin_socket.display(),
+        ca = c.ca.name(),
+        max_pending = limits.max_pending,
+        max_connections = limits.max_connections,
+        handshake_timeout_s = limits.handshake_timeout.as_secs(),
+        "coordinator ready"
+    );
+    let renew = tokio::spawn(renew_own_identity(c.clone()));
+    let agent_server = tokio::spawn(listener::serve(
+        listener,
+        server_tls,
+        tonic::service::Routes::new(agent_svc),
+        limits,
+        stop_rx,
+    ));
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let (a, b) = tokio::join!(agent_server, admin_server);
+    let (agents, admin_result) = tokio::join!(agent_server, admin_done);
     renew.abort();
-    let _ = std::fs::remove_file(&cfg.admin_socket);
-    a?;
-    b?;
+    drop(admin.guard);
+    if let Err(e) = agents {
+        tracing::error!(error = %e, "agent port server ended abnormally");
+    }
+    admin_result.map_err(|_| ServeError::AdminStopped)??;
     Ok(())
 }
 
