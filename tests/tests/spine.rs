@@ -416,3 +416,77 @@ fn apply_waits_only_for_enrolled_guests_in_scope() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("waiting for guests 102"), "{err}");
 }
+
+/// `phoenix apply` over more guests with stored reports than the report watch's channel holds
+/// (64) used to hang forever, ignoring `--timeout`: the watch replayed every stored report
+/// before returning its stream. 100 stored reports, then an apply over all of them.
+#[test]
+fn apply_over_more_stored_reports_than_the_watch_buffer_returns() {
+    use phoenix_coordinator::store::{RedbStore, ReportRecord, Store};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut c = Coordinator::start(&tmp.path().join("c"), &[]);
+    let a = enrolled(&c, tmp.path(), 101);
+    c.kill9();
+    {
+        let store = RedbStore::open(&c.dir.join("state/phoenix.redb")).expect("open store");
+        for g in 1000..1100u32 {
+            let report = phoenix_proto::model::ApplyReport {
+                revision: 1,
+                digest: "0".repeat(64),
+                dry_run: false,
+                results: Vec::new(),
+                duration_micros: 1,
+                trigger: "test".into(),
+            };
+            store
+                .put_report(
+                    phoenix_proto::model::GuestId::try_from(g).expect("id"),
+                    &ReportRecord {
+                        received_unix: 1,
+                        report,
+                    },
+                )
+                .expect("put report");
+        }
+    }
+    c.restart();
+    wait_for(T, "agent reconnected", || {
+        guest_status(&c.status(), 101).filter(|g| g["connected"] == true)
+    });
+    let spec = tmp.path().join("spec.json");
+    let mut guests = vec![(101, files_spec(&a.root, &[("motd", "many\n")]))];
+    for g in 1000..1100u32 {
+        guests.push((
+            g,
+            files_spec(&tmp.path().join("nobody"), &[("motd", "x\n")]),
+        ));
+    }
+    write_spec(&spec, &guests);
+    // `timeout` guards the test itself: the old daemon never answered.
+    let out = std::process::Command::new("timeout")
+        .arg("60")
+        .arg(phoenix_tests::bin("phoenix"))
+        .arg("--admin-socket")
+        .arg(c.socket())
+        .args([
+            "apply",
+            "-f",
+            spec.to_str().expect("utf8"),
+            "--timeout",
+            "30s",
+        ])
+        .output()
+        .expect("run phoenix apply");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_ne!(out.status.code(), Some(124), "apply hung: {stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("guest 101 rev 1: converged"), "{stdout}");
+    assert_eq!(
+        std::fs::read_to_string(a.root.join("motd")).expect("motd"),
+        "many\n"
+    );
+}

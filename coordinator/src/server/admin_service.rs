@@ -267,17 +267,28 @@ impl v1::admin_server::Admin for AdminApi {
         // Subscribe before reading the stored reports so nothing falls in between.
         let mut live = c.hub.subscribe_reports();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
-        for g in &wanted {
-            if let Some(r) = c.store.report(*g).map_err(RpcError::from)? {
-                let _ = tx
-                    .send(Ok(v1::ReportEvent {
+        // The stored reports are replayed by the stream's own task: sending them here, before
+        // the stream is returned, blocked forever once more than the channel's 64 slots were
+        // stored (and with it `phoenix apply`, which opens this watch first).
+        tokio::spawn(async move {
+            for g in &wanted {
+                let stored = match c.store.report(*g) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::from(RpcError::from(e)))).await;
+                        return;
+                    }
+                };
+                if let Some(r) = stored {
+                    let ev = v1::ReportEvent {
                         guest_id: g.get(),
                         report: Some(v1::ApplyReport::from(&r.report)),
-                    }))
-                    .await;
+                    };
+                    if tx.send(Ok(ev)).await.is_err() {
+                        return;
+                    }
+                }
             }
-        }
-        tokio::spawn(async move {
             loop {
                 match live.recv().await {
                     Ok((g, report)) => {
