@@ -363,3 +363,27 @@ fn traefik_routes_of_the_sample_match_the_old_generator() {
     );
     assert!(nginx.dropins["phoenix-checked-reload"].contains("nginx -t"));
 }
+
+/// A cert that reloads a service waits for what provides the unit (here nginx's package):
+/// before, it could be issued first and its reload failed on a unit that did not exist yet.
+#[test]
+fn the_gateway_cert_is_issued_after_the_unit_it_reloads_exists() {
+    let Some(c) = load() else { return };
+    let cert = c.guests[&id(101)]
+        .spec
+        .resources
+        .iter()
+        .find_map(|r| match r {
+            Resource::Cert(s) if s.common_name == "nginx.internal.thinkheads.ai" => Some(s),
+            _ => None,
+        })
+        .expect("101's cert from the manifest");
+    assert_eq!(cert.reload, [Reload::ServiceReload("nginx.service".into())]);
+    assert!(
+        cert.depends_on
+            .iter()
+            .any(|d| d.to_string() == "package:nginx"),
+        "{:?}",
+        cert.depends_on
+    );
+}

@@ -1102,20 +1102,43 @@ fn certificate(
         ),
     };
     // A container restart needs the container: the cert waits for the stack that creates
-    // it (the RCA's second failure). A service is not waited for: its configuration
-    // usually needs the cert first, and the reload runs only after a renewal.
+    // it (the RCA's second failure). A reloaded service needs its unit: the cert waits for
+    // what provides it (the package, or Phoenix's own unit file), not for the service's
+    // start, since its configuration usually needs the cert first.
     let after = reload
         .iter()
-        .filter_map(|r| match r {
-            Reload::ContainerRestart(c) => built.get(&target).and_then(|(_, b)| {
-                b.resources.iter().find_map(|r| match r {
-                    Resource::Stack(s) if s.compose.contains(&format!("container_name: {c}")) => {
-                        Some(r.id())
-                    }
-                    _ => None,
+        .flat_map(|r| match r {
+            Reload::ContainerRestart(c) => built
+                .get(&target)
+                .and_then(|(_, b)| {
+                    b.resources.iter().find_map(|r| match r {
+                        Resource::Stack(s)
+                            if s.compose.contains(&format!("container_name: {c}")) =>
+                        {
+                            Some(r.id())
+                        }
+                        _ => None,
+                    })
                 })
-            }),
-            Reload::ServiceReload(_) | Reload::ServiceRestart(_) => None,
+                .into_iter()
+                .collect::<Vec<_>>(),
+            Reload::ServiceReload(u) | Reload::ServiceRestart(u) => built
+                .get(&target)
+                .and_then(|(_, b)| {
+                    b.resources.iter().find_map(|r| match r {
+                        Resource::Service(s) if &s.name == u => Some(if s.unit.is_some() {
+                            vec![r.id()]
+                        } else {
+                            s.depends_on
+                                .iter()
+                                .filter(|d| d.kind() == "package")
+                                .cloned()
+                                .collect()
+                        }),
+                        _ => None,
+                    })
+                })
+                .unwrap_or_default(),
         })
         .collect();
     let name: String = cn.chars().map(|c| if c == '*' { '_' } else { c }).collect();
