@@ -239,3 +239,51 @@ fn exec_steps_run_once_and_on_refresh_only() {
     );
     assert!(!a.report.to_string().contains("sup3r"), "{}", a.report);
 }
+
+/// A unit that crashes a moment after `systemctl start` returns, with `Restart=always`, is a
+/// crash loop: reported failed with its journal, never "running" (the step-ca unit of the
+/// seed once crash-looped while Phoenix said converged). A healthy unit still converges.
+#[test]
+fn a_crash_looping_service_is_failed_not_running() {
+    let Some(g) = Guest::boot("crashloop", &[]) else {
+        return;
+    };
+    let unit = |argv: Value| {
+        json!({"resources": [{"kind": "service", "name": "crashy.service", "enabled": true,
+            "state": "running",
+            "unit": {"exec_start": argv, "restart": "always", "restart_sec": 1}}]})
+    };
+    let svc = "service:crashy.service";
+    let a = g.apply(&unit(json!([
+        "/bin/sh",
+        "-c",
+        "echo crashing; sleep 0.3; exit 3"
+    ])));
+    assert!(!a.ok, "{}", a.report);
+    assert_eq!(a.status(svc), "failed", "{}", a.message(svc));
+    let m = a.message(svc);
+    assert!(
+        m.contains("crash loop") || m.contains("auto-restart"),
+        "{m}"
+    );
+    assert!(
+        m.contains("crashing"),
+        "the journal tail is in the report: {m}"
+    );
+    // Later passes keep saying so instead of calling it in sync.
+    let again = g.apply(&unit(json!([
+        "/bin/sh",
+        "-c",
+        "echo crashing; sleep 0.3; exit 3"
+    ])));
+    assert_eq!(again.status(svc), "failed", "{}", again.message(svc));
+
+    // The same unit made healthy converges.
+    g.apply(&unit(json!(["/bin/sleep", "infinity"])))
+        .assert(&[(svc, "changed")]);
+    assert_eq!(g.unit_prop("crashy.service", "ActiveState"), "active");
+    // NRestarts is not reset by a restart; it simply stops rising.
+    let n = g.unit_prop("crashy.service", "NRestarts");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(g.unit_prop("crashy.service", "NRestarts"), n);
+}

@@ -19,6 +19,7 @@ use crate::hostio;
 use crate::reconcile::{Check, Converge, PassContext, ResourceError};
 use phoenix_proto::model::{Ensure, RunState, ServiceSpec};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -63,6 +64,9 @@ pub struct UnitStatus {
     pub result: String,
     pub need_daemon_reload: bool,
     pub exec_main_status: String,
+    /// Automatic restarts since the unit was last started by hand: a rising count while we
+    /// watch is a crash loop, whatever `ActiveState` says at the instant we look.
+    pub n_restarts: u32,
 }
 
 impl UnitStatus {
@@ -71,6 +75,11 @@ impl UnitStatus {
             self.active_state.as_str(),
             "active" | "activating" | "reloading"
         )
+    }
+
+    /// Up, and not merely waiting to be restarted after a crash (`activating (auto-restart)`).
+    pub fn running(&self) -> bool {
+        self.active() && self.sub_state != "auto-restart"
     }
 
     fn enabled_matches(&self, want: bool) -> bool {
@@ -142,6 +151,10 @@ pub struct ServiceConverger<M> {
     unit_dir: PathBuf,
     /// Where secret environment files go (`/etc/phoenix/env`), root-only.
     env_dir: PathBuf,
+    /// How long a started or restarted unit must stay up, without automatic restarts,
+    /// before it is reported running: `systemctl start` returns as soon as a simple
+    /// service has forked, so a process that dies a moment later looked converged.
+    settle: Duration,
 }
 
 impl<M: ServiceManager> ServiceConverger<M> {
@@ -150,7 +163,14 @@ impl<M: ServiceManager> ServiceConverger<M> {
             mgr,
             unit_dir: unit_dir.into(),
             env_dir: env_dir.into(),
+            settle: Duration::from_secs(3),
         }
+    }
+
+    /// Overrides the settle window (unit tests with a fake manager use zero).
+    pub fn with_settle(mut self, settle: Duration) -> Self {
+        self.settle = settle;
+        self
     }
 
     /// The directory a managed file is resolved beneath (links below it are refused).
@@ -312,8 +332,13 @@ impl<M: ServiceManager> ServiceConverger<M> {
         }
         let will_run = match spec.state {
             Some(RunState::Running) => {
-                if !st.active() {
-                    diff.push(format!("start (now {}{})", st.active_state, st.failure()));
+                if !st.running() {
+                    diff.push(format!(
+                        "start (now {} ({}){})",
+                        st.active_state,
+                        st.sub_state,
+                        st.failure()
+                    ));
                 }
                 true
             }
@@ -379,14 +404,29 @@ impl<M: ServiceManager> ServiceConverger<M> {
             (_, true) if wrote => Some((Verb::Restart, " (unit files changed)".into())),
             (_, true) => refresh.map(|(v, why)| (v, format!(" ({why})"))),
         };
+        let mut restarts_at_start = None;
         if let Some((verb, why)) = action {
             self.mgr.control(verb, name).await?;
             done.push(format!("{}{why}", verb.as_str()));
+            if matches!(verb, Verb::Start | Verb::Restart) && !self.settle.is_zero() {
+                restarts_at_start = Some(self.mgr.status(name).await?.n_restarts);
+                tokio::time::sleep(self.settle).await;
+            }
         }
         let done = done.join(", ");
         let after = self.mgr.status(name).await?;
-        if spec.state == Some(RunState::Running) && !after.active() {
-            let mut failure = after.failure();
+        let crash_loop = restarts_at_start
+            .filter(|base| after.n_restarts > *base)
+            .map(|base| {
+                format!(
+                    ", crash loop: restarted {} times within {} s of starting",
+                    after.n_restarts - base,
+                    self.settle.as_secs()
+                )
+            });
+        if spec.state == Some(RunState::Running) && (!after.running() || crash_loop.is_some()) {
+            let mut failure = crash_loop.unwrap_or_default();
+            failure.push_str(&after.failure());
             let log = self.mgr.recent_log(name).await;
             if !log.is_empty() {
                 failure.push_str(&format!("; journal:\n{log}"));

@@ -77,7 +77,8 @@ async fn lifecycle_create_change_refresh_remove() {
         Fake::default(),
         dir.path().join("system"),
         dir.path().join("env"),
-    );
+    )
+    .with_settle(std::time::Duration::ZERO);
     let cx = PassContext::default();
 
     let s = demo("100");
@@ -145,7 +146,8 @@ async fn secret_environment_goes_to_a_root_only_file_not_the_unit() {
         Fake::default(),
         dir.path().join("system"),
         dir.path().join("env"),
-    );
+    )
+    .with_settle(std::time::Duration::ZERO);
     let s = spec(serde_json::json!({
         "name": "api.service",
         "unit": {"exec_start": ["/bin/api"], "secret_environment": {"TOKEN": {"file": secret.to_str()}}},
@@ -175,7 +177,8 @@ async fn dropins_for_a_unit_phoenix_does_not_own() {
         Fake::default(),
         dir.path().join("system"),
         dir.path().join("env"),
-    );
+    )
+    .with_settle(std::time::Duration::ZERO);
     *c.mgr.active.lock().expect("lock") = true;
     let s = spec(serde_json::json!({
         "name": "nginx.service",
@@ -198,7 +201,8 @@ async fn plan_shows_the_unit_text_diff_with_secrets_redacted() {
         Fake::default(),
         dir.path().join("system"),
         dir.path().join("env"),
-    );
+    )
+    .with_settle(std::time::Duration::ZERO);
     let cx = PassContext::default();
     let with = |arg: &str, key: &str| {
         spec(serde_json::json!({
