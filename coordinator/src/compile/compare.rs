@@ -1,8 +1,10 @@
 //! Declared (what the configs say about the guest itself) vs observed (the agent's
 //! sysinfo facts). Proxmox, not the agent, sets these, so a mismatch is reported, never
 //! "fixed" by the agent.
+//!
+//! Layer 1 (used by the server, not by the compiler): imports only `types`.
 
-use super::Declared;
+use super::types::Declared;
 use phoenix_proto::v1::Facts;
 use std::fmt;
 use std::net::IpAddr;
