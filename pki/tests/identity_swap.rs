@@ -220,9 +220,9 @@ async fn a_swapped_trust_bundle_admits_the_new_ca_on_new_handshakes_only() {
     );
 
     // Before the swap, a client of the new CA is refused: the TLS 1.3 client learns it on
-    // its first read (the server's alert), and the server never hands the stream over.
+    // its first read (the server's alert; it sends nothing, so no reset races the alert),
+    // and the server never hands the stream over.
     let mut early = dial(&addr, client(&new_agents[0])).await;
-    let _ = early.write_all(b"x").await;
     let mut buf = [0u8; 1];
     let read = tokio::time::timeout(T, early.read(&mut buf))
         .await
