@@ -15,17 +15,11 @@ fn coordinator_uri(server_name: &str) -> String {
 /// `Code: message`, then the status's sources (where a transport failure keeps the TLS
 /// alert the peer sent).
 fn status_text(s: &tonic::Status) -> String {
-    let mut out = format!("{:?}: {}", s.code(), s.message());
-    let mut cur = std::error::Error::source(s);
-    while let Some(e) = cur {
-        let msg = e.to_string();
-        if !out.contains(&msg) {
-            out.push_str(": ");
-            out.push_str(&msg);
-        }
-        cur = e.source();
+    let text = format!("{:?}: {}", s.code(), s.message());
+    match std::error::Error::source(s).map(transport::error_chain) {
+        Some(chain) if !text.contains(&chain) => format!("{text}: {chain}"),
+        _ => text,
     }
-    out
 }
 
 /// Opens a session as `chain_pem`/`key_pem` and sends a Hello for `hello_guest`.
