@@ -2,7 +2,7 @@
 
 use super::CliError;
 use super::args::Output;
-use super::render::{ago, connection, report_summary, status_json, table, until};
+use super::render::{ago, connection, print_listing, report_summary, status_json, until};
 use crate::admin_client;
 use phoenix_proto::model::ApplyReport;
 use phoenix_proto::v1;
@@ -12,14 +12,20 @@ use std::path::Path;
 pub(super) async fn status(socket: &Path, output: Output) -> Result<(), CliError> {
     let mut admin = admin_client::connect(socket).await?;
     let resp = admin.status(v1::StatusRequest {}).await?.into_inner();
-    match output {
-        Output::Json => {
-            let v: Vec<_> = resp.guests.iter().map(status_json).collect();
-            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-        }
-        Output::Table => {
-            let rows: Vec<Vec<String>> = resp
-                .guests
+    print_listing(
+        output,
+        || resp.guests.iter().map(status_json).collect(),
+        &[
+            "GUEST",
+            "CONNECTED",
+            "WANTED",
+            "APPLIED",
+            "LAST REPORT",
+            "CERT EXPIRES",
+            "DECLARED VS OBSERVED",
+        ],
+        || {
+            resp.guests
                 .iter()
                 .map(|s| {
                     let report = s
@@ -49,24 +55,9 @@ pub(super) async fn status(socket: &Path, output: Output) -> Result<(), CliError
                         },
                     ]
                 })
-                .collect();
-            println!(
-                "{}",
-                table(
-                    &[
-                        "GUEST",
-                        "CONNECTED",
-                        "WANTED",
-                        "APPLIED",
-                        "LAST REPORT",
-                        "CERT EXPIRES",
-                        "DECLARED VS OBSERVED"
-                    ],
-                    &rows
-                )
-            );
-        }
-    }
+                .collect()
+        },
+    );
     Ok(())
 }
 
@@ -75,13 +66,20 @@ pub(super) async fn agents(socket: &Path, output: Output) -> Result<(), CliError
     let mut admin = admin_client::connect(socket).await?;
     let resp = admin.status(v1::StatusRequest {}).await?.into_inner();
     let agents: Vec<_> = resp.guests.iter().filter(|s| s.enrolled).collect();
-    match output {
-        Output::Json => {
-            let v: Vec<_> = agents.iter().map(|s| status_json(s)).collect();
-            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-        }
-        Output::Table => {
-            let rows: Vec<Vec<String>> = agents
+    print_listing(
+        output,
+        || agents.iter().map(|s| status_json(s)).collect(),
+        &[
+            "GUEST",
+            "CONNECTED",
+            "VERSION",
+            "HOSTNAME",
+            "OS",
+            "RESOURCES",
+            "LAST SEEN",
+        ],
+        || {
+            agents
                 .iter()
                 .map(|s| {
                     let f = s.facts.clone().unwrap_or_default();
@@ -95,24 +93,9 @@ pub(super) async fn agents(socket: &Path, output: Output) -> Result<(), CliError
                         ago(s.last_seen_unix),
                     ]
                 })
-                .collect();
-            println!(
-                "{}",
-                table(
-                    &[
-                        "GUEST",
-                        "CONNECTED",
-                        "VERSION",
-                        "HOSTNAME",
-                        "OS",
-                        "RESOURCES",
-                        "LAST SEEN"
-                    ],
-                    &rows
-                )
-            );
-        }
-    }
+                .collect()
+        },
+    );
     Ok(())
 }
 
@@ -120,24 +103,25 @@ pub(super) async fn agents(socket: &Path, output: Output) -> Result<(), CliError
 pub(super) async fn certs(socket: &Path, output: Output) -> Result<(), CliError> {
     let mut admin = admin_client::connect(socket).await?;
     let resp = admin.certs(v1::CertsRequest {}).await?.into_inner();
-    match output {
-        Output::Json => {
-            let v: Vec<_> = resp
-                    .certs
-                    .iter()
-                    .map(|c| {
-                        serde_json::json!({
-                            "guest": c.guest_id, "kind": c.kind, "subject": c.subject, "sans": c.sans,
-                            "not_after_unix": c.not_after_unix, "last_renewal_unix": c.last_renewal_unix,
-                            "last_result": c.last_result, "serial": c.serial,
-                        })
+    print_listing(
+        output,
+        || {
+            resp.certs
+                .iter()
+                .map(|c| {
+                    serde_json::json!({
+                        "guest": c.guest_id, "kind": c.kind, "subject": c.subject, "sans": c.sans,
+                        "not_after_unix": c.not_after_unix, "last_renewal_unix": c.last_renewal_unix,
+                        "last_result": c.last_result, "serial": c.serial,
                     })
-                    .collect();
-            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-        }
-        Output::Table => {
-            let rows: Vec<Vec<String>> = resp
-                .certs
+                })
+                .collect()
+        },
+        &[
+            "GUEST", "KIND", "SUBJECT", "SANS", "EXPIRES", "RENEWED", "RESULT",
+        ],
+        || {
+            resp.certs
                 .iter()
                 .map(|c| {
                     vec![
@@ -154,17 +138,8 @@ pub(super) async fn certs(socket: &Path, output: Output) -> Result<(), CliError>
                         c.last_result.clone(),
                     ]
                 })
-                .collect();
-            println!(
-                "{}",
-                table(
-                    &[
-                        "GUEST", "KIND", "SUBJECT", "SANS", "EXPIRES", "RENEWED", "RESULT"
-                    ],
-                    &rows
-                )
-            );
-        }
-    }
+                .collect()
+        },
+    );
     Ok(())
 }

@@ -1,18 +1,23 @@
 //! How the CLI shows things: aligned tables, relative times, report summaries, the
 //! `-o json` shape of a guest's status, and the escaping of everything a guest sent.
 
+use super::args::Output;
 use phoenix_proto::model::{ApplyReport, Status};
 use phoenix_proto::v1;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
 
 pub(super) fn ago(unix: i64) -> String {
     if unix <= 0 {
         return "-".into();
     }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let now = now_unix();
     human(now - unix, "ago")
 }
 
@@ -20,10 +25,7 @@ pub(super) fn until(unix: i64) -> String {
     if unix <= 0 {
         return "-".into();
     }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let now = now_unix();
     if unix < now {
         return format!("EXPIRED {}", human(now - unix, "ago"));
     }
@@ -44,9 +46,25 @@ fn human(secs: i64, suffix: &str) -> String {
     }
 }
 
+/// A listing as `-o json` (an array) or as a table; only the chosen one is built.
+pub(super) fn print_listing(
+    output: Output,
+    json: impl FnOnce() -> Vec<serde_json::Value>,
+    header: &[&str],
+    rows: impl FnOnce() -> Vec<Vec<String>>,
+) {
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&json()).unwrap_or_default()
+        ),
+        Output::Table => println!("{}", table(header, &rows())),
+    }
+}
+
 /// A plain aligned table; no external crate needed for this. Cells are escaped here,
 /// once for every table.
-pub(super) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let rows: Vec<Vec<String>> = rows
         .iter()
         .map(|r| r.iter().map(|c| escape_controls(c)).collect())
