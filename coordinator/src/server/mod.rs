@@ -121,7 +121,7 @@ impl Coordinator {
                 RpcError::Ca(CaError::BadAnswer {
                     ca: self.ca.name().to_string(),
                     action: "list roots",
-                    source: e.into(),
+                    source: Box::new(e.into()),
                 })
             })?;
         // The last root is the one agents pin; a bundle in transition lists the new root first.

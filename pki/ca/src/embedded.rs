@@ -138,7 +138,7 @@ impl CertAuthority for EmbeddedCa {
         let info = x509::inspect(cert.der()).map_err(|source| CaError::BadAnswer {
             ca: "embedded".into(),
             action: "sign",
-            source: source.into(),
+            source: Box::new(source.into()),
         })?;
         Ok(Issued {
             chain_pem: cert.pem(),

@@ -91,7 +91,7 @@ pub enum CaError {
         ca: String,
         action: &'static str,
         #[source]
-        source: AnswerError,
+        source: Box<AnswerError>,
     },
 
     // This side: configuration and local material.

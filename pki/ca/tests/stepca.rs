@@ -1,5 +1,5 @@
 //! The Step-CA client against a real step-ca (0.19, started by tests/setup/10-stepca.sh;
-//! run with `tests/run-all.sh`, or source that setup and run `cargo test -p phoenix-pki
+//! run with `tests/run-all.sh`, or source that setup and run `cargo test -p phoenix-ca
 //! --test stepca`). Without the CA these tests print `SKIPPED` and pass, unless
 //! PHOENIX_REQUIRE_ALL=1, where they fail.
 

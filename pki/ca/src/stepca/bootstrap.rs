@@ -50,7 +50,7 @@ pub(super) async fn fetch_root(base: &Url, fingerprint: &str) -> Result<String, 
     let bad = |source| CaError::BadAnswer {
         ca: base.to_string(),
         action: "bootstrap",
-        source,
+        source: Box::new(source),
     };
     let ders = x509::parse_chain(&answer.ca, "root").map_err(|e| bad(e.into()))?;
     match ders.as_slice() {
@@ -66,13 +66,20 @@ pub(super) async fn fetch_root(base: &Url, fingerprint: &str) -> Result<String, 
 impl StepCa {
     /// `GET /roots`: the CA's current trust bundle (remembered for `Issued::roots_pem`).
     pub async fn roots(&self) -> Result<String, CaError> {
-        let answer: RootsAnswer = self
-            .request(&self.http, "list roots", Method::GET, "roots", None, None)
-            .await?;
+        let answer: RootsAnswer = call(
+            &self.http,
+            &self.base,
+            "list roots",
+            Method::GET,
+            "roots",
+            None,
+            None,
+        )
+        .await?;
         let bad = |source| CaError::BadAnswer {
             ca: self.url().to_string(),
             action: "list roots",
-            source,
+            source: Box::new(source),
         };
         if answer.crts.is_empty() {
             return Err(bad(AnswerError::RootCount(0)));
@@ -89,16 +96,16 @@ impl StepCa {
 
     /// `GET /health`.
     pub async fn health(&self) -> Result<(), CaError> {
-        let _: serde_json::Value = self
-            .request(
-                &self.http,
-                "health check",
-                Method::GET,
-                "health",
-                None,
-                None,
-            )
-            .await?;
+        let _: serde_json::Value = call(
+            &self.http,
+            &self.base,
+            "health check",
+            Method::GET,
+            "health",
+            None,
+            None,
+        )
+        .await?;
         Ok(())
     }
 }

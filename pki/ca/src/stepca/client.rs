@@ -138,26 +138,14 @@ pub(super) async fn call<T: serde::de::DeserializeOwned>(
     serde_json::from_str(&text).map_err(|source| CaError::BadAnswer {
         ca: url.to_string(),
         action,
-        source: AnswerError::Json {
+        source: Box::new(AnswerError::Json {
             status: status.as_u16(),
             source,
-        },
+        }),
     })
 }
 
 impl StepCa {
-    pub(super) async fn request<T: serde::de::DeserializeOwned>(
-        &self,
-        client: &reqwest::Client,
-        action: &'static str,
-        method: Method,
-        path: &str,
-        body: Option<serde_json::Value>,
-        bearer: Option<&str>,
-    ) -> Result<T, CaError> {
-        call(client, &self.base, action, method, path, body, bearer).await
-    }
-
     /// A client presenting `chain_pem` for `action`. step-ca rejects an expired client
     /// certificate during the handshake, which under TLS 1.3 reaches the client only as a
     /// closed connection; refusing here names the real cause.
@@ -192,7 +180,7 @@ impl StepCa {
         let bad = |source: AnswerError| CaError::BadAnswer {
             ca: self.url().to_string(),
             action,
-            source,
+            source: Box::new(source),
         };
         let pems = if answer.cert_chain.is_empty() {
             vec![answer.crt, answer.ca]

@@ -115,13 +115,13 @@ impl StepCa {
             phoenix_pki::x509::parse_chain(&root_pem, "root").map_err(|e| CaError::BadAnswer {
                 ca: base.to_string(),
                 action: "bootstrap",
-                source: e.into(),
+                source: Box::new(e.into()),
             })?
         {
             pinned.add(der).map_err(|e| CaError::BadAnswer {
                 ca: base.to_string(),
                 action: "bootstrap",
-                source: AnswerError::UnusableRoot(e),
+                source: Box::new(AnswerError::UnusableRoot(e)),
             })?;
         }
         let pinned = Arc::new(pinned);
@@ -186,12 +186,12 @@ impl CertAuthority for StepCa {
             return Err(CaError::BadAnswer {
                 ca: self.url().to_string(),
                 action: "sign",
-                source: AnswerError::OtherNames {
+                source: Box::new(AnswerError::OtherNames {
                     got_cn: signed.leaf.common_name,
                     got,
                     want_cn: req.common_name,
                     want,
-                },
+                }),
             });
         }
         Ok(Issued {

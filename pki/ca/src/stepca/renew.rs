@@ -1,7 +1,7 @@
 //! What a certificate holder does with the CA: renew and rekey over mTLS, renew after
 //! expiry with an x5c token its key signs, and passive revocation.
 
-use super::client::{SignAnswer, held_chain, held_key};
+use super::client::{SignAnswer, call, held_chain, held_key};
 use super::sign::{TOKEN_LIFETIME, random_jti, unix_now};
 use super::{Signed, StepCa, TokenRequest, jose};
 use crate::{CaError, KeyFormatError};
@@ -56,9 +56,16 @@ impl StepCa {
     /// certificate cannot authenticate (use [`StepCa::renew_expired`]).
     pub async fn renew(&self, chain_pem: &str, key_pem: &str) -> Result<Signed, CaError> {
         let client = self.mtls_client("renew", chain_pem, key_pem)?;
-        let answer: SignAnswer = self
-            .request(&client, "renew", Method::POST, "1.0/renew", None, None)
-            .await?;
+        let answer: SignAnswer = call(
+            &client,
+            &self.base,
+            "renew",
+            Method::POST,
+            "1.0/renew",
+            None,
+            None,
+        )
+        .await?;
         self.signed("renew", answer)
     }
 
@@ -72,16 +79,16 @@ impl StepCa {
     ) -> Result<Signed, CaError> {
         let client = self.mtls_client("rekey", chain_pem, key_pem)?;
         let body = json!({"csr": new_csr_pem});
-        let answer: SignAnswer = self
-            .request(
-                &client,
-                "rekey",
-                Method::POST,
-                "1.0/rekey",
-                Some(body),
-                None,
-            )
-            .await?;
+        let answer: SignAnswer = call(
+            &client,
+            &self.base,
+            "rekey",
+            Method::POST,
+            "1.0/rekey",
+            Some(body),
+            None,
+        )
+        .await?;
         self.signed("rekey", answer)
     }
 
@@ -91,16 +98,16 @@ impl StepCa {
     pub async fn renew_expired(&self, chain_pem: &str, key_pem: &str) -> Result<Signed, CaError> {
         const ACTION: &str = "renew after expiry";
         let token = self.x5c_renew_token(ACTION, chain_pem, key_pem)?;
-        let answer: SignAnswer = self
-            .request(
-                &self.http,
-                ACTION,
-                Method::POST,
-                "1.0/renew",
-                None,
-                Some(&token),
-            )
-            .await?;
+        let answer: SignAnswer = call(
+            &self.http,
+            &self.base,
+            ACTION,
+            Method::POST,
+            "1.0/renew",
+            None,
+            Some(&token),
+        )
+        .await?;
         self.signed(ACTION, answer)
     }
 
@@ -177,16 +184,16 @@ impl StepCa {
                 self.http.clone()
             }
         };
-        let _: serde_json::Value = self
-            .request(
-                &client,
-                "revoke",
-                Method::POST,
-                "1.0/revoke",
-                Some(body),
-                None,
-            )
-            .await?;
+        let _: serde_json::Value = call(
+            &client,
+            &self.base,
+            "revoke",
+            Method::POST,
+            "1.0/revoke",
+            Some(body),
+            None,
+        )
+        .await?;
         Ok(())
     }
 }

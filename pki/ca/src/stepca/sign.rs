@@ -1,6 +1,6 @@
 //! Signing a CSR with a provisioner one-time token: minting the token and `POST /1.0/sign`.
 
-use super::client::SignAnswer;
+use super::client::{SignAnswer, call};
 use super::{Signed, StepCa, jose};
 use crate::CaError;
 use phoenix_pki::San;
@@ -118,16 +118,16 @@ impl StepCa {
             body["notBefore"] = json!(fmt(now - backdate));
             body["notAfter"] = json!(fmt(now + d));
         }
-        let answer: SignAnswer = self
-            .request(
-                &self.http,
-                "sign",
-                Method::POST,
-                "1.0/sign",
-                Some(body),
-                None,
-            )
-            .await?;
+        let answer: SignAnswer = call(
+            &self.http,
+            &self.base,
+            "sign",
+            Method::POST,
+            "1.0/sign",
+            Some(body),
+            None,
+        )
+        .await?;
         self.signed("sign", answer)
     }
 }
