@@ -466,9 +466,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                                 report
                                     .map(|r| {
                                         format!(
-                                            "rev {} {} ({})",
+                                            "rev {} {} ({}, {})",
                                             r.revision,
                                             report_summary(&r),
+                                            escape_controls(&r.trigger),
                                             ago(s.last_report_unix)
                                         )
                                     })
