@@ -29,7 +29,13 @@ fn enroll(c: &Coordinator, a: &mut Agent) {
 }
 
 fn apply(c: &Coordinator, spec: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec!["apply", "-f", spec.to_str().expect("utf8"), "--timeout", "30s"];
+    let mut args = vec![
+        "apply",
+        "-f",
+        spec.to_str().expect("utf8"),
+        "--timeout",
+        "30s",
+    ];
     args.extend_from_slice(extra);
     c.cli(&args)
 }
@@ -94,7 +100,10 @@ fn sigterm_during_apt_lets_dpkg_finish_and_the_agent_exit() {
     // A postinst long enough to be caught in the middle of.
     let repo = Repo::build_with_postinst(
         &[("phoenix-slow", "1.0")],
-        &[("phoenix-slow", "#!/bin/sh\nsleep 5\necho configured > /var/lib/phoenix-slow-done\n")],
+        &[(
+            "phoenix-slow",
+            "#!/bin/sh\nsleep 5\necho configured > /var/lib/phoenix-slow-done\n",
+        )],
     );
     let Some(g) = Guest::boot("lifecycle-apt", &[(repo.path(), "/srv/repo")]) else {
         return;
@@ -110,7 +119,10 @@ fn sigterm_during_apt_lets_dpkg_finish_and_the_agent_exit() {
     g.ok("setsid sh -c '/usr/local/bin/phoenix-agent apply -f /root/spec.json --json >/root/out.json 2>/root/err.log & echo $! >/root/pid; wait $!; echo $? >/root/rc' </dev/null >/dev/null 2>&1 &");
     wait_for(Duration::from_secs(60), "the postinst to run", || {
         // No procps in the guest: look through /proc ([.] keeps grep from finding itself).
-        if g.sh("grep -qs 'phoenix-slow[.]postinst' /proc/[0-9]*/cmdline").status.success() {
+        if g.sh("grep -qs 'phoenix-slow[.]postinst' /proc/[0-9]*/cmdline")
+            .status
+            .success()
+        {
             return Some(());
         }
         let o = g.sh("cat /root/rc && cat /root/out.json");
@@ -121,7 +133,8 @@ fn sigterm_during_apt_lets_dpkg_finish_and_the_agent_exit() {
         );
         None
     });
-    let before = g.ok("dpkg-query -W -f='${db:Status-Abbrev}' phoenix-slow 2>/dev/null || echo none");
+    let before =
+        g.ok("dpkg-query -W -f='${db:Status-Abbrev}' phoenix-slow 2>/dev/null || echo none");
     // Unpacked, being configured: the signal comes in the middle of dpkg's work.
     assert!(
         ["iU", "iF"].contains(&before.trim()),
@@ -138,7 +151,11 @@ fn sigterm_during_apt_lets_dpkg_finish_and_the_agent_exit() {
     // Not converged (the file after the package was never started), not killed (143).
     assert_eq!(rc, "2", "{err}");
     assert_eq!(g.ok("cat /var/lib/phoenix-slow-done"), "configured");
-    assert_eq!(g.ok("dpkg-query -W -f='${db:Status-Abbrev}' phoenix-slow").trim(), "ii");
+    assert_eq!(
+        g.ok("dpkg-query -W -f='${db:Status-Abbrev}' phoenix-slow")
+            .trim(),
+        "ii"
+    );
     assert_eq!(g.ok("dpkg --audit"), "", "dpkg left mid-transaction");
     let report: serde_json::Value =
         serde_json::from_str(&g.ok("cat /root/out.json")).expect("report json");
@@ -148,11 +165,18 @@ fn sigterm_during_apt_lets_dpkg_finish_and_the_agent_exit() {
             .and_then(|rs| rs.iter().find(|r| r["resource"] == id).cloned())
             .unwrap_or_default()
     };
-    assert_eq!(result("package:phoenix-slow")["status"], "changed", "{report}");
+    assert_eq!(
+        result("package:phoenix-slow")["status"],
+        "changed",
+        "{report}"
+    );
     let after = result("file:/etc/phoenix-after");
     assert_eq!(after["status"], "skipped", "{report}");
     assert!(
-        after["message"].as_str().unwrap_or_default().contains("shutting down"),
+        after["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("shutting down"),
         "{report}"
     );
     assert!(!g.sh("test -e /etc/phoenix-after").status.success());
@@ -165,11 +189,18 @@ impl Tmpfs {
     fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
         std::fs::create_dir_all(dir).expect("mkdir");
         let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
             .arg(dir)
             .status()
             .is_ok_and(|s| s.success());
-        phoenix_tests::require("mounting a tmpfs (tests run as root)", ok).then(|| Tmpfs(dir.into()))
+        phoenix_tests::require("mounting a tmpfs (tests run as root)", ok)
+            .then(|| Tmpfs(dir.into()))
     }
 
     /// Fills it to the last byte.
@@ -206,11 +237,17 @@ fn full_state_dir_fails_the_pass_and_a_restart_never_rolls_back() {
     let conf = a.root.join("conf");
     // Big enough that the new desired state cannot fit where the old one was.
     let content = |v: &str| format!("{v}\n{}", "x".repeat(64 * 1024));
-    write_spec(&spec, &[(161, files_spec(&a.root, &[("conf", &content("v1"))]))]);
+    write_spec(
+        &spec,
+        &[(161, files_spec(&a.root, &[("conf", &content("v1"))]))],
+    );
     assert!(apply(&c, &spec, &[]).status.success());
 
     fs.fill();
-    write_spec(&spec, &[(161, files_spec(&a.root, &[("conf", &content("v2"))]))]);
+    write_spec(
+        &spec,
+        &[(161, files_spec(&a.root, &[("conf", &content("v2"))]))],
+    );
     let out = apply(&c, &spec, &[]);
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(!out.status.success(), "apply claimed success:\n{stdout}");
@@ -220,7 +257,10 @@ fn full_state_dir_fails_the_pass_and_a_restart_never_rolls_back() {
             && stdout.contains("No space left on device"),
         "{stdout}"
     );
-    assert!(read(&conf).starts_with("v1\n"), "revision 2 was applied without being saved");
+    assert!(
+        read(&conf).starts_with("v1\n"),
+        "revision 2 was applied without being saved"
+    );
     let g = guest_status(&c.status(), 161).expect("row");
     assert_eq!(g["applied_revision"], 1, "{g}");
     assert_eq!(g["converged"], false, "{g}");
@@ -240,9 +280,11 @@ fn full_state_dir_fails_the_pass_and_a_restart_never_rolls_back() {
 
     // Room again: a retry saves and applies revision 2, and no restart takes it back.
     fs.free();
-    wait_for(Duration::from_secs(90), "revision 2 after the disk has room", || {
-        converged(&c.status(), 161).then_some(())
-    });
+    wait_for(
+        Duration::from_secs(90),
+        "revision 2 after the disk has room",
+        || converged(&c.status(), 161).then_some(()),
+    );
     assert!(read(&conf).starts_with("v2\n"));
     a.kill9();
     a.start();

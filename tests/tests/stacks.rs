@@ -411,7 +411,11 @@ async fn interrupted_recreate_keeps_the_set_aside_container_for_rollback() {
     };
     let (count, conv) = converger(&env);
     let conv = Arc::new(conv);
-    let good = spec(stack, ROLLBACK_STACK, &[("IMAGE", &env.image), ("CMD", "sleep")]);
+    let good = spec(
+        stack,
+        ROLLBACK_STACK,
+        &[("IMAGE", &env.image), ("CMD", "sleep")],
+    );
     assert!(matches!(
         pass(&conv, &good, false).await.unwrap(),
         Pass::Applied { .. }
@@ -479,7 +483,11 @@ async fn container_with_a_stale_containerd_task_is_recreated() {
         extra: vec![],
     };
     let (count, conv) = converger(&env);
-    let v = spec(stack, ROLLBACK_STACK, &[("IMAGE", &env.image), ("CMD", "sleep")]);
+    let v = spec(
+        stack,
+        ROLLBACK_STACK,
+        &[("IMAGE", &env.image), ("CMD", "sleep")],
+    );
     assert!(matches!(
         pass(&conv, &v, false).await.unwrap(),
         Pass::Applied { .. }
@@ -501,7 +509,10 @@ async fn container_with_a_stale_containerd_task_is_recreated() {
     assert_eq!(names(&after), ["phxstale-app-1"]);
     assert_ne!(after["phxstale-app-1"].0, old_id, "a new container");
     assert_eq!(after["phxstale-app-1"].1, "running");
-    assert!(matches!(pass(&conv, &v, false).await.unwrap(), Pass::InSync));
+    assert!(matches!(
+        pass(&conv, &v, false).await.unwrap(),
+        Pass::InSync
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
