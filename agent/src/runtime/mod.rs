@@ -21,8 +21,8 @@ mod session;
 use crate::certs::SessionSigner;
 use crate::reconcile::Engine;
 use crate::state::{Enrollment, StateDir, StateError};
-use phoenix_pki::tls::{Identity, IdentityStore, TlsSetupError, TrustStore};
-use phoenix_pki::transport::ChannelOptions;
+use phoenix_pki::tls::{self, Identity, IdentityStore, TlsSetupError, TrustStore};
+use phoenix_pki::transport::{self, ChannelOptions};
 use phoenix_proto::model::{ApplyReport, DesiredState};
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,6 +79,31 @@ pub struct Shared {
     identity: Arc<IdentityStore>,
     trust: Arc<TrustStore>,
     opts: Options,
+}
+
+impl Shared {
+    /// Client TLS presenting our current identity (mTLS).
+    fn mutual_tls(&self) -> Result<Arc<rustls::ClientConfig>, TlsSetupError> {
+        tls::client_config(
+            self.identity.clone(),
+            self.trust.clone(),
+            &self.enrollment.trust_domain.coordinator_uri(),
+        )
+    }
+
+    /// A new channel to the coordinator, which must prove its identity against our roots.
+    async fn connect(
+        &self,
+        cfg: Arc<rustls::ClientConfig>,
+    ) -> Result<tonic::transport::Channel, transport::ConnectError> {
+        transport::connect(
+            &self.enrollment.coordinator,
+            &self.enrollment.trust_domain.coordinator_dns(),
+            cfg,
+            &self.opts.channel,
+        )
+        .await
+    }
 }
 
 /// Runs the agent until `shutdown` resolves, then lets the pass in progress finish

@@ -136,18 +136,13 @@ impl Renewer for Live {
         let shared = &self.0;
         let key = keys::generate()?;
         let csr = keys::csr(&key, &format!("guest-{}", shared.enrollment.guest), &[])?;
-        let cfg = tls::client_config(
-            shared.identity.clone(),
-            shared.trust.clone(),
-            &shared.enrollment.trust_domain.coordinator_uri(),
-        )?;
-        let channel = transport::connect(
-            &shared.enrollment.coordinator,
-            &shared.enrollment.trust_domain.coordinator_dns(),
-            cfg,
-            &shared.opts.channel,
-        )
-        .await?;
+        // Over the open session's connection when there is one: the coordinator keeps a
+        // session past its certificate's expiry only while that certificate is the one
+        // the current identity was renewed from, i.e. renewed over that session.
+        let channel = match shared.signer.current() {
+            Some(channel) => channel,
+            None => shared.connect(shared.mutual_tls()?).await?,
+        };
         let mut req = tonic::Request::new(v1::RenewRequest { csr_pem: csr });
         req.set_timeout(RPC_DEADLINE);
         let resp = v1::agent_client::AgentClient::new(channel)
@@ -170,13 +165,7 @@ impl Renewer for Live {
             shared.trust.clone(),
             &shared.enrollment.trust_domain.coordinator_uri(),
         )?;
-        let channel = transport::connect(
-            &shared.enrollment.coordinator,
-            &shared.enrollment.trust_domain.coordinator_dns(),
-            cfg,
-            &shared.opts.channel,
-        )
-        .await?;
+        let channel = shared.connect(cfg).await?;
         let mut req = tonic::Request::new(v1::RenewExpiredRequest {
             chain_pem: chain,
             csr_pem: csr,

@@ -9,7 +9,7 @@ use super::backoff::Backoff;
 use super::policy::{self, Call, Verdict};
 use super::renewal::reload_identity_from_disk;
 use crate::facts;
-use phoenix_pki::tls;
+use phoenix_pki::tls::TlsSetupError;
 use phoenix_pki::transport;
 use phoenix_proto::MAX_MESSAGE_BYTES;
 use phoenix_proto::model::{ApplyReport, DesiredState, Resource};
@@ -23,6 +23,8 @@ const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
+    #[error("session: {0}")]
+    Tls(#[from] TlsSetupError),
     #[error(transparent)]
     Connect(#[from] transport::ConnectError),
     #[error("session: {0}")]
@@ -121,19 +123,8 @@ async fn session(shared: &Arc<Shared>, ch: &mut Channels) -> Result<(), SessionE
     .unwrap_or_default();
     // Facts first: the coordinator closes a connection whose first request does not come
     // within its handshake timeout, and collecting them can take seconds.
-    let cfg = tls::client_config(
-        shared.identity.clone(),
-        shared.trust.clone(),
-        &shared.enrollment.trust_domain.coordinator_uri(),
-    )
-    .map_err(|e| SessionError::Rpc(tonic::Status::internal(e.to_string())))?;
-    let channel = transport::connect(
-        &shared.enrollment.coordinator,
-        &shared.enrollment.trust_domain.coordinator_dns(),
-        cfg,
-        &shared.opts.channel,
-    )
-    .await?;
+    let cfg = shared.mutual_tls()?;
+    let channel = shared.connect(cfg).await?;
     shared.signer.set(Some(channel.clone()));
     let mut client = v1::agent_client::AgentClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
