@@ -7,6 +7,7 @@
 use phoenix_agent::stacks::StackConverger;
 use phoenix_agent::stacks::compose;
 use phoenix_agent::stacks::engine::ContainerEngine;
+use phoenix_proto::model::StackSpec;
 use phoenix_tests::stacks::{
     CountingEngine, DockerEnv, FOUR_SERVICES, Pass, StartFault, Teardown, owner_key, pass,
     sample_spec, spec,
@@ -396,6 +397,31 @@ fn names(m: &BTreeMap<String, (String, String, String)>) -> Vec<&str> {
     m.keys().map(String::as_str).collect()
 }
 
+/// `ROLLBACK_STACK` with `cmd`.
+fn rollback_spec(env: &DockerEnv, stack: &str, cmd: &str) -> StackSpec {
+    spec(
+        stack,
+        ROLLBACK_STACK,
+        &[("IMAGE", &env.image), ("CMD", cmd)],
+    )
+}
+
+/// Asserts `<stack>-app-1` is the stack's only container, running, and `v`'s converged
+/// state; returns its ID.
+async fn only_app_running(
+    env: &DockerEnv,
+    conv: &StackConverger,
+    stack: &str,
+    v: &StackSpec,
+) -> String {
+    let name = format!("{stack}-app-1");
+    let c = env.containers(&format!("{stack}-"));
+    assert_eq!(names(&c), [name.as_str()]);
+    assert_eq!(c[&name].1, "running");
+    assert!(matches!(pass(conv, v, false).await.unwrap(), Pass::InSync));
+    c[&name].0.clone()
+}
+
 /// The agent killed while a recreate starts the replacement (old container stopped and
 /// renamed aside, new one created, never started): the next pass puts the old container
 /// back and keeps it as the rollback copy, instead of deleting it as an orphan.
@@ -411,22 +437,11 @@ async fn interrupted_recreate_keeps_the_set_aside_container_for_rollback() {
     };
     let (count, conv) = converger(&env);
     let conv = Arc::new(conv);
-    let good = spec(
-        stack,
-        ROLLBACK_STACK,
-        &[("IMAGE", &env.image), ("CMD", "sleep")],
-    );
-    assert!(matches!(
-        pass(&conv, &good, false).await.unwrap(),
-        Pass::Applied { .. }
-    ));
-    let old_id = env.containers("phxaside-")["phxaside-app-1"].0.clone();
+    let good = rollback_spec(&env, stack, "sleep");
+    pass(&conv, &good, false).await.unwrap();
+    let old_id = only_app_running(&env, &conv, stack, &good).await;
 
-    let bad = spec(
-        stack,
-        ROLLBACK_STACK,
-        &[("IMAGE", &env.image), ("CMD", "/no/such/binary")],
-    );
+    let bad = rollback_spec(&env, stack, "/no/such/binary");
     count.fault_next_start(StartFault::Hang);
     let interrupted = tokio::spawn({
         let conv = conv.clone();
@@ -459,14 +474,11 @@ async fn interrupted_recreate_keeps_the_set_aside_container_for_rollback() {
     // The next pass tries the broken spec again, and rolls back to the old container.
     let e = pass(&conv, &bad, false).await.unwrap_err();
     assert!(e.contains("the previous container was put back"), "{e}");
-    let after = env.containers("phxaside-");
-    assert_eq!(names(&after), ["phxaside-app-1"]);
-    assert_eq!(after["phxaside-app-1"].0, old_id, "the original container");
-    assert_eq!(after["phxaside-app-1"].1, "running");
-    assert!(matches!(
-        pass(&conv, &good, false).await.unwrap(),
-        Pass::InSync
-    ));
+    assert_eq!(
+        only_app_running(&env, &conv, stack, &good).await,
+        old_id,
+        "the original container"
+    );
 }
 
 /// dockerd killed mid-start can leave containerd holding the container's task: every
@@ -483,17 +495,10 @@ async fn container_with_a_stale_containerd_task_is_recreated() {
         extra: vec![],
     };
     let (count, conv) = converger(&env);
-    let v = spec(
-        stack,
-        ROLLBACK_STACK,
-        &[("IMAGE", &env.image), ("CMD", "sleep")],
-    );
-    assert!(matches!(
-        pass(&conv, &v, false).await.unwrap(),
-        Pass::Applied { .. }
-    ));
+    let v = rollback_spec(&env, stack, "sleep");
+    pass(&conv, &v, false).await.unwrap();
+    let old_id = only_app_running(&env, &conv, stack, &v).await;
     env.docker(&["stop", "-t", "1", "phxstale-app-1"]);
-    let old_id = env.containers("phxstale-")["phxstale-app-1"].0.clone();
     // The daemon's answer in that state (moby: "failed to create task … already exists").
     count.fault_next_start(StartFault::Fail(format!(
         "failed to create task for container: task {old_id}: already exists: unknown"
@@ -505,14 +510,11 @@ async fn container_with_a_stale_containerd_task_is_recreated() {
         report.contains("recreated (its containerd task was stale)"),
         "{report}"
     );
-    let after = env.containers("phxstale-");
-    assert_eq!(names(&after), ["phxstale-app-1"]);
-    assert_ne!(after["phxstale-app-1"].0, old_id, "a new container");
-    assert_eq!(after["phxstale-app-1"].1, "running");
-    assert!(matches!(
-        pass(&conv, &v, false).await.unwrap(),
-        Pass::InSync
-    ));
+    assert_ne!(
+        only_app_running(&env, &conv, stack, &v).await,
+        old_id,
+        "a new container"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -53,7 +53,14 @@ pub async fn run(shared: Arc<Shared>, mut ch: Channels) {
         if started.elapsed() > HEALTHY_SESSION {
             backoff.reset();
         }
+        let expired = shared.identity.current().info.not_after <= SystemTime::now();
         let wait = match &result {
+            // Whatever the coordinator said, only the renewal task can help now; it wakes
+            // this loop when it publishes the renewed identity.
+            Err(e) if expired => {
+                tracing::warn!(error = %e, "identity certificate expired; waiting for its renewal");
+                backoff.next_delay()
+            }
             Err(SessionError::Rpc(s)) => {
                 match policy::classify(Call::Session, s.code(), Some(shared.enrollment.guest)) {
                     Verdict::Fatal { advice } => {
