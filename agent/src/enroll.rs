@@ -120,11 +120,13 @@ pub async fn join(
             Err(s) => s,
         };
         match policy::classify(Call::Enroll, status.code(), Some(guest)) {
-            Verdict::Fatal { advice } => {
-                return Err(EnrollError::Refused(format!(
-                    "{}; {advice}",
-                    status.message()
-                )));
+            // The coordinator's refusals name their remedy ("create a new one"); the
+            // policy's advice stands in when a bare code came back.
+            Verdict::Fatal { advice } if status.message().is_empty() => {
+                return Err(EnrollError::Refused(advice));
+            }
+            Verdict::Fatal { .. } => {
+                return Err(EnrollError::Refused(status.message().to_string()));
             }
             Verdict::Retry if backoff.attempt() < ENROLL_ATTEMPTS - 1 => {
                 let wait = backoff.next_delay();

@@ -15,6 +15,7 @@ use phoenix_pki::tls::{self, Identity, TlsSetupError, TrustStore};
 use phoenix_pki::transport;
 use phoenix_pki::x509::CertInfo;
 use phoenix_pki::{keys, rotation};
+use phoenix_proto::model::GuestId;
 use phoenix_proto::v1;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -61,8 +62,8 @@ pub trait Renewer: Send + Sync {
     async fn renew(&self) -> Result<(), RenewError>;
     /// Renews an expired one, proving possession of its key.
     async fn renew_expired(&self) -> Result<(), RenewError>;
-    /// The exact commands that give this guest a new identity.
-    fn advice(&self, info: &CertInfo, verdict_advice: &str) -> String;
+    /// Who we are, for the commands in the advice.
+    fn guest(&self) -> Option<GuestId>;
 }
 
 /// Renews forever; each new identity's serial is sent on `published`.
@@ -95,22 +96,31 @@ pub async fn schedule(r: &dyn Renewer, published: &watch::Sender<String>) {
             }
             Err(e) => {
                 let remaining = info.not_after.duration_since(r.now()).unwrap_or_default();
-                let next = match policy::classify(Call::Renew, e.code(), None) {
-                    Verdict::Fatal { advice } => {
-                        tracing::error!(error = %e, "{}", r.advice(&info, &advice));
-                        REFUSED_RETRY
-                    }
-                    Verdict::Retry if expired => {
-                        tracing::error!(error = %e, "{}", r.advice(&info, "the CA does not renew expired certificates once the coordinator refuses the proof"));
-                        rotation::retry_delay(attempt, REFUSED_RETRY * 10)
-                            .max(Duration::from_secs(5))
-                    }
-                    Verdict::Retry => {
-                        let d = rotation::retry_delay(attempt, remaining);
-                        tracing::warn!(error = %e, retry_in = ?d, "identity renewal failed; keeping the current certificate");
-                        d
-                    }
+                let verdict = policy::classify(Call::Renew, e.code(), r.guest());
+                let next = match &verdict {
+                    Verdict::Fatal { .. } => REFUSED_RETRY,
+                    Verdict::Retry if expired => rotation::retry_delay(attempt, REFUSED_RETRY * 10)
+                        .max(Duration::from_secs(5)),
+                    Verdict::Retry => rotation::retry_delay(attempt, remaining),
                 };
+                let cert = format!("identity certificate {}", info.serial_hex);
+                match verdict {
+                    // Said whatever the code: past expiry only a new enrollment is certain
+                    // to help (the coordinator renews expired certificates for a short
+                    // grace period at most).
+                    _ if expired => tracing::error!(
+                        error = %e,
+                        "{cert} expired at {:?}; the CA does not renew expired certificates: {}",
+                        info.not_after,
+                        policy::rejoin_advice(r.guest())
+                    ),
+                    Verdict::Fatal { advice } => tracing::error!(error = %e, "{cert}: {advice}"),
+                    Verdict::Retry => tracing::warn!(
+                        error = %e,
+                        retry_in = ?next,
+                        "identity renewal failed; keeping the current certificate"
+                    ),
+                }
                 attempt = attempt.saturating_add(1);
                 wait = Some(next);
             }
@@ -181,15 +191,8 @@ impl Renewer for Live {
         Ok(())
     }
 
-    fn advice(&self, info: &CertInfo, why: &str) -> String {
-        let expired = info.not_after <= SystemTime::now();
-        format!(
-            "identity certificate {} {} {:?}; {why}: {}",
-            info.serial_hex,
-            if expired { "expired at" } else { "expires at" },
-            info.not_after,
-            policy::rejoin_advice(Some(self.0.enrollment.guest))
-        )
+    fn guest(&self) -> Option<GuestId> {
+        Some(self.0.enrollment.guest)
     }
 }
 
