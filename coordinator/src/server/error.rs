@@ -25,6 +25,9 @@ pub enum RpcError {
     Ca(CaError),
     #[error("{0}")]
     NotFound(String),
+    /// The shared store is unreachable or without quorum: another replica may serve.
+    #[error("{0}")]
+    Unavailable(StoreError),
 }
 
 impl From<StoreError> for RpcError {
@@ -36,7 +39,11 @@ impl From<StoreError> for RpcError {
             | StoreError::TokenGuest { .. } => RpcError::Token(e),
             StoreError::NotEnrolled { .. } | StoreError::Revoked { .. } => RpcError::Identity(e),
             StoreError::Changed { .. } => RpcError::Conflict(e),
-            StoreError::Open { .. } | StoreError::Io { .. } => RpcError::Store(e),
+            StoreError::Unavailable { .. } => RpcError::Unavailable(e),
+            StoreError::TooLarge { .. } => RpcError::BadRequest(e.to_string()),
+            StoreError::Open { .. } | StoreError::Io { .. } | StoreError::NotLeader { .. } => {
+                RpcError::Store(e)
+            }
         }
     }
 }
@@ -58,7 +65,7 @@ impl From<RpcError> for Status {
             }
             RpcError::Conflict(_) => Status::aborted(msg),
             RpcError::Store(_) => Status::internal(msg),
-            RpcError::Ca(_) => Status::unavailable(msg),
+            RpcError::Ca(_) | RpcError::Unavailable(_) => Status::unavailable(msg),
             RpcError::NotFound(_) => Status::not_found(msg),
         }
     }

@@ -1,9 +1,12 @@
 //! What the coordinator must not forget across restarts: enrolled agents, join tokens,
 //! desired revisions and the last report of each guest. Behind a trait so a distributed
-//! store (etcd) can replace the embedded one; see docs/design/0001-embedded-store.md.
+//! store (etcd, shared by several coordinator replicas) can replace the embedded one; see
+//! docs/design/0001-embedded-store.md and docs/design/0010-ha-on-etcd.md.
 
+mod etcd;
 mod redb_store;
 
+pub use etcd::{EtcdConfig, EtcdStore};
 pub use redb_store::RedbStore;
 
 use phoenix_proto::model::{ApplyReport, GuestId};
@@ -47,6 +50,31 @@ pub enum StoreError {
         expected: String,
         found: String,
     },
+    /// The shared store cannot be reached or has lost its quorum; nothing was written.
+    #[error("store {action}: etcd at {endpoints} is unavailable: {reason}")]
+    Unavailable {
+        action: &'static str,
+        endpoints: String,
+        reason: String,
+    },
+    #[error("store {action}: {key} would be {bytes} bytes, over the store's {limit}-byte limit")]
+    TooLarge {
+        action: &'static str,
+        key: String,
+        bytes: usize,
+        limit: usize,
+    },
+    /// Fencing: a replica that lost leadership (its lease expired, another replica took
+    /// over) must not do leader-only work any more.
+    #[error("{action} refused: this coordinator replica is no longer the leader")]
+    NotLeader { action: &'static str },
+}
+
+/// A replica's proof of leadership. Leader-only writes carry it and the store refuses
+/// them once another replica has taken over (etcd: the leader key's create revision).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaderTerm {
+    pub fence: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -233,4 +261,17 @@ pub trait Store: Send + Sync + 'static {
 
     fn report(&self, guest: GuestId) -> Result<Option<ReportRecord>, StoreError>;
     fn put_report(&self, guest: GuestId, rec: &ReportRecord) -> Result<(), StoreError>;
+
+    /// Makes this replica the leader of work that must run once in a cluster (pruning,
+    /// anything scheduled) if no other replica leads; `None` while another one does.
+    /// Call it again periodically: a replica leads until its lease is lost or it
+    /// resigns. A single-node store always leads.
+    fn try_lead(&self, replica: &str) -> Result<Option<LeaderTerm>, StoreError>;
+    /// Gives leadership up at once so another replica takes over without waiting for
+    /// the lease to expire.
+    fn resign(&self, term: LeaderTerm) -> Result<(), StoreError>;
+    /// Leader-only: deletes join tokens that expired before `expired_before_unix`, so
+    /// tokens do not accumulate. Refused with `NotLeader` once `term` is over.
+    fn prune_tokens(&self, term: LeaderTerm, expired_before_unix: i64)
+    -> Result<usize, StoreError>;
 }
