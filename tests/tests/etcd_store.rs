@@ -182,6 +182,49 @@ fn a_new_leader_takes_over_and_the_deposed_one_is_fenced() {
 }
 
 #[test]
+fn a_killed_leader_is_replaced_once_its_lease_expires() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(cluster) = EtcdCluster::start(dir.path()) else {
+        return;
+    };
+    let ttl = Duration::from_secs(3);
+    let mut leader = std::process::Command::new(phoenix_tests::bin("etcd_leader"))
+        .args([&cluster.endpoints().join(","), "3", "killed"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start etcd_leader");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(leader.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("read etcd_leader");
+    let old_fence: i64 = line
+        .strip_prefix("leading ")
+        .and_then(|f| f.trim().parse().ok())
+        .unwrap_or_else(|| panic!("etcd_leader said {line:?}"));
+    let b = connect(&cluster, |c| c.lease_ttl = ttl);
+    assert_eq!(
+        b.try_lead("b").expect("campaign"),
+        None,
+        "the process leads"
+    );
+
+    // kill -9: no resign, no revoke; etcd ends the lease after its TTL.
+    leader.kill().expect("kill -9 etcd_leader");
+    leader.wait().expect("reap etcd_leader");
+    let t0 = Instant::now();
+    let term = phoenix_tests::wait_for(ttl * 2, "b to lead after the leader died", || {
+        std::thread::sleep(Duration::from_millis(100));
+        b.try_lead("b").expect("campaign")
+    });
+    let took = t0.elapsed();
+    eprintln!("takeover {took:?} after kill -9 (lease TTL {ttl:?})");
+    assert!(took < ttl + Duration::from_millis(1500), "took {took:?}");
+    assert!(term.fence > old_fence);
+}
+
+#[test]
 fn writes_continue_with_quorum_stop_without_it_and_resume() {
     let dir = tempfile::tempdir().expect("tempdir");
     let Some(mut cluster) = EtcdCluster::start(dir.path()) else {
