@@ -189,6 +189,37 @@ fn token_usable(
     Ok(())
 }
 
+/// The decision of `Store::enroll`, shared by every implementation: the token must be
+/// usable and the guest's serial still `expected_serial` (None: not enrolled); returns
+/// the token marked used for the identity with serial `new_serial`.
+fn spend_token(
+    mut tok: TokenRecord,
+    claimed: GuestId,
+    now_unix: i64,
+    expected_serial: Option<&str>,
+    current: Option<&AgentRecord>,
+    new_serial: &str,
+) -> Result<TokenRecord, StoreError> {
+    token_usable(&tok, claimed, now_unix, current)?;
+    let found = current.map(|r| r.serial.as_str());
+    if found != expected_serial {
+        return Err(StoreError::Changed {
+            guest: claimed,
+            expected: expected_serial.unwrap_or("none").to_string(),
+            found: found.unwrap_or("none").to_string(),
+        });
+    }
+    tok.used_unix = Some(now_unix);
+    tok.issued_serial = Some(new_serial.to_string());
+    Ok(tok)
+}
+
+/// What `Store::revoke_agent` does to the record (an earlier revocation time stays).
+fn mark_revoked(rec: &mut AgentRecord, now_unix: i64) {
+    rec.revoked_unix.get_or_insert(now_unix);
+    rec.previous_serial = None;
+}
+
 /// The checks of `Store::update_agent`, shared by every implementation.
 fn check_current(
     guest: GuestId,

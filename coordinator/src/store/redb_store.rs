@@ -1,6 +1,6 @@
 use super::{
     AgentRecord, DesiredRecord, LeaderTerm, ReportRecord, ServiceCertRecord, Store, StoreError,
-    TokenRecord, check_current, token_usable,
+    TokenRecord, check_current, mark_revoked, spend_token, token_usable,
 };
 use phoenix_proto::model::GuestId;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
@@ -189,7 +189,7 @@ impl Store for RedbStore {
         self.write(A, true, |tx| {
             let mut tokens = tx.open_table(TOKENS).map_err(|e| io(A)(e.into()))?;
             let mut agents = tx.open_table(AGENTS).map_err(|e| io(A)(e.into()))?;
-            let mut tok: TokenRecord = match tokens.get(token_hash).map_err(|e| io(A)(e.into()))? {
+            let tok: TokenRecord = match tokens.get(token_hash).map_err(|e| io(A)(e.into()))? {
                 Some(v) => dec(v.value())?,
                 None => return Err(StoreError::TokenUnknown),
             };
@@ -198,17 +198,14 @@ impl Store for RedbStore {
                     Some(v) => Some(dec(v.value())?),
                     None => None,
                 };
-            token_usable(&tok, claimed, now_unix, current.as_ref())?;
-            let found = current.as_ref().map(|r| r.serial.as_str());
-            if found != expected_serial {
-                return Err(StoreError::Changed {
-                    guest: claimed,
-                    expected: expected_serial.unwrap_or("none").to_string(),
-                    found: found.unwrap_or("none").to_string(),
-                });
-            }
-            tok.used_unix = Some(now_unix);
-            tok.issued_serial = Some(rec.serial.clone());
+            let tok = spend_token(
+                tok,
+                claimed,
+                now_unix,
+                expected_serial,
+                current.as_ref(),
+                &rec.serial,
+            )?;
             let tok_bytes = enc(&tok)?;
             tokens
                 .insert(token_hash, tok_bytes.as_slice())
@@ -251,8 +248,7 @@ impl Store for RedbStore {
                 Some(v) => dec(v.value())?,
                 None => return Err(StoreError::NotEnrolled { guest: g }),
             };
-            rec.revoked_unix.get_or_insert(now_unix);
-            rec.previous_serial = None;
+            mark_revoked(&mut rec, now_unix);
             let bytes = enc(&rec)?;
             t.insert(g.get(), bytes.as_slice())
                 .map_err(|e| io(A)(e.into()))?;

@@ -6,7 +6,7 @@
 use super::{EtcdStore, MAX_TXN_BYTES, MAX_TXN_KEYS, MAX_VALUE_BYTES, check_size};
 use crate::store::{
     AgentRecord, DesiredRecord, LeaderTerm, ReportRecord, ServiceCertRecord, Store, StoreError,
-    TokenRecord, check_current, token_usable,
+    TokenRecord, check_current, mark_revoked, spend_token, token_usable,
 };
 use phoenix_proto::model::GuestId;
 use serde::Serialize;
@@ -183,20 +183,17 @@ impl Store for EtcdStore {
         // The token and the guest's record are compared in the same transaction, so of
         // two replicas enrolling with one token, the second re-reads a used token.
         self.update_many(A, &keys, |cur| {
-            let mut tok: TokenRecord =
+            let tok: TokenRecord =
                 dec_opt(&keys[0], cur[0].as_ref())?.ok_or(StoreError::TokenUnknown)?;
             let current: Option<AgentRecord> = dec_opt(&keys[1], cur[1].as_ref())?;
-            token_usable(&tok, claimed, now_unix, current.as_ref())?;
-            let found = current.as_ref().map(|r| r.serial.as_str());
-            if found != expected_serial {
-                return Err(StoreError::Changed {
-                    guest: claimed,
-                    expected: expected_serial.unwrap_or("none").to_string(),
-                    found: found.unwrap_or("none").to_string(),
-                });
-            }
-            tok.used_unix = Some(now_unix);
-            tok.issued_serial = Some(rec.serial.clone());
+            let tok = spend_token(
+                tok,
+                claimed,
+                now_unix,
+                expected_serial,
+                current.as_ref(),
+                &rec.serial,
+            )?;
             Ok((vec![Some(enc(&tok)?), Some(agent.clone())], ()))
         })
     }
@@ -222,8 +219,7 @@ impl Store for EtcdStore {
 
     fn revoke_agent(&self, g: GuestId, now_unix: i64) -> Result<AgentRecord, StoreError> {
         self.modify_agent("revoke agent", g, &mut |rec| {
-            rec.revoked_unix.get_or_insert(now_unix);
-            rec.previous_serial = None;
+            mark_revoked(rec, now_unix);
             Ok(())
         })
     }
