@@ -70,3 +70,20 @@ impl From<RpcError> for Status {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_store_is_unavailable_to_clients() {
+        let e = StoreError::Unavailable {
+            action: "read agent",
+            endpoints: "http://10.0.0.1:2379,http://10.0.0.2:2379".into(),
+            reason: "no leader".into(),
+        };
+        let status = Status::from(RpcError::from(e));
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(status.message().contains("http://10.0.0.2:2379"));
+    }
+}
