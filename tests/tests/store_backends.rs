@@ -40,7 +40,7 @@ fn etcd_store_keeps_the_contract() {
         "{err}"
     );
     let err = s
-        .put_desired(&[(store_checks::g(1), "d".into(), vec![b'x'; 600 << 10])])
-        .expect_err("a desired state over 1 MiB as JSON");
+        .put_desired(&[(store_checks::g(1), "d".into(), vec![b'x'; 900 << 10])])
+        .expect_err("a desired state over 1 MiB in base64");
     assert!(matches!(err, StoreError::TooLarge { .. }), "{err}");
 }

@@ -110,6 +110,7 @@ pub struct AgentRecord {
     pub applied_revision: u64,
     pub applied_digest: String,
     /// Facts from the last Hello, protobuf-encoded `v1::Facts`.
+    #[serde(with = "base64_bytes")]
     pub facts: Vec<u8>,
     /// Set by `phoenix revoke`: every certificate of this guest is refused until it
     /// re-joins (step-ca 0.19 has no CRL/OCSP, so this deny-list is the revocation).
@@ -129,7 +130,43 @@ fn yes() -> bool {
 pub struct DesiredRecord {
     pub revision: u64,
     pub digest: String,
+    #[serde(with = "base64_bytes")]
     pub spec_json: Vec<u8>,
+}
+
+/// Byte fields of records as base64 strings: serde's default, a JSON array of numbers,
+/// takes up to 4 bytes per byte, and etcd caps a value at 1.5 MiB. Arrays written by
+/// earlier versions are still read.
+mod base64_bytes {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::de::{Deserializer, Error, SeqAccess, Visitor};
+    use serde::ser::Serializer;
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct Bytes;
+        impl<'de> Visitor<'de> for Bytes {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("base64 text or an array of bytes")
+            }
+            fn visit_str<E: Error>(self, v: &str) -> Result<Vec<u8>, E> {
+                STANDARD.decode(v).map_err(E::custom)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(b) = seq.next_element()? {
+                    out.push(b);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_any(Bytes)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -305,4 +342,30 @@ pub trait Store: Send + Sync + 'static {
     /// tokens do not accumulate. Refused with `NotLeader` once `term` is over.
     fn prune_tokens(&self, term: LeaderTerm, expired_before_unix: i64)
     -> Result<usize, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_fields_are_base64_and_old_arrays_still_read() {
+        let rec = DesiredRecord {
+            revision: 3,
+            digest: "d".into(),
+            spec_json: b"{\"a\":1}".to_vec(),
+        };
+        let json = serde_json::to_string(&rec).expect("encode");
+        assert_eq!(
+            json,
+            r#"{"revision":3,"digest":"d","spec_json":"eyJhIjoxfQ=="}"#
+        );
+        let old = r#"{"revision":3,"digest":"d","spec_json":[123,34,97,34,58,49,125]}"#;
+        let back: DesiredRecord = serde_json::from_str(old).expect("decode old");
+        assert_eq!(back, rec);
+        assert_eq!(
+            serde_json::from_str::<DesiredRecord>(&json).expect("decode"),
+            rec
+        );
+    }
 }
