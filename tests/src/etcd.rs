@@ -44,6 +44,7 @@ impl EtcdCluster {
             );
             return None;
         };
+        std::fs::create_dir_all(dir).expect("create the etcd test directory");
         let members = (0..3)
             .map(|i| Member {
                 name: format!("m{i}"),
