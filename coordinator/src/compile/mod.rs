@@ -52,6 +52,7 @@ mod stacks;
 mod types;
 mod vllm;
 
+pub use builder::NGINX_CHECKED_RELOAD;
 pub use compare::{Mismatch, compare};
 pub use native::NativeConfig;
 
