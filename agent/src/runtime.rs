@@ -286,10 +286,10 @@ async fn session(
         .as_ref()
         .map(|d| {
             d.spec
-                .resources
+                .resources()
                 .iter()
                 .filter_map(|r| match r {
-                    phoenix_proto::model::Resource::Package(p) => Some(p.name.clone()),
+                    phoenix_proto::model::Resource::Package(p) => Some(p.name.to_string()),
                     _ => None,
                 })
                 .collect()

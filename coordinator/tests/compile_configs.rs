@@ -72,7 +72,7 @@ fn every_file_in_configs_loads_and_compiles() {
     let mut used: Vec<String> = c
         .guests
         .values()
-        .flat_map(|g| g.spec.resources.iter())
+        .flat_map(|g| g.spec.resources().iter())
         .filter_map(|r| match r {
             Resource::Stack(s) => Some(s.name.clone()),
             _ => None,
@@ -91,7 +91,7 @@ fn every_file_in_configs_loads_and_compiles() {
         configs().join("native/lab-extras.json"),
     ] {
         let n = compile::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        assert_eq!(n.guests[&id(104)].spec.resources.len(), 3);
+        assert_eq!(n.guests[&id(104)].spec.resources().len(), 3);
     }
 }
 
@@ -220,7 +220,7 @@ fn literal_secrets_in_compose_are_refused_without_printing_them() {
     )
     .expect("write");
     let c = compile::load(d).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(c.guests[&id(1002)].spec.resources.len(), 1);
+    assert_eq!(c.guests[&id(1002)].spec.resources().len(), 1);
 }
 
 /// A stack's host-root grants come from its manifest's `host_access`; an undeclared one
@@ -242,7 +242,7 @@ fn stack_host_access_is_declared_in_the_manifest_and_shown() {
     )
     .expect("write");
     let manifest = d.join("stacks/ui/phoenix.json");
-    let stack = |c: &compile::Compiled| match &c.guests[&id(1002)].spec.resources[0] {
+    let stack = |c: &compile::Compiled| match &c.guests[&id(1002)].spec.resources()[0] {
         phoenix_proto::model::Resource::Stack(s) => s.clone(),
         other => panic!("not a stack: {other:?}"),
     };

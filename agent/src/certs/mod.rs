@@ -116,7 +116,7 @@ impl CertConverger {
     /// The allowed root `path` is resolved beneath (links below it are refused).
     fn root_of(&self, spec: &CertSpec, path: &AbsPath) -> Result<&Path, CertError> {
         fsutil::root_of(&self.roots, path.as_path()).ok_or_else(|| CertError::OutsideRoots {
-            name: spec.name.clone(),
+            name: spec.name.to_string(),
             path: path.to_string(),
         })
     }
@@ -129,7 +129,7 @@ impl CertConverger {
         action: &'static str,
     ) -> Result<Option<Existing>, CertError> {
         let fs_err = |source| CertError::Fs {
-            name: spec.name.clone(),
+            name: spec.name.to_string(),
             action,
             path: path.to_string(),
             source,
@@ -242,7 +242,7 @@ impl CertConverger {
         let attrs = FileAttrs { mode, uid, gid };
         fsutil::write_beneath(root, path.as_path(), bytes, attrs, true).map_err(|source| {
             Box::new(CertError::Fs {
-                name: spec.name.clone(),
+                name: spec.name.to_string(),
                 action: "write",
                 path: path.to_string(),
                 source,
@@ -258,7 +258,7 @@ impl CertConverger {
                 Reload::ServiceRestart(u) => (Verb::Restart, u),
                 Reload::ContainerRestart(c) => {
                     return Err(Box::new(CertError::Reload {
-                        name: spec.name.clone(),
+                        name: spec.name.to_string(),
                         what: format!("container {c}"),
                         reason:
                             "container restarts after renewal are not supported by this agent build"
@@ -270,8 +270,8 @@ impl CertConverger {
                 .control(verb, unit)
                 .await
                 .map_err(|e| CertError::Reload {
-                    name: spec.name.clone(),
-                    what: unit.clone(),
+                    name: spec.name.to_string(),
+                    what: unit.to_string(),
                     reason: e.to_string(),
                 })?;
             done.push(format!("{verb:?} {unit}").to_lowercase());
@@ -313,7 +313,7 @@ impl Converge<CertSpec> for CertConverger {
                 };
                 fsutil::set_attrs_beneath(self.root_of(spec, t.path)?, t.path.as_path(), attrs)
                     .map_err(|source| CertError::Fs {
-                        name: spec.name.clone(),
+                        name: spec.name.to_string(),
                         action: "fix owner and mode of",
                         path: t.path.to_string(),
                         source,
@@ -321,11 +321,11 @@ impl Converge<CertSpec> for CertConverger {
             }
             return Ok("fixed owner/mode".into());
         }
-        let key = keys::generate().map_err(|e| CertError::Key(e, spec.name.clone()))?;
+        let key = keys::generate().map_err(|e| CertError::Key(e, spec.name.to_string()))?;
         let sans = wanted_sans(spec);
         let san_list: Vec<San> = sans.iter().map(|s| San::host(s)).collect();
         let csr = keys::csr(&key, &spec.common_name, &san_list)
-            .map_err(|e| CertError::Key(e, spec.name.clone()))?;
+            .map_err(|e| CertError::Key(e, spec.name.to_string()))?;
         let signed = self
             .signer
             .sign(
@@ -336,7 +336,7 @@ impl Converge<CertSpec> for CertConverger {
             )
             .await?;
         let verify_err = |reason: String| CertError::Verify {
-            name: spec.name.clone(),
+            name: spec.name.to_string(),
             reason,
         };
         // Everything is checked before a single byte is written.

@@ -67,7 +67,7 @@ impl ServiceManager for Recorder {
 fn spec(root: &Path) -> CertSpec {
     let p = |n: &str| AbsPath::try_from(root.join(n).display().to_string()).expect("abs");
     CertSpec {
-        name: "web".into(),
+        name: "web".parse().expect("name"),
         common_name: "gw.lab".into(),
         sans: vec!["10.0.0.153".into()],
         cert_path: p("ssl/gw.crt"),
@@ -79,7 +79,9 @@ fn spec(root: &Path) -> CertSpec {
         mode: FileMode::try_from("0644".to_string()).expect("mode"),
         key_mode: FileMode::try_from("0640".to_string()).expect("mode"),
         ttl_seconds: 3600,
-        reload: vec![Reload::ServiceReload("nginx.service".into())],
+        reload: vec![Reload::ServiceReload(
+            "nginx.service".parse().expect("unit"),
+        )],
         depends_on: vec![],
     }
 }

@@ -656,7 +656,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                     "{} {g} ({}): {} resources",
                     c.kind,
                     c.name,
-                    c.spec.resources.len()
+                    c.spec.resources().len()
                 );
                 if show {
                     // File contents may hold secret-looking lines meant for the guest.

@@ -9,7 +9,7 @@ use super::{
     CompileOptions, Compiled, CompiledGuest, Layout, MountKind, Problem, builder::Builder, certs,
     graph, guest, routing, secrets,
 };
-use phoenix_proto::model::{AbsPath, GuestId};
+use phoenix_proto::model::{AbsPath, GuestId, GuestSpec};
 use std::collections::{BTreeMap, BTreeSet};
 
 pub(crate) fn compile_phoenix(layout: &Layout, options: &CompileOptions, d: &mut Diag) -> Compiled {
@@ -66,13 +66,16 @@ pub(crate) fn compile_phoenix(layout: &Layout, options: &CompileOptions, d: &mut
 
     let mut out = Compiled::default();
     for (id, (g, b)) in built {
-        let spec = b.finish();
-        secrets::check_leak(&spec, id, &g.file, &g.path, d);
-        if let Err(errors) = spec.validate() {
-            for e in errors {
-                d.error(&g.file, &g.path, Problem::Model(e.to_string()));
+        let spec = match GuestSpec::new(b.finish()) {
+            Ok(spec) => spec,
+            Err(errors) => {
+                for e in errors {
+                    d.error(&g.file, &g.path, Problem::Model(e.to_string()));
+                }
+                continue;
             }
-        }
+        };
+        secrets::check_leak(&spec, id, &g.file, &g.path, d);
         out.guests.insert(
             id,
             CompiledGuest {

@@ -4,7 +4,7 @@
 use super::features::Item;
 use super::phoenix::GuestConfig;
 use super::reader::Diag;
-use phoenix_proto::model::{GuestSpec, Resource, ResourceRef};
+use phoenix_proto::model::{Resource, ResourceRef};
 use std::collections::BTreeSet;
 
 /// Resources of one guest, merged by id, with soft ordering edges.
@@ -82,14 +82,15 @@ impl Builder {
                 && s.name == "nginx.service"
             {
                 s.dropins.insert(
-                    "phoenix-checked-reload".into(),
+                    super::features::known("phoenix-checked-reload"),
                     super::NGINX_CHECKED_RELOAD.into(),
                 );
             }
         }
     }
 
-    pub(crate) fn finish(mut self) -> GuestSpec {
+    /// The resources with their soft edges made `depends_on`; `GuestSpec::new` checks them.
+    pub(crate) fn finish(mut self) -> Vec<Resource> {
         let ids: BTreeSet<ResourceRef> = self.resources.iter().map(Resource::id).collect();
         for (from, to) in std::mem::take(&mut self.after) {
             if from == to || !ids.contains(&to) {
@@ -102,9 +103,7 @@ impl Builder {
                 }
             }
         }
-        GuestSpec {
-            resources: self.resources,
-        }
+        self.resources
     }
 }
 

@@ -12,7 +12,7 @@
 use super::GuestKind;
 use super::phoenix::Nvidia;
 use phoenix_proto::model::{
-    AbsPath, Ensure, ExecSpec, FileMode, FileSpec, PackageSpec, PackageState, Resource,
+    AbsPath, Ensure, ExecSpec, FileMode, FileSpec, ModelError, PackageSpec, PackageState, Resource,
     ResourceRef, RunState, ServiceSpec, StackSpec,
 };
 use std::collections::BTreeMap;
@@ -115,6 +115,12 @@ pub(crate) fn abs(s: &str) -> AbsPath {
     AbsPath::try_from(s.to_string()).unwrap_or_else(|_| unreachable!("constant path {s}"))
 }
 
+/// A name this compiler writes itself: a constant, or one built from parts already
+/// checked (the CUDA version is digits and dots). The feature tests compile every one.
+pub(crate) fn known<T: TryFrom<String, Error = ModelError>>(s: &str) -> T {
+    T::try_from(s.to_string()).unwrap_or_else(|e| unreachable!("{e}"))
+}
+
 fn mode(s: &str) -> FileMode {
     FileMode::try_from(s.to_string()).unwrap_or_else(|_| unreachable!("constant mode {s}"))
 }
@@ -138,7 +144,7 @@ fn sh_with(script: &'static str, args: &[&str]) -> Vec<String> {
 
 pub(crate) fn pkg(name: &str) -> Resource {
     Resource::Package(PackageSpec {
-        name: name.into(),
+        name: known(name),
         version: None,
         state: PackageState::Present,
         hold: false,
@@ -152,7 +158,7 @@ fn pkg_ref(name: &str) -> ResourceRef {
 
 pub(crate) fn exec(name: &str, command: Vec<String>) -> ExecSpec {
     ExecSpec {
-        name: name.into(),
+        name: known(name),
         command,
         creates: None,
         unless: None,
@@ -169,7 +175,7 @@ pub(crate) fn exec(name: &str, command: Vec<String>) -> ExecSpec {
 
 pub(crate) fn service(name: &str) -> ServiceSpec {
     ServiceSpec {
-        name: name.into(),
+        name: known(name),
         ensure: Ensure::Present,
         unit: None,
         dropins: BTreeMap::new(),
@@ -187,8 +193,8 @@ fn file(path: &str, content: String, file_mode: &str) -> FileSpec {
         ensure: Ensure::Present,
         content,
         mode: Some(mode(file_mode)),
-        owner: Some("root".into()),
-        group: Some("root".into()),
+        owner: Some(known("root")),
+        group: Some(known("root")),
         depends_on: Vec::new(),
     }
 }
@@ -624,13 +630,14 @@ mod tests {
                         Err(FeatureProblem::NotCompiled(_)) => continue,
                         Err(e) => panic!("{f}: {e:?}"),
                     };
-                    let mut spec = phoenix_proto::model::GuestSpec::default();
+                    let mut resources: Vec<Resource> = Vec::new();
                     for i in items {
-                        if !spec.resources.iter().any(|r| r.id() == i.resource.id()) {
-                            spec.resources.push(i.resource);
+                        if !resources.iter().any(|r| r.id() == i.resource.id()) {
+                            resources.push(i.resource);
                         }
                     }
-                    assert_eq!(spec.validate(), Ok(()), "feature {f} on {kind}");
+                    let spec = phoenix_proto::model::GuestSpec::new(resources);
+                    assert!(spec.is_ok(), "feature {f} on {kind}: {:?}", spec.err());
                 }
             }
         }

@@ -38,12 +38,12 @@ pub(crate) fn vllm_service(g: &GuestConfig, v: &super::vllm::VllmArgs) -> Item {
         exec_start,
         environment,
         secret_environment: v.secret_environment.clone(),
-        user: Some("root".into()),
+        user: Some(features::known("root")),
         working_directory: Some(abs("/opt/vllm")),
         restart: Some("always".into()),
         restart_sec: Some(10),
-        after: vec!["network-online.target".into()],
-        wants: vec!["network-online.target".into()],
+        after: vec![features::known("network-online.target")],
+        wants: vec![features::known("network-online.target")],
         ..UnitSpec::default()
     });
     Item {
@@ -89,8 +89,8 @@ pub(crate) fn application(
                 ],
                 restart: Some("always".into()),
                 restart_sec: Some(5),
-                after: vec!["network-online.target".into()],
-                wants: vec!["network-online.target".into()],
+                after: vec![features::known("network-online.target")],
+                wants: vec![features::known("network-online.target")],
                 ..UnitSpec::default()
             });
             b.add(
@@ -118,8 +118,8 @@ pub(crate) fn application(
                 environment: [("STEPPATH".to_string(), "/root/.step".to_string())].into(),
                 restart: Some("always".into()),
                 restart_sec: Some(5),
-                after: vec!["network-online.target".into()],
-                wants: vec!["network-online.target".into()],
+                after: vec![features::known("network-online.target")],
+                wants: vec![features::known("network-online.target")],
                 ..UnitSpec::default()
             });
             b.add(

@@ -1,6 +1,7 @@
-use super::file::valid_account;
-use super::service::valid_unit_name;
-use super::{AbsPath, FileMode, GuestSpec, Resource, ResourceRef, TrustDomain};
+use super::{
+    AbsPath, AccountName, ContainerName, FileMode, GuestSpec, Resource, ResourceRef, SimpleName,
+    TrustDomain, UnitName,
+};
 use serde::{Deserialize, Serialize};
 
 /// A guest service certificate (nginx, Traefik, Portainer). The key is generated in the
@@ -8,7 +9,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CertSpec {
-    pub name: String,
+    pub name: SimpleName,
     pub common_name: String,
     /// DNS names and IP addresses.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -22,9 +23,9 @@ pub struct CertSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_path: Option<AbsPath>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub owner: Option<String>,
+    pub owner: Option<AccountName>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub group: Option<String>,
+    pub group: Option<AccountName>,
     /// Mode of the cert and chain files.
     #[serde(default = "cert_mode")]
     pub mode: FileMode,
@@ -45,11 +46,11 @@ pub struct CertSpec {
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Reload {
     /// `systemctl reload <unit>`.
-    ServiceReload(String),
+    ServiceReload(UnitName),
     /// `systemctl restart <unit>`.
-    ServiceRestart(String),
-    /// Restart a Docker container by name.
-    ContainerRestart(String),
+    ServiceRestart(UnitName),
+    /// Restart a Docker container by name, through the engine API.
+    ContainerRestart(ContainerName),
 }
 
 fn cert_mode() -> FileMode {
@@ -66,7 +67,6 @@ fn default_ttl() -> u64 {
 
 impl CertSpec {
     pub(super) fn validate(&self) -> Result<(), String> {
-        simple_name("cert", &self.name)?;
         let host_like = |s: &str| {
             !s.is_empty()
                 && s.len() <= 253
@@ -85,15 +85,6 @@ impl CertSpec {
         if self.cert_path == self.key_path {
             return Err("cert_path and key_path are the same file".into());
         }
-        for (what, v) in [("owner", &self.owner), ("group", &self.group)] {
-            if let Some(v) = v
-                && !valid_account(v)
-            {
-                return Err(format!(
-                    "{what} {v:?} is not a user/group name or numeric id"
-                ));
-            }
-        }
         if self.key_mode.bits() & 0o007 != 0 {
             return Err(format!(
                 "key_mode {:04o} makes the private key world-accessible",
@@ -102,12 +93,6 @@ impl CertSpec {
         }
         if self.ttl_seconds < 60 {
             return Err("ttl_seconds must be at least 60".into());
-        }
-        for r in &self.reload {
-            match r {
-                Reload::ServiceReload(u) | Reload::ServiceRestart(u) => valid_unit_name(u)?,
-                Reload::ContainerRestart(c) => simple_name("container", c)?,
-            }
         }
         Ok(())
     }
@@ -210,18 +195,7 @@ pub fn reserved_cert_names(spec: &GuestSpec, td: &TrustDomain) -> Vec<String> {
         .collect()
 }
 
-/// Names used as identifiers (stack, cert, exec): letters, digits, `-_.`.
+/// The `SimpleName` rule for a name still held as a `String` (the stack's).
 pub(crate) fn simple_name(what: &str, name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{what} name {name:?} may only contain letters, digits, '-', '_' and '.'"
-        ))
-    }
+    super::names::check_simple(name).map_err(|reason| format!("{what} name {name:?} {reason}"))
 }

@@ -1,7 +1,6 @@
-use super::file::valid_account;
 use super::secret::SecretRef;
 use super::service::valid_env_name;
-use super::{AbsPath, ResourceRef};
+use super::{AbsPath, AccountName, ResourceRef, SimpleName};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -10,7 +9,7 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExecSpec {
-    pub name: String,
+    pub name: SimpleName,
     pub command: Vec<String>,
     /// Skip when this path exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -33,7 +32,7 @@ pub struct ExecSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<AbsPath>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
+    pub user: Option<AccountName>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<ResourceRef>,
 }
@@ -44,7 +43,6 @@ fn default_timeout() -> u64 {
 
 impl ExecSpec {
     pub(super) fn validate(&self) -> Result<(), String> {
-        super::cert::simple_name("exec", &self.name)?;
         let argv_ok = |a: &Vec<String>| !a.is_empty() && a[0].starts_with('/');
         if !argv_ok(&self.command) {
             return Err("command needs an absolute program path as its first element".into());
@@ -73,11 +71,6 @@ impl ExecSpec {
             .chain(self.secret_environment.keys())
         {
             valid_env_name(k)?;
-        }
-        if let Some(u) = &self.user
-            && !valid_account(u)
-        {
-            return Err(format!("user {u:?} is not a user name"));
         }
         Ok(())
     }
