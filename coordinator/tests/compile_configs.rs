@@ -6,6 +6,8 @@
 //! `PHOENIX_UPDATE_GOLDEN=1 cargo test -p phoenix-coordinator --test compile_configs`,
 //! then review the diff by hand.
 
+mod common;
+
 use phoenix_coordinator::compile::{self, NativeConfig};
 use phoenix_proto::model::{GuestId, Resource};
 use std::path::{Path, PathBuf};
@@ -104,6 +106,30 @@ fn golden_lxc_101_vllm_lxc_801_and_vm_1002() {
             &repo().join(format!("coordinator/tests/golden/{g}.json")),
             &json,
         );
+    }
+}
+
+/// Every golden file and every guest compiled from configs/ is a state the agent accepts:
+/// the golden's own bytes go through the agent's wire conversion, so a golden the model
+/// or the agent would refuse cannot be kept by regenerating it.
+#[test]
+fn every_golden_and_compiled_state_passes_the_agents_validation() {
+    let goldens = repo().join("coordinator/tests/golden");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&goldens).expect("goldens") {
+        let path = entry.expect("entry").path();
+        let golden: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
+        let spec = serde_json::to_vec(&golden["spec"]).expect("json");
+        common::as_the_agent_receives(spec).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        n += 1;
+    }
+    assert!(n >= 3, "goldens found: {n}");
+    let c = compile::load(&configs()).unwrap_or_else(|e| panic!("{e}"));
+    for (id, g) in &c.guests {
+        let d = common::as_the_agent_receives(g.spec.to_json())
+            .unwrap_or_else(|e| panic!("guest {id}: {e}"));
+        assert_eq!(d.spec, g.spec, "guest {id}");
     }
 }
 

@@ -1,6 +1,8 @@
 //! The real Phoenix config files (read in place, never copied into this repo) load and
 //! compile unchanged, and compile to what the Phoenix scripts would have done.
 
+mod common;
+
 use phoenix_coordinator::compile::{self, Compiled, GuestKind};
 use phoenix_proto::model::{GuestId, Reload, Resource};
 use std::path::PathBuf;
@@ -73,6 +75,19 @@ fn every_sample_file_loads_and_compiles() {
                 );
             }
         }
+    }
+}
+
+/// Every guest compiled from the real configs (templates too) is a state the agent
+/// accepts through its wire conversion: the VM 1002 portainer cert's container restart
+/// included.
+#[test]
+fn every_compiled_sample_passes_the_agents_validation() {
+    let Some(c) = load() else { return };
+    for (id, g) in &c.guests {
+        let d = common::as_the_agent_receives(g.spec.to_json())
+            .unwrap_or_else(|e| panic!("guest {id}: {e}"));
+        assert_eq!(d.spec, g.spec, "guest {id}");
     }
 }
 
@@ -171,12 +186,20 @@ fn manifest_certs_land_in_the_owning_guest_with_in_guest_paths_and_reloads() {
         traefik.cert_path.as_str(),
         "/etc/traefik/certs/traefik.internal.thinkheads.ai.crt"
     );
+    // The hook says `systemctl reload traefik`, but the unit Phoenix generates for Traefik
+    // has no reload command (systemctl reload would fail after every renewal): the cert
+    // restarts it instead, with a warning.
     assert_eq!(
         traefik.reload,
-        [Reload::ServiceReload(
+        [Reload::ServiceRestart(
             "traefik.service".parse().expect("name")
         )]
     );
+    assert!(c.warnings.iter().any(|w| {
+        w.path == "[2].post_renewal_command"
+            && w.message
+                .contains("traefik.service is a unit Phoenix generates without a reload command")
+    }));
     // "644" for a private key is not copied: the key loses world access, with a warning.
     assert_eq!(traefik.key_mode.bits(), 0o640);
     assert!(c.warnings.iter().any(|w| w.path == "[2].permissions"));

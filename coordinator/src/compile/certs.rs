@@ -158,6 +158,19 @@ fn certificate(
     let mut reload = Vec::new();
     if let Some(cmd) = &command {
         match renewal_reload(cmd) {
+            // The unit Phoenix generates for it has no reload command: `systemctl reload`
+            // would fail after every renewal. A restart still picks up the new cert.
+            Some(Ok(Reload::ServiceReload(u))) if generated_without_reload(built, target, &u) => {
+                if let Some(n) = e.get("post_renewal_command") {
+                    n.warn(
+                        d,
+                        format!(
+                            "{u} is a unit Phoenix generates without a reload command; the renewed certificate restarts it instead"
+                        ),
+                    );
+                }
+                reload.push(Reload::ServiceRestart(u));
+            }
             Some(Ok(r)) => reload.push(r),
             Some(Err(err)) => {
                 if let Some(n) = e.get("post_renewal_command") {
@@ -313,6 +326,21 @@ fn command_guest(cmd: &str) -> Option<GuestId> {
         ["pct", "exec", id] => id.parse().ok(),
         ["guest", "exec", id] => id.parse().ok(),
         _ => None,
+    })
+}
+
+/// Whether `unit` is a service of guest `target` whose unit file Phoenix generates
+/// without `exec_reload`.
+fn generated_without_reload(
+    built: &BTreeMap<GuestId, (GuestConfig, Builder)>,
+    target: GuestId,
+    unit: &UnitName,
+) -> bool {
+    built.get(&target).is_some_and(|(_, b)| {
+        b.resources.iter().any(|r| {
+            matches!(r, Resource::Service(s)
+                if s.name == *unit && s.unit.as_ref().is_some_and(|u| u.exec_reload.is_empty()))
+        })
     })
 }
 

@@ -1,6 +1,6 @@
 use super::{
-    AbsPath, AccountName, ContainerName, FileMode, GuestSpec, Resource, ResourceRef, SimpleName,
-    TrustDomain, UnitName,
+    AbsPath, AccountName, ContainerName, Ensure, FileMode, GuestSpec, Resource, ResourceRef,
+    RunState, SimpleName, TrustDomain, UnitName,
 };
 use serde::{Deserialize, Serialize};
 
@@ -93,6 +93,39 @@ impl CertSpec {
         }
         if self.ttl_seconds < 60 {
             return Err("ttl_seconds must be at least 60".into());
+        }
+        Ok(())
+    }
+}
+
+impl CertSpec {
+    /// What the agent can carry out: a reload the spec itself makes impossible is refused
+    /// here, before the agent writes a key it would then fail to load. A service the spec
+    /// removes or keeps stopped cannot be reloaded or restarted, and `systemctl reload`
+    /// fails on a unit Phoenix generates without `exec_reload`.
+    pub(super) fn check_reloads(&self, resources: &[Resource]) -> Result<(), String> {
+        for r in &self.reload {
+            let (unit, reload) = match r {
+                Reload::ServiceReload(u) => (u, true),
+                Reload::ServiceRestart(u) => (u, false),
+                // Containers come from stacks, which the agent creates by the same name.
+                Reload::ContainerRestart(_) => continue,
+            };
+            let declared = resources.iter().find_map(|x| match x {
+                Resource::Service(s) if s.name == *unit => Some(s),
+                _ => None,
+            });
+            let Some(s) = declared else { continue };
+            if s.ensure == Ensure::Absent || s.state == Some(RunState::Stopped) {
+                return Err(format!(
+                    "reloads service {unit}, which this spec removes or keeps stopped"
+                ));
+            }
+            if reload && s.unit.as_ref().is_some_and(|u| u.exec_reload.is_empty()) {
+                return Err(format!(
+                    "service_reload {unit}: Phoenix generates that unit without exec_reload, so systemctl reload would fail; use service_restart or give the unit exec_reload"
+                ));
+            }
         }
         Ok(())
     }

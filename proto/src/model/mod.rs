@@ -200,6 +200,14 @@ impl GuestSpec {
             if !ids.insert(r.id()) {
                 errors.push(ModelError::Duplicate(r.id()));
             }
+            if let Resource::Cert(c) = r
+                && let Err(reason) = c.check_reloads(&spec.resources)
+            {
+                errors.push(ModelError::Invalid {
+                    resource: r.id(),
+                    reason,
+                });
+            }
         }
         for r in &spec.resources {
             for dep in r.after() {

@@ -264,3 +264,33 @@ fn schema_describes_the_raw_shape() {
     assert!(schema["properties"]["resources"].is_object());
     assert!(schema.get("required").is_none(), "resources defaults to []");
 }
+
+/// A reload the spec itself makes impossible is refused before the agent writes a key.
+#[test]
+fn a_cert_may_not_reload_a_service_that_cannot_be_reloaded() {
+    let with = |service: &str, reload: &str| {
+        spec(&format!(
+            r#"{{"resources":[{service},
+            {{"kind":"cert","name":"web","common_name":"web.lab","cert_path":"/c","key_path":"/k",
+              "reload":[{reload}]}}]}}"#
+        ))
+    };
+    let generated = r#"{"kind":"service","name":"web.service","unit":{"exec_start":["/bin/web"]}}"#;
+    let errs = with(generated, r#"{"service_reload":"web.service"}"#).expect_err("refused");
+    assert!(
+        errs[0]
+            .to_string()
+            .starts_with("resource cert:web: service_reload web.service: Phoenix generates that unit without exec_reload"),
+        "{errs:?}"
+    );
+    assert!(with(generated, r#"{"service_restart":"web.service"}"#).is_ok());
+    let stopped = r#"{"kind":"service","name":"web.service","state":"stopped"}"#;
+    let errs = with(stopped, r#"{"service_restart":"web.service"}"#).expect_err("refused");
+    assert!(
+        errs[0].to_string().contains("removes or keeps stopped"),
+        "{errs:?}"
+    );
+    // A unit the spec does not declare (from a package installed by hand) is the host's.
+    let other = r#"{"kind":"file","path":"/x","content":""}"#;
+    assert!(with(other, r#"{"service_reload":"nginx.service"}"#).is_ok());
+}
