@@ -71,14 +71,18 @@ impl<R: CommandRunner> ExecConverger<R> {
         argv: &[String],
     ) -> Result<(Invocation, Vec<String>), ExecError> {
         let mut inv = Invocation::new(argv.to_vec(), Duration::from_secs(spec.timeout_seconds));
-        inv.env = spec.environment.clone();
+        inv.env = spec
+            .environment
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
         let mut secrets = Vec::new();
         for (k, r) in &spec.secret_environment {
             let v = hostio::read_secret(r).map_err(|source| ExecError::Secret {
                 name: spec.name.to_string(),
                 source,
             })?;
-            inv.env.insert(k.clone(), v.clone());
+            inv.env.insert(k.to_string(), v.clone());
             secrets.push(v);
         }
         inv.cwd = spec.cwd.as_ref().map(|p| PathBuf::from(p.as_str()));

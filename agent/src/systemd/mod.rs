@@ -203,10 +203,10 @@ impl<M: ServiceManager> ServiceConverger<M> {
                 for (k, r) in &u.secret_environment {
                     let v = hostio::read_secret(r).map_err(|source| ServiceError::Secret {
                         unit: spec.name.to_string(),
-                        key: k.clone(),
+                        key: k.to_string(),
                         source,
                     })?;
-                    values.push((k.clone(), v));
+                    values.push((k.to_string(), v));
                 }
                 files.push(Managed {
                     path: p.clone(),

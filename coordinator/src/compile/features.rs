@@ -518,7 +518,7 @@ fn vllm(ctx: &FeatureCtx) -> Vec<Item> {
     install.timeout_seconds = 3600;
     install
         .environment
-        .insert("TORCH_CUDA_ARCH_LIST".into(), "12.0".into());
+        .insert(known("TORCH_CUDA_ARCH_LIST"), "12.0".into());
     install.depends_on = vec![
         ResourceRef::new("exec", "vllm-venv"),
         pkg_ref("build-essential"),

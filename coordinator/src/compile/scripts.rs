@@ -6,7 +6,7 @@ use super::builder::Builder;
 use super::features::{self, Item, abs};
 use super::phoenix::GuestConfig;
 use super::reader::Diag;
-use phoenix_proto::model::{Resource, ResourceRef, UnitSpec};
+use phoenix_proto::model::{EnvName, Resource, ResourceRef, UnitSpec};
 use std::collections::BTreeMap;
 
 const VLLM_UNIT: &str = "vllm_model_server.service";
@@ -19,7 +19,7 @@ pub(crate) fn vllm_service(g: &GuestConfig, v: &super::vllm::VllmArgs) -> Item {
         "vllm.entrypoints.openai.api_server".into(),
     ];
     exec_start.extend(v.args.iter().cloned());
-    let environment: BTreeMap<String, String> = [
+    let environment: BTreeMap<EnvName, String> = [
         ("CUDA_HOME", "/usr/local/cuda"),
         ("LD_LIBRARY_PATH", "/usr/local/cuda/lib64"),
         (
@@ -30,7 +30,7 @@ pub(crate) fn vllm_service(g: &GuestConfig, v: &super::vllm::VllmArgs) -> Item {
         ("TORCH_CUDA_ARCH_LIST", "12.0"),
     ]
     .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .map(|(k, v)| (features::known(k), v.to_string()))
     .collect();
     let mut svc = features::service(VLLM_UNIT);
     svc.unit = Some(UnitSpec {
@@ -115,7 +115,7 @@ pub(crate) fn application(
                     "/root/.step/secrets/password.txt".into(),
                     "/root/.step/config/ca.json".into(),
                 ],
-                environment: [("STEPPATH".to_string(), "/root/.step".to_string())].into(),
+                environment: [(features::known("STEPPATH"), "/root/.step".to_string())].into(),
                 restart: Some("always".into()),
                 restart_sec: Some(5),
                 after: vec![features::known("network-online.target")],

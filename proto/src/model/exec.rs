@@ -1,6 +1,5 @@
 use super::secret::SecretRef;
-use super::service::valid_env_name;
-use super::{AbsPath, AccountName, ResourceRef, SimpleName};
+use super::{AbsPath, AccountName, EnvName, ResourceRef, SimpleName};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -26,9 +25,9 @@ pub struct ExecSpec {
     #[serde(default = "default_timeout")]
     pub timeout_seconds: u64,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub environment: BTreeMap<String, String>,
+    pub environment: BTreeMap<EnvName, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub secret_environment: BTreeMap<String, SecretRef>,
+    pub secret_environment: BTreeMap<EnvName, SecretRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<AbsPath>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -64,13 +63,6 @@ impl ExecSpec {
         }
         if self.timeout_seconds == 0 || self.timeout_seconds > 24 * 3600 {
             return Err("timeout_seconds must be between 1 and 86400".into());
-        }
-        for k in self
-            .environment
-            .keys()
-            .chain(self.secret_environment.keys())
-        {
-            valid_env_name(k)?;
         }
         Ok(())
     }

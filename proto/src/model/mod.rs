@@ -16,7 +16,7 @@ pub use cert::{CertSpec, Reload, ReservedName, reserved_cert_names, reserved_nam
 pub use exec::ExecSpec;
 pub use file::{AbsPath, Ensure, FileMode, FileSpec};
 pub use ids::{GuestId, ResourceRef, TrustDomain};
-pub use names::{AccountName, ContainerName, PackageName, SimpleName, UnitName};
+pub use names::{AccountName, ContainerName, EnvName, PackageName, SimpleName, UnitName};
 pub use package::{AptSourceSpec, KeySource, PackageSpec, PackageState};
 pub use secret::SecretRef;
 pub use service::{ResourceLimits, RunState, ServiceSpec, UnitSpec};

@@ -78,6 +78,12 @@ macro_rules! name_type {
             }
         }
 
+        impl AsRef<std::ffi::OsStr> for $name {
+            fn as_ref(&self) -> &std::ffi::OsStr {
+                self.0.as_ref()
+            }
+        }
+
         impl std::borrow::Borrow<str> for $name {
             fn borrow(&self) -> &str {
                 &self.0
@@ -146,6 +152,14 @@ name_type!(
     check_simple
 );
 
+name_type!(
+    /// An environment variable name (`[A-Za-z_][A-Za-z0-9_]*`): rendered unquoted into
+    /// unit and environment files and passed to processes, so nothing else may appear.
+    EnvName,
+    "environment variable name",
+    check_env
+);
+
 const UNIT_SUFFIXES: [&str; 11] = [
     ".service",
     ".socket",
@@ -162,22 +176,22 @@ const UNIT_SUFFIXES: [&str; 11] = [
 
 fn check_unit(s: &str) -> Result<(), &'static str> {
     if s.is_empty() || s.len() > 255 {
-        return Err("must be 1 to 255 bytes");
+        return Err("is not a systemd unit name (1 to 255 bytes)");
     }
     if s.starts_with('-') {
-        return Err("may not start with '-'");
+        return Err("is not a systemd unit name (may not start with '-')");
     }
     if !s
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'-' | b'_' | b'.' | b'@' | b'\\'))
     {
-        return Err("may only contain letters, digits and ':-_.@\\' (no paths)");
+        return Err("is not a systemd unit name (letters, digits and ':-_.@\\' only, no paths)");
     }
     if !UNIT_SUFFIXES
         .iter()
         .any(|x| s.ends_with(x) && s.len() > x.len())
     {
-        return Err("needs a unit suffix such as .service or .target");
+        return Err("is not a systemd unit name (needs a suffix such as .service or .target)");
     }
     Ok(())
 }
@@ -221,6 +235,18 @@ fn check_container(s: &str) -> Result<(), &'static str> {
         Ok(())
     } else {
         Err("is not a Docker container name ([A-Za-z0-9][A-Za-z0-9_.-]+, at most 128)")
+    }
+}
+
+fn check_env(s: &str) -> Result<(), &'static str> {
+    let ok = !s.is_empty()
+        && s.len() <= 255
+        && !s.as_bytes()[0].is_ascii_digit()
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err("is not a variable name (letters, digits, '_', not starting with a digit)")
     }
 }
 
@@ -288,6 +314,10 @@ mod tests {
             assert!(AccountName::try_from(bad).is_err(), "{bad}");
         }
         assert!(ContainerName::try_from("portainer_server").is_ok());
+        assert!(EnvName::try_from("VLLM_API_KEY").is_ok());
+        for bad in ["", "1X", "A-B", "A=B", "A B"] {
+            assert!(EnvName::try_from(bad).is_err(), "{bad}");
+        }
         for bad in ["p", "_p", "a/b", "a b", "--rm"] {
             assert!(ContainerName::try_from(bad).is_err(), "{bad}");
         }

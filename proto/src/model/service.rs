@@ -1,5 +1,5 @@
 use super::secret::SecretRef;
-use super::{AbsPath, AccountName, Ensure, ResourceRef, SimpleName, UnitName};
+use super::{AbsPath, AccountName, Ensure, EnvName, ResourceRef, SimpleName, UnitName};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -52,10 +52,10 @@ pub struct UnitSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_type: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub environment: BTreeMap<String, String>,
+    pub environment: BTreeMap<EnvName, String>,
     /// Values resolved on the agent into an `EnvironmentFile` readable only by root.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub secret_environment: BTreeMap<String, SecretRef>,
+    pub secret_environment: BTreeMap<EnvName, SecretRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<AccountName>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -200,13 +200,6 @@ impl UnitSpec {
                 ));
             }
         }
-        for k in self
-            .environment
-            .keys()
-            .chain(self.secret_environment.keys())
-        {
-            valid_env_name(k)?;
-        }
         for (k, v) in &self.environment {
             one_line(&format!("unit.environment.{k}"), v)?;
         }
@@ -241,18 +234,5 @@ impl UnitSpec {
             }
         }
         Ok(())
-    }
-}
-
-pub(crate) fn valid_env_name(k: &str) -> Result<(), String> {
-    let ok = !k.is_empty()
-        && !k.as_bytes()[0].is_ascii_digit()
-        && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "environment name {k:?} is not a valid variable name"
-        ))
     }
 }
