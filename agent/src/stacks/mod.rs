@@ -22,11 +22,11 @@ pub mod grants;
 pub mod owner;
 pub mod plan;
 
+use crate::hostfs::{self as fsutil, FileAttrs};
 use crate::reconcile::{Check, Converge, PassContext, ResourceError};
 use compose::{ComposeError, ComposeProject, Condition};
 use engine::{ContainerEngine, ContainerState, EngineError, RegistryAuth};
 use owner::{Kind, LABEL_OWNER, OwnerKey};
-use phoenix_pki::fsutil::{self, FileAttrs};
 use phoenix_proto::model::{SecretRef, StackSpec};
 use plan::{Desired, Observed, Plan, PlanError, Step};
 use sha2::{Digest, Sha256};

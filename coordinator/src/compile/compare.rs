@@ -1,8 +1,10 @@
 //! Declared (what the configs say about the guest itself) vs observed (the agent's
 //! sysinfo facts). Proxmox, not the agent, sets these, so a mismatch is reported, never
 //! "fixed" by the agent.
+//!
+//! Layer 1 (used by the server, not by the compiler): imports only `types`.
 
-use super::Declared;
+use super::types::Declared;
 use phoenix_proto::v1::Facts;
 use std::fmt;
 use std::net::IpAddr;
@@ -113,6 +115,13 @@ mod tests {
     use super::*;
     use phoenix_proto::v1::{Disk, Interface};
 
+    fn mismatches_of_101(facts: &Facts) -> Vec<String> {
+        compare(&lxc_101(), facts)
+            .iter()
+            .map(|m| m.to_string())
+            .collect()
+    }
+
     fn lxc_101() -> Declared {
         Declared {
             cores: Some(4),
@@ -129,10 +138,7 @@ mod tests {
             memory_bytes: 2048 * MIB,
             ..Facts::default()
         };
-        let m: Vec<String> = compare(&lxc_101(), &facts)
-            .iter()
-            .map(|m| m.to_string())
-            .collect();
+        let m = mismatches_of_101(&facts);
         assert_eq!(
             m,
             [
@@ -176,10 +182,7 @@ mod tests {
             }],
             ..Facts::default()
         };
-        let m: Vec<String> = compare(&lxc_101(), &facts)
-            .iter()
-            .map(|m| m.to_string())
-            .collect();
+        let m = mismatches_of_101(&facts);
         assert_eq!(
             m,
             [

@@ -1,12 +1,16 @@
 //! `docker_stacks` → `stack` resources: the stack's manifest (`stacks/<name>/phoenix.json`)
 //! or catalog entry, its compose file checked by the agent's own parser, its variables,
 //! labels, host-access grants and firewall rules.
+//!
+//! Layer 6, per-guest assembly: imports layers 0–5.
 
+use super::facts;
 use super::features::Item;
-use super::files::STACKS_FILE;
-use super::phoenix::{self, GuestConfig, StackRef, read_json};
-use super::reader::{Diag, Node};
-use super::{FirewallRule, Layout, Problem, secrets};
+use super::files::{Layout, STACKS_FILE};
+use super::phoenix::{GuestConfig, StackRef};
+use super::reader::{Diag, Node, read_json};
+use super::secrets;
+use super::types::{FirewallRule, Problem};
 use phoenix_proto::model::{Resource, ResourceRef};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -243,7 +247,7 @@ pub(crate) fn stack(
         ),
     }
     let rules: Vec<FirewallRule> = pick("firewall_rules")
-        .map(|n| phoenix::firewall_rules(&n, d))
+        .map(|n| facts::firewall_rules(&n, d))
         .unwrap_or_default();
     let spec = phoenix_proto::model::StackSpec {
         name: s.name.clone(),
