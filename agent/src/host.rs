@@ -6,7 +6,8 @@ use crate::exec::{ExecConverger, ProcessRunner};
 use crate::files::FileConverger;
 use crate::packages::{Apt, AptSourceConverger, PackageConverger};
 use crate::reconcile::{Converge, Handlers, Unsupported};
-use crate::stacks::{StackConverger, engine::DockerEngine, owner::OwnerKey};
+use crate::stacks::engine::{ContainerEngine, DockerEngine};
+use crate::stacks::{StackConverger, owner::OwnerKey};
 use crate::systemd::{ServiceConverger, Systemctl};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,6 +25,15 @@ pub struct HostOptions {
 }
 
 pub fn handlers(opts: &HostOptions) -> Handlers {
+    // One client serves stacks and cert container restarts. It connects lazily, so a
+    // guest without Docker only fails what it is asked to run there.
+    let engine: Option<Arc<dyn ContainerEngine>> = match DockerEngine::connect() {
+        Ok(e) => Some(Arc::new(e)),
+        Err(e) => {
+            tracing::warn!(error = %e, "Docker stacks and container restarts disabled");
+            None
+        }
+    };
     Handlers {
         files: Arc::new(FileConverger::new(opts.file_roots.clone())),
         packages: Arc::new(PackageConverger::new(Apt::new(ProcessRunner::default()))),
@@ -36,19 +46,22 @@ pub fn handlers(opts: &HostOptions) -> Handlers {
             "/etc/systemd/system",
             "/etc/phoenix/env",
         )),
-        stacks: stacks(opts),
+        stacks: stacks(opts, engine.clone()),
         certs: Arc::new(CertConverger::new(
             opts.file_roots.clone(),
             Arc::new(opts.signer.clone()),
             Arc::new(Systemctl::new(ProcessRunner::default())),
+            engine,
         )),
         execs: Arc::new(ExecConverger::new(ProcessRunner::default())),
     }
 }
 
-/// The Docker client connects lazily, so a guest without Docker only fails the stacks it
-/// is asked to run; an unusable DOCKER_HOST or owner key disables stacks altogether.
-fn stacks(opts: &HostOptions) -> Arc<dyn Converge<phoenix_proto::model::StackSpec>> {
+/// An unusable DOCKER_HOST (no engine) or owner key disables stacks altogether.
+fn stacks(
+    opts: &HostOptions,
+    engine: Option<Arc<dyn ContainerEngine>>,
+) -> Arc<dyn Converge<phoenix_proto::model::StackSpec>> {
     let owner = match OwnerKey::load_or_create(&opts.state_dir) {
         Ok(k) => k,
         Err(e) => {
@@ -56,15 +69,8 @@ fn stacks(opts: &HostOptions) -> Arc<dyn Converge<phoenix_proto::model::StackSpe
             return Unsupported::new("stack");
         }
     };
-    match DockerEngine::connect() {
-        Ok(engine) => Arc::new(StackConverger::new(
-            Arc::new(engine),
-            opts.file_roots.clone(),
-            owner,
-        )),
-        Err(e) => {
-            tracing::warn!(error = %e, "Docker stacks disabled");
-            Unsupported::new("stack")
-        }
+    match engine {
+        Some(engine) => Arc::new(StackConverger::new(engine, opts.file_roots.clone(), owner)),
+        None => Unsupported::new("stack"),
     }
 }

@@ -6,6 +6,8 @@
 //! `PHOENIX_UPDATE_GOLDEN=1 cargo test -p phoenix-coordinator --test compile_configs`,
 //! then review the diff by hand.
 
+mod common;
+
 use phoenix_coordinator::compile::{self, NativeConfig};
 use phoenix_proto::model::{GuestId, Resource};
 use std::path::{Path, PathBuf};
@@ -72,7 +74,7 @@ fn every_file_in_configs_loads_and_compiles() {
     let mut used: Vec<String> = c
         .guests
         .values()
-        .flat_map(|g| g.spec.resources.iter())
+        .flat_map(|g| g.spec.resources().iter())
         .filter_map(|r| match r {
             Resource::Stack(s) => Some(s.name.clone()),
             _ => None,
@@ -91,7 +93,7 @@ fn every_file_in_configs_loads_and_compiles() {
         configs().join("native/lab-extras.json"),
     ] {
         let n = compile::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        assert_eq!(n.guests[&id(104)].spec.resources.len(), 3);
+        assert_eq!(n.guests[&id(104)].spec.resources().len(), 3);
     }
 }
 
@@ -104,6 +106,30 @@ fn golden_lxc_101_vllm_lxc_801_and_vm_1002() {
             &repo().join(format!("coordinator/tests/golden/{g}.json")),
             &json,
         );
+    }
+}
+
+/// Every golden file and every guest compiled from configs/ is a state the agent accepts:
+/// the golden's own bytes go through the agent's wire conversion, so a golden the model
+/// or the agent would refuse cannot be kept by regenerating it.
+#[test]
+fn every_golden_and_compiled_state_passes_the_agents_validation() {
+    let goldens = repo().join("coordinator/tests/golden");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&goldens).expect("goldens") {
+        let path = entry.expect("entry").path();
+        let golden: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
+        let spec = serde_json::to_vec(&golden["spec"]).expect("json");
+        common::as_the_agent_receives(spec).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        n += 1;
+    }
+    assert!(n >= 3, "goldens found: {n}");
+    let c = compile::load(&configs()).unwrap_or_else(|e| panic!("{e}"));
+    for (id, g) in &c.guests {
+        let d = common::as_the_agent_receives(g.spec.to_json())
+            .unwrap_or_else(|e| panic!("guest {id}: {e}"));
+        assert_eq!(d.spec, g.spec, "guest {id}");
     }
 }
 
@@ -220,7 +246,7 @@ fn literal_secrets_in_compose_are_refused_without_printing_them() {
     )
     .expect("write");
     let c = compile::load(d).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(c.guests[&id(1002)].spec.resources.len(), 1);
+    assert_eq!(c.guests[&id(1002)].spec.resources().len(), 1);
 }
 
 /// A stack's host-root grants come from its manifest's `host_access`; an undeclared one
@@ -242,7 +268,7 @@ fn stack_host_access_is_declared_in_the_manifest_and_shown() {
     )
     .expect("write");
     let manifest = d.join("stacks/ui/phoenix.json");
-    let stack = |c: &compile::Compiled| match &c.guests[&id(1002)].spec.resources[0] {
+    let stack = |c: &compile::Compiled| match &c.guests[&id(1002)].spec.resources()[0] {
         phoenix_proto::model::Resource::Stack(s) => s.clone(),
         other => panic!("not a stack: {other:?}"),
     };

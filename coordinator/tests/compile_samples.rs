@@ -1,6 +1,8 @@
 //! The real Phoenix config files (read in place, never copied into this repo) load and
 //! compile unchanged, and compile to what the Phoenix scripts would have done.
 
+mod common;
+
 use phoenix_coordinator::compile::{self, Compiled, GuestKind};
 use phoenix_proto::model::{GuestId, Reload, Resource};
 use std::path::PathBuf;
@@ -63,7 +65,7 @@ fn every_sample_file_loads_and_compiles() {
     }
     // Every stack manifest the VMs name was read (stacks/<name>/phoenix.json).
     for g in whole.guests.values() {
-        for r in &g.spec.resources {
+        for r in g.spec.resources() {
             if let Resource::Stack(s) = r {
                 assert!(
                     dir.join("stacks")
@@ -76,13 +78,26 @@ fn every_sample_file_loads_and_compiles() {
     }
 }
 
+/// Every guest compiled from the real configs (templates too) is a state the agent
+/// accepts through its wire conversion: the VM 1002 portainer cert's container restart
+/// included.
+#[test]
+fn every_compiled_sample_passes_the_agents_validation() {
+    let Some(c) = load() else { return };
+    for (id, g) in &c.guests {
+        let d = common::as_the_agent_receives(g.spec.to_json())
+            .unwrap_or_else(|e| panic!("guest {id}: {e}"));
+        assert_eq!(d.spec, g.spec, "guest {id}");
+    }
+}
+
 #[test]
 fn vllm_engine_config_becomes_the_model_server_unit() {
     let Some(c) = load() else { return };
     let g = &c.guests[&id(910)];
     let unit = g
         .spec
-        .resources
+        .resources()
         .iter()
         .find_map(|r| match r {
             Resource::Service(s) if s.name == "vllm_model_server.service" => s.unit.clone(),
@@ -125,7 +140,7 @@ fn manifest_certs_land_in_the_owning_guest_with_in_guest_paths_and_reloads() {
     let cert = |g: u32, cn: &str| {
         c.guests[&id(g)]
             .spec
-            .resources
+            .resources()
             .iter()
             .find_map(|r| match r {
                 Resource::Cert(s) if s.common_name == cn => Some(s.clone()),
@@ -142,7 +157,9 @@ fn manifest_certs_land_in_the_owning_guest_with_in_guest_paths_and_reloads() {
     assert_eq!(nginx.key_mode.bits(), 0o640);
     assert_eq!(
         nginx.reload,
-        [Reload::ServiceReload("nginx.service".into())]
+        [Reload::ServiceReload(
+            "nginx.service".parse().expect("name")
+        )]
     );
 
     let portainer = cert(1001, "portainer.internal.thinkheads.ai");
@@ -152,7 +169,9 @@ fn manifest_certs_land_in_the_owning_guest_with_in_guest_paths_and_reloads() {
     );
     assert_eq!(
         portainer.reload,
-        [Reload::ContainerRestart("portainer_server".into())]
+        [Reload::ContainerRestart(
+            "portainer_server".parse().expect("name")
+        )]
     );
     // The hook needs the container: the cert waits for the stack that creates it.
     assert!(
@@ -167,10 +186,20 @@ fn manifest_certs_land_in_the_owning_guest_with_in_guest_paths_and_reloads() {
         traefik.cert_path.as_str(),
         "/etc/traefik/certs/traefik.internal.thinkheads.ai.crt"
     );
+    // The hook says `systemctl reload traefik`, but the unit Phoenix generates for Traefik
+    // has no reload command (systemctl reload would fail after every renewal): the cert
+    // restarts it instead, with a warning.
     assert_eq!(
         traefik.reload,
-        [Reload::ServiceReload("traefik.service".into())]
+        [Reload::ServiceRestart(
+            "traefik.service".parse().expect("name")
+        )]
     );
+    assert!(c.warnings.iter().any(|w| {
+        w.path == "[2].post_renewal_command"
+            && w.message
+                .contains("traefik.service is a unit Phoenix generates without a reload command")
+    }));
     // "644" for a private key is not copied: the key loses world access, with a warning.
     assert_eq!(traefik.key_mode.bits(), 0o640);
     assert!(c.warnings.iter().any(|w| w.path == "[2].permissions"));
@@ -182,7 +211,7 @@ fn stacks_get_manifest_labels_and_catalog_variables_but_never_literal_secrets() 
     let vm = &c.guests[&id(1002)];
     let stacks: Vec<_> = vm
         .spec
-        .resources
+        .resources()
         .iter()
         .filter_map(|r| match r {
             Resource::Stack(s) => Some(s),
@@ -279,7 +308,7 @@ fn traefik_routes_of_the_sample_match_the_old_generator() {
     let Some(c) = load() else { return };
     let file = c.guests[&id(102)]
         .spec
-        .resources
+        .resources()
         .iter()
         .find_map(|r| match r {
             Resource::File(f) if f.path.as_str() == "/etc/traefik/dynamic/dynamic_conf.yml" => {
@@ -330,14 +359,14 @@ fn traefik_routes_of_the_sample_match_the_old_generator() {
     );
     // Only 102 gets it; the gateway (101) gets etc/nginx instead, reloaded after `nginx -t`.
     for (gid, g) in &c.guests {
-        let has = g.spec.resources.iter().any(
+        let has = g.spec.resources().iter().any(
             |r| matches!(r, Resource::File(f) if f.path.as_str().starts_with("/etc/traefik/")),
         );
         assert_eq!(has, u32::from(*gid) == 102, "guest {gid}");
     }
     let gw = &c.guests[&id(101)].spec;
     let site = gw
-        .resources
+        .resources()
         .iter()
         .find_map(|r| match r {
             Resource::File(f) if f.path.as_str() == "/etc/nginx/sites-enabled/gateway" => Some(f),
@@ -346,7 +375,7 @@ fn traefik_routes_of_the_sample_match_the_old_generator() {
         .expect("gateway site");
     assert!(site.content.contains("proxy_pass $upstream_service;"));
     let nginx = gw
-        .resources
+        .resources()
         .iter()
         .find_map(|r| match r {
             Resource::Service(s) if s.name == "nginx.service" => Some(s),
@@ -371,14 +400,19 @@ fn the_gateway_cert_is_issued_after_the_unit_it_reloads_exists() {
     let Some(c) = load() else { return };
     let cert = c.guests[&id(101)]
         .spec
-        .resources
+        .resources()
         .iter()
         .find_map(|r| match r {
             Resource::Cert(s) if s.common_name == "nginx.internal.thinkheads.ai" => Some(s),
             _ => None,
         })
         .expect("101's cert from the manifest");
-    assert_eq!(cert.reload, [Reload::ServiceReload("nginx.service".into())]);
+    assert_eq!(
+        cert.reload,
+        [Reload::ServiceReload(
+            "nginx.service".parse().expect("name")
+        )]
+    );
     assert!(
         cert.depends_on
             .iter()

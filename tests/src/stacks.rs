@@ -299,6 +299,13 @@ impl ContainerEngine for CountingEngine {
         self.note("remove_container", id);
         self.inner.remove_container(id).await
     }
+    async fn restart_container(
+        &self,
+        name: &phoenix_proto::model::ContainerName,
+    ) -> Result<(), EngineError> {
+        self.note("restart_container", name);
+        self.inner.restart_container(name).await
+    }
 }
 
 /// What one reconcile pass did to a stack.

@@ -21,7 +21,7 @@ fn the_compiled_step_ca_unit_command_line_is_accepted_by_the_real_step_ca() {
     let g = &c.guests[&GuestId::try_from(103).expect("id")];
     let argv = g
         .spec
-        .resources
+        .resources()
         .iter()
         .find_map(|r| match r {
             Resource::Service(s) if s.name == "step-ca.service" => {

@@ -3,6 +3,12 @@
 //! New material is verified before it is written, written atomically with the declared
 //! owner and mode (restored on every renewal), re-read and verified, and only then are the
 //! declared reloads run, once per renewal.
+//!
+//! Every `Reload` the model accepts is carried out here (the match has no refusing arm, so
+//! a new variant does not compile until it is implemented). What depends on the host is
+//! checked before anything is written: `validate` refuses a container restart on a host
+//! without a container engine, and a new certificate is not requested while a container
+//! it must restart does not exist.
 
 pub mod signer;
 
@@ -11,10 +17,11 @@ pub use signer::{CertSigner, SessionSigner, SignError, SignedCert};
 use crate::files::{resolve_group, resolve_user};
 use crate::hostfs::{self, Existing, FileAttrs, FsError};
 use crate::reconcile::{Check, Converge, PassContext, ResourceError};
+use crate::stacks::engine::ContainerEngine;
 use crate::systemd::{ServiceManager, Verb};
 use phoenix_pki::tls::{Identity, TrustStore};
 use phoenix_pki::{San, keys, rotation, x509};
-use phoenix_proto::model::{AbsPath, CertSpec, Reload};
+use phoenix_proto::model::{AbsPath, CertSpec, ContainerName, Reload};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -47,6 +54,9 @@ pub struct CertConverger {
     roots: Vec<PathBuf>,
     signer: Arc<dyn CertSigner>,
     services: Arc<dyn ServiceManager>,
+    /// Restarts the containers named by `container_restart`; `None` on a host without a
+    /// usable engine, where such certs fail validation.
+    containers: Option<Arc<dyn ContainerEngine>>,
 }
 
 /// One file of a certificate resource with the metadata it must have.
@@ -85,12 +95,57 @@ impl CertConverger {
         roots: Vec<PathBuf>,
         signer: Arc<dyn CertSigner>,
         services: Arc<dyn ServiceManager>,
+        containers: Option<Arc<dyn ContainerEngine>>,
     ) -> Self {
         CertConverger {
             roots,
             signer,
             services,
+            containers,
         }
+    }
+
+    fn containers_to_restart(spec: &CertSpec) -> impl Iterator<Item = &ContainerName> {
+        spec.reload.iter().filter_map(|r| match r {
+            Reload::ContainerRestart(c) => Some(c),
+            Reload::ServiceReload(_) | Reload::ServiceRestart(_) => None,
+        })
+    }
+
+    fn reload_error(spec: &CertSpec, what: String, reason: String) -> ResourceError {
+        Box::new(CertError::Reload {
+            name: spec.name.to_string(),
+            what,
+            reason,
+        })
+    }
+
+    /// The engine, or why no container can be restarted here.
+    fn engine(
+        &self,
+        spec: &CertSpec,
+        c: &ContainerName,
+    ) -> Result<&dyn ContainerEngine, ResourceError> {
+        self.containers.as_deref().ok_or_else(|| {
+            Self::reload_error(
+                spec,
+                format!("container {c}"),
+                "this host has no usable container engine (check DOCKER_HOST and the Docker socket)"
+                    .into(),
+            )
+        })
+    }
+
+    /// Every container the renewal must restart exists, checked before a key is made:
+    /// a cert is not replaced when its reload could not run.
+    async fn check_containers(&self, spec: &CertSpec) -> Result<(), ResourceError> {
+        for c in Self::containers_to_restart(spec) {
+            self.engine(spec, c)?
+                .inspect_state(c)
+                .await
+                .map_err(|e| Self::reload_error(spec, format!("container {c}"), e.to_string()))?;
+        }
+        Ok(())
     }
 
     fn targets<'a>(&self, spec: &'a CertSpec) -> Vec<Target<'a>> {
@@ -116,7 +171,7 @@ impl CertConverger {
     /// The allowed root `path` is resolved beneath (links below it are refused).
     fn root_of(&self, spec: &CertSpec, path: &AbsPath) -> Result<&Path, CertError> {
         hostfs::root_of(&self.roots, path.as_path()).ok_or_else(|| CertError::OutsideRoots {
-            name: spec.name.clone(),
+            name: spec.name.to_string(),
             path: path.to_string(),
         })
     }
@@ -129,7 +184,7 @@ impl CertConverger {
         action: &'static str,
     ) -> Result<Option<Existing>, CertError> {
         let fs_err = |source| CertError::Fs {
-            name: spec.name.clone(),
+            name: spec.name.to_string(),
             action,
             path: path.to_string(),
             source,
@@ -242,7 +297,7 @@ impl CertConverger {
         let attrs = FileAttrs { mode, uid, gid };
         hostfs::write_beneath(root, path.as_path(), bytes, attrs, true).map_err(|source| {
             Box::new(CertError::Fs {
-                name: spec.name.clone(),
+                name: spec.name.to_string(),
                 action: "write",
                 path: path.to_string(),
                 source,
@@ -257,23 +312,20 @@ impl CertConverger {
                 Reload::ServiceReload(u) => (Verb::Reload, u),
                 Reload::ServiceRestart(u) => (Verb::Restart, u),
                 Reload::ContainerRestart(c) => {
-                    return Err(Box::new(CertError::Reload {
-                        name: spec.name.clone(),
-                        what: format!("container {c}"),
-                        reason:
-                            "container restarts after renewal are not supported by this agent build"
-                                .into(),
-                    }));
+                    self.engine(spec, c)?
+                        .restart_container(c)
+                        .await
+                        .map_err(|e| {
+                            Self::reload_error(spec, format!("container {c}"), e.to_string())
+                        })?;
+                    done.push(format!("restart container {c}"));
+                    continue;
                 }
             };
             self.services
                 .control(verb, unit)
                 .await
-                .map_err(|e| CertError::Reload {
-                    name: spec.name.clone(),
-                    what: unit.clone(),
-                    reason: e.to_string(),
-                })?;
+                .map_err(|e| Self::reload_error(spec, unit.to_string(), e.to_string()))?;
             done.push(format!("{verb:?} {unit}").to_lowercase());
         }
         Ok(done)
@@ -285,6 +337,9 @@ impl Converge<CertSpec> for CertConverger {
     fn validate(&self, spec: &CertSpec) -> Result<(), ResourceError> {
         for t in self.targets(spec) {
             self.root_of(spec, t.path)?;
+        }
+        for c in Self::containers_to_restart(spec) {
+            self.engine(spec, c)?;
         }
         Ok(())
     }
@@ -313,7 +368,7 @@ impl Converge<CertSpec> for CertConverger {
                 };
                 hostfs::set_attrs_beneath(self.root_of(spec, t.path)?, t.path.as_path(), attrs)
                     .map_err(|source| CertError::Fs {
-                        name: spec.name.clone(),
+                        name: spec.name.to_string(),
                         action: "fix owner and mode of",
                         path: t.path.to_string(),
                         source,
@@ -321,11 +376,12 @@ impl Converge<CertSpec> for CertConverger {
             }
             return Ok("fixed owner/mode".into());
         }
-        let key = keys::generate().map_err(|e| CertError::Key(e, spec.name.clone()))?;
+        self.check_containers(spec).await?;
+        let key = keys::generate().map_err(|e| CertError::Key(e, spec.name.to_string()))?;
         let sans = wanted_sans(spec);
         let san_list: Vec<San> = sans.iter().map(|s| San::host(s)).collect();
         let csr = keys::csr(&key, &spec.common_name, &san_list)
-            .map_err(|e| CertError::Key(e, spec.name.clone()))?;
+            .map_err(|e| CertError::Key(e, spec.name.to_string()))?;
         let signed = self
             .signer
             .sign(
@@ -336,7 +392,7 @@ impl Converge<CertSpec> for CertConverger {
             )
             .await?;
         let verify_err = |reason: String| CertError::Verify {
-            name: spec.name.clone(),
+            name: spec.name.to_string(),
             reason,
         };
         // Everything is checked before a single byte is written.

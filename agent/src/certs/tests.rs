@@ -67,7 +67,7 @@ impl ServiceManager for Recorder {
 fn spec(root: &Path) -> CertSpec {
     let p = |n: &str| AbsPath::try_from(root.join(n).display().to_string()).expect("abs");
     CertSpec {
-        name: "web".into(),
+        name: "web".parse().expect("name"),
         common_name: "gw.lab".into(),
         sans: vec!["10.0.0.153".into()],
         cert_path: p("ssl/gw.crt"),
@@ -79,7 +79,9 @@ fn spec(root: &Path) -> CertSpec {
         mode: FileMode::try_from("0644".to_string()).expect("mode"),
         key_mode: FileMode::try_from("0640".to_string()).expect("mode"),
         ttl_seconds: 3600,
-        reload: vec![Reload::ServiceReload("nginx.service".into())],
+        reload: vec![Reload::ServiceReload(
+            "nginx.service".parse().expect("unit"),
+        )],
         depends_on: vec![],
     }
 }
@@ -93,6 +95,7 @@ async fn issues_then_stays_in_sync_and_fixes_modes_without_reissuing() {
         vec![dir.path().to_path_buf()],
         Arc::new(CaSigner(ca)),
         rec.clone(),
+        None,
     );
     let s = spec(dir.path());
     let cx = PassContext::default();
@@ -161,6 +164,7 @@ async fn a_certificate_from_the_wrong_ca_is_not_written() {
         vec![dir.path().to_path_buf()],
         Arc::new(Liar(CaSigner(ca), other.root_pem().to_string())),
         rec.clone(),
+        None,
     );
     let s = spec(dir.path());
     let err = conv
@@ -170,4 +174,26 @@ async fn a_certificate_from_the_wrong_ca_is_not_written() {
     assert!(err.to_string().contains("rejected before writing"), "{err}");
     assert!(!s.key_path.as_path().exists() && !s.cert_path.as_path().exists());
     assert!(rec.0.lock().expect("lock").is_empty());
+}
+
+#[test]
+fn a_container_restart_on_a_host_without_an_engine_fails_validation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = EmbeddedCa::load_or_create(&dir.path().join("ca"), "test").expect("ca");
+    let conv = CertConverger::new(
+        vec![dir.path().to_path_buf()],
+        Arc::new(CaSigner(ca)),
+        Arc::new(Recorder::default()),
+        None,
+    );
+    let mut s = spec(dir.path());
+    s.reload = vec![Reload::ContainerRestart(
+        "portainer_server".parse().expect("container"),
+    )];
+    let err = conv.validate(&s).expect_err("refused").to_string();
+    assert!(
+        err.contains("cert web: reload container portainer_server")
+            && err.contains("no usable container engine"),
+        "{err}"
+    );
 }

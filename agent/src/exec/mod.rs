@@ -71,18 +71,22 @@ impl<R: CommandRunner> ExecConverger<R> {
         argv: &[String],
     ) -> Result<(Invocation, Vec<String>), ExecError> {
         let mut inv = Invocation::new(argv.to_vec(), Duration::from_secs(spec.timeout_seconds));
-        inv.env = spec.environment.clone();
+        inv.env = spec
+            .environment
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
         let mut secrets = Vec::new();
         for (k, r) in &spec.secret_environment {
             let v = hostio::read_secret(r).map_err(|source| ExecError::Secret {
-                name: spec.name.clone(),
+                name: spec.name.to_string(),
                 source,
             })?;
-            inv.env.insert(k.clone(), v.clone());
+            inv.env.insert(k.to_string(), v.clone());
             secrets.push(v);
         }
         inv.cwd = spec.cwd.as_ref().map(|p| PathBuf::from(p.as_str()));
-        inv.user = spec.user.clone();
+        inv.user = spec.user.as_ref().map(|u| u.to_string());
         Ok((inv, secrets))
     }
 
@@ -98,7 +102,7 @@ impl<R: CommandRunner> ExecConverger<R> {
             .run(&inv)
             .await
             .map_err(|source| ExecError::Guard {
-                name: spec.name.clone(),
+                name: spec.name.to_string(),
                 guard,
                 program: inv.program().to_owned(),
                 source: Box::new(source),
@@ -177,7 +181,7 @@ impl<R: CommandRunner> Converge<ExecSpec> for ExecConverger<R> {
         let output = report_output(&o, &secrets);
         if !o.success() {
             return Err(ExecError::Failed {
-                name: spec.name.clone(),
+                name: spec.name.to_string(),
                 program: inv.program().to_owned(),
                 status: o.status(),
                 output,

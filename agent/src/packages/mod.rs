@@ -223,13 +223,13 @@ impl<M: PackageManager> PackageConverger<M> {
         let plans = specs
             .iter()
             .map(|s| {
-                let c = candidates.get(&s.name).cloned().flatten();
+                let c = candidates.get(s.name.as_str()).cloned().flatten();
                 if s.state == PackageState::Latest && c.is_none() {
                     return Err(PackageError::NoCandidate {
-                        name: s.name.clone(),
+                        name: s.name.to_string(),
                     });
                 }
-                Ok(plan(s, observed.get(&s.name), c.as_deref()))
+                Ok(plan(s, observed.get(s.name.as_str()), c.as_deref()))
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok((plans, observed))
@@ -256,14 +256,14 @@ impl<M: PackageManager> PackageConverger<M> {
         let mut unhold = Vec::new();
         for (s, p) in specs.iter().zip(&plans) {
             if let Some(v) = &p.install {
-                tx.install.push((s.name.clone(), v.clone()));
+                tx.install.push((s.name.to_string(), v.clone()));
             }
             if p.remove {
-                tx.remove.push(s.name.clone());
+                tx.remove.push(s.name.to_string());
             }
             // apt refuses to touch held packages; what we change we re-hold afterwards.
             if (p.install.is_some() || p.remove)
-                && observed.get(&s.name).is_some_and(Installed::held)
+                && observed.get(s.name.as_str()).is_some_and(Installed::held)
             {
                 unhold.push(s.name.as_str());
             }
@@ -290,7 +290,7 @@ impl<M: PackageManager> PackageConverger<M> {
                     .filter(|s| s.state != PackageState::Absent && s.hold == want)
                     .filter(|s| {
                         after
-                            .get(&s.name)
+                            .get(s.name.as_str())
                             .is_some_and(|i| i.is_installed() && i.held() != want)
                     })
                     .map(|s| s.name.as_str())
@@ -321,7 +321,7 @@ impl<M: PackageManager> PackageConverger<M> {
                         message: e.clone(),
                     });
                 }
-                if let Some(e) = hold_errors.get(&s.name) {
+                if let Some(e) = hold_errors.get(s.name.as_str()) {
                     return Err(PackageError::Apt {
                         action: format!("package {}", s.name),
                         message: e.clone(),
@@ -333,7 +333,7 @@ impl<M: PackageManager> PackageConverger<M> {
                         message: e.clone(),
                     }),
                     Ok(v) if !v[i].diff.is_empty() => Err(PackageError::NotConverged {
-                        name: s.name.clone(),
+                        name: s.name.to_string(),
                         diff: v[i].diff.join(", "),
                     }),
                     Ok(_) => Ok(p.diff.join(", ")),

@@ -53,7 +53,7 @@ impl<M: PackageManager> AptSourceConverger<M> {
             KeySource::Armored(k) => k.clone(),
             KeySource::Secret(r) => {
                 hostio::read_secret(r).map_err(|source| PackageError::File {
-                    name: spec.name.clone(),
+                    name: spec.name.to_string(),
                     action: "read signing key",
                     path: format!("{r:?}"),
                     source,
@@ -62,7 +62,7 @@ impl<M: PackageManager> AptSourceConverger<M> {
         };
         if !text.trim_start().starts_with(ARMOR_BEGIN) {
             return Err(PackageError::KeyFormat {
-                name: spec.name.clone(),
+                name: spec.name.to_string(),
             });
         }
         let mut text = text.trim().to_owned();
@@ -100,7 +100,7 @@ impl<M: PackageManager> AptSourceConverger<M> {
         for (path, want) in self.render(spec)? {
             let have = hostio::read_if_exists(&self.apt_dir(), &path).map_err(|source| {
                 PackageError::File {
-                    name: spec.name.clone(),
+                    name: spec.name.to_string(),
                     action: "read",
                     path: path.display().to_string(),
                     source,
@@ -125,7 +125,7 @@ impl<M: PackageManager> Converge<AptSourceSpec> for AptSourceConverger<M> {
             && !k.trim_start().starts_with(ARMOR_BEGIN)
         {
             return Err(PackageError::KeyFormat {
-                name: spec.name.clone(),
+                name: spec.name.to_string(),
             }
             .into());
         }
@@ -152,7 +152,7 @@ impl<M: PackageManager> Converge<AptSourceSpec> for AptSourceConverger<M> {
         for Stale { path, want, .. } in &stale {
             hostio::write_atomic(&self.apt_dir(), path, want.as_bytes(), 0o644).map_err(
                 |source| PackageError::File {
-                    name: spec.name.clone(),
+                    name: spec.name.to_string(),
                     action: "write",
                     path: path.display().to_string(),
                     source,

@@ -152,29 +152,15 @@ impl Engine {
         let _pass = self.lock.lock().await;
         let started = Instant::now();
         let spec = &desired.spec;
-        let mut results = Vec::with_capacity(spec.resources.len());
-        let order = match spec.order() {
-            Ok(o) => o,
-            Err(e) => {
-                // A validated spec has no cycles; keep going honestly if one slipped by.
-                for r in &spec.resources {
-                    results.push(result(
-                        &r.id(),
-                        Status::Failed,
-                        e.to_string(),
-                        String::new(),
-                        started,
-                    ));
-                }
-                return self.report(desired, trigger, results, started);
-            }
-        };
+        let mut results = Vec::with_capacity(spec.resources().len());
+        // A `GuestSpec` is acyclic by construction, so every resource is in the order.
+        let order = spec.order();
 
         let invalid: Vec<(usize, String)> = order
             .iter()
             .filter_map(|&i| {
                 self.handlers
-                    .validate(&spec.resources[i])
+                    .validate(&spec.resources()[i])
                     .err()
                     .map(|e| (i, e.to_string()))
             })
@@ -182,7 +168,7 @@ impl Engine {
         if !invalid.is_empty() {
             let n = invalid.len();
             for &i in &order {
-                let r = &spec.resources[i];
+                let r = &spec.resources()[i];
                 let t = Instant::now();
                 match invalid.iter().find(|(j, _)| *j == i) {
                     Some((_, msg)) => results.push(result(&r.id(), Status::Failed, format!("invalid: {msg}"), String::new(), t)),
@@ -210,7 +196,7 @@ impl Engine {
             if batched.contains(&i) {
                 continue;
             }
-            let r = &spec.resources[i];
+            let r = &spec.resources()[i];
             let id = r.id();
             let t = Instant::now();
             if let Some(why) = stop() {
@@ -251,7 +237,7 @@ impl Engine {
                     // all converged joins this one.
                     let mut batch = vec![(i, diff)];
                     for &j in &order[pos + 1..] {
-                        let Resource::Package(p) = &spec.resources[j] else {
+                        let Resource::Package(p) = &spec.resources()[j] else {
                             continue;
                         };
                         if batched.contains(&j) || !p.depends_on.iter().all(|d| settled.contains(d))
@@ -259,7 +245,7 @@ impl Engine {
                             continue;
                         }
                         batched.insert(j);
-                        let jid = spec.resources[j].id();
+                        let jid = spec.resources()[j].id();
                         let tj = Instant::now();
                         match self.handlers.packages.check(p, &cx).await {
                             Ok(Check::InSync) => {
@@ -287,14 +273,14 @@ impl Engine {
                     }
                     let specs: Vec<&PackageSpec> = batch
                         .iter()
-                        .filter_map(|(j, _)| match &spec.resources[*j] {
+                        .filter_map(|(j, _)| match &spec.resources()[*j] {
                             Resource::Package(p) => Some(p),
                             _ => None,
                         })
                         .collect();
                     let outcomes = self.handlers.packages.apply_batch(&specs, &cx).await;
                     for ((j, diff), outcome) in batch.into_iter().zip(outcomes) {
-                        let jid = spec.resources[j].id();
+                        let jid = spec.resources()[j].id();
                         match outcome {
                             Ok(msg) => {
                                 cx.changed.insert(jid.clone());

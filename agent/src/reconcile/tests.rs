@@ -228,13 +228,21 @@ impl Converge<PackageSpec> for FakePackages {
         Ok(())
     }
     async fn check(&self, s: &PackageSpec, _cx: &PassContext) -> Result<Check, ResourceError> {
-        Ok(if self.installed.lock().expect("lock").contains(&s.name) {
-            Check::InSync
-        } else {
-            Check::Drift {
-                diff: format!("install {}", s.name),
-            }
-        })
+        Ok(
+            if self
+                .installed
+                .lock()
+                .expect("lock")
+                .iter()
+                .any(|n| s.name == n.as_str())
+            {
+                Check::InSync
+            } else {
+                Check::Drift {
+                    diff: format!("install {}", s.name),
+                }
+            },
+        )
     }
     async fn apply(&self, s: &PackageSpec, cx: &PassContext) -> Result<String, ResourceError> {
         self.apply_batch(&[s], cx).await.remove(0)
@@ -244,7 +252,7 @@ impl Converge<PackageSpec> for FakePackages {
         specs: &[&PackageSpec],
         _cx: &PassContext,
     ) -> Vec<Result<String, ResourceError>> {
-        let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+        let names: Vec<String> = specs.iter().map(|s| s.name.to_string()).collect();
         self.installed.lock().expect("lock").extend(names.clone());
         self.batches.lock().expect("lock").push(names);
         specs.iter().map(|_| Ok("installed".to_string())).collect()

@@ -112,10 +112,10 @@ async fn session(shared: &Arc<Shared>, ch: &mut Channels) -> Result<(), SessionE
         .as_ref()
         .map(|d| {
             d.spec
-                .resources
+                .resources()
                 .iter()
                 .filter_map(|r| match r {
-                    Resource::Package(p) => Some(p.name.clone()),
+                    Resource::Package(p) => Some(p.name.to_string()),
                     _ => None,
                 })
                 .collect()

@@ -19,6 +19,7 @@ use bollard::query_parameters::{
     ListNetworksOptions, ListVolumesOptions, RemoveContainerOptionsBuilder,
     RenameContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
+use phoenix_proto::model::ContainerName;
 use std::collections::{BTreeMap, HashMap};
 use tokio_stream::StreamExt;
 
@@ -161,6 +162,9 @@ pub trait ContainerEngine: Send + Sync {
     async fn rename_container(&self, id: &str, name: &str) -> Result<(), EngineError>;
     /// Removes a container (forcing it if running); its named volumes stay.
     async fn remove_container(&self, id: &str) -> Result<(), EngineError>;
+    /// Restarts a container by name (starts it if stopped), with its own stop timeout.
+    /// The name goes into the request path, hence the validated type.
+    async fn restart_container(&self, name: &ContainerName) -> Result<(), EngineError>;
 }
 
 /// Builds the Engine API body. The first of the container's networks goes into the
@@ -552,6 +556,13 @@ impl ContainerEngine for DockerEngine {
             .connect_network(network, req)
             .await
             .map_err(err("connect to network", network))
+    }
+
+    async fn restart_container(&self, name: &ContainerName) -> Result<(), EngineError> {
+        self.docker
+            .restart_container(name, None)
+            .await
+            .map_err(err("restart container", name))
     }
 
     async fn start_container(&self, id: &str) -> Result<(), EngineError> {

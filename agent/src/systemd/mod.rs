@@ -202,11 +202,11 @@ impl<M: ServiceManager> ServiceConverger<M> {
                 let mut values = Vec::new();
                 for (k, r) in &u.secret_environment {
                     let v = hostio::read_secret(r).map_err(|source| ServiceError::Secret {
-                        unit: spec.name.clone(),
-                        key: k.clone(),
+                        unit: spec.name.to_string(),
+                        key: k.to_string(),
                         source,
                     })?;
-                    values.push((k.clone(), v));
+                    values.push((k.to_string(), v));
                 }
                 files.push(Managed {
                     path: p.clone(),
@@ -242,7 +242,7 @@ impl<M: ServiceManager> ServiceConverger<M> {
             let have =
                 hostio::read_if_exists(self.root_for(&f.path), &f.path).map_err(|source| {
                     ServiceError::File {
-                        unit: spec.name.clone(),
+                        unit: spec.name.to_string(),
                         action: "read",
                         path: f.path.display().to_string(),
                         source,

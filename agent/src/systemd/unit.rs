@@ -12,7 +12,7 @@ pub(super) const HEADER: &str = "# Managed by Phoenix; local changes are overwri
 /// the unit is refused there if no escaping could carry it (line breaks, NUL).
 pub(super) fn validate(spec: &ServiceSpec) -> Result<(), ServiceError> {
     spec.validate().map_err(|reason| ServiceError::Invalid {
-        unit: spec.name.clone(),
+        unit: spec.name.to_string(),
         reason,
     })
 }
@@ -121,9 +121,9 @@ pub(super) fn render(u: &UnitSpec, env_file: Option<&str>) -> String {
         s.push_str(&format!("EnvironmentFile={p}\n"));
     }
     for (key, v) in [
-        ("User", &u.user),
-        ("Group", &u.group),
-        ("Restart", &u.restart),
+        ("User", u.user.as_deref()),
+        ("Group", u.group.as_deref()),
+        ("Restart", u.restart.as_deref()),
     ] {
         if let Some(v) = v {
             s.push_str(&format!("{key}={v}\n"));

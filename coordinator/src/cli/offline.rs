@@ -17,7 +17,7 @@ pub(super) fn validate(path: &Path, show: bool, trust_domain: &str) -> Result<()
             "{} {g} ({}): {} resources",
             c.kind,
             c.name,
-            c.spec.resources.len()
+            c.spec.resources().len()
         );
         if show {
             // File contents may hold secret-looking lines meant for the guest.

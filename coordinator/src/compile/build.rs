@@ -10,7 +10,7 @@ use super::phoenix::{self, GuestConfig};
 use super::reader::{Diag, Node};
 use super::types::{CompileOptions, Compiled, CompiledGuest, MountKind, Problem};
 use super::{certs, graph, guest, routing, secrets};
-use phoenix_proto::model::{AbsPath, GuestId};
+use phoenix_proto::model::{AbsPath, GuestId, GuestSpec};
 use std::collections::{BTreeMap, BTreeSet};
 
 pub(crate) fn compile_phoenix(layout: &Layout, options: &CompileOptions, d: &mut Diag) -> Compiled {
@@ -67,13 +67,16 @@ pub(crate) fn compile_phoenix(layout: &Layout, options: &CompileOptions, d: &mut
 
     let mut out = Compiled::default();
     for (id, (g, b)) in built {
-        let spec = b.finish();
-        secrets::check_leak(&spec, id, &g.file, &g.path, d);
-        if let Err(errors) = spec.validate() {
-            for e in errors {
-                d.error(&g.file, &g.path, Problem::Model(e.to_string()));
+        let spec = match GuestSpec::new(b.finish()) {
+            Ok(spec) => spec,
+            Err(errors) => {
+                for e in errors {
+                    d.error(&g.file, &g.path, Problem::Model(e.to_string()));
+                }
+                continue;
             }
-        }
+        };
+        secrets::check_leak(&spec, id, &g.file, &g.path, d);
         out.guests.insert(
             id,
             CompiledGuest {

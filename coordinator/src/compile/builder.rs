@@ -6,7 +6,7 @@
 use super::features::Item;
 use super::phoenix::GuestConfig;
 use super::reader::Diag;
-use phoenix_proto::model::{GuestSpec, Resource, ResourceRef};
+use phoenix_proto::model::{Resource, ResourceRef};
 use std::collections::BTreeSet;
 
 /// Drop-in for nginx.service on the gateway: `nginx -t` runs before every reload, so a broken
@@ -89,13 +89,16 @@ impl Builder {
             if let Resource::Service(s) = r
                 && s.name == "nginx.service"
             {
-                s.dropins
-                    .insert("phoenix-checked-reload".into(), NGINX_CHECKED_RELOAD.into());
+                s.dropins.insert(
+                    super::features::known("phoenix-checked-reload"),
+                    NGINX_CHECKED_RELOAD.into(),
+                );
             }
         }
     }
 
-    pub(crate) fn finish(mut self) -> GuestSpec {
+    /// The resources with their soft edges made `depends_on`; `GuestSpec::new` checks them.
+    pub(crate) fn finish(mut self) -> Vec<Resource> {
         let ids: BTreeSet<ResourceRef> = self.resources.iter().map(Resource::id).collect();
         for (from, to) in std::mem::take(&mut self.after) {
             if from == to || !ids.contains(&to) {
@@ -108,9 +111,7 @@ impl Builder {
                 }
             }
         }
-        GuestSpec {
-            resources: self.resources,
-        }
+        self.resources
     }
 }
 

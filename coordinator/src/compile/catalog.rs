@@ -261,13 +261,14 @@ mod tests {
                         }
                         Meaning::NotCompiled(_) => continue,
                     };
-                    let mut spec = phoenix_proto::model::GuestSpec::default();
+                    let mut resources: Vec<phoenix_proto::model::Resource> = Vec::new();
                     for i in items {
-                        if !spec.resources.iter().any(|r| r.id() == i.resource.id()) {
-                            spec.resources.push(i.resource);
+                        if !resources.iter().any(|r| r.id() == i.resource.id()) {
+                            resources.push(i.resource);
                         }
                     }
-                    assert_eq!(spec.validate(), Ok(()), "feature {f} on {kind}");
+                    let spec = phoenix_proto::model::GuestSpec::new(resources);
+                    assert!(spec.is_ok(), "feature {f} on {kind}: {:?}", spec.err());
                 }
             }
         }

@@ -8,7 +8,10 @@ use super::features::Item;
 use super::phoenix::GuestConfig;
 use super::reader::{Diag, Node, abs_path};
 use super::types::Problem;
-use phoenix_proto::model::{AbsPath, CertSpec, FileMode, GuestId, Reload, Resource};
+use phoenix_proto::model::{
+    AbsPath, AccountName, CertSpec, ContainerName, FileMode, GuestId, ModelError, Reload, Resource,
+    SimpleName, UnitName,
+};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -45,10 +48,20 @@ fn certificate(
     let sans: Vec<String> = e.list(d, "sans", "an array of DNS names or IPs", host_name);
     let (owner, group) = match e.get("owner") {
         Some(n) => match n.value.as_str() {
-            Some(s) if !s.is_empty() => match s.split_once(':') {
-                Some((u, g)) => (Some(u.to_string()), Some(g.to_string())),
-                None => (Some(s.to_string()), None),
-            },
+            Some(s) if !s.is_empty() => {
+                let (u, g) = match s.split_once(':') {
+                    Some((u, g)) => (u, Some(g)),
+                    None => (s, None),
+                };
+                let account = |a: &str, d: &mut Diag| match AccountName::try_from(a) {
+                    Ok(a) => Some(a),
+                    Err(err) => {
+                        n.error(d, Problem::Model(err.to_string()));
+                        None
+                    }
+                };
+                (account(u, d), g.and_then(|g| account(g, d)))
+            }
             _ => {
                 n.expected(d, "\"user\" or \"user:group\"");
                 (None, None)
@@ -139,7 +152,25 @@ fn certificate(
     let mut reload = Vec::new();
     if let Some(cmd) = &command {
         match renewal_reload(cmd) {
-            Some(r) => reload.push(r),
+            // The unit Phoenix generates for it has no reload command: `systemctl reload`
+            // would fail after every renewal. A restart still picks up the new cert.
+            Some(Ok(Reload::ServiceReload(u))) if generated_without_reload(built, target, &u) => {
+                if let Some(n) = e.get("post_renewal_command") {
+                    n.warn(
+                        d,
+                        format!(
+                            "{u} is a unit Phoenix generates without a reload command; the renewed certificate restarts it instead"
+                        ),
+                    );
+                }
+                reload.push(Reload::ServiceRestart(u));
+            }
+            Some(Ok(r)) => reload.push(r),
+            Some(Err(err)) => {
+                if let Some(n) = e.get("post_renewal_command") {
+                    n.error(d, Problem::Model(err.to_string()));
+                }
+            }
             None => {
                 if let Some(n) = e.get("post_renewal_command") {
                     n.warn(
@@ -213,6 +244,16 @@ fn certificate(
         })
         .collect();
     let name: String = cn.chars().map(|c| if c == '*' { '_' } else { c }).collect();
+    let name = match SimpleName::try_from(name) {
+        Ok(n) => n,
+        Err(err) => {
+            e.error(
+                d,
+                Problem::Model(format!("cert named after its common name: {err}")),
+            );
+            return None;
+        }
+    };
     let spec = CertSpec {
         name,
         common_name: cn,
@@ -282,29 +323,47 @@ fn command_guest(cmd: &str) -> Option<GuestId> {
     })
 }
 
-/// The last `systemctl reload|restart <unit>` or `docker restart <name>` in the hook.
+/// Whether `unit` is a service of guest `target` whose unit file Phoenix generates
+/// without `exec_reload`.
+fn generated_without_reload(
+    built: &BTreeMap<GuestId, (GuestConfig, Builder)>,
+    target: GuestId,
+    unit: &UnitName,
+) -> bool {
+    built.get(&target).is_some_and(|(_, b)| {
+        b.resources.iter().any(|r| {
+            matches!(r, Resource::Service(s)
+                if s.name == *unit && s.unit.as_ref().is_some_and(|u| u.exec_reload.is_empty()))
+        })
+    })
+}
+
+/// The last `systemctl reload|restart <unit>` or `docker restart <name>` in the hook;
+/// `Err` when it names something that is not a unit or container name.
 /// Waiting for the file (the traefik hook's loop) is unnecessary: the agent reloads
 /// only after the new files are written and verified.
-fn renewal_reload(cmd: &str) -> Option<Reload> {
+fn renewal_reload(cmd: &str) -> Option<Result<Reload, ModelError>> {
     let words: Vec<String> = cmd
         .split(|c: char| c.is_whitespace() || c == ';' || c == '\'' || c == '"')
         .filter(|w| !w.is_empty() && *w != "&&")
         .map(str::to_string)
         .collect();
     let unit = |u: &str| {
-        if u.contains('.') {
+        UnitName::try_from(if u.contains('.') {
             u.to_string()
         } else {
             format!("{u}.service")
-        }
+        })
     };
     words
         .windows(3)
         .rev()
         .find_map(|w| match [w[0].as_str(), w[1].as_str(), w[2].as_str()] {
-            ["systemctl", "reload", u] => Some(Reload::ServiceReload(unit(u))),
-            ["systemctl", "restart", u] => Some(Reload::ServiceRestart(unit(u))),
-            ["docker", "restart", c] => Some(Reload::ContainerRestart(c.to_string())),
+            ["systemctl", "reload", u] => Some(unit(u).map(Reload::ServiceReload)),
+            ["systemctl", "restart", u] => Some(unit(u).map(Reload::ServiceRestart)),
+            ["docker", "restart", c] => {
+                Some(ContainerName::try_from(c).map(Reload::ContainerRestart))
+            }
             _ => None,
         })
 }
@@ -315,21 +374,33 @@ mod tests {
 
     #[test]
     fn renewal_hooks_become_reloads_in_the_guest() {
+        let reload = |cmd: &str| renewal_reload(cmd).map(|r| r.expect("valid name"));
+        let unit = |u: &str| u.parse::<UnitName>().expect("unit");
         assert_eq!(
-            renewal_reload("pct exec 101 -- systemctl reload nginx"),
-            Some(Reload::ServiceReload("nginx.service".into()))
+            reload("pct exec 101 -- systemctl reload nginx"),
+            Some(Reload::ServiceReload(unit("nginx.service")))
         );
         assert_eq!(
-            renewal_reload("qm guest exec 1001 -- docker restart portainer_server"),
-            Some(Reload::ContainerRestart("portainer_server".into()))
+            reload("qm guest exec 1001 -- docker restart portainer_server"),
+            Some(Reload::ContainerRestart(
+                "portainer_server".parse().expect("container")
+            ))
         );
         assert_eq!(
-            renewal_reload(
+            reload(
                 "pct exec 102 -- /bin/bash -c 'while [ ! -f /x ]; do sleep 1; done; systemctl reload traefik'"
             ),
-            Some(Reload::ServiceReload("traefik.service".into()))
+            Some(Reload::ServiceReload(unit("traefik.service")))
         );
-        assert_eq!(renewal_reload("echo rotated"), None);
+        assert_eq!(reload("echo rotated"), None);
+        // A hook naming something that is no container is refused, not passed on.
+        let e = renewal_reload("pct exec 9 -- docker restart $(id)").expect("a reload");
+        assert!(
+            e.expect_err("refused")
+                .to_string()
+                .contains("container name \"$(id)\""),
+            "names the value"
+        );
         assert_eq!(
             command_guest("qm guest exec 1001 -- docker restart p").map(u32::from),
             Some(1001)

@@ -18,7 +18,7 @@
 use super::phoenix::Nvidia;
 use super::types::GuestKind;
 use phoenix_proto::model::{
-    AbsPath, Ensure, ExecSpec, FileMode, FileSpec, PackageSpec, PackageState, Resource,
+    AbsPath, Ensure, ExecSpec, FileMode, FileSpec, ModelError, PackageSpec, PackageState, Resource,
     ResourceRef, RunState, ServiceSpec, StackSpec,
 };
 use std::collections::BTreeMap;
@@ -71,6 +71,12 @@ pub(crate) fn abs(s: &str) -> AbsPath {
     AbsPath::try_from(s.to_string()).unwrap_or_else(|_| unreachable!("constant path {s}"))
 }
 
+/// A name this compiler writes itself: a constant, or one built from parts already
+/// checked (the CUDA version is digits and dots). The feature tests compile every one.
+pub(crate) fn known<T: TryFrom<String, Error = ModelError>>(s: &str) -> T {
+    T::try_from(s.to_string()).unwrap_or_else(|e| unreachable!("{e}"))
+}
+
 fn mode(s: &str) -> FileMode {
     FileMode::try_from(s.to_string()).unwrap_or_else(|_| unreachable!("constant mode {s}"))
 }
@@ -94,7 +100,7 @@ fn sh_with(script: &'static str, args: &[&str]) -> Vec<String> {
 
 pub(crate) fn pkg(name: &str) -> Resource {
     Resource::Package(PackageSpec {
-        name: name.into(),
+        name: known(name),
         version: None,
         state: PackageState::Present,
         hold: false,
@@ -108,7 +114,7 @@ fn pkg_ref(name: &str) -> ResourceRef {
 
 pub(crate) fn exec(name: &str, command: Vec<String>) -> ExecSpec {
     ExecSpec {
-        name: name.into(),
+        name: known(name),
         command,
         creates: None,
         unless: None,
@@ -125,7 +131,7 @@ pub(crate) fn exec(name: &str, command: Vec<String>) -> ExecSpec {
 
 pub(crate) fn service(name: &str) -> ServiceSpec {
     ServiceSpec {
-        name: name.into(),
+        name: known(name),
         ensure: Ensure::Present,
         unit: None,
         dropins: BTreeMap::new(),
@@ -143,8 +149,8 @@ fn file(path: &str, content: String, file_mode: &str) -> FileSpec {
         ensure: Ensure::Present,
         content,
         mode: Some(mode(file_mode)),
-        owner: Some("root".into()),
-        group: Some("root".into()),
+        owner: Some(known("root")),
+        group: Some(known("root")),
         depends_on: Vec::new(),
     }
 }
@@ -473,7 +479,7 @@ pub(crate) fn vllm(ctx: &FeatureCtx) -> Vec<Item> {
     install.timeout_seconds = 3600;
     install
         .environment
-        .insert("TORCH_CUDA_ARCH_LIST".into(), "12.0".into());
+        .insert(known("TORCH_CUDA_ARCH_LIST"), "12.0".into());
     install.depends_on = vec![
         ResourceRef::new("exec", "vllm-venv"),
         pkg_ref("build-essential"),

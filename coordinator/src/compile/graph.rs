@@ -35,47 +35,16 @@ pub(crate) fn check_ids_and_dependencies(guests: &[GuestConfig], d: &mut Diag) {
             );
         }
     }
-    // Cycle check: depth-first over `dependencies`.
-    fn visit(
-        id: GuestId,
-        seen: &BTreeMap<GuestId, &GuestConfig>,
-        state: &mut BTreeMap<GuestId, bool>,
-        stack: &mut Vec<GuestId>,
-    ) -> Option<Vec<GuestId>> {
-        match state.get(&id) {
-            Some(true) => return None,
-            Some(false) => {
-                let start = stack.iter().position(|s| *s == id).unwrap_or(0);
-                let mut cycle = stack[start..].to_vec();
-                cycle.push(id);
-                return Some(cycle);
-            }
-            None => {}
-        }
-        state.insert(id, false);
-        stack.push(id);
-        if let Some(g) = seen.get(&id) {
-            for dep in &g.facts.dependencies {
-                if let Some(c) = visit(*dep, seen, state, stack) {
-                    return Some(c);
-                }
-            }
-        }
-        stack.pop();
-        state.insert(id, true);
-        None
-    }
-    let mut state = BTreeMap::new();
-    for id in seen.keys() {
-        if let Some(cycle) = visit(*id, &seen, &mut state, &mut Vec::new()) {
-            let g = seen[&cycle[0]];
-            let text: Vec<String> = cycle.iter().map(|c| c.to_string()).collect();
-            d.error(
-                &g.file,
-                &join(&g.path, "dependencies"),
-                Problem::DependencyCycle(text.join(" -> ")),
-            );
-            break;
-        }
+    let nodes = seen
+        .iter()
+        .map(|(id, g)| (*id, g.facts.dependencies.iter().copied()));
+    if let Err(cycle) = phoenix_proto::graph::sort(nodes)
+        && let Some(g) = cycle.0.first().and_then(|id| seen.get(id))
+    {
+        d.error(
+            &g.file,
+            &join(&g.path, "dependencies"),
+            Problem::DependencyCycle(cycle.to_string()),
+        );
     }
 }

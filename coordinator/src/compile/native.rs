@@ -6,7 +6,7 @@
 use super::reader::{Diag, Node, read_json};
 use super::secrets;
 use super::types::{Compiled, CompiledGuest, Declared, GuestFacts, GuestKind, Problem};
-use phoenix_proto::model::{GuestId, GuestSpec};
+use phoenix_proto::model::{GuestId, GuestSpec, ModelError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -52,26 +52,26 @@ pub(crate) fn load(files: &[PathBuf], d: &mut Diag) -> Compiled {
             let Some(id) = n.key_guest_id(&key, d, "a guest id") else {
                 continue;
             };
-            let spec = match serde_json::from_value::<GuestSpec>(n.value.clone()) {
+            // `from_value` keeps every model error apart; a plain serde load would join them.
+            let spec = match GuestSpec::from_value(n.value.clone()) {
                 Ok(s) => s,
-                Err(e) => {
-                    n.error(
-                        d,
-                        Problem::Expected {
-                            expected: "a guest spec {\"resources\": [...]}".into(),
-                            found: e.to_string(),
-                        },
-                    );
+                Err(errors) => {
+                    for e in errors {
+                        match e {
+                            ModelError::Json(found) => n.error(
+                                d,
+                                Problem::Expected {
+                                    expected: "a guest spec {\"resources\": [...]}".into(),
+                                    found,
+                                },
+                            ),
+                            e => n.error(d, Problem::Model(e.to_string())),
+                        }
+                    }
                     continue;
                 }
             };
             secrets::check_leak(&spec, id, n.file, &n.path, d);
-            if let Err(errors) = spec.validate() {
-                for e in errors {
-                    n.error(d, Problem::Model(e.to_string()));
-                }
-                continue;
-            }
             if let Some(first) = origin.insert(id, file.clone()) {
                 n.error(
                     d,

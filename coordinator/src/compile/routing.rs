@@ -194,8 +194,8 @@ pub(crate) fn managed(path: &str, content: String) -> FileSpec {
         ensure: Ensure::Present,
         content,
         mode: FileMode::try_from("0644".to_string()).ok(),
-        owner: Some("root".into()),
-        group: Some("root".into()),
+        owner: Some(super::features::known("root")),
+        group: Some(super::features::known("root")),
         depends_on: Vec::new(),
     }
 }

@@ -8,7 +8,7 @@ use super::features::{self, Item, abs};
 use super::phoenix::GuestConfig;
 use super::reader::Diag;
 use super::types::Problem;
-use phoenix_proto::model::{Resource, ResourceRef, UnitSpec};
+use phoenix_proto::model::{EnvName, Resource, ResourceRef, UnitSpec};
 use std::collections::BTreeMap;
 
 const VLLM_UNIT: &str = "vllm_model_server.service";
@@ -21,7 +21,7 @@ pub(crate) fn vllm_service(g: &GuestConfig, v: &super::vllm::VllmArgs) -> Item {
         "vllm.entrypoints.openai.api_server".into(),
     ];
     exec_start.extend(v.args.iter().cloned());
-    let environment: BTreeMap<String, String> = [
+    let environment: BTreeMap<EnvName, String> = [
         ("CUDA_HOME", "/usr/local/cuda"),
         ("LD_LIBRARY_PATH", "/usr/local/cuda/lib64"),
         (
@@ -32,12 +32,12 @@ pub(crate) fn vllm_service(g: &GuestConfig, v: &super::vllm::VllmArgs) -> Item {
         ("TORCH_CUDA_ARCH_LIST", "12.0"),
     ]
     .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .map(|(k, v)| (features::known(k), v.to_string()))
     .collect();
     let unit = UnitSpec {
         environment,
         secret_environment: v.secret_environment.clone(),
-        user: Some("root".into()),
+        user: Some(features::known("root")),
         working_directory: Some(abs("/opt/vllm")),
         ..daemon(
             format!("vLLM OpenAI-compatible API server ({})", g.name),
@@ -55,8 +55,8 @@ fn daemon(description: String, exec_start: Vec<String>, restart_sec: u32) -> Uni
         exec_start,
         restart: Some("always".into()),
         restart_sec: Some(restart_sec),
-        after: vec!["network-online.target".into()],
-        wants: vec!["network-online.target".into()],
+        after: vec![features::known("network-online.target")],
+        wants: vec![features::known("network-online.target")],
         ..UnitSpec::default()
     }
 }
@@ -114,7 +114,7 @@ pub(crate) fn traefik_proxy(g: &GuestConfig, _path: &str, b: &mut Builder, d: &m
 /// `phoenix_hypervisor_lxc_103.sh`: the Step-CA server, as a unit of its own.
 pub(crate) fn step_ca_server(g: &GuestConfig, path: &str, b: &mut Builder, d: &mut Diag) {
     let unit = UnitSpec {
-        environment: [("STEPPATH".to_string(), "/root/.step".to_string())].into(),
+        environment: [(features::known("STEPPATH"), "/root/.step".to_string())].into(),
         ..daemon(
             "Step-CA certificate authority".into(),
             // Flags before the config path: step-ca 0.19 (urfave/cli) takes everything

@@ -6,7 +6,7 @@
 //! Layer 2: imports only layers 0–1 (`types`, `reader`).
 
 use super::reader::{Diag, Node};
-use phoenix_proto::model::{AbsPath, SecretRef};
+use phoenix_proto::model::{AbsPath, EnvName, SecretRef};
 use serde_json::Value;
 
 pub(crate) use phoenix_proto::redact::{is_placeholder, secret_key as looks_secret_key};
@@ -108,8 +108,9 @@ pub(crate) fn reference(n: &Node, d: &mut Diag) -> Option<SecretRef> {
     if let Some(s) = n.value.as_str()
         && let Some(name) = s.strip_prefix("${").and_then(|r| r.strip_suffix('}'))
     {
-        return valid_env(name)
-            .then(|| SecretRef::Env(name.to_string()))
+        return EnvName::try_from(name)
+            .ok()
+            .map(SecretRef::Env)
             .or_else(|| {
                 n.expected(d, "a secret reference ${NAME} with a valid variable name");
                 None
@@ -131,16 +132,10 @@ pub(crate) fn reference(n: &Node, d: &mut Diag) -> Option<SecretRef> {
     None
 }
 
-fn valid_env(k: &str) -> bool {
-    !k.is_empty()
-        && !k.as_bytes()[0].is_ascii_digit()
-        && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-}
-
-fn env_name(n: &Node, d: &mut Diag) -> Option<String> {
-    match n.value.as_str() {
-        Some(s) if valid_env(s) => Some(s.to_string()),
-        _ => {
+fn env_name(n: &Node, d: &mut Diag) -> Option<EnvName> {
+    match n.value.as_str().and_then(|s| EnvName::try_from(s).ok()) {
+        Some(name) => Some(name),
+        None => {
             n.expected(d, "an environment variable name");
             None
         }
@@ -172,7 +167,7 @@ pub(crate) fn redact_compose(text: &str) -> (String, Vec<String>, Vec<String>) {
         if let Some((key, sep, value)) = split {
             let key_clean = key.trim().trim_matches(['"', '\'']);
             let value_clean = value.trim().trim_matches(['"', '\'']);
-            if valid_env(key_clean)
+            if EnvName::try_from(key_clean).is_ok()
                 && is_literal_secret(key_clean, value_clean)
                 && !value_clean.contains("${")
             {

@@ -8,7 +8,7 @@
 use super::reader::{Diag, Node};
 use super::secrets;
 use super::types::Problem;
-use phoenix_proto::model::SecretRef;
+use phoenix_proto::model::{EnvName, SecretRef};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 pub(crate) struct VllmArgs {
     pub args: Vec<String>,
     /// Secrets vLLM reads from its environment (`api_key` → `VLLM_API_KEY`).
-    pub secret_environment: BTreeMap<String, SecretRef>,
+    pub secret_environment: BTreeMap<EnvName, SecretRef>,
 }
 
 fn flag(key: &str) -> String {
@@ -55,7 +55,8 @@ fn push(out: &mut VllmArgs, key: &str, n: &Node, d: &mut Diag) {
     if key == "api_key" || key == "api-key" || key == "apiKey" {
         // vLLM reads VLLM_API_KEY, so the key never appears in the unit's command line.
         if let Some(r) = secrets::reference(n, d) {
-            out.secret_environment.insert("VLLM_API_KEY".into(), r);
+            out.secret_environment
+                .insert(super::features::known("VLLM_API_KEY"), r);
         }
         return;
     }
@@ -222,7 +223,7 @@ mod tests {
         assert!(!a.args.iter().any(|x| x.contains("api")));
         assert_eq!(
             a.secret_environment.get("VLLM_API_KEY"),
-            Some(&SecretRef::Env("MY_KEY".into()))
+            Some(&SecretRef::Env("MY_KEY".parse().expect("name")))
         );
     }
 }

@@ -20,7 +20,7 @@ pub struct AdminApi(pub Arc<Coordinator>);
 /// Resource-level difference between two specs: `+ id`, `- id`, `~ id`.
 pub fn spec_diff(old: &GuestSpec, new: &GuestSpec) -> Vec<String> {
     let index = |s: &GuestSpec| -> BTreeMap<String, model::Resource> {
-        s.resources
+        s.resources()
             .iter()
             .map(|r| (r.id().to_string(), r.clone()))
             .collect()

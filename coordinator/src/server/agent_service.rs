@@ -505,7 +505,7 @@ impl v1::agent_server::Agent for AgentApi {
             .map_err(RpcError::from)?
             .and_then(|d| GuestSpec::from_json(&d.spec_json).ok())
             .unwrap_or_default();
-        let cert = declared.resources.iter().find_map(|r| match r {
+        let cert = declared.resources().iter().find_map(|r| match r {
             Resource::Cert(s) if s.common_name == req.common_name => Some(s),
             _ => None,
         });
@@ -550,7 +550,7 @@ impl v1::agent_server::Agent for AgentApi {
             })
             .await;
         let mut rec = crate::store::ServiceCertRecord {
-            name: spec.name.clone(),
+            name: spec.name.to_string(),
             common_name: spec.common_name.clone(),
             sans: req.sans.clone(),
             serial: String::new(),

@@ -1,6 +1,7 @@
-use super::file::valid_account;
-use super::service::valid_unit_name;
-use super::{AbsPath, FileMode, GuestSpec, Resource, ResourceRef, TrustDomain};
+use super::{
+    AbsPath, AccountName, ContainerName, Ensure, FileMode, GuestSpec, Resource, ResourceRef,
+    RunState, SimpleName, TrustDomain, UnitName,
+};
 use serde::{Deserialize, Serialize};
 
 /// A guest service certificate (nginx, Traefik, Portainer). The key is generated in the
@@ -8,7 +9,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CertSpec {
-    pub name: String,
+    pub name: SimpleName,
     pub common_name: String,
     /// DNS names and IP addresses.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -22,9 +23,9 @@ pub struct CertSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_path: Option<AbsPath>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub owner: Option<String>,
+    pub owner: Option<AccountName>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub group: Option<String>,
+    pub group: Option<AccountName>,
     /// Mode of the cert and chain files.
     #[serde(default = "cert_mode")]
     pub mode: FileMode,
@@ -45,11 +46,11 @@ pub struct CertSpec {
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Reload {
     /// `systemctl reload <unit>`.
-    ServiceReload(String),
+    ServiceReload(UnitName),
     /// `systemctl restart <unit>`.
-    ServiceRestart(String),
-    /// Restart a Docker container by name.
-    ContainerRestart(String),
+    ServiceRestart(UnitName),
+    /// Restart a Docker container by name, through the engine API.
+    ContainerRestart(ContainerName),
 }
 
 fn cert_mode() -> FileMode {
@@ -66,7 +67,6 @@ fn default_ttl() -> u64 {
 
 impl CertSpec {
     pub(super) fn validate(&self) -> Result<(), String> {
-        simple_name("cert", &self.name)?;
         let host_like = |s: &str| {
             !s.is_empty()
                 && s.len() <= 253
@@ -85,15 +85,6 @@ impl CertSpec {
         if self.cert_path == self.key_path {
             return Err("cert_path and key_path are the same file".into());
         }
-        for (what, v) in [("owner", &self.owner), ("group", &self.group)] {
-            if let Some(v) = v
-                && !valid_account(v)
-            {
-                return Err(format!(
-                    "{what} {v:?} is not a user/group name or numeric id"
-                ));
-            }
-        }
         if self.key_mode.bits() & 0o007 != 0 {
             return Err(format!(
                 "key_mode {:04o} makes the private key world-accessible",
@@ -103,10 +94,37 @@ impl CertSpec {
         if self.ttl_seconds < 60 {
             return Err("ttl_seconds must be at least 60".into());
         }
+        Ok(())
+    }
+}
+
+impl CertSpec {
+    /// What the agent can carry out: a reload the spec itself makes impossible is refused
+    /// here, before the agent writes a key it would then fail to load. A service the spec
+    /// removes or keeps stopped cannot be reloaded or restarted, and `systemctl reload`
+    /// fails on a unit Phoenix generates without `exec_reload`.
+    pub(super) fn check_reloads(&self, resources: &[Resource]) -> Result<(), String> {
         for r in &self.reload {
-            match r {
-                Reload::ServiceReload(u) | Reload::ServiceRestart(u) => valid_unit_name(u)?,
-                Reload::ContainerRestart(c) => simple_name("container", c)?,
+            let (unit, reload) = match r {
+                Reload::ServiceReload(u) => (u, true),
+                Reload::ServiceRestart(u) => (u, false),
+                // Containers come from stacks, which the agent creates by the same name.
+                Reload::ContainerRestart(_) => continue,
+            };
+            let declared = resources.iter().find_map(|x| match x {
+                Resource::Service(s) if s.name == *unit => Some(s),
+                _ => None,
+            });
+            let Some(s) = declared else { continue };
+            if s.ensure == Ensure::Absent || s.state == Some(RunState::Stopped) {
+                return Err(format!(
+                    "reloads service {unit}, which this spec removes or keeps stopped"
+                ));
+            }
+            if reload && s.unit.as_ref().is_some_and(|u| u.exec_reload.is_empty()) {
+                return Err(format!(
+                    "service_reload {unit}: Phoenix generates that unit without exec_reload, so systemctl reload would fail; use service_restart or give the unit exec_reload"
+                ));
             }
         }
         Ok(())
@@ -210,18 +228,7 @@ pub fn reserved_cert_names(spec: &GuestSpec, td: &TrustDomain) -> Vec<String> {
         .collect()
 }
 
-/// Names used as identifiers (stack, cert, exec): letters, digits, `-_.`.
+/// The `SimpleName` rule for a name still held as a `String` (the stack's).
 pub(crate) fn simple_name(what: &str, name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{what} name {name:?} may only contain letters, digits, '-', '_' and '.'"
-        ))
-    }
+    super::names::check_simple(name).map_err(|reason| format!("{what} name {name:?} {reason}"))
 }

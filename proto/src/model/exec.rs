@@ -1,7 +1,5 @@
-use super::file::valid_account;
 use super::secret::SecretRef;
-use super::service::valid_env_name;
-use super::{AbsPath, ResourceRef};
+use super::{AbsPath, AccountName, EnvName, ResourceRef, SimpleName};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -10,7 +8,7 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExecSpec {
-    pub name: String,
+    pub name: SimpleName,
     pub command: Vec<String>,
     /// Skip when this path exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -27,13 +25,13 @@ pub struct ExecSpec {
     #[serde(default = "default_timeout")]
     pub timeout_seconds: u64,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub environment: BTreeMap<String, String>,
+    pub environment: BTreeMap<EnvName, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub secret_environment: BTreeMap<String, SecretRef>,
+    pub secret_environment: BTreeMap<EnvName, SecretRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<AbsPath>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
+    pub user: Option<AccountName>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<ResourceRef>,
 }
@@ -44,7 +42,6 @@ fn default_timeout() -> u64 {
 
 impl ExecSpec {
     pub(super) fn validate(&self) -> Result<(), String> {
-        super::cert::simple_name("exec", &self.name)?;
         let argv_ok = |a: &Vec<String>| !a.is_empty() && a[0].starts_with('/');
         if !argv_ok(&self.command) {
             return Err("command needs an absolute program path as its first element".into());
@@ -66,18 +63,6 @@ impl ExecSpec {
         }
         if self.timeout_seconds == 0 || self.timeout_seconds > 24 * 3600 {
             return Err("timeout_seconds must be between 1 and 86400".into());
-        }
-        for k in self
-            .environment
-            .keys()
-            .chain(self.secret_environment.keys())
-        {
-            valid_env_name(k)?;
-        }
-        if let Some(u) = &self.user
-            && !valid_account(u)
-        {
-            return Err(format!("user {u:?} is not a user name"));
         }
         Ok(())
     }

@@ -1,4 +1,4 @@
-use super::{ModelError, ResourceRef};
+use super::{AccountName, ModelError, ResourceRef};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::{Component, Path};
@@ -103,36 +103,18 @@ pub struct FileSpec {
     pub mode: Option<FileMode>,
     /// User name or numeric uid; unset leaves ownership alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub owner: Option<String>,
+    pub owner: Option<AccountName>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub group: Option<String>,
+    pub group: Option<AccountName>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<ResourceRef>,
 }
 
 impl FileSpec {
     pub(super) fn validate(&self) -> Result<(), String> {
-        for (what, v) in [("owner", &self.owner), ("group", &self.group)] {
-            if let Some(v) = v
-                && !valid_account(v)
-            {
-                return Err(format!(
-                    "{what} {v:?} is not a user/group name or numeric id"
-                ));
-            }
-        }
         if self.ensure == Ensure::Absent && !self.content.is_empty() {
             return Err("content given for a file that must be absent".into());
         }
         Ok(())
     }
-}
-
-/// POSIX-ish account names (as useradd accepts) or numeric ids.
-pub(crate) fn valid_account(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 32
-        && !s.starts_with('-')
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }

@@ -6,6 +6,7 @@ mod cert;
 mod exec;
 mod file;
 mod ids;
+mod names;
 mod package;
 mod secret;
 mod service;
@@ -15,9 +16,10 @@ pub use cert::{CertSpec, Reload, ReservedName, reserved_cert_names, reserved_nam
 pub use exec::ExecSpec;
 pub use file::{AbsPath, Ensure, FileMode, FileSpec};
 pub use ids::{GuestId, ResourceRef, TrustDomain};
+pub use names::{AccountName, ContainerName, EnvName, PackageName, SimpleName, UnitName};
 pub use package::{AptSourceSpec, KeySource, PackageSpec, PackageState};
 pub use secret::SecretRef;
-pub use service::{ResourceLimits, RunState, ServiceSpec, UnitSpec, valid_unit_name};
+pub use service::{ResourceLimits, RunState, ServiceSpec, UnitSpec};
 pub use stack::{StackFile, StackSpec};
 
 use serde::{Deserialize, Serialize};
@@ -90,12 +92,12 @@ impl Resource {
     pub fn id(&self) -> ResourceRef {
         let name = match self {
             Resource::File(s) => s.path.to_string(),
-            Resource::Package(s) => s.name.clone(),
-            Resource::AptSource(s) => s.name.clone(),
-            Resource::Service(s) => s.name.clone(),
-            Resource::Stack(s) => s.name.clone(),
-            Resource::Cert(s) => s.name.clone(),
-            Resource::Exec(s) => s.name.clone(),
+            Resource::Package(s) => s.name.to_string(),
+            Resource::AptSource(s) => s.name.to_string(),
+            Resource::Service(s) => s.name.to_string(),
+            Resource::Stack(s) => s.name.to_string(),
+            Resource::Cert(s) => s.name.to_string(),
+            Resource::Exec(s) => s.name.to_string(),
         };
         ResourceRef::new(self.kind(), &name)
     }
@@ -144,27 +146,70 @@ impl Resource {
 
 /// Everything one guest must look like. Order in `resources` is irrelevant;
 /// `depends_on` edges decide the apply order.
+///
+/// Only obtainable validated: through [`GuestSpec::new`] or deserialization, which runs
+/// the same checks (every resource, duplicates, unknown dependencies, cycles). So the
+/// agent's own `desired.json`, a wire message and a compiled config are held to one rule.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawGuestSpec")]
 pub struct GuestSpec {
+    resources: Vec<Resource>,
+}
+
+/// The JSON shape of a `GuestSpec` before validation.
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct RawGuestSpec {
     #[serde(default)]
-    pub resources: Vec<Resource>,
+    resources: Vec<Resource>,
+}
+
+/// Every reason a spec was refused, as serde reports one error.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SpecErrors(pub Vec<ModelError>);
+
+impl std::fmt::Display for SpecErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            e.fmt(f)?;
+        }
+        Ok(())
+    }
+}
+
+impl TryFrom<RawGuestSpec> for GuestSpec {
+    type Error = SpecErrors;
+    fn try_from(raw: RawGuestSpec) -> Result<Self, SpecErrors> {
+        GuestSpec::new(raw.resources).map_err(SpecErrors)
+    }
 }
 
 impl GuestSpec {
     /// Checks every resource, uniqueness and the dependency graph; returns all errors.
-    pub fn validate(&self) -> Result<(), Vec<ModelError>> {
+    pub fn new(resources: Vec<Resource>) -> Result<Self, Vec<ModelError>> {
+        let spec = GuestSpec { resources };
         let mut errors = Vec::new();
         let mut ids = BTreeSet::new();
-        for r in &self.resources {
+        for r in &spec.resources {
             if let Err(e) = r.validate() {
                 errors.push(e);
             }
             if !ids.insert(r.id()) {
                 errors.push(ModelError::Duplicate(r.id()));
             }
+            if let Resource::Cert(c) = r
+                && let Err(reason) = c.check_reloads(&spec.resources)
+            {
+                errors.push(ModelError::Invalid {
+                    resource: r.id(),
+                    reason,
+                });
+            }
         }
-        for r in &self.resources {
+        for r in &spec.resources {
             for dep in r.after() {
                 if !ids.contains(dep) {
                     errors.push(ModelError::UnknownDependency {
@@ -175,20 +220,34 @@ impl GuestSpec {
             }
         }
         if errors.is_empty()
-            && let Err(e) = self.order()
+            && let Err(e) = spec.try_order()
         {
             errors.push(e);
         }
         if errors.is_empty() {
-            Ok(())
+            Ok(spec)
         } else {
             Err(errors)
         }
     }
 
+    pub fn resources(&self) -> &[Resource] {
+        &self.resources
+    }
+
+    pub fn into_resources(self) -> Vec<Resource> {
+        self.resources
+    }
+
     /// Indices of `resources` in dependency order, ties broken by id, so the order is
-    /// deterministic across runs and hosts.
-    pub fn order(&self) -> Result<Vec<usize>, ModelError> {
+    /// deterministic across runs and hosts. A `GuestSpec` was checked for cycles when it
+    /// was made, so every resource appears.
+    pub fn order(&self) -> Vec<usize> {
+        self.try_order()
+            .unwrap_or_else(|_| (0..self.resources.len()).collect())
+    }
+
+    fn try_order(&self) -> Result<Vec<usize>, ModelError> {
         let index: BTreeMap<ResourceRef, usize> = self
             .resources
             .iter()
@@ -208,11 +267,18 @@ impl GuestSpec {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
+    /// Parses and validates, keeping every model error apart (serde would join them).
     pub fn from_json(bytes: &[u8]) -> Result<Self, Vec<ModelError>> {
-        let spec: GuestSpec =
+        let raw: RawGuestSpec =
             serde_json::from_slice(bytes).map_err(|e| vec![ModelError::Json(e.to_string())])?;
-        spec.validate()?;
-        Ok(spec)
+        GuestSpec::new(raw.resources)
+    }
+
+    /// `from_json` for a value already parsed (a guest inside a larger document).
+    pub fn from_value(value: serde_json::Value) -> Result<Self, Vec<ModelError>> {
+        let raw: RawGuestSpec =
+            serde_json::from_value(value).map_err(|e| vec![ModelError::Json(e.to_string())])?;
+        GuestSpec::new(raw.resources)
     }
 }
 

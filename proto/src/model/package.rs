@@ -1,5 +1,5 @@
-use super::ResourceRef;
 use super::secret::SecretRef;
+use super::{PackageName, ResourceRef, SimpleName};
 use serde::{Deserialize, Serialize};
 
 #[derive(
@@ -18,7 +18,7 @@ pub enum PackageState {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PackageSpec {
-    pub name: String,
+    pub name: PackageName,
     /// Exact Debian version to pin (`apt-get install name=version`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
@@ -33,7 +33,6 @@ pub struct PackageSpec {
 
 impl PackageSpec {
     pub(super) fn validate(&self) -> Result<(), String> {
-        valid_package_name(&self.name)?;
         if let Some(v) = &self.version {
             // Debian policy 5.6.12: [epoch:]upstream[-revision]; no shell metacharacters.
             let ok = !v.is_empty()
@@ -55,31 +54,13 @@ impl PackageSpec {
     }
 }
 
-/// Debian policy 5.6.1: lowercase alphanumerics and `+ - .`, at least two characters,
-/// starting alphanumeric.
-pub(crate) fn valid_package_name(name: &str) -> Result<(), String> {
-    let ok = name.len() >= 2
-        && name.len() <= 128
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'+' | b'-' | b'.')
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "package name {name:?} is not a Debian package name"
-        ))
-    }
-}
-
 /// An apt source (deb822 `.sources` file under /etc/apt/sources.list.d) with its
 /// signing key, e.g. the Docker or NVIDIA repository.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AptSourceSpec {
     /// File stem: `/etc/apt/sources.list.d/<name>.sources`.
-    pub name: String,
+    pub name: SimpleName,
     pub uris: Vec<String>,
     pub suites: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -105,7 +86,6 @@ pub enum KeySource {
 
 impl AptSourceSpec {
     pub(super) fn validate(&self) -> Result<(), String> {
-        super::cert::simple_name("apt source", &self.name)?;
         if self.uris.is_empty() || self.suites.is_empty() {
             return Err("an apt source needs at least one URI and one suite".into());
         }

@@ -1,4 +1,4 @@
-use super::AbsPath;
+use super::{AbsPath, EnvName};
 use serde::{Deserialize, Serialize};
 
 /// A secret is never carried in a desired state: only where the agent reads it.
@@ -8,5 +8,5 @@ pub enum SecretRef {
     /// A file on the guest (e.g. `/etc/phoenix/secrets/registry.json`).
     File(AbsPath),
     /// An environment variable of the agent process.
-    Env(String),
+    Env(EnvName),
 }

@@ -1,6 +1,5 @@
-use super::file::valid_account;
 use super::secret::SecretRef;
-use super::{AbsPath, Ensure, ResourceRef};
+use super::{AbsPath, AccountName, Ensure, EnvName, ResourceRef, SimpleName, UnitName};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -16,7 +15,7 @@ pub enum RunState {
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
     /// Unit name including the suffix, e.g. `vllm_model_server.service`.
-    pub name: String,
+    pub name: UnitName,
     #[serde(default)]
     pub ensure: Ensure,
     /// Generated unit file `/etc/systemd/system/<name>`; unset means the unit comes
@@ -25,7 +24,7 @@ pub struct ServiceSpec {
     pub unit: Option<UnitSpec>,
     /// Drop-ins `/etc/systemd/system/<name>.d/<key>.conf`, raw INI text.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub dropins: BTreeMap<String, String>,
+    pub dropins: BTreeMap<SimpleName, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -53,14 +52,14 @@ pub struct UnitSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_type: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub environment: BTreeMap<String, String>,
+    pub environment: BTreeMap<EnvName, String>,
     /// Values resolved on the agent into an `EnvironmentFile` readable only by root.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub secret_environment: BTreeMap<String, SecretRef>,
+    pub secret_environment: BTreeMap<EnvName, SecretRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
+    pub user: Option<AccountName>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub group: Option<String>,
+    pub group: Option<AccountName>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_directory: Option<AbsPath>,
     /// `no`, `always`, `on-failure`, ...
@@ -69,14 +68,14 @@ pub struct UnitSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_sec: Option<u32>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub after: Vec<String>,
+    pub after: Vec<UnitName>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub requires: Vec<String>,
+    pub requires: Vec<UnitName>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub wants: Vec<String>,
+    pub wants: Vec<UnitName>,
     /// `[Install] WantedBy=`; defaults to `multi-user.target`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub wanted_by: Vec<String>,
+    pub wanted_by: Vec<UnitName>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<ResourceLimits>,
 }
@@ -94,28 +93,6 @@ pub struct ResourceLimits {
     pub tasks_max: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit_nofile: Option<u32>,
-}
-
-/// systemd unit names: `[A-Za-z0-9:_.\\@-]`, with a known suffix, no path.
-pub fn valid_unit_name(name: &str) -> Result<(), String> {
-    const SUFFIXES: [&str; 6] = [
-        ".service", ".socket", ".timer", ".target", ".mount", ".path",
-    ];
-    let ok = !name.is_empty()
-        && name.len() <= 255
-        && SUFFIXES
-            .iter()
-            .any(|s| name.ends_with(s) && name.len() > s.len())
-        && name.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b':' | b'-' | b'_' | b'.' | b'@' | b'\\')
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "unit name {name:?} is not a systemd unit name (no paths; needs a suffix such as .service)"
-        ))
-    }
 }
 
 /// `Restart=` values systemd accepts.
@@ -161,9 +138,7 @@ impl ServiceSpec {
     /// Everything the agent renders into a unit, drop-in or environment file is checked
     /// here, so `phoenix validate` and the agent refuse the same specs.
     pub fn validate(&self) -> Result<(), String> {
-        valid_unit_name(&self.name)?;
         for (key, text) in &self.dropins {
-            super::cert::simple_name("drop-in", key)?;
             // Drop-ins are raw INI by design; only what no file can hold is refused.
             if text.contains('\0') {
                 return Err(format!("drop-in {key} contains a NUL byte"));
@@ -225,31 +200,8 @@ impl UnitSpec {
                 ));
             }
         }
-        for (what, v) in [("user", &self.user), ("group", &self.group)] {
-            if let Some(v) = v
-                && !valid_account(v)
-            {
-                return Err(format!("unit.{what} {v:?} is not a user/group name"));
-            }
-        }
-        for k in self
-            .environment
-            .keys()
-            .chain(self.secret_environment.keys())
-        {
-            valid_env_name(k)?;
-        }
         for (k, v) in &self.environment {
             one_line(&format!("unit.environment.{k}"), v)?;
-        }
-        for dep in self
-            .after
-            .iter()
-            .chain(&self.requires)
-            .chain(&self.wants)
-            .chain(&self.wanted_by)
-        {
-            valid_unit_name(dep)?;
         }
         if let Some(r) = &self.restart
             && !RESTART.contains(&r.as_str())
@@ -282,18 +234,5 @@ impl UnitSpec {
             }
         }
         Ok(())
-    }
-}
-
-pub(crate) fn valid_env_name(k: &str) -> Result<(), String> {
-    let ok = !k.is_empty()
-        && !k.as_bytes()[0].is_ascii_digit()
-        && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "environment name {k:?} is not a valid variable name"
-        ))
     }
 }

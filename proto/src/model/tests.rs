@@ -15,7 +15,6 @@ fn orders_by_dependencies_then_id() {
     .expect("valid");
     let order: Vec<String> = s
         .order()
-        .expect("acyclic")
         .into_iter()
         .map(|i| s.resources[i].id().to_string())
         .collect();
@@ -28,10 +27,20 @@ fn reports_every_error_together() {
         r#"{"resources":[
         {"kind":"file","path":"/a","content":"x","depends_on":["file:/missing"]},
         {"kind":"file","path":"/a","content":"y"},
-        {"kind":"package","name":"ng;rm -rf"}]}"#,
+        {"kind":"package","name":"nginx","version":"1.0;rm -rf"}]}"#,
     )
     .expect_err("invalid");
     assert_eq!(errs.len(), 3, "{errs:?}");
+}
+
+#[test]
+fn a_bad_name_is_refused_while_reading_naming_value_and_place() {
+    let errs = spec(r#"{"resources":[{"kind":"package","name":"ng;rm -rf"}]}"#).expect_err("bad");
+    let text = errs[0].to_string();
+    assert!(
+        text.contains("invalid package name \"ng;rm -rf\"") && text.contains("line 1"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -222,4 +231,66 @@ fn unquoted_unit_values_refuse_a_trailing_backslash() {
         let json = serde_json::json!({"resources": [{"kind": "service", "name": "a.service", "unit": unit}]});
         assert!(spec(&json.to_string()).is_err(), "{json}");
     }
+}
+
+/// Every way into a `GuestSpec` validates: a plain serde load (the agent's desired.json,
+/// a `DesiredState`) refuses what `from_json` refuses, naming each reason.
+#[test]
+fn deserializing_runs_the_whole_validation() {
+    let dup = r#"{"resources":[
+        {"kind":"file","path":"/a","content":"x"},
+        {"kind":"file","path":"/a","content":"y","depends_on":["file:/nope"]}]}"#;
+    let e = serde_json::from_str::<GuestSpec>(dup).expect_err("refused");
+    assert!(
+        e.to_string().contains("resource file:/a is declared twice")
+            && e.to_string()
+                .contains("depends on file:/nope, which is not declared"),
+        "{e}"
+    );
+    let desired = format!(r#"{{"revision":1,"digest":"d","dry_run":false,"spec":{dup}}}"#);
+    assert!(serde_json::from_str::<DesiredState>(&desired).is_err());
+    let ok = r#"{"resources":[{"kind":"file","path":"/a","content":"x"}]}"#;
+    let spec: GuestSpec = serde_json::from_str(ok).expect("valid");
+    assert_eq!(
+        String::from_utf8_lossy(&spec.to_json()),
+        r#"{"resources":[{"kind":"file","path":"/a","ensure":"present","content":"x"}]}"#
+    );
+}
+
+#[test]
+fn schema_describes_the_raw_shape() {
+    let schema = serde_json::to_value(schemars::schema_for!(GuestSpec)).expect("json");
+    assert_eq!(schema["additionalProperties"], false, "{schema}");
+    assert!(schema["properties"]["resources"].is_object());
+    assert!(schema.get("required").is_none(), "resources defaults to []");
+}
+
+/// A reload the spec itself makes impossible is refused before the agent writes a key.
+#[test]
+fn a_cert_may_not_reload_a_service_that_cannot_be_reloaded() {
+    let with = |service: &str, reload: &str| {
+        spec(&format!(
+            r#"{{"resources":[{service},
+            {{"kind":"cert","name":"web","common_name":"web.lab","cert_path":"/c","key_path":"/k",
+              "reload":[{reload}]}}]}}"#
+        ))
+    };
+    let generated = r#"{"kind":"service","name":"web.service","unit":{"exec_start":["/bin/web"]}}"#;
+    let errs = with(generated, r#"{"service_reload":"web.service"}"#).expect_err("refused");
+    assert!(
+        errs[0]
+            .to_string()
+            .starts_with("resource cert:web: service_reload web.service: Phoenix generates that unit without exec_reload"),
+        "{errs:?}"
+    );
+    assert!(with(generated, r#"{"service_restart":"web.service"}"#).is_ok());
+    let stopped = r#"{"kind":"service","name":"web.service","state":"stopped"}"#;
+    let errs = with(stopped, r#"{"service_restart":"web.service"}"#).expect_err("refused");
+    assert!(
+        errs[0].to_string().contains("removes or keeps stopped"),
+        "{errs:?}"
+    );
+    // A unit the spec does not declare (from a package installed by hand) is the host's.
+    let other = r#"{"kind":"file","path":"/x","content":""}"#;
+    assert!(with(other, r#"{"service_reload":"nginx.service"}"#).is_ok());
 }

@@ -143,7 +143,7 @@ async fn sim_agent(
                 dry_run: false,
                 results: state
                     .spec
-                    .resources
+                    .resources()
                     .iter()
                     .map(|r| v1::ResourceResult {
                         resource: r.id().to_string(),
