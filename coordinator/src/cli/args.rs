@@ -129,6 +129,11 @@ pub enum TokenCommand {
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
+    /// A TOML file holding any of these options under their flag names
+    /// (configs/coordinator.example.toml); flags given here win over it. Default:
+    /// /etc/phoenix/coordinator.toml when it exists.
+    #[arg(long, env = "PHOENIX_CONFIG")]
+    pub config: Option<PathBuf>,
     #[arg(long, env = "PHOENIX_STATE_DIR", default_value = "/var/lib/phoenix")]
     pub state_dir: PathBuf,
     #[arg(long, default_value = "0.0.0.0:7443")]
@@ -163,30 +168,33 @@ pub struct ServeArgs {
     /// the old key (a guest powered off over a weekend); 0 disables it.
     #[arg(long, default_value = "7d", value_parser = duration::parse)]
     pub renew_after_expiry: Duration,
-    /// Which CA signs identities: the embedded one, or a Smallstep step-ca.
+    /// Which CA signs identities: the embedded one, or a Smallstep step-ca (which needs
+    /// the step-ca URL, fingerprint and provisioner, and its key: a JWK, or a JWE with its
+    /// password file).
     #[arg(long, value_enum, default_value = "embedded")]
     pub ca: CaKind,
     /// step-ca URL, e.g. https://ca.internal:9000 (its host must be one of the CA's dnsNames).
-    #[arg(long, required_if_eq("ca", "step-ca"))]
+    #[arg(long)]
     pub step_ca_url: Option<String>,
     /// Hex SHA-256 of step-ca's root certificate (`step certificate fingerprint`).
-    #[arg(long, required_if_eq("ca", "step-ca"))]
+    #[arg(long)]
     pub step_ca_fingerprint: Option<String>,
     /// Name of the JWK provisioner in ca.json.
-    #[arg(long, required_if_eq("ca", "step-ca"))]
+    #[arg(long)]
     pub step_ca_provisioner: Option<String>,
     /// The provisioner's private JWK (0600).
-    #[arg(long, conflicts_with = "step_ca_jwe")]
+    #[arg(long)]
     pub step_ca_jwk: Option<PathBuf>,
     /// The provisioner key as step's password-encrypted JWE (the `encryptedKey` of ca.json)…
-    #[arg(long, requires = "step_ca_password_file")]
+    #[arg(long)]
     pub step_ca_jwe: Option<PathBuf>,
     /// …and the file holding its password.
     #[arg(long)]
     pub step_ca_password_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum CaKind {
     Embedded,
     StepCa,

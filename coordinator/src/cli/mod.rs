@@ -7,6 +7,7 @@
 
 mod apply;
 mod args;
+pub mod config;
 pub mod duration;
 mod follow;
 mod identity;
@@ -27,6 +28,8 @@ pub enum CliError {
     Rpc(String),
     #[error("{0}")]
     Input(String),
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
     #[error(transparent)]
     Serve(#[from] server::ServeError),
     /// Not every guest converged; the details were printed.

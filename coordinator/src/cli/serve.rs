@@ -15,26 +15,41 @@ impl ServeArgs {
         if self.ca == CaKind::Embedded {
             return Ok(None);
         }
+        // Checked here rather than by clap: each value may come from the config file.
+        let missing = |what: &str| {
+            CliError::Input(format!(
+                "--ca step-ca needs {what} (flag or config file key without the dashes)"
+            ))
+        };
         let key = match (
             &self.step_ca_jwk,
             &self.step_ca_jwe,
             &self.step_ca_password_file,
         ) {
-            (Some(jwk), None, _) => ProvisionerKeySource::Jwk(jwk.clone()),
+            (Some(jwk), None, None) => ProvisionerKeySource::Jwk(jwk.clone()),
             (None, Some(jwe), Some(pw)) => ProvisionerKeySource::EncryptedJwk {
                 jwe: jwe.clone(),
                 password_file: pw.clone(),
             },
             _ => {
-                return Err(CliError::Input(
-                    "--ca step-ca needs --step-ca-jwk, or --step-ca-jwe with --step-ca-password-file".into(),
+                return Err(missing(
+                    "--step-ca-jwk, or --step-ca-jwe with --step-ca-password-file",
                 ));
             }
         };
         let cfg = StepCaConfig {
-            url: self.step_ca_url.clone().unwrap_or_default(),
-            fingerprint: self.step_ca_fingerprint.clone().unwrap_or_default(),
-            provisioner: self.step_ca_provisioner.clone().unwrap_or_default(),
+            url: self
+                .step_ca_url
+                .clone()
+                .ok_or_else(|| missing("--step-ca-url"))?,
+            fingerprint: self
+                .step_ca_fingerprint
+                .clone()
+                .ok_or_else(|| missing("--step-ca-fingerprint"))?,
+            provisioner: self
+                .step_ca_provisioner
+                .clone()
+                .ok_or_else(|| missing("--step-ca-provisioner"))?,
             key,
         };
         let ca = StepCa::connect(&cfg)
