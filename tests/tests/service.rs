@@ -1,8 +1,11 @@
 //! The coordinator as a service manager runs it: `systemctl stop` (SIGTERM) with agents
-//! connected ends within seconds with status 0, and nothing received before is lost.
+//! connected ends within seconds with status 0, and nothing received before is lost;
+//! `Type=notify` hears READY=1 only once both ports are up, and STOPPING=1 on stop.
 
 use phoenix_tests::spine::{Agent, Coordinator, converged, files_spec, guest_status, write_spec};
-use phoenix_tests::wait_for;
+use phoenix_tests::{bin, wait_for};
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);
@@ -60,4 +63,58 @@ fn sigterm_with_agents_connected_exits_0_fast_and_keeps_reports() {
             .then_some(())
     });
     eprintln!("stopped in {took:?} with {} agents connected", agents.len());
+}
+
+/// The next message on the fake `$NOTIFY_SOCKET`.
+fn next_notify(sock: &UnixDatagram) -> String {
+    let mut buf = [0u8; 4096];
+    let n = sock.recv(&mut buf).expect("a notification within 30s");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[test]
+fn ready_is_sent_only_when_both_ports_accept_and_stopping_on_sigterm() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let notify_path = tmp.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).expect("bind the fake NOTIFY_SOCKET");
+    notify.set_read_timeout(Some(T)).expect("timeout");
+    let state = tmp.path().join("state");
+    let admin = tmp.path().join("admin.sock");
+    let child = Command::new(bin("phoenix"))
+        .arg("--admin-socket")
+        .arg(&admin)
+        .arg("serve")
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("JOURNAL_STREAM", "8:1234")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn phoenix serve");
+
+    let first = next_notify(&notify);
+    assert_eq!(first.trim(), "READY=1");
+    // At that moment both the agent port and the admin socket already accept.
+    let addr = std::fs::read_to_string(state.join("coordinator.addr")).expect("address file");
+    std::net::TcpStream::connect(addr.trim()).expect("the agent port accepts at READY=1");
+    UnixStream::connect(&admin).expect("the admin socket accepts at READY=1");
+
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    assert_eq!(next_notify(&notify).trim(), "STOPPING=1");
+    let out = child.wait_with_output().expect("wait");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}:\n{log}", out.status);
+    // Under journald the journal stamps lines; ours must not carry a second timestamp.
+    let ready = log
+        .lines()
+        .find(|l| l.contains("coordinator ready"))
+        .unwrap_or_else(|| panic!("no ready line:\n{log}"));
+    assert!(
+        ready.trim_start().starts_with("INFO"),
+        "a timestamp under JOURNAL_STREAM: {ready}"
+    );
 }
