@@ -109,6 +109,22 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Write man pages or shell completions (for packaging).
+    #[command(hide = true)]
+    Generate {
+        #[arg(value_enum)]
+        what: Generated,
+        /// Directory to write into (created).
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Generated {
+    /// phoenix.1 and phoenix-<command>.1.
+    Man,
+    /// bash (phoenix), zsh (_phoenix) and fish (phoenix.fish).
+    Completions,
 }
 
 #[derive(Subcommand, Debug)]

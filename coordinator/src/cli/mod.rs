@@ -10,13 +10,14 @@ mod args;
 pub mod config;
 pub mod duration;
 mod follow;
+mod generate;
 mod identity;
 mod inventory;
 mod offline;
 mod render;
 mod serve;
 
-pub use args::{CaKind, Cli, Command, Output, ServeArgs, TokenCommand};
+pub use args::{CaKind, Cli, Command, Generated, Output, ServeArgs, TokenCommand};
 
 use crate::{admin_client, compile, server};
 
@@ -83,6 +84,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             apply::apply(&cli.admin_socket, &path, true, timeout, false, &scope).await
         }
         Command::Revoke { guest } => identity::revoke(&cli.admin_socket, guest).await,
+        Command::Generate { what, dir } => generate::write(what, &dir),
         Command::Schema => {
             println!("{}", compile::schema_json());
             Ok(())
