@@ -118,10 +118,10 @@ impl ServeArgs {
     fn merge(&mut self, file: FileConfig, m: &ArgMatches) {
         macro_rules! take {
             ($($field:ident),* $(,)?) => {$(
-                if let Some(v) = file.$field {
-                    if !given(m, stringify!($field)) {
-                        self.$field = v.into();
-                    }
+                if let Some(v) = file.$field
+                    && !given(m, stringify!($field))
+                {
+                    self.$field = v.into();
                 }
             )*};
         }
@@ -143,15 +143,15 @@ impl ServeArgs {
             step_ca_jwe,
             step_ca_password_file,
         );
-        if let Some(td) = file.trust_domain {
-            if !given(m, "trust_domain") {
-                self.trust_domain = td.as_str().to_string();
-            }
+        if let Some(td) = file.trust_domain
+            && !given(m, "trust_domain")
+        {
+            self.trust_domain = td.as_str().to_string();
         }
-        if let Some(Positive(n)) = file.max_pending_connections {
-            if !given(m, "max_pending_connections") {
-                self.max_pending_connections = n;
-            }
+        if let Some(Positive(n)) = file.max_pending_connections
+            && !given(m, "max_pending_connections")
+        {
+            self.max_pending_connections = n;
         }
     }
 }
@@ -168,10 +168,10 @@ impl Cli {
                 None => (PathBuf::from(DEFAULT_PATH), false),
             };
             let mut file = FileConfig::load(&path, explicit)?;
-            if let Some(sock) = file.admin_socket.take() {
-                if !given(&matches, "admin_socket") {
-                    cli.admin_socket = sock;
-                }
+            if let Some(sock) = file.admin_socket.take()
+                && !given(&matches, "admin_socket")
+            {
+                cli.admin_socket = sock;
             }
             if let Some(("serve", sub)) = matches.subcommand() {
                 args.merge(file, sub);
@@ -218,7 +218,7 @@ mod tests {
         let (cli, r) = serve_with(&["phoenix", "serve"], &text);
         r.expect("the example is valid");
         let a = serve_args(&cli);
-        assert_eq!(a.listen, "0.0.0.0:7443".parse().unwrap());
+        assert_eq!(a.listen.to_string(), "0.0.0.0:7443");
         assert_eq!(a.state_dir, PathBuf::from("/var/lib/phoenix"));
         assert_eq!(a.admin_group.as_deref(), Some("phoenix"));
         assert_eq!(a.agent_cert_ttl, Duration::from_secs(24 * 3600));
@@ -232,7 +232,7 @@ mod tests {
         let (cli, r) = serve_with(&["phoenix", "serve", "--ping-interval", "9s"], toml);
         r.expect("valid");
         let a = serve_args(&cli);
-        assert_eq!(a.listen, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(a.listen.to_string(), "127.0.0.1:9000");
         assert_eq!(a.trust_domain, "lab.example");
         assert_eq!(a.ping_interval, Duration::from_secs(9), "the flag wins");
         assert_eq!(a.max_pending_connections, 7);
