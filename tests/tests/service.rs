@@ -65,11 +65,20 @@ fn sigterm_with_agents_connected_exits_0_fast_and_keeps_reports() {
     eprintln!("stopped in {took:?} with {} agents connected", agents.len());
 }
 
-/// The next message on the fake `$NOTIFY_SOCKET`.
-fn next_notify(sock: &UnixDatagram) -> String {
+/// The next message on the fake `$NOTIFY_SOCKET`; on a timeout, the daemon's log.
+fn next_notify(sock: &UnixDatagram, child: &mut std::process::Child) -> String {
     let mut buf = [0u8; 4096];
-    let n = sock.recv(&mut buf).expect("a notification within 30s");
-    String::from_utf8_lossy(&buf[..n]).into_owned()
+    match sock.recv(&mut buf) {
+        Ok(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+        Err(e) => {
+            let _ = child.kill();
+            let mut log = String::new();
+            if let Some(mut err) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut err, &mut log);
+            }
+            panic!("no notification within {T:?} ({e}); daemon log:\n{log}")
+        }
+    }
 }
 
 #[test]
@@ -80,7 +89,7 @@ fn ready_is_sent_only_when_both_ports_accept_and_stopping_on_sigterm() {
     notify.set_read_timeout(Some(T)).expect("timeout");
     let state = tmp.path().join("state");
     let admin = tmp.path().join("admin.sock");
-    let child = Command::new(bin("phoenix"))
+    let mut child = Command::new(bin("phoenix"))
         .arg("--admin-socket")
         .arg(&admin)
         .arg("serve")
@@ -95,7 +104,7 @@ fn ready_is_sent_only_when_both_ports_accept_and_stopping_on_sigterm() {
         .spawn()
         .expect("spawn phoenix serve");
 
-    let first = next_notify(&notify);
+    let first = next_notify(&notify, &mut child);
     assert_eq!(first.trim(), "READY=1");
     // At that moment both the agent port and the admin socket already accept.
     let addr = std::fs::read_to_string(state.join("coordinator.addr")).expect("address file");
@@ -104,7 +113,7 @@ fn ready_is_sent_only_when_both_ports_accept_and_stopping_on_sigterm() {
 
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
-    assert_eq!(next_notify(&notify).trim(), "STOPPING=1");
+    assert_eq!(next_notify(&notify, &mut child).trim(), "STOPPING=1");
     let out = child.wait_with_output().expect("wait");
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "exit {:?}:\n{log}", out.status);

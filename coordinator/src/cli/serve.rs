@@ -89,12 +89,18 @@ pub(super) async fn serve(args: ServeArgs, admin_socket: PathBuf) -> Result<(), 
         handshake_timeout: args.handshake_timeout,
     };
     raise_fd_limit();
-    let shutdown = async {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    // Handlers installed now, before READY=1: a SIGTERM right after readiness must stop
+    // the daemon cleanly, not kill it with the default action.
+    let signal = |kind| {
+        tokio::signal::unix::signal(kind)
+            .map_err(|e| CliError::Input(format!("install the SIGTERM/SIGINT handlers: {e}")))
+    };
+    let mut term = signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let shutdown = async move {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {},
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {},
+            _ = term.recv() => {},
+            _ = int.recv() => {},
         }
     };
     server::run(cfg, listener, ca, shutdown).await?;
