@@ -1,8 +1,9 @@
 //! The Debian packages as a user installs them: coordinator/debian/build-deb.sh builds
-//! phoenix_<ver>.deb from the (debug) binaries; in a Debian container booted with systemd
-//! `apt-get install ./…deb` installs it, the unit starts through `Type=notify` with the
-//! default config file, `systemctl stop` with agents connected returns within 5 s, and
-//! `apt-get purge` removes the unit, the config, the state and the group.
+//! phoenix_<ver>.deb and phoenix-agent_<ver>.deb from the (debug) binaries; in a Debian
+//! container booted with systemd `apt-get install ./…deb` installs them, the coordinator
+//! unit starts through `Type=notify` with the default config file, the packaged agent
+//! unit (after `join`) connects, `systemctl stop` with agents connected returns within
+//! 5 s, and `apt-get purge` removes units, config, state and the group.
 
 use phoenix_tests::guest::Guest;
 use std::path::Path;
@@ -36,17 +37,19 @@ fn build_deb(pkg: &str, out: &Path) -> String {
 }
 
 #[test]
-fn coordinator_deb_installs_starts_by_notify_stops_fast_and_purges() {
+fn debs_install_start_by_notify_stop_fast_and_purge() {
     let debs = tempfile::tempdir().expect("tempdir");
     let deb = build_deb("phoenix", debs.path());
     assert!(
         deb.starts_with("phoenix_") && deb.ends_with(".deb"),
         "{deb}"
     );
+    let agent_deb = build_deb("phoenix-agent", debs.path());
+    assert!(agent_deb.starts_with("phoenix-agent_"), "{agent_deb}");
     let Some(g) = Guest::boot("packages", &[(debs.path(), "/debs")]) else {
         return;
     };
-    g.ok(&format!("apt-get install -y /debs/{deb}"));
+    g.ok(&format!("apt-get install -y /debs/{deb} /debs/{agent_deb}"));
     assert_eq!(g.unit_prop("phoenix.service", "Type"), "notify");
     assert_eq!(g.unit_prop("phoenix.service", "UnitFileState"), "enabled");
     g.ok(
@@ -63,8 +66,23 @@ fn coordinator_deb_installs_starts_by_notify_stops_fast_and_purges() {
     g.ok("phoenix status");
     assert_eq!(g.ok("stat -c %G:%a /run/phoenix/admin.sock"), "phoenix:660");
 
-    // Three enrolled agents with open sessions (the guest's own agent binary).
-    for id in GUESTS {
+    // The packaged agent: a restart must never kill an apt/dpkg it started, and a
+    // not-enrolled exit (78) must not restart-loop.
+    assert_eq!(g.unit_prop("phoenix-agent.service", "KillMode"), "process");
+    assert_eq!(
+        g.unit_prop("phoenix-agent.service", "RestartPreventExitStatus"),
+        "78"
+    );
+    assert_eq!(
+        g.unit_prop("phoenix-agent.service", "UnitFileState"),
+        "enabled"
+    );
+    g.ok(&format!(
+        "/usr/bin/phoenix-agent join \"$(phoenix token create --guest {})\" && systemctl start phoenix-agent",
+        GUESTS[0]
+    ));
+    // Two more enrolled agents with open sessions, as transient units.
+    for id in &GUESTS[1..] {
         g.ok(&format!(
             "phoenix-agent --state-dir /var/lib/agent-{id} join \"$(phoenix token create --guest {id})\" \
              && systemd-run --unit agent-{id} /usr/local/bin/phoenix-agent --state-dir /var/lib/agent-{id} \
@@ -95,13 +113,22 @@ fn coordinator_deb_installs_starts_by_notify_stops_fast_and_purges() {
         "{}",
         g.ok("journalctl -u phoenix --no-pager | tail -20")
     );
+    assert_eq!(
+        g.unit_prop("phoenix-agent.service", "ActiveState"),
+        "active",
+        "the packaged agent waits for its coordinator to come back"
+    );
     eprintln!(
         "systemctl stop with {} agents connected: {took:?}",
         GUESTS.len()
     );
 
-    g.ok("apt-get purge -y phoenix");
+    g.ok("apt-get purge -y phoenix phoenix-agent");
     for gone in [
+        "/lib/systemd/system/phoenix-agent.service",
+        "/etc/systemd/system/multi-user.target.wants/phoenix-agent.service",
+        "/var/lib/phoenix-agent",
+        "/usr/bin/phoenix-agent",
         "/lib/systemd/system/phoenix.service",
         "/etc/systemd/system/multi-user.target.wants/phoenix.service",
         "/etc/phoenix",
