@@ -122,3 +122,32 @@ fn raise_fd_limit() {
         Err(e) => tracing::warn!(error = %e, "could not read the open-file limit"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::args::{Cli, Command};
+    use clap::Parser;
+
+    /// clap no longer checks these (the config file may supply them): serve must.
+    #[tokio::test]
+    async fn step_ca_without_its_settings_is_refused_naming_what_is_missing() {
+        for (extra, missing) in [
+            (&[][..], "--step-ca-jwk"),
+            (&["--step-ca-jwk", "/k"][..], "--step-ca-url"),
+            (
+                &["--step-ca-jwe", "/k", "--step-ca-url", "https://ca:9000"][..],
+                "--step-ca-password-file",
+            ),
+        ] {
+            let argv = [&["phoenix", "serve", "--ca", "step-ca"][..], extra].concat();
+            let Command::Serve(args) = Cli::try_parse_from(argv).expect("parse").command else {
+                panic!("not serve")
+            };
+            let err = match args.step_ca().await {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("{extra:?}: accepted"),
+            };
+            assert!(err.contains(missing), "{extra:?}: {err}");
+        }
+    }
+}
