@@ -20,11 +20,14 @@ case "$pkg" in
 phoenix)
     src=$repo/coordinator/debian
     binary=phoenix
+    # groupadd/groupdel in the maintainer scripts.
+    also_depends=", passwd"
     description="Phoenix coordinator: desired state for every guest of a Proxmox host"
     ;;
 phoenix-agent)
     src=$repo/agent/debian
     binary=phoenix-agent
+    also_depends=""
     description="Phoenix agent: converges this guest to the state its coordinator holds"
     ;;
 *)
@@ -60,12 +63,14 @@ if [ "$pkg" = phoenix ]; then
 fi
 
 size=$(du -sk "$root" | cut -f1)
+# The newest glibc symbol version the binary links against is what it needs at least.
+glibc=$(objdump -T "$root/usr/bin/$binary" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -n 1)
 cat >"$root/DEBIAN/control" <<CONTROL
 Package: $pkg
 Version: $version
 Architecture: $arch
 Maintainer: Phoenix developers <phoenix@localhost>
-Depends: libc6 (>= 2.34), passwd
+Depends: libc6 (>= $glibc)$also_depends
 Section: admin
 Priority: optional
 Installed-Size: $size
