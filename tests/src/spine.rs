@@ -98,6 +98,24 @@ impl Coordinator {
         kill9(&mut self.child);
     }
 
+    /// SIGTERM, as `systemctl stop` sends it; waits at most `limit` for the exit (then
+    /// kills). Returns the exit status if it exited in time, and how long it took.
+    pub fn terminate(&mut self, limit: Duration) -> (Option<std::process::ExitStatus>, Duration) {
+        let mut child = self.child.take().expect("coordinator running");
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+        let sent = std::time::Instant::now();
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        while sent.elapsed() < limit {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return (Some(status), sent.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        (None, sent.elapsed())
+    }
+
     /// Starts again on the same port and state.
     pub fn restart(&mut self) {
         self.kill9();

@@ -109,6 +109,22 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Write man pages or shell completions (for packaging).
+    #[command(hide = true)]
+    Generate {
+        #[arg(value_enum)]
+        what: Generated,
+        /// Directory to write into (created).
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Generated {
+    /// phoenix.1 and phoenix-<command>.1.
+    Man,
+    /// bash (phoenix), zsh (_phoenix) and fish (phoenix.fish).
+    Completions,
 }
 
 #[derive(Subcommand, Debug)]
@@ -129,6 +145,11 @@ pub enum TokenCommand {
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
+    /// A TOML file holding any of these options under their flag names
+    /// (configs/coordinator.example.toml); flags given here win over it. Default:
+    /// /etc/phoenix/coordinator.toml when it exists.
+    #[arg(long, env = "PHOENIX_CONFIG")]
+    pub config: Option<PathBuf>,
     #[arg(long, env = "PHOENIX_STATE_DIR", default_value = "/var/lib/phoenix")]
     pub state_dir: PathBuf,
     #[arg(long, default_value = "0.0.0.0:7443")]
@@ -163,23 +184,25 @@ pub struct ServeArgs {
     /// the old key (a guest powered off over a weekend); 0 disables it.
     #[arg(long, default_value = "7d", value_parser = duration::parse)]
     pub renew_after_expiry: Duration,
-    /// Which CA signs identities: the embedded one, or a Smallstep step-ca.
+    /// Which CA signs identities: the embedded one, or a Smallstep step-ca (which needs
+    /// the step-ca URL, fingerprint and provisioner, and its key: a JWK, or a JWE with its
+    /// password file).
     #[arg(long, value_enum, default_value = "embedded")]
     pub ca: CaKind,
     /// step-ca URL, e.g. https://ca.internal:9000 (its host must be one of the CA's dnsNames).
-    #[arg(long, required_if_eq("ca", "step-ca"))]
+    #[arg(long)]
     pub step_ca_url: Option<String>,
     /// Hex SHA-256 of step-ca's root certificate (`step certificate fingerprint`).
-    #[arg(long, required_if_eq("ca", "step-ca"))]
+    #[arg(long)]
     pub step_ca_fingerprint: Option<String>,
     /// Name of the JWK provisioner in ca.json.
-    #[arg(long, required_if_eq("ca", "step-ca"))]
+    #[arg(long)]
     pub step_ca_provisioner: Option<String>,
     /// The provisioner's private JWK (0600).
-    #[arg(long, conflicts_with = "step_ca_jwe")]
+    #[arg(long)]
     pub step_ca_jwk: Option<PathBuf>,
     /// The provisioner key as step's password-encrypted JWE (the `encryptedKey` of ca.json)…
-    #[arg(long, requires = "step_ca_password_file")]
+    #[arg(long)]
     pub step_ca_jwe: Option<PathBuf>,
     /// …and the file holding its password.
     #[arg(long)]
@@ -189,25 +212,22 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value = "redb")]
     pub store: StoreKind,
     /// etcd client URLs, comma-separated, e.g. http://10.0.0.1:2379,http://10.0.0.2:2379.
-    #[arg(
-        long,
-        env = "PHOENIX_ETCD_ENDPOINTS",
-        value_delimiter = ',',
-        required_if_eq("store", "etcd")
-    )]
+    #[arg(long, env = "PHOENIX_ETCD_ENDPOINTS", value_delimiter = ',')]
     pub etcd_endpoints: Vec<String>,
     /// Every Phoenix key lives under this etcd prefix.
     #[arg(long, default_value = "/phoenix/")]
     pub etcd_prefix: String,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum StoreKind {
     Redb,
     Etcd,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum CaKind {
     Embedded,
     StepCa,

@@ -7,15 +7,17 @@
 
 mod apply;
 mod args;
+pub mod config;
 pub mod duration;
 mod follow;
+mod generate;
 mod identity;
 mod inventory;
 mod offline;
 mod render;
 mod serve;
 
-pub use args::{CaKind, Cli, Command, Output, ServeArgs, TokenCommand};
+pub use args::{CaKind, Cli, Command, Generated, Output, ServeArgs, TokenCommand};
 
 use crate::{admin_client, compile, server};
 
@@ -27,6 +29,8 @@ pub enum CliError {
     Rpc(String),
     #[error("{0}")]
     Input(String),
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
     #[error(transparent)]
     Serve(#[from] server::ServeError),
     /// Not every guest converged; the details were printed.
@@ -80,6 +84,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             apply::apply(&cli.admin_socket, &path, true, timeout, false, &scope).await
         }
         Command::Revoke { guest } => identity::revoke(&cli.admin_socket, guest).await,
+        Command::Generate { what, dir } => generate::write(what, &dir),
         Command::Schema => {
             println!("{}", compile::schema_json());
             Ok(())

@@ -16,26 +16,41 @@ impl ServeArgs {
         if self.ca == CaKind::Embedded {
             return Ok(None);
         }
+        // Checked here rather than by clap: each value may come from the config file.
+        let missing = |what: &str| {
+            CliError::Input(format!(
+                "--ca step-ca needs {what} (flag or config file key without the dashes)"
+            ))
+        };
         let key = match (
             &self.step_ca_jwk,
             &self.step_ca_jwe,
             &self.step_ca_password_file,
         ) {
-            (Some(jwk), None, _) => ProvisionerKeySource::Jwk(jwk.clone()),
+            (Some(jwk), None, None) => ProvisionerKeySource::Jwk(jwk.clone()),
             (None, Some(jwe), Some(pw)) => ProvisionerKeySource::EncryptedJwk {
                 jwe: jwe.clone(),
                 password_file: pw.clone(),
             },
             _ => {
-                return Err(CliError::Input(
-                    "--ca step-ca needs --step-ca-jwk, or --step-ca-jwe with --step-ca-password-file".into(),
+                return Err(missing(
+                    "--step-ca-jwk, or --step-ca-jwe with --step-ca-password-file",
                 ));
             }
         };
         let cfg = StepCaConfig {
-            url: self.step_ca_url.clone().unwrap_or_default(),
-            fingerprint: self.step_ca_fingerprint.clone().unwrap_or_default(),
-            provisioner: self.step_ca_provisioner.clone().unwrap_or_default(),
+            url: self
+                .step_ca_url
+                .clone()
+                .ok_or_else(|| missing("--step-ca-url"))?,
+            fingerprint: self
+                .step_ca_fingerprint
+                .clone()
+                .ok_or_else(|| missing("--step-ca-fingerprint"))?,
+            provisioner: self
+                .step_ca_provisioner
+                .clone()
+                .ok_or_else(|| missing("--step-ca-provisioner"))?,
             key,
         };
         let ca = StepCa::connect(&cfg)
@@ -51,6 +66,11 @@ pub(super) async fn serve(args: ServeArgs, admin_socket: PathBuf) -> Result<(), 
     if args.handshake_timeout.is_zero() {
         return Err(CliError::Input(
             "--handshake-timeout must be more than 0s".into(),
+        ));
+    }
+    if args.store == StoreKind::Etcd && args.etcd_endpoints.is_empty() {
+        return Err(CliError::Input(
+            "--store etcd needs --etcd-endpoints (or etcd-endpoints in the config file)".into(),
         ));
     }
     let ca = args.step_ca().await?;
@@ -80,12 +100,18 @@ pub(super) async fn serve(args: ServeArgs, admin_socket: PathBuf) -> Result<(), 
         handshake_timeout: args.handshake_timeout,
     };
     raise_fd_limit();
-    let shutdown = async {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    // Handlers installed now, before READY=1: a SIGTERM right after readiness must stop
+    // the daemon cleanly, not kill it with the default action.
+    let signal = |kind| {
+        tokio::signal::unix::signal(kind)
+            .map_err(|e| CliError::Input(format!("install the SIGTERM/SIGINT handlers: {e}")))
+    };
+    let mut term = signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let shutdown = async move {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {},
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {},
+            _ = term.recv() => {},
+            _ = int.recv() => {},
         }
     };
     server::run(cfg, listener, ca, shutdown).await?;
@@ -105,5 +131,34 @@ fn raise_fd_limit() {
         },
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "could not read the open-file limit"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::args::{Cli, Command};
+    use clap::Parser;
+
+    /// clap no longer checks these (the config file may supply them): serve must.
+    #[tokio::test]
+    async fn step_ca_without_its_settings_is_refused_naming_what_is_missing() {
+        for (extra, missing) in [
+            (&[][..], "--step-ca-jwk"),
+            (&["--step-ca-jwk", "/k"][..], "--step-ca-url"),
+            (
+                &["--step-ca-jwe", "/k", "--step-ca-url", "https://ca:9000"][..],
+                "--step-ca-password-file",
+            ),
+        ] {
+            let argv = [&["phoenix", "serve", "--ca", "step-ca"][..], extra].concat();
+            let Command::Serve(args) = Cli::try_parse_from(argv).expect("parse").command else {
+                panic!("not serve")
+            };
+            let err = match args.step_ca().await {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("{extra:?}: accepted"),
+            };
+            assert!(err.contains(missing), "{extra:?}: {err}");
+        }
     }
 }

@@ -39,8 +39,10 @@ pub const UNAUTHENTICATED_LIFETIME: Duration = Duration::from_secs(60);
 pub const FD_RESERVE: u64 = 128;
 /// Refusals and accept errors are summarised at most this often.
 pub const LOG_EVERY: Duration = Duration::from_secs(10);
-/// How long open connections get to finish their calls after shutdown starts.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long open connections get to finish their calls after shutdown starts. Sessions
+/// are ended by the coordinator at once; this is for unary calls in flight (enroll, a
+/// certificate from step-ca), kept short so `systemctl stop` returns within seconds.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// Pause after a failed accept: with EMFILE the connection stays in the backlog, so an
 /// immediate retry would fail again and spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);

@@ -290,6 +290,8 @@ pub async fn run(
         stop_rx.clone(),
     )
     .map_err(ServeError::AdminThread)?;
+    // Both ports are up: the listener was bound by the caller and the admin socket above.
+    notify(sd_notify::NotifyState::Ready);
     tracing::info!(
         listen = %local,
         %advertise,
@@ -308,9 +310,10 @@ pub async fn run(
         limits,
         stop_rx,
     ));
+    let stopping = c.clone();
     tokio::spawn(async move {
         shutdown.await;
-        let _ = stop_tx.send(true);
+        stop(&stopping, &stop_tx);
     });
     let (agents, admin_result) = tokio::join!(agent_server, admin_done);
     renew.abort();
@@ -319,7 +322,44 @@ pub async fn run(
         tracing::error!(error = %e, "agent port server ended abnormally");
     }
     admin_result.map_err(|_| ServeError::AdminStopped)??;
+    tracing::info!("coordinator stopped");
     Ok(())
+}
+
+/// The stop sequence: new agent-port connections and new streams are refused (GOAWAY),
+/// then every agent session is ended with `Unavailable`, so its agent sees a clean end
+/// and reconnects with backoff, and each connection closes as soon as its calls are done
+/// (the listener's grace covers unary calls in flight). Nothing needs flushing: each
+/// report and state change is its own committed store transaction before it is answered.
+fn stop(c: &Coordinator, stop_tx: &tokio::sync::watch::Sender<bool>) {
+    notify(sd_notify::NotifyState::Stopping);
+    tracing::info!(
+        connected = c.hub.connected_count(),
+        "stopping: refusing new connections and ending agent sessions"
+    );
+    let _ = stop_tx.send(true);
+    match c.store.agents() {
+        Ok(agents) => {
+            for (guest, _) in agents {
+                c.hub.end_sessions(
+                    guest,
+                    tonic::Status::unavailable("coordinator is shutting down; reconnect later"),
+                );
+            }
+        }
+        // The connections still close when the listener's grace ends.
+        Err(e) => {
+            tracing::warn!(error = %e, "stopping: could not list agents to end their sessions")
+        }
+    }
+}
+
+/// Tells systemd (`Type=notify`, `$NOTIFY_SOCKET`) where the daemon is; a no-op when not
+/// run by systemd.
+fn notify(state: sd_notify::NotifyState<'_>) {
+    if let Err(e) = sd_notify::notify(&[state]) {
+        tracing::warn!(error = %e, "could not notify the service manager");
+    }
 }
 
 pub(crate) fn desired_message(rec: &crate::store::DesiredRecord) -> v1::DesiredState {

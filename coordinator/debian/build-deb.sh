@@ -1,0 +1,83 @@
+#!/bin/sh
+# Builds phoenix_<ver>_<arch>.deb (coordinator + CLI) or phoenix-agent_<ver>_<arch>.deb
+# from a staged tree with dpkg-deb, no debhelper needed.
+#
+#   coordinator/debian/build-deb.sh phoenix|phoenix-agent BIN_DIR OUT_DIR
+#
+# BIN_DIR holds the built binaries (target/release for shipping; the tests use
+# target/debug). Binaries are copied without debug info. Man pages and completions are
+# generated from the clap definitions by `phoenix generate`.
+set -eu
+
+pkg=${1:?usage: build-deb.sh phoenix|phoenix-agent BIN_DIR OUT_DIR}
+bin_dir=${2:?BIN_DIR}
+out_dir=${3:?OUT_DIR}
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$repo/Cargo.toml" | head -n 1)
+arch=$(dpkg --print-architecture)
+
+case "$pkg" in
+phoenix)
+    src=$repo/coordinator/debian
+    binary=phoenix
+    # groupadd/groupdel in the maintainer scripts.
+    also_depends=", passwd"
+    description="Phoenix coordinator: desired state for every guest of a Proxmox host"
+    ;;
+phoenix-agent)
+    src=$repo/agent/debian
+    binary=phoenix-agent
+    also_depends=""
+    description="Phoenix agent: converges this guest to the state its coordinator holds"
+    ;;
+*)
+    echo "build-deb.sh: unknown package '$pkg' (phoenix or phoenix-agent)" >&2
+    exit 2
+    ;;
+esac
+
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT INT TERM
+root=$stage/root
+install -d "$root/DEBIAN" "$root/usr/bin" "$root/lib/systemd/system"
+objcopy --strip-debug "$bin_dir/$binary" "$root/usr/bin/$binary"
+chmod 0755 "$root/usr/bin/$binary"
+install -m 0644 "$src/$pkg.service" "$root/lib/systemd/system/$pkg.service"
+for script in postinst prerm postrm; do
+    install -m 0755 "$src/$script" "$root/DEBIAN/$script"
+done
+
+if [ "$pkg" = phoenix ]; then
+    install -d "$root/etc/phoenix"
+    install -m 0644 "$repo/configs/coordinator.example.toml" "$root/etc/phoenix/coordinator.toml"
+    echo /etc/phoenix/coordinator.toml >"$root/DEBIAN/conffiles"
+    "$bin_dir/phoenix" generate man "$stage/man"
+    install -d "$root/usr/share/man/man1"
+    for page in "$stage"/man/*.1; do
+        gzip -9n <"$page" >"$root/usr/share/man/man1/$(basename "$page").gz"
+    done
+    "$bin_dir/phoenix" generate completions "$stage/completions"
+    install -D -m 0644 "$stage/completions/phoenix.bash" "$root/usr/share/bash-completion/completions/phoenix"
+    install -D -m 0644 "$stage/completions/_phoenix" "$root/usr/share/zsh/vendor-completions/_phoenix"
+    install -D -m 0644 "$stage/completions/phoenix.fish" "$root/usr/share/fish/vendor_completions.d/phoenix.fish"
+fi
+
+size=$(du -sk "$root" | cut -f1)
+# The newest glibc symbol version the binary links against is what it needs at least.
+glibc=$(objdump -T "$root/usr/bin/$binary" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -n 1)
+cat >"$root/DEBIAN/control" <<CONTROL
+Package: $pkg
+Version: $version
+Architecture: $arch
+Maintainer: Phoenix developers <phoenix@localhost>
+Depends: libc6 (>= $glibc)$also_depends
+Section: admin
+Priority: optional
+Installed-Size: $size
+Description: $description
+CONTROL
+
+mkdir -p "$out_dir"
+deb="$out_dir/${pkg}_${version}_${arch}.deb"
+dpkg-deb --root-owner-group -Zgzip -z6 --build "$root" "$deb" >/dev/null
+echo "$deb"

@@ -1,0 +1,143 @@
+//! The Debian packages as a user installs them: coordinator/debian/build-deb.sh builds
+//! phoenix_<ver>.deb and phoenix-agent_<ver>.deb from the (debug) binaries; in a Debian
+//! container booted with systemd `apt-get install ./…deb` installs them, the coordinator
+//! unit starts through `Type=notify` with the default config file, the packaged agent
+//! unit (after `join`) connects, `systemctl stop` with agents connected returns within
+//! 5 s, and `apt-get purge` removes units, config, state and the group.
+
+use phoenix_tests::guest::Guest;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const GUESTS: [u32; 3] = [101, 102, 103];
+
+/// Builds `pkg` with the project's script; returns the file name in `out`.
+fn build_deb(pkg: &str, out: &Path) -> String {
+    let bin_dir = phoenix_tests::bin("phoenix");
+    let bin_dir = bin_dir.parent().expect("bin dir");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../coordinator/debian/build-deb.sh");
+    let o = Command::new(&script)
+        .arg(pkg)
+        .arg(bin_dir)
+        .arg(out)
+        .output()
+        .expect("run build-deb.sh");
+    assert!(
+        o.status.success(),
+        "build-deb.sh {pkg}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let deb = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    Path::new(&deb)
+        .file_name()
+        .expect("deb name")
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn debs_install_start_by_notify_stop_fast_and_purge() {
+    let debs = tempfile::tempdir().expect("tempdir");
+    let deb = build_deb("phoenix", debs.path());
+    assert!(
+        deb.starts_with("phoenix_") && deb.ends_with(".deb"),
+        "{deb}"
+    );
+    let agent_deb = build_deb("phoenix-agent", debs.path());
+    assert!(agent_deb.starts_with("phoenix-agent_"), "{agent_deb}");
+    let Some(g) = Guest::boot("packages", &[(debs.path(), "/debs")]) else {
+        return;
+    };
+    g.ok(&format!("apt-get install -y /debs/{deb} /debs/{agent_deb}"));
+    assert_eq!(g.unit_prop("phoenix.service", "Type"), "notify");
+    assert_eq!(g.unit_prop("phoenix.service", "UnitFileState"), "enabled");
+    g.ok(
+        "test -f /etc/phoenix/coordinator.toml && test -f /usr/share/man/man1/phoenix-serve.1.gz \
+          && test -f /usr/share/bash-completion/completions/phoenix \
+          && test -f /usr/share/zsh/vendor-completions/_phoenix \
+          && test -f /usr/share/fish/vendor_completions.d/phoenix.fish",
+    );
+
+    // `start` returns only after READY=1: the admin socket answers at once, with the
+    // group from the default config.
+    g.ok("systemctl start phoenix");
+    assert_eq!(g.unit_prop("phoenix.service", "ActiveState"), "active");
+    g.ok("phoenix status");
+    assert_eq!(g.ok("stat -c %G:%a /run/phoenix/admin.sock"), "phoenix:660");
+
+    // The packaged agent: a restart must never kill an apt/dpkg it started, and a
+    // not-enrolled exit (78) must not restart-loop.
+    assert_eq!(g.unit_prop("phoenix-agent.service", "KillMode"), "process");
+    assert_eq!(
+        g.unit_prop("phoenix-agent.service", "RestartPreventExitStatus"),
+        "78"
+    );
+    assert_eq!(
+        g.unit_prop("phoenix-agent.service", "UnitFileState"),
+        "enabled"
+    );
+    g.ok(&format!(
+        "/usr/bin/phoenix-agent join \"$(phoenix token create --guest {})\" && systemctl start phoenix-agent",
+        GUESTS[0]
+    ));
+    // Two more enrolled agents with open sessions, as transient units.
+    for id in &GUESTS[1..] {
+        g.ok(&format!(
+            "phoenix-agent --state-dir /var/lib/agent-{id} join \"$(phoenix token create --guest {id})\" \
+             && systemd-run --unit agent-{id} /usr/local/bin/phoenix-agent --state-dir /var/lib/agent-{id} \
+                run --file-root /srv --backoff-max 2"
+        ));
+    }
+    phoenix_tests::wait_for(Duration::from_secs(60), "three sessions", || {
+        let s = g.ok("phoenix status -o json");
+        let v: serde_json::Value = serde_json::from_str(&s).ok()?;
+        let up = v
+            .as_array()?
+            .iter()
+            .filter(|r| r["connected"] == true)
+            .count();
+        (up == GUESTS.len()).then_some(())
+    });
+
+    let t = Instant::now();
+    g.ok("systemctl stop phoenix");
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "systemctl stop took {took:?}"
+    );
+    assert_eq!(
+        g.unit_prop("phoenix.service", "Result"),
+        "success",
+        "{}",
+        g.ok("journalctl -u phoenix --no-pager | tail -20")
+    );
+    assert_eq!(
+        g.unit_prop("phoenix-agent.service", "ActiveState"),
+        "active",
+        "the packaged agent waits for its coordinator to come back"
+    );
+    eprintln!(
+        "systemctl stop with {} agents connected: {took:?}",
+        GUESTS.len()
+    );
+
+    g.ok("apt-get purge -y phoenix phoenix-agent");
+    for gone in [
+        "/lib/systemd/system/phoenix-agent.service",
+        "/etc/systemd/system/multi-user.target.wants/phoenix-agent.service",
+        "/var/lib/phoenix-agent",
+        "/usr/bin/phoenix-agent",
+        "/lib/systemd/system/phoenix.service",
+        "/etc/systemd/system/multi-user.target.wants/phoenix.service",
+        "/etc/phoenix",
+        "/var/lib/phoenix",
+        "/usr/bin/phoenix",
+    ] {
+        g.ok(&format!(
+            "test ! -e {gone} || {{ echo {gone} left; exit 1; }}"
+        ));
+    }
+    g.ok("! getent group phoenix");
+}
