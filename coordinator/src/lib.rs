@@ -7,5 +7,6 @@
 pub mod admin_client;
 pub mod cli;
 pub mod compile;
+pub mod metrics;
 pub mod server;
 pub mod store;
