@@ -144,7 +144,7 @@ impl Collector for Live {
         let connected = i64::try_from(c.hub.connected_count()).unwrap_or(i64::MAX);
         ConstGauge::new(connected).encode(encoder.encode_descriptor(
             "agents_connected",
-            "Agents with an open session to this coordinator",
+            "Agents with an open session to this coordinator.",
             None,
             MetricType::Gauge,
         )?)?;
@@ -153,7 +153,7 @@ impl Collector for Live {
             Ok(bytes) => ConstGauge::new(i64::try_from(bytes).unwrap_or(i64::MAX)).encode(
                 encoder.encode_descriptor(
                     "store_size",
-                    "Size of the coordinator's store file",
+                    "Size of the coordinator's store file.",
                     Some(&Unit::Bytes),
                     MetricType::Gauge,
                 )?,
@@ -171,28 +171,28 @@ impl Collector for Live {
         gauges(
             &mut encoder,
             "guest_last_report_timestamp",
-            "Unix time the guest's last apply report (not a plan) arrived; age is time() minus this",
+            "Unix time the guest's last apply report (not a plan) arrived; age is time() minus this.",
             Some(&Unit::Seconds),
             &s.last_report,
         )?;
         gauges(
             &mut encoder,
             "guest_last_apply_success",
-            "1 when the guest's last apply converged (no resource failed or skipped), else 0",
+            "1 when the guest's last apply converged (no resource failed or skipped), else 0.",
             None,
             &s.last_success,
         )?;
         gauges(
             &mut encoder,
             "resources",
-            "Resources of the guest's last apply report by state",
+            "Resources of the guest's last apply report by state.",
             None,
             &s.resources,
         )?;
         gauges(
             &mut encoder,
             "cert_ttl",
-            "Seconds until the certificate expires (negative once expired): agent identities, service certificates signed for guests, the coordinator's identity",
+            "Seconds until the certificate expires (negative once expired): agent identities, service certificates signed for guests, the coordinator's identity.",
             Some(&Unit::Seconds),
             &s.cert_ttl,
         )

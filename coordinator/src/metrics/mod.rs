@@ -24,6 +24,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -171,6 +172,11 @@ impl Metrics {
 /// The registry behind `/metrics`: the event series of `metrics` plus `live`.
 fn registry(metrics: &Metrics, live: Option<live::Live>) -> Registry {
     let mut registry = Registry::with_prefix("phoenix");
+    registry.register(
+        "build",
+        "Version of the running coordinator",
+        Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+    );
     metrics.register(&mut registry);
     if let Some(live) = live {
         registry.register_collector(Box::new(live));

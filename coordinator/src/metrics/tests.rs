@@ -27,6 +27,7 @@ fn names_follow_prometheus_conventions() {
     assert_eq!(
         names,
         [
+            "phoenix_build",
             "phoenix_cert_renewals",
             "phoenix_rpcs",
             "phoenix_apply_report_latency_seconds",
@@ -48,6 +49,7 @@ fn names_follow_prometheus_conventions() {
                 "counter {name} has no _total sample:\n{text}"
             ),
             "histogram" => assert!(name.ends_with("_seconds"), "{name} has no unit"),
+            "info" => assert!(text.contains(&format!("\n{name}_info{{")), "{text}"),
             _ => {}
         }
     }
