@@ -199,8 +199,8 @@ fn prometheus_scrapes_agents_and_cert_expiry() {
     assert!(own[0]["metric"].get("guest").is_none(), "{own:?}");
     assert!(value(&own[0]) > 0.0, "{own:?}");
 
-    // The apply above: one resource per guest (changed, then unchanged on the agents'
-    // drift re-checks), converged, timed once per guest from push to report.
+    // The apply above: one resource per guest, converged, timed once per guest from
+    // push to report.
     prom.wait_for("sum by (guest) (phoenix_resources)", |r| {
         r.len() == 2 && r.iter().all(|s| value(s) == 1.0)
     });

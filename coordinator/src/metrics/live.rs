@@ -171,7 +171,7 @@ impl Collector for Live {
         gauges(
             &mut encoder,
             "guest_last_report_timestamp",
-            "Unix time the guest's last apply report (not a plan) arrived; age is time() minus this.",
+            "Unix time the guest's last apply report arrived (a pass that changed or failed something; not a plan); age is time() minus this.",
             Some(&Unit::Seconds),
             &s.last_report,
         )?;
