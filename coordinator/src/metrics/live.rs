@@ -158,6 +158,8 @@ impl Collector for Live {
                     MetricType::Gauge,
                 )?,
             )?,
+            // No file: a store that keeps none here (etcd); no series rather than a lie.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => tracing::warn!(error = %e, "metrics: cannot read the store file's size"),
         }
         let s = match self.snapshot() {
