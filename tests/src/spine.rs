@@ -332,6 +332,22 @@ impl Drop for Agent {
     }
 }
 
+/// An agent for `guest` joined with a fresh token, running, and seen connected.
+pub fn enrolled(c: &Coordinator, base: &Path, guest: u32) -> Agent {
+    let mut a = Agent::new(base, guest);
+    let out = a.join(&c.token(guest), &[]);
+    assert!(
+        out.status.success(),
+        "join {guest}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    a.start();
+    wait_for(Duration::from_secs(30), "agent connected", || {
+        guest_status(&c.status(), guest).filter(|g| g["connected"] == true)
+    });
+    a
+}
+
 /// Writes `{"guests": {...}}` for `phoenix apply -f`.
 pub fn write_spec(path: &Path, guests: &[(u32, serde_json::Value)]) {
     let mut map = serde_json::Map::new();

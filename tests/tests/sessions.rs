@@ -539,6 +539,7 @@ async fn a_revoke_while_the_ca_signs_a_renewal_is_not_undone() {
         ping_interval: Duration::from_secs(2),
         max_pending_connections: 256,
         handshake_timeout: Duration::from_secs(10),
+        metrics_listen: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let daemon = tokio::spawn(server::run(

@@ -1,25 +1,12 @@
 //! The spine end to end: real `phoenix` and `phoenix-agent` binaries on loopback.
 
-use phoenix_tests::spine::{Agent, Coordinator, converged, files_spec, guest_status, write_spec};
+use phoenix_tests::spine::{
+    Agent, Coordinator, converged, enrolled, files_spec, guest_status, write_spec,
+};
 use phoenix_tests::wait_for;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);
-
-fn enrolled(c: &Coordinator, base: &std::path::Path, guest: u32) -> Agent {
-    let mut a = Agent::new(base, guest);
-    let out = a.join(&c.token(guest), &[]);
-    assert!(
-        out.status.success(),
-        "join {guest}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    a.start();
-    wait_for(T, "agent connected", || {
-        phoenix_tests::spine::guest_status(&c.status(), guest).filter(|g| g["connected"] == true)
-    });
-    a
-}
 
 fn apply(c: &Coordinator, spec: &std::path::Path, extra: &[&str]) -> std::process::Output {
     let mut args = vec!["apply", "-f", spec.to_str().expect("utf8")];

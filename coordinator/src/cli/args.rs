@@ -174,6 +174,11 @@ pub struct ServeArgs {
     /// certificate (enrollment) is closed 60s after accept in any case.
     #[arg(long, default_value = "10s", value_parser = duration::parse)]
     pub handshake_timeout: Duration,
+    /// Serve Prometheus metrics (OpenMetrics text at /metrics) on this address, e.g.
+    /// 127.0.0.1:9464. Plain HTTP without authentication: keep it on loopback or a
+    /// network only the Prometheus server reaches. Off when not given.
+    #[arg(long)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     #[arg(long, default_value = "24h", value_parser = duration::parse)]
     pub agent_cert_ttl: Duration,
     #[arg(long, default_value = "24h", value_parser = duration::parse)]

@@ -63,6 +63,7 @@ pub struct FileConfig {
     store: Option<StoreKind>,
     etcd_endpoints: Option<Vec<String>>,
     etcd_prefix: Option<String>,
+    metrics_listen: Option<SocketAddr>,
 }
 
 /// A count of at least 1 (`max-pending-connections`).
@@ -148,6 +149,7 @@ impl ServeArgs {
             store,
             etcd_endpoints,
             etcd_prefix,
+            metrics_listen,
         );
         if let Some(td) = file.trust_domain
             && !given(m, "trust_domain")

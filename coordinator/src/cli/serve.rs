@@ -98,6 +98,7 @@ pub(super) async fn serve(args: ServeArgs, admin_socket: PathBuf) -> Result<(), 
         ping_interval: args.ping_interval,
         max_pending_connections: args.max_pending_connections as usize,
         handshake_timeout: args.handshake_timeout,
+        metrics_listen: args.metrics_listen,
     };
     raise_fd_limit();
     // Handlers installed now, before READY=1: a SIGTERM right after readiness must stop

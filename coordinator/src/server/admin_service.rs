@@ -149,6 +149,7 @@ impl v1::admin_server::Admin for AdminApi {
                 if let Some(entry) = out.iter_mut().find(|o| o.guest_id == g.get()) {
                     entry.revision = revision;
                 }
+                c.metrics.pushed(g, revision);
                 c.hub.push(
                     g,
                     v1::DesiredState {
@@ -305,6 +306,7 @@ impl v1::admin_server::Admin for AdminApi {
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                         tracing::warn!(missed = n, "report watcher fell behind");
+                        c.metrics.events_dropped(n);
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                 }

@@ -3,6 +3,7 @@
 //! issued last for that guest (a rebuilt guest's new enrollment retires the old cert).
 
 use super::{Coordinator, RpcError, guest_id, now_unix, unix};
+use crate::metrics::CertKind;
 use crate::store::{AgentRecord, ReportRecord, StoreError};
 use phoenix_ca::IssueRequest;
 use phoenix_pki::San;
@@ -152,6 +153,7 @@ impl AgentApi {
                 report: report.clone(),
             },
         )?;
+        c.metrics.reported(guest, report.revision);
         c.hub.publish_report(guest, Arc::new(report));
         Ok(())
     }
@@ -252,104 +254,6 @@ impl v1::agent_server::Agent for AgentApi {
                 Err(e.into())
             }
         }
-    }
-
-    async fn renew(
-        &self,
-        req: Request<v1::RenewRequest>,
-    ) -> Result<Response<v1::RenewResponse>, Status> {
-        let (guest, info, seen) = self.authenticate(&req)?;
-        let issued = self.issue_identity(guest, req.into_inner().csr_pem).await?;
-        // Written only if nothing (a revoke, another renewal) changed the record while
-        // the CA was signing.
-        self.0
-            .store
-            .update_agent(guest, Some(&seen.serial), true, &mut |rec| {
-                // The cert that authenticated this call stays valid until the new one is used.
-                rec.previous_serial = Some(info.serial_hex.clone());
-                rec.serial = issued.serial.clone();
-                rec.not_after_unix = unix(issued.not_after);
-                rec.renewed_unix = now_unix();
-                rec.confirmed = true;
-            })
-            .map_err(RpcError::from)?;
-        tracing::info!(%guest, serial = %issued.serial, "agent identity renewed");
-        Ok(Response::new(v1::RenewResponse {
-            chain_pem: issued.chain_pem,
-            roots_pem: self.0.trust.pem(),
-        }))
-    }
-
-    async fn renew_expired(
-        &self,
-        req: Request<v1::RenewExpiredRequest>,
-    ) -> Result<Response<v1::RenewResponse>, Status> {
-        let c = &self.0;
-        let req = req.into_inner();
-        let chain = x509::parse_chain(&req.chain_pem, "certificate chain")
-            .map_err(|e| RpcError::BadRequest(e.to_string()))?;
-        let info = x509::inspect(&chain[0]).map_err(|e| RpcError::BadRequest(e.to_string()))?;
-        let now = std::time::SystemTime::now();
-        let Ok(expired_for) = now.duration_since(info.not_after) else {
-            return Err(RpcError::BadRequest(
-                "certificate has not expired; renew it with Renew".into(),
-            )
-            .into());
-        };
-        if expired_for > c.cfg.renew_after_expiry {
-            return Err(RpcError::Denied(format!(
-                "certificate expired {}s ago; this coordinator renews expired certificates for {}s at most: re-join with a new token (`phoenix token create --guest <id>`)",
-                expired_for.as_secs(),
-                c.cfg.renew_after_expiry.as_secs()
-            ))
-            .into());
-        }
-        // Checked as of just before expiry, so only the expiry itself is forgiven.
-        let at = info.not_after - Duration::from_secs(1);
-        let at = rustls_pki_types::UnixTime::since_unix_epoch(
-            at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default(),
-        );
-        c.trust
-            .verify_chain_at(&req.chain_pem, at)
-            .map_err(|e| RpcError::Denied(e.to_string()))?;
-        let msg = phoenix_pki::keys::renew_expired_message(&req.csr_pem);
-        if !x509::verify_signature(&chain[0], &msg, &req.proof) {
-            return Err(RpcError::Denied(
-                "proof of possession of the expired key does not verify".into(),
-            )
-            .into());
-        }
-        let guest = info
-            .uris()
-            .find_map(|u| c.td.parse_guest_uri(u))
-            .ok_or_else(|| RpcError::Denied("certificate is not an agent identity".into()))?;
-        let rec = c
-            .store
-            .agent(guest)
-            .map_err(RpcError::from)?
-            .ok_or_else(|| RpcError::Denied(format!("guest {guest} is not enrolled")))?;
-        if rec.serial != info.serial_hex || rec.revoked_unix.is_some() {
-            return Err(RpcError::Denied(format!(
-                "certificate {} is not guest {guest}'s current identity (replaced or revoked)",
-                info.serial_hex
-            ))
-            .into());
-        }
-        let issued = self.issue_identity(guest, req.csr_pem).await?;
-        c.store
-            .update_agent(guest, Some(&rec.serial), true, &mut |rec| {
-                rec.previous_serial = None;
-                rec.serial = issued.serial.clone();
-                rec.not_after_unix = unix(issued.not_after);
-                rec.renewed_unix = now_unix();
-                rec.confirmed = true;
-            })
-            .map_err(RpcError::from)?;
-        tracing::info!(%guest, serial = %issued.serial, expired_for = expired_for.as_secs(), "expired agent identity renewed");
-        Ok(Response::new(v1::RenewResponse {
-            chain_pem: issued.chain_pem,
-            roots_pem: c.trust.pem(),
-        }))
     }
 
     type SessionStream = SessionStream;
@@ -490,7 +394,135 @@ impl v1::agent_server::Agent for AgentApi {
         Ok(Response::new(stream))
     }
 
+    async fn renew(
+        &self,
+        req: Request<v1::RenewRequest>,
+    ) -> Result<Response<v1::RenewResponse>, Status> {
+        let r = self.renew_checked(req).await;
+        self.0.metrics.renewal(CertKind::Identity, r.is_ok());
+        r
+    }
+
+    async fn renew_expired(
+        &self,
+        req: Request<v1::RenewExpiredRequest>,
+    ) -> Result<Response<v1::RenewResponse>, Status> {
+        let r = self.renew_expired_checked(req).await;
+        self.0.metrics.renewal(CertKind::Identity, r.is_ok());
+        r
+    }
+
     async fn sign_service_cert(
+        &self,
+        req: Request<v1::SignServiceCertRequest>,
+    ) -> Result<Response<v1::SignServiceCertResponse>, Status> {
+        let r = self.sign_service_cert_checked(req).await;
+        self.0.metrics.renewal(CertKind::Service, r.is_ok());
+        r
+    }
+}
+
+/// The certificate RPCs; their outcomes are counted by the trait methods above.
+impl AgentApi {
+    async fn renew_checked(
+        &self,
+        req: Request<v1::RenewRequest>,
+    ) -> Result<Response<v1::RenewResponse>, Status> {
+        let (guest, info, seen) = self.authenticate(&req)?;
+        let issued = self.issue_identity(guest, req.into_inner().csr_pem).await?;
+        // Written only if nothing (a revoke, another renewal) changed the record while
+        // the CA was signing.
+        self.0
+            .store
+            .update_agent(guest, Some(&seen.serial), true, &mut |rec| {
+                // The cert that authenticated this call stays valid until the new one is used.
+                rec.previous_serial = Some(info.serial_hex.clone());
+                rec.serial = issued.serial.clone();
+                rec.not_after_unix = unix(issued.not_after);
+                rec.renewed_unix = now_unix();
+                rec.confirmed = true;
+            })
+            .map_err(RpcError::from)?;
+        tracing::info!(%guest, serial = %issued.serial, "agent identity renewed");
+        Ok(Response::new(v1::RenewResponse {
+            chain_pem: issued.chain_pem,
+            roots_pem: self.0.trust.pem(),
+        }))
+    }
+
+    async fn renew_expired_checked(
+        &self,
+        req: Request<v1::RenewExpiredRequest>,
+    ) -> Result<Response<v1::RenewResponse>, Status> {
+        let c = &self.0;
+        let req = req.into_inner();
+        let chain = x509::parse_chain(&req.chain_pem, "certificate chain")
+            .map_err(|e| RpcError::BadRequest(e.to_string()))?;
+        let info = x509::inspect(&chain[0]).map_err(|e| RpcError::BadRequest(e.to_string()))?;
+        let now = std::time::SystemTime::now();
+        let Ok(expired_for) = now.duration_since(info.not_after) else {
+            return Err(RpcError::BadRequest(
+                "certificate has not expired; renew it with Renew".into(),
+            )
+            .into());
+        };
+        if expired_for > c.cfg.renew_after_expiry {
+            return Err(RpcError::Denied(format!(
+                "certificate expired {}s ago; this coordinator renews expired certificates for {}s at most: re-join with a new token (`phoenix token create --guest <id>`)",
+                expired_for.as_secs(),
+                c.cfg.renew_after_expiry.as_secs()
+            ))
+            .into());
+        }
+        // Checked as of just before expiry, so only the expiry itself is forgiven.
+        let at = info.not_after - Duration::from_secs(1);
+        let at = rustls_pki_types::UnixTime::since_unix_epoch(
+            at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default(),
+        );
+        c.trust
+            .verify_chain_at(&req.chain_pem, at)
+            .map_err(|e| RpcError::Denied(e.to_string()))?;
+        let msg = phoenix_pki::keys::renew_expired_message(&req.csr_pem);
+        if !x509::verify_signature(&chain[0], &msg, &req.proof) {
+            return Err(RpcError::Denied(
+                "proof of possession of the expired key does not verify".into(),
+            )
+            .into());
+        }
+        let guest = info
+            .uris()
+            .find_map(|u| c.td.parse_guest_uri(u))
+            .ok_or_else(|| RpcError::Denied("certificate is not an agent identity".into()))?;
+        let rec = c
+            .store
+            .agent(guest)
+            .map_err(RpcError::from)?
+            .ok_or_else(|| RpcError::Denied(format!("guest {guest} is not enrolled")))?;
+        if rec.serial != info.serial_hex || rec.revoked_unix.is_some() {
+            return Err(RpcError::Denied(format!(
+                "certificate {} is not guest {guest}'s current identity (replaced or revoked)",
+                info.serial_hex
+            ))
+            .into());
+        }
+        let issued = self.issue_identity(guest, req.csr_pem).await?;
+        c.store
+            .update_agent(guest, Some(&rec.serial), true, &mut |rec| {
+                rec.previous_serial = None;
+                rec.serial = issued.serial.clone();
+                rec.not_after_unix = unix(issued.not_after);
+                rec.renewed_unix = now_unix();
+                rec.confirmed = true;
+            })
+            .map_err(RpcError::from)?;
+        tracing::info!(%guest, serial = %issued.serial, expired_for = expired_for.as_secs(), "expired agent identity renewed");
+        Ok(Response::new(v1::RenewResponse {
+            chain_pem: issued.chain_pem,
+            roots_pem: c.trust.pem(),
+        }))
+    }
+
+    async fn sign_service_cert_checked(
         &self,
         req: Request<v1::SignServiceCertRequest>,
     ) -> Result<Response<v1::SignServiceCertResponse>, Status> {

@@ -53,6 +53,8 @@ pub struct Config {
     pub max_pending_connections: usize,
     /// From accept to the first request (TLS, HTTP/2 preface, request headers).
     pub handshake_timeout: Duration,
+    /// Where to serve Prometheus metrics (plain HTTP, no authentication); None: off.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +89,8 @@ pub enum ServeError {
     AdminStopped,
     #[error("read the open-file limit: {0}")]
     FdLimit(#[source] nix::Error),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -114,7 +118,11 @@ pub struct Coordinator {
     pub(crate) trust: Arc<TrustStore>,
     pub(crate) advertise: String,
     pub(crate) cfg: Config,
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
+
+/// The store's file in the state directory.
+pub(crate) const STORE_FILE: &str = "phoenix.redb";
 
 impl Coordinator {
     pub(crate) fn ca_fingerprint(&self) -> Result<String, RpcError> {
@@ -188,10 +196,14 @@ async fn renew_own_identity(c: Arc<Coordinator>) {
         }) {
             Ok(id) => {
                 tracing::info!(serial = %id.info.serial_hex, "coordinator identity renewed");
+                c.metrics
+                    .renewal(crate::metrics::CertKind::Coordinator, true);
                 c.identity.swap(id);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "coordinator identity renewal failed; keeping the current one");
+                c.metrics
+                    .renewal(crate::metrics::CertKind::Coordinator, false);
                 tokio::time::sleep(Duration::from_secs(5)).await;
             }
         }
@@ -222,7 +234,7 @@ pub async fn run(
     phoenix_pki::statedir::secure(&ca_dir, &["ca.key"])?;
     let store: Arc<dyn Store> = match &cfg.etcd {
         Some(etcd) => Arc::new(EtcdStore::connect(etcd.clone())?),
-        None => Arc::new(RedbStore::open(&cfg.state_dir.join("phoenix.redb"))?),
+        None => Arc::new(RedbStore::open(&cfg.state_dir.join(STORE_FILE))?),
     };
     let ca: Arc<dyn CertAuthority> = match ca {
         Some(ca) => ca,
@@ -260,6 +272,7 @@ pub async fn run(
         trust,
         advertise: advertise.clone(),
         cfg: cfg.clone(),
+        metrics: Default::default(),
     });
     // From here the guard removes the socket on every way out, a failed start included.
     let admin = admin_claim.bind()?;
@@ -274,15 +287,21 @@ pub async fn run(
     })?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(addr) = cfg.metrics_listen {
+        let bound = crate::metrics::spawn(c.clone(), addr, stop_rx.clone()).await?;
+        tracing::info!(metrics = %bound, "serving Prometheus metrics at /metrics");
+    }
     let agent_svc = v1::agent_server::AgentServer::new(agent_service::AgentApi(c.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let agent_svc = crate::metrics::Recorded::new(agent_svc, c.metrics.clone());
     let admin_svc = tonic::service::interceptor::InterceptedService::new(
         v1::admin_server::AdminServer::new(admin_service::AdminApi(c.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
         admin_socket::check_peer,
     );
+    let admin_svc = crate::metrics::Recorded::new(admin_svc, c.metrics.clone());
     let admin_done = admin_socket::spawn_server(
         admin.listener,
         admin.policy,
