@@ -1,7 +1,8 @@
 //! Docker stacks, converged through the Engine API (bollard) instead of `docker compose`.
 //!
-//! `compose` parses and validates the Compose subset (pure; the coordinator uses it too),
-//! `plan` compares desired with observed and lists steps (pure), `engine` is the small
+//! The Compose subset, its parser and the grant detection live in the shared model
+//! (`phoenix_proto::model::compose`): a `StackSpec` arrives with the project already parsed
+//! and checked. `plan` compares desired with observed and lists steps (pure), `engine` is the small
 //! `ContainerEngine` trait with its Docker implementation, and `StackConverger` below ties
 //! them to the reconcile engine.
 //!
@@ -10,23 +11,21 @@
 //! `phoenix.service`, `phoenix.config-hash` and `phoenix.image-digest` (the local image
 //! ID they were created from). Nothing without a valid owner proof is ever changed or
 //! adopted: an object that carries the stack label without the proof is reported as a
-//! conflict and fails the stack. Host-root grants (`grants`) are refused unless the spec
+//! conflict and fails the stack. Host-root grants (the model's `grants`) are refused unless the spec
 //! declares them in `host_access`, and env files are read only beneath the allowed roots.
 //! Limits: images are pulled only when absent locally (a moved `:latest` tag upstream is
 //! not noticed until the image is removed); named volumes are never removed; services
 //! are started one after another.
 
-pub mod compose;
 pub mod engine;
-pub mod grants;
 pub mod owner;
 pub mod plan;
 
 use crate::reconcile::{Check, Converge, PassContext, ResourceError};
-use compose::{ComposeError, ComposeProject, Condition};
 use engine::{ContainerEngine, ContainerState, EngineError, RegistryAuth};
 use owner::{Kind, LABEL_OWNER, OwnerKey};
 use phoenix_pki::fsutil::{self, FileAttrs};
+use phoenix_proto::model::compose::{ComposeProject, Condition, grants};
 use phoenix_proto::model::{SecretRef, StackSpec};
 use plan::{Desired, Observed, Plan, PlanError, Step};
 use sha2::{Digest, Sha256};
@@ -35,8 +34,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Labels under this prefix belong to Phoenix; a Compose file may not set them.
-pub const LABEL_PREFIX: &str = "phoenix.";
+pub use phoenix_proto::model::compose::LABEL_PREFIX;
 pub const LABEL_STACK: &str = "phoenix.stack";
 pub const LABEL_SERVICE: &str = "phoenix.service";
 pub const LABEL_CONFIG_HASH: &str = "phoenix.config-hash";
@@ -53,12 +51,6 @@ const MAX_WAIT: Duration = Duration::from_secs(600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StackError {
-    #[error("stack {stack}: {source}")]
-    Compose {
-        stack: String,
-        #[source]
-        source: ComposeError,
-    },
     #[error("stack {stack}: label {label:?} for service {service}: {why}")]
     Label {
         stack: String,
@@ -194,13 +186,6 @@ impl StackConverger {
         }
     }
 
-    fn project(&self, spec: &StackSpec) -> Result<ComposeProject, StackError> {
-        compose::parse(&spec.compose, &spec.variables).map_err(|source| StackError::Compose {
-            stack: spec.name.clone(),
-            source,
-        })
-    }
-
     fn extra_labels(
         spec: &StackSpec,
         project: &ComposeProject,
@@ -213,7 +198,7 @@ impl StackConverger {
                 label: label.to_string(),
                 why,
             };
-            if !project.services.contains_key(service) {
+            if !project.services().contains_key(service) {
                 return Err(bad("", "no such service in the compose file"));
             }
             let mut map = BTreeMap::new();
@@ -261,9 +246,9 @@ impl StackConverger {
     /// stack files with the host. Reads only.
     fn render(&self, spec: &StackSpec) -> Result<Rendered, StackError> {
         let stack = spec.name.as_str();
-        let project = self.project(spec)?;
-        let grants = self.check_grants(spec, &project)?;
-        let labels = Self::extra_labels(spec, &project)?;
+        let project = &spec.project;
+        let grants = self.check_grants(spec, project)?;
+        let labels = Self::extra_labels(spec, project)?;
         let io = |action, path: &Path| {
             let path = path.display().to_string();
             move |source| StackError::Io {
@@ -274,7 +259,7 @@ impl StackConverger {
             }
         };
         let mut env_files = BTreeMap::new();
-        for svc in project.services.values() {
+        for svc in project.services().values() {
             for path in &svc.env_files {
                 if env_files.contains_key(path) {
                     continue;
@@ -308,7 +293,7 @@ impl StackConverger {
                 Err(e) => return Err(io("read stack file", path)(e.into())),
             }
         }
-        let mut desired = plan::render(stack, &project, &labels, &env_files, &digests);
+        let mut desired = plan::render(stack, project, &labels, &env_files, &digests);
         for c in &mut desired.containers {
             c.grants = grants
                 .iter()
@@ -348,9 +333,9 @@ impl StackConverger {
             .collect();
         let mut images = BTreeMap::new();
         for c in &desired.containers {
-            if !images.contains_key(&c.spec.image) {
-                let id = self.engine.image_id(&c.spec.image).await.map_err(e())?;
-                images.insert(c.spec.image.clone(), id);
+            if !images.contains_key(c.spec.image.as_str()) {
+                let id = self.engine.image_id(c.spec.image.as_str()).await.map_err(e())?;
+                images.insert(c.spec.image.to_string(), id);
             }
         }
         let owned = containers
@@ -662,12 +647,12 @@ impl StackConverger {
             let image = &desired.containers[i].spec.image;
             observed
                 .images
-                .get(image)
+                .get(image.as_str())
                 .cloned()
                 .flatten()
                 .ok_or_else(|| StackError::PullMissing {
                     stack: stack.into(),
-                    image: image.clone(),
+                    image: image.to_string(),
                 })
         };
         let mut done = Vec::new();
@@ -854,10 +839,9 @@ fn write_stack_file(
 #[async_trait::async_trait]
 impl Converge<StackSpec> for StackConverger {
     fn validate(&self, spec: &StackSpec) -> Result<(), ResourceError> {
-        let project = self.project(spec)?;
-        Self::extra_labels(spec, &project)?;
+        Self::extra_labels(spec, &spec.project)?;
         self.check_roots(spec)?;
-        self.check_grants(spec, &project)?;
+        self.check_grants(spec, &spec.project)?;
         Ok(())
     }
 

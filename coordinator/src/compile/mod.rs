@@ -7,7 +7,7 @@
 //! ([`features`]), `application_script`/`vllm_engine_config` become services,
 //! certificate-manifest entries become `cert` resources in the guest that owns the path,
 //! `docker_stacks` become `stack` resources; what the configs say about the guest itself
-//! is kept as [`Declared`] (compared with agent facts by [`compare`]) and the rest as
+//! is kept as [`Declared`] (compared with agent facts by the model's `compare`) and the rest as
 //! checked [`GuestFacts`]. Literal secrets are flagged and never copied into a spec
 //! ([`secrets`]).
 //!
@@ -17,7 +17,6 @@
 //! not applied by the agent; they are kept as facts for checks and reports.
 
 mod build;
-mod compare;
 mod features;
 mod keys;
 mod native;
@@ -27,10 +26,9 @@ mod routing;
 mod secrets;
 mod vllm;
 
-pub use compare::{Mismatch, compare};
 pub use native::NativeConfig;
 
-use phoenix_proto::model::{AbsPath, GuestId, GuestSpec};
+use phoenix_proto::model::{AbsPath, Declared, GuestId, GuestSpec};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -54,22 +52,6 @@ impl fmt::Display for GuestKind {
             GuestKind::Unspecified => "guest",
         })
     }
-}
-
-/// What the configs declare about the guest itself. The agent cannot change these
-/// (Proxmox does), so they are compared with what the agent observes, not applied.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct Declared {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cores: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub memory_mb: Option<u64>,
-    /// Root disk size (`storage_size_gb` for LXC, `disk_size_gb` for VMs).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub storage_gb: Option<u64>,
-    /// Addresses in CIDR form (`10.0.0.153/24`) or `dhcp`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ips: Vec<String>,
 }
 
 /// How a host directory or share reaches the guest.
@@ -301,7 +283,7 @@ pub enum Problem {
     Model(String),
     #[error("{0}")]
     Conflict(String),
-    /// The agent's Compose parser rejected the stack's compose file.
+    /// The model's Compose parser rejected the stack's compose file.
     #[error("{0}")]
     Compose(String),
 }

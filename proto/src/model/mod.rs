@@ -2,7 +2,9 @@
 //! `DesiredState.spec_json`; deserializing validates every newtype, so a `GuestSpec`
 //! in hand is known to be well formed (paths absolute, names safe, references resolvable).
 
+pub mod compose;
 mod cert;
+mod declared;
 mod exec;
 mod file;
 mod ids;
@@ -19,6 +21,7 @@ pub use package::{AptSourceSpec, KeySource, PackageSpec, PackageState};
 pub use secret::SecretRef;
 pub use service::{ResourceLimits, RunState, ServiceSpec, UnitSpec, valid_unit_name};
 pub use stack::{StackFile, StackSpec};
+pub use declared::{Declared, Mismatch, compare};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};

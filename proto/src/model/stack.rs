@@ -1,11 +1,14 @@
 use super::ResourceRef;
+use super::compose::ComposeProject;
 use super::secret::SecretRef;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// A Docker stack: the Compose file text plus what the Phoenix manifest adds.
-/// The agent parses and validates the Compose subset; the coordinator checks it
-/// too before pushing, with the same parser.
+/// A Docker stack: the parsed Compose project plus what the Phoenix manifest adds.
+/// The coordinator parses and interpolates the Compose file at compile time
+/// ([`super::compose::parse`]); deserializing a spec runs the project's checks again, so
+/// the agent accepts exactly what the compiler does. Secrets are never part of it: a
+/// container gets them from an `env_file` or a bind-mounted file on the guest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StackSpec {
@@ -14,11 +17,9 @@ pub struct StackSpec {
     /// Manifest environment the variables came from, e.g. "production".
     #[serde(default = "default_environment")]
     pub environment: String,
-    /// docker-compose.yml, verbatim.
-    pub compose: String,
-    /// `${VAR}` interpolation values.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub variables: BTreeMap<String, String>,
+    /// The Compose file, parsed, with `${VAR}` already interpolated from the manifest's
+    /// variables.
+    pub project: ComposeProject,
     /// Extra labels per service (the manifest's `traefik_labels`), "key=value".
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, Vec<String>>,
@@ -55,11 +56,25 @@ fn yes() -> bool {
 }
 
 impl StackSpec {
+    /// A stack of `project` with the defaults a hand-written spec gets.
+    pub fn new(name: impl Into<String>, project: ComposeProject) -> Self {
+        StackSpec {
+            name: name.into(),
+            environment: default_environment(),
+            project,
+            labels: BTreeMap::new(),
+            files: Vec::new(),
+            registry_auth: None,
+            rollback_on_failure: true,
+            depends_on: Vec::new(),
+            host_access: Vec::new(),
+        }
+    }
+
+    /// The project was checked when it was parsed or deserialized; what is left is the
+    /// manifest's part.
     pub(super) fn validate(&self) -> Result<(), String> {
         super::cert::simple_name("stack", &self.name)?;
-        if self.compose.trim().is_empty() {
-            return Err("compose file is empty".into());
-        }
         for g in &self.host_access {
             let ok = matches!(g.split_once(' '), Some(("bind" | "device", p)) if p.starts_with('/'))
                 || matches!(g.split_once(' '), Some(("cap_add", c)) if !c.is_empty() && c.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'));

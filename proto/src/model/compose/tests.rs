@@ -1,7 +1,10 @@
 // In tests a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
+use super::interpolate::{Interp, interpolate};
+use super::syntax::parse_port;
 use super::*;
+use std::collections::BTreeMap;
 
 fn vars(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
@@ -86,8 +89,8 @@ volumes:
 #[test]
 fn parses_the_whole_subset() {
     let p = parse(FULL, &vars(&[("B_VAL", "b"), ("PORT", "8080"), ("C", "c")])).unwrap();
-    let db = &p.services["db"];
-    assert_eq!(db.image, "busybox:1");
+    let db = &p.services()["db"];
+    assert_eq!(db.image.as_str(), "busybox:1");
     assert_eq!(
         db.command.as_deref().unwrap(),
         ["sh", "-c", "echo \"hi there\" && sleep 1000"]
@@ -120,7 +123,7 @@ fn parses_the_whole_subset() {
     );
     assert_eq!(db.labels["x.y"], "z");
 
-    let api = &p.services["api"];
+    let api = &p.services()["api"];
     assert_eq!(api.ports[0].host_ip.as_deref(), Some("127.0.0.1"));
     assert_eq!(api.ports[0].host_port, Some(8080));
     assert_eq!(api.ports[1].host_port, None);
@@ -130,8 +133,8 @@ fn parses_the_whole_subset() {
     assert_eq!(api.gpus[0].count, Some(-1));
     assert_eq!(api.gpus[0].capabilities, ["gpu"]);
     assert_eq!(api.dns, ["10.0.0.13"]);
-    assert_eq!(p.services["web"].restart.as_deref(), Some("no"));
-    assert!(p.networks.contains_key("default"), "web has no networks");
+    assert_eq!(p.services()["web"].restart.as_deref(), Some("no"));
+    assert!(p.networks().contains_key("default"), "web has no networks");
     assert_eq!(p.start_order(), ["db", "api", "web"]);
 }
 
