@@ -51,7 +51,7 @@ fn converged(d: &Desired) -> Observed {
             exit_code: None,
         });
         o.images
-            .insert(c.spec.image.clone(), Some("sha256:1".into()));
+            .insert(c.spec.image.to_string(), Some("sha256:1".into()));
     }
     for n in &d.networks {
         o.owned_networks.insert(n.name.clone());
