@@ -211,7 +211,11 @@ fn stacks_get_manifest_labels_and_catalog_variables_but_never_literal_secrets() 
         Some("8000")
     );
     assert_eq!(svc.ports[0].host_port, Some(8000));
-    assert!(!serde_json::to_string(app).expect("json").contains("DATABASE_PASS"));
+    assert!(
+        !serde_json::to_string(app)
+            .expect("json")
+            .contains("DATABASE_PASS")
+    );
     for g in c.guests.values() {
         let json = serde_json::to_string(g).expect("json");
         assert!(

@@ -7,7 +7,8 @@
 use phoenix_agent::stacks::StackConverger;
 use phoenix_agent::stacks::engine::ContainerEngine;
 use phoenix_tests::stacks::{
-    CountingEngine, DockerEnv, FOUR_SERVICES, Pass, Teardown, owner_key, pass, project, sample_spec, spec,
+    CountingEngine, DockerEnv, FOUR_SERVICES, Pass, Teardown, owner_key, pass, project,
+    sample_spec, spec,
 };
 use std::collections::BTreeMap;
 use std::path::Path;

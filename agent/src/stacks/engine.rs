@@ -4,7 +4,6 @@
 //! bollard sends unversioned paths, so the daemon answers at its own API version; the
 //! bodies below only use fields that Engine API 1.41 (Docker 20.10) knows.
 
-use phoenix_proto::model::compose::Condition;
 use super::plan::{ContainerConfig, NetworkPlan, ObservedContainer, VolumePlan};
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
@@ -19,6 +18,7 @@ use bollard::query_parameters::{
     ListNetworksOptions, ListVolumesOptions, RemoveContainerOptionsBuilder,
     RenameContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
+use phoenix_proto::model::compose::Condition;
 use std::collections::{BTreeMap, HashMap};
 use tokio_stream::StreamExt;
 

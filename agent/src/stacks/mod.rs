@@ -334,7 +334,11 @@ impl StackConverger {
         let mut images = BTreeMap::new();
         for c in &desired.containers {
             if !images.contains_key(c.spec.image.as_str()) {
-                let id = self.engine.image_id(c.spec.image.as_str()).await.map_err(e())?;
+                let id = self
+                    .engine
+                    .image_id(c.spec.image.as_str())
+                    .await
+                    .map_err(e())?;
                 images.insert(c.spec.image.to_string(), id);
             }
         }

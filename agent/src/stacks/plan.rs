@@ -7,10 +7,8 @@
 //! that carries the stack label without that proof fails the plan as a conflict; named
 //! volumes are never removed.
 
-use phoenix_proto::model::compose::{
-    self, ComposeProject, Condition, MountKind, Service, grants,
-};
 use super::{LABEL_CONFIG_HASH, LABEL_IMAGE, LABEL_SERVICE, LABEL_STACK};
+use phoenix_proto::model::compose::{self, ComposeProject, Condition, MountKind, Service, grants};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
@@ -339,7 +337,10 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Result<Plan, PlanError> {
 
     let mut pulls = BTreeSet::new();
     for c in &desired.containers {
-        if matches!(observed.images.get(c.spec.image.as_str()), None | Some(None)) {
+        if matches!(
+            observed.images.get(c.spec.image.as_str()),
+            None | Some(None)
+        ) {
             pulls.insert(c.spec.image.to_string());
         }
     }
@@ -440,7 +441,11 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Result<Plan, PlanError> {
             steps.push(Step::Create { index: i });
             continue;
         };
-        let image_id = observed.images.get(want.spec.image.as_str()).cloned().flatten();
+        let image_id = observed
+            .images
+            .get(want.spec.image.as_str())
+            .cloned()
+            .flatten();
         let why = if have.labels.get(LABEL_CONFIG_HASH) != Some(&want.config_hash()) {
             Some("configuration changed".to_string())
         } else if image_id.is_none() {

@@ -17,13 +17,20 @@
 //! not applied by the agent; they are kept as facts for checks and reports.
 
 mod build;
+mod builder;
+mod certs;
 mod features;
+mod files;
+mod graph;
+mod guest;
 mod keys;
 mod native;
 mod phoenix;
 mod reader;
 mod routing;
+mod scripts;
 mod secrets;
+mod stacks;
 mod vllm;
 
 pub use native::NativeConfig;

@@ -2,8 +2,8 @@
 //! `DesiredState.spec_json`; deserializing validates every newtype, so a `GuestSpec`
 //! in hand is known to be well formed (paths absolute, names safe, references resolvable).
 
-pub mod compose;
 mod cert;
+pub mod compose;
 mod declared;
 mod exec;
 mod file;
@@ -14,6 +14,7 @@ mod service;
 mod stack;
 
 pub use cert::{CertSpec, Reload, ReservedName, reserved_cert_names, reserved_name};
+pub use declared::{Declared, Mismatch, compare};
 pub use exec::ExecSpec;
 pub use file::{AbsPath, Ensure, FileMode, FileSpec};
 pub use ids::{GuestId, ResourceRef, TrustDomain};
@@ -21,7 +22,6 @@ pub use package::{AptSourceSpec, KeySource, PackageSpec, PackageState};
 pub use secret::SecretRef;
 pub use service::{ResourceLimits, RunState, ServiceSpec, UnitSpec, valid_unit_name};
 pub use stack::{StackFile, StackSpec};
-pub use declared::{Declared, Mismatch, compare};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};

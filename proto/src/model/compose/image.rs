@@ -80,8 +80,11 @@ fn check(v: &str) -> Result<(), &'static str> {
     if let Some(t) = tag {
         let ok = !t.is_empty()
             && t.len() <= 128
-            && t.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
-            && t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+            && t.bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
         if !ok {
             return Err("the tag may only contain letters, digits, '_', '.' and '-' (at most 128)");
         }
@@ -176,7 +179,10 @@ mod tests {
             ("-x", "lowercase"),
         ] {
             let e = ImageRef::try_from(bad.to_string()).unwrap_err().to_string();
-            assert!(e.contains(why) && e.contains(&format!("{bad:?}")), "{bad}: {e}");
+            assert!(
+                e.contains(why) && e.contains(&format!("{bad:?}")),
+                "{bad}: {e}"
+            );
         }
     }
 }

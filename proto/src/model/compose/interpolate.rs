@@ -18,7 +18,11 @@ impl Vars<'_> {
         })
     }
 
-    pub(super) fn opt(&self, field: &str, v: Option<String>) -> Result<Option<String>, ComposeError> {
+    pub(super) fn opt(
+        &self,
+        field: &str,
+        v: Option<String>,
+    ) -> Result<Option<String>, ComposeError> {
         v.map(|v| self.s(field, &v)).transpose()
     }
 

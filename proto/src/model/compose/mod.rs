@@ -28,8 +28,8 @@ mod validate;
 pub use image::ImageRef;
 pub use parse::parse;
 pub use types::{
-    ComposeProject, Condition, DeviceRequest, Healthcheck, Logging, Mount, MountKind,
-    NetworkDef, Port, Service, Ulimit, VolumeDef,
+    ComposeProject, Condition, DeviceRequest, Healthcheck, Logging, Mount, MountKind, NetworkDef,
+    Port, Service, Ulimit, VolumeDef,
 };
 
 /// Labels under this prefix belong to Phoenix (the agent marks its objects with them); a

@@ -331,4 +331,3 @@ fn device_request(
         options: vars.map(field, d.options)?,
     })
 }
-

@@ -134,10 +134,7 @@ impl ComposeProject {
                 ));
             }
             if !self.services().contains_key(dep) {
-                return Err(invalid(
-                    f("depends_on"),
-                    format!("unknown service {dep:?}"),
-                ));
+                return Err(invalid(f("depends_on"), format!("unknown service {dep:?}")));
             }
         }
         if let Some(k) = svc.labels.keys().find(|k| k.starts_with(LABEL_PREFIX)) {
@@ -156,7 +153,12 @@ impl ComposeProject {
         let deps: BTreeMap<&str, Vec<&str>> = self
             .services()
             .iter()
-            .map(|(n, s)| (n.as_str(), s.depends_on.keys().map(String::as_str).collect()))
+            .map(|(n, s)| {
+                (
+                    n.as_str(),
+                    s.depends_on.keys().map(String::as_str).collect(),
+                )
+            })
             .collect();
         let mut done: BTreeSet<&str> = BTreeSet::new();
         let mut order = Vec::with_capacity(deps.len());
