@@ -1,39 +1,50 @@
 //! Docker stacks, converged through the Engine API (bollard) instead of `docker compose`.
 //!
 //! The Compose subset, its parser and the grant detection live in the shared model
-//! (`phoenix_proto::model::compose`): a `StackSpec` arrives with the project already parsed
-//! and checked. `plan` compares desired with observed and lists steps (pure), `engine` is the small
-//! `ContainerEngine` trait with its Docker implementation, and `StackConverger` below ties
-//! them to the reconcile engine.
+//! (`phoenix_proto::model::compose`): a `StackSpec` arrives with the project already
+//! parsed and checked. `plan` compares desired with observed and lists steps (pure),
+//! `engine` is the small `ContainerEngine` trait with its Docker implementation, `files`
+//! reads env files and writes stack files beneath the roots, and `StackConverger` below
+//! ties them to the reconcile engine.
 //!
 //! Every object created here carries `phoenix.stack=<name>` and `phoenix.owner` (an HMAC
 //! under a key only this agent holds, see `owner`); containers also carry
 //! `phoenix.service`, `phoenix.config-hash` and `phoenix.image-digest` (the local image
 //! ID they were created from). Nothing without a valid owner proof is ever changed or
 //! adopted: an object that carries the stack label without the proof is reported as a
-//! conflict and fails the stack. Host-root grants (the model's `grants`) are refused unless the spec
-//! declares them in `host_access`, and env files are read only beneath the allowed roots.
+//! conflict and fails the stack. Host-root grants (the model's `grants`) are refused
+//! unless the spec declares them in `host_access`, and env files are read only beneath
+//! the allowed roots.
+//!
+//! The converger (render → observe → plan → execute, with health gating and rollback)
+//! stays in this one module of about 750 lines: its steps share the engine, the owner key
+//! and the running map of containers, and cutting between them would spread one flow.
+//!
 //! Limits: images are pulled only when absent locally (a moved `:latest` tag upstream is
 //! not noticed until the image is removed); named volumes are never removed; services
 //! are started one after another.
 
 pub mod engine;
+mod error;
+mod files;
 pub mod owner;
 pub mod plan;
 
 use crate::reconcile::{Check, Converge, PassContext, ResourceError};
 use engine::{ContainerEngine, ContainerState, EngineError, RegistryAuth};
 use owner::{Kind, LABEL_OWNER, OwnerKey};
-use phoenix_pki::fsutil::{self, FileAttrs};
+use phoenix_pki::fsutil;
 use phoenix_proto::model::compose::{ComposeProject, Condition, grants};
 use phoenix_proto::model::{SecretRef, StackSpec};
-use plan::{Desired, Observed, Plan, PlanError, Step};
+use plan::{Desired, Observed, Plan, Step};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use error::StackError;
+use files::{parse_env_file, read_env_file, write_stack_file};
 pub use phoenix_proto::model::compose::LABEL_PREFIX;
 pub const LABEL_STACK: &str = "phoenix.stack";
 pub const LABEL_SERVICE: &str = "phoenix.service";
@@ -48,75 +59,6 @@ const POLL: Duration = Duration::from_millis(100);
 /// known about it.
 const SETTLE: Duration = Duration::from_secs(1);
 const MAX_WAIT: Duration = Duration::from_secs(600);
-
-#[derive(Debug, thiserror::Error)]
-pub enum StackError {
-    #[error("stack {stack}: label {label:?} for service {service}: {why}")]
-    Label {
-        stack: String,
-        service: String,
-        label: String,
-        why: &'static str,
-    },
-    #[error("stack {stack}: file {path} is outside the allowed roots")]
-    FileOutsideRoots { stack: String, path: String },
-    #[error("stack {stack}: {action} {path}: {source}")]
-    Io {
-        stack: String,
-        action: &'static str,
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(
-        "stack {stack}: host access not declared in host_access: {grants}; a stack gets these only by listing them in its host_access"
-    )]
-    HostAccess { stack: String, grants: String },
-    #[error("stack {stack}: env file {path}: {why}")]
-    EnvFile {
-        stack: String,
-        path: String,
-        why: String,
-    },
-    #[error("stack {stack}: env file {path} line {line}: expected KEY=VALUE")]
-    EnvFileLine {
-        stack: String,
-        path: String,
-        line: usize,
-    },
-    #[error("stack {stack}: read registry credentials from {from}: {why}")]
-    RegistryAuth {
-        stack: String,
-        from: String,
-        why: String,
-    },
-    #[error(transparent)]
-    Plan(#[from] PlanError),
-    #[error("stack {stack}: {source}")]
-    Engine {
-        stack: String,
-        #[source]
-        source: EngineError,
-    },
-    #[error("stack {stack}: service {service} {why}")]
-    Dependency {
-        stack: String,
-        service: String,
-        why: String,
-    },
-    #[error("stack {stack}: image {image} is still absent after pulling it")]
-    PullMissing { stack: String, image: String },
-    #[error(
-        "stack {stack}: recreate {service} failed: {cause}; {}",
-        if *.restored { "the previous container was put back" } else { "the previous container was not restored" }
-    )]
-    RecreateFailed {
-        stack: String,
-        service: String,
-        cause: String,
-        restored: bool,
-    },
-}
 
 /// One container of a stack as reported to the operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -732,112 +674,6 @@ impl StackConverger {
         }
         Ok(done)
     }
-}
-
-/// Largest env file read from the host; larger is a mistake, not configuration.
-const ENV_FILE_MAX: u64 = 1 << 20;
-
-/// Reads an env file from the host, only from beneath one of `roots`. The path below the
-/// root is resolved by the kernel (openat2 with RESOLVE_BENEATH and RESOLVE_NO_MAGICLINKS
-/// against the root's directory fd), so neither `..` nor a symlink, even one swapped in
-/// while we read, leads outside the root; links that stay inside are followed. Only a
-/// regular file is read (a FIFO would block the pass, a device would never end). Returns
-/// why not, as text for `StackError::EnvFile`.
-fn read_env_file(roots: &[PathBuf], path: &str) -> Result<String, String> {
-    use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
-    use std::io::Read;
-    let p = Path::new(path);
-    let inside = |r: &&PathBuf| {
-        p.starts_with(r)
-            && p != r.as_path()
-            && !p.components().any(|c| c == std::path::Component::ParentDir)
-    };
-    let Some(root) = roots.iter().find(inside) else {
-        let roots: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
-        return Err(format!(
-            "is outside the allowed roots ({}); keep env files beneath one of them",
-            if roots.is_empty() {
-                "none configured".to_string()
-            } else {
-                roots.join(", ")
-            }
-        ));
-    };
-    let rel = p.strip_prefix(root).map_err(|e| e.to_string())?;
-    let dir = std::fs::File::open(root)
-        .map_err(|e| format!("open allowed root {}: {e}", root.display()))?;
-    let how = OpenHow::new()
-        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK)
-        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    let fd = openat2(&dir, rel, how).map_err(|e| match e {
-        nix::errno::Errno::EXDEV | nix::errno::Errno::ELOOP => format!(
-            "leads outside the allowed root {} through a link or '..'; refusing to read it",
-            root.display()
-        ),
-        e => format!("open: {e}"),
-    })?;
-    let file = std::fs::File::from(fd);
-    let meta = file.metadata().map_err(|e| format!("stat: {e}"))?;
-    if !meta.file_type().is_file() {
-        return Err("is not a regular file".into());
-    }
-    if meta.len() > ENV_FILE_MAX {
-        return Err(format!("is larger than {ENV_FILE_MAX} bytes"));
-    }
-    let mut text = String::new();
-    file.take(ENV_FILE_MAX)
-        .read_to_string(&mut text)
-        .map_err(|e| format!("read: {e}"))?;
-    Ok(text)
-}
-
-fn parse_env_file(
-    stack: &str,
-    path: &str,
-    text: &str,
-) -> Result<BTreeMap<String, String>, StackError> {
-    let mut out = BTreeMap::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (k, v) = line
-            .split_once('=')
-            .filter(|(k, _)| !k.trim().is_empty())
-            .ok_or_else(|| StackError::EnvFileLine {
-                stack: stack.into(),
-                path: path.into(),
-                line: n + 1,
-            })?;
-        let v = v.trim();
-        let v = v
-            .strip_prefix('"')
-            .and_then(|v| v.strip_suffix('"'))
-            .or_else(|| v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
-            .unwrap_or(v);
-        out.insert(k.trim().to_string(), v.to_string());
-    }
-    Ok(out)
-}
-
-fn write_stack_file(
-    stack: &str,
-    root: &Path,
-    path: &Path,
-    content: &str,
-) -> Result<(), StackError> {
-    let attrs = FileAttrs {
-        mode: 0o644,
-        uid: None,
-        gid: None,
-    };
-    fsutil::write_beneath(root, path, content.as_bytes(), attrs, true).map_err(|e| StackError::Io {
-        stack: stack.to_string(),
-        action: "write",
-        path: path.display().to_string(),
-        source: e.into(),
-    })
 }
 
 #[async_trait::async_trait]
