@@ -7,6 +7,7 @@
 //! No I/O happens in this crate.
 
 pub mod convert;
+pub mod graph;
 pub mod model;
 pub mod redact;
 pub mod token;

@@ -213,31 +213,14 @@ pub struct Compiled {
 
 impl Compiled {
     /// Guests in an order that starts every guest after its `dependencies` (ties by id).
-    /// `load` already rejected cycles, so every guest appears.
+    /// `load` already rejected cycles, so every guest appears; for a hand-built value
+    /// with a cycle the guests come by id.
     pub fn start_order(&self) -> Vec<GuestId> {
-        let mut done: Vec<GuestId> = Vec::new();
-        let mut left: Vec<GuestId> = self.guests.keys().copied().collect();
-        while !left.is_empty() {
-            let ready: Vec<GuestId> = left
-                .iter()
-                .copied()
-                .filter(|g| {
-                    self.guests[g]
-                        .facts
-                        .dependencies
-                        .iter()
-                        .all(|d| done.contains(d) || !self.guests.contains_key(d))
-                })
-                .collect();
-            if ready.is_empty() {
-                // A cycle; only reachable for hand-built values. Keep the rest by id.
-                done.append(&mut left);
-                break;
-            }
-            left.retain(|g| !ready.contains(g));
-            done.extend(ready);
-        }
-        done
+        let nodes = self
+            .guests
+            .iter()
+            .map(|(id, g)| (*id, g.facts.dependencies.iter().copied()));
+        phoenix_proto::graph::sort(nodes).unwrap_or_else(|_| self.guests.keys().copied().collect())
     }
 }
 

@@ -49,8 +49,8 @@ pub enum ModelError {
     Duplicate(ResourceRef),
     #[error("resource {from} depends on {to}, which is not declared")]
     UnknownDependency { from: ResourceRef, to: ResourceRef },
-    #[error("dependency cycle through {0}")]
-    Cycle(ResourceRef),
+    #[error("dependency cycle: {0}")]
+    Cycle(crate::graph::Cycle<ResourceRef>),
     #[error("resource {resource}: {reason}")]
     Invalid {
         resource: ResourceRef,
@@ -189,8 +189,8 @@ impl GuestSpec {
         }
     }
 
-    /// Indices of `resources` in dependency order (Kahn's algorithm; ties broken by id,
-    /// so the order is deterministic across runs and hosts).
+    /// Indices of `resources` in dependency order, ties broken by id, so the order is
+    /// deterministic across runs and hosts.
     pub fn order(&self) -> Result<Vec<usize>, ModelError> {
         let index: BTreeMap<ResourceRef, usize> = self
             .resources
@@ -198,42 +198,12 @@ impl GuestSpec {
             .enumerate()
             .map(|(i, r)| (r.id(), i))
             .collect();
-        let mut indegree = vec![0usize; self.resources.len()];
-        let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); self.resources.len()];
-        for (i, r) in self.resources.iter().enumerate() {
-            for dep in r.after() {
-                if let Some(&j) = index.get(dep) {
-                    indegree[i] += 1;
-                    dependents[j].push(i);
-                }
-            }
-        }
-        let mut ready: BTreeSet<(ResourceRef, usize)> = indegree
+        let nodes = self
+            .resources
             .iter()
-            .enumerate()
-            .filter(|(_, d)| **d == 0)
-            .map(|(i, _)| (self.resources[i].id(), i))
-            .collect();
-        let mut out = Vec::with_capacity(self.resources.len());
-        while let Some(first) = ready.pop_first() {
-            let i = first.1;
-            out.push(i);
-            for &k in &dependents[i] {
-                indegree[k] -= 1;
-                if indegree[k] == 0 {
-                    ready.insert((self.resources[k].id(), k));
-                }
-            }
-        }
-        if out.len() != self.resources.len() {
-            let stuck = indegree
-                .iter()
-                .position(|d| *d > 0)
-                .map(|i| self.resources[i].id())
-                .unwrap_or_else(|| ResourceRef::new("unknown", "unknown"));
-            return Err(ModelError::Cycle(stuck));
-        }
-        Ok(out)
+            .map(|r| (r.id(), r.after().into_iter().cloned()));
+        let ids = crate::graph::sort(nodes).map_err(ModelError::Cycle)?;
+        Ok(ids.iter().map(|id| index[id]).collect())
     }
 
     /// Canonical bytes (serde_json of the struct: field order fixed by the types).
