@@ -4,7 +4,8 @@
 
 use super::types::{ComposeProject, MountKind, Service};
 use super::{ComposeError, LABEL_PREFIX, invalid};
-use std::collections::{BTreeMap, BTreeSet};
+use crate::graph::{self, Cycle};
+use std::collections::BTreeSet;
 
 impl ComposeProject {
     /// Every rule of the subset that the types alone do not enforce: safe keys, absolute
@@ -33,9 +34,12 @@ impl ComposeProject {
                 ));
             }
         }
-        if self.start_order().len() != self.services().len() {
-            return Err(invalid("depends_on", "dependency cycle between services"));
-        }
+        self.order().map_err(|cycle| {
+            invalid(
+                "depends_on",
+                format!("dependency cycle between services: {cycle}"),
+            )
+        })?;
         Ok(())
     }
 
@@ -146,35 +150,19 @@ impl ComposeProject {
         Ok(())
     }
 
-    /// Services in an order where every service comes after what it depends on
-    /// (ties broken by name, so the order is stable). A service on a cycle is left out,
-    /// which is how `validate` finds cycles.
+    /// Services in an order where every service comes after what it depends on (ties
+    /// broken by name, so the order is stable). A project is checked to have no cycle, so
+    /// every service appears.
     pub fn start_order(&self) -> Vec<&str> {
-        let deps: BTreeMap<&str, Vec<&str>> = self
-            .services()
-            .iter()
-            .map(|(n, s)| {
-                (
-                    n.as_str(),
-                    s.depends_on.keys().map(String::as_str).collect(),
-                )
-            })
-            .collect();
-        let mut done: BTreeSet<&str> = BTreeSet::new();
-        let mut order = Vec::with_capacity(deps.len());
-        while order.len() < deps.len() {
-            let before = order.len();
-            for (name, d) in &deps {
-                if !done.contains(name) && d.iter().all(|x| done.contains(x)) {
-                    done.insert(name);
-                    order.push(*name);
-                }
-            }
-            if order.len() == before {
-                break;
-            }
-        }
-        order
+        self.order().unwrap_or_default()
+    }
+
+    fn order(&self) -> Result<Vec<&str>, Cycle<&str>> {
+        graph::sort(
+            self.services()
+                .iter()
+                .map(|(n, s)| (n.as_str(), s.depends_on.keys().map(String::as_str))),
+        )
     }
 }
 
