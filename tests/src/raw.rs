@@ -12,6 +12,16 @@ fn coordinator_uri(server_name: &str) -> String {
     format!("spiffe://{td}/coordinator")
 }
 
+/// `Code: message`, then the status's sources (where a transport failure keeps the TLS
+/// alert the peer sent).
+fn status_text(s: &tonic::Status) -> String {
+    let text = format!("{:?}: {}", s.code(), s.message());
+    match std::error::Error::source(s).map(transport::error_chain) {
+        Some(chain) if !text.contains(&chain) => format!("{text}: {chain}"),
+        _ => text,
+    }
+}
+
 /// Opens a session as `chain_pem`/`key_pem` and sends a Hello for `hello_guest`.
 /// Ok if the coordinator accepted the session, else the error text.
 pub async fn session_attempt(
@@ -28,7 +38,7 @@ pub async fn session_attempt(
         .map_err(|e| e.to_string())?;
     let channel = transport::connect(addr, server_name, cfg, &ChannelOptions::default())
         .await
-        .map_err(|e| format!("{e:?}"))?;
+        .map_err(|e| e.to_string())?;
     let mut client = v1::agent_client::AgentClient::new(channel);
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let hello = v1::AgentMessage {
@@ -42,7 +52,7 @@ pub async fn session_attempt(
     let resp = client
         .session(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
-        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
+        .map_err(|s| status_text(&s))?;
     drop(resp);
     Ok(())
 }
@@ -61,13 +71,13 @@ pub async fn renew_attempt(
         .map_err(|e| e.to_string())?;
     let channel = transport::connect(addr, server_name, cfg, &ChannelOptions::default())
         .await
-        .map_err(|e| format!("{e:?}"))?;
+        .map_err(|e| e.to_string())?;
     let key = phoenix_pki::keys::generate().map_err(|e| e.to_string())?;
     let csr = phoenix_pki::keys::csr(&key, "renew", &[]).map_err(|e| e.to_string())?;
     v1::agent_client::AgentClient::new(channel)
         .renew(v1::RenewRequest { csr_pem: csr })
         .await
-        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
+        .map_err(|s| status_text(&s))?;
     Ok(())
 }
 
@@ -87,7 +97,7 @@ pub async fn session_hold(
         .map_err(|e| e.to_string())?;
     let channel = transport::connect(addr, server_name, cfg, &ChannelOptions::default())
         .await
-        .map_err(|e| format!("{e:?}"))?;
+        .map_err(|e| e.to_string())?;
     let mut client = v1::agent_client::AgentClient::new(channel);
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(v1::AgentMessage {
@@ -99,7 +109,7 @@ pub async fn session_hold(
     let mut inbound = client
         .session(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
-        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+        .map_err(|s| status_text(&s))?
         .into_inner();
     let end = tokio::time::timeout(limit, async {
         loop {
@@ -114,4 +124,66 @@ pub async fn session_hold(
     .unwrap_or_else(|_| "timeout".to_string());
     drop(tx);
     Ok((start.elapsed(), end))
+}
+
+/// The leaf certificate the coordinator at `addr` presents on a new TLS handshake, as a
+/// peer sees it: verified against `roots_pem` and as the coordinator of `server_name`,
+/// without a client certificate (as an enrolling agent connects).
+pub async fn presented_certificate(
+    addr: &str,
+    server_name: &str,
+    roots_pem: &str,
+) -> Result<phoenix_pki::x509::CertInfo, String> {
+    let trust = TrustStore::from_pem(roots_pem).map_err(|e| e.to_string())?;
+    let cfg =
+        tls::server_auth_config(trust, &coordinator_uri(server_name)).map_err(|e| e.to_string())?;
+    let name = rustls_pki_types::ServerName::try_from(server_name.to_string())
+        .map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS handshake with {addr}: {e}"))?;
+    let leaf = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or_else(|| format!("{addr} presented no certificate"))?;
+    phoenix_pki::x509::inspect(leaf).map_err(|e| e.to_string())
+}
+
+/// Completes a TLS handshake as `chain_pem`/`key_pem` and waits for the coordinator's
+/// verdict on that client certificate, which TLS 1.3 delivers after the handshake: the
+/// alert it sent (e.g. "received fatal alert: UnknownCA"), or "accepted" when the
+/// coordinator started talking HTTP/2 instead. The client sends nothing, so the refusal
+/// arrives as the alert, never as a reset racing it (as it does under a gRPC client).
+pub async fn client_cert_verdict(
+    addr: &str,
+    server_name: &str,
+    (chain_pem, key_pem, roots_pem): (&str, &str, &str),
+) -> Result<String, String> {
+    use tokio::io::AsyncReadExt;
+    let id = Identity::from_pem(chain_pem, key_pem).map_err(|e| e.to_string())?;
+    let trust = TrustStore::from_pem(roots_pem).map_err(|e| e.to_string())?;
+    let cfg = tls::client_config(IdentityStore::new(id), trust, &coordinator_uri(server_name))
+        .map_err(|e| e.to_string())?;
+    let name = rustls_pki_types::ServerName::try_from(server_name.to_string())
+        .map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let mut tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS handshake with {addr}: {e}"))?;
+    let mut buf = [0u8; 1];
+    match tokio::time::timeout(std::time::Duration::from_secs(10), tls.read(&mut buf)).await {
+        Err(_) => Err("no verdict within 10 s".into()),
+        Ok(Ok(0)) => Err("closed without an alert".into()),
+        Ok(Ok(_)) => Ok("accepted".into()),
+        Ok(Err(e)) => Ok(e.to_string()),
+    }
 }

@@ -251,6 +251,45 @@ impl Agent {
         std::fs::read_to_string(self.dir.join(format!("agent.{}.log", self.runs)))
             .unwrap_or_default()
     }
+
+    /// Local ports of the agent's established TCP connections to port `port`, read from
+    /// /proc as `ss -tnp` would show them: one that stays in this set is one stream that
+    /// stayed open.
+    pub fn connections_to(&self, port: u16) -> Vec<u16> {
+        self.pid()
+            .map(|p| tcp_connections(p, port))
+            .unwrap_or_default()
+    }
+}
+
+/// Local ports of `pid`'s established TCP connections to remote port `port`.
+fn tcp_connections(pid: u32, port: u16) -> Vec<u16> {
+    let sockets: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let port_of = |a: &str| u16::from_str_radix(a.rsplit(':').next()?, 16).ok();
+    let mut out = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        // sl local_address rem_address st ... inode (10th field); st 01 = ESTABLISHED.
+        for f in text
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        {
+            if f.len() > 9 && f[3] == "01" && port_of(f[2]) == Some(port) && sockets.contains(f[9])
+            {
+                out.extend(port_of(f[1]));
+            }
+        }
+    }
+    out
 }
 
 impl Drop for Agent {

@@ -140,6 +140,15 @@ fn dry_run_shows_the_diff_and_mutates_nothing() {
     );
 }
 
+fn signal(a: &Agent, sig: nix::sys::signal::Signal) {
+    let pid = a.pid().expect("agent running");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).expect("signal agent");
+}
+
+/// The coordinator crashes after storing a revision and before every agent has it: one
+/// agent is frozen (SIGSTOP) so the push is still in flight for it at kill time, asserted
+/// by the others having converged while its files are absent. After the restart the
+/// frozen agent gets the stored revision and every guest converges; nothing is re-numbered.
 #[test]
 fn coordinator_crash_mid_push_loses_nothing() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -154,13 +163,29 @@ fn coordinator_crash_mid_push_loses_nothing() {
         .map(|a| (a.guest, files_spec(&a.root, &[("a", "1\n"), ("b", "2\n")])))
         .collect();
     write_spec(&spec, &guests);
+    let (frozen, running) = agents.split_first().expect("agents");
+    signal(frozen, nix::sys::signal::Signal::SIGSTOP);
     let out = apply(&c, &spec, &["--no-wait"]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    wait_for(T, "the running agents to converge", || {
+        let s = c.status();
+        running.iter().all(|a| converged(&s, a.guest)).then_some(())
+    });
+    let s = c.status();
+    let row = guest_status(&s, frozen.guest).expect("row");
+    assert_eq!(row["wanted_revision"], 1, "{row:#}");
+    assert!(!converged(&s, frozen.guest), "{row:#}");
+    assert!(
+        !frozen.root.join("b").exists(),
+        "the frozen agent cannot have applied the push"
+    );
+
     c.kill9();
+    signal(frozen, nix::sys::signal::Signal::SIGCONT);
     c.restart();
     wait_for(
         T,
@@ -172,21 +197,16 @@ fn coordinator_crash_mid_push_loses_nothing() {
     );
     let s = c.status();
     for a in &agents {
-        assert_eq!(guest_status(&s, a.guest).expect("row")["connected"], true);
+        let row = guest_status(&s, a.guest).expect("row");
+        assert_eq!(row["connected"], true, "{row:#}");
+        assert_eq!(row["applied_revision"], 1, "{row:#}");
         assert_eq!(std::fs::read_to_string(a.root.join("b")).expect("b"), "2\n");
     }
     // The next apply after the restart gets a newer revision than the one before it.
-    write_spec(
-        &spec,
-        &guests
-            .iter()
-            .map(|(g, _)| (*g, files_spec(&agents[0].root, &[])))
-            .take(1)
-            .collect::<Vec<_>>(),
-    );
+    write_spec(&spec, &[(frozen.guest, files_spec(&frozen.root, &[]))]);
     let out = apply(&c, &spec, &[]);
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("rev 2"),
+        String::from_utf8_lossy(&out.stdout).contains(&format!("guest {} rev 2", frozen.guest)),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
@@ -245,8 +265,14 @@ fn agent_keeps_enforcing_while_the_coordinator_is_down() {
     });
 }
 
+/// The agent is killed with part of a pass done: half of 60 files replaced, the rest not yet.
+/// The pass is held at a known point by a guarded exec ordered after the 30th file (it
+/// records its pid, then sleeps), so the kill lands mid-pass every run, between two
+/// resources; the count of replaced files at kill time is asserted, not assumed. After a
+/// restart the agent finishes the pass from its persisted desired state without re-running
+/// the exec, and no file is torn or left half-written.
 #[test]
-fn agent_killed_mid_apply_leaves_no_torn_file() {
+fn agent_killed_mid_pass_finishes_the_pass_after_restart() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let c = Coordinator::start(&tmp.path().join("c"), &[]);
     let mut a = enrolled(&c, tmp.path(), 141);
@@ -260,23 +286,51 @@ fn agent_killed_mid_apply_leaves_no_torn_file() {
     };
     write_spec(&spec, &[(141, files(&old))]);
     assert!(apply(&c, &spec, &[]).status.success());
-    write_spec(&spec, &[(141, files(&new))]);
+
+    // Resources without dependencies run in (kind, name) order: exec sorts before file, so
+    // the exec, depending on f29, runs right after it and before f30.
+    let barrier = tmp.path().join("barrier.pid");
+    let mut desired = files(&new);
+    desired["resources"]
+        .as_array_mut()
+        .expect("resources")
+        .push(serde_json::json!({
+            "kind": "exec", "name": "hold",
+            "command": ["/bin/sh", "-c", format!(
+                "echo $$ > {0}.tmp && mv {0}.tmp {0} && exec /bin/sleep 120",
+                barrier.display())],
+            "creates": barrier.display().to_string(),
+            "timeout_seconds": 300,
+            "depends_on": [format!("file:{}", a.root.join("f29").display())],
+        }));
+    write_spec(&spec, &[(141, desired)]);
     assert!(apply(&c, &spec, &["--no-wait"]).status.success());
-    // Kill as soon as the first new file shows up: mid-pass.
-    wait_for(T, "the pass to start", || {
-        names
-            .iter()
-            .any(|n| std::fs::read_to_string(a.root.join(n)).is_ok_and(|s| s == new))
-            .then_some(())
+    let held = wait_for(T, "the pass to reach the exec after f29", || {
+        std::fs::read_to_string(&barrier)
+            .ok()?
+            .trim()
+            .parse::<i32>()
+            .ok()
     });
     a.kill9();
-    let mut seen_new = 0;
+    // The sleep outlives its SIGKILLed parent; end it so nothing of the test lingers.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(held),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let mut replaced = 0;
     for n in &names {
         let s = std::fs::read_to_string(a.root.join(n)).expect("file still there");
         assert!(s == old || s == new, "{n} is torn ({} bytes)", s.len());
-        seen_new += usize::from(s == new);
+        replaced += usize::from(s == new);
     }
-    eprintln!("killed after {seen_new}/{} files", names.len());
+    eprintln!("killed after {replaced}/{} files", names.len());
+    assert!(
+        0 < replaced && replaced < names.len(),
+        "the kill must land mid-pass: {replaced}/{} files replaced",
+        names.len()
+    );
+
     a.start();
     wait_for(T, "convergence after restart", || {
         converged(&c.status(), 141).then_some(())
@@ -284,6 +338,11 @@ fn agent_killed_mid_apply_leaves_no_torn_file() {
     for n in &names {
         assert_eq!(std::fs::read_to_string(a.root.join(n)).expect("file"), new);
     }
+    assert_eq!(
+        std::fs::read_to_string(&barrier).expect("barrier").trim(),
+        held.to_string(),
+        "the exec ran again although its `creates` guard exists"
+    );
     let leftovers: Vec<_> = std::fs::read_dir(&a.root)
         .expect("ls")
         .filter_map(|e| e.ok())

@@ -1,14 +1,15 @@
 //! Compiles the guests read by `phoenix` into one `GuestSpec` each: reads the directory's
 //! files, checks the guest graph, assembles every guest, then adds what spans guests
 //! (certificates, the routing tier) and validates each spec.
+//!
+//! Layer 7, orchestration: imports every lower layer and `graph`.
 
-use super::files::Files;
+use super::builder::Builder;
+use super::files::{Files, Layout};
 use super::phoenix::{self, GuestConfig};
 use super::reader::{Diag, Node};
-use super::{
-    CompileOptions, Compiled, CompiledGuest, Layout, MountKind, Problem, builder::Builder, certs,
-    graph, guest, routing, secrets,
-};
+use super::types::{CompileOptions, Compiled, CompiledGuest, MountKind, Problem};
+use super::{certs, graph, guest, routing, secrets};
 use phoenix_proto::model::{AbsPath, GuestId};
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -1,11 +1,19 @@
 //! The resources of one guest, merged by id, with soft ordering edges resolved when the
 //! spec is finished.
+//!
+//! Layer 4: imports layers 0–3 and `features` (for `Item`).
 
 use super::features::Item;
 use super::phoenix::GuestConfig;
 use super::reader::Diag;
 use phoenix_proto::model::{GuestSpec, Resource, ResourceRef};
 use std::collections::BTreeSet;
+
+/// Drop-in for nginx.service on the gateway: `nginx -t` runs before every reload, so a broken
+/// configuration fails the reload (and the report) while the old one keeps serving. Debian's
+/// own `nginx -s reload` parses the configuration too; the explicit check keeps that true
+/// whatever unit the package ships.
+pub const NGINX_CHECKED_RELOAD: &str = "[Service]\nExecReload=\nExecReload=/usr/sbin/nginx -t -q -g \"daemon on; master_process on;\"\nExecReload=/usr/sbin/nginx -g \"daemon on; master_process on;\" -s reload\n";
 
 /// Resources of one guest, merged by id, with soft ordering edges.
 #[derive(Debug, Default)]
@@ -81,10 +89,8 @@ impl Builder {
             if let Resource::Service(s) = r
                 && s.name == "nginx.service"
             {
-                s.dropins.insert(
-                    "phoenix-checked-reload".into(),
-                    super::NGINX_CHECKED_RELOAD.into(),
-                );
+                s.dropins
+                    .insert("phoenix-checked-reload".into(), NGINX_CHECKED_RELOAD.into());
             }
         }
     }

@@ -1,11 +1,13 @@
 //! Certificate-manifest entries → `cert` resources in the guest that owns the path, with
 //! the reload their `post_renewal_command` asked for.
+//!
+//! Layer 6, per-guest assembly: imports layers 0–5.
 
-use super::Problem;
 use super::builder::Builder;
 use super::features::Item;
-use super::phoenix::{self, GuestConfig};
-use super::reader::{Diag, Node};
+use super::phoenix::GuestConfig;
+use super::reader::{Diag, Node, abs_path};
+use super::types::Problem;
 use phoenix_proto::model::{AbsPath, CertSpec, FileMode, GuestId, Reload, Resource};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -38,17 +40,9 @@ fn certificate(
         n
     };
     let common_name = required("common_name", d).and_then(|n| host_name(&n, d));
-    let cert_path = required("cert_path", d).and_then(|n| phoenix::abs_path(&n, d));
-    let key_path = required("key_path", d).and_then(|n| phoenix::abs_path(&n, d));
-    let sans: Vec<String> = e
-        .get("sans")
-        .map(|n| {
-            n.items(d, "an array of DNS names or IPs")
-                .iter()
-                .filter_map(|s| host_name(s, d))
-                .collect()
-        })
-        .unwrap_or_default();
+    let cert_path = required("cert_path", d).and_then(|n| abs_path(&n, d));
+    let key_path = required("key_path", d).and_then(|n| abs_path(&n, d));
+    let sans: Vec<String> = e.list(d, "sans", "an array of DNS names or IPs", host_name);
     let (owner, group) = match e.get("owner") {
         Some(n) => match n.value.as_str() {
             Some(s) if !s.is_empty() => match s.split_once(':') {

@@ -8,9 +8,15 @@
 //! feature its template installed (801 lists `vllm` but gets `nvidia` from 911).
 //! Vendor installers without an apt repository key we could pin (step-cli, Ollama,
 //! Traefik, the NVIDIA runfile, vLLM wheels) are guarded `exec`s that run once.
+//!
+//! Layer 4, resource makers: imports layers 0–3. Which feature name means which bundle
+//! is said once, in [`super::catalog`].
+//!
+//! Longer than 600 lines: one bundle per feature script, kept side by side so that a
+//! bundle reads next to the packages and installers it shares with the others.
 
-use super::GuestKind;
 use super::phoenix::Nvidia;
+use super::types::GuestKind;
 use phoenix_proto::model::compose;
 use phoenix_proto::model::{
     AbsPath, Ensure, ExecSpec, FileMode, FileSpec, PackageSpec, PackageState, Resource,
@@ -57,58 +63,8 @@ pub(crate) struct FeatureCtx<'a> {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum FeatureProblem {
-    Unknown,
-    /// Known to Phoenix, but its job is done elsewhere (or not by the agent).
-    NotCompiled(&'static str),
     /// A key the bundle needs is missing (e.g. `nvidia_runfile_url`).
     Missing(&'static str),
-}
-
-pub(crate) const KNOWN: [&str; 11] = [
-    "base_setup",
-    "trusted_ca",
-    "step_cli",
-    "step_ca",
-    "docker",
-    "nvidia",
-    "vllm",
-    "ollama",
-    "traefik",
-    "portainer",
-    "python_api_service",
-];
-
-pub(crate) fn bundle(name: &str, ctx: &FeatureCtx) -> Result<Vec<Item>, FeatureProblem> {
-    match name {
-        "base_setup" => Ok(base_setup(ctx)),
-        "trusted_ca" => Ok(trusted_ca(ctx)),
-        "step_cli" => Ok(step_cli(ctx)),
-        "step_ca" => Ok(step_ca()),
-        "docker" => Ok(docker(ctx)),
-        "nvidia" => nvidia(ctx),
-        "vllm" => Ok(vllm(ctx)),
-        "ollama" => Ok(ollama()),
-        "traefik" => Ok(traefik()),
-        "portainer" => Ok(portainer(ctx)),
-        "python_api_service" => Ok(python_api_service()),
-        "sync_traefik_certs" | "sync_docker_certs" => Err(FeatureProblem::NotCompiled(
-            "certificates are `cert` resources renewed by the agent, not copied by a script",
-        )),
-        "docker_proxy" | "sync_docker_proxy" => Err(FeatureProblem::NotCompiled(
-            "the agent talks to the local Docker socket; no TCP proxy is set up",
-        )),
-        "dns_server" | "nat_gateway" => Err(FeatureProblem::NotCompiled(
-            "a host/network role outside the agent's scope",
-        )),
-        _ => Err(FeatureProblem::Unknown),
-    }
-}
-
-pub(crate) fn simple_name_ok(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 128
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 pub(crate) fn abs(s: &str) -> AbsPath {
@@ -194,13 +150,29 @@ fn file(path: &str, content: String, file_mode: &str) -> FileSpec {
     }
 }
 
+/// A vendor installer fetched with curl: a guarded `exec` that runs until `creates`
+/// exists, after the packages it needs.
+fn download(name: &str, script: &'static str, creates: &str) -> ExecSpec {
+    let mut install = exec(name, sh(script));
+    install.creates = Some(abs(creates));
+    install.depends_on = vec![pkg_ref("curl"), pkg_ref("ca-certificates")];
+    install
+}
+
+/// The packages a `download` needs, then the download.
+fn installer(install: ExecSpec) -> Vec<Item> {
+    let mut items = packages(&["curl", "ca-certificates"]);
+    items.push(Resource::Exec(install).into());
+    items
+}
+
 fn packages(names: &[&str]) -> Vec<Item> {
     names.iter().map(|n| Item::from(pkg(n))).collect()
 }
 
 /// Essentials and the en_US.UTF-8 locale; VMs also get the NFS client (their
 /// `volumes` are NFS) and IPv6 off, as the VM script does.
-fn base_setup(ctx: &FeatureCtx) -> Vec<Item> {
+pub(crate) fn base_setup(ctx: &FeatureCtx) -> Vec<Item> {
     let mut items = packages(&[
         "ca-certificates",
         "curl",
@@ -246,7 +218,7 @@ const TRUST_STORE_ROOT: &str = "/usr/local/share/ca-certificates/phoenix_root_ca
 /// Puts the Phoenix root into the system trust store and refreshes the bundle. The
 /// refresh runs when the root changed, and also while the store lacks it (`creates`),
 /// so a failed refresh is retried on the next pass.
-fn trusted_ca(ctx: &FeatureCtx) -> Vec<Item> {
+pub(crate) fn trusted_ca(ctx: &FeatureCtx) -> Vec<Item> {
     let mut items = vec![Item::from(pkg("ca-certificates"))];
     let installed = match ctx.trust_roots_pem {
         Some(pem) => {
@@ -278,7 +250,7 @@ fn trusted_ca(ctx: &FeatureCtx) -> Vec<Item> {
     items
 }
 
-fn step_cli(ctx: &FeatureCtx) -> Vec<Item> {
+pub(crate) fn step_cli(ctx: &FeatureCtx) -> Vec<Item> {
     let mut items = step_cli_install();
     if let Some(url) = ctx.bootstrap_ca_url {
         // The fingerprint file is exported by the Step-CA guest next to its root.
@@ -302,30 +274,19 @@ fn step_cli(ctx: &FeatureCtx) -> Vec<Item> {
 }
 
 fn step_cli_install() -> Vec<Item> {
-    let mut items = packages(&["curl", "ca-certificates"]);
-    let mut install = exec(
+    installer(download(
         "install-step-cli",
-        sh(
-            "curl -fsSL -o /tmp/step-cli_amd64.deb https://dl.smallstep.com/cli/docs-cli-install/latest/step-cli_amd64.deb && dpkg -i /tmp/step-cli_amd64.deb && rm -f /tmp/step-cli_amd64.deb",
-        ),
-    );
-    install.creates = Some(abs("/usr/bin/step"));
-    install.depends_on = vec![pkg_ref("curl"), pkg_ref("ca-certificates")];
-    items.push(Resource::Exec(install).into());
-    items
+        "curl -fsSL -o /tmp/step-cli_amd64.deb https://dl.smallstep.com/cli/docs-cli-install/latest/step-cli_amd64.deb && dpkg -i /tmp/step-cli_amd64.deb && rm -f /tmp/step-cli_amd64.deb",
+        "/usr/bin/step",
+    ))
 }
 
-fn step_ca() -> Vec<Item> {
-    let mut items = packages(&["curl", "ca-certificates"]);
-    let mut install = exec(
+pub(crate) fn step_ca() -> Vec<Item> {
+    let mut items = installer(download(
         "install-step-ca",
-        sh(
-            "curl -fsSL -o /tmp/step-ca_amd64.deb https://dl.smallstep.com/certificates/docs-ca-install/latest/step-ca_amd64.deb && dpkg -i /tmp/step-ca_amd64.deb && rm -f /tmp/step-ca_amd64.deb",
-        ),
-    );
-    install.creates = Some(abs("/usr/bin/step-ca"));
-    install.depends_on = vec![pkg_ref("curl"), pkg_ref("ca-certificates")];
-    items.push(Resource::Exec(install).into());
+        "curl -fsSL -o /tmp/step-ca_amd64.deb https://dl.smallstep.com/certificates/docs-ca-install/latest/step-ca_amd64.deb && dpkg -i /tmp/step-ca_amd64.deb && rm -f /tmp/step-ca_amd64.deb",
+        "/usr/bin/step-ca",
+    ));
     items.extend(step_cli_install());
     items
 }
@@ -352,7 +313,7 @@ fn placeholder_ctx() -> FeatureCtx<'static> {
 
 /// Docker from the distribution (docker.io + compose v2). Unprivileged LXC needs the
 /// fuse-overlayfs storage driver; a GPU adds the NVIDIA runtime.
-fn docker(ctx: &FeatureCtx) -> Vec<Item> {
+pub(crate) fn docker(ctx: &FeatureCtx) -> Vec<Item> {
     let mut items = packages(&["docker.io", "docker-compose-v2"]);
     let mut daemon = serde_json::Map::new();
     let lxc_unprivileged = ctx.kind == GuestKind::Lxc && ctx.unprivileged;
@@ -409,7 +370,7 @@ fn package_spec(name: &str) -> PackageSpec {
 
 /// The NVIDIA driver from the runfile (user space only in an LXC) and the CUDA toolkit
 /// from NVIDIA's repository.
-fn nvidia(ctx: &FeatureCtx) -> Result<Vec<Item>, FeatureProblem> {
+pub(crate) fn nvidia(ctx: &FeatureCtx) -> Result<Vec<Item>, FeatureProblem> {
     let version = ctx
         .nvidia
         .driver_version
@@ -485,7 +446,7 @@ fn cuda_toolkit(ctx: &FeatureCtx) -> String {
 /// vLLM in a virtualenv at /opt/vllm (the unit's interpreter). The original script
 /// builds torch nightly + FlashInfer from source; here the pinned wheel brings its own
 /// torch build.
-fn vllm(ctx: &FeatureCtx) -> Vec<Item> {
+pub(crate) fn vllm(ctx: &FeatureCtx) -> Vec<Item> {
     let mut items = packages(&[
         "python3",
         "python3-venv",
@@ -527,15 +488,14 @@ fn vllm(ctx: &FeatureCtx) -> Vec<Item> {
     items
 }
 
-fn ollama() -> Vec<Item> {
+pub(crate) fn ollama() -> Vec<Item> {
     let mut items = packages(&["curl", "ca-certificates"]);
-    let mut install = exec(
+    let mut install = download(
         "install-ollama",
-        sh("curl -fsSL https://ollama.com/install.sh | sh"),
+        "curl -fsSL https://ollama.com/install.sh | sh",
+        "/usr/local/bin/ollama",
     );
-    install.creates = Some(abs("/usr/local/bin/ollama"));
     install.timeout_seconds = 1800;
-    install.depends_on = vec![pkg_ref("curl"), pkg_ref("ca-certificates")];
     items
         .push(Item::from(Resource::Exec(install)).after(ResourceRef::new("exec", "nvidia-driver")));
     let mut svc = service("ollama.service");
@@ -545,22 +505,16 @@ fn ollama() -> Vec<Item> {
 }
 
 /// The Traefik binary; its configuration and unit come from the guest's application.
-fn traefik() -> Vec<Item> {
-    let mut items = packages(&["curl", "ca-certificates"]);
-    let mut install = exec(
+pub(crate) fn traefik() -> Vec<Item> {
+    installer(download(
         "install-traefik",
-        sh(
-            "curl -fsSL https://github.com/traefik/traefik/releases/download/v3.1.2/traefik_v3.1.2_linux_amd64.tar.gz | tar -xz -C /usr/local/bin traefik",
-        ),
-    );
-    install.creates = Some(abs("/usr/local/bin/traefik"));
-    install.depends_on = vec![pkg_ref("curl"), pkg_ref("ca-certificates")];
-    items.push(Resource::Exec(install).into());
-    items
+        "curl -fsSL https://github.com/traefik/traefik/releases/download/v3.1.2/traefik_v3.1.2_linux_amd64.tar.gz | tar -xz -C /usr/local/bin traefik",
+        "/usr/local/bin/traefik",
+    ))
 }
 
 /// Portainer server or agent as a Docker stack, by `portainer_role`.
-fn portainer(ctx: &FeatureCtx) -> Vec<Item> {
+pub(crate) fn portainer(ctx: &FeatureCtx) -> Vec<Item> {
     let compose = match ctx.portainer_role {
         Some("server") | Some("primary") => {
             "services:\n  portainer:\n    image: portainer/portainer-ce:latest\n    container_name: portainer_server\n    restart: always\n    ports:\n      - \"9443:9443\"\n    volumes:\n      - /var/run/docker.sock:/var/run/docker.sock\n      - portainer_data:/data\nvolumes:\n  portainer_data: {}\n"
@@ -583,51 +537,13 @@ fn portainer(ctx: &FeatureCtx) -> Vec<Item> {
     vec![Item::from(Resource::Stack(stack)).after(ResourceRef::new("service", "docker.service"))]
 }
 
-fn python_api_service() -> Vec<Item> {
+pub(crate) fn python_api_service() -> Vec<Item> {
     packages(&["python3", "python3-pip", "python3-venv"])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn every_known_feature_builds_a_valid_bundle() {
-        let nvidia = Nvidia {
-            driver_version: Some("580.76.05".into()),
-            repo_url: Some("https://example.invalid/repo/".into()),
-            runfile_url: Some("https://example.invalid/NVIDIA.run".into()),
-        };
-        for kind in [GuestKind::Lxc, GuestKind::Vm] {
-            for gpus in [&[][..], &[0u32][..]] {
-                let ctx = FeatureCtx {
-                    kind,
-                    gpus,
-                    nvidia: &nvidia,
-                    cuda_version: "12.8",
-                    portainer_role: Some("agent"),
-                    bootstrap_ca_url: Some("https://10.0.0.10:9000"),
-                    trust_roots_pem: None,
-                    step_ca_root: abs("/etc/step-ca/ssl/phoenix_root_ca.crt"),
-                    unprivileged: true,
-                };
-                for f in KNOWN {
-                    let items = match bundle(f, &ctx) {
-                        Ok(items) => items,
-                        Err(FeatureProblem::NotCompiled(_)) => continue,
-                        Err(e) => panic!("{f}: {e:?}"),
-                    };
-                    let mut spec = phoenix_proto::model::GuestSpec::default();
-                    for i in items {
-                        if !spec.resources.iter().any(|r| r.id() == i.resource.id()) {
-                            spec.resources.push(i.resource);
-                        }
-                    }
-                    assert_eq!(spec.validate(), Ok(()), "feature {f} on {kind}");
-                }
-            }
-        }
-    }
 
     /// The bootstrap command run by the real `/bin/sh` with a stand-in `step` that records
     /// its argv: hostile URLs arrive as one literal argument and run nothing.
@@ -650,7 +566,7 @@ mod tests {
             let mut ctx = placeholder_ctx();
             ctx.bootstrap_ca_url = Some(&url);
             ctx.step_ca_root = abs(&d.join("phoenix_root_ca.crt").display().to_string());
-            let items = bundle("step_cli", &ctx).expect("bundle");
+            let items = step_cli(&ctx);
             let cmd = items
                 .iter()
                 .find_map(|i| match &i.resource {
@@ -689,7 +605,7 @@ mod tests {
         };
         let mut ctx = placeholder_ctx();
         ctx.nvidia = &nvidia;
-        for i in bundle("nvidia", &ctx).expect("bundle") {
+        for i in super::nvidia(&ctx).expect("bundle") {
             if let Resource::Exec(e) = &i.resource {
                 for argv in std::iter::once(&e.command).chain(e.unless.iter()) {
                     if argv[0] == "/bin/sh" {
@@ -704,12 +620,8 @@ mod tests {
     fn nvidia_without_globals_names_the_missing_key() {
         let ctx = placeholder_ctx();
         assert_eq!(
-            bundle("nvidia", &ctx).err(),
+            nvidia(&ctx).err(),
             Some(FeatureProblem::Missing("nvidia_driver_version"))
-        );
-        assert_eq!(
-            bundle("warp_drive", &ctx).err(),
-            Some(FeatureProblem::Unknown)
         );
     }
 }

@@ -1,18 +1,53 @@
 //! The files of a Phoenix etc directory, each parsed once (and scanned for literal
 //! secrets) and kept alive for the `Node`s that borrow them.
+//!
+//! Layer 3, Phoenix config readers: imports layers 0–2 and `phoenix` (to find a guest's
+//! own JSON again).
 
-use super::GuestKind;
-use super::phoenix::{GuestConfig, read_json};
-use super::reader::{Diag, Node};
+use super::phoenix::GuestConfig;
+use super::reader::{Diag, Node, read_json};
 use super::secrets;
+use super::types::GuestKind;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
-const LXC_FILE: &str = "phoenix_lxc_configs.json";
-const VM_FILE: &str = "phoenix_vm_configs.json";
+pub(crate) const LXC_FILE: &str = "phoenix_lxc_configs.json";
+pub(crate) const VM_FILE: &str = "phoenix_vm_configs.json";
 pub(crate) const STACKS_FILE: &str = "phoenix_stacks_config.json";
 const MANIFEST_FILE: &str = "certificate-manifest.json";
 const HYPERVISOR_FILE: &str = "phoenix_hypervisor_config.json";
+
+/// Where a Phoenix Hypervisor install keeps its files: `etc/` holds the JSON configs, and
+/// the base directory above it (`PHOENIX_BASE_DIR`, `/usr/local/phoenix_hypervisor` on a
+/// host) holds `stacks/` and `persistent-storage/`, which `compose_file_path` is relative to.
+#[derive(Debug, Clone)]
+pub(crate) struct Layout {
+    pub etc: PathBuf,
+    pub base: PathBuf,
+}
+
+impl Layout {
+    /// `etc` given: its parent is the base, as in the old scripts.
+    pub fn from_etc(etc: PathBuf) -> Self {
+        let base = etc
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from(".."));
+        Layout { etc, base }
+    }
+
+    /// `stacks/` beside `etc/`; a flat copy (everything in one directory) keeps it inside.
+    pub fn stacks_dir(&self) -> PathBuf {
+        let beside = self.base.join("stacks");
+        let inside = self.etc.join("stacks");
+        if !beside.is_dir() && inside.is_dir() {
+            inside
+        } else {
+            beside
+        }
+    }
+}
 
 /// Files of the directory, parsed once and kept alive for the `Node`s that borrow them.
 pub(crate) struct Files {

@@ -1,8 +1,10 @@
 //! The guest graph: ids are unique, `dependencies` name defined guests and hold no cycle.
+//!
+//! Layer 7, orchestration: imports layers 0–3.
 
-use super::Problem;
 use super::phoenix::GuestConfig;
 use super::reader::{Diag, join};
+use super::types::Problem;
 use phoenix_proto::model::GuestId;
 use std::collections::BTreeMap;
 

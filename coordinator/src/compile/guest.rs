@@ -1,12 +1,16 @@
 //! One guest's resources: its features, vLLM service, application script, stacks and
 //! `phoenix_resources`; then the routing tier, which needs every guest's routes.
+//!
+//! Layer 6, per-guest assembly: imports layers 0–5 and `routing`, `stacks`.
 
 use super::builder::Builder;
-use super::features::{self, FeatureCtx, FeatureProblem, Item, abs};
-use super::files::{Files, files_node};
+use super::catalog::{self, Meaning, Role};
+use super::features::{FeatureCtx, FeatureProblem, Item, abs};
+use super::files::{Files, Layout, files_node};
 use super::phoenix::{GuestConfig, Hypervisor};
 use super::reader::{Diag, Node};
-use super::{CompileOptions, FirewallRule, GuestKind, Layout, Problem, routing, scripts, stacks};
+use super::types::{CompileOptions, FirewallRule, GuestKind, Problem};
+use super::{routing, scripts, stacks};
 use phoenix_proto::model::{GuestId, Resource, ResourceRef};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -37,62 +41,59 @@ pub(crate) fn build_guest(
         unprivileged: g.unprivileged,
     };
     for (name, path) in &g.features {
-        match features::bundle(name, &ctx) {
-            Ok(items) => {
-                for i in items {
-                    b.add(i, g, d);
-                }
-            }
-            Err(FeatureProblem::Unknown) => d.error(
+        let Some(feature) = catalog::feature(name) else {
+            d.error(
                 &g.file,
                 path,
                 Problem::UnknownFeature {
                     name: name.clone(),
-                    known: features::KNOWN.join(", "),
+                    known: catalog::compiled_features(),
                 },
-            ),
-            Err(FeatureProblem::NotCompiled(why)) => d.warn(
+            );
+            continue;
+        };
+        match feature.meaning {
+            Meaning::Bundle(bundle) => match bundle(&ctx) {
+                Ok(items) => {
+                    for i in items {
+                        b.add(i, g, d);
+                    }
+                }
+                Err(FeatureProblem::Missing(key)) => d.error(
+                    &g.file,
+                    &super::reader::join(&g.path, key),
+                    Problem::Missing(format!(
+                        "{key} for feature {name:?} (on the guest or at the file root)"
+                    )),
+                ),
+            },
+            Meaning::NotCompiled(why) => d.warn(
                 &g.file,
                 path,
                 format!("feature {name:?} is not compiled: {why}"),
             ),
-            Err(FeatureProblem::Missing(key)) => d.error(
-                &g.file,
-                &super::reader::join(&g.path, key),
-                Problem::Missing(format!(
-                    "{key} for feature {name:?} (on the guest or at the file root)"
-                )),
-            ),
         }
-        if name == "trusted_ca"
-            && options.trust_roots_pem.is_none()
-            && !g
-                .facts
-                .mount_points
-                .iter()
-                .any(|m| step_ca_root.as_path().starts_with(m.guest_path.as_path()))
-        {
-            d.warn(
-                &g.file,
-                path,
-                format!(
-                    "trusted_ca copies {step_ca_root}, but no mount point of this guest provides it"
-                ),
-            );
-        }
-        if name == "nvidia" && g.facts.gpus.is_empty() {
-            d.warn(
-                &g.file,
-                path,
-                "feature \"nvidia\" on a guest without gpu_assignment",
-            );
+        if let Some(warning) = feature.check.and_then(|check| check(g, &ctx)) {
+            d.warn(&g.file, path, warning);
         }
     }
     if let Some(v) = &g.vllm {
         b.add(scripts::vllm_service(g, v), g, d);
     }
-    if let Some((script, path)) = &g.application_script {
-        scripts::application(script, path, g, &mut b, d);
+    let script = g
+        .application_script
+        .as_ref()
+        .map(|(name, path)| (name, path, catalog::script(name)));
+    match script {
+        Some((_, path, Some(script))) => (script.effect)(g, path, &mut b, d),
+        Some((name, path, None)) => d.warn(
+            &g.file,
+            path,
+            format!(
+                "application script {name:?} is arbitrary bash and is not compiled; declare its effect as resources (phoenix_resources)"
+            ),
+        ),
+        None => {}
     }
     let catalog = files.stacks.as_ref().map(|(p, v)| Node::root(p, v));
     let mut stack_rules = BTreeMap::new();
@@ -120,43 +121,38 @@ pub(crate) fn build_guest(
     }
     // What the application scripts wrote that nothing compiles: say so, unless the
     // user declared it; if declared, the service follows changes of those files.
-    if let Some((script, path)) = &g.application_script {
-        let (unit, dir, reload) = match script.as_str() {
-            "phoenix_hypervisor_lxc_101.sh" => ("nginx.service", "/etc/nginx/", true),
-            "phoenix_hypervisor_lxc_102.sh" => ("traefik.service", "/etc/traefik/", false),
-            _ => ("", "", false),
-        };
-        if !unit.is_empty() {
-            let files: Vec<ResourceRef> = b
-                .resources
-                .iter()
-                .filter(|r| matches!(r, Resource::File(f) if f.path.as_str().starts_with(dir)))
-                .map(Resource::id)
-                .collect();
-            if files.is_empty() {
-                d.warn(
-                    &g.file,
-                    path,
-                    format!("{unit} would run without its configuration: nothing under {dir} is declared (phoenix_resources)"),
-                );
-            }
-            if let Some(Resource::Service(svc)) = b
-                .resources
-                .iter_mut()
-                .find(|r| r.id() == ResourceRef::new("service", unit))
-            {
-                let triggers = if reload {
-                    &mut svc.reload_on
-                } else {
-                    &mut svc.restart_on
-                };
-                for f in files {
-                    if !triggers.contains(&f) {
-                        triggers.push(f.clone());
-                    }
-                    if !svc.depends_on.contains(&f) {
-                        svc.depends_on.push(f);
-                    }
+    if let Some((_, path, Some(script))) = script
+        && let Some((unit, dir, reload)) = script.role.map(Role::config)
+    {
+        let files: Vec<ResourceRef> = b
+            .resources
+            .iter()
+            .filter(|r| matches!(r, Resource::File(f) if f.path.as_str().starts_with(dir)))
+            .map(Resource::id)
+            .collect();
+        if files.is_empty() {
+            d.warn(
+                &g.file,
+                path,
+                format!("{unit} would run without its configuration: nothing under {dir} is declared (phoenix_resources)"),
+            );
+        }
+        if let Some(Resource::Service(svc)) = b
+            .resources
+            .iter_mut()
+            .find(|r| r.id() == ResourceRef::new("service", unit))
+        {
+            let triggers = if reload {
+                &mut svc.reload_on
+            } else {
+                &mut svc.restart_on
+            };
+            for f in files {
+                if !triggers.contains(&f) {
+                    triggers.push(f.clone());
+                }
+                if !svc.depends_on.contains(&f) {
+                    svc.depends_on.push(f);
                 }
             }
         }
@@ -176,9 +172,8 @@ pub(crate) fn routing_tier(
     d: &mut Diag,
 ) {
     for (g, b) in built.values_mut() {
-        let script = g.application_script.as_ref().map(|(s, _)| s.as_str());
-        let has = |f: &str| g.features.iter().any(|(n, _)| n == f);
-        if script == Some("phoenix_hypervisor_lxc_102.sh") || has("traefik") {
+        let roles = catalog::roles(g);
+        if roles.contains(&Role::Traefik) {
             let Some(domain) = hv.domain_name.as_deref() else {
                 d.warn(
                     &g.file,
@@ -200,7 +195,7 @@ pub(crate) fn routing_tier(
                 b.on_change("traefik.service", id, false);
             }
         }
-        if script == Some("phoenix_hypervisor_lxc_101.sh") {
+        if roles.contains(&Role::Gateway) {
             let files = routing::gateway_files(&layout.etc, d);
             for f in files {
                 let id = Resource::File(f.clone()).id();

@@ -1,6 +1,8 @@
 //! The keys the old scripts read, per object, so that a misspelt key (`memroy_mb`) is a
 //! warning naming the likely key instead of a silently ignored line. Unknown keys that are not
 //! near any known one stay accepted without a word: newer and older files carry many.
+//!
+//! Layer 2: imports only `reader`.
 
 use super::reader::{Diag, Node};
 

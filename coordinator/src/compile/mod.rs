@@ -3,13 +3,27 @@
 //!
 //! Built as three steps. [`phoenix`] reads every file leniently (the real files fail
 //! their own schemas) into typed guest configs, collecting *all* errors of the run;
-//! [`build`] turns each guest into a [`GuestSpec`]: `features` become resource bundles
-//! ([`features`]), `application_script`/`vllm_engine_config` become services,
-//! certificate-manifest entries become `cert` resources in the guest that owns the path,
-//! `docker_stacks` become `stack` resources; what the configs say about the guest itself
-//! is kept as [`Declared`] (compared with agent facts by the model's `compare`) and the rest as
-//! checked [`GuestFacts`]. Literal secrets are flagged and never copied into a spec
-//! ([`secrets`]).
+//! [`build`] turns each guest into a [`GuestSpec`](phoenix_proto::model::GuestSpec):
+//! `features` become resource bundles ([`features`]), `application_script`/
+//! `vllm_engine_config` become services ([`scripts`]), certificate-manifest entries become
+//! `cert` resources in the guest that owns the path ([`certs`]), `docker_stacks` become
+//! `stack` resources ([`stacks`]); what the configs say about the guest itself is kept as
+//! `Declared` (the model's; compared with agent facts by the model's `compare`) and the rest as checked
+//! [`GuestFacts`]. Literal secrets are flagged and never copied into a spec ([`secrets`]).
+//!
+//! Layers, bottom up; a module imports only from layers below its own (and the few
+//! same-layer helpers its header names), so the house reads top-down:
+//!
+//! | layer | modules | job |
+//! |---|---|---|
+//! | 0 | [`types`], [`names`] | what the compiler produces and reports; string checks |
+//! | 1 | [`reader`] | lenient JSON access and the run's diagnostics |
+//! | 2 | [`keys`], [`secrets`] | known keys (near misses); literal secrets and references |
+//! | 3 | [`phoenix`], [`facts`], [`vllm`], [`files`] | the Phoenix config readers |
+//! | 4 | [`features`], [`scripts`], [`builder`] | resources each feature / script makes; one guest's resources |
+//! | 5 | [`catalog`] | the one table of what each feature and script name means |
+//! | 6 | [`guest`], [`stacks`], [`certs`], [`routing`] | per-guest assembly |
+//! | 7 | [`build`], [`graph`], [`native`], this module | orchestration |
 //!
 //! Limits: application scripts are arbitrary bash; only the ones whose effect is known
 //! (vLLM, the design's gateway/Traefik/Step-CA/Ollama scripts) compile into resources,
@@ -18,12 +32,15 @@
 
 mod build;
 mod builder;
+mod catalog;
 mod certs;
+mod facts;
 mod features;
 mod files;
 mod graph;
 mod guest;
 mod keys;
+mod names;
 mod native;
 mod phoenix;
 mod reader;
@@ -31,302 +48,20 @@ mod routing;
 mod scripts;
 mod secrets;
 mod stacks;
+mod types;
 mod vllm;
 
+pub use builder::NGINX_CHECKED_RELOAD;
 pub use native::NativeConfig;
 
-use phoenix_proto::model::{AbsPath, Declared, GuestId, GuestSpec};
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-use std::fmt;
+pub use types::{
+    CompileOptions, Compiled, CompiledGuest, ConfigError, ConfigErrors, Direction, Firewall,
+    FirewallAction, FirewallRule, GuestFacts, GuestKind, MountKind, MountPoint, NetworkInterface,
+    PortMapping, Problem, TraefikService, Warning,
+};
+
+use files::{LXC_FILE, Layout, VM_FILE};
 use std::path::{Path, PathBuf};
-
-/// Where a guest came from: an LXC container (CTID) or a VM (vmid). Native files do
-/// not say, hence `Unspecified`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum GuestKind {
-    Lxc,
-    Vm,
-    Unspecified,
-}
-
-impl fmt::Display for GuestKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            GuestKind::Lxc => "lxc",
-            GuestKind::Vm => "vm",
-            GuestKind::Unspecified => "guest",
-        })
-    }
-}
-
-/// How a host directory or share reaches the guest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum MountKind {
-    /// LXC `mount_points` bind mount.
-    Bind,
-    /// LXC `zfs_volumes` dataset.
-    Zfs,
-    /// VM `volumes` NFS share.
-    Nfs,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct MountPoint {
-    pub kind: MountKind,
-    /// Host path (bind), `pool/name` (ZFS) or `server:/export` (NFS).
-    pub source: String,
-    /// Where the guest sees it; certificate paths are mapped through this.
-    pub guest_path: AbsPath,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub owner_uid: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub owner_gid: Option<u32>,
-    /// Host-side path of the data, used to map certificate-manifest paths.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host_path: Option<AbsPath>,
-}
-
-/// `ports: ["host:guest"]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct PortMapping {
-    pub host: u16,
-    pub guest: u16,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Direction {
-    In,
-    Out,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum FirewallAction {
-    Accept,
-    Drop,
-    Reject,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct FirewallRule {
-    pub direction: Direction,
-    pub action: FirewallAction,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dest: Option<String>,
-    /// `tcp`, `udp`, `icmp`, or another protocol name Proxmox accepts.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub proto: Option<String>,
-    /// Single ports or `first:last` ranges (the files write `"80,443"`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ports: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub comment: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct Firewall {
-    pub enabled: bool,
-    pub rules: Vec<FirewallRule>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct NetworkInterface {
-    /// `eth0` unless the file says otherwise.
-    pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bridge: Option<String>,
-    /// CIDR or `dhcp`.
-    pub ip: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gateway: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub nameservers: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mac_address: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct TraefikService {
-    pub name: String,
-    pub port: u16,
-}
-
-/// What the configs say that the agent does not apply but that must not be lost:
-/// checked here, shown by plan/status, compared where the agent can observe it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct GuestFacts {
-    /// Guests that must be up before this one (`dependencies`): start ordering.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub dependencies: Vec<GuestId>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub clone_from: Option<GuestId>,
-    #[serde(default)]
-    pub is_template: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub start_at_boot: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub boot_order: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub boot_delay: Option<u32>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub network: Vec<NetworkInterface>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub mount_points: Vec<MountPoint>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ports: Vec<PortMapping>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub firewall: Option<Firewall>,
-    /// Rules a stack manifest (`stacks/<name>/phoenix.json`) asks for, by stack.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub stack_firewall_rules: BTreeMap<String, Vec<FirewallRule>>,
-    /// Host GPU indices passed through (`gpu_assignment`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub gpus: Vec<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub traefik_service: Option<TraefikService>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub portainer_role: Option<String>,
-}
-
-/// One guest's compiled desired state plus what is kept beside it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct CompiledGuest {
-    pub name: String,
-    pub kind: GuestKind,
-    pub spec: GuestSpec,
-    pub declared: Declared,
-    pub facts: GuestFacts,
-}
-
-/// Everything one run compiled. Contains no literal secrets.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Compiled {
-    pub guests: BTreeMap<GuestId, CompiledGuest>,
-    pub warnings: Vec<Warning>,
-}
-
-impl Compiled {
-    /// Guests in an order that starts every guest after its `dependencies` (ties by id).
-    /// `load` already rejected cycles, so every guest appears; for a hand-built value
-    /// with a cycle the guests come by id.
-    pub fn start_order(&self) -> Vec<GuestId> {
-        let nodes = self
-            .guests
-            .iter()
-            .map(|(id, g)| (*id, g.facts.dependencies.iter().copied()));
-        phoenix_proto::graph::sort(nodes).unwrap_or_else(|_| self.guests.keys().copied().collect())
-    }
-}
-
-/// Something accepted but worth a look: an ignored key, a literal secret, a script whose
-/// effect is not compiled. Never carries a secret value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Warning {
-    pub file: PathBuf,
-    pub path: String,
-    pub message: String,
-}
-
-impl fmt::Display for Warning {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            write!(f, "{}: {}", self.file.display(), self.message)
-        } else {
-            write!(
-                f,
-                "{}: {}: {}",
-                self.file.display(),
-                self.path,
-                self.message
-            )
-        }
-    }
-}
-
-/// What was wrong with one value.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Problem {
-    #[error("cannot read the file: {0}")]
-    Read(String),
-    #[error("not valid JSON: {0}")]
-    Json(String),
-    #[error("expected {expected}, found {found}")]
-    Expected { expected: String, found: String },
-    #[error("missing; expected {0}")]
-    Missing(String),
-    #[error("guest {0} is defined twice")]
-    DuplicateGuest(GuestId),
-    #[error("names guest {0}, which no config defines")]
-    UnknownGuest(GuestId),
-    #[error("dependency cycle: {0}")]
-    DependencyCycle(String),
-    #[error("unknown feature {name:?}; expected one of {known}")]
-    UnknownFeature { name: String, known: String },
-    /// A compiled resource the desired-state model rejects (its `ModelError` text).
-    #[error("{0}")]
-    Model(String),
-    #[error("{0}")]
-    Conflict(String),
-    /// The model's Compose parser rejected the stack's compose file.
-    #[error("{0}")]
-    Compose(String),
-}
-
-/// One error: the file, the JSON path inside it, and what was expected.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct ConfigError {
-    pub file: PathBuf,
-    pub path: String,
-    pub problem: Problem,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            write!(f, "{}: {}", self.file.display(), self.problem)
-        } else {
-            write!(
-                f,
-                "{}: {}: {}",
-                self.file.display(),
-                self.path,
-                self.problem
-            )
-        }
-    }
-}
-
-/// All errors of one run, in file order, and the run's warnings (a literal secret must be
-/// reported even when something else failed). `Display` shows the errors only.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigErrors(pub Vec<ConfigError>, pub Vec<Warning>);
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.0.len();
-        write!(f, "{n} config error{}:", if n == 1 { "" } else { "s" })?;
-        for e in &self.0 {
-            write!(f, "\n  {e}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigErrors {}
-
-/// Inputs that do not come from the config files.
-#[derive(Debug, Clone, Default)]
-pub struct CompileOptions {
-    /// PEM of the roots the `trusted_ca` feature installs. Unset, the feature copies the
-    /// Step-CA root that existing Phoenix shares into each guest (as its script does).
-    pub trust_roots_pem: Option<String>,
-}
 
 /// Loads and compiles `path`: a Phoenix etc directory (or one of its files), or a file
 /// or directory of Phoenix's native format. Returns every error of the run at once.
@@ -360,53 +95,13 @@ pub fn schema_json() -> String {
     serde_json::to_string_pretty(&schema).unwrap_or_default()
 }
 
-/// Drop-in for nginx.service on the gateway: `nginx -t` runs before every reload, so a broken
-/// configuration fails the reload (and the report) while the old one keeps serving. Debian's
-/// own `nginx -s reload` parses the configuration too; the explicit check keeps that true
-/// whatever unit the package ships.
-pub const NGINX_CHECKED_RELOAD: &str = "[Service]\nExecReload=\nExecReload=/usr/sbin/nginx -t -q -g \"daemon on; master_process on;\"\nExecReload=/usr/sbin/nginx -g \"daemon on; master_process on;\" -s reload\n";
-
-const PHOENIX_FILES: [&str; 2] = ["phoenix_lxc_configs.json", "phoenix_vm_configs.json"];
-
 enum Input {
     Phoenix(Layout),
     Native(Vec<PathBuf>),
 }
 
-/// Where a Phoenix Hypervisor install keeps its files: `etc/` holds the JSON configs, and
-/// the base directory above it (`PHOENIX_BASE_DIR`, `/usr/local/phoenix_hypervisor` on a
-/// host) holds `stacks/` and `persistent-storage/`, which `compose_file_path` is relative to.
-#[derive(Debug, Clone)]
-pub(crate) struct Layout {
-    pub etc: PathBuf,
-    pub base: PathBuf,
-}
-
-impl Layout {
-    /// `etc` given: its parent is the base, as in the old scripts.
-    fn from_etc(etc: PathBuf) -> Self {
-        let base = etc
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from(".."));
-        Layout { etc, base }
-    }
-
-    /// `stacks/` beside `etc/`; a flat copy (everything in one directory) keeps it inside.
-    pub fn stacks_dir(&self) -> PathBuf {
-        let beside = self.base.join("stacks");
-        let inside = self.etc.join("stacks");
-        if !beside.is_dir() && inside.is_dir() {
-            inside
-        } else {
-            beside
-        }
-    }
-}
-
 fn has_phoenix_files(dir: &Path) -> bool {
-    PHOENIX_FILES.iter().any(|f| dir.join(f).is_file())
+    [LXC_FILE, VM_FILE].iter().any(|f| dir.join(f).is_file())
 }
 
 fn detect(path: &Path) -> Result<Input, ConfigError> {

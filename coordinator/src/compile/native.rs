@@ -1,9 +1,12 @@
 //! Phoenix's own normalized format: `{"guests": {"<id>": GuestSpec}}`, strict (every
 //! type denies unknown fields). This is the format `schema_json` describes.
+//!
+//! Layer 7, orchestration (Phoenix's own format, beside `build`): imports layers 0–2.
 
-use super::phoenix::read_json;
-use super::reader::{Diag, Node};
-use super::{Compiled, CompiledGuest, Declared, GuestFacts, GuestKind, Problem};
+use super::reader::{Diag, Node, read_json};
+use super::secrets;
+use super::types::{Compiled, CompiledGuest, GuestFacts, GuestKind, Problem};
+use phoenix_proto::model::Declared;
 use phoenix_proto::model::{GuestId, GuestSpec};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -25,7 +28,7 @@ pub(crate) fn load(files: &[PathBuf], d: &mut Diag) -> Compiled {
             continue;
         };
         let root = Node::root(file, &value);
-        super::secrets::scan(&root, d);
+        secrets::scan(&root, d);
         let Some(guests) = root.get("guests") else {
             root.error(
                 d,
@@ -47,14 +50,7 @@ pub(crate) fn load(files: &[PathBuf], d: &mut Diag) -> Compiled {
             );
         }
         for (key, n) in guests.entries(d, "an object keyed by guest id") {
-            let Ok(id) = key.parse::<GuestId>() else {
-                n.error(
-                    d,
-                    Problem::Expected {
-                        expected: "a guest id (integer 1..999999999) as the key".into(),
-                        found: format!("{key:?}"),
-                    },
-                );
+            let Some(id) = n.key_guest_id(&key, d, "a guest id") else {
                 continue;
             };
             let spec = match serde_json::from_value::<GuestSpec>(n.value.clone()) {
@@ -70,7 +66,7 @@ pub(crate) fn load(files: &[PathBuf], d: &mut Diag) -> Compiled {
                     continue;
                 }
             };
-            super::secrets::check_leak(&spec, id, n.file, &n.path, d);
+            secrets::check_leak(&spec, id, n.file, &n.path, d);
             if let Err(errors) = spec.validate() {
                 for e in errors {
                     n.error(d, Problem::Model(e.to_string()));

@@ -1,17 +1,19 @@
 //! Readers for the files of an existing Phoenix Hypervisor etc directory, into typed
 //! guest configs. Lenient where the real files are (see the module doc of `reader`),
 //! strict where a value cannot mean anything.
+//!
+//! Layer 3, Phoenix config readers: imports layers 0–2 and its helpers `facts`, `vllm`.
 
-use super::reader::{Diag, Node, guest_or_root};
+use super::facts::{firewall, gpus, mac_address, mounts, network, port_mapping, traefik_service};
+use super::keys;
+use super::names::{domain_ok, simple_name_ok};
+use super::reader::{Diag, Node, abs_path, guest_or_root};
+use super::types::{GuestFacts, GuestKind, Problem};
 use super::vllm::{self, VllmArgs};
-use super::{
-    Declared, Direction, Firewall, FirewallAction, FirewallRule, GuestFacts, GuestKind, MountKind,
-    MountPoint, NetworkInterface, PortMapping, Problem, TraefikService,
-};
-use phoenix_proto::model::{AbsPath, GuestId};
+use phoenix_proto::model::Declared;
+use phoenix_proto::model::GuestId;
 use serde_json::Value;
-use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// NVIDIA globals; per guest or, as the scripts do, from the file root.
 #[derive(Debug, Clone, Default)]
@@ -70,23 +72,6 @@ impl Default for Hypervisor {
     }
 }
 
-pub(crate) fn read_json(path: &Path, d: &mut Diag) -> Option<Value> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) => {
-            d.error(path, "", Problem::Read(e.to_string()));
-            return None;
-        }
-    };
-    match serde_json::from_str(&text) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            d.error(path, "", Problem::Json(e.to_string()));
-            None
-        }
-    }
-}
-
 pub(crate) fn hypervisor(root: &Node, d: &mut Diag) -> Hypervisor {
     let mut h = Hypervisor::default();
     if let Some(base) = root.opt(d, "mount_point_base", |n, d| abs_path(n, d)) {
@@ -94,7 +79,7 @@ pub(crate) fn hypervisor(root: &Node, d: &mut Diag) -> Hypervisor {
     }
     if let Some(n) = root.get("domain_name") {
         match n.text(d, "a domain name") {
-            Some(v) if super::routing::domain_ok(&v) => h.domain_name = Some(v),
+            Some(v) if domain_ok(&v) => h.domain_name = Some(v),
             Some(_) => n.expected(d, "a domain name of DNS labels (a-z, 0-9, '-')"),
             None => {}
         }
@@ -129,14 +114,7 @@ pub(crate) fn lxc_guests(root: &Node, d: &mut Diag) -> Vec<GuestConfig> {
     };
     let mut out = Vec::new();
     for (key, g) in configs.entries(d, "an object keyed by CTID") {
-        let Ok(id) = key.parse::<GuestId>() else {
-            g.error(
-                d,
-                Problem::Expected {
-                    expected: "a CTID (integer 1..999999999) as the key".into(),
-                    found: format!("{key:?}"),
-                },
-            );
+        let Some(id) = g.key_guest_id(&key, d, "a CTID") else {
             continue;
         };
         if !g.is_object() {
@@ -156,7 +134,7 @@ pub(crate) fn vm_guests(root: &Node, d: &mut Diag) -> Vec<GuestConfig> {
     };
     let defaults = root.get("vm_defaults");
     if let Some(def) = &defaults {
-        super::keys::check(def, super::keys::VM, d);
+        keys::check(def, keys::VM, d);
     }
     let mut out = Vec::new();
     for vm in vms.items(d, "an array of VM objects") {
@@ -187,11 +165,11 @@ fn guest(
     d: &mut Diag,
 ) -> GuestConfig {
     let known = if kind == GuestKind::Vm {
-        super::keys::VM
+        keys::VM
     } else {
-        super::keys::LXC
+        keys::LXC
     };
-    super::keys::check(g, known, d);
+    keys::check(g, known, d);
     // VMs fall back to `vm_defaults`, LXC keys to the file root (jq_get_value).
     let fallback = |key: &str| -> Option<Node> {
         g.get(key).or_else(|| match defaults {
@@ -239,15 +217,9 @@ fn guest(
     {
         first.mac_address = Some(mac);
     }
-    facts.dependencies = g
-        .get("dependencies")
-        .map(|n| {
-            n.items(d, "an array of guest ids")
-                .iter()
-                .filter_map(|i| i.guest_id(d))
-                .collect()
-        })
-        .unwrap_or_default();
+    facts.dependencies = g.list(d, "dependencies", "an array of guest ids", |i, d| {
+        i.guest_id(d)
+    });
     facts.clone_from = g
         .get("clone_from_ctid")
         .or_else(|| g.get("clone_from_vmid"))
@@ -265,29 +237,20 @@ fn guest(
     facts.gpus = g
         .opt(d, "gpu_assignment", |n, d| gpus(n, d))
         .unwrap_or_default();
-    facts.ports = g
-        .get("ports")
-        .map(|n| {
-            n.items(d, "an array of \"host:guest\" port strings")
-                .iter()
-                .filter_map(|p| port_mapping(p, d))
-                .collect()
-        })
-        .unwrap_or_default();
+    facts.ports = g.list(
+        d,
+        "ports",
+        "an array of \"host:guest\" port strings",
+        port_mapping,
+    );
     facts.firewall = g.opt(d, "firewall", |n, d| firewall(n, d));
     facts.traefik_service = g.opt(d, "traefik_service", |n, d| traefik_service(n, d));
     facts.portainer_role = g.opt(d, "portainer_role", |n, d| n.text(d, "a Portainer role"));
     facts.mount_points = mounts(g, kind, d);
 
-    let features = g
-        .get("features")
-        .map(|n| {
-            n.items(d, "an array of feature names")
-                .iter()
-                .filter_map(|f| f.text(d, "a feature name").map(|s| (s, f.path.clone())))
-                .collect()
-        })
-        .unwrap_or_default();
+    let features = g.list(d, "features", "an array of feature names", |f, d| {
+        f.text(d, "a feature name").map(|s| (s, f.path.clone()))
+    });
     let application_script = g.get("application_script").and_then(|n| {
         n.text(d, "a script file name in bin/")
             .map(|s| (s, n.path.clone()))
@@ -296,15 +259,12 @@ fn guest(
         Some(n) => vllm::from_engine_config(&n, d),
         None => vllm::from_legacy_keys(g, d),
     };
-    let stacks = g
-        .get("docker_stacks")
-        .map(|n| {
-            n.items(d, "an array of stack names or {name, environment} objects")
-                .iter()
-                .filter_map(|s| stack_ref(s, d))
-                .collect()
-        })
-        .unwrap_or_default();
+    let stacks = g.list(
+        d,
+        "docker_stacks",
+        "an array of stack names or {name, environment} objects",
+        stack_ref,
+    );
     let nvidia = Nvidia {
         driver_version: guest_or_root(g, root, "nvidia_driver_version")
             .and_then(|n| n.text(d, "an NVIDIA driver version such as \"580.76.05\"")),
@@ -348,432 +308,9 @@ fn url(n: &Node, d: &mut Diag) -> Option<String> {
     }
 }
 
-pub(crate) fn abs_path(n: &Node, d: &mut Diag) -> Option<AbsPath> {
-    match n.value.as_str().map(|s| AbsPath::try_from(s.to_string())) {
-        Some(Ok(p)) => Some(p),
-        _ => {
-            n.expected(d, "an absolute path");
-            None
-        }
-    }
-}
-
-fn mac_address(n: &Node, d: &mut Diag) -> Option<String> {
-    let ok = n.value.as_str().filter(|s| {
-        let parts: Vec<&str> = s.split(':').collect();
-        parts.len() == 6
-            && parts
-                .iter()
-                .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
-    });
-    match ok {
-        Some(s) => Some(s.to_string()),
-        None => {
-            n.expected(d, "a MAC address such as \"52:54:00:AA:BB:CC\"");
-            None
-        }
-    }
-}
-
-/// `10.0.0.153/24` or `dhcp`.
-fn cidr_or_dhcp(n: &Node, d: &mut Diag) -> Option<String> {
-    let s = n.value.as_str().unwrap_or("");
-    if s == "dhcp" {
-        return Some(s.into());
-    }
-    let ok = s.split_once('/').is_some_and(|(ip, len)| {
-        ip.parse::<IpAddr>().is_ok_and(|ip| {
-            let max = if ip.is_ipv4() { 32 } else { 128 };
-            len.parse::<u8>().is_ok_and(|l| l <= max)
-        })
-    });
-    if ok {
-        Some(s.into())
-    } else {
-        n.expected(
-            d,
-            "an address in CIDR form such as \"10.0.0.153/24\", or \"dhcp\"",
-        );
-        None
-    }
-}
-
-fn ip(n: &Node, d: &mut Diag) -> Option<String> {
-    match n
-        .value
-        .as_str()
-        .and_then(|s| s.trim().parse::<IpAddr>().ok())
-    {
-        Some(ip) => Some(ip.to_string()),
-        None => {
-            n.expected(d, "an IP address");
-            None
-        }
-    }
-}
-
-fn network(
-    n: &Node,
-    default_name: &str,
-    bridge: Option<Node>,
-    d: &mut Diag,
-) -> Option<NetworkInterface> {
-    if !n.is_object() {
-        n.expected(d, "an object {name, bridge, ip, gw, nameservers}");
-        return None;
-    }
-    super::keys::check(n, super::keys::NETWORK, d);
-    // Read everything before giving up, so every bad value is reported in one run.
-    let ip_addr = match n.get("ip") {
-        Some(i) => cidr_or_dhcp(&i, d),
-        None => {
-            n.error(
-                d,
-                Problem::Missing("\"ip\": a CIDR address or \"dhcp\"".into()),
-            );
-            None
-        }
-    };
-    // `nameservers` (string, older) and `nameserver` (newer); either may list several.
-    let mut nameservers = Vec::new();
-    for key in ["nameservers", "nameserver"] {
-        if let Some(ns) = n.get(key) {
-            let items: Vec<Node> = if ns.value.is_array() {
-                ns.items(d, "nameserver addresses")
-            } else {
-                vec![ns.clone()]
-            };
-            for item in items {
-                let Some(s) = item.string(d, "nameserver addresses") else {
-                    continue;
-                };
-                for part in s.split([' ', ',']).filter(|p| !p.is_empty()) {
-                    match part.parse::<IpAddr>() {
-                        Ok(a) => nameservers.push(a.to_string()),
-                        Err(_) => item
-                            .expected(d, "nameserver IP addresses separated by spaces or commas"),
-                    }
-                }
-            }
-        }
-    }
-    let name = n
-        .opt(d, "name", |n, d| n.text(d, "an interface name"))
-        .unwrap_or_else(|| default_name.to_string());
-    let bridge = n
-        .get("bridge")
-        .or(bridge)
-        .and_then(|b| b.text(d, "a bridge name"));
-    let gateway = n.opt(d, "gw", |n, d| ip(n, d));
-    let mac_address = n.opt(d, "hwaddr", |n, d| mac_address(n, d));
-    Some(NetworkInterface {
-        name,
-        bridge,
-        ip: ip_addr?,
-        gateway,
-        nameservers,
-        mac_address,
-    })
-}
-
-/// `"none"`, `"0"`, `"0,1"`, `"0, 1"`, or a number.
-fn gpus(n: &Node, d: &mut Diag) -> Option<Vec<u32>> {
-    let s = match n.value {
-        Value::String(s) => s.clone(),
-        Value::Number(x) => x.to_string(),
-        _ => String::new(),
-    };
-    if s.trim() == "none" || s.trim().is_empty() && n.value.is_string() {
-        return Some(Vec::new());
-    }
-    let parsed: Option<Vec<u32>> = s.split(',').map(|p| p.trim().parse::<u32>().ok()).collect();
-    if parsed.is_none() {
-        n.expected(d, "\"none\" or GPU indices such as \"0\" or \"0, 1\"");
-    }
-    parsed
-}
-
-fn port(s: &str) -> Option<u16> {
-    s.trim().parse::<u16>().ok().filter(|p| *p > 0)
-}
-
-/// `"8000:8000"` (host:guest) or `"8000"`.
-fn port_mapping(n: &Node, d: &mut Diag) -> Option<PortMapping> {
-    let s = match n.value {
-        Value::String(s) => s.clone(),
-        Value::Number(x) => x.to_string(),
-        _ => String::new(),
-    };
-    let m = match s.split_once(':') {
-        Some((h, g)) => port(h).zip(port(g)),
-        None => port(&s).map(|p| (p, p)),
-    };
-    match m {
-        Some((host, guest)) => Some(PortMapping { host, guest }),
-        None => {
-            n.expected(d, "a port mapping \"host:guest\" with ports 1..65535");
-            None
-        }
-    }
-}
-
-fn traefik_service(n: &Node, d: &mut Diag) -> Option<TraefikService> {
-    let name = match n.get("name") {
-        Some(x) => x.text(d, "the Traefik service name")?,
-        None => {
-            n.error(d, Problem::Missing("\"name\"".into()));
-            return None;
-        }
-    };
-    let port = match n.get("port") {
-        Some(x) => x.uint(d, 1..=65535)? as u16,
-        None => {
-            n.error(d, Problem::Missing("\"port\"".into()));
-            return None;
-        }
-    };
-    Some(TraefikService { name, port })
-}
-
-pub(crate) fn firewall(n: &Node, d: &mut Diag) -> Option<Firewall> {
-    if !n.is_object() {
-        n.expected(d, "an object {enabled, rules}");
-        return None;
-    }
-    let enabled = n.opt(d, "enabled", |n, d| n.boolean(d)).unwrap_or(true);
-    let rules = n
-        .get("rules")
-        .map(|r| firewall_rules(&r, d))
-        .unwrap_or_default();
-    Some(Firewall { enabled, rules })
-}
-
-pub(crate) fn firewall_rules(n: &Node, d: &mut Diag) -> Vec<FirewallRule> {
-    n.items(d, "an array of firewall rules")
-        .iter()
-        .filter_map(|r| firewall_rule(r, d))
-        .collect()
-}
-
-fn firewall_rule(r: &Node, d: &mut Diag) -> Option<FirewallRule> {
-    if !r.is_object() {
-        r.expected(d, "a firewall rule object");
-        return None;
-    }
-    let direction = match r.get("type").as_ref().map(|n| (n, n.value.as_str())) {
-        Some((_, Some("in"))) => Direction::In,
-        Some((_, Some("out"))) => Direction::Out,
-        Some((n, _)) => {
-            n.expected(d, "\"in\" or \"out\"");
-            return None;
-        }
-        None => {
-            r.error(d, Problem::Missing("\"type\": \"in\" or \"out\"".into()));
-            return None;
-        }
-    };
-    let action = match r.get("action").as_ref().map(|n| (n, n.value.as_str())) {
-        Some((_, Some("ACCEPT"))) => FirewallAction::Accept,
-        Some((_, Some("DROP"))) => FirewallAction::Drop,
-        Some((_, Some("REJECT"))) => FirewallAction::Reject,
-        Some((n, _)) => {
-            n.expected(d, "\"ACCEPT\", \"DROP\" or \"REJECT\"");
-            return None;
-        }
-        None => {
-            r.error(
-                d,
-                Problem::Missing("\"action\": ACCEPT, DROP or REJECT".into()),
-            );
-            return None;
-        }
-    };
-    let addr = |key: &str, d: &mut Diag| -> Option<String> {
-        let n = r.get(key)?;
-        let s = n.value.as_str().unwrap_or("");
-        let ok = !s.is_empty()
-            && (s.parse::<IpAddr>().is_ok()
-                || s.split_once('/').is_some_and(|(a, l)| {
-                    a.parse::<IpAddr>().is_ok() && l.parse::<u8>().is_ok_and(|l| l <= 128)
-                })
-                // Proxmox IP sets and aliases (`+dc/mgmt`, `my_alias`).
-                || s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'_' | b'-')));
-        if ok {
-            Some(s.to_string())
-        } else {
-            n.expected(d, "an IP address, CIDR or Proxmox alias");
-            None
-        }
-    };
-    let source = addr("source", d);
-    let dest = addr("dest", d);
-    let proto = r.opt(d, "proto", |n, d| {
-        let s = n.value.as_str().unwrap_or("");
-        if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-            Some(s.to_ascii_lowercase())
-        } else {
-            n.expected(d, "a protocol such as \"tcp\", \"udp\" or \"icmp\"");
-            None
-        }
-    });
-    let ports = r
-        .get("port")
-        .and_then(|n| {
-            let s = match n.value {
-                Value::String(s) => s.clone(),
-                Value::Number(x) => x.to_string(),
-                _ => String::new(),
-            };
-            let parts: Option<Vec<String>> = s
-                .split(',')
-                .map(|p| {
-                    let p = p.trim();
-                    match p.split_once(':') {
-                        Some((a, b)) => port(a)
-                            .zip(port(b))
-                            .filter(|(a, b)| a <= b)
-                            .map(|(a, b)| format!("{a}:{b}")),
-                        None => port(p).map(|p| p.to_string()),
-                    }
-                })
-                .collect();
-            if parts.is_none() {
-                n.expected(d, "ports such as \"443\", \"80,443\" or \"8000:8010\"");
-            }
-            parts
-        })
-        .unwrap_or_default();
-    let comment = r.opt(d, "comment", |n, d| n.string(d, "a comment"));
-    Some(FirewallRule {
-        direction,
-        action,
-        source,
-        dest,
-        proto,
-        ports,
-        comment,
-    })
-}
-
-fn mounts(g: &Node, kind: GuestKind, d: &mut Diag) -> Vec<MountPoint> {
-    let mut out = Vec::new();
-    let uid = |m: &Node, key: &str, d: &mut Diag| {
-        m.opt(d, key, |n, d| n.uint(d, 0..=4_294_967_294))
-            .map(|v| v as u32)
-    };
-    if let Some(list) = g.get("mount_points") {
-        for m in list.items(d, "an array of {host_path, container_path}") {
-            let host = m.opt(d, "host_path", |n, d| abs_path(n, d));
-            let guest = m.opt(d, "container_path", |n, d| abs_path(n, d));
-            if !m.has("host_path") || !m.has("container_path") {
-                m.error(
-                    d,
-                    Problem::Missing("\"host_path\" and \"container_path\"".into()),
-                );
-            }
-            if let (Some(host), Some(guest)) = (host, guest) {
-                out.push(MountPoint {
-                    kind: MountKind::Bind,
-                    source: host.to_string(),
-                    guest_path: guest,
-                    owner_uid: uid(&m, "owner_uid", d),
-                    owner_gid: uid(&m, "owner_gid", d),
-                    host_path: Some(host),
-                });
-            }
-        }
-    }
-    if let Some(list) = g.get("zfs_volumes") {
-        for z in list.items(d, "an array of {name, pool, size_gb, mount_point}") {
-            out.extend(zfs_volume(&z, d));
-        }
-    }
-    // `volumes`: NFS shares of VMs; in older LXC configs either a ZFS dataset created on the
-    // host and bind-mounted (`{name, pool, size_gb, mount_point}`) or a bind
-    // (`{path, mount_point}`). The shape, not a `type` key, tells them apart there.
-    if let Some(list) = g.get("volumes") {
-        for v in list.items(d, "an array of volumes") {
-            let vtype = v.opt(d, "type", |n, d| n.text(d, "a volume type"));
-            match vtype.as_deref() {
-                Some("nfs") => out.extend(nfs_volume(&v, d)),
-                Some(_) => v.warn(d, "only NFS volumes are understood; kept out of the facts"),
-                None if v.has("pool") => out.extend(zfs_volume(&v, d)),
-                None if kind == GuestKind::Lxc => {
-                    let host = v.opt(d, "path", |n, d| abs_path(n, d));
-                    let guest = v.opt(d, "mount_point", |n, d| abs_path(n, d));
-                    match (host, guest) {
-                        (Some(host), Some(guest)) => out.push(MountPoint {
-                            kind: MountKind::Bind,
-                            source: host.to_string(),
-                            guest_path: guest,
-                            owner_uid: None,
-                            owner_gid: None,
-                            host_path: Some(host),
-                        }),
-                        _ => v.error(
-                            d,
-                            Problem::Missing(
-                                "\"path\" and \"mount_point\" (a bind), or \"name\", \"pool\" and \"mount_point\" (a ZFS dataset)"
-                                    .into(),
-                            ),
-                        ),
-                    }
-                }
-                None => out.extend(nfs_volume(&v, d)),
-            }
-        }
-    }
-    out
-}
-
-fn zfs_volume(z: &Node, d: &mut Diag) -> Option<MountPoint> {
-    let name = z.opt(d, "name", |n, d| n.text(d, "a dataset name"));
-    let pool = z.opt(d, "pool", |n, d| n.text(d, "a pool name"));
-    let guest = z.opt(d, "mount_point", |n, d| abs_path(n, d));
-    z.opt(d, "size_gb", |n, d| n.uint(d, 1..=1_048_576));
-    match (name, pool, guest) {
-        (Some(name), Some(pool), Some(guest)) => Some(MountPoint {
-            kind: MountKind::Zfs,
-            source: format!("{pool}/{name}"),
-            guest_path: guest,
-            owner_uid: None,
-            owner_gid: None,
-            host_path: None,
-        }),
-        _ => {
-            z.error(
-                d,
-                Problem::Missing("\"name\", \"pool\" and \"mount_point\"".into()),
-            );
-            None
-        }
-    }
-}
-
-fn nfs_volume(v: &Node, d: &mut Diag) -> Option<MountPoint> {
-    let export = v.opt(d, "path", |n, d| abs_path(n, d));
-    let guest = v.opt(d, "mount_point", |n, d| abs_path(n, d));
-    let server = v.opt(d, "server", |n, d| ip(n, d));
-    match (export, guest) {
-        (Some(export), Some(guest)) => Some(MountPoint {
-            kind: MountKind::Nfs,
-            source: format!("{}:{export}", server.unwrap_or_default()),
-            guest_path: guest,
-            owner_uid: None,
-            owner_gid: None,
-            // Filled in by the compiler from the hypervisor's mount_point_base.
-            host_path: Some(export),
-        }),
-        _ => {
-            v.error(d, Problem::Missing("\"path\" and \"mount_point\"".into()));
-            None
-        }
-    }
-}
-
 fn stack_ref(n: &Node, d: &mut Diag) -> Option<StackRef> {
     match n.value {
-        Value::String(s) if super::features::simple_name_ok(s) => Some(StackRef {
+        Value::String(s) if simple_name_ok(s) => Some(StackRef {
             name: s.clone(),
             environment: "production".into(),
             path: n.path.clone(),
@@ -808,7 +345,9 @@ fn stack_ref(n: &Node, d: &mut Diag) -> Option<StackRef> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compile::{MountKind, PortMapping};
     use serde_json::json;
+    use std::path::Path;
 
     fn lxc(v: &Value) -> (Vec<GuestConfig>, Diag) {
         let mut d = Diag::default();

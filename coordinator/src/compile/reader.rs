@@ -5,10 +5,12 @@
 //! field (ids as strings or integers, numbers as strings), ignores unknown keys, and
 //! records every value that cannot mean anything as a [`ConfigError`] with the file
 //! and the JSON path. Nothing stops at the first error.
+//!
+//! Layer 1: imports only `types`.
 
-use super::secrets::looks_secret_key;
-use super::{ConfigError, Problem, Warning};
-use phoenix_proto::model::GuestId;
+use super::types::{ConfigError, Problem, Warning};
+use phoenix_proto::model::{AbsPath, GuestId};
+use phoenix_proto::redact::secret_key as looks_secret_key;
 use serde_json::Value;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
@@ -162,6 +164,40 @@ impl<'a> Node<'a> {
         }
     }
 
+    /// The readable items of the array at `key` (none when the key is absent); `read`
+    /// reports each item it cannot read.
+    pub fn list<T>(
+        &self,
+        d: &mut Diag,
+        key: &str,
+        expected: &str,
+        mut read: impl FnMut(&Node<'a>, &mut Diag) -> Option<T>,
+    ) -> Vec<T> {
+        let Some(n) = self.get(key) else {
+            return Vec::new();
+        };
+        n.items(d, expected)
+            .iter()
+            .filter_map(|i| read(i, d))
+            .collect()
+    }
+
+    /// The object key this node stands under, read as a guest id; `what` says which
+    /// ("a CTID").
+    pub fn key_guest_id(&self, key: &str, d: &mut Diag, what: &str) -> Option<GuestId> {
+        let id = key.parse::<GuestId>().ok();
+        if id.is_none() {
+            self.error(
+                d,
+                Problem::Expected {
+                    expected: format!("{what} (integer 1..999999999) as the key"),
+                    found: format!("{key:?}"),
+                },
+            );
+        }
+        id
+    }
+
     pub fn entries(&self, d: &mut Diag, expected: &str) -> Vec<(String, Node<'a>)> {
         match self.value {
             Value::Object(m) => m
@@ -276,6 +312,35 @@ impl<'a> Node<'a> {
 /// this is how `nvidia_*` globals reach every guest).
 pub(crate) fn guest_or_root<'a>(guest: &Node<'a>, root: &Node<'a>, key: &str) -> Option<Node<'a>> {
     guest.get(key).or_else(|| root.get(key))
+}
+
+/// A JSON file, or an error naming it (unreadable, or not JSON).
+pub(crate) fn read_json(path: &Path, d: &mut Diag) -> Option<Value> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            d.error(path, "", Problem::Read(e.to_string()));
+            return None;
+        }
+    };
+    match serde_json::from_str(&text) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            d.error(path, "", Problem::Json(e.to_string()));
+            None
+        }
+    }
+}
+
+/// An absolute path; anything else is an error naming the JSON path.
+pub(crate) fn abs_path(n: &Node, d: &mut Diag) -> Option<AbsPath> {
+    match n.value.as_str().map(|s| AbsPath::try_from(s.to_string())) {
+        Some(Ok(p)) => Some(p),
+        _ => {
+            n.expected(d, "an absolute path");
+            None
+        }
+    }
 }
 
 #[cfg(test)]

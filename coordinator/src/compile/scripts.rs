@@ -1,11 +1,13 @@
-//! Application scripts whose effect is known, as resources: the vLLM unit, the gateway's
-//! nginx, Traefik, Step-CA and Ollama. Other scripts are arbitrary bash and are reported.
+//! Layer 4, resource makers: the effect of each application script whose effect is known,
+//! as resources (the vLLM unit, the gateway's nginx, Traefik, Step-CA, Ollama). Which
+//! script name means which function is said once, in [`super::catalog`]. Imports layers
+//! 0–3 and `builder`, `features`.
 
-use super::Problem;
 use super::builder::Builder;
 use super::features::{self, Item, abs};
 use super::phoenix::GuestConfig;
 use super::reader::Diag;
+use super::types::Problem;
 use phoenix_proto::model::{Resource, ResourceRef, UnitSpec};
 use std::collections::BTreeMap;
 
@@ -32,128 +34,118 @@ pub(crate) fn vllm_service(g: &GuestConfig, v: &super::vllm::VllmArgs) -> Item {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    let mut svc = features::service(VLLM_UNIT);
-    svc.unit = Some(UnitSpec {
-        description: format!("vLLM OpenAI-compatible API server ({})", g.name),
-        exec_start,
+    let unit = UnitSpec {
         environment,
         secret_environment: v.secret_environment.clone(),
         user: Some("root".into()),
         working_directory: Some(abs("/opt/vllm")),
+        ..daemon(
+            format!("vLLM OpenAI-compatible API server ({})", g.name),
+            exec_start,
+            10,
+        )
+    };
+    installed_service(VLLM_UNIT, Some(unit), "vllm-install")
+}
+
+/// A long-running server's unit: always restarted, started once the network is online.
+fn daemon(description: String, exec_start: Vec<String>, restart_sec: u32) -> UnitSpec {
+    UnitSpec {
+        description,
+        exec_start,
         restart: Some("always".into()),
-        restart_sec: Some(10),
+        restart_sec: Some(restart_sec),
         after: vec!["network-online.target".into()],
         wants: vec!["network-online.target".into()],
         ..UnitSpec::default()
-    });
-    Item {
-        resource: Resource::Service(svc),
-        after: vec![ResourceRef::new("exec", "vllm-install")],
     }
 }
 
-/// Application scripts whose effect is known become resources; others are reported.
-pub(crate) fn application(
-    script: &str,
-    path: &str,
-    g: &GuestConfig,
-    b: &mut Builder,
-    d: &mut Diag,
-) {
-    match script {
-        "phoenix_hypervisor_lxc_vllm.sh" => {
-            if g.vllm.is_none() {
-                d.error(
-                    &g.file,
-                    path,
-                    Problem::Missing(
-                        "vllm_engine_config (or the legacy vllm_* keys) for phoenix_hypervisor_lxc_vllm.sh"
-                            .into(),
-                    ),
-                );
-            }
-        }
-        "phoenix_hypervisor_lxc_101.sh" => {
-            b.add(features::pkg("nginx").into(), g, d);
-            let mut svc = features::service("nginx.service");
-            svc.depends_on = vec![ResourceRef::new("package", "nginx")];
-            b.add(Resource::Service(svc).into(), g, d);
-        }
-        "phoenix_hypervisor_lxc_102.sh" => {
-            let mut svc = features::service("traefik.service");
-            svc.unit = Some(UnitSpec {
-                description: "Traefik reverse proxy".into(),
-                exec_start: vec![
-                    "/usr/local/bin/traefik".into(),
-                    "--configFile=/etc/traefik/traefik.yml".into(),
-                ],
-                restart: Some("always".into()),
-                restart_sec: Some(5),
-                after: vec!["network-online.target".into()],
-                wants: vec!["network-online.target".into()],
-                ..UnitSpec::default()
-            });
-            b.add(
-                Item {
-                    resource: Resource::Service(svc),
-                    after: vec![ResourceRef::new("exec", "install-traefik")],
-                },
-                g,
-                d,
-            );
-        }
-        "phoenix_hypervisor_lxc_103.sh" => {
-            let mut svc = features::service("step-ca.service");
-            svc.unit = Some(UnitSpec {
-                description: "Step-CA certificate authority".into(),
-                // Flags before the config path: step-ca 0.19 (urfave/cli) takes everything
-                // after the first positional argument as positional and refuses to start
-                // ("too many positional arguments").
-                exec_start: vec![
-                    "/usr/bin/step-ca".into(),
-                    "--password-file".into(),
-                    "/root/.step/secrets/password.txt".into(),
-                    "/root/.step/config/ca.json".into(),
-                ],
-                environment: [("STEPPATH".to_string(), "/root/.step".to_string())].into(),
-                restart: Some("always".into()),
-                restart_sec: Some(5),
-                after: vec!["network-online.target".into()],
-                wants: vec!["network-online.target".into()],
-                ..UnitSpec::default()
-            });
-            b.add(
-                Item {
-                    resource: Resource::Service(svc),
-                    after: vec![ResourceRef::new("exec", "install-step-ca")],
-                },
-                g,
-                d,
-            );
-            d.warn(
-                &g.file,
-                path,
-                "`step ca init` (creates the CA and its password file once) is not compiled; step-ca.service expects /root/.step",
-            );
-        }
-        "phoenix_hypervisor_lxc_955.sh" => {
-            let mut svc = features::service("ollama.service");
-            svc.depends_on = Vec::new();
-            b.add(
-                Item {
-                    resource: Resource::Service(svc),
-                    after: vec![ResourceRef::new("exec", "install-ollama")],
-                },
-                g,
-                d,
-            );
-        }
-        other => d.warn(
+/// Service `name` (with Phoenix's own `unit`, if any), ordered after the guarded `exec`
+/// that installs its program.
+fn installed_service(name: &str, unit: Option<UnitSpec>, install: &str) -> Item {
+    let mut svc = features::service(name);
+    svc.unit = unit;
+    Item {
+        resource: Resource::Service(svc),
+        after: vec![ResourceRef::new("exec", install)],
+    }
+}
+
+/// `phoenix_hypervisor_lxc_vllm.sh`: its unit comes from `vllm_engine_config` (see [`vllm_service`]), which must be there.
+pub(crate) fn vllm_server(g: &GuestConfig, path: &str, _b: &mut Builder, d: &mut Diag) {
+    if g.vllm.is_none() {
+        d.error(
             &g.file,
             path,
-            format!(
-                "application script {other:?} is arbitrary bash and is not compiled; declare its effect as resources (phoenix_resources)"
+            Problem::Missing(
+                "vllm_engine_config (or the legacy vllm_* keys) for phoenix_hypervisor_lxc_vllm.sh"
+                    .into(),
             ),
-        ),
+        );
     }
+}
+
+/// `phoenix_hypervisor_lxc_101.sh`: the Nginx gateway (its files come from `etc/nginx/`).
+pub(crate) fn nginx_gateway(g: &GuestConfig, _path: &str, b: &mut Builder, d: &mut Diag) {
+    b.add(features::pkg("nginx").into(), g, d);
+    let mut svc = features::service("nginx.service");
+    svc.depends_on = vec![ResourceRef::new("package", "nginx")];
+    b.add(Resource::Service(svc).into(), g, d);
+}
+
+/// `phoenix_hypervisor_lxc_102.sh`: Traefik, as a unit of its own.
+pub(crate) fn traefik_proxy(g: &GuestConfig, _path: &str, b: &mut Builder, d: &mut Diag) {
+    let unit = daemon(
+        "Traefik reverse proxy".into(),
+        vec![
+            "/usr/local/bin/traefik".into(),
+            "--configFile=/etc/traefik/traefik.yml".into(),
+        ],
+        5,
+    );
+    b.add(
+        installed_service("traefik.service", Some(unit), "install-traefik"),
+        g,
+        d,
+    );
+}
+
+/// `phoenix_hypervisor_lxc_103.sh`: the Step-CA server, as a unit of its own.
+pub(crate) fn step_ca_server(g: &GuestConfig, path: &str, b: &mut Builder, d: &mut Diag) {
+    let unit = UnitSpec {
+        environment: [("STEPPATH".to_string(), "/root/.step".to_string())].into(),
+        ..daemon(
+            "Step-CA certificate authority".into(),
+            // Flags before the config path: step-ca 0.19 (urfave/cli) takes everything
+            // after the first positional argument as positional and refuses to start
+            // ("too many positional arguments").
+            vec![
+                "/usr/bin/step-ca".into(),
+                "--password-file".into(),
+                "/root/.step/secrets/password.txt".into(),
+                "/root/.step/config/ca.json".into(),
+            ],
+            5,
+        )
+    };
+    b.add(
+        installed_service("step-ca.service", Some(unit), "install-step-ca"),
+        g,
+        d,
+    );
+    d.warn(
+        &g.file,
+        path,
+        "`step ca init` (creates the CA and its password file once) is not compiled; step-ca.service expects /root/.step",
+    );
+}
+
+/// `phoenix_hypervisor_lxc_955.sh`: Ollama's service, installed by the `ollama` feature.
+pub(crate) fn ollama_server(g: &GuestConfig, _path: &str, b: &mut Builder, d: &mut Diag) {
+    b.add(
+        installed_service("ollama.service", None, "install-ollama"),
+        g,
+        d,
+    );
 }

@@ -2,6 +2,8 @@
 //! [`SecretRef`] (a file on the guest or an environment variable of the agent) that the
 //! agent resolves. A literal secret found in a config is flagged as a warning, is not
 //! copied into any spec, and its value is never printed.
+//!
+//! Layer 2: imports only layers 0–1 (`types`, `reader`).
 
 use super::reader::{Diag, Node};
 use phoenix_proto::model::compose::ComposeProject;
@@ -99,7 +101,7 @@ fn flag(n: &Node, d: &mut Diag) {
 /// A literal is flagged and yields `None`.
 pub(crate) fn reference(n: &Node, d: &mut Diag) -> Option<SecretRef> {
     if let Some(f) = n.get("file") {
-        return super::phoenix::abs_path(&f, d).map(SecretRef::File);
+        return super::reader::abs_path(&f, d).map(SecretRef::File);
     }
     if let Some(e) = n.get("env") {
         return env_name(&e, d).map(SecretRef::Env);
@@ -239,7 +241,7 @@ pub(crate) fn check_leak(
         d.error(
             file,
             path,
-            super::Problem::Conflict(format!(
+            super::types::Problem::Conflict(format!(
                 "a literal secret from the configs would reach the desired state of guest {id} (value redacted); use a secret reference"
             )),
         );

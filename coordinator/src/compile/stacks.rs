@@ -2,12 +2,16 @@
 //! or catalog entry, its compose file parsed and interpolated by the model's parser (the
 //! agent runs the same checks on what it receives), its labels, host-access grants and
 //! firewall rules. Literal secrets are found on the parsed project and refused.
+//!
+//! Layer 6, per-guest assembly: imports layers 0–5.
 
+use super::facts;
 use super::features::Item;
-use super::files::STACKS_FILE;
-use super::phoenix::{self, GuestConfig, StackRef, read_json};
-use super::reader::{Diag, Node};
-use super::{FirewallRule, Layout, Problem, secrets};
+use super::files::{Layout, STACKS_FILE};
+use super::phoenix::{GuestConfig, StackRef};
+use super::reader::{Diag, Node, read_json};
+use super::secrets;
+use super::types::{FirewallRule, Problem};
 use phoenix_proto::model::compose;
 use phoenix_proto::model::{Resource, ResourceRef, StackSpec};
 use phoenix_proto::redact;
@@ -176,7 +180,7 @@ pub(crate) fn stack(
         }
     }
     let rules: Vec<FirewallRule> = pick("firewall_rules")
-        .map(|n| phoenix::firewall_rules(&n, d))
+        .map(|n| facts::firewall_rules(&n, d))
         .unwrap_or_default();
     // The model's Compose parser: what passes here is what the agent will accept.
     let project = match compose::parse(&compose_raw, &variables) {

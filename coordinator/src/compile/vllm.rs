@@ -2,9 +2,12 @@
 //! `python -m vllm.entrypoints.openai.api_server`, as `phoenix_hypervisor_lxc_vllm.sh`
 //! builds it: every key of every section becomes `--key value`, `true` a bare `--key`,
 //! `false`/`null` are dropped; camelCase keys become kebab-case, snake_case stays.
+//!
+//! Layer 3, Phoenix config readers: imports layers 0–2.
 
 use super::reader::{Diag, Node};
 use super::secrets;
+use super::types::Problem;
 use phoenix_proto::model::SecretRef;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -42,7 +45,7 @@ fn push(out: &mut VllmArgs, key: &str, n: &Node, d: &mut Diag) {
     if !key_ok(key) {
         n.error(
             d,
-            super::Problem::Expected {
+            Problem::Expected {
                 expected: "an engine argument name (letters, digits, '_', '-')".into(),
                 found: format!("{key:?}"),
             },
@@ -105,7 +108,7 @@ pub(crate) fn from_engine_config(n: &Node, d: &mut Diag) -> Option<VllmArgs> {
     if !n.get("ModelConfig").is_some_and(|m| m.has("model")) {
         n.error(
             d,
-            super::Problem::Missing("ModelConfig.model: the model to serve".into()),
+            Problem::Missing("ModelConfig.model: the model to serve".into()),
         );
     }
     Some(out)
@@ -173,10 +176,7 @@ pub(crate) fn from_legacy_keys(g: &Node, d: &mut Diag) -> Option<VllmArgs> {
         }
     }
     if !g.has("vllm_model") {
-        g.error(
-            d,
-            super::Problem::Missing("vllm_model: the model to serve".into()),
-        );
+        g.error(d, Problem::Missing("vllm_model: the model to serve".into()));
     }
     Some(out)
 }
