@@ -1,33 +1,33 @@
 //! Host I/O shared by the resource modules: atomic file replacement and reading a secret
 //! where the agent finds it. Blocking std I/O on small files; callers run it inline.
 
-use phoenix_pki::fsutil::{self, FileAttrs};
+use crate::hostfs::{self, FileAttrs};
 use phoenix_proto::model::SecretRef;
 use std::fs;
 use std::io;
 use std::path::Path;
 
 /// Replaces `path` (beneath `root`) with `bytes` so that a reader sees the old or the new
-/// content, never a mix, and so that no link below `root` is followed (pki's
-/// `fsutil::write_beneath`). Creates `root` and missing directories below it (0755).
+/// content, never a mix, and so that no link below `root` is followed
+/// ([`hostfs::write_beneath`]). Creates `root` and missing directories below it (0755).
 pub(crate) fn write_atomic(root: &Path, path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let attrs = FileAttrs {
         mode,
         uid: None,
         gid: None,
     };
-    Ok(fsutil::write_beneath(root, path, bytes, attrs, true)?)
+    Ok(hostfs::write_beneath(root, path, bytes, attrs, true)?)
 }
 
 /// The current content of `path` (beneath `root`), `None` when it does not exist; a link
 /// at it or at a directory below `root` is an error, never followed.
 pub(crate) fn read_if_exists(root: &Path, path: &Path) -> io::Result<Option<Vec<u8>>> {
-    Ok(fsutil::read_beneath(root, path)?.map(|e| e.bytes))
+    Ok(hostfs::read_beneath(root, path)?.map(|e| e.bytes))
 }
 
 /// Removes the name `path` beneath `root` (a link there is removed, not followed).
 pub(crate) fn remove(root: &Path, path: &Path) -> io::Result<()> {
-    fsutil::remove_beneath(root, path)?;
+    hostfs::remove_beneath(root, path)?;
     Ok(())
 }
 

@@ -2,8 +2,8 @@
 //! bundle, enrollment facts, and the last desired state so it keeps enforcing it while
 //! the coordinator is away. Every file is written atomically.
 
-use phoenix_pki::fsutil::{write_atomic, write_private};
 use phoenix_pki::statedir::{self, StateDirError};
+use phoenix_pki::statedir::{write_atomic, write_private};
 use phoenix_proto::model::{DesiredState, GuestId, TrustDomain};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};

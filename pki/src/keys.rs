@@ -7,25 +7,44 @@ use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType};
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("generate key pair: {0}")]
-    Generate(String),
+    Generate(#[source] rcgen::Error),
     #[error("load private key: {0}")]
-    Load(String),
-    #[error("build CSR for {subject}: {reason}")]
-    Csr { subject: String, reason: String },
+    Load(#[source] rcgen::Error),
+    #[error("certificate for {subject}: {san} is not a valid name: {source}")]
+    San {
+        subject: String,
+        san: San,
+        #[source]
+        source: rcgen::Error,
+    },
+    #[error("build CSR for {subject}: {source}")]
+    Csr {
+        subject: String,
+        #[source]
+        source: rcgen::Error,
+    },
+    #[error("sign with private key: {0}")]
+    Sign(#[source] rcgen::Error),
 }
 
 pub fn generate() -> Result<KeyPair, KeyError> {
-    KeyPair::generate().map_err(|e| KeyError::Generate(e.to_string()))
+    KeyPair::generate().map_err(KeyError::Generate)
 }
 
 pub fn load(pem: &str) -> Result<KeyPair, KeyError> {
-    KeyPair::from_pem(pem).map_err(|e| KeyError::Load(e.to_string()))
+    KeyPair::from_pem(pem).map_err(KeyError::Load)
 }
 
-pub(crate) fn san_type(san: &San) -> Result<SanType, String> {
+/// `san` as rcgen wants it, for a certificate or CSR naming `subject`.
+pub fn san_type(subject: &str, san: &San) -> Result<SanType, KeyError> {
+    let invalid = |source| KeyError::San {
+        subject: subject.to_string(),
+        san: san.clone(),
+        source,
+    };
     Ok(match san {
-        San::Dns(d) => SanType::DnsName(d.clone().try_into().map_err(|e| format!("{e}"))?),
-        San::Uri(u) => SanType::URI(u.clone().try_into().map_err(|e| format!("{e}"))?),
+        San::Dns(d) => SanType::DnsName(d.clone().try_into().map_err(invalid)?),
+        San::Uri(u) => SanType::URI(u.clone().try_into().map_err(invalid)?),
         San::Ip(ip) => SanType::IpAddress(*ip),
     })
 }
@@ -33,23 +52,21 @@ pub(crate) fn san_type(san: &San) -> Result<SanType, String> {
 /// A PEM CSR for `common_name` carrying `sans`. The CA may override both; the CSR's job
 /// is proof of possession.
 pub fn csr(key: &KeyPair, common_name: &str, sans: &[San]) -> Result<String, KeyError> {
-    let err = |reason: String| KeyError::Csr {
-        subject: common_name.to_string(),
-        reason,
-    };
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, common_name);
     params.distinguished_name = dn;
     params.subject_alt_names = sans
         .iter()
-        .map(san_type)
-        .collect::<Result<_, _>>()
-        .map_err(err)?;
+        .map(|san| san_type(common_name, san))
+        .collect::<Result<_, _>>()?;
     params
         .serialize_request(key)
         .and_then(|r| r.pem())
-        .map_err(|e| err(e.to_string()))
+        .map_err(|source| KeyError::Csr {
+            subject: common_name.to_string(),
+            source,
+        })
 }
 
 /// What an expired identity's key signs to ask for renewal: the context string binds the
@@ -62,5 +79,5 @@ pub fn renew_expired_message(csr_pem: &str) -> Vec<u8> {
 
 /// Signs `msg` with `key` (ECDSA P-256 SHA-256, ASN.1 DER).
 pub fn sign(key: &KeyPair, msg: &[u8]) -> Result<Vec<u8>, KeyError> {
-    rcgen::SigningKey::sign(key, msg).map_err(|e| KeyError::Generate(e.to_string()))
+    rcgen::SigningKey::sign(key, msg).map_err(KeyError::Sign)
 }

@@ -3,10 +3,16 @@
 //! target may be anything, e.g. `/etc`), and loose modes are tightened on the directory
 //! and key files themselves through descriptors opened with `O_NOFOLLOW`, with a loud
 //! warning, because a key that was readable by others may already be copied.
+//!
+//! Files inside are written with [`write_atomic`] / [`write_private`]: the directory is
+//! trusted once checked, so only the file's own name is guarded against links.
 
+use crate::atomic::{self, FileAttrs, WriteError};
+use nix::errno::Errno;
 use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
 use std::fs::{self, File, OpenOptions};
-use std::io::ErrorKind;
+use std::io::{self, ErrorKind};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -153,6 +159,56 @@ fn tighten(
     Ok(())
 }
 
+/// Replaces `path` (a file directly inside a directory the caller owns, e.g. a state or CA
+/// directory) with `bytes` and `mode`, crash-safely ([`atomic::replace_in`]). The parent
+/// must exist; a link at `path` is replaced, never followed.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(io::Error::new(
+            ErrorKind::InvalidInput,
+            format!("write {}: not a file path", path.display()),
+        ));
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let fd = nix::fcntl::open(dir, flags, Mode::empty()).map_err(|e| WriteError::Io {
+        action: "open directory",
+        path: dir.to_path_buf(),
+        source: e.into(),
+    })?;
+    Ok(atomic::replace_in(
+        &fd,
+        name,
+        path,
+        bytes,
+        FileAttrs::mode(mode),
+    )?)
+}
+
+/// A private key or token: 0600, atomically.
+pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic(path, bytes, 0o600)
+}
+
+/// Creates `dir` (and parents) and forces `mode` on the leaf directory through its fd,
+/// refusing a link at the leaf.
+pub fn ensure_dir(dir: &Path, mode: u32) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let fd = nix::fcntl::open(dir, flags, Mode::empty()).map_err(|e| match e {
+        // O_DIRECTORY | O_NOFOLLOW on a link fails with ENOTDIR on Linux, ELOOP elsewhere.
+        Errno::ELOOP | Errno::ENOTDIR if dir.is_symlink() => io::Error::from(WriteError::Symlink {
+            link: dir.to_path_buf(),
+        }),
+        e => io::Error::from(e),
+    })?;
+    File::from(fd).set_permissions(fs::Permissions::from_mode(mode))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,5 +264,27 @@ mod tests {
             Err(StateDirError::Symlink { .. })
         ));
         assert_eq!(mode(&outside), 0o644);
+    }
+
+    #[test]
+    fn private_writes_are_0600_and_a_linked_directory_is_refused() {
+        let base = tempfile::tempdir().expect("tempdir");
+        let dir = base.path().join("state");
+        ensure_dir(&dir, 0o700).expect("ensure");
+        assert_eq!(mode(&dir), 0o700);
+        write_private(&dir.join("key"), b"k").expect("write");
+        write_private(&dir.join("key"), b"k2").expect("replace");
+        assert_eq!(fs::read(dir.join("key")).expect("read"), b"k2");
+        assert_eq!(mode(&dir.join("key")), 0o600);
+        // Nothing but the file: no temp left behind.
+        assert_eq!(fs::read_dir(&dir).expect("list").count(), 1);
+        let link = base.path().join("linkdir");
+        std::os::unix::fs::symlink(&dir, &link).expect("plant");
+        let err = ensure_dir(&link, 0o777).expect_err("linked directory");
+        assert!(
+            err.to_string().contains("refusing to follow symbolic link"),
+            "{err}"
+        );
+        assert_eq!(mode(&dir), 0o700);
     }
 }

@@ -10,10 +10,14 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 #[derive(Debug, thiserror::Error)]
 pub enum X509Error {
-    #[error("parse PEM {what}: {reason}")]
-    Pem { what: &'static str, reason: String },
+    #[error("parse PEM {what}: {source}")]
+    Pem {
+        what: &'static str,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
     #[error("parse certificate: {0}")]
-    Der(String),
+    Der(#[source] x509_parser::nom::Err<x509_parser::error::X509Error>),
     #[error("{what} contains no certificate")]
     Empty { what: &'static str },
 }
@@ -52,10 +56,7 @@ pub fn parse_chain(
 ) -> Result<Vec<CertificateDer<'static>>, X509Error> {
     let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| X509Error::Pem {
-            what,
-            reason: e.to_string(),
-        })?;
+        .map_err(|source| X509Error::Pem { what, source })?;
     if certs.is_empty() {
         return Err(X509Error::Empty { what });
     }
@@ -89,7 +90,7 @@ fn to_system_time(t: x509_parser::time::ASN1Time) -> SystemTime {
 }
 
 pub fn inspect(der: &[u8]) -> Result<CertInfo, X509Error> {
-    let (_, cert) = X509Certificate::from_der(der).map_err(|e| X509Error::Der(e.to_string()))?;
+    let (_, cert) = X509Certificate::from_der(der).map_err(X509Error::Der)?;
     let common_name = cert
         .subject()
         .iter_common_name()

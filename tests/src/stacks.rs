@@ -119,7 +119,7 @@ pub fn owner_key() -> OwnerKey {
     static DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
     let dir = DIR.get_or_init(|| {
         let dir = std::env::temp_dir().join("phoenix-tests-stack-owner");
-        phoenix_pki::fsutil::ensure_dir(&dir, 0o700).expect("owner key directory");
+        phoenix_pki::statedir::ensure_dir(&dir, 0o700).expect("owner key directory");
         dir
     });
     OwnerKey::load_or_create(dir).expect("owner key")

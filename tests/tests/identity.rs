@@ -1,7 +1,8 @@
 //! Every refusal of "Identity and security", against the real binaries.
 
-use phoenix_pki::embedded::EmbeddedCa;
-use phoenix_pki::{CertAuthority, IssueRequest, San, keys};
+use phoenix_ca::embedded::EmbeddedCa;
+use phoenix_ca::{CertAuthority, IssueRequest};
+use phoenix_pki::{San, keys};
 use phoenix_proto::token::JoinToken;
 use phoenix_tests::raw::{client_cert_verdict, session_attempt};
 use phoenix_tests::spine::{Agent, Coordinator};

@@ -8,9 +8,10 @@
 //!   certificate carrying the coordinator's URI is then obeyed: the refusal is the identity
 //!   rule and nothing else.
 
-use phoenix_pki::stepca::{ProvisionerKeySource, StepCa as StepCaClient, StepCaConfig};
+use phoenix_ca::stepca::{ProvisionerKeySource, StepCa as StepCaClient, StepCaConfig};
+use phoenix_ca::{CertAuthority, IssueRequest};
 use phoenix_pki::tls::{self, Identity, IdentityStore, TrustStore};
-use phoenix_pki::{CertAuthority, IssueRequest, San, keys};
+use phoenix_pki::{San, keys};
 use phoenix_proto::model::{self, GuestSpec};
 use phoenix_proto::v1::{self, coordinator_message};
 use phoenix_tests::spine::{Agent, Coordinator, files_spec, guest_status, write_spec};
@@ -239,7 +240,7 @@ async fn declared_coordinator_names_are_refused_and_a_service_cert_cannot_be_the
 
     // The coordinator's own CA, loaded from its state directory.
     let ca =
-        phoenix_pki::embedded::EmbeddedCa::load_or_create(&c.dir.join("state/ca"), "phoenix.lab")
+        phoenix_ca::embedded::EmbeddedCa::load_or_create(&c.dir.join("state/ca"), "phoenix.lab")
             .expect("coordinator's CA");
     fake_coordinator_is_refused(&mut c, &ca, tmp.path()).await;
 }

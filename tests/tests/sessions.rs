@@ -483,25 +483,25 @@ fn state_dir_world_readable_is_fixed_loudly_and_a_symlink_is_refused() {
 /// The embedded CA, slowed down on demand: holds a renewal inside the window between the
 /// coordinator reading the agent's record and writing it back.
 struct SlowCa {
-    inner: phoenix_pki::embedded::EmbeddedCa,
+    inner: phoenix_ca::embedded::EmbeddedCa,
     slow: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[async_trait::async_trait]
-impl phoenix_pki::CertAuthority for SlowCa {
+impl phoenix_ca::CertAuthority for SlowCa {
     fn name(&self) -> &'static str {
         "slow embedded"
     }
     async fn issue(
         &self,
-        req: phoenix_pki::IssueRequest,
-    ) -> Result<phoenix_pki::Issued, phoenix_pki::CaError> {
+        req: phoenix_ca::IssueRequest,
+    ) -> Result<phoenix_ca::Issued, phoenix_ca::CaError> {
         if self.slow.load(std::sync::atomic::Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
         self.inner.issue(req).await
     }
-    async fn roots_pem(&self) -> Result<String, phoenix_pki::CaError> {
+    async fn roots_pem(&self) -> Result<String, phoenix_ca::CaError> {
         self.inner.roots_pem().await
     }
 }
@@ -515,7 +515,7 @@ async fn a_revoke_while_the_ca_signs_a_renewal_is_not_undone() {
     std::fs::set_permissions(&ca_dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
     let slow = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let ca = SlowCa {
-        inner: phoenix_pki::embedded::EmbeddedCa::load_or_create(&ca_dir, "phoenix.lab")
+        inner: phoenix_ca::embedded::EmbeddedCa::load_or_create(&ca_dir, "phoenix.lab")
             .expect("embedded CA"),
         slow: slow.clone(),
     };
@@ -592,7 +592,7 @@ async fn a_revoke_while_the_ca_signs_a_renewal_is_not_undone() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn revoke_revokes_the_guests_service_certs_at_step_ca() {
-    use phoenix_pki::stepca::{ProvisionerKeySource, RevokeAuth, StepCaConfig};
+    use phoenix_ca::stepca::{ProvisionerKeySource, RevokeAuth, StepCaConfig};
     let tmp = tempfile::tempdir().expect("tempdir");
     let Some(ca) = StepCa::start(&tmp.path().join("ca")) else {
         return;
@@ -643,7 +643,7 @@ async fn revoke_revokes_the_guests_service_certs_at_step_ca() {
         "{listed}"
     );
     // step-ca itself has it on its revocation list: revoking it again is refused.
-    let client = phoenix_pki::stepca::StepCa::connect(&StepCaConfig {
+    let client = phoenix_ca::stepca::StepCa::connect(&StepCaConfig {
         url: ca.get("PHOENIX_STEPCA_URL").into(),
         fingerprint: ca.get("PHOENIX_STEPCA_FINGERPRINT").into(),
         provisioner: ca.get("PHOENIX_STEPCA_PROVISIONER").into(),
@@ -661,7 +661,7 @@ async fn revoke_revokes_the_guests_service_certs_at_step_ca() {
     assert!(
         matches!(
             again,
-            phoenix_pki::CaError::Refused {
+            phoenix_ca::CaError::Refused {
                 action: "revoke",
                 status: 400,
                 ..

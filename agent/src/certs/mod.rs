@@ -9,9 +9,9 @@ pub mod signer;
 pub use signer::{CertSigner, SessionSigner, SignError, SignedCert};
 
 use crate::files::{resolve_group, resolve_user};
+use crate::hostfs::{self, Existing, FileAttrs, FsError};
 use crate::reconcile::{Check, Converge, PassContext, ResourceError};
 use crate::systemd::{ServiceManager, Verb};
-use phoenix_pki::fsutil::{self, Existing, FileAttrs, FsError};
 use phoenix_pki::tls::{Identity, TrustStore};
 use phoenix_pki::{San, keys, rotation, x509};
 use phoenix_proto::model::{AbsPath, CertSpec, Reload};
@@ -115,7 +115,7 @@ impl CertConverger {
 
     /// The allowed root `path` is resolved beneath (links below it are refused).
     fn root_of(&self, spec: &CertSpec, path: &AbsPath) -> Result<&Path, CertError> {
-        fsutil::root_of(&self.roots, path.as_path()).ok_or_else(|| CertError::OutsideRoots {
+        hostfs::root_of(&self.roots, path.as_path()).ok_or_else(|| CertError::OutsideRoots {
             name: spec.name.clone(),
             path: path.to_string(),
         })
@@ -134,7 +134,7 @@ impl CertConverger {
             path: path.to_string(),
             source,
         };
-        fsutil::read_beneath(self.root_of(spec, path)?, path.as_path()).map_err(fs_err)
+        hostfs::read_beneath(self.root_of(spec, path)?, path.as_path()).map_err(fs_err)
     }
 
     fn ids(
@@ -240,7 +240,7 @@ impl CertConverger {
         let (uid, gid) = self.ids(spec, path.as_path())?;
         let root = self.root_of(spec, path)?;
         let attrs = FileAttrs { mode, uid, gid };
-        fsutil::write_beneath(root, path.as_path(), bytes, attrs, true).map_err(|source| {
+        hostfs::write_beneath(root, path.as_path(), bytes, attrs, true).map_err(|source| {
             Box::new(CertError::Fs {
                 name: spec.name.clone(),
                 action: "write",
@@ -311,7 +311,7 @@ impl Converge<CertSpec> for CertConverger {
                     uid,
                     gid,
                 };
-                fsutil::set_attrs_beneath(self.root_of(spec, t.path)?, t.path.as_path(), attrs)
+                hostfs::set_attrs_beneath(self.root_of(spec, t.path)?, t.path.as_path(), attrs)
                     .map_err(|source| CertError::Fs {
                         name: spec.name.clone(),
                         action: "fix owner and mode of",

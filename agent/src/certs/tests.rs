@@ -3,8 +3,8 @@
 
 use super::*;
 use crate::systemd::{ServiceError, UnitStatus};
-use phoenix_pki::embedded::EmbeddedCa;
-use phoenix_pki::{CertAuthority, IssueRequest};
+use phoenix_ca::embedded::EmbeddedCa;
+use phoenix_ca::{CertAuthority, IssueRequest};
 use phoenix_proto::model::FileMode;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Mutex;

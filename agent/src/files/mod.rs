@@ -1,11 +1,11 @@
 //! Managed files: whole content, mode, owner, group; written atomically; confined to the
 //! roots the agent was started with (a desired state cannot write `/etc/shadow` unless
 //! the operator allowed `/etc`). Roots like `/srv` hold directories other accounts can
-//! write, so every read, write, chown and chmod goes through pki's `fsutil` beneath the
+//! write, so every read, write, chown and chmod goes through [`crate::hostfs`] beneath the
 //! file's root: a link planted below the root is refused, never followed.
 
+use crate::hostfs::{self, FileAttrs, FsError};
 use crate::reconcile::{Check, Converge, PassContext, ResourceError};
-use phoenix_pki::fsutil::{self, FileAttrs, FsError};
 use phoenix_proto::model::{Ensure, FileSpec};
 use std::path::{Path, PathBuf};
 
@@ -50,7 +50,7 @@ impl FileConverger {
     }
 
     fn root_of(&self, path: &Path) -> Result<&Path, FileError> {
-        fsutil::root_of(&self.roots, path).ok_or_else(|| self.outside(path))
+        hostfs::root_of(&self.roots, path).ok_or_else(|| self.outside(path))
     }
 
     fn outside(&self, path: &Path) -> FileError {
@@ -109,7 +109,7 @@ struct Observed {
 fn observe(root: &Path, spec: &FileSpec) -> Result<Observed, FileError> {
     let path = spec.path.as_path();
     Ok(
-        match fsutil::read_beneath(root, path).map_err(fs("inspect", path))? {
+        match hostfs::read_beneath(root, path).map_err(fs("inspect", path))? {
             None => Observed {
                 exists: false,
                 content_differs: true,
@@ -254,7 +254,7 @@ impl Converge<FileSpec> for FileConverger {
         let path = spec.path.as_path();
         let root = self.root_of(path)?;
         if spec.ensure == Ensure::Absent {
-            fsutil::remove_beneath(root, path).map_err(fs("remove", path))?;
+            hostfs::remove_beneath(root, path).map_err(fs("remove", path))?;
             return Ok(format!("removed {}", spec.path));
         }
         let obs = observe(root, spec)?;
@@ -280,7 +280,7 @@ impl Converge<FileSpec> for FileConverger {
                 uid: uid.or(obs.uid),
                 gid: gid.or(obs.gid),
             };
-            fsutil::write_beneath(root, path, spec.content.as_bytes(), attrs, true)
+            hostfs::write_beneath(root, path, spec.content.as_bytes(), attrs, true)
                 .map_err(fs("write", path))?;
             return Ok(format!(
                 "{} {} ({} bytes)",
@@ -289,7 +289,7 @@ impl Converge<FileSpec> for FileConverger {
                 spec.content.len()
             ));
         }
-        fsutil::set_attrs_beneath(root, path, FileAttrs { mode, uid, gid })
+        hostfs::set_attrs_beneath(root, path, FileAttrs { mode, uid, gid })
             .map_err(fs("fix owner and mode of", path))?;
         Ok(format!("fixed metadata of {}", spec.path))
     }

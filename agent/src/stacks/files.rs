@@ -2,7 +2,7 @@
 //! files written beneath them.
 
 use super::StackError;
-use phoenix_pki::fsutil::{self, FileAttrs};
+use crate::hostfs::{self as fsutil, FileAttrs};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

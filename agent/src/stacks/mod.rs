@@ -30,10 +30,10 @@ mod files;
 pub mod owner;
 pub mod plan;
 
+use crate::hostfs as fsutil;
 use crate::reconcile::{Check, Converge, PassContext, ResourceError};
 use engine::{ContainerEngine, ContainerState, EngineError, RegistryAuth};
 use owner::{Kind, LABEL_OWNER, OwnerKey};
-use phoenix_pki::fsutil;
 use phoenix_proto::model::compose::{ComposeProject, Condition, grants};
 use phoenix_proto::model::{SecretRef, StackSpec};
 use plan::{Desired, Observed, Plan, Step};

@@ -85,12 +85,11 @@ impl OwnerKey {
                 .ok_or_else(|| OwnerError::Corrupt { path: path.clone() })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let fresh: [u8; 32] = rand::random();
-                phoenix_pki::fsutil::write_private(&path, hex::encode(fresh).as_bytes()).map_err(
-                    |source| OwnerError::Write {
+                phoenix_pki::statedir::write_private(&path, hex::encode(fresh).as_bytes())
+                    .map_err(|source| OwnerError::Write {
                         path: path.clone(),
                         source,
-                    },
-                )?;
+                    })?;
                 fresh.to_vec()
             }
             Err(source) => return Err(OwnerError::Read { path, source }),

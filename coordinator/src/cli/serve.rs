@@ -10,8 +10,8 @@ use std::path::PathBuf;
 impl ServeArgs {
     async fn step_ca(
         &self,
-    ) -> Result<Option<std::sync::Arc<dyn phoenix_pki::CertAuthority>>, CliError> {
-        use phoenix_pki::stepca::{ProvisionerKeySource, StepCa, StepCaConfig};
+    ) -> Result<Option<std::sync::Arc<dyn phoenix_ca::CertAuthority>>, CliError> {
+        use phoenix_ca::stepca::{ProvisionerKeySource, StepCa, StepCaConfig};
         if self.ca == CaKind::Embedded {
             return Ok(None);
         }

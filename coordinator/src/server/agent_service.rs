@@ -4,8 +4,9 @@
 
 use super::{Coordinator, RpcError, guest_id, now_unix, unix};
 use crate::store::{AgentRecord, ReportRecord, StoreError};
+use phoenix_ca::IssueRequest;
+use phoenix_pki::San;
 use phoenix_pki::x509::{self, CertInfo};
-use phoenix_pki::{IssueRequest, San};
 use phoenix_proto::model::{ApplyReport, GuestId, GuestSpec, Resource, reserved_name};
 use phoenix_proto::token::JoinToken;
 use phoenix_proto::v1::{self, agent_message, coordinator_message};
@@ -62,7 +63,7 @@ impl AgentApi {
         &self,
         guest: GuestId,
         csr_pem: String,
-    ) -> Result<phoenix_pki::Issued, RpcError> {
+    ) -> Result<phoenix_ca::Issued, RpcError> {
         let c = &self.0;
         Ok(c.ca
             .issue(IssueRequest {
@@ -80,7 +81,7 @@ impl AgentApi {
     async fn enroll_checked(
         &self,
         req: v1::EnrollRequest,
-    ) -> Result<(GuestId, phoenix_pki::Issued, bool), RpcError> {
+    ) -> Result<(GuestId, phoenix_ca::Issued, bool), RpcError> {
         let c = &self.0;
         let guest = guest_id(req.guest_id)?;
         let token =

@@ -1,6 +1,6 @@
 use crate::store::StoreError;
-use phoenix_pki::CaError;
-use tonic::Status;
+use phoenix_ca::CaError;
+use tonic::{Code, Status};
 
 /// Everything an RPC handler can fail with; mapped to a gRPC status in one place.
 #[derive(Debug, thiserror::Error)]
@@ -58,8 +58,138 @@ impl From<RpcError> for Status {
             }
             RpcError::Conflict(_) => Status::aborted(msg),
             RpcError::Store(_) => Status::internal(msg),
-            RpcError::Ca(_) => Status::unavailable(msg),
+            RpcError::Ca(e) => Status::new(ca_code(&e), msg),
             RpcError::NotFound(_) => Status::not_found(msg),
         }
+    }
+}
+
+/// The gRPC code for each way signing can fail, so a caller can tell its own mistake
+/// (invalid argument) from the CA saying no (permission denied / failed precondition), a
+/// CA that may answer later (unavailable) and a fault on this side (internal). No `_` arm:
+/// a new `CaError` variant must be placed here.
+fn ca_code(e: &CaError) -> Code {
+    match e {
+        CaError::Csr { .. }
+        | CaError::Grant(_)
+        | CaError::Chain { .. }
+        | CaError::Key { .. }
+        | CaError::Serial { .. } => Code::InvalidArgument,
+        CaError::Denied { .. } => Code::PermissionDenied,
+        CaError::Expired { .. } | CaError::Refused { .. } => Code::FailedPrecondition,
+        CaError::Unreachable { .. } | CaError::Failed { .. } => Code::Unavailable,
+        // The CA is misconfigured or answers nonsense: an operator has to look.
+        CaError::BadAnswer { .. }
+        | CaError::Provisioner(_)
+        | CaError::Url { .. }
+        | CaError::UrlShape { .. }
+        | CaError::Fingerprint(_) => Code::FailedPrecondition,
+        CaError::Io { .. }
+        | CaError::Material { .. }
+        | CaError::Sign { .. }
+        | CaError::Token { .. }
+        | CaError::Tls { .. }
+        | CaError::Client { .. } => Code::Internal,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use phoenix_ca::stepca::{ProvisionerKeySource, StepCa, StepCaConfig};
+    use phoenix_ca::{CertAuthority, IssueRequest, embedded::EmbeddedCa};
+    use std::time::Duration;
+
+    fn code(e: CaError) -> Code {
+        Status::from(RpcError::Ca(e)).code()
+    }
+
+    fn http(status: u16) -> CaError {
+        CaError::from_status(
+            "https://ca.lab/1.0/sign".into(),
+            "sign",
+            status,
+            "no".into(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_garbled_csr_is_the_callers_mistake() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = EmbeddedCa::load_or_create(dir.path(), "lab").expect("ca");
+        let err = ca
+            .issue(IssueRequest {
+                csr_pem: "not a CSR".into(),
+                common_name: "guest-1".into(),
+                sans: Vec::new(),
+                ttl: Duration::from_secs(60),
+            })
+            .await
+            .expect_err("garbled CSR");
+        let status = Status::from(RpcError::Ca(err));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(
+            status
+                .message()
+                .contains("parse certificate signing request for guest-1"),
+            "{status:?}"
+        );
+    }
+
+    #[test]
+    fn ca_answers_map_to_denied_refused_or_unavailable() {
+        assert_eq!(code(http(401)), Code::PermissionDenied);
+        assert_eq!(code(http(403)), Code::PermissionDenied);
+        assert_eq!(code(http(400)), Code::FailedPrecondition);
+        assert_eq!(code(http(500)), Code::Unavailable);
+        assert_eq!(
+            code(CaError::Expired {
+                action: "renew",
+                subject: "guest-1".into(),
+                serial: "0a".into(),
+                not_after: "2026-01-01".into(),
+            }),
+            Code::FailedPrecondition
+        );
+    }
+
+    #[tokio::test]
+    async fn a_ca_nobody_listens_for_is_unavailable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // RFC 7515 appendix A.3's P-256 key: a provisioner key that loads.
+        let jwk = dir.path().join("jwk");
+        std::fs::write(
+            &jwk,
+            r#"{"kty":"EC","crv":"P-256",
+            "x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+            "y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0",
+            "d":"jpsQnnGQmL-YBIffH1136cspYG6-0iY7X1fCE9-E9LI"}"#,
+        )
+        .expect("write jwk");
+        // Port 1 on loopback: nothing listens, the connection is refused at once.
+        let err = StepCa::connect(&StepCaConfig {
+            url: "https://127.0.0.1:1".into(),
+            fingerprint: "00".repeat(32),
+            provisioner: "p".into(),
+            key: ProvisionerKeySource::Jwk(jwk),
+        })
+        .await
+        .expect_err("nothing listens");
+        assert!(
+            matches!(
+                err,
+                CaError::Unreachable {
+                    action: "bootstrap",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let status = Status::from(RpcError::Ca(err));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(
+            status.message().contains("https://127.0.0.1:1/root/"),
+            "{status:?}"
+        );
     }
 }

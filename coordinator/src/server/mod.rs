@@ -13,10 +13,11 @@ pub use error::RpcError;
 
 use crate::store::{RedbStore, Store, StoreError};
 use hub::Hub;
-use phoenix_pki::embedded::EmbeddedCa;
-use phoenix_pki::fsutil::write_atomic;
+use phoenix_ca::embedded::EmbeddedCa;
+use phoenix_ca::{CaError, CertAuthority, IssueRequest};
+use phoenix_pki::statedir::write_atomic;
 use phoenix_pki::tls::{Identity, IdentityStore, TlsSetupError, TrustStore};
-use phoenix_pki::{CaError, CertAuthority, IssueRequest, San, keys};
+use phoenix_pki::{San, keys};
 use phoenix_proto::MAX_MESSAGE_BYTES;
 use phoenix_proto::model::{GuestId, TrustDomain};
 use phoenix_proto::v1;
@@ -118,8 +119,9 @@ impl Coordinator {
         let roots =
             phoenix_pki::x509::parse_chain(&self.trust.pem(), "trust bundle").map_err(|e| {
                 RpcError::Ca(CaError::BadAnswer {
-                    action: "read roots",
-                    reason: e.to_string(),
+                    ca: self.ca.name().to_string(),
+                    action: "list roots",
+                    source: Box::new(e.into()),
                 })
             })?;
         // The last root is the one agents pin; a bundle in transition lists the new root first.

@@ -9,8 +9,9 @@
 //!
 //! Run: `cargo run --release -p phoenix-tests --bin bench_stepca -- [N=1000] [CONCURRENCY=8]`
 
-use phoenix_pki::stepca::{ProvisionerKeySource, StepCa, StepCaConfig};
-use phoenix_pki::{CertAuthority, IssueRequest, San, keys};
+use phoenix_ca::stepca::{ProvisionerKeySource, StepCa, StepCaConfig};
+use phoenix_ca::{CertAuthority, IssueRequest};
+use phoenix_pki::{San, keys};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -2,36 +2,9 @@
 //! identity may be (SANs, lifetime) and a `CertAuthority` signs it. The embedded rcgen CA
 //! and the Step-CA client both implement it, chosen in the coordinator's config.
 
-use std::net::IpAddr;
+use crate::CaError;
+use phoenix_pki::San;
 use std::time::{Duration, SystemTime};
-
-/// A subject alternative name the RA grants.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum San {
-    Dns(String),
-    Ip(IpAddr),
-    Uri(String),
-}
-
-impl San {
-    /// `10.0.0.1` → Ip, anything else → Dns.
-    pub fn host(s: &str) -> San {
-        match s.parse::<IpAddr>() {
-            Ok(ip) => San::Ip(ip),
-            Err(_) => San::Dns(s.to_string()),
-        }
-    }
-}
-
-impl std::fmt::Display for San {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            San::Dns(d) => write!(f, "DNS:{d}"),
-            San::Ip(i) => write!(f, "IP:{i}"),
-            San::Uri(u) => write!(f, "URI:{u}"),
-        }
-    }
-}
 
 /// What the RA asks the CA to sign. The CSR proves possession of the key; its own
 /// subject and SANs are ignored in favour of these.
@@ -53,30 +26,6 @@ pub struct Issued {
     pub not_after: SystemTime,
     /// Hex serial of the leaf.
     pub serial: String,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum CaError {
-    #[error("parse certificate signing request: {0}")]
-    Csr(String),
-    #[error("sign certificate for {subject}: {reason}")]
-    Sign { subject: String, reason: String },
-    #[error("reach CA at {url}: {reason}")]
-    Unreachable { url: String, reason: String },
-    #[error("CA at {url} refused {action} (HTTP {status}): {message}")]
-    Refused {
-        url: String,
-        action: &'static str,
-        status: u16,
-        message: String,
-    },
-    #[error("load CA material from {path}: {reason}")]
-    Load { path: String, reason: String },
-    #[error("CA answer for {action}: {reason}")]
-    BadAnswer {
-        action: &'static str,
-        reason: String,
-    },
 }
 
 #[async_trait::async_trait]

@@ -1,45 +1,33 @@
-//! Crash-safe writes that root can do in directories other accounts can write to.
+//! The agent's reads and writes of host files named in the desired state, confined beneath
+//! the roots the operator allowed (e.g. `/srv`, `/etc/phoenix`).
 //!
-//! A reader sees the old file or the new one, never a torn one (temp file, fsync, rename,
-//! fsync of the directory). Every path is resolved fd-relative beneath an allowed root:
-//! each directory below the root is opened with `openat2(RESOLVE_BENEATH |
-//! RESOLVE_NO_SYMLINKS)`, so a link planted anywhere below the root (a parent directory,
-//! the temp name, the target) is refused with [`FsError::Symlink`], and a directory swapped
-//! for a link after it was checked cannot redirect the write: the directory fd already
-//! opened is the one written in. The temp file has a random name and is created with
-//! `O_EXCL | O_NOFOLLOW`, owner and mode are set on its fd, and `renameat` replaces the
-//! target name itself (a link there is replaced, never followed).
+//! Every path is resolved fd-relative beneath its root: each directory below the root is
+//! opened with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, so a link planted anywhere
+//! below the root (a parent directory, the temp name, the target) is refused with
+//! [`FsError::Symlink`], and a directory swapped for a link after it was checked cannot
+//! redirect the write: the directory fd already opened is the one written in. The write
+//! itself is pki's crash-safe [`atomic::replace_in`] in that directory fd.
 //!
-//! Limits: the root itself and its ancestors are trusted (operator policy, e.g. `/srv` or
-//! the agent's state directory); it is opened by path and created if missing. Kernels
-//! without `openat2` (before Linux 5.6, or a seccomp filter answering ENOSYS) fall back to
-//! `openat(O_NOFOLLOW)` one component at a time, which refuses the same links because no
-//! component is `..` or contains `/`.
+//! Limits: the root itself and its ancestors are trusted (operator policy); it is opened by
+//! path and created if missing. Kernels without `openat2` fall back to `openat(O_NOFOLLOW)`
+//! one component at a time, which refuses the same links because no component is `..` or
+//! contains `/`.
 
 use nix::errno::Errno;
-use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat, openat2, renameat};
+use nix::fcntl::OFlag;
 use nix::sys::stat::{Mode, SFlag, fstat, mkdirat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
-use std::ffi::{OsStr, OsString};
+use phoenix_pki::atomic::{self, WriteError, open_name};
+use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::OwnedFd;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
-/// Mode and ownership a written file ends up with; `None` leaves the owner as created.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FileAttrs {
-    pub mode: u32,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-}
+pub use phoenix_pki::atomic::FileAttrs;
 
 /// Mode of directories created below a root.
 const DIR_MODE: u32 = 0o755;
-/// Suffix of temp files; stale ones of the same target are removed by the next write.
-const TMP_SUFFIX: &str = ".phoenix-tmp";
 
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
@@ -60,6 +48,23 @@ pub enum FsError {
         #[source]
         source: io::Error,
     },
+}
+
+impl From<WriteError> for FsError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Symlink { link } => FsError::Symlink { link },
+            WriteError::Io {
+                action,
+                path,
+                source,
+            } => FsError::Io {
+                action,
+                path,
+                source,
+            },
+        }
+    }
 }
 
 impl From<FsError> for io::Error {
@@ -119,23 +124,6 @@ fn beneath<'a>(root: &Path, path: &'a Path) -> Result<(Vec<&'a OsStr>, &'a OsStr
     }
     let file = names.pop().ok_or_else(not_beneath)?;
     Ok((names, file))
-}
-
-/// Opens one name in `dir`, never following a link at it.
-fn open_name(dir: &OwnedFd, name: &OsStr, flags: OFlag, mode: Mode) -> nix::Result<OwnedFd> {
-    let flags = flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let how = OpenHow::new()
-        .flags(flags)
-        .mode(if flags.contains(OFlag::O_CREAT) {
-            mode
-        } else {
-            Mode::empty()
-        })
-        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
-    match openat2(dir, name, how) {
-        Err(Errno::ENOSYS) => openat(dir, name, flags, mode),
-        r => r,
-    }
 }
 
 /// Maps the errors that mean "a link or non-directory is in the way" to refusals.
@@ -276,23 +264,7 @@ pub fn set_attrs_beneath(root: &Path, path: &Path, attrs: FileAttrs) -> Result<(
             links: st.st_nlink,
         });
     }
-    set_attrs(&f, path, attrs)
-}
-
-fn set_attrs(f: &File, path: &Path, attrs: FileAttrs) -> Result<(), FsError> {
-    let io = |action| {
-        move |source| FsError::Io {
-            action,
-            path: path.to_path_buf(),
-            source,
-        }
-    };
-    if attrs.uid.is_some() || attrs.gid.is_some() {
-        std::os::unix::fs::fchown(f, attrs.uid, attrs.gid).map_err(io("chown"))?;
-    }
-    // After chown (which may clear setuid bits) and regardless of the umask.
-    f.set_permissions(std::fs::Permissions::from_mode(attrs.mode))
-        .map_err(io("chmod"))
+    Ok(atomic::set_attrs(&f, path, attrs)?)
 }
 
 /// Removes the name `path` beneath `root` (a link there is removed, not followed).
@@ -309,42 +281,9 @@ pub fn remove_beneath(root: &Path, path: &Path) -> Result<bool, FsError> {
     }
 }
 
-fn temp_name(name: &OsStr) -> OsString {
-    let mut t = OsString::from(".");
-    t.push(name);
-    t.push(format!(".{:016x}{TMP_SUFFIX}", rand::random::<u64>()));
-    t
-}
-
-/// Removes temp files a killed earlier write of `name` left in `dir` (including the
-/// predictable name older builds used). `unlinkat` removes links without following them.
-fn remove_stale_temps(dir: &OwnedFd, name: &OsStr) {
-    let mut prefix = b".".to_vec();
-    prefix.extend_from_slice(name.as_bytes());
-    prefix.push(b'.');
-    let Ok(dup) = dir.try_clone() else { return };
-    let Ok(mut d) = nix::dir::Dir::from_fd(dup) else {
-        return;
-    };
-    let stale: Vec<_> = d
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|e| {
-            let n = e.file_name().to_bytes();
-            n.starts_with(&prefix) && n.ends_with(TMP_SUFFIX.as_bytes())
-        })
-        .map(|e| e.file_name().to_owned())
-        .collect();
-    for n in stale {
-        let _ = unlinkat(dir, n.as_c_str(), UnlinkatFlags::NoRemoveDir);
-    }
-}
-
-/// Writes `bytes` to `path` beneath `root`: temp file with a random name created
-/// exclusively in the parent directory's fd, owner and mode set on its fd, write, fsync,
-/// `renameat` over the target in the same directory, fsync of the directory. Owner and
-/// mode are right before the name appears, so a key is never briefly readable by the wrong
-/// user. `create_dirs`: create the root and missing directories below it (0755).
+/// Writes `bytes` to `path` beneath `root` with [`atomic::replace_in`] in the parent
+/// directory's fd, so owner and mode are right before the name appears.
+/// `create_dirs`: create the root and missing directories below it (0755).
 pub fn write_beneath(
     root: &Path,
     path: &Path,
@@ -353,76 +292,14 @@ pub fn write_beneath(
     create_dirs: bool,
 ) -> Result<(), FsError> {
     let (names, name) = beneath(root, path)?;
-    let parent = path.parent().unwrap_or(root);
     let Some((dir, _)) = open_dir(root, &names, create_dirs)? else {
         return Err(FsError::Io {
             action: "open directory",
-            path: parent.to_path_buf(),
+            path: path.parent().unwrap_or(root).to_path_buf(),
             source: io::ErrorKind::NotFound.into(),
         });
     };
-    remove_stale_temps(&dir, name);
-    let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL;
-    let mut attempt = 0;
-    let (tmp, fd) = loop {
-        let tmp = temp_name(name);
-        match open_name(&dir, &tmp, flags, Mode::from_bits_truncate(0o600)) {
-            Ok(fd) => break (tmp, fd),
-            // Someone planted this exact random name; pick another.
-            Err(Errno::EEXIST | Errno::ELOOP) if attempt < 8 => attempt += 1,
-            Err(e) => return Err(refusal(e, "create temp file in", parent)),
-        }
-    };
-    let result = (|| {
-        let mut f = File::from(fd);
-        set_attrs(&f, path, attrs)?;
-        let io = |action| {
-            move |source| FsError::Io {
-                action,
-                path: path.to_path_buf(),
-                source,
-            }
-        };
-        f.write_all(bytes).map_err(io("write"))?;
-        f.sync_all().map_err(io("fsync"))?;
-        renameat(&dir, tmp.as_os_str(), &dir, name).map_err(sys("rename temp file to", path))?;
-        nix::unistd::fsync(&dir).map_err(sys("fsync directory", parent))
-    })();
-    if result.is_err() {
-        let _ = unlinkat(&dir, tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);
-    }
-    result
-}
-
-/// [`write_beneath`] for a file directly inside a directory the caller owns (state and CA
-/// directories): the parent is the root and must exist.
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let attrs = FileAttrs {
-        mode,
-        uid: None,
-        gid: None,
-    };
-    Ok(write_beneath(dir, path, bytes, attrs, false)?)
-}
-
-/// A private key or token: 0600, atomically.
-pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    write_atomic(path, bytes, 0o600)
-}
-
-/// Creates `dir` (and parents) and forces `mode` on the leaf directory through its fd,
-/// refusing a link at the leaf.
-pub fn ensure_dir(dir: &Path, mode: u32) -> io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let fd = nix::fcntl::open(dir, flags, Mode::empty()).map_err(|e| match e {
-        Errno::ELOOP => io::Error::from(FsError::Symlink {
-            link: dir.to_path_buf(),
-        }),
-        e => io::Error::from(e),
-    })?;
-    File::from(fd).set_permissions(std::fs::Permissions::from_mode(mode))
+    Ok(atomic::replace_in(&dir, name, path, bytes, attrs)?)
 }
 
 #[cfg(test)]

@@ -2,15 +2,15 @@
 //! coordinator's state directory (key 0600). It signs every identity directly (no
 //! intermediate): fine for a homelab, and Step-CA is there when more is wanted.
 
-use crate::authority::{CaError, CertAuthority, IssueRequest, Issued};
-use crate::fsutil::{write_atomic, write_private};
-use crate::keys::san_type;
-use crate::x509;
+use crate::{CaError, CertAuthority, IssueRequest, Issued};
+use phoenix_pki::keys::san_type;
+use phoenix_pki::statedir::{ensure_dir, write_atomic, write_private};
+use phoenix_pki::x509;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 use time::OffsetDateTime;
 
@@ -32,34 +32,36 @@ pub struct EmbeddedCa {
 impl EmbeddedCa {
     /// Loads `dir/ca.crt` + `dir/ca.key`, or creates them on first start.
     pub fn load_or_create(dir: &Path, name: &str) -> Result<Self, CaError> {
-        crate::fsutil::ensure_dir(dir, 0o700).map_err(|e| CaError::Load {
-            path: dir.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let io = |action: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| CaError::Io {
+                action,
+                path,
+                source,
+            }
+        };
+        let material = |action: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| CaError::Material {
+                action,
+                path,
+                source,
+            }
+        };
+        ensure_dir(dir, 0o700).map_err(io("create CA directory", dir))?;
         let cert_path = dir.join("ca.crt");
         let key_path = dir.join("ca.key");
         if cert_path.exists() {
-            let load = |p: &PathBuf| {
-                std::fs::read_to_string(p).map_err(|e| CaError::Load {
-                    path: p.display().to_string(),
-                    reason: e.to_string(),
-                })
-            };
-            let root_pem = load(&cert_path)?;
-            let key = KeyPair::from_pem(&load(&key_path)?).map_err(|e| CaError::Load {
-                path: key_path.display().to_string(),
-                reason: e.to_string(),
-            })?;
-            let issuer = Issuer::from_ca_cert_pem(&root_pem, key).map_err(|e| CaError::Load {
-                path: cert_path.display().to_string(),
-                reason: e.to_string(),
-            })?;
+            let root_pem = std::fs::read_to_string(&cert_path)
+                .map_err(io("read CA certificate", &cert_path))?;
+            let key_pem =
+                std::fs::read_to_string(&key_path).map_err(io("read CA key", &key_path))?;
+            let key = KeyPair::from_pem(&key_pem).map_err(material("parse CA key", &key_path))?;
+            let issuer = Issuer::from_ca_cert_pem(&root_pem, key)
+                .map_err(material("use CA certificate", &cert_path))?;
             return Ok(EmbeddedCa { root_pem, issuer });
         }
-        let key = KeyPair::generate().map_err(|e| CaError::Load {
-            path: key_path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let key = KeyPair::generate().map_err(material("generate CA key for", &key_path))?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, format!("{name} root CA"));
@@ -73,19 +75,14 @@ impl EmbeddedCa {
         let now = SystemTime::now();
         params.not_before = OffsetDateTime::from(now - BACKDATE);
         params.not_after = OffsetDateTime::from(now + ROOT_LIFETIME);
-        let cert = params.self_signed(&key).map_err(|e| CaError::Sign {
-            subject: "root CA".into(),
-            reason: e.to_string(),
-        })?;
-        let write_err = |p: &Path, e: std::io::Error| CaError::Load {
-            path: p.display().to_string(),
-            reason: e.to_string(),
-        };
+        let cert = params
+            .self_signed(&key)
+            .map_err(material("self-sign CA certificate", &cert_path))?;
         write_private(&key_path, key.serialize_pem().as_bytes())
-            .map_err(|e| write_err(&key_path, e))?;
+            .map_err(io("write CA key", &key_path))?;
         let root_pem = cert.pem();
         write_atomic(&cert_path, root_pem.as_bytes(), 0o644)
-            .map_err(|e| write_err(&cert_path, e))?;
+            .map_err(io("write CA certificate", &cert_path))?;
         let issuer = Issuer::new(params, key);
         Ok(EmbeddedCa { root_pem, issuer })
     }
@@ -102,12 +99,12 @@ impl CertAuthority for EmbeddedCa {
     }
 
     async fn issue(&self, req: IssueRequest) -> Result<Issued, CaError> {
-        let csr = CertificateSigningRequestParams::from_pem(&req.csr_pem)
-            .map_err(|e| CaError::Csr(e.to_string()))?;
-        let sign_err = |reason: String| CaError::Sign {
-            subject: req.common_name.clone(),
-            reason,
-        };
+        let csr = CertificateSigningRequestParams::from_pem(&req.csr_pem).map_err(|source| {
+            CaError::Csr {
+                subject: req.common_name.clone(),
+                source,
+            }
+        })?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, req.common_name.as_str());
@@ -115,9 +112,9 @@ impl CertAuthority for EmbeddedCa {
         params.subject_alt_names = req
             .sans
             .iter()
-            .map(san_type)
+            .map(|san| san_type(&req.common_name, san))
             .collect::<Result<_, _>>()
-            .map_err(sign_err)?;
+            .map_err(CaError::Grant)?;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
@@ -133,8 +130,16 @@ impl CertAuthority for EmbeddedCa {
         params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
         let cert = params
             .signed_by(&csr.public_key, &self.issuer)
-            .map_err(|e| sign_err(e.to_string()))?;
-        let info = x509::inspect(cert.der()).map_err(|e| sign_err(e.to_string()))?;
+            .map_err(|source| CaError::Sign {
+                subject: req.common_name.clone(),
+                source,
+            })?;
+        // rcgen wrote these; read them back rather than trusting the params.
+        let info = x509::inspect(cert.der()).map_err(|source| CaError::BadAnswer {
+            ca: "embedded".into(),
+            action: "sign",
+            source: Box::new(source.into()),
+        })?;
         Ok(Issued {
             chain_pem: cert.pem(),
             roots_pem: self.root_pem.clone(),
@@ -151,7 +156,7 @@ impl CertAuthority for EmbeddedCa {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{San, keys};
+    use phoenix_pki::{San, keys};
 
     #[tokio::test]
     async fn issues_only_the_granted_sans() {
@@ -191,5 +196,36 @@ mod tests {
         // Reload keeps the same root.
         let again = EmbeddedCa::load_or_create(dir.path(), "test").expect("reload");
         assert_eq!(again.root_pem(), ca.root_pem());
+    }
+
+    #[tokio::test]
+    async fn a_garbled_csr_and_an_invalid_grant_name_the_subject() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = EmbeddedCa::load_or_create(dir.path(), "test").expect("ca");
+        let req = |csr_pem: String, san: &str| IssueRequest {
+            csr_pem,
+            common_name: "guest-7".into(),
+            sans: vec![San::Dns(san.into())],
+            ttl: Duration::from_secs(60),
+        };
+        let err = ca
+            .issue(req("not a CSR".into(), "ok.lab"))
+            .await
+            .expect_err("garbled CSR");
+        assert!(
+            matches!(err, CaError::Csr { ref subject, .. } if subject == "guest-7"),
+            "{err}"
+        );
+        let csr = keys::csr(&keys::generate().expect("key"), "guest-7", &[]).expect("csr");
+        let err = ca
+            .issue(req(csr, "bäd.lab"))
+            .await
+            .expect_err("unencodable DNS name");
+        assert!(matches!(err, CaError::Grant(_)), "{err}");
+        assert!(
+            err.to_string()
+                .contains("certificate for guest-7: DNS:bäd.lab"),
+            "{err}"
+        );
     }
 }

@@ -1,6 +1,6 @@
 use super::*;
 use std::fs;
-use std::os::unix::fs::{MetadataExt, symlink};
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 
 const VICTIM: &[u8] = b"root:secret-hash:19000:0:99999:7:::\n";
 
@@ -208,21 +208,4 @@ fn root_of_picks_the_longest_root() {
     );
     assert_eq!(root_of(&roots, Path::new("/srv")), None);
     assert_eq!(root_of(&roots, Path::new("/etc/x")), None);
-}
-
-#[test]
-fn write_atomic_and_ensure_dir_keep_their_contract() {
-    let fx = fixture();
-    let d = fx.root.join("state");
-    ensure_dir(&d, 0o700).expect("ensure");
-    assert_eq!(fs::metadata(&d).expect("stat").mode() & 0o7777, 0o700);
-    write_private(&d.join("key"), b"k").expect("write");
-    assert_eq!(
-        fs::metadata(d.join("key")).expect("stat").mode() & 0o7777,
-        0o600
-    );
-    let link = fx.root.join("linkdir");
-    symlink(&d, &link).expect("plant");
-    assert!(ensure_dir(&link, 0o777).is_err());
-    assert_eq!(fs::metadata(&d).expect("stat").mode() & 0o7777, 0o700);
 }

@@ -1,12 +1,13 @@
 //! The Step-CA client against a real step-ca (0.19, started by tests/setup/10-stepca.sh;
-//! run with `tests/run-all.sh`, or source that setup and run `cargo test -p phoenix-pki
+//! run with `tests/run-all.sh`, or source that setup and run `cargo test -p phoenix-ca
 //! --test stepca`). Without the CA these tests print `SKIPPED` and pass, unless
 //! PHOENIX_REQUIRE_ALL=1, where they fail.
 
-use phoenix_pki::stepca::{
+use phoenix_ca::stepca::{
     ProvisionerKey, ProvisionerKeySource, RevokeAuth, StepCa, StepCaConfig, TokenRequest,
 };
-use phoenix_pki::{CaError, CertAuthority, IssueRequest, San, keys, tls, x509};
+use phoenix_ca::{CaError, CertAuthority, IssueRequest};
+use phoenix_pki::{San, keys, tls, x509};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Command;
@@ -155,13 +156,20 @@ fn spki(chain_pem: &str) -> Vec<u8> {
     cert.public_key().raw.to_vec()
 }
 
+/// The CA answered `want_action` with `want_status`, reported as the variant that status
+/// means (401/403 denied, any other 4xx refused).
 fn assert_refused(err: CaError, want_action: &str, want_status: u16) {
-    match err {
-        CaError::Refused { action, status, .. } => {
-            assert_eq!((action, status), (want_action, want_status), "refusal");
-        }
+    let got = match &err {
+        CaError::Denied { action, status, .. } => ("denied", *action, *status),
+        CaError::Refused { action, status, .. } => ("refused", *action, *status),
         other => panic!("expected the CA to refuse {want_action}, got: {other}"),
-    }
+    };
+    let kind = if matches!(want_status, 401 | 403) {
+        "denied"
+    } else {
+        "refused"
+    };
+    assert_eq!(got, (kind, want_action, want_status), "{err}");
 }
 
 #[tokio::test]
@@ -441,7 +449,11 @@ async fn an_expired_certificate_renews_with_an_x5c_token() {
     // An expired cert cannot authenticate over mTLS; the client says so instead of
     // reporting the closed connection step-ca's TLS 1.3 rejection looks like.
     match ca.renew(&chain, &key).await {
-        Err(CaError::Sign { reason, .. }) => assert!(reason.contains("expired"), "{reason}"),
+        Err(CaError::Expired {
+            action: "renew",
+            serial,
+            ..
+        }) => assert_eq!(serial, old.serial_hex),
         other => panic!("expected a refusal to present an expired cert, got {other:?}"),
     }
     let renewed = ca
@@ -484,15 +496,15 @@ async fn a_stopped_ca_fails_cleanly_and_signing_resumes_after_restart() {
     // The first call may hit the pooled connection the CA just closed; either way the
     // error names the CA and the cause.
     match &err {
-        CaError::Unreachable { url, reason } => {
+        CaError::Unreachable { url, action, .. } => {
             assert!(url.starts_with(&env.get("URL")), "{url}");
-            assert!(!reason.is_empty());
+            assert_eq!(*action, "sign");
         }
         other => panic!("expected Unreachable, got {other}"),
     }
     match ca.renew(&chain, &key).await {
-        Err(CaError::Unreachable { reason, .. }) => {
-            assert!(reason.contains("onnection refused"), "{reason}")
+        Err(e @ CaError::Unreachable { .. }) => {
+            assert!(e.to_string().contains("onnection refused"), "{e}")
         }
         other => panic!("expected connection refused, got {other:?}"),
     }
