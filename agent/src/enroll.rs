@@ -1,6 +1,8 @@
 //! `phoenix-agent join <token>`: make a key here, send only a CSR, pin the coordinator by
 //! the CA fingerprint in the token, check what comes back, then persist the identity.
 
+use crate::runtime::backoff::Backoff;
+use crate::runtime::policy::{self, Call, Verdict};
 use crate::state::{Enrollment, StateDir, StateError};
 use phoenix_pki::tls::{self, TrustStore};
 use phoenix_pki::transport::{self, ChannelOptions};
@@ -9,6 +11,11 @@ use phoenix_proto::MAX_MESSAGE_BYTES;
 use phoenix_proto::model::GuestId;
 use phoenix_proto::token::JoinToken;
 use phoenix_proto::v1;
+
+/// A coordinator briefly away (restarting, overloaded) is waited for, a refusal is not.
+const ENROLL_ATTEMPTS: u32 = 5;
+const ENROLL_RETRY_BASE: std::time::Duration = std::time::Duration::from_secs(1);
+const ENROLL_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(8);
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollError {
@@ -100,17 +107,40 @@ pub async fn join(
     let mut client = v1::agent_client::AgentClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let mut req = tonic::Request::new(v1::EnrollRequest {
-        token: token.encode(),
-        guest_id: guest.get(),
-        csr_pem: csr,
-    });
-    req.set_timeout(std::time::Duration::from_secs(30));
-    let resp = client
-        .enroll(req)
-        .await
-        .map_err(|s| EnrollError::Refused(s.message().to_string()))?
-        .into_inner();
+    let mut backoff = Backoff::new(ENROLL_RETRY_BASE, ENROLL_RETRY_MAX);
+    let resp = loop {
+        let mut req = tonic::Request::new(v1::EnrollRequest {
+            token: token.encode(),
+            guest_id: guest.get(),
+            csr_pem: csr.clone(),
+        });
+        req.set_timeout(std::time::Duration::from_secs(30));
+        let status = match client.enroll(req).await {
+            Ok(r) => break r.into_inner(),
+            Err(s) => s,
+        };
+        match policy::classify(Call::Enroll, status.code(), Some(guest)) {
+            // The coordinator's refusals name their remedy ("create a new one"); the
+            // policy's advice stands in when a bare code came back.
+            Verdict::Fatal { advice } if status.message().is_empty() => {
+                return Err(EnrollError::Refused(advice));
+            }
+            Verdict::Fatal { .. } => {
+                return Err(EnrollError::Refused(status.message().to_string()));
+            }
+            Verdict::Retry if backoff.attempt() < ENROLL_ATTEMPTS - 1 => {
+                let wait = backoff.next_delay();
+                tracing::warn!(error = %status, retry_in = ?wait, "enrollment failed; retrying");
+                tokio::time::sleep(wait).await;
+            }
+            Verdict::Retry => {
+                return Err(EnrollError::Refused(format!(
+                    "{} (gave up after {ENROLL_ATTEMPTS} attempts; the token stays usable, run join again)",
+                    status.message()
+                )));
+            }
+        }
+    };
 
     // The bundle must still contain the root we pinned, and our new cert must verify
     // against it and name exactly this guest.

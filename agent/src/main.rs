@@ -1,7 +1,7 @@
 use clap::{Parser, Subcommand};
 use phoenix_agent::certs::SessionSigner;
 use phoenix_agent::host::{self, HostOptions};
-use phoenix_agent::reconcile::Engine;
+use phoenix_agent::reconcile::{Engine, Stop, Trigger};
 use phoenix_agent::runtime::{self, Options};
 use phoenix_agent::state::StateDir;
 use phoenix_proto::model::{DesiredState, GuestId, GuestSpec, Status};
@@ -54,6 +54,9 @@ enum Command {
         /// Cap of the reconnect backoff (seconds).
         #[arg(long, default_value_t = 30)]
         backoff_max: u64,
+        /// On SIGTERM/SIGINT, wait this long for the pass in progress (seconds).
+        #[arg(long, default_value_t = 80)]
+        shutdown_deadline: u64,
     },
     /// Converge a local spec file once, without a coordinator.
     Apply {
@@ -99,16 +102,37 @@ fn main() -> ExitCode {
         .worker_threads(2)
         .enable_all()
         .build();
-    let result = rt
-        .map_err(MainError::Runtime)
-        .and_then(|rt| rt.block_on(run(cli)));
-    match result {
+    let rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {}", MainError::Runtime(e));
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(cli)) {
         Ok(code) => code,
+        Err(e @ MainError::Run(runtime::RunError::PassStillRunning(_))) => {
+            eprintln!("error: {e}");
+            // Dropping the runtime would drop the pass, and with it kill the apt or dpkg
+            // it runs; leave without running destructors instead.
+            std::process::exit(1)
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(1)
         }
     }
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {},
+    }
+    tracing::info!("signal received: stopping after the resource in progress");
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, MainError> {
@@ -126,6 +150,7 @@ async fn run(cli: Cli) -> Result<ExitCode, MainError> {
             policy,
             drift_interval,
             backoff_max,
+            shutdown_deadline,
         } => {
             let signer = SessionSigner::default();
             let engine = Arc::new(Engine::new(host::handlers(&HostOptions {
@@ -133,20 +158,13 @@ async fn run(cli: Cli) -> Result<ExitCode, MainError> {
                 signer: signer.clone(),
                 state_dir: cli.state_dir.clone(),
             })));
-            let opts = Options {
-                drift_interval: Duration::from_secs(drift_interval.max(1)),
+            let mut opts = Options {
                 backoff_max: Duration::from_secs(backoff_max.max(1)),
+                shutdown_deadline: Duration::from_secs(shutdown_deadline),
                 ..Options::default()
             };
-            let shutdown = async {
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {},
-                    _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {},
-                }
-            };
-            runtime::run(state, engine, signer, opts, shutdown).await?;
+            opts.passes.drift_interval = Duration::from_secs(drift_interval.max(1));
+            runtime::run(state, engine, signer, opts, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Apply {
@@ -173,9 +191,22 @@ async fn run(cli: Cli) -> Result<ExitCode, MainError> {
                 signer: SessionSigner::default(),
                 state_dir: cli.state_dir.clone(),
             }));
+            // A signal stops the pass between resources, as in `run`.
+            let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flag = stopping.clone();
+            let signals = tokio::spawn(async move {
+                shutdown_signal().await;
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            });
+            let stop = move || {
+                stopping
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                    .then_some(Stop::ShuttingDown)
+            };
             let report = engine
-                .run(&DesiredState::new(1, spec, dry_run), "local", &|| None)
+                .run(&DesiredState::new(1, spec, dry_run), Trigger::Local, &stop)
                 .await;
+            signals.abort();
             if json {
                 println!(
                     "{}",

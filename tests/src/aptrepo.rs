@@ -63,6 +63,11 @@ impl Repo {
     /// Builds `packages` as (name, version) pairs, all `Architecture: all`; each installs
     /// `/usr/share/<name>/version` containing its version.
     pub fn build(packages: &[(&str, &str)]) -> Repo {
+        Self::build_with_postinst(packages, &[])
+    }
+
+    /// As `build`; the packages named in `postinst` get that script as their postinst.
+    pub fn build_with_postinst(packages: &[(&str, &str)], postinst: &[(&str, &str)]) -> Repo {
         let dir = tempfile::tempdir().expect("repo dir");
         let build = tempfile::tempdir().expect("build dir");
         for (name, version) in packages {
@@ -76,6 +81,11 @@ impl Repo {
                 ),
             )
             .expect("write control");
+            if let Some((_, script)) = postinst.iter().find(|(n, _)| n == name) {
+                let path = root.join("DEBIAN/postinst");
+                std::fs::write(&path, script).expect("write postinst");
+                run(Command::new("chmod").arg("0755").arg(&path));
+            }
             std::fs::write(root.join("usr/share").join(name).join("version"), version)
                 .expect("write payload");
             let deb = dir.path().join(format!("{name}_{version}_all.deb"));

@@ -2,11 +2,13 @@
 //! directories and kills what it started when dropped, also when a test fails.
 
 pub mod aptrepo;
+pub mod etcd;
 pub mod guest;
 pub mod raw;
 pub mod spine;
 pub mod stacks;
 pub mod stepca;
+pub mod store_checks;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -159,10 +159,21 @@ impl Drop for Teardown {
     }
 }
 
-/// Counts the calls that change the engine, passing everything to the real engine.
+/// What the next `start_container` does instead of starting.
+#[derive(Debug, Clone)]
+pub enum StartFault {
+    /// Never returns, as a start the agent is killed in the middle of.
+    Hang,
+    /// Fails with this daemon message (HTTP 500), once.
+    Fail(String),
+}
+
+/// Counts the calls that change the engine, passing everything to the real engine
+/// (except a `StartFault` a test injects).
 pub struct CountingEngine {
     inner: Arc<dyn ContainerEngine>,
     calls: Mutex<Vec<String>>,
+    start_fault: Mutex<Option<StartFault>>,
 }
 
 impl CountingEngine {
@@ -170,7 +181,12 @@ impl CountingEngine {
         Arc::new(CountingEngine {
             inner,
             calls: Mutex::new(Vec::new()),
+            start_fault: Mutex::new(None),
         })
+    }
+
+    pub fn fault_next_start(&self, fault: StartFault) {
+        *self.start_fault.lock().unwrap_or_else(|e| e.into_inner()) = Some(fault);
     }
 
     /// The mutating calls so far ("create_container s-api-1", …), and resets the log.
@@ -254,7 +270,23 @@ impl ContainerEngine for CountingEngine {
     }
     async fn start_container(&self, id: &str) -> Result<(), EngineError> {
         self.note("start_container", id);
-        self.inner.start_container(id).await
+        let fault = self
+            .start_fault
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        match fault {
+            None => self.inner.start_container(id).await,
+            Some(StartFault::Hang) => std::future::pending().await,
+            Some(StartFault::Fail(message)) => Err(EngineError::Docker {
+                action: "start container",
+                object: id.to_string(),
+                source: bollard::errors::Error::DockerResponseServerError {
+                    status_code: 500,
+                    message,
+                },
+            }),
+        }
     }
     async fn stop_container(&self, id: &str) -> Result<(), EngineError> {
         self.note("stop_container", id);

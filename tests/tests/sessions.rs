@@ -526,6 +526,7 @@ async fn a_revoke_while_the_ca_signs_a_renewal_is_not_undone() {
     let addr = listener.local_addr().expect("addr").to_string();
     let cfg = server::Config {
         state_dir: tmp.path().join("state"),
+        etcd: None,
         listen: listener.local_addr().expect("addr"),
         advertise: None,
         trust_domain: phoenix_proto::model::TrustDomain::try_from("phoenix.lab".to_string())

@@ -6,8 +6,9 @@
 
 use phoenix_agent::stacks::StackConverger;
 use phoenix_agent::stacks::engine::ContainerEngine;
+use phoenix_proto::model::StackSpec;
 use phoenix_tests::stacks::{
-    CountingEngine, DockerEnv, FOUR_SERVICES, Pass, Teardown, owner_key, pass, project,
+    CountingEngine, DockerEnv, FOUR_SERVICES, Pass, StartFault, Teardown, owner_key, pass, project,
     sample_spec, spec,
 };
 use std::collections::BTreeMap;
@@ -386,6 +387,133 @@ async fn failed_recreate_puts_the_previous_container_back() {
     no_rb.rollback_on_failure = false;
     let e = pass(&conv, &no_rb, false).await.unwrap_err();
     assert!(e.contains("was not restored"), "{e}");
+}
+
+/// The one-service stack of the rollback tests; `${CMD}` decides whether it can start.
+const ROLLBACK_STACK: &str = "services:\n  app:\n    image: \"${IMAGE}\"\n    init: true\n    command: [\"${CMD}\", \"100000\"]\n    ports: [\"127.0.0.1::80\"]\n";
+
+fn names(m: &BTreeMap<String, (String, String, String)>) -> Vec<&str> {
+    m.keys().map(String::as_str).collect()
+}
+
+/// `ROLLBACK_STACK` with `cmd`.
+fn rollback_spec(env: &DockerEnv, stack: &str, cmd: &str) -> StackSpec {
+    spec(
+        stack,
+        ROLLBACK_STACK,
+        &[("IMAGE", &env.image), ("CMD", cmd)],
+    )
+}
+
+/// Asserts `<stack>-app-1` is the stack's only container, running, and `v`'s converged
+/// state; returns its ID.
+async fn only_app_running(
+    env: &DockerEnv,
+    conv: &StackConverger,
+    stack: &str,
+    v: &StackSpec,
+) -> String {
+    let name = format!("{stack}-app-1");
+    let c = env.containers(&format!("{stack}-"));
+    assert_eq!(names(&c), [name.as_str()]);
+    assert_eq!(c[&name].1, "running");
+    assert!(matches!(pass(conv, v, false).await.unwrap(), Pass::InSync));
+    c[&name].0.clone()
+}
+
+/// The agent killed while a recreate starts the replacement (old container stopped and
+/// renamed aside, new one created, never started): the next pass puts the old container
+/// back and keeps it as the rollback copy, instead of deleting it as an orphan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_recreate_keeps_the_set_aside_container_for_rollback() {
+    let Some(env) = DockerEnv::get() else { return };
+    let _lock = ENGINE.lock().await;
+    let stack = "phxaside";
+    let _down = Teardown {
+        env: env.clone(),
+        stack: stack.into(),
+        extra: vec![],
+    };
+    let (count, conv) = converger(&env);
+    let conv = Arc::new(conv);
+    let good = rollback_spec(&env, stack, "sleep");
+    pass(&conv, &good, false).await.unwrap();
+    let old_id = only_app_running(&env, &conv, stack, &good).await;
+
+    let bad = rollback_spec(&env, stack, "/no/such/binary");
+    count.fault_next_start(StartFault::Hang);
+    let interrupted = tokio::spawn({
+        let conv = conv.clone();
+        let bad = bad.clone();
+        async move { pass(&conv, &bad, false).await }
+    });
+    let env2 = env.clone();
+    let mid = tokio::task::spawn_blocking(move || {
+        phoenix_tests::wait_for(
+            Duration::from_secs(30),
+            "the replacement created beside the set-aside container",
+            || {
+                let c = env2.containers("phxaside-");
+                (c.len() == 2).then_some(c)
+            },
+        )
+    })
+    .await
+    .unwrap();
+    // What a SIGKILL of the agent does to the pass.
+    interrupted.abort();
+    assert!(interrupted.await.is_err(), "the pass was cut off");
+    assert_eq!(
+        names(&mid),
+        ["phxaside-app-1", "phxaside-app-1-phoenix-old"]
+    );
+    assert_eq!(mid["phxaside-app-1-phoenix-old"].0, old_id);
+    assert_eq!(mid["phxaside-app-1"].1, "created");
+
+    // The next pass tries the broken spec again, and rolls back to the old container.
+    let e = pass(&conv, &bad, false).await.unwrap_err();
+    assert!(e.contains("the previous container was put back"), "{e}");
+    assert_eq!(
+        only_app_running(&env, &conv, stack, &good).await,
+        old_id,
+        "the original container"
+    );
+}
+
+/// dockerd killed mid-start can leave containerd holding the container's task: every
+/// start then fails with "task … already exists". The agent recreates such a container
+/// instead of failing every pass until someone runs `docker rm -f`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_with_a_stale_containerd_task_is_recreated() {
+    let Some(env) = DockerEnv::get() else { return };
+    let _lock = ENGINE.lock().await;
+    let stack = "phxstale";
+    let _down = Teardown {
+        env: env.clone(),
+        stack: stack.into(),
+        extra: vec![],
+    };
+    let (count, conv) = converger(&env);
+    let v = rollback_spec(&env, stack, "sleep");
+    pass(&conv, &v, false).await.unwrap();
+    let old_id = only_app_running(&env, &conv, stack, &v).await;
+    env.docker(&["stop", "-t", "1", "phxstale-app-1"]);
+    // The daemon's answer in that state (moby: "failed to create task … already exists").
+    count.fault_next_start(StartFault::Fail(format!(
+        "failed to create task for container: task {old_id}: already exists: unknown"
+    )));
+    let Pass::Applied { report, .. } = pass(&conv, &v, false).await.unwrap() else {
+        panic!("the stopped container was not started")
+    };
+    assert!(
+        report.contains("recreated (its containerd task was stale)"),
+        "{report}"
+    );
+    assert_ne!(
+        only_app_running(&env, &conv, stack, &v).await,
+        old_id,
+        "a new container"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -48,6 +48,14 @@ impl SessionSigner {
     pub fn set(&self, channel: Option<Channel>) {
         *self.channel.write().unwrap_or_else(|p| p.into_inner()) = channel;
     }
+
+    /// The open session's channel, if any.
+    pub fn current(&self) -> Option<Channel> {
+        self.channel
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 #[async_trait::async_trait]

@@ -3,12 +3,15 @@
 //!
 //! Guarantees: nothing is changed unless every resource validated; a resource whose
 //! `depends_on` failed or was skipped is skipped; one failure does not stop independent
-//! resources; passes never overlap (one lock); a newer desired state arriving mid-pass
-//! stops the pass between resources, the rest reported as skipped.
+//! resources; passes never overlap (one lock); a newer desired state arriving mid-pass,
+//! or a shutdown, stops the pass between resources (never inside one: an apt transaction
+//! or a container swap always finishes), the rest reported as skipped.
 
 pub mod handler;
+mod pass;
 
 pub use handler::{Check, Converge, PassContext, ResourceError};
+pub use pass::{Stop, Trigger};
 
 use phoenix_proto::model::{
     ApplyReport, AptSourceSpec, CertSpec, DesiredState, ExecSpec, FileSpec, PackageSpec, Resource,
@@ -138,13 +141,13 @@ impl Engine {
         }
     }
 
-    /// Runs one pass. `superseded` is polled between resources; when it returns a
-    /// revision, the pass stops there.
+    /// Runs one pass. `stop` is polled between resources; when it says why, the pass
+    /// stops there.
     pub async fn run(
         &self,
         desired: &DesiredState,
-        trigger: &str,
-        superseded: &(dyn Fn() -> Option<u64> + Send + Sync),
+        trigger: Trigger,
+        stop: &(dyn Fn() -> Option<Stop> + Send + Sync),
     ) -> ApplyReport {
         let _pass = self.lock.lock().await;
         let started = Instant::now();
@@ -210,12 +213,12 @@ impl Engine {
             let r = &spec.resources[i];
             let id = r.id();
             let t = Instant::now();
-            if let Some(rev) = superseded() {
+            if let Some(why) = stop() {
                 not_ok.insert(id.clone());
                 results.push(result(
                     &id,
                     Status::Skipped,
-                    format!("superseded by revision {rev}"),
+                    why.to_string(),
                     String::new(),
                     t,
                 ));
@@ -332,7 +335,7 @@ impl Engine {
     fn report(
         &self,
         desired: &DesiredState,
-        trigger: &str,
+        trigger: Trigger,
         results: Vec<ResourceResult>,
         started: Instant,
     ) -> ApplyReport {

@@ -69,7 +69,7 @@ fn statuses(r: &ApplyReport) -> Vec<(String, Status)> {
         .collect()
 }
 
-fn never() -> Option<u64> {
+fn never() -> Option<Stop> {
     None
 }
 
@@ -77,11 +77,15 @@ fn never() -> Option<u64> {
 async fn applies_in_order_then_is_idempotent() {
     let fake = Arc::new(FakeFiles::default());
     let engine = Engine::new(Handlers::files_only(fake.clone()));
-    let first = engine.run(&state(SPEC, false), "push", &never).await;
+    let first = engine
+        .run(&state(SPEC, false), Trigger::Push { revision: 1 }, &never)
+        .await;
     assert!(first.converged());
     assert_eq!(first.count(Status::Changed), 3);
     assert_eq!(*fake.applied.lock().expect("lock"), ["/a", "/b", "/c"]);
-    let second = engine.run(&state(SPEC, false), "drift", &never).await;
+    let second = engine
+        .run(&state(SPEC, false), Trigger::Drift, &never)
+        .await;
     assert_eq!(second.count(Status::Unchanged), 3);
     assert_eq!(
         fake.applied.lock().expect("lock").len(),
@@ -97,7 +101,9 @@ async fn failure_skips_dependents_but_not_independent_resources() {
         ..Default::default()
     });
     let engine = Engine::new(Handlers::files_only(fake.clone()));
-    let r = engine.run(&state(SPEC, false), "push", &never).await;
+    let r = engine
+        .run(&state(SPEC, false), Trigger::Push { revision: 1 }, &never)
+        .await;
     assert_eq!(
         statuses(&r),
         [
@@ -117,7 +123,9 @@ async fn one_invalid_resource_means_nothing_changes() {
         ..Default::default()
     });
     let engine = Engine::new(Handlers::files_only(fake.clone()));
-    let r = engine.run(&state(SPEC, false), "push", &never).await;
+    let r = engine
+        .run(&state(SPEC, false), Trigger::Push { revision: 1 }, &never)
+        .await;
     assert!(fake.applied.lock().expect("lock").is_empty());
     assert_eq!(r.count(Status::Failed), 1);
     assert_eq!(r.count(Status::Skipped), 2);
@@ -127,7 +135,9 @@ async fn one_invalid_resource_means_nothing_changes() {
 async fn dry_run_reports_changes_without_applying() {
     let fake = Arc::new(FakeFiles::default());
     let engine = Engine::new(Handlers::files_only(fake.clone()));
-    let r = engine.run(&state(SPEC, true), "push", &never).await;
+    let r = engine
+        .run(&state(SPEC, true), Trigger::Push { revision: 1 }, &never)
+        .await;
     assert!(r.dry_run);
     assert_eq!(r.count(Status::Changed), 3);
     assert!(fake.applied.lock().expect("lock").is_empty());
@@ -141,7 +151,9 @@ async fn unsupported_kind_refuses_the_whole_state() {
     let spec = r#"{"resources":[
         {"kind":"file","path":"/a","content":"1"},
         {"kind":"stack","name":"web","project":{"services":{"web":{"image":"x"}}}}]}"#;
-    let r = engine.run(&state(spec, false), "push", &never).await;
+    let r = engine
+        .run(&state(spec, false), Trigger::Push { revision: 1 }, &never)
+        .await;
     assert!(fake.applied.lock().expect("lock").is_empty());
     assert!(
         r.results
@@ -157,12 +169,50 @@ async fn newer_revision_stops_the_pass_between_resources() {
     let calls = std::sync::atomic::AtomicUsize::new(0);
     let superseded = move || {
         // Let the first resource through, then report revision 7 as waiting.
-        (calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 1).then_some(7)
+        (calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 1)
+            .then_some(Stop::Superseded(7))
     };
-    let r = engine.run(&state(SPEC, false), "push", &superseded).await;
+    let r = engine
+        .run(
+            &state(SPEC, false),
+            Trigger::Push { revision: 1 },
+            &superseded,
+        )
+        .await;
     assert_eq!(r.count(Status::Changed), 1);
     assert_eq!(r.count(Status::Skipped), 2);
     assert!(r.results[1].message.contains("superseded by revision 7"));
+}
+
+#[tokio::test]
+async fn shutdown_lets_the_resource_in_progress_finish_and_starts_no_other() {
+    let fake = Arc::new(FakeFiles::default());
+    let engine = Engine::new(Handlers::files_only(fake.clone()));
+    let stopping = std::sync::atomic::AtomicBool::new(false);
+    let seen = fake.clone();
+    let stop = move || {
+        // The signal arrives while /a is being written.
+        if !seen.applied.lock().expect("lock").is_empty() {
+            stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        stopping
+            .load(std::sync::atomic::Ordering::SeqCst)
+            .then_some(Stop::ShuttingDown)
+    };
+    let r = engine
+        .run(&state(SPEC, false), Trigger::Startup, &stop)
+        .await;
+    assert_eq!(*fake.applied.lock().expect("lock"), ["/a"]);
+    assert_eq!(
+        statuses(&r),
+        [
+            ("file:/a".to_string(), Status::Changed),
+            ("file:/b".to_string(), Status::Skipped),
+            ("file:/c".to_string(), Status::Skipped),
+        ]
+    );
+    assert!(r.results[2].message.contains("shutting down"));
+    assert_eq!(r.trigger, "startup");
 }
 
 /// Packages that record each `apply_batch` call.
@@ -212,14 +262,18 @@ async fn ready_packages_are_applied_in_one_batch() {
     let mut handlers = Handlers::files_only(Arc::new(FakeFiles::default()));
     handlers.packages = packages.clone();
     let engine = Engine::new(handlers);
-    let r = engine.run(&state(spec, false), "push", &never).await;
+    let r = engine
+        .run(&state(spec, false), Trigger::Push { revision: 1 }, &never)
+        .await;
     assert!(r.converged());
     assert_eq!(r.count(Status::Changed), 4);
     assert_eq!(
         *packages.batches.lock().expect("lock"),
         [["aa", "bb", "cc"]]
     );
-    let again = engine.run(&state(spec, false), "drift", &never).await;
+    let again = engine
+        .run(&state(spec, false), Trigger::Drift, &never)
+        .await;
     assert_eq!(again.count(Status::Unchanged), 4);
     assert_eq!(packages.batches.lock().expect("lock").len(), 1);
 }

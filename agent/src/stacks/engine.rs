@@ -35,6 +35,20 @@ pub enum EngineError {
     Connect(#[source] BollardError),
 }
 
+impl EngineError {
+    /// The daemon refused to start a container because containerd still holds a task of
+    /// it ("task … already exists"), left by a dockerd killed mid-start.
+    pub fn is_stale_task(&self) -> bool {
+        match self {
+            EngineError::Docker {
+                source: BollardError::DockerResponseServerError { message, .. },
+                ..
+            } => message.contains("task") && message.contains("already exists"),
+            _ => false,
+        }
+    }
+}
+
 fn err(action: &'static str, object: &str) -> impl FnOnce(BollardError) -> EngineError {
     let object = object.to_string();
     move |source| EngineError::Docker {

@@ -36,7 +36,7 @@ use engine::{ContainerEngine, ContainerState, EngineError, RegistryAuth};
 use owner::{Kind, LABEL_OWNER, OwnerKey};
 use phoenix_proto::model::compose::{ComposeProject, Condition, grants};
 use phoenix_proto::model::{SecretRef, StackSpec};
-use plan::{Desired, Observed, Plan, Step};
+use plan::{ASIDE_SUFFIX, Desired, Observed, Plan, Step};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -51,8 +51,6 @@ pub const LABEL_SERVICE: &str = "phoenix.service";
 pub const LABEL_CONFIG_HASH: &str = "phoenix.config-hash";
 pub const LABEL_IMAGE: &str = "phoenix.image-digest";
 
-/// Suffix of the previous container's name while its replacement starts.
-const OLD_SUFFIX: &str = "-phoenix-old";
 const POLL: Duration = Duration::from_millis(100);
 /// How long a replacement without a healthcheck must stay up to count as started: a bad
 /// command or a missing file kills it within this window, and that is all that can be
@@ -288,8 +286,9 @@ impl StackConverger {
             .iter()
             .filter(|c| {
                 // A container set aside by a recreate that never finished keeps the proof
-                // of the name it had; the plan then removes it as an orphan.
-                let name = c.name.strip_suffix(OLD_SUFFIX).unwrap_or(&c.name);
+                // of the name it had; the plan puts it back (or removes it, when its
+                // replacement runs).
+                let name = c.name.strip_suffix(ASIDE_SUFFIX).unwrap_or(&c.name);
                 self.owner
                     .proves(Kind::Container, stack, name, c.labels.get(LABEL_OWNER))
             })
@@ -521,7 +520,7 @@ impl StackConverger {
         let c = &desired.containers[index];
         let e = || Self::engine_err(stack);
         self.engine.stop_container(old_id).await.map_err(e())?;
-        let aside = format!("{}{OLD_SUFFIX}", c.name);
+        let aside = format!("{}{ASIDE_SUFFIX}", c.name);
         self.engine
             .rename_container(old_id, &aside)
             .await
@@ -665,7 +664,30 @@ impl StackConverger {
                         .await?;
                     ids.insert(desired.containers[*index].service.as_str(), id);
                 }
-                Step::Start { id, .. } => self.engine.start_container(id).await.map_err(e())?,
+                Step::Start { index, id } => match self.engine.start_container(id).await {
+                    Ok(()) => {}
+                    // dockerd killed mid-start can leave containerd holding the
+                    // container's task; no start succeeds until the container is gone.
+                    Err(err) if err.is_stale_task() => {
+                        tracing::warn!(stack, container = %id, error = %err, "container has a stale containerd task; recreating it");
+                        self.engine.remove_container(id).await.map_err(e())?;
+                        let id = self
+                            .create_and_start(desired, *index, &image_id(*index)?, false)
+                            .await
+                            .map_err(|(_, err)| err)?;
+                        ids.insert(desired.containers[*index].service.as_str(), id);
+                        done.push(format!("{what}: recreated (its containerd task was stale)"));
+                        continue;
+                    }
+                    Err(err) => return Err(e()(err)),
+                },
+                Step::Restore { index, id } => {
+                    self.engine
+                        .rename_container(id, &desired.containers[*index].name)
+                        .await
+                        .map_err(e())?;
+                    ids.insert(desired.containers[*index].service.as_str(), id.clone());
+                }
                 Step::RemoveNetwork { name } => {
                     self.engine.remove_network(name).await.map_err(e())?
                 }

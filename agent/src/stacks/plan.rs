@@ -5,7 +5,10 @@
 //! its tag points at differs from the labels it was created with; only objects the
 //! converger proved its own (`Observed::owned`) are ever removed or adopted, and an object
 //! that carries the stack label without that proof fails the plan as a conflict; named
-//! volumes are never removed.
+//! volumes are never removed; a container set aside by a recreate that was interrupted
+//! (`<name>-phoenix-old`) is never removed as an orphan while its replacement is not
+//! running: it is put back under its name, so the recreate runs again with it as the
+//! rollback copy.
 
 use super::{LABEL_CONFIG_HASH, LABEL_IMAGE, LABEL_SERVICE, LABEL_STACK};
 use phoenix_proto::model::compose::{self, ComposeProject, Condition, MountKind, Service, grants};
@@ -82,6 +85,9 @@ pub struct Desired {
     pub networks: Vec<NetworkPlan>,
     pub volumes: Vec<VolumePlan>,
 }
+
+/// Suffix of the previous container's name while its replacement starts.
+pub const ASIDE_SUFFIX: &str = "-phoenix-old";
 
 /// Engine-side name of a stack object: `<stack>_<key>`, as Compose names networks and volumes.
 pub fn object_name(stack: &str, key: &str, explicit: &Option<String>) -> String {
@@ -277,6 +283,11 @@ pub enum Step {
         index: usize,
         id: String,
     },
+    /// Puts a container set aside by an interrupted recreate back under its name.
+    Restore {
+        index: usize,
+        id: String,
+    },
     RemoveNetwork {
         name: String,
     },
@@ -322,6 +333,10 @@ impl Plan {
                     format!("recreate container {}: {why}{}", svc(index), grants(index))
                 }
                 Step::Start { index, .. } => format!("start container {}", svc(index)),
+                Step::Restore { index, .. } => format!(
+                    "restore container {} set aside by an interrupted recreate",
+                    svc(index)
+                ),
                 Step::RemoveNetwork { name } => format!("remove network {name}: not in the stack"),
             })
             .collect()
@@ -400,8 +415,22 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Result<Plan, PlanError> {
         });
     }
     let ours = |c: &ObservedContainer| claims(&c.labels) && observed.owned.contains(&c.id);
-    let mut primary: BTreeMap<usize, &ObservedContainer> = BTreeMap::new();
+    // Set aside by a recreate that did not finish: the previous container of a service.
+    let aside: BTreeMap<usize, &ObservedContainer> = observed
+        .containers
+        .iter()
+        .filter(|c| ours(c))
+        .filter_map(|c| {
+            let name = c.name.strip_suffix(ASIDE_SUFFIX)?;
+            let i = desired.containers.iter().position(|d| d.name == name)?;
+            (c.labels.get(LABEL_SERVICE) == Some(&desired.containers[i].service)).then_some((i, c))
+        })
+        .collect();
+    let mut primary: BTreeMap<usize, ObservedContainer> = BTreeMap::new();
     for obs in &observed.containers {
+        if aside.values().any(|a| a.id == obs.id) {
+            continue;
+        }
         let slot = desired.containers.iter().position(|d| d.name == obs.name);
         match slot {
             Some(i) if !ours(obs) => {
@@ -411,7 +440,7 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Result<Plan, PlanError> {
                 });
             }
             Some(i) if obs.labels.get(LABEL_SERVICE) == Some(&desired.containers[i].service) => {
-                primary.insert(i, obs);
+                primary.insert(i, obs.clone());
             }
             Some(_) => steps.push(Step::RemoveContainer {
                 id: obs.id.clone(),
@@ -424,6 +453,42 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Result<Plan, PlanError> {
                 why: "orphan (not in the stack)",
             }),
             None => {}
+        }
+    }
+
+    // A replacement that runs finished its recreate but for removing the old container;
+    // one that does not is dropped and the old container put back, so the recreate below
+    // starts over with it as the rollback copy. Restored containers were running before
+    // the recreate stopped them.
+    let mut restored = BTreeSet::new();
+    for (&i, old) in &aside {
+        match primary.get(&i) {
+            Some(new) if new.running => steps.push(Step::RemoveContainer {
+                id: old.id.clone(),
+                name: old.name.clone(),
+                why: "set aside by a recreate that finished",
+            }),
+            replacement => {
+                if let Some(new) = replacement {
+                    steps.push(Step::RemoveContainer {
+                        id: new.id.clone(),
+                        name: new.name.clone(),
+                        why: "replacement of a set-aside container that never started",
+                    });
+                }
+                steps.push(Step::Restore {
+                    index: i,
+                    id: old.id.clone(),
+                });
+                restored.insert(i);
+                primary.insert(
+                    i,
+                    ObservedContainer {
+                        name: desired.containers[i].name.clone(),
+                        ..(*old).clone()
+                    },
+                );
+            }
         }
     }
 
@@ -462,7 +527,7 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Result<Plan, PlanError> {
             steps.push(Step::Recreate {
                 index: i,
                 old_id: have.id.clone(),
-                was_running: have.running,
+                was_running: have.running || restored.contains(&i),
                 why,
             });
         } else if !(have.running

@@ -156,6 +156,77 @@ fn orphans_stopped_and_foreign_containers() {
 }
 
 #[test]
+fn an_interrupted_recreate_puts_the_set_aside_container_back() {
+    let before = desired(STACK, &[]);
+    let after = desired(&STACK.replace("/conf:ro", "/conf"), &[]);
+    // Aborted between renaming api aside and creating its replacement.
+    let mut aside = converged(&before);
+    let api = aside
+        .containers
+        .iter_mut()
+        .find(|c| c.name == "s-api-1")
+        .unwrap();
+    api.name = format!("s-api-1{ASIDE_SUFFIX}");
+    api.running = false;
+    let p = plan::plan(&after, &aside).unwrap();
+    assert_eq!(
+        p.describe(&after),
+        [
+            "restore container s-api-1 (api) set aside by an interrupted recreate",
+            "recreate container s-api-1 (api): configuration changed",
+        ]
+    );
+    // The recreate keeps it as its rollback copy, and restarts it on failure: it was
+    // running until the interrupted recreate stopped it.
+    assert!(
+        matches!(&p.steps[1], Step::Recreate { old_id, was_running: true, .. } if old_id == "id-api"),
+        "{:?}",
+        p.steps
+    );
+    // With the spec back at the old revision, putting it back and starting it is all.
+    let p = plan::plan(&before, &aside).unwrap();
+    assert_eq!(
+        p.describe(&before),
+        [
+            "restore container s-api-1 (api) set aside by an interrupted recreate",
+            "start container s-api-1 (api)",
+        ]
+    );
+
+    // Aborted after creating the replacement, before it ran: the replacement goes.
+    let key = key();
+    let mut created = aside.clone();
+    created.owned.insert("id-new".into());
+    created.containers.push(ObservedContainer {
+        id: "id-new".into(),
+        name: "s-api-1".into(),
+        labels: StackConverger::labels(&key, &after, 1, "sha256:1")
+            .into_iter()
+            .collect(),
+        running: false,
+        exit_code: None,
+    });
+    let p = plan::plan(&after, &created).unwrap();
+    assert_eq!(
+        p.describe(&after),
+        [
+            "remove container s-api-1: replacement of a set-aside container that never started",
+            "restore container s-api-1 (api) set aside by an interrupted recreate",
+            "recreate container s-api-1 (api): configuration changed",
+        ]
+    );
+
+    // Aborted after the replacement started: only removing the old one was left.
+    let mut started = created.clone();
+    started.containers.last_mut().unwrap().running = true;
+    let p = plan::plan(&after, &started).unwrap();
+    assert_eq!(
+        p.describe(&after),
+        ["remove container s-api-1-phoenix-old: set aside by a recreate that finished"]
+    );
+}
+
+#[test]
 fn unproven_stack_labels_are_conflicts_not_orphans_or_services() {
     let d = desired(STACK, &[]);
     // A look-alike of s-api-1 (same labels, no valid proof) and an unproven "orphan".

@@ -184,6 +184,27 @@ pub struct ServeArgs {
     /// …and the file holding its password.
     #[arg(long)]
     pub step_ca_password_file: Option<PathBuf>,
+    /// Where enrollments, tokens, desired states and reports live: redb in the state
+    /// directory, or etcd shared by coordinator replicas (docs/design/0010).
+    #[arg(long, value_enum, default_value = "redb")]
+    pub store: StoreKind,
+    /// etcd client URLs, comma-separated, e.g. http://10.0.0.1:2379,http://10.0.0.2:2379.
+    #[arg(
+        long,
+        env = "PHOENIX_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        required_if_eq("store", "etcd")
+    )]
+    pub etcd_endpoints: Vec<String>,
+    /// Every Phoenix key lives under this etcd prefix.
+    #[arg(long, default_value = "/phoenix/")]
+    pub etcd_prefix: String,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum StoreKind {
+    Redb,
+    Etcd,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]

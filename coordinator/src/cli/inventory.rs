@@ -2,7 +2,9 @@
 
 use super::CliError;
 use super::args::Output;
-use super::render::{ago, connection, print_listing, report_summary, status_json, until};
+use super::render::{
+    ago, connection, escape_controls, print_listing, report_summary, status_json, until,
+};
 use crate::admin_client;
 use phoenix_proto::model::ApplyReport;
 use phoenix_proto::v1;
@@ -40,9 +42,10 @@ pub(super) async fn status(socket: &Path, output: Output) -> Result<(), CliError
                         report
                             .map(|r| {
                                 format!(
-                                    "rev {} {} ({})",
+                                    "rev {} {} ({}, {})",
                                     r.revision,
                                     report_summary(&r),
+                                    escape_controls(&r.trigger),
                                     ago(s.last_report_unix)
                                 )
                             })

@@ -2,8 +2,9 @@
 //! with, the listener, the open-file limit, shutdown on SIGINT/SIGTERM).
 
 use super::CliError;
-use super::args::{CaKind, ServeArgs};
+use super::args::{CaKind, ServeArgs, StoreKind};
 use crate::server::{self, Config};
+use crate::store::EtcdConfig;
 use phoenix_proto::model::TrustDomain;
 use std::path::PathBuf;
 
@@ -59,8 +60,13 @@ pub(super) async fn serve(args: ServeArgs, admin_socket: PathBuf) -> Result<(), 
             addr: args.listen.to_string(),
             source,
         })?;
+    let etcd = (args.store == StoreKind::Etcd).then(|| EtcdConfig {
+        prefix: args.etcd_prefix.clone(),
+        ..EtcdConfig::new(args.etcd_endpoints.clone())
+    });
     let cfg = Config {
         state_dir: args.state_dir,
+        etcd,
         listen: args.listen,
         advertise: args.advertise,
         trust_domain,

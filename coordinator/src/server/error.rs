@@ -25,6 +25,9 @@ pub enum RpcError {
     Ca(CaError),
     #[error("{0}")]
     NotFound(String),
+    /// The shared store is unreachable or without quorum: another replica may serve.
+    #[error("{0}")]
+    Unavailable(StoreError),
 }
 
 impl From<StoreError> for RpcError {
@@ -36,7 +39,11 @@ impl From<StoreError> for RpcError {
             | StoreError::TokenGuest { .. } => RpcError::Token(e),
             StoreError::NotEnrolled { .. } | StoreError::Revoked { .. } => RpcError::Identity(e),
             StoreError::Changed { .. } => RpcError::Conflict(e),
-            StoreError::Open { .. } | StoreError::Io { .. } => RpcError::Store(e),
+            StoreError::Unavailable { .. } => RpcError::Unavailable(e),
+            StoreError::TooLarge { .. } => RpcError::BadRequest(e.to_string()),
+            StoreError::Open { .. } | StoreError::Io { .. } | StoreError::NotLeader { .. } => {
+                RpcError::Store(e)
+            }
         }
     }
 }
@@ -59,6 +66,7 @@ impl From<RpcError> for Status {
             RpcError::Conflict(_) => Status::aborted(msg),
             RpcError::Store(_) => Status::internal(msg),
             RpcError::Ca(e) => Status::new(ca_code(&e), msg),
+            RpcError::Unavailable(_) => Status::unavailable(msg),
             RpcError::NotFound(_) => Status::not_found(msg),
         }
     }
@@ -191,5 +199,17 @@ mod tests {
             status.message().contains("https://127.0.0.1:1/root/"),
             "{status:?}"
         );
+    }
+
+    #[test]
+    fn an_unreachable_store_is_unavailable_to_clients() {
+        let e = StoreError::Unavailable {
+            action: "read agent",
+            endpoints: "http://10.0.0.1:2379,http://10.0.0.2:2379".into(),
+            reason: "no leader".into(),
+        };
+        let status = Status::from(RpcError::from(e));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(status.message().contains("http://10.0.0.2:2379"));
     }
 }

@@ -11,7 +11,7 @@ pub mod listener;
 
 pub use error::RpcError;
 
-use crate::store::{RedbStore, Store, StoreError};
+use crate::store::{EtcdConfig, EtcdStore, RedbStore, Store, StoreError};
 use hub::Hub;
 use phoenix_ca::embedded::EmbeddedCa;
 use phoenix_ca::{CaError, CertAuthority, IssueRequest};
@@ -32,6 +32,8 @@ use tokio::net::TcpListener;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub state_dir: PathBuf,
+    /// The shared store of coordinator replicas; `None`: redb in `state_dir`.
+    pub etcd: Option<EtcdConfig>,
     pub listen: SocketAddr,
     /// Address written into join tokens; defaults to the bound listen address.
     pub advertise: Option<String>,
@@ -218,7 +220,10 @@ pub async fn run(
     phoenix_pki::statedir::secure(&cfg.state_dir, &[])?;
     let ca_dir = cfg.state_dir.join("ca");
     phoenix_pki::statedir::secure(&ca_dir, &["ca.key"])?;
-    let store: Arc<dyn Store> = Arc::new(RedbStore::open(&cfg.state_dir.join("phoenix.redb"))?);
+    let store: Arc<dyn Store> = match &cfg.etcd {
+        Some(etcd) => Arc::new(EtcdStore::connect(etcd.clone())?),
+        None => Arc::new(RedbStore::open(&cfg.state_dir.join("phoenix.redb"))?),
+    };
     let ca: Arc<dyn CertAuthority> = match ca {
         Some(ca) => ca,
         None => Arc::new(EmbeddedCa::load_or_create(

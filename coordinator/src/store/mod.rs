@@ -1,9 +1,12 @@
 //! What the coordinator must not forget across restarts: enrolled agents, join tokens,
 //! desired revisions and the last report of each guest. Behind a trait so a distributed
-//! store (etcd) can replace the embedded one; see docs/design/0001-embedded-store.md.
+//! store (etcd, shared by several coordinator replicas) can replace the embedded one; see
+//! docs/design/0001-embedded-store.md and docs/design/0010-ha-on-etcd.md.
 
+mod etcd;
 mod redb_store;
 
+pub use etcd::{EtcdConfig, EtcdStore};
 pub use redb_store::RedbStore;
 
 use phoenix_proto::model::{ApplyReport, GuestId};
@@ -47,6 +50,31 @@ pub enum StoreError {
         expected: String,
         found: String,
     },
+    /// The shared store cannot be reached or has lost its quorum; nothing was written.
+    #[error("store {action}: etcd at {endpoints} is unavailable: {reason}")]
+    Unavailable {
+        action: &'static str,
+        endpoints: String,
+        reason: String,
+    },
+    #[error("store {action}: {key} would be {bytes} bytes, over the store's {limit}-byte limit")]
+    TooLarge {
+        action: &'static str,
+        key: String,
+        bytes: usize,
+        limit: usize,
+    },
+    /// Fencing: a replica that lost leadership (its lease expired, another replica took
+    /// over) must not do leader-only work any more.
+    #[error("{action} refused: this coordinator replica is no longer the leader")]
+    NotLeader { action: &'static str },
+}
+
+/// A replica's proof of leadership. Leader-only writes carry it and the store refuses
+/// them once another replica has taken over (etcd: the leader key's create revision).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaderTerm {
+    pub fence: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,6 +110,7 @@ pub struct AgentRecord {
     pub applied_revision: u64,
     pub applied_digest: String,
     /// Facts from the last Hello, protobuf-encoded `v1::Facts`.
+    #[serde(with = "base64_bytes")]
     pub facts: Vec<u8>,
     /// Set by `phoenix revoke`: every certificate of this guest is refused until it
     /// re-joins (step-ca 0.19 has no CRL/OCSP, so this deny-list is the revocation).
@@ -101,7 +130,43 @@ fn yes() -> bool {
 pub struct DesiredRecord {
     pub revision: u64,
     pub digest: String,
+    #[serde(with = "base64_bytes")]
     pub spec_json: Vec<u8>,
+}
+
+/// Byte fields of records as base64 strings: serde's default, a JSON array of numbers,
+/// takes up to 4 bytes per byte, and etcd caps a value at 1.5 MiB. Arrays written by
+/// earlier versions are still read.
+mod base64_bytes {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::de::{Deserializer, Error, SeqAccess, Visitor};
+    use serde::ser::Serializer;
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct Bytes;
+        impl<'de> Visitor<'de> for Bytes {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("base64 text or an array of bytes")
+            }
+            fn visit_str<E: Error>(self, v: &str) -> Result<Vec<u8>, E> {
+                STANDARD.decode(v).map_err(E::custom)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(b) = seq.next_element()? {
+                    out.push(b);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_any(Bytes)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,6 +224,37 @@ fn token_usable(
         });
     }
     Ok(())
+}
+
+/// The decision of `Store::enroll`, shared by every implementation: the token must be
+/// usable and the guest's serial still `expected_serial` (None: not enrolled); returns
+/// the token marked used for the identity with serial `new_serial`.
+fn spend_token(
+    mut tok: TokenRecord,
+    claimed: GuestId,
+    now_unix: i64,
+    expected_serial: Option<&str>,
+    current: Option<&AgentRecord>,
+    new_serial: &str,
+) -> Result<TokenRecord, StoreError> {
+    token_usable(&tok, claimed, now_unix, current)?;
+    let found = current.map(|r| r.serial.as_str());
+    if found != expected_serial {
+        return Err(StoreError::Changed {
+            guest: claimed,
+            expected: expected_serial.unwrap_or("none").to_string(),
+            found: found.unwrap_or("none").to_string(),
+        });
+    }
+    tok.used_unix = Some(now_unix);
+    tok.issued_serial = Some(new_serial.to_string());
+    Ok(tok)
+}
+
+/// What `Store::revoke_agent` does to the record (an earlier revocation time stays).
+fn mark_revoked(rec: &mut AgentRecord, now_unix: i64) {
+    rec.revoked_unix.get_or_insert(now_unix);
+    rec.previous_serial = None;
 }
 
 /// The checks of `Store::update_agent`, shared by every implementation.
@@ -233,4 +329,43 @@ pub trait Store: Send + Sync + 'static {
 
     fn report(&self, guest: GuestId) -> Result<Option<ReportRecord>, StoreError>;
     fn put_report(&self, guest: GuestId, rec: &ReportRecord) -> Result<(), StoreError>;
+
+    /// Makes this replica the leader of work that must run once in a cluster (pruning,
+    /// anything scheduled) if no other replica leads; `None` while another one does.
+    /// Call it again periodically: a replica leads until its lease is lost or it
+    /// resigns. A single-node store always leads.
+    fn try_lead(&self, replica: &str) -> Result<Option<LeaderTerm>, StoreError>;
+    /// Gives leadership up at once so another replica takes over without waiting for
+    /// the lease to expire.
+    fn resign(&self, term: LeaderTerm) -> Result<(), StoreError>;
+    /// Leader-only: deletes join tokens that expired before `expired_before_unix`, so
+    /// tokens do not accumulate. Refused with `NotLeader` once `term` is over.
+    fn prune_tokens(&self, term: LeaderTerm, expired_before_unix: i64)
+    -> Result<usize, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_fields_are_base64_and_old_arrays_still_read() {
+        let rec = DesiredRecord {
+            revision: 3,
+            digest: "d".into(),
+            spec_json: b"{\"a\":1}".to_vec(),
+        };
+        let json = serde_json::to_string(&rec).expect("encode");
+        assert_eq!(
+            json,
+            r#"{"revision":3,"digest":"d","spec_json":"eyJhIjoxfQ=="}"#
+        );
+        let old = r#"{"revision":3,"digest":"d","spec_json":[123,34,97,34,58,49,125]}"#;
+        let back: DesiredRecord = serde_json::from_str(old).expect("decode old");
+        assert_eq!(back, rec);
+        assert_eq!(
+            serde_json::from_str::<DesiredRecord>(&json).expect("decode"),
+            rec
+        );
+    }
 }

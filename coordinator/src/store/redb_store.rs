@@ -1,6 +1,6 @@
 use super::{
-    AgentRecord, DesiredRecord, ReportRecord, ServiceCertRecord, Store, StoreError, TokenRecord,
-    check_current, token_usable,
+    AgentRecord, DesiredRecord, LeaderTerm, ReportRecord, ServiceCertRecord, Store, StoreError,
+    TokenRecord, check_current, mark_revoked, spend_token, token_usable,
 };
 use phoenix_proto::model::GuestId;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
@@ -189,7 +189,7 @@ impl Store for RedbStore {
         self.write(A, true, |tx| {
             let mut tokens = tx.open_table(TOKENS).map_err(|e| io(A)(e.into()))?;
             let mut agents = tx.open_table(AGENTS).map_err(|e| io(A)(e.into()))?;
-            let mut tok: TokenRecord = match tokens.get(token_hash).map_err(|e| io(A)(e.into()))? {
+            let tok: TokenRecord = match tokens.get(token_hash).map_err(|e| io(A)(e.into()))? {
                 Some(v) => dec(v.value())?,
                 None => return Err(StoreError::TokenUnknown),
             };
@@ -198,17 +198,14 @@ impl Store for RedbStore {
                     Some(v) => Some(dec(v.value())?),
                     None => None,
                 };
-            token_usable(&tok, claimed, now_unix, current.as_ref())?;
-            let found = current.as_ref().map(|r| r.serial.as_str());
-            if found != expected_serial {
-                return Err(StoreError::Changed {
-                    guest: claimed,
-                    expected: expected_serial.unwrap_or("none").to_string(),
-                    found: found.unwrap_or("none").to_string(),
-                });
-            }
-            tok.used_unix = Some(now_unix);
-            tok.issued_serial = Some(rec.serial.clone());
+            let tok = spend_token(
+                tok,
+                claimed,
+                now_unix,
+                expected_serial,
+                current.as_ref(),
+                &rec.serial,
+            )?;
             let tok_bytes = enc(&tok)?;
             tokens
                 .insert(token_hash, tok_bytes.as_slice())
@@ -251,8 +248,7 @@ impl Store for RedbStore {
                 Some(v) => dec(v.value())?,
                 None => return Err(StoreError::NotEnrolled { guest: g }),
             };
-            rec.revoked_unix.get_or_insert(now_unix);
-            rec.previous_serial = None;
+            mark_revoked(&mut rec, now_unix);
             let bytes = enc(&rec)?;
             t.insert(g.get(), bytes.as_slice())
                 .map_err(|e| io(A)(e.into()))?;
@@ -360,146 +356,36 @@ impl Store for RedbStore {
     fn put_report(&self, g: GuestId, rec: &ReportRecord) -> Result<(), StoreError> {
         self.put_u32(REPORTS, "save report", false, g.get(), rec)
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn g(n: u32) -> GuestId {
-        GuestId::try_from(n).expect("valid")
+    /// One process owns the database file (redb's lock), so it always leads.
+    fn try_lead(&self, _replica: &str) -> Result<Option<LeaderTerm>, StoreError> {
+        Ok(Some(LeaderTerm { fence: 0 }))
     }
 
-    fn token(guest: u32, expires_unix: i64) -> TokenRecord {
-        TokenRecord {
-            guest: g(guest),
-            expires_unix,
-            used_unix: None,
-            issued_serial: None,
-            replace: false,
-        }
+    fn resign(&self, _term: LeaderTerm) -> Result<(), StoreError> {
+        Ok(())
     }
 
-    fn agent(serial: &str) -> AgentRecord {
-        AgentRecord {
-            serial: serial.into(),
-            confirmed: false,
-            ..AgentRecord::default()
-        }
-    }
-
-    #[test]
-    fn tokens_are_single_use_expiring_and_guest_bound() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let s = RedbStore::open(&dir.path().join("db")).expect("open");
-        s.put_token("h1", &token(101, 1000)).expect("put");
-        s.put_token("h2", &token(101, 1000)).expect("put");
-        assert!(matches!(
-            s.check_token("h1", g(102), 10),
-            Err(StoreError::TokenGuest { .. })
-        ));
-        assert!(matches!(
-            s.check_token("h2", g(101), 1000),
-            Err(StoreError::TokenExpired { .. })
-        ));
-        s.check_token("h1", g(101), 10).expect("valid");
-        s.enroll("h1", g(101), 10, None, &agent("aa"))
-            .expect("first use");
-        // The identity was never used: the agent may have refused it, so the token works again.
-        s.check_token("h1", g(101), 11)
-            .expect("unconfirmed identity");
-        s.enroll("h1", g(101), 11, Some("aa"), &agent("bb"))
-            .expect("second use before confirmation");
-        s.update_agent(g(101), Some("bb"), true, &mut |r| r.confirmed = true)
-            .expect("confirm");
-        assert!(matches!(
-            s.check_token("h1", g(101), 12),
-            Err(StoreError::TokenUsed { .. })
-        ));
-        assert!(matches!(
-            s.enroll("h1", g(101), 12, Some("bb"), &agent("cc")),
-            Err(StoreError::TokenUsed { .. })
-        ));
-        assert!(matches!(
-            s.check_token("nope", g(101), 11),
-            Err(StoreError::TokenUnknown)
-        ));
-    }
-
-    #[test]
-    fn enroll_refuses_when_the_identity_changed_meanwhile() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let s = RedbStore::open(&dir.path().join("db")).expect("open");
-        s.put_token("h1", &token(101, 1000)).expect("put");
-        s.put_token("h2", &token(101, 1000)).expect("put");
-        // Both joins checked their token while the guest had no identity; the second
-        // to commit must not overwrite the first.
-        s.enroll("h1", g(101), 10, None, &agent("aa"))
-            .expect("first");
-        assert!(matches!(
-            s.enroll("h2", g(101), 10, None, &agent("bb")),
-            Err(StoreError::Changed { .. })
-        ));
-        assert_eq!(
-            s.agent(g(101)).expect("get").map(|r| r.serial),
-            Some("aa".into())
-        );
-        // The refused join did not use its token.
-        s.check_token("h2", g(101), 11).expect("still unused");
-    }
-
-    #[test]
-    fn a_revoke_during_a_renewal_is_not_undone() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let s = RedbStore::open(&dir.path().join("db")).expect("open");
-        s.put_token("h1", &token(101, 1000)).expect("put");
-        s.enroll("h1", g(101), 10, None, &agent("aa"))
-            .expect("enroll");
-        // A renewal read serial "aa", then waited for the CA; the revoke lands meanwhile.
-        let seen = s.agent(g(101)).expect("read").expect("enrolled");
-        s.revoke_agent(g(101), 20).expect("revoke");
-        let renewed = s.update_agent(g(101), Some(&seen.serial), true, &mut |r| {
-            r.serial = "bb".into();
-        });
-        assert!(matches!(renewed, Err(StoreError::Revoked { at: 20, .. })));
-        let rec = s.agent(g(101)).expect("read").expect("enrolled");
-        assert_eq!((rec.serial.as_str(), rec.revoked_unix), ("aa", Some(20)));
-        // A renewal that lost the race against another renewal is refused too.
-        s.put_token("h2", &token(101, 1000)).expect("put");
-        s.enroll("h2", g(101), 30, Some("aa"), &agent("cc"))
-            .expect("re-join");
-        s.update_agent(g(101), Some("cc"), true, &mut |r| r.serial = "dd".into())
-            .expect("renew");
-        assert!(matches!(
-            s.update_agent(g(101), Some("cc"), true, &mut |r| r.serial = "ee".into()),
-            Err(StoreError::Changed { .. })
-        ));
-    }
-
-    #[test]
-    fn revisions_increase_and_survive_reopen() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("db");
-        {
-            let s = RedbStore::open(&path).expect("open");
-            assert_eq!(
-                s.put_desired(&[(g(1), "d1".into(), b"{}".to_vec())])
-                    .expect("put"),
-                1
-            );
-            assert_eq!(
-                s.put_desired(&[(g(2), "d2".into(), b"{}".to_vec())])
-                    .expect("put"),
-                2
-            );
-        }
-        let s = RedbStore::open(&path).expect("reopen");
-        assert_eq!(s.desired(g(1)).expect("get").map(|d| d.revision), Some(1));
-        assert_eq!(
-            s.put_desired(&[(g(1), "d3".into(), b"{}".to_vec())])
-                .expect("put"),
-            3
-        );
-        assert_eq!(s.all_desired().expect("all").len(), 2);
+    fn prune_tokens(
+        &self,
+        _term: LeaderTerm,
+        expired_before_unix: i64,
+    ) -> Result<usize, StoreError> {
+        const A: &str = "prune join tokens";
+        self.write(A, true, |tx| {
+            let mut t = tx.open_table(TOKENS).map_err(|e| io(A)(e.into()))?;
+            let mut expired = Vec::new();
+            for item in t.iter().map_err(|e| io(A)(e.into()))? {
+                let (k, v) = item.map_err(|e| io(A)(e.into()))?;
+                let tok: TokenRecord = dec(v.value())?;
+                if tok.expires_unix < expired_before_unix {
+                    expired.push(k.value().to_string());
+                }
+            }
+            for k in &expired {
+                t.remove(k.as_str()).map_err(|e| io(A)(e.into()))?;
+            }
+            Ok(expired.len())
+        })
     }
 }

@@ -1,0 +1,327 @@
+//! The records of the `Store` trait on etcd. Layout under the prefix:
+//! `tokens/<hash>`, `agents/<guest>`, `desired/<guest>`, `declared/<guest>`,
+//! `reports/<guest>`, `service_certs/<guest>/<name>`, `meta/revision` (the counter) and
+//! `leader`. Guest ids are zero-padded so key order is numeric order, like redb's.
+
+use super::{EtcdStore, MAX_TXN_BYTES, MAX_TXN_KEYS, MAX_VALUE_BYTES, check_size};
+use crate::store::{
+    AgentRecord, DesiredRecord, LeaderTerm, ReportRecord, ServiceCertRecord, Store, StoreError,
+    TokenRecord, check_current, mark_revoked, spend_token, token_usable,
+};
+use phoenix_proto::model::GuestId;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(v).map_err(|e| StoreError::Io {
+        action: "encode record",
+        reason: e.to_string(),
+    })
+}
+
+fn dec<T: DeserializeOwned>(key: &str, b: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(b).map_err(|e| StoreError::Io {
+        action: "decode record",
+        reason: format!("{key}: {e}"),
+    })
+}
+
+fn dec_opt<T: DeserializeOwned>(key: &str, b: Option<&Vec<u8>>) -> Result<Option<T>, StoreError> {
+    b.map(|b| dec(key, b)).transpose()
+}
+
+fn guest_of(action: &'static str, key: &str) -> Result<GuestId, StoreError> {
+    let id = key.split('/').next().unwrap_or_default();
+    id.parse().map_err(|_| StoreError::Io {
+        action,
+        reason: format!("key {key:?} does not start with a guest id"),
+    })
+}
+
+impl EtcdStore {
+    fn guest_key(&self, dir: &str, g: GuestId) -> String {
+        self.key(&format!("{dir}/{:010}", g.get()))
+    }
+
+    fn token_key(&self, hash: &str) -> String {
+        self.key(&format!("tokens/{hash}"))
+    }
+
+    fn get_guest<T: DeserializeOwned>(
+        &self,
+        action: &'static str,
+        dir: &str,
+        g: GuestId,
+    ) -> Result<Option<T>, StoreError> {
+        let key = self.guest_key(dir, g);
+        let snap = self.read_many(action, std::slice::from_ref(&key))?;
+        dec_opt(&key, snap.values[0].as_ref())
+    }
+
+    fn all_guests<T: DeserializeOwned>(
+        &self,
+        action: &'static str,
+        dir: &str,
+    ) -> Result<Vec<(GuestId, T)>, StoreError> {
+        self.list(action, dir)?
+            .into_iter()
+            .map(|(k, v)| Ok((guest_of(action, &k)?, dec(&k, &v)?)))
+            .collect()
+    }
+
+    /// Read-modify-write of an enrolled guest's record.
+    fn modify_agent(
+        &self,
+        action: &'static str,
+        g: GuestId,
+        f: &mut dyn FnMut(&mut AgentRecord) -> Result<(), StoreError>,
+    ) -> Result<AgentRecord, StoreError> {
+        let key = self.guest_key("agents", g);
+        self.update_many(action, std::slice::from_ref(&key), |cur| {
+            let mut rec: AgentRecord =
+                dec_opt(&key, cur[0].as_ref())?.ok_or(StoreError::NotEnrolled { guest: g })?;
+            f(&mut rec)?;
+            Ok((vec![Some(enc(&rec)?)], rec))
+        })
+    }
+
+    /// Stores `states` labelled `revision` in transactions of bounded size. A guest whose
+    /// stored state is already newer (a concurrent apply on another replica allocated a
+    /// later revision and wrote first) keeps it.
+    fn write_desired(
+        &self,
+        revision: u64,
+        states: &[(GuestId, String, Vec<u8>)],
+    ) -> Result<(), StoreError> {
+        const A: &str = "save desired states";
+        let mut batch: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut bytes = 0;
+        for (g, digest, spec_json) in states {
+            let key = self.guest_key("desired", *g);
+            let value = enc(&DesiredRecord {
+                revision,
+                digest: digest.clone(),
+                spec_json: spec_json.clone(),
+            })?;
+            check_size(A, &key, value.len(), MAX_VALUE_BYTES)?;
+            // etcd refuses a transaction that writes one key twice; a repeated guest goes
+            // to the next batch, so the last state given wins, as with redb.
+            if batch.len() == MAX_TXN_KEYS
+                || bytes + value.len() > MAX_TXN_BYTES
+                || batch.iter().any(|(k, _)| *k == key)
+            {
+                self.write_desired_batch(revision, &batch)?;
+                batch.clear();
+                bytes = 0;
+            }
+            bytes += value.len();
+            batch.push((key, value));
+        }
+        if !batch.is_empty() {
+            self.write_desired_batch(revision, &batch)?;
+        }
+        Ok(())
+    }
+
+    fn write_desired_batch(
+        &self,
+        revision: u64,
+        batch: &[(String, Vec<u8>)],
+    ) -> Result<(), StoreError> {
+        const A: &str = "save desired states";
+        let keys: Vec<String> = batch.iter().map(|(k, _)| k.clone()).collect();
+        self.update_many(A, &keys, |cur| {
+            let mut new = Vec::with_capacity(batch.len());
+            for ((key, value), cur) in batch.iter().zip(cur) {
+                let stored: Option<DesiredRecord> = dec_opt(key, cur.as_ref())?;
+                let newer = stored.is_some_and(|d| d.revision > revision);
+                new.push((!newer).then(|| value.clone()));
+            }
+            Ok((new, ()))
+        })
+    }
+}
+
+impl Store for EtcdStore {
+    fn put_token(&self, token_hash: &str, rec: &TokenRecord) -> Result<(), StoreError> {
+        self.put("save join token", self.token_key(token_hash), enc(rec)?)
+    }
+
+    fn check_token(
+        &self,
+        token_hash: &str,
+        claimed: GuestId,
+        now_unix: i64,
+    ) -> Result<TokenRecord, StoreError> {
+        const A: &str = "check join token";
+        let keys = [
+            self.token_key(token_hash),
+            self.guest_key("agents", claimed),
+        ];
+        let snap = self.read_many(A, &keys)?;
+        let tok: TokenRecord =
+            dec_opt(&keys[0], snap.values[0].as_ref())?.ok_or(StoreError::TokenUnknown)?;
+        let current: Option<AgentRecord> = dec_opt(&keys[1], snap.values[1].as_ref())?;
+        token_usable(&tok, claimed, now_unix, current.as_ref())?;
+        Ok(tok)
+    }
+
+    fn enroll(
+        &self,
+        token_hash: &str,
+        claimed: GuestId,
+        now_unix: i64,
+        expected_serial: Option<&str>,
+        rec: &AgentRecord,
+    ) -> Result<(), StoreError> {
+        const A: &str = "enroll agent";
+        let keys = [
+            self.token_key(token_hash),
+            self.guest_key("agents", claimed),
+        ];
+        let agent = enc(rec)?;
+        // The token and the guest's record are compared in the same transaction, so of
+        // two replicas enrolling with one token, the second re-reads a used token.
+        self.update_many(A, &keys, |cur| {
+            let tok: TokenRecord =
+                dec_opt(&keys[0], cur[0].as_ref())?.ok_or(StoreError::TokenUnknown)?;
+            let current: Option<AgentRecord> = dec_opt(&keys[1], cur[1].as_ref())?;
+            let tok = spend_token(
+                tok,
+                claimed,
+                now_unix,
+                expected_serial,
+                current.as_ref(),
+                &rec.serial,
+            )?;
+            Ok((vec![Some(enc(&tok)?), Some(agent.clone())], ()))
+        })
+    }
+
+    fn agent(&self, g: GuestId) -> Result<Option<AgentRecord>, StoreError> {
+        self.get_guest("read agent", "agents", g)
+    }
+
+    /// `durable` has no meaning here: every etcd write is replicated to a quorum.
+    fn update_agent(
+        &self,
+        g: GuestId,
+        expected_serial: Option<&str>,
+        _durable: bool,
+        f: &mut dyn FnMut(&mut AgentRecord),
+    ) -> Result<AgentRecord, StoreError> {
+        self.modify_agent("update agent", g, &mut |rec| {
+            check_current(g, rec, expected_serial)?;
+            f(rec);
+            Ok(())
+        })
+    }
+
+    fn revoke_agent(&self, g: GuestId, now_unix: i64) -> Result<AgentRecord, StoreError> {
+        self.modify_agent("revoke agent", g, &mut |rec| {
+            mark_revoked(rec, now_unix);
+            Ok(())
+        })
+    }
+
+    fn agents(&self) -> Result<Vec<(GuestId, AgentRecord)>, StoreError> {
+        self.all_guests("list agents", "agents")
+    }
+
+    fn desired(&self, g: GuestId) -> Result<Option<DesiredRecord>, StoreError> {
+        self.get_guest("read desired state", "desired", g)
+    }
+
+    fn all_desired(&self) -> Result<Vec<(GuestId, DesiredRecord)>, StoreError> {
+        self.all_guests("list desired states", "desired")
+    }
+
+    /// The revision comes from a counter key incremented by its own transaction, so
+    /// every replica's applies are numbered 1, 2, 3… without gaps or duplicates. The
+    /// states follow in transactions of at most `MAX_TXN_KEYS` keys and 1 MiB: a large
+    /// apply interrupted by a lost etcd is partly stored (each guest consistent), and
+    /// running it again completes it.
+    fn put_desired(&self, states: &[(GuestId, String, Vec<u8>)]) -> Result<u64, StoreError> {
+        const A: &str = "allocate a revision";
+        let key = self.key("meta/revision");
+        let revision = self.update_many(A, std::slice::from_ref(&key), |cur| {
+            let last: u64 = match &cur[0] {
+                Some(b) => std::str::from_utf8(b)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| StoreError::Io {
+                        action: A,
+                        reason: format!(
+                            "{key} holds {:?}, not a number",
+                            String::from_utf8_lossy(b)
+                        ),
+                    })?,
+                None => 0,
+            };
+            let next = last + 1;
+            Ok((vec![Some(next.to_string().into_bytes())], next))
+        })?;
+        self.write_desired(revision, states)?;
+        Ok(revision)
+    }
+
+    fn declared(&self, g: GuestId) -> Result<Option<Vec<u8>>, StoreError> {
+        let snap = self.read_many(
+            "read declared facts",
+            std::slice::from_ref(&self.guest_key("declared", g)),
+        )?;
+        Ok(snap.values.into_iter().next().flatten())
+    }
+
+    fn put_declared(&self, g: GuestId, json: &[u8]) -> Result<(), StoreError> {
+        self.put(
+            "save declared facts",
+            self.guest_key("declared", g),
+            json.to_vec(),
+        )
+    }
+
+    fn put_service_cert(&self, g: GuestId, rec: &ServiceCertRecord) -> Result<(), StoreError> {
+        let key = self.key(&format!("service_certs/{:010}/{}", g.get(), rec.name));
+        self.put("save service certificate", key, enc(rec)?)
+    }
+
+    fn service_certs(&self) -> Result<Vec<(GuestId, ServiceCertRecord)>, StoreError> {
+        self.all_guests("list service certificates", "service_certs")
+    }
+
+    fn report(&self, g: GuestId) -> Result<Option<ReportRecord>, StoreError> {
+        self.get_guest("read report", "reports", g)
+    }
+
+    fn put_report(&self, g: GuestId, rec: &ReportRecord) -> Result<(), StoreError> {
+        self.put("save report", self.guest_key("reports", g), enc(rec)?)
+    }
+
+    fn try_lead(&self, replica: &str) -> Result<Option<LeaderTerm>, StoreError> {
+        self.campaign(replica)
+    }
+
+    fn resign(&self, term: LeaderTerm) -> Result<(), StoreError> {
+        self.step_down(term)
+    }
+
+    fn prune_tokens(
+        &self,
+        term: LeaderTerm,
+        expired_before_unix: i64,
+    ) -> Result<usize, StoreError> {
+        const A: &str = "prune join tokens";
+        let mut expired = Vec::new();
+        for (hash, v) in self.list(A, "tokens")? {
+            let tok: TokenRecord = dec(&hash, &v)?;
+            if tok.expires_unix < expired_before_unix {
+                expired.push(self.token_key(&hash));
+            }
+        }
+        for chunk in expired.chunks(MAX_TXN_KEYS) {
+            self.fenced_delete(A, term, chunk)?;
+        }
+        Ok(expired.len())
+    }
+}

@@ -1,0 +1,244 @@
+//! What every implementation of the coordinator's `Store` must do, run against the
+//! embedded redb store and against etcd (tests/tests/store_backends.rs).
+
+use phoenix_coordinator::store::{
+    AgentRecord, ReportRecord, ServiceCertRecord, Store, StoreError, TokenRecord,
+};
+use phoenix_proto::model::{ApplyReport, GuestId};
+
+pub fn g(n: u32) -> GuestId {
+    GuestId::try_from(n).expect("valid guest id")
+}
+
+pub fn token(guest: u32, expires_unix: i64) -> TokenRecord {
+    TokenRecord {
+        guest: g(guest),
+        expires_unix,
+        used_unix: None,
+        issued_serial: None,
+        replace: false,
+    }
+}
+
+pub fn agent(serial: &str) -> AgentRecord {
+    AgentRecord {
+        serial: serial.into(),
+        confirmed: false,
+        ..AgentRecord::default()
+    }
+}
+
+/// Every check below, each on its own state: `open(name)` opens the store state called
+/// `name`, and again after the previous handle was dropped (the restart checks).
+pub fn all(open: &dyn Fn(&str) -> Box<dyn Store>) {
+    tokens_are_single_use_expiring_and_guest_bound(&*open("tokens"));
+    enroll_refuses_when_the_identity_changed_meanwhile(&*open("enroll"));
+    a_revoke_during_a_renewal_is_not_undone(&*open("revoke"));
+    revisions_increase_and_survive_reopen(&|| open("revisions"));
+    records_round_trip_in_guest_order(&*open("records"));
+    the_leader_prunes_expired_tokens(&*open("prune"));
+}
+
+pub fn tokens_are_single_use_expiring_and_guest_bound(s: &dyn Store) {
+    s.put_token("h1", &token(101, 1000)).expect("put");
+    s.put_token("h2", &token(101, 1000)).expect("put");
+    assert!(matches!(
+        s.check_token("h1", g(102), 10),
+        Err(StoreError::TokenGuest { .. })
+    ));
+    assert!(matches!(
+        s.check_token("h2", g(101), 1000),
+        Err(StoreError::TokenExpired { .. })
+    ));
+    s.check_token("h1", g(101), 10).expect("valid");
+    s.enroll("h1", g(101), 10, None, &agent("aa"))
+        .expect("first use");
+    // The identity was never used: the agent may have refused it, so the token works again.
+    s.check_token("h1", g(101), 11)
+        .expect("unconfirmed identity");
+    s.enroll("h1", g(101), 11, Some("aa"), &agent("bb"))
+        .expect("second use before confirmation");
+    s.update_agent(g(101), Some("bb"), true, &mut |r| r.confirmed = true)
+        .expect("confirm");
+    assert!(matches!(
+        s.check_token("h1", g(101), 12),
+        Err(StoreError::TokenUsed { .. })
+    ));
+    assert!(matches!(
+        s.enroll("h1", g(101), 12, Some("bb"), &agent("cc")),
+        Err(StoreError::TokenUsed { .. })
+    ));
+    assert!(matches!(
+        s.check_token("nope", g(101), 11),
+        Err(StoreError::TokenUnknown)
+    ));
+}
+
+pub fn enroll_refuses_when_the_identity_changed_meanwhile(s: &dyn Store) {
+    s.put_token("h1", &token(101, 1000)).expect("put");
+    s.put_token("h2", &token(101, 1000)).expect("put");
+    // Both joins checked their token while the guest had no identity; the second
+    // to commit must not overwrite the first.
+    s.enroll("h1", g(101), 10, None, &agent("aa"))
+        .expect("first");
+    assert!(matches!(
+        s.enroll("h2", g(101), 10, None, &agent("bb")),
+        Err(StoreError::Changed { .. })
+    ));
+    assert_eq!(
+        s.agent(g(101)).expect("get").map(|r| r.serial),
+        Some("aa".into())
+    );
+    // The refused join did not use its token.
+    s.check_token("h2", g(101), 11).expect("still unused");
+}
+
+pub fn a_revoke_during_a_renewal_is_not_undone(s: &dyn Store) {
+    s.put_token("h1", &token(101, 1000)).expect("put");
+    s.enroll("h1", g(101), 10, None, &agent("aa"))
+        .expect("enroll");
+    // A renewal read serial "aa", then waited for the CA; the revoke lands meanwhile.
+    let seen = s.agent(g(101)).expect("read").expect("enrolled");
+    s.revoke_agent(g(101), 20).expect("revoke");
+    let renewed = s.update_agent(g(101), Some(&seen.serial), true, &mut |r| {
+        r.serial = "bb".into();
+    });
+    assert!(matches!(renewed, Err(StoreError::Revoked { at: 20, .. })));
+    let rec = s.agent(g(101)).expect("read").expect("enrolled");
+    assert_eq!((rec.serial.as_str(), rec.revoked_unix), ("aa", Some(20)));
+    // A renewal that lost the race against another renewal is refused too.
+    s.put_token("h2", &token(101, 1000)).expect("put");
+    s.enroll("h2", g(101), 30, Some("aa"), &agent("cc"))
+        .expect("re-join");
+    s.update_agent(g(101), Some("cc"), true, &mut |r| r.serial = "dd".into())
+        .expect("renew");
+    assert!(matches!(
+        s.update_agent(g(101), Some("cc"), true, &mut |r| r.serial = "ee".into()),
+        Err(StoreError::Changed { .. })
+    ));
+    assert!(matches!(
+        s.update_agent(g(999), None, true, &mut |_| {}),
+        Err(StoreError::NotEnrolled { .. })
+    ));
+}
+
+pub fn revisions_increase_and_survive_reopen(open: &dyn Fn() -> Box<dyn Store>) {
+    {
+        let s = open();
+        let r1 = s
+            .put_desired(&[(g(1), "d1".into(), b"{}".to_vec())])
+            .expect("put");
+        assert_eq!(r1, 1);
+        let r2 = s
+            .put_desired(&[(g(2), "d2".into(), b"{}".to_vec())])
+            .expect("put");
+        assert_eq!(r2, 2);
+    }
+    let s = open();
+    assert_eq!(s.desired(g(1)).expect("get").map(|d| d.revision), Some(1));
+    let r3 = s
+        .put_desired(&[(g(1), "d3".into(), b"{}".to_vec())])
+        .expect("put");
+    assert_eq!(r3, 3);
+    let all = s.all_desired().expect("all");
+    let got: Vec<(u32, u64, &str)> = all
+        .iter()
+        .map(|(g, d)| (g.get(), d.revision, d.digest.as_str()))
+        .collect();
+    assert_eq!(got, vec![(1, 3, "d3"), (2, 2, "d2")]);
+}
+
+/// Listings come back complete and in guest order (more guests than one etcd page).
+pub fn records_round_trip_in_guest_order(s: &dyn Store) {
+    // 9 sorts after 10 as text: the order must be numeric.
+    let guests: Vec<u32> = (1..=120).rev().chain([9, 10]).collect();
+    let states: Vec<(GuestId, String, Vec<u8>)> = guests
+        .iter()
+        .map(|n| (g(*n), format!("d{n}"), vec![b'x'; 100]))
+        .collect();
+    let rev = s.put_desired(&states).expect("put desired");
+    let all = s.all_desired().expect("all desired");
+    assert_eq!(all.len(), 120);
+    assert!(all.windows(2).all(|w| w[0].0 < w[1].0), "sorted by guest");
+    assert!(
+        all.iter()
+            .all(|(g, d)| d.revision == rev && d.digest == format!("d{g}"))
+    );
+
+    s.put_declared(g(7), b"{\"a\":1}").expect("declared");
+    assert_eq!(
+        s.declared(g(7)).expect("read").as_deref(),
+        Some(&b"{\"a\":1}"[..])
+    );
+    assert_eq!(s.declared(g(8)).expect("read"), None);
+
+    let report = ReportRecord {
+        received_unix: 5,
+        report: ApplyReport {
+            revision: rev,
+            digest: "d7".into(),
+            dry_run: false,
+            results: vec![],
+            duration_micros: 1,
+            trigger: "push".into(),
+        },
+    };
+    s.put_report(g(7), &report).expect("report");
+    assert_eq!(s.report(g(7)).expect("read"), Some(report));
+
+    for (guest, name) in [(10, "web"), (9, "db"), (10, "api")] {
+        let cert = ServiceCertRecord {
+            name: name.into(),
+            common_name: format!("{name}.lan"),
+            sans: vec![],
+            serial: "01".into(),
+            not_after_unix: 1,
+            issued_unix: 1,
+            result: "ok".into(),
+            revoked: None,
+        };
+        s.put_service_cert(g(guest), &cert).expect("cert");
+    }
+    // redb keys them "<guest>/<name>" as text, so only the set is common to both.
+    let mut certs: Vec<(u32, String)> = s
+        .service_certs()
+        .expect("certs")
+        .into_iter()
+        .map(|(g, c)| (g.get(), c.name))
+        .collect();
+    certs.sort();
+    assert_eq!(
+        certs,
+        vec![(9, "db".into()), (10, "api".into()), (10, "web".into())]
+    );
+
+    for n in [12, 3] {
+        s.put_token(&format!("t{n}"), &token(n, 1000))
+            .expect("token");
+        s.enroll(&format!("t{n}"), g(n), 1, None, &agent(&format!("s{n}")))
+            .expect("enroll");
+    }
+    let agents: Vec<(u32, String)> = s
+        .agents()
+        .expect("agents")
+        .into_iter()
+        .map(|(g, a)| (g.get(), a.serial))
+        .collect();
+    assert_eq!(agents, vec![(3, "s3".into()), (12, "s12".into())]);
+}
+
+pub fn the_leader_prunes_expired_tokens(s: &dyn Store) {
+    s.put_token("old", &token(1, 100)).expect("put");
+    s.put_token("new", &token(1, 1000)).expect("put");
+    let term = s
+        .try_lead("replica-a")
+        .expect("campaign")
+        .expect("the only replica leads");
+    assert_eq!(s.prune_tokens(term, 500).expect("prune"), 1);
+    assert!(matches!(
+        s.check_token("old", g(1), 10),
+        Err(StoreError::TokenUnknown)
+    ));
+    s.check_token("new", g(1), 10).expect("kept");
+    s.resign(term).expect("resign");
+}

@@ -1,0 +1,122 @@
+//! `phoenix serve --store etcd`: the real daemon and agents with their state in a real
+//! 3-member etcd cluster (tests/src/etcd.rs) instead of the state directory's redb file.
+
+use phoenix_tests::etcd::EtcdCluster;
+use phoenix_tests::spine::{
+    Agent, Coordinator, converged, files_spec, guest_status, serve_expecting_failure, write_spec,
+};
+use phoenix_tests::wait_for;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(30);
+
+fn enrolled(c: &Coordinator, base: &std::path::Path, guest: u32) -> Agent {
+    let mut a = Agent::new(base, guest);
+    let out = a.join(&c.token(guest), &[]);
+    assert!(
+        out.status.success(),
+        "join {guest}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    a.start();
+    wait_for(T, "agent connected", || {
+        guest_status(&c.status(), guest).filter(|g| g["connected"] == true)
+    });
+    a
+}
+
+#[test]
+fn a_coordinator_on_etcd_enrolls_applies_and_survives_kill_9() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Some(cluster) = EtcdCluster::start(&tmp.path().join("etcd")) else {
+        return;
+    };
+    let eps = cluster.endpoints().join(",");
+    let mut c = Coordinator::start(
+        &tmp.path().join("c"),
+        &["--store", "etcd", "--etcd-endpoints", &eps],
+    );
+    let agents: Vec<Agent> = [201, 202]
+        .into_iter()
+        .map(|g| enrolled(&c, tmp.path(), g))
+        .collect();
+    let spec = tmp.path().join("spec.json");
+    let guests: Vec<_> = agents
+        .iter()
+        .map(|a| (a.guest, files_spec(&a.root, &[("motd", "v1\n")])))
+        .collect();
+    write_spec(&spec, &guests);
+    let out = c.cli(&[
+        "apply",
+        "-f",
+        spec.to_str().expect("utf8"),
+        "--timeout",
+        "30s",
+    ]);
+    assert!(
+        out.status.success(),
+        "apply: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The state is in etcd, not in the state directory.
+    assert!(!c.dir.join("state/phoenix.redb").exists());
+    let keys = cluster.etcdctl(&["get", "/phoenix/", "--prefix", "--keys-only"]);
+    for key in [
+        "/phoenix/agents/0000000201",
+        "/phoenix/desired/0000000202",
+        "/phoenix/reports/0000000201",
+        "/phoenix/meta/revision",
+    ] {
+        assert!(keys.contains(key), "{key} in etcd:\n{keys}");
+    }
+
+    // A crashed coordinator comes back from etcd: same agents, same revisions.
+    c.restart();
+    wait_for(T, "agents reconnected and converged at rev 1", || {
+        let s = c.status();
+        agents
+            .iter()
+            .all(|a| {
+                converged(&s, a.guest)
+                    && guest_status(&s, a.guest)
+                        .is_some_and(|g| g["connected"] == true && g["applied_revision"] == 1)
+            })
+            .then_some(())
+    });
+    write_spec(
+        &spec,
+        &[(201, files_spec(&agents[0].root, &[("motd", "v2\n")]))],
+    );
+    let out = c.cli(&[
+        "apply",
+        "-f",
+        spec.to_str().expect("utf8"),
+        "--timeout",
+        "30s",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("guest 201 rev 2"), "{stdout}");
+    assert_eq!(
+        std::fs::read_to_string(agents[0].root.join("motd")).expect("motd"),
+        "v2\n"
+    );
+}
+
+#[test]
+fn serve_without_reachable_etcd_fails_naming_the_endpoints() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dead = "http://127.0.0.1:1,http://127.0.0.1:2";
+    let out = serve_expecting_failure(
+        &tmp.path().join("state"),
+        &tmp.path().join("admin.sock"),
+        &["--store", "etcd", "--etcd-endpoints", dead],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(dead) && err.contains("unavailable"),
+        "stderr: {err}"
+    );
+}
