@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 /// Where the agent keeps its state unless told otherwise. Stacks may not bind it: it
 /// holds the identity key and the stack owner key.
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/phoenix-agent";
+pub const DEFAULT_STATE_DIR: &str = phoenix_proto::model::compose::grants::DEFAULT_AGENT_STATE_DIR;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {

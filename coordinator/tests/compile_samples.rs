@@ -221,7 +221,10 @@ fn stacks_get_manifest_labels_and_catalog_variables_but_never_literal_secrets() 
     let names: Vec<&str> = stacks.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["qdrant_service", "thinkheads_ai_app"]);
     let qdrant = stacks[0];
-    assert!(qdrant.compose.contains("image: qdrant/qdrant:latest"));
+    assert_eq!(
+        qdrant.project.services()["qdrant"].image.as_str(),
+        "qdrant/qdrant:latest"
+    );
     assert!(qdrant.labels["qdrant"].contains(&"traefik.enable=true".to_string()));
     assert!(
         qdrant
@@ -230,11 +233,18 @@ fn stacks_get_manifest_labels_and_catalog_variables_but_never_literal_secrets() 
             .any(|d| d.as_str() == "service:docker.service")
     );
     let app = stacks[1];
+    // The catalog's variables are interpolated at compile time.
+    let svc = &app.project.services()["thinkheads_ai_app"];
     assert_eq!(
-        app.variables.get("API_PORT").map(String::as_str),
+        svc.environment.get("API_PORT").map(String::as_str),
         Some("8000")
     );
-    assert!(!app.variables.contains_key("DATABASE_PASS"));
+    assert_eq!(svc.ports[0].host_port, Some(8000));
+    assert!(
+        !serde_json::to_string(app)
+            .expect("json")
+            .contains("DATABASE_PASS")
+    );
     for g in c.guests.values() {
         let json = serde_json::to_string(g).expect("json");
         assert!(

@@ -12,6 +12,7 @@ use phoenix_agent::stacks::engine::{
 use phoenix_agent::stacks::owner::OwnerKey;
 use phoenix_agent::stacks::plan::{NetworkPlan, ObservedContainer, VolumePlan};
 use phoenix_proto::model::StackSpec;
+use phoenix_proto::model::compose::{self, ComposeError, ComposeProject};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::process::Command;
@@ -393,23 +394,25 @@ volumes:
   data: {}
 "#;
 
-pub fn spec(name: &str, compose: &str, vars: &[(&str, &str)]) -> StackSpec {
+/// `compose` parsed and interpolated with `vars` by the model's parser, as the
+/// coordinator compiles it; panics on a parse error.
+pub fn project(compose: &str, vars: &[(&str, &str)]) -> ComposeProject {
     let variables: BTreeMap<String, String> = vars
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    serde_json::from_value(serde_json::json!({
-        "name": name,
-        "compose": compose,
-        "variables": variables,
-    }))
-    .expect("stack spec")
+    compose::parse(compose, &variables).expect("compose file")
+}
+
+pub fn spec(name: &str, compose: &str, vars: &[(&str, &str)]) -> StackSpec {
+    StackSpec::new(name, project(compose, vars))
 }
 
 /// A stack directory of the Phoenix repo (`phoenix.json` + `docker-compose.yml`) as the
 /// coordinator would hand it to the agent: environment "production", its variables (plus
-/// `extra` for variables the manifest lacks), its traefik labels.
-pub fn sample_spec(dir: &Path, extra: &[(&str, &str)]) -> StackSpec {
+/// `extra` for variables the manifest lacks) interpolated, its traefik labels. The parse
+/// error when the compose file does not parse with them.
+pub fn sample_spec(dir: &Path, extra: &[(&str, &str)]) -> Result<StackSpec, ComposeError> {
     let name = dir
         .file_name()
         .and_then(|n| n.to_str())
@@ -419,7 +422,7 @@ pub fn sample_spec(dir: &Path, extra: &[(&str, &str)]) -> StackSpec {
         &std::fs::read(dir.join("phoenix.json")).expect("read phoenix.json"),
     )
     .expect("parse phoenix.json");
-    let compose = std::fs::read_to_string(dir.join("docker-compose.yml")).expect("read compose");
+    let text = std::fs::read_to_string(dir.join("docker-compose.yml")).expect("read compose");
     let env = &manifest["environments"]["production"];
     let mut variables = BTreeMap::new();
     for v in env["variables"].as_array().into_iter().flatten() {
@@ -430,7 +433,7 @@ pub fn sample_spec(dir: &Path, extra: &[(&str, &str)]) -> StackSpec {
     for (k, v) in extra {
         variables.insert(k.to_string(), v.to_string());
     }
-    let mut labels = BTreeMap::new();
+    let mut spec = StackSpec::new(name, compose::parse(&text, &variables)?);
     for (svc, cfg) in env["services"].as_object().into_iter().flatten() {
         let l: Vec<String> = cfg["traefik_labels"]
             .as_array()
@@ -438,13 +441,7 @@ pub fn sample_spec(dir: &Path, extra: &[(&str, &str)]) -> StackSpec {
             .flatten()
             .filter_map(|x| x.as_str().map(str::to_string))
             .collect();
-        labels.insert(svc.clone(), l);
+        spec.labels.insert(svc.clone(), l);
     }
-    serde_json::from_value(serde_json::json!({
-        "name": name,
-        "compose": compose,
-        "variables": variables,
-        "labels": labels,
-    }))
-    .expect("sample stack spec")
+    Ok(spec)
 }

@@ -241,7 +241,7 @@ fn secrets_are_flagged_with_errors_and_never_printed() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("literal secret for line 7"),
+        stderr.contains("literal secret for traefik.http.middlewares.app-auth.basicauth.users"),
         "basic-auth label: {stderr}"
     );
     assert!(!stderr.contains("APP_PORT"), "{stderr}");

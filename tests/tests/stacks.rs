@@ -5,11 +5,10 @@
 #![allow(clippy::unwrap_used)]
 
 use phoenix_agent::stacks::StackConverger;
-use phoenix_agent::stacks::compose;
 use phoenix_agent::stacks::engine::ContainerEngine;
 use phoenix_proto::model::StackSpec;
 use phoenix_tests::stacks::{
-    CountingEngine, DockerEnv, FOUR_SERVICES, Pass, StartFault, Teardown, owner_key, pass,
+    CountingEngine, DockerEnv, FOUR_SERVICES, Pass, StartFault, Teardown, owner_key, pass, project,
     sample_spec, spec,
 };
 use std::collections::BTreeMap;
@@ -656,17 +655,16 @@ fn real_sample_stacks_parse_and_plan() {
         }
         seen += 1;
         let name = path.file_name().unwrap().to_string_lossy().to_string();
-        let mut spec = sample_spec(&path, &[]);
-        let parsed = compose::parse(&spec.compose, &spec.variables);
+        let mut parsed = sample_spec(&path, &[]);
         if name == "thinkheads_ai_app" {
             // Uses ${API_PORT} but its manifest defines no variables: Compose would
             // silently publish ":"; Phoenix refuses and names the variable.
             let e = parsed.unwrap_err().to_string();
             assert!(e.contains("API_PORT"), "{e}");
-            spec = sample_spec(&path, &[("API_PORT", "8000")]);
+            parsed = sample_spec(&path, &[("API_PORT", "8000")]);
         }
-        let project = compose::parse(&spec.compose, &spec.variables)
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let spec = parsed.unwrap_or_else(|e| panic!("{name}: {e}"));
+        let project = &spec.project;
         let labels: BTreeMap<String, BTreeMap<String, String>> = spec
             .labels
             .iter()
@@ -681,7 +679,7 @@ fn real_sample_stacks_parse_and_plan() {
             .collect();
         let desired = phoenix_agent::stacks::plan::render(
             &name,
-            &project,
+            project,
             &labels,
             &BTreeMap::new(),
             &BTreeMap::new(),
@@ -1006,8 +1004,7 @@ async fn agent_binary_refuses_undeclared_grants_and_foreign_owners() {
             serde_json::to_vec(&serde_json::json!({"resources": [{
                 "kind": "stack",
                 "name": stack,
-                "compose": compose,
-                "variables": {"IMAGE": env.image},
+                "project": project(compose, &[("IMAGE", &env.image)]),
                 "host_access": host_access,
             }]}))
             .unwrap(),

@@ -150,7 +150,7 @@ async fn unsupported_kind_refuses_the_whole_state() {
     let engine = Engine::new(Handlers::files_only(fake.clone()));
     let spec = r#"{"resources":[
         {"kind":"file","path":"/a","content":"1"},
-        {"kind":"stack","name":"web","compose":"services: {}"}]}"#;
+        {"kind":"stack","name":"web","project":{"services":{"web":{"image":"x"}}}}]}"#;
     let r = engine
         .run(&state(spec, false), Trigger::Push { revision: 1 }, &never)
         .await;

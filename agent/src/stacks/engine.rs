@@ -4,7 +4,6 @@
 //! bollard sends unversioned paths, so the daemon answers at its own API version; the
 //! bodies below only use fields that Engine API 1.41 (Docker 20.10) knows.
 
-use super::compose::Condition;
 use super::plan::{ContainerConfig, NetworkPlan, ObservedContainer, VolumePlan};
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
@@ -20,6 +19,7 @@ use bollard::query_parameters::{
     RenameContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use phoenix_proto::model::ContainerName;
+use phoenix_proto::model::compose::Condition;
 use std::collections::{BTreeMap, HashMap};
 use tokio_stream::StreamExt;
 
@@ -270,7 +270,7 @@ pub fn create_body(c: &ContainerConfig, labels: HashMap<String, String>) -> Cont
         ..Default::default()
     };
     ContainerCreateBody {
-        image: Some(s.image.clone()),
+        image: Some(s.image.to_string()),
         cmd: s.command.clone(),
         entrypoint: s.entrypoint.clone(),
         env: Some(

@@ -1,42 +1,51 @@
 //! Docker stacks, converged through the Engine API (bollard) instead of `docker compose`.
 //!
-//! `compose` parses and validates the Compose subset (pure; the coordinator uses it too),
-//! `plan` compares desired with observed and lists steps (pure), `engine` is the small
-//! `ContainerEngine` trait with its Docker implementation, and `StackConverger` below ties
-//! them to the reconcile engine.
+//! The Compose subset, its parser and the grant detection live in the shared model
+//! (`phoenix_proto::model::compose`): a `StackSpec` arrives with the project already
+//! parsed and checked. `plan` compares desired with observed and lists steps (pure),
+//! `engine` is the small `ContainerEngine` trait with its Docker implementation, `files`
+//! reads env files and writes stack files beneath the roots, and `StackConverger` below
+//! ties them to the reconcile engine.
 //!
 //! Every object created here carries `phoenix.stack=<name>` and `phoenix.owner` (an HMAC
 //! under a key only this agent holds, see `owner`); containers also carry
 //! `phoenix.service`, `phoenix.config-hash` and `phoenix.image-digest` (the local image
 //! ID they were created from). Nothing without a valid owner proof is ever changed or
 //! adopted: an object that carries the stack label without the proof is reported as a
-//! conflict and fails the stack. Host-root grants (`grants`) are refused unless the spec
-//! declares them in `host_access`, and env files are read only beneath the allowed roots.
+//! conflict and fails the stack. Host-root grants (the model's `grants`) are refused
+//! unless the spec declares them in `host_access`, and env files are read only beneath
+//! the allowed roots.
+//!
+//! The converger (render → observe → plan → execute, with health gating and rollback)
+//! stays in this one module of about 750 lines: its steps share the engine, the owner key
+//! and the running map of containers, and cutting between them would spread one flow.
+//!
 //! Limits: images are pulled only when absent locally (a moved `:latest` tag upstream is
 //! not noticed until the image is removed); named volumes are never removed; services
 //! are started one after another.
 
-pub mod compose;
 pub mod engine;
-pub mod grants;
+mod error;
+mod files;
 pub mod owner;
 pub mod plan;
 
-use crate::hostfs::{self as fsutil, FileAttrs};
+use crate::hostfs as fsutil;
 use crate::reconcile::{Check, Converge, PassContext, ResourceError};
-use compose::{ComposeError, ComposeProject, Condition};
 use engine::{ContainerEngine, ContainerState, EngineError, RegistryAuth};
 use owner::{Kind, LABEL_OWNER, OwnerKey};
+use phoenix_proto::model::compose::{ComposeProject, Condition, grants};
 use phoenix_proto::model::{SecretRef, StackSpec};
-use plan::{ASIDE_SUFFIX, Desired, Observed, Plan, PlanError, Step};
+use plan::{ASIDE_SUFFIX, Desired, Observed, Plan, Step};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Labels under this prefix belong to Phoenix; a Compose file may not set them.
-pub const LABEL_PREFIX: &str = "phoenix.";
+pub use error::StackError;
+use files::{parse_env_file, read_env_file, write_stack_file};
+pub use phoenix_proto::model::compose::LABEL_PREFIX;
 pub const LABEL_STACK: &str = "phoenix.stack";
 pub const LABEL_SERVICE: &str = "phoenix.service";
 pub const LABEL_CONFIG_HASH: &str = "phoenix.config-hash";
@@ -48,81 +57,6 @@ const POLL: Duration = Duration::from_millis(100);
 /// known about it.
 const SETTLE: Duration = Duration::from_secs(1);
 const MAX_WAIT: Duration = Duration::from_secs(600);
-
-#[derive(Debug, thiserror::Error)]
-pub enum StackError {
-    #[error("stack {stack}: {source}")]
-    Compose {
-        stack: String,
-        #[source]
-        source: ComposeError,
-    },
-    #[error("stack {stack}: label {label:?} for service {service}: {why}")]
-    Label {
-        stack: String,
-        service: String,
-        label: String,
-        why: &'static str,
-    },
-    #[error("stack {stack}: file {path} is outside the allowed roots")]
-    FileOutsideRoots { stack: String, path: String },
-    #[error("stack {stack}: {action} {path}: {source}")]
-    Io {
-        stack: String,
-        action: &'static str,
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(
-        "stack {stack}: host access not declared in host_access: {grants}; a stack gets these only by listing them in its host_access"
-    )]
-    HostAccess { stack: String, grants: String },
-    #[error("stack {stack}: env file {path}: {why}")]
-    EnvFile {
-        stack: String,
-        path: String,
-        why: String,
-    },
-    #[error("stack {stack}: env file {path} line {line}: expected KEY=VALUE")]
-    EnvFileLine {
-        stack: String,
-        path: String,
-        line: usize,
-    },
-    #[error("stack {stack}: read registry credentials from {from}: {why}")]
-    RegistryAuth {
-        stack: String,
-        from: String,
-        why: String,
-    },
-    #[error(transparent)]
-    Plan(#[from] PlanError),
-    #[error("stack {stack}: {source}")]
-    Engine {
-        stack: String,
-        #[source]
-        source: EngineError,
-    },
-    #[error("stack {stack}: service {service} {why}")]
-    Dependency {
-        stack: String,
-        service: String,
-        why: String,
-    },
-    #[error("stack {stack}: image {image} is still absent after pulling it")]
-    PullMissing { stack: String, image: String },
-    #[error(
-        "stack {stack}: recreate {service} failed: {cause}; {}",
-        if *.restored { "the previous container was put back" } else { "the previous container was not restored" }
-    )]
-    RecreateFailed {
-        stack: String,
-        service: String,
-        cause: String,
-        restored: bool,
-    },
-}
 
 /// One container of a stack as reported to the operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,13 +126,6 @@ impl StackConverger {
         }
     }
 
-    fn project(&self, spec: &StackSpec) -> Result<ComposeProject, StackError> {
-        compose::parse(&spec.compose, &spec.variables).map_err(|source| StackError::Compose {
-            stack: spec.name.clone(),
-            source,
-        })
-    }
-
     fn extra_labels(
         spec: &StackSpec,
         project: &ComposeProject,
@@ -211,7 +138,7 @@ impl StackConverger {
                 label: label.to_string(),
                 why,
             };
-            if !project.services.contains_key(service) {
+            if !project.services().contains_key(service) {
                 return Err(bad("", "no such service in the compose file"));
             }
             let mut map = BTreeMap::new();
@@ -259,9 +186,9 @@ impl StackConverger {
     /// stack files with the host. Reads only.
     fn render(&self, spec: &StackSpec) -> Result<Rendered, StackError> {
         let stack = spec.name.as_str();
-        let project = self.project(spec)?;
-        let grants = self.check_grants(spec, &project)?;
-        let labels = Self::extra_labels(spec, &project)?;
+        let project = &spec.project;
+        let grants = self.check_grants(spec, project)?;
+        let labels = Self::extra_labels(spec, project)?;
         let io = |action, path: &Path| {
             let path = path.display().to_string();
             move |source| StackError::Io {
@@ -272,7 +199,7 @@ impl StackConverger {
             }
         };
         let mut env_files = BTreeMap::new();
-        for svc in project.services.values() {
+        for svc in project.services().values() {
             for path in &svc.env_files {
                 if env_files.contains_key(path) {
                     continue;
@@ -306,7 +233,7 @@ impl StackConverger {
                 Err(e) => return Err(io("read stack file", path)(e.into())),
             }
         }
-        let mut desired = plan::render(stack, &project, &labels, &env_files, &digests);
+        let mut desired = plan::render(stack, project, &labels, &env_files, &digests);
         for c in &mut desired.containers {
             c.grants = grants
                 .iter()
@@ -346,9 +273,13 @@ impl StackConverger {
             .collect();
         let mut images = BTreeMap::new();
         for c in &desired.containers {
-            if !images.contains_key(&c.spec.image) {
-                let id = self.engine.image_id(&c.spec.image).await.map_err(e())?;
-                images.insert(c.spec.image.clone(), id);
+            if !images.contains_key(c.spec.image.as_str()) {
+                let id = self
+                    .engine
+                    .image_id(c.spec.image.as_str())
+                    .await
+                    .map_err(e())?;
+                images.insert(c.spec.image.to_string(), id);
             }
         }
         let owned = containers
@@ -661,12 +592,12 @@ impl StackConverger {
             let image = &desired.containers[i].spec.image;
             observed
                 .images
-                .get(image)
+                .get(image.as_str())
                 .cloned()
                 .flatten()
                 .ok_or_else(|| StackError::PullMissing {
                     stack: stack.into(),
-                    image: image.clone(),
+                    image: image.to_string(),
                 })
         };
         let mut done = Vec::new();
@@ -767,119 +698,12 @@ impl StackConverger {
     }
 }
 
-/// Largest env file read from the host; larger is a mistake, not configuration.
-const ENV_FILE_MAX: u64 = 1 << 20;
-
-/// Reads an env file from the host, only from beneath one of `roots`. The path below the
-/// root is resolved by the kernel (openat2 with RESOLVE_BENEATH and RESOLVE_NO_MAGICLINKS
-/// against the root's directory fd), so neither `..` nor a symlink, even one swapped in
-/// while we read, leads outside the root; links that stay inside are followed. Only a
-/// regular file is read (a FIFO would block the pass, a device would never end). Returns
-/// why not, as text for `StackError::EnvFile`.
-fn read_env_file(roots: &[PathBuf], path: &str) -> Result<String, String> {
-    use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
-    use std::io::Read;
-    let p = Path::new(path);
-    let inside = |r: &&PathBuf| {
-        p.starts_with(r)
-            && p != r.as_path()
-            && !p.components().any(|c| c == std::path::Component::ParentDir)
-    };
-    let Some(root) = roots.iter().find(inside) else {
-        let roots: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
-        return Err(format!(
-            "is outside the allowed roots ({}); keep env files beneath one of them",
-            if roots.is_empty() {
-                "none configured".to_string()
-            } else {
-                roots.join(", ")
-            }
-        ));
-    };
-    let rel = p.strip_prefix(root).map_err(|e| e.to_string())?;
-    let dir = std::fs::File::open(root)
-        .map_err(|e| format!("open allowed root {}: {e}", root.display()))?;
-    let how = OpenHow::new()
-        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK)
-        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    let fd = openat2(&dir, rel, how).map_err(|e| match e {
-        nix::errno::Errno::EXDEV | nix::errno::Errno::ELOOP => format!(
-            "leads outside the allowed root {} through a link or '..'; refusing to read it",
-            root.display()
-        ),
-        e => format!("open: {e}"),
-    })?;
-    let file = std::fs::File::from(fd);
-    let meta = file.metadata().map_err(|e| format!("stat: {e}"))?;
-    if !meta.file_type().is_file() {
-        return Err("is not a regular file".into());
-    }
-    if meta.len() > ENV_FILE_MAX {
-        return Err(format!("is larger than {ENV_FILE_MAX} bytes"));
-    }
-    let mut text = String::new();
-    file.take(ENV_FILE_MAX)
-        .read_to_string(&mut text)
-        .map_err(|e| format!("read: {e}"))?;
-    Ok(text)
-}
-
-fn parse_env_file(
-    stack: &str,
-    path: &str,
-    text: &str,
-) -> Result<BTreeMap<String, String>, StackError> {
-    let mut out = BTreeMap::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (k, v) = line
-            .split_once('=')
-            .filter(|(k, _)| !k.trim().is_empty())
-            .ok_or_else(|| StackError::EnvFileLine {
-                stack: stack.into(),
-                path: path.into(),
-                line: n + 1,
-            })?;
-        let v = v.trim();
-        let v = v
-            .strip_prefix('"')
-            .and_then(|v| v.strip_suffix('"'))
-            .or_else(|| v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
-            .unwrap_or(v);
-        out.insert(k.trim().to_string(), v.to_string());
-    }
-    Ok(out)
-}
-
-fn write_stack_file(
-    stack: &str,
-    root: &Path,
-    path: &Path,
-    content: &str,
-) -> Result<(), StackError> {
-    let attrs = FileAttrs {
-        mode: 0o644,
-        uid: None,
-        gid: None,
-    };
-    fsutil::write_beneath(root, path, content.as_bytes(), attrs, true).map_err(|e| StackError::Io {
-        stack: stack.to_string(),
-        action: "write",
-        path: path.display().to_string(),
-        source: e.into(),
-    })
-}
-
 #[async_trait::async_trait]
 impl Converge<StackSpec> for StackConverger {
     fn validate(&self, spec: &StackSpec) -> Result<(), ResourceError> {
-        let project = self.project(spec)?;
-        Self::extra_labels(spec, &project)?;
+        Self::extra_labels(spec, &spec.project)?;
         self.check_roots(spec)?;
-        self.check_grants(spec, &project)?;
+        self.check_grants(spec, &spec.project)?;
         Ok(())
     }
 

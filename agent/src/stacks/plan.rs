@@ -10,8 +10,8 @@
 //! running: it is put back under its name, so the recreate runs again with it as the
 //! rollback copy.
 
-use super::compose::{ComposeProject, Condition, MountKind, Service};
 use super::{LABEL_CONFIG_HASH, LABEL_IMAGE, LABEL_SERVICE, LABEL_STACK};
+use phoenix_proto::model::compose::{self, ComposeProject, Condition, MountKind, Service, grants};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
@@ -111,7 +111,7 @@ pub fn render(
     stack_files: &BTreeMap<String, String>,
 ) -> Desired {
     let networks: Vec<NetworkPlan> = project
-        .networks
+        .networks()
         .iter()
         .map(|(key, n)| NetworkPlan {
             name: if n.external {
@@ -126,13 +126,13 @@ pub fn render(
         })
         .collect();
     let net_name: BTreeMap<&str, &str> = project
-        .networks
+        .networks()
         .keys()
         .zip(&networks)
         .map(|(k, n)| (k.as_str(), n.name.as_str()))
         .collect();
     let volumes: Vec<VolumePlan> = project
-        .volumes
+        .volumes()
         .iter()
         .map(|(key, v)| VolumePlan {
             name: if v.external {
@@ -146,7 +146,7 @@ pub fn render(
         })
         .collect();
     let vol_name: BTreeMap<&str, &str> = project
-        .volumes
+        .volumes()
         .keys()
         .zip(&volumes)
         .map(|(k, v)| (k.as_str(), v.name.as_str()))
@@ -154,7 +154,7 @@ pub fn render(
 
     let mut containers = Vec::new();
     for svc_name in project.start_order() {
-        let Some(svc) = project.services.get(svc_name) else {
+        let Some(svc) = project.services().get(svc_name) else {
             continue;
         };
         let mut spec = svc.clone();
@@ -178,7 +178,7 @@ pub fn render(
             }
         }
         let keys: Vec<String> = if svc.networks.is_empty() {
-            vec![super::compose::DEFAULT_NETWORK.to_string()]
+            vec![compose::DEFAULT_NETWORK.to_string()]
         } else {
             svc.networks.keys().cloned().collect()
         };
@@ -213,7 +213,7 @@ pub fn render(
         });
     }
     // As the file says; the converger also judges where bind sources' links lead.
-    for g in super::grants::detect(project, &[]) {
+    for g in grants::detect(project, &[]) {
         if let Some(c) = containers.iter_mut().find(|c| c.service == g.service) {
             c.grants.push(g.access);
         }
@@ -352,8 +352,11 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Result<Plan, PlanError> {
 
     let mut pulls = BTreeSet::new();
     for c in &desired.containers {
-        if matches!(observed.images.get(&c.spec.image), None | Some(None)) {
-            pulls.insert(c.spec.image.clone());
+        if matches!(
+            observed.images.get(c.spec.image.as_str()),
+            None | Some(None)
+        ) {
+            pulls.insert(c.spec.image.to_string());
         }
     }
     steps.extend(pulls.iter().map(|image| Step::Pull {
@@ -503,7 +506,11 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Result<Plan, PlanError> {
             steps.push(Step::Create { index: i });
             continue;
         };
-        let image_id = observed.images.get(&want.spec.image).cloned().flatten();
+        let image_id = observed
+            .images
+            .get(want.spec.image.as_str())
+            .cloned()
+            .flatten();
         let why = if have.labels.get(LABEL_CONFIG_HASH) != Some(&want.config_hash()) {
             Some("configuration changed".to_string())
         } else if image_id.is_none() {

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
+use phoenix_proto::model::compose;
 use plan::ObservedContainer;
 
 const STACK: &str = r#"
@@ -50,7 +51,7 @@ fn converged(d: &Desired) -> Observed {
             exit_code: None,
         });
         o.images
-            .insert(c.spec.image.clone(), Some("sha256:1".into()));
+            .insert(c.spec.image.to_string(), Some("sha256:1".into()));
     }
     for n in &d.networks {
         o.owned_networks.insert(n.name.clone());
@@ -342,14 +343,12 @@ fn env_files_and_labels() {
     let env = parse_env_file("s", "/e", "# c\nA=1\nB=\"two words\"\n\n").unwrap();
     assert_eq!(env["B"], "two words");
     assert!(parse_env_file("s", "/e", "novalue\n").is_err());
-    let spec: StackSpec = serde_json::from_value(serde_json::json!({
-        "name": "s",
-        "compose": STACK,
-        "labels": {"api": ["traefik.enable=true", "broken"]},
-    }))
-    .unwrap();
-    let p = compose::parse(&spec.compose, &spec.variables).unwrap();
-    let e = StackConverger::extra_labels(&spec, &p)
+    let mut spec = StackSpec::new("s", compose::parse(STACK, &BTreeMap::new()).unwrap());
+    spec.labels.insert(
+        "api".into(),
+        vec!["traefik.enable=true".into(), "broken".into()],
+    );
+    let e = StackConverger::extra_labels(&spec, &spec.project)
         .unwrap_err()
         .to_string();
     assert!(e.contains("broken"), "{e}");

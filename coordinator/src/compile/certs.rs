@@ -215,7 +215,7 @@ fn certificate(
                 .and_then(|(_, b)| {
                     b.resources.iter().find_map(|r| match r {
                         Resource::Stack(s)
-                            if s.compose.contains(&format!("container_name: {c}")) =>
+                            if s.project.service_with_container_name(c).is_some() =>
                         {
                             Some(r.id())
                         }

@@ -17,6 +17,7 @@
 
 use super::phoenix::Nvidia;
 use super::types::GuestKind;
+use phoenix_proto::model::compose;
 use phoenix_proto::model::{
     AbsPath, Ensure, ExecSpec, FileMode, FileSpec, ModelError, PackageSpec, PackageState, Resource,
     ResourceRef, RunState, ServiceSpec, StackSpec,
@@ -535,18 +536,10 @@ pub(crate) fn portainer(ctx: &FeatureCtx) -> Vec<Item> {
     if ctx.portainer_role == Some("agent") {
         host_access.push("bind /var/lib/docker/volumes".into());
     }
-    let stack = StackSpec {
-        name: "portainer".into(),
-        environment: "production".into(),
-        compose: compose.into(),
-        variables: BTreeMap::new(),
-        labels: BTreeMap::new(),
-        files: Vec::new(),
-        registry_auth: None,
-        rollback_on_failure: true,
-        depends_on: Vec::new(),
-        host_access,
-    };
+    let project = compose::parse(compose, &BTreeMap::new())
+        .unwrap_or_else(|e| unreachable!("constant portainer compose file: {e}"));
+    let mut stack = StackSpec::new("portainer", project);
+    stack.host_access = host_access;
     vec![Item::from(Resource::Stack(stack)).after(ResourceRef::new("service", "docker.service"))]
 }
 

@@ -8,7 +8,7 @@
 //! `vllm_engine_config` become services ([`scripts`]), certificate-manifest entries become
 //! `cert` resources in the guest that owns the path ([`certs`]), `docker_stacks` become
 //! `stack` resources ([`stacks`]); what the configs say about the guest itself is kept as
-//! [`Declared`] (compared with agent facts by [`compare`]) and the rest as checked
+//! `Declared` (the model's; compared with agent facts by the model's `compare`) and the rest as checked
 //! [`GuestFacts`]. Literal secrets are flagged and never copied into a spec ([`secrets`]).
 //!
 //! Layers, bottom up; a module imports only from layers below its own (and the few
@@ -17,7 +17,7 @@
 //! | layer | modules | job |
 //! |---|---|---|
 //! | 0 | [`types`], [`names`] | what the compiler produces and reports; string checks |
-//! | 1 | [`reader`], [`compare`] | lenient JSON access and the run's diagnostics; declared vs observed |
+//! | 1 | [`reader`] | lenient JSON access and the run's diagnostics |
 //! | 2 | [`keys`], [`secrets`] | known keys (near misses); literal secrets and references |
 //! | 3 | [`phoenix`], [`facts`], [`vllm`], [`files`] | the Phoenix config readers |
 //! | 4 | [`features`], [`scripts`], [`builder`] | resources each feature / script makes; one guest's resources |
@@ -34,7 +34,6 @@ mod build;
 mod builder;
 mod catalog;
 mod certs;
-mod compare;
 mod facts;
 mod features;
 mod files;
@@ -53,13 +52,12 @@ mod types;
 mod vllm;
 
 pub use builder::NGINX_CHECKED_RELOAD;
-pub use compare::{Mismatch, compare};
 pub use native::NativeConfig;
 
 pub use types::{
-    CompileOptions, Compiled, CompiledGuest, ConfigError, ConfigErrors, Declared, Direction,
-    Firewall, FirewallAction, FirewallRule, GuestFacts, GuestKind, MountKind, MountPoint,
-    NetworkInterface, PortMapping, Problem, TraefikService, Warning,
+    CompileOptions, Compiled, CompiledGuest, ConfigError, ConfigErrors, Direction, Firewall,
+    FirewallAction, FirewallRule, GuestFacts, GuestKind, MountKind, MountPoint, NetworkInterface,
+    PortMapping, Problem, TraefikService, Warning,
 };
 
 use files::{LXC_FILE, Layout, VM_FILE};

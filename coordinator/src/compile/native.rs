@@ -5,7 +5,8 @@
 
 use super::reader::{Diag, Node, read_json};
 use super::secrets;
-use super::types::{Compiled, CompiledGuest, Declared, GuestFacts, GuestKind, Problem};
+use super::types::{Compiled, CompiledGuest, GuestFacts, GuestKind, Problem};
+use phoenix_proto::model::Declared;
 use phoenix_proto::model::{GuestId, GuestSpec, ModelError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -8,8 +8,9 @@ use super::facts::{firewall, gpus, mac_address, mounts, network, port_mapping, t
 use super::keys;
 use super::names::{domain_ok, simple_name_ok};
 use super::reader::{Diag, Node, abs_path, guest_or_root};
-use super::types::{Declared, GuestFacts, GuestKind, Problem};
+use super::types::{GuestFacts, GuestKind, Problem};
 use super::vllm::{self, VllmArgs};
+use phoenix_proto::model::Declared;
 use phoenix_proto::model::GuestId;
 use serde_json::Value;
 use std::path::PathBuf;

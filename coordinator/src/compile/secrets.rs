@@ -6,6 +6,7 @@
 //! Layer 2: imports only layers 0–1 (`types`, `reader`).
 
 use super::reader::{Diag, Node};
+use phoenix_proto::model::compose::ComposeProject;
 use phoenix_proto::model::{AbsPath, EnvName, SecretRef};
 use serde_json::Value;
 
@@ -142,50 +143,77 @@ fn env_name(n: &Node, d: &mut Diag) -> Option<EnvName> {
     }
 }
 
-/// Replaces literal secret values in Compose text (`KEY: value`, `- KEY=value`) with
-/// a `${KEY}` interpolation, so the value comes from the stack's variables at deploy
-/// time and never from the file. Returns the redacted text, the keys it touched and
-/// the values it removed (for [`Diag::secrets`]).
-pub(crate) fn redact_compose(text: &str) -> (String, Vec<String>, Vec<String>) {
-    let mut keys = Vec::new();
-    let mut values = Vec::new();
-    let mut out = String::with_capacity(text.len());
-    for (no, line) in text.split_inclusive('\n').enumerate() {
-        let body = line.trim_end_matches(['\n', '\r']);
-        let ending = &line[body.len()..];
-        let indent_len = body.len() - body.trim_start().len();
-        let (indent, rest) = body.split_at(indent_len);
-        let (dash, rest) = match rest.strip_prefix("- ") {
-            Some(r) => ("- ", r),
-            None => ("", rest),
-        };
-        let split = if dash.is_empty() {
-            rest.split_once(": ").map(|(k, v)| (k, ": ", v))
+/// A literal secret inside a parsed Compose project.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ComposeLiteral {
+    /// Where it sits, e.g. `services.db.environment.POSTGRES_PASSWORD`.
+    pub field: String,
+    /// What names it: the variable, label or option key, or the field of a list item.
+    pub key: String,
+    pub value: String,
+}
+
+/// Every literal secret in `project`, found on its typed form: values under a credential
+/// key (environment, labels, driver and logging options), `--password x` in a command
+/// or healthcheck, and values that are secrets by their shape anywhere. Such a value must
+/// not reach a guest: the container reads it from an env_file or file on the guest.
+pub(crate) fn compose_literals(project: &ComposeProject) -> Vec<ComposeLiteral> {
+    let mut out = Vec::new();
+    let value = serde_json::to_value(project).unwrap_or_default();
+    walk_literals(&value, "", &mut out);
+    out
+}
+
+fn walk_literals(v: &Value, path: &str, out: &mut Vec<ComposeLiteral>) {
+    let join = |k: &str| {
+        if path.is_empty() {
+            k.to_string()
         } else {
-            rest.split_once('=').map(|(k, v)| (k, "=", v))
-        };
-        if let Some((key, sep, value)) = split {
-            let key_clean = key.trim().trim_matches(['"', '\'']);
-            let value_clean = value.trim().trim_matches(['"', '\'']);
-            if EnvName::try_from(key_clean).is_ok()
-                && is_literal_secret(key_clean, value_clean)
-                && !value_clean.contains("${")
-            {
-                keys.push(key_clean.to_string());
-                values.push(value_clean.to_string());
-                out.push_str(&format!("{indent}{dash}{key}{sep}${{{key_clean}}}{ending}"));
-                continue;
+            format!("{path}.{k}")
+        }
+    };
+    match v {
+        Value::Object(map) => {
+            for (k, child) in map {
+                match child {
+                    Value::String(s) if is_literal_secret(k, s) => out.push(ComposeLiteral {
+                        field: join(k),
+                        key: k.clone(),
+                        value: s.clone(),
+                    }),
+                    _ => walk_literals(child, &join(k), out),
+                }
             }
         }
-        // A secret that cannot become an interpolation (a label such as
-        // `traefik…basicauth.users=admin:$$apr1$$…`): reported, never sent.
-        if phoenix_proto::redact::redact_line(body) != body {
-            keys.push(format!("line {}", no + 1));
-            values.push(body.trim().to_string());
+        Value::Array(items) => {
+            let argv: Vec<String> = items
+                .iter()
+                .filter_map(|i| i.as_str().map(str::to_string))
+                .collect();
+            let flagged = if argv.len() == items.len() {
+                secret_args(&argv)
+            } else {
+                Vec::new()
+            };
+            for (i, item) in items.iter().enumerate() {
+                if flagged.contains(&i) {
+                    out.push(ComposeLiteral {
+                        field: format!("{path}[{i}]"),
+                        key: format!("{path}[{i}]"),
+                        value: argv[i].clone(),
+                    });
+                } else {
+                    walk_literals(item, &format!("{path}[{i}]"), out);
+                }
+            }
         }
-        out.push_str(line);
+        Value::String(s) if secret_value(s).is_some() => out.push(ComposeLiteral {
+            field: path.to_string(),
+            key: path.to_string(),
+            value: s.clone(),
+        }),
+        _ => {}
     }
-    (out, keys, values)
 }
 
 /// The last line of defence: a literal secret found anywhere in the configs must not
@@ -240,15 +268,35 @@ mod tests {
     }
 
     #[test]
-    fn compose_literals_become_interpolations() {
-        let (text, keys, values) = redact_compose(
-            "services:\n  db:\n    environment:\n      POSTGRES_PASSWORD: hunter2\n      - N8N_API_TOKEN=abc\n      POSTGRES_USER: n8n\n      DB_PASSWORD: ${DB_PASSWORD}\n",
+    fn compose_literals_are_found_on_the_parsed_project() {
+        let project = phoenix_proto::model::compose::parse(
+            "services:\n  db:\n    image: postgres:16\n    command: [\"app\", \"--db-password\", \"pw-in-argv\"]\n    environment:\n      - POSTGRES_PASSWORD=hunter2\n      - POSTGRES_USER=n8n\n      - DB_PASSWORD_FILE=/run/secrets/db\n    labels:\n      traefik.http.middlewares.a.basicauth.users: \"admin:$$apr1$$x$$y\"\n",
+            &std::collections::BTreeMap::new(),
+        )
+        .expect("parse");
+        let found: Vec<(String, String, String)> = compose_literals(&project)
+            .into_iter()
+            .map(|l| (l.field, l.key, l.value))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (
+                    "services.db.command[2]".to_string(),
+                    "services.db.command[2]".to_string(),
+                    "pw-in-argv".to_string()
+                ),
+                (
+                    "services.db.environment.POSTGRES_PASSWORD".into(),
+                    "POSTGRES_PASSWORD".into(),
+                    "hunter2".into()
+                ),
+                (
+                    "services.db.labels.traefik.http.middlewares.a.basicauth.users".into(),
+                    "traefik.http.middlewares.a.basicauth.users".into(),
+                    "admin:$apr1$x$y".into()
+                ),
+            ]
         );
-        assert_eq!(keys, ["POSTGRES_PASSWORD", "N8N_API_TOKEN"]);
-        assert_eq!(values, ["hunter2", "abc"]);
-        assert!(!text.contains("hunter2") && !text.contains("abc"));
-        assert!(text.contains("POSTGRES_PASSWORD: ${POSTGRES_PASSWORD}\n"));
-        assert!(text.contains("- N8N_API_TOKEN=${N8N_API_TOKEN}\n"));
-        assert!(text.contains("POSTGRES_USER: n8n"));
     }
 }

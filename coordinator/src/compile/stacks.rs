@@ -1,6 +1,7 @@
 //! `docker_stacks` → `stack` resources: the stack's manifest (`stacks/<name>/phoenix.json`)
-//! or catalog entry, its compose file checked by the agent's own parser, its variables,
-//! labels, host-access grants and firewall rules.
+//! or catalog entry, its compose file parsed and interpolated by the model's parser (the
+//! agent runs the same checks on what it receives), its labels, host-access grants and
+//! firewall rules. Literal secrets are found on the parsed project and refused.
 //!
 //! Layer 6, per-guest assembly: imports layers 0–5.
 
@@ -11,7 +12,9 @@ use super::phoenix::{GuestConfig, StackRef};
 use super::reader::{Diag, Node, read_json};
 use super::secrets;
 use super::types::{FirewallRule, Problem};
-use phoenix_proto::model::{Resource, ResourceRef};
+use phoenix_proto::model::compose;
+use phoenix_proto::model::{Resource, ResourceRef, StackSpec};
+use phoenix_proto::redact;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -113,18 +116,6 @@ pub(crate) fn stack(
             return None;
         }
     };
-    let (compose, redacted, values) = secrets::redact_compose(&compose_raw);
-    d.secrets.extend(values);
-    for key in &redacted {
-        d.error(
-            &compose_path,
-            "",
-            Problem::Conflict(format!(
-                "literal secret for {key} (value redacted); keep it on the guest, e.g. in an env_file such as /etc/phoenix/secrets/{}.env",
-                s.name
-            )),
-        );
-    }
     let mut variables = BTreeMap::new();
     if let Some(vars) = pick("variables") {
         for v in vars.items(d, "an array of {name, value}") {
@@ -175,13 +166,6 @@ pub(crate) fn stack(
             "stack files (Portainer configs) are not compiled; mount them from the guest instead",
         );
     }
-    // The agent's own Compose parser: what passes here is what the agent will accept.
-    // Redacted secrets already failed above; give them a value so they are not
-    // reported twice as unset variables.
-    let mut check_vars = variables.clone();
-    for key in &redacted {
-        check_vars.entry(key.clone()).or_default();
-    }
     // Host-root grants must be declared by the stack (manifest or catalog environment
     // key `host_access`, a list of grants as the agent prints them).
     let mut host_access = Vec::new();
@@ -195,72 +179,77 @@ pub(crate) fn stack(
             }
         }
     }
-    match phoenix_agent::stacks::compose::parse(&compose, &check_vars) {
-        Ok(project) => {
-            // The agent also refuses binds of its own state directory and binds whose
-            // links lead somewhere sensitive; only the guest can see those.
-            let grants = phoenix_agent::stacks::grants::detect(
-                &project,
-                &[std::path::PathBuf::from(
-                    phoenix_agent::state::DEFAULT_STATE_DIR,
-                )],
-            );
-            for g in &grants {
-                let declared = host_access.iter().any(|a| a == &g.access);
-                d.warn(
-                    &compose_path,
-                    &g.field,
-                    if declared {
-                        format!("service {} GRANTS HOST ACCESS: {} (declared in host_access)", g.service, g.access)
-                    } else {
-                        format!(
-                            "service {} GRANTS HOST ACCESS: {}, not declared: the agent refuses stack {} until \"host_access\": [\"{}\"] is added to its environment {:?} in stacks/{}/phoenix.json",
-                            g.service, g.access, s.name, g.access, s.environment, s.name
-                        )
-                    },
-                );
-            }
-            for (svc, n) in &label_paths {
-                if labels.contains_key(svc) && !project.services.contains_key(svc) {
-                    n.error(
-                        d,
-                        Problem::Expected {
-                            expected: format!("a service of {}", compose_path.display()),
-                            found: format!("{svc:?}"),
-                        },
-                    );
-                }
-            }
-        }
-        // One line per error: the parser's source excerpt repeats the file.
-        Err(e) => d.error(
-            &compose_path,
-            "",
-            Problem::Compose(
-                e.to_string()
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_string(),
-            ),
-        ),
-    }
     let rules: Vec<FirewallRule> = pick("firewall_rules")
         .map(|n| facts::firewall_rules(&n, d))
         .unwrap_or_default();
-    let spec = phoenix_proto::model::StackSpec {
-        name: s.name.clone(),
-        environment: s.environment.clone(),
-        compose,
-        variables,
-        labels,
-        files: Vec::new(),
-        registry_auth: None,
-        rollback_on_failure: true,
-        depends_on: Vec::new(),
-        host_access,
+    // The model's Compose parser: what passes here is what the agent will accept.
+    let project = match compose::parse(&compose_raw, &variables) {
+        Ok(p) => p,
+        // One line per error: the parser's source excerpt repeats the file. Redacted,
+        // since the line may quote a value.
+        Err(e) => {
+            let text = e.to_string();
+            let line = text.lines().next().unwrap_or("").trim();
+            d.error(
+                &compose_path,
+                "",
+                Problem::Compose(redact::redact_line(line).into_owned()),
+            );
+            return None;
+        }
     };
+    let literals = secrets::compose_literals(&project);
+    for l in &literals {
+        d.secrets.push(l.value.clone());
+        d.error(
+            &compose_path,
+            &l.field,
+            Problem::Conflict(format!(
+                "literal secret for {} (value redacted); keep it on the guest, e.g. in an env_file such as /etc/phoenix/secrets/{}.env",
+                l.key, s.name
+            )),
+        );
+    }
+    // The agent also refuses binds of its own state directory and binds whose links lead
+    // somewhere sensitive; only the guest can see those.
+    let grants = compose::grants::detect(
+        &project,
+        &[PathBuf::from(compose::grants::DEFAULT_AGENT_STATE_DIR)],
+    );
+    for g in &grants {
+        let declared = host_access.iter().any(|a| a == &g.access);
+        d.warn(
+            &compose_path,
+            &g.field,
+            if declared {
+                format!("service {} GRANTS HOST ACCESS: {} (declared in host_access)", g.service, g.access)
+            } else {
+                format!(
+                    "service {} GRANTS HOST ACCESS: {}, not declared: the agent refuses stack {} until \"host_access\": [\"{}\"] is added to its environment {:?} in stacks/{}/phoenix.json",
+                    g.service, g.access, s.name, g.access, s.environment, s.name
+                )
+            },
+        );
+    }
+    for (svc, n) in &label_paths {
+        if labels.contains_key(svc) && !project.services().contains_key(svc) {
+            n.error(
+                d,
+                Problem::Expected {
+                    expected: format!("a service of {}", compose_path.display()),
+                    found: format!("{svc:?}"),
+                },
+            );
+        }
+    }
+    // Never let a literal secret into a spec, whatever else failed.
+    if !literals.is_empty() {
+        return None;
+    }
+    let mut spec = StackSpec::new(s.name.clone(), project);
+    spec.environment = s.environment.clone();
+    spec.labels = labels;
+    spec.host_access = host_access;
     Some((
         Item {
             resource: Resource::Stack(spec),

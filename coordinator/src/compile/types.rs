@@ -2,7 +2,7 @@
 //! it) and how it reports what was wrong (errors and warnings naming file and JSON path).
 //! Imports nothing of the compiler.
 
-use phoenix_proto::model::{AbsPath, GuestId, GuestSpec};
+use phoenix_proto::model::{AbsPath, Declared, GuestId, GuestSpec};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -26,22 +26,6 @@ impl fmt::Display for GuestKind {
             GuestKind::Unspecified => "guest",
         })
     }
-}
-
-/// What the configs declare about the guest itself. The agent cannot change these
-/// (Proxmox does), so they are compared with what the agent observes, not applied.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct Declared {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cores: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub memory_mb: Option<u64>,
-    /// Root disk size (`storage_size_gb` for LXC, `disk_size_gb` for VMs).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub storage_gb: Option<u64>,
-    /// Addresses in CIDR form (`10.0.0.153/24`) or `dhcp`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ips: Vec<String>,
 }
 
 /// How a host directory or share reaches the guest.

@@ -189,13 +189,12 @@ impl v1::admin_server::Admin for AdminApi {
             e.revoked_unix = a.revoked_unix.unwrap_or(0);
         }
         for (g, e) in guests.iter_mut() {
-            let declared = c
-                .store
-                .declared(*g)
-                .map_err(RpcError::from)?
-                .and_then(|j| serde_json::from_slice::<crate::compile::Declared>(&j).ok());
+            let declared =
+                c.store.declared(*g).map_err(RpcError::from)?.and_then(|j| {
+                    serde_json::from_slice::<phoenix_proto::model::Declared>(&j).ok()
+                });
             if let (Some(d), Some(f)) = (declared, e.facts.as_ref()) {
-                e.mismatches = crate::compile::compare(&d, f)
+                e.mismatches = phoenix_proto::model::compare(&d, f)
                     .iter()
                     .map(|m| m.to_string())
                     .collect();

@@ -320,7 +320,7 @@ pub trait Store: Send + Sync + 'static {
     /// one global, monotonically increasing counter, so "newer" is unambiguous.
     fn put_desired(&self, states: &[(GuestId, String, Vec<u8>)]) -> Result<u64, StoreError>;
 
-    /// What the configs declare about the guest (JSON of `compile::Declared`).
+    /// What the configs declare about the guest (JSON of `phoenix_proto::model::Declared`).
     fn declared(&self, guest: GuestId) -> Result<Option<Vec<u8>>, StoreError>;
     fn put_declared(&self, guest: GuestId, json: &[u8]) -> Result<(), StoreError>;
 

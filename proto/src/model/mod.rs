@@ -3,6 +3,8 @@
 //! in hand is known to be well formed (paths absolute, names safe, references resolvable).
 
 mod cert;
+pub mod compose;
+mod declared;
 mod exec;
 mod file;
 mod ids;
@@ -13,6 +15,7 @@ mod service;
 mod stack;
 
 pub use cert::{CertSpec, Reload, ReservedName, reserved_cert_names, reserved_name};
+pub use declared::{Declared, Mismatch, compare};
 pub use exec::ExecSpec;
 pub use file::{AbsPath, Ensure, FileMode, FileSpec};
 pub use ids::{GuestId, ResourceRef, TrustDomain};

@@ -1,24 +1,25 @@
 use super::ResourceRef;
+use super::compose::{ComposeProject, parse};
 use super::secret::SecretRef;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// A Docker stack: the Compose file text plus what the Phoenix manifest adds.
-/// The agent parses and validates the Compose subset; the coordinator checks it
-/// too before pushing, with the same parser.
+/// A Docker stack: the parsed Compose project plus what the Phoenix manifest adds.
+/// The coordinator parses and interpolates the Compose file at compile time
+/// ([`super::compose::parse`]); deserializing a spec runs the project's checks again, so
+/// the agent accepts exactly what the compiler does. Secrets are never part of it: a
+/// container gets them from an `env_file` or a bind-mounted file on the guest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "StackSpecWire")]
 pub struct StackSpec {
     /// Compose project name (`com.docker.compose.project`-like label `phoenix.stack`).
     pub name: String,
     /// Manifest environment the variables came from, e.g. "production".
     #[serde(default = "default_environment")]
     pub environment: String,
-    /// docker-compose.yml, verbatim.
-    pub compose: String,
-    /// `${VAR}` interpolation values.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub variables: BTreeMap<String, String>,
+    /// The Compose file, parsed, with `${VAR}` already interpolated from the manifest's
+    /// variables.
+    pub project: ComposeProject,
     /// Extra labels per service (the manifest's `traefik_labels`), "key=value".
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, Vec<String>>,
@@ -39,6 +40,68 @@ pub struct StackSpec {
     pub host_access: Vec<String>,
 }
 
+/// What a stack spec may look like on input. Besides the current shape it accepts the
+/// shape written before 0008 (`compose` YAML text plus `variables`), which it parses with
+/// the model's parser: a desired state persisted by an older agent or stored by an older
+/// coordinator still loads. That shape is never written and not in the schema.
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct StackSpecWire {
+    name: String,
+    #[serde(default = "default_environment")]
+    environment: String,
+    #[serde(default)]
+    project: Option<ComposeProject>,
+    #[serde(default)]
+    #[schemars(skip)]
+    compose: Option<String>,
+    #[serde(default)]
+    #[schemars(skip)]
+    variables: BTreeMap<String, String>,
+    #[serde(default)]
+    labels: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    files: Vec<StackFile>,
+    #[serde(default)]
+    registry_auth: Option<SecretRef>,
+    #[serde(default = "yes")]
+    rollback_on_failure: bool,
+    #[serde(default)]
+    depends_on: Vec<ResourceRef>,
+    #[serde(default)]
+    host_access: Vec<String>,
+}
+
+impl TryFrom<StackSpecWire> for StackSpec {
+    type Error = String;
+    fn try_from(w: StackSpecWire) -> Result<Self, String> {
+        let project = match (w.project, w.compose) {
+            (Some(p), None) => p,
+            (None, Some(text)) => {
+                parse(&text, &w.variables).map_err(|e| format!("stack {}: {e}", w.name))?
+            }
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "stack {}: give either project or the older compose text, not both",
+                    w.name
+                ));
+            }
+            (None, None) => return Err(format!("stack {}: missing field `project`", w.name)),
+        };
+        Ok(StackSpec {
+            name: w.name,
+            environment: w.environment,
+            project,
+            labels: w.labels,
+            files: w.files,
+            registry_auth: w.registry_auth,
+            rollback_on_failure: w.rollback_on_failure,
+            depends_on: w.depends_on,
+            host_access: w.host_access,
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StackFile {
@@ -55,11 +118,25 @@ fn yes() -> bool {
 }
 
 impl StackSpec {
+    /// A stack of `project` with the defaults a hand-written spec gets.
+    pub fn new(name: impl Into<String>, project: ComposeProject) -> Self {
+        StackSpec {
+            name: name.into(),
+            environment: default_environment(),
+            project,
+            labels: BTreeMap::new(),
+            files: Vec::new(),
+            registry_auth: None,
+            rollback_on_failure: true,
+            depends_on: Vec::new(),
+            host_access: Vec::new(),
+        }
+    }
+
+    /// The project was checked when it was parsed or deserialized; what is left is the
+    /// manifest's part.
     pub(super) fn validate(&self) -> Result<(), String> {
         super::cert::simple_name("stack", &self.name)?;
-        if self.compose.trim().is_empty() {
-            return Err("compose file is empty".into());
-        }
         for g in &self.host_access {
             let ok = matches!(g.split_once(' '), Some(("bind" | "device", p)) if p.starts_with('/'))
                 || matches!(g.split_once(' '), Some(("cap_add", c)) if !c.is_empty() && c.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'));
@@ -70,5 +147,37 @@ impl StackSpec {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    // In tests a panic is the failure report.
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_stack_written_by_an_older_agent_still_loads_as_its_parsed_project() {
+        let old: StackSpec = serde_json::from_value(serde_json::json!({
+            "name": "web",
+            "compose": "services:\n  web:\n    image: \"nginx:${TAG}\"\n",
+            "variables": {"TAG": "1.27"},
+            "host_access": ["bind /srv"],
+        }))
+        .unwrap();
+        assert_eq!(old.project.services()["web"].image.as_str(), "nginx:1.27");
+        assert_eq!(old.host_access, ["bind /srv"]);
+        // Written back in the current shape only, and read back the same.
+        let json = serde_json::to_value(&old).unwrap();
+        assert!(json.get("compose").is_none() && json.get("variables").is_none());
+        assert_eq!(serde_json::from_value::<StackSpec>(json).unwrap(), old);
+        // The old text meets the parser's checks.
+        let e = serde_json::from_value::<StackSpec>(serde_json::json!({
+            "name": "web", "compose": "services:\n  web:\n    image: \"nginx:${TAG}\"\n",
+        }))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("variable TAG is not set"), "{e}");
     }
 }

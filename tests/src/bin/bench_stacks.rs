@@ -12,7 +12,7 @@
 //!  target/release/bench_stacks 7; for f in "${cleanup_fns[@]}"; do $f; done'`
 
 use phoenix_agent::stacks::StackConverger;
-use phoenix_tests::stacks::{DockerEnv, FOUR_SERVICES, Pass, Teardown, pass, spec};
+use phoenix_tests::stacks::{DockerEnv, FOUR_SERVICES, Pass, Teardown, pass, project, spec};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -145,8 +145,7 @@ async fn main() -> Res<()> {
         serde_json::to_vec(&serde_json::json!({"resources": [{
             "kind": "stack",
             "name": AGENT_STACK,
-            "compose": FOUR_SERVICES,
-            "variables": {"IMAGE": env.image},
+            "project": project(FOUR_SERVICES, &[("IMAGE", &env.image)]),
         }]}))?,
     )?;
     compose_down(&env, &file)?;

@@ -1,7 +1,10 @@
 // In tests a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
+use super::interpolate::{Interp, interpolate};
+use super::syntax::parse_port;
 use super::*;
+use std::collections::BTreeMap;
 
 fn vars(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
@@ -86,8 +89,8 @@ volumes:
 #[test]
 fn parses_the_whole_subset() {
     let p = parse(FULL, &vars(&[("B_VAL", "b"), ("PORT", "8080"), ("C", "c")])).unwrap();
-    let db = &p.services["db"];
-    assert_eq!(db.image, "busybox:1");
+    let db = &p.services()["db"];
+    assert_eq!(db.image.as_str(), "busybox:1");
     assert_eq!(
         db.command.as_deref().unwrap(),
         ["sh", "-c", "echo \"hi there\" && sleep 1000"]
@@ -120,7 +123,7 @@ fn parses_the_whole_subset() {
     );
     assert_eq!(db.labels["x.y"], "z");
 
-    let api = &p.services["api"];
+    let api = &p.services()["api"];
     assert_eq!(api.ports[0].host_ip.as_deref(), Some("127.0.0.1"));
     assert_eq!(api.ports[0].host_port, Some(8080));
     assert_eq!(api.ports[1].host_port, None);
@@ -130,8 +133,8 @@ fn parses_the_whole_subset() {
     assert_eq!(api.gpus[0].count, Some(-1));
     assert_eq!(api.gpus[0].capabilities, ["gpu"]);
     assert_eq!(api.dns, ["10.0.0.13"]);
-    assert_eq!(p.services["web"].restart.as_deref(), Some("no"));
-    assert!(p.networks.contains_key("default"), "web has no networks");
+    assert_eq!(p.services()["web"].restart.as_deref(), Some("no"));
+    assert!(p.networks().contains_key("default"), "web has no networks");
     assert_eq!(p.start_order(), ["db", "api", "web"]);
 }
 
@@ -186,7 +189,10 @@ fn references_and_cycles() {
     )
     .unwrap_err()
     .to_string();
-    assert!(e.contains("cycle"), "{e}");
+    assert!(
+        e.contains("dependency cycle between services: a -> b -> a"),
+        "{e}"
+    );
     let e = parse(
         "services:\n  a:\n    image: x\n    volumes: [\"nope:/x\"]\n",
         &vars(&[]),
@@ -217,4 +223,56 @@ fn ports() {
     assert_eq!((p.host_port, p.container_port), (Some(80), 8080));
     assert!(parse_port("80-90:80-90").is_err());
     assert!(parse_port("80:80/xyz").is_err());
+}
+
+#[test]
+fn a_received_project_passes_the_parsers_checks() {
+    // What the compiler sends round-trips unchanged.
+    let p = parse(FULL, &vars(&[("B_VAL", "b"), ("PORT", "8080"), ("C", "c")])).unwrap();
+    let json = serde_json::to_value(&p).unwrap();
+    let back: ComposeProject = serde_json::from_value(json).unwrap();
+    assert_eq!(back, p);
+    // A hand-made or tampered project meets the same checks as a parsed file.
+    for (project, why) in [
+        (
+            serde_json::json!({"services": {"a": {"image": "x", "depends_on": {"a": "service_started"}}}}),
+            "services.a.depends_on: a service cannot depend on itself",
+        ),
+        (
+            serde_json::json!({"services": {"a": {"image": "x", "volumes": [{"kind": "bind", "source": "etc", "target": "/e"}]}}}),
+            "services.a.volumes: bind source \"etc\" must be an absolute path",
+        ),
+        (
+            serde_json::json!({"services": {"a": {"image": "x", "labels": {"phoenix.owner": "forged"}}}}),
+            "the phoenix. prefix is reserved",
+        ),
+        (
+            serde_json::json!({"services": {"a": {"image": "Not An Image"}}}),
+            "invalid image reference",
+        ),
+        (
+            serde_json::json!({"services": {"a": {"image": "x", "privileged": true}}}),
+            "unknown field `privileged`",
+        ),
+    ] {
+        let e = serde_json::from_value::<ComposeProject>(project)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(why), "{why}: {e}");
+    }
+    // The implicit default network is added on this path too.
+    let p: ComposeProject =
+        serde_json::from_value(serde_json::json!({"services": {"a": {"image": "x"}}})).unwrap();
+    assert!(p.networks().contains_key(DEFAULT_NETWORK));
+}
+
+#[test]
+fn image_references_are_checked_with_the_service_named() {
+    let e = parse("services:\n  web:\n    image: \"Nginx:1\"\n", &vars(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("services.web.image") && e.contains("\"Nginx:1\""),
+        "{e}"
+    );
 }

@@ -11,10 +11,15 @@
 //! granted. GPU reservations (`deploy.resources.reservations.devices`) are not counted:
 //! they expose accelerator nodes, not the guest.
 
-use super::compose::{ComposeProject, MountKind};
+use super::{ComposeProject, MountKind};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
+
+/// Where the agent keeps its state (owner key, persisted desired state) unless told
+/// otherwise. A bind of it would hand a container the agent's keys, so it is protected
+/// like `SENSITIVE`; the coordinator checks with this default, the agent with its own.
+pub const DEFAULT_AGENT_STATE_DIR: &str = "/var/lib/phoenix-agent";
 
 /// Host paths a container must not see without a declaration: the guest's root, its
 /// configuration and credentials, kernel interfaces, raw devices and the Docker engine
@@ -152,7 +157,7 @@ pub fn detect_resolved(
     };
     // A local-driver volume with `o: bind` (or a device path) mounts a host path too.
     let mut volume_grants: BTreeMap<&str, String> = BTreeMap::new();
-    for (key, v) in &project.volumes {
+    for (key, v) in project.volumes() {
         if let Some(device) = v.driver_opts.get("device")
             && device.starts_with('/')
             && let Some(access) = bind_grant(device, false)
@@ -160,7 +165,7 @@ pub fn detect_resolved(
             volume_grants.insert(key, access);
         }
     }
-    for (name, svc) in &project.services {
+    for (name, svc) in project.services() {
         let field = |k: &str| format!("services.{name}.{k}");
         let mut push = |field: String, access: String| {
             out.push(Grant {
@@ -219,7 +224,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::stacks::compose::parse;
+    use crate::model::compose::parse;
 
     fn grants(compose: &str, protected: &[&str]) -> Vec<String> {
         let p = parse(compose, &BTreeMap::new()).unwrap();

@@ -1,13 +1,28 @@
 //! Declared (what the configs say about the guest itself) vs observed (the agent's
 //! sysinfo facts). Proxmox, not the agent, sets these, so a mismatch is reported, never
-//! "fixed" by the agent.
-//!
-//! Layer 1 (used by the server, not by the compiler): imports only `types`.
+//! "fixed" by the agent. The compiler produces `Declared`, the store keeps it as JSON and
+//! the admin service compares it with the facts an agent reports.
 
-use super::types::Declared;
-use phoenix_proto::v1::Facts;
+use crate::v1::Facts;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::IpAddr;
+
+/// What the configs declare about the guest itself. The agent cannot change these
+/// (Proxmox does), so they are compared with what the agent observes, not applied.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Declared {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cores: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
+    /// Root disk size (`storage_size_gb` for LXC, `disk_size_gb` for VMs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_gb: Option<u64>,
+    /// Addresses in CIDR form (`10.0.0.153/24`) or `dhcp`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<String>,
+}
 
 /// One difference, e.g. `cores: declared 4, observed 2`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,7 +128,7 @@ pub fn compare(declared: &Declared, facts: &Facts) -> Vec<Mismatch> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use phoenix_proto::v1::{Disk, Interface};
+    use crate::v1::{Disk, Interface};
 
     fn mismatches_of_101(facts: &Facts) -> Vec<String> {
         compare(&lxc_101(), facts)
