@@ -5,7 +5,7 @@ use crate::store::StoreError;
 use phoenix_proto::model::{self, GuestId, GuestSpec};
 use phoenix_proto::token::JoinToken;
 use phoenix_proto::v1;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -257,59 +257,20 @@ impl v1::admin_server::Admin for AdminApi {
         &self,
         req: Request<v1::WatchReportsRequest>,
     ) -> Result<Response<ReportStream>, Status> {
-        let c = self.0.clone();
-        let wanted: Vec<GuestId> = req
+        let c = &self.0;
+        let wanted: HashSet<GuestId> = req
             .into_inner()
             .guest_ids
             .into_iter()
             .map(guest_id)
             .collect::<Result<_, _>>()?;
-        // Subscribe before reading the stored reports so nothing falls in between.
-        let mut live = c.hub.subscribe_reports();
+        // Subscribe before the watcher reads the store so nothing falls in between. The
+        // stored reports are sent by the watcher's own task: sending them here, before the
+        // stream is returned, blocked once more than the channel's 64 slots were stored
+        // (and with it `phoenix apply`, which opens this watch first).
+        let live = c.hub.subscribe_reports();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
-        // The stored reports are replayed by the stream's own task: sending them here, before
-        // the stream is returned, blocked forever once more than the channel's 64 slots were
-        // stored (and with it `phoenix apply`, which opens this watch first).
-        tokio::spawn(async move {
-            for g in &wanted {
-                let stored = match c.store.report(*g) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let _ = tx.send(Err(Status::from(RpcError::from(e)))).await;
-                        return;
-                    }
-                };
-                if let Some(r) = stored {
-                    let ev = v1::ReportEvent {
-                        guest_id: g.get(),
-                        report: Some(v1::ApplyReport::from(&r.report)),
-                    };
-                    if tx.send(Ok(ev)).await.is_err() {
-                        return;
-                    }
-                }
-            }
-            loop {
-                match live.recv().await {
-                    Ok((g, report)) => {
-                        if !wanted.is_empty() && !wanted.contains(&g) {
-                            continue;
-                        }
-                        let ev = v1::ReportEvent {
-                            guest_id: g.get(),
-                            report: Some(v1::ApplyReport::from(report.as_ref())),
-                        };
-                        if tx.send(Ok(ev)).await.is_err() {
-                            break;
-                        }
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(missed = n, "report watcher fell behind");
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-                }
-            }
-        });
+        tokio::spawn(super::report_watch::run(c.store.clone(), live, wanted, tx));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
