@@ -57,14 +57,45 @@ async fn revoke_at_ca(c: &Coordinator, serial: &str) -> String {
 
 type ReportStream = Pin<Box<dyn Stream<Item = Result<v1::ReportEvent, Status>> + Send>>;
 
-#[tonic::async_trait]
-impl v1::admin_server::Admin for AdminApi {
-    async fn apply(
-        &self,
-        req: Request<v1::AdminApplyRequest>,
-    ) -> Result<Response<v1::AdminApplyResponse>, Status> {
-        let c = &self.0;
-        let req = req.into_inner();
+type ApplyStream = Pin<Box<dyn Stream<Item = Result<v1::GuestApply, Status>> + Send>>;
+type StatusStream = Pin<Box<dyn Stream<Item = Result<v1::GuestStatus, Status>> + Send>>;
+
+/// Joins the parts of one streamed apply into one request; refuses parts that disagree
+/// on `dry_run` or name a guest twice.
+async fn join_parts(
+    mut parts: tonic::Streaming<v1::AdminApplyRequest>,
+) -> Result<v1::AdminApplyRequest, Status> {
+    let mut whole: Option<v1::AdminApplyRequest> = None;
+    while let Some(part) = parts.message().await? {
+        let Some(w) = whole.as_mut() else {
+            whole = Some(part);
+            continue;
+        };
+        if part.dry_run != w.dry_run {
+            return Err(RpcError::BadRequest(
+                "apply parts disagree on dry_run (one apply is a plan or not)".into(),
+            )
+            .into());
+        }
+        for (g, spec) in part.guests {
+            if w.guests.insert(g, spec).is_some() {
+                return Err(RpcError::BadRequest(format!(
+                    "guest {g} appears in two parts of one apply"
+                ))
+                .into());
+            }
+        }
+        w.declared_json.extend(part.declared_json);
+    }
+    Ok(whole.unwrap_or_default())
+}
+
+/// Validates every guest's spec, then stores the changed ones as one revision and pushes
+/// them (or, for a dry run, pushes every one as a plan); one answer per guest.
+fn apply_whole(
+    c: &Coordinator,
+    req: v1::AdminApplyRequest,
+) -> Result<Vec<v1::GuestApply>, RpcError> {
         // Validate every guest's spec before storing or pushing any.
         let mut parsed = Vec::new();
         let mut errors = Vec::new();
@@ -80,7 +111,7 @@ impl v1::admin_server::Admin for AdminApi {
             }
         }
         if !errors.is_empty() {
-            return Err(RpcError::BadRequest(errors.join("\n")).into());
+            return Err(RpcError::BadRequest(errors.join("\n")));
         }
         let mut out = Vec::new();
         let mut to_store = Vec::new();
@@ -141,14 +172,15 @@ impl v1::admin_server::Admin for AdminApi {
                     );
                 }
             }
-            return Ok(Response::new(v1::AdminApplyResponse { guests: out }));
+            return Ok(out);
         }
         if !to_store.is_empty() {
             let revision = c.store.put_desired(&to_store).map_err(RpcError::from)?;
+            // Every changed guest is in this revision.
+            for entry in out.iter_mut().filter(|o| o.changed) {
+                entry.revision = revision;
+            }
             for (g, digest, json) in to_store {
-                if let Some(entry) = out.iter_mut().find(|o| o.guest_id == g.get()) {
-                    entry.revision = revision;
-                }
                 c.hub.push(
                     g,
                     v1::DesiredState {
@@ -160,14 +192,12 @@ impl v1::admin_server::Admin for AdminApi {
                 );
             }
         }
-        Ok(Response::new(v1::AdminApplyResponse { guests: out }))
-    }
+    Ok(out)
+}
 
-    async fn status(
-        &self,
-        _req: Request<v1::StatusRequest>,
-    ) -> Result<Response<v1::StatusResponse>, Status> {
-        let c = &self.0;
+/// Every known guest's status from the store, except its last report and whether it is
+/// connected (`status` adds those while it streams, one guest at a time).
+fn status_without_reports(c: &Coordinator) -> Result<BTreeMap<GuestId, v1::GuestStatus>, RpcError> {
         let mut guests: BTreeMap<GuestId, v1::GuestStatus> = BTreeMap::new();
         for (g, d) in c.store.all_desired().map_err(RpcError::from)? {
             let e = guests.entry(g).or_default();
@@ -200,16 +230,56 @@ impl v1::admin_server::Admin for AdminApi {
                     .collect();
             }
         }
-        for (g, e) in guests.iter_mut() {
-            e.connected = c.hub.connected(*g);
-            if let Some(r) = c.store.report(*g).map_err(RpcError::from)? {
-                e.last_report = Some(v1::ApplyReport::from(&r.report));
-                e.last_report_unix = r.received_unix;
+    Ok(guests)
+}
+
+#[tonic::async_trait]
+impl v1::admin_server::Admin for AdminApi {
+    type ApplyStream = ApplyStream;
+
+    async fn apply(
+        &self,
+        req: Request<tonic::Streaming<v1::AdminApplyRequest>>,
+    ) -> Result<Response<ApplyStream>, Status> {
+        let whole = join_parts(req.into_inner()).await?;
+        let out = apply_whole(&self.0, whole)?;
+        Ok(Response::new(Box::pin(tokio_stream::iter(
+            out.into_iter().map(Ok),
+        ))))
+    }
+
+    type StatusStream = StatusStream;
+
+    async fn status(
+        &self,
+        _req: Request<v1::StatusRequest>,
+    ) -> Result<Response<StatusStream>, Status> {
+        let c = self.0.clone();
+        let guests = status_without_reports(&c)?;
+        // The last reports are most of the answer: read one at a time as the client takes them.
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            for (g, mut e) in guests {
+                e.connected = c.hub.connected(g);
+                let item = match c.store.report(g) {
+                    Ok(r) => {
+                        if let Some(r) = r {
+                            e.last_report = Some(v1::ApplyReport::from(&r.report));
+                            e.last_report_unix = r.received_unix;
+                        }
+                        Ok(e)
+                    }
+                    Err(err) => Err(Status::from(RpcError::from(err))),
+                };
+                let failed = item.is_err();
+                if tx.send(item).await.is_err() || failed {
+                    return;
+                }
             }
-        }
-        Ok(Response::new(v1::StatusResponse {
-            guests: guests.into_values().collect(),
-        }))
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn create_token(
