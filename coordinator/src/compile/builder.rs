@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 /// configuration fails the reload (and the report) while the old one keeps serving. Debian's
 /// own `nginx -s reload` parses the configuration too; the explicit check keeps that true
 /// whatever unit the package ships.
-const NGINX_CHECKED_RELOAD: &str = "[Service]\nExecReload=\nExecReload=/usr/sbin/nginx -t -q -g \"daemon on; master_process on;\"\nExecReload=/usr/sbin/nginx -g \"daemon on; master_process on;\" -s reload\n";
+pub const NGINX_CHECKED_RELOAD: &str = "[Service]\nExecReload=\nExecReload=/usr/sbin/nginx -t -q -g \"daemon on; master_process on;\"\nExecReload=/usr/sbin/nginx -g \"daemon on; master_process on;\" -s reload\n";
 
 /// Resources of one guest, merged by id, with soft ordering edges.
 #[derive(Debug, Default)]

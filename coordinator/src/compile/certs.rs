@@ -42,15 +42,7 @@ fn certificate(
     let common_name = required("common_name", d).and_then(|n| host_name(&n, d));
     let cert_path = required("cert_path", d).and_then(|n| abs_path(&n, d));
     let key_path = required("key_path", d).and_then(|n| abs_path(&n, d));
-    let sans: Vec<String> = e
-        .get("sans")
-        .map(|n| {
-            n.items(d, "an array of DNS names or IPs")
-                .iter()
-                .filter_map(|s| host_name(s, d))
-                .collect()
-        })
-        .unwrap_or_default();
+    let sans: Vec<String> = e.list(d, "sans", "an array of DNS names or IPs", host_name);
     let (owner, group) = match e.get("owner") {
         Some(n) => match n.value.as_str() {
             Some(s) if !s.is_empty() => match s.split_once(':') {

@@ -115,6 +115,13 @@ mod tests {
     use super::*;
     use phoenix_proto::v1::{Disk, Interface};
 
+    fn mismatches_of_101(facts: &Facts) -> Vec<String> {
+        compare(&lxc_101(), facts)
+            .iter()
+            .map(|m| m.to_string())
+            .collect()
+    }
+
     fn lxc_101() -> Declared {
         Declared {
             cores: Some(4),
@@ -131,10 +138,7 @@ mod tests {
             memory_bytes: 2048 * MIB,
             ..Facts::default()
         };
-        let m: Vec<String> = compare(&lxc_101(), &facts)
-            .iter()
-            .map(|m| m.to_string())
-            .collect();
+        let m = mismatches_of_101(&facts);
         assert_eq!(
             m,
             [
@@ -178,10 +182,7 @@ mod tests {
             }],
             ..Facts::default()
         };
-        let m: Vec<String> = compare(&lxc_101(), &facts)
-            .iter()
-            .map(|m| m.to_string())
-            .collect();
+        let m = mismatches_of_101(&facts);
         assert_eq!(
             m,
             [

@@ -149,6 +149,22 @@ fn file(path: &str, content: String, file_mode: &str) -> FileSpec {
     }
 }
 
+/// A vendor installer fetched with curl: a guarded `exec` that runs until `creates`
+/// exists, after the packages it needs.
+fn download(name: &str, script: &'static str, creates: &str) -> ExecSpec {
+    let mut install = exec(name, sh(script));
+    install.creates = Some(abs(creates));
+    install.depends_on = vec![pkg_ref("curl"), pkg_ref("ca-certificates")];
+    install
+}
+
+/// The packages a `download` needs, then the download.
+fn installer(install: ExecSpec) -> Vec<Item> {
+    let mut items = packages(&["curl", "ca-certificates"]);
+    items.push(Resource::Exec(install).into());
+    items
+}
+
 fn packages(names: &[&str]) -> Vec<Item> {
     names.iter().map(|n| Item::from(pkg(n))).collect()
 }
@@ -257,30 +273,19 @@ pub(crate) fn step_cli(ctx: &FeatureCtx) -> Vec<Item> {
 }
 
 fn step_cli_install() -> Vec<Item> {
-    let mut items = packages(&["curl", "ca-certificates"]);
-    let mut install = exec(
+    installer(download(
         "install-step-cli",
-        sh(
-            "curl -fsSL -o /tmp/step-cli_amd64.deb https://dl.smallstep.com/cli/docs-cli-install/latest/step-cli_amd64.deb && dpkg -i /tmp/step-cli_amd64.deb && rm -f /tmp/step-cli_amd64.deb",
-        ),
-    );
-    install.creates = Some(abs("/usr/bin/step"));
-    install.depends_on = vec![pkg_ref("curl"), pkg_ref("ca-certificates")];
-    items.push(Resource::Exec(install).into());
-    items
+        "curl -fsSL -o /tmp/step-cli_amd64.deb https://dl.smallstep.com/cli/docs-cli-install/latest/step-cli_amd64.deb && dpkg -i /tmp/step-cli_amd64.deb && rm -f /tmp/step-cli_amd64.deb",
+        "/usr/bin/step",
+    ))
 }
 
 pub(crate) fn step_ca() -> Vec<Item> {
-    let mut items = packages(&["curl", "ca-certificates"]);
-    let mut install = exec(
+    let mut items = installer(download(
         "install-step-ca",
-        sh(
-            "curl -fsSL -o /tmp/step-ca_amd64.deb https://dl.smallstep.com/certificates/docs-ca-install/latest/step-ca_amd64.deb && dpkg -i /tmp/step-ca_amd64.deb && rm -f /tmp/step-ca_amd64.deb",
-        ),
-    );
-    install.creates = Some(abs("/usr/bin/step-ca"));
-    install.depends_on = vec![pkg_ref("curl"), pkg_ref("ca-certificates")];
-    items.push(Resource::Exec(install).into());
+        "curl -fsSL -o /tmp/step-ca_amd64.deb https://dl.smallstep.com/certificates/docs-ca-install/latest/step-ca_amd64.deb && dpkg -i /tmp/step-ca_amd64.deb && rm -f /tmp/step-ca_amd64.deb",
+        "/usr/bin/step-ca",
+    ));
     items.extend(step_cli_install());
     items
 }
@@ -484,13 +489,12 @@ pub(crate) fn vllm(ctx: &FeatureCtx) -> Vec<Item> {
 
 pub(crate) fn ollama() -> Vec<Item> {
     let mut items = packages(&["curl", "ca-certificates"]);
-    let mut install = exec(
+    let mut install = download(
         "install-ollama",
-        sh("curl -fsSL https://ollama.com/install.sh | sh"),
+        "curl -fsSL https://ollama.com/install.sh | sh",
+        "/usr/local/bin/ollama",
     );
-    install.creates = Some(abs("/usr/local/bin/ollama"));
     install.timeout_seconds = 1800;
-    install.depends_on = vec![pkg_ref("curl"), pkg_ref("ca-certificates")];
     items
         .push(Item::from(Resource::Exec(install)).after(ResourceRef::new("exec", "nvidia-driver")));
     let mut svc = service("ollama.service");
@@ -501,17 +505,11 @@ pub(crate) fn ollama() -> Vec<Item> {
 
 /// The Traefik binary; its configuration and unit come from the guest's application.
 pub(crate) fn traefik() -> Vec<Item> {
-    let mut items = packages(&["curl", "ca-certificates"]);
-    let mut install = exec(
+    installer(download(
         "install-traefik",
-        sh(
-            "curl -fsSL https://github.com/traefik/traefik/releases/download/v3.1.2/traefik_v3.1.2_linux_amd64.tar.gz | tar -xz -C /usr/local/bin traefik",
-        ),
-    );
-    install.creates = Some(abs("/usr/local/bin/traefik"));
-    install.depends_on = vec![pkg_ref("curl"), pkg_ref("ca-certificates")];
-    items.push(Resource::Exec(install).into());
-    items
+        "curl -fsSL https://github.com/traefik/traefik/releases/download/v3.1.2/traefik_v3.1.2_linux_amd64.tar.gz | tar -xz -C /usr/local/bin traefik",
+        "/usr/local/bin/traefik",
+    ))
 }
 
 /// Portainer server or agent as a Docker stack, by `portainer_role`.

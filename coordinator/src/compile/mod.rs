@@ -53,6 +53,7 @@ mod types;
 mod vllm;
 
 pub use compare::{Mismatch, compare};
+pub use builder::NGINX_CHECKED_RELOAD;
 pub use native::NativeConfig;
 
 pub use types::{

@@ -49,14 +49,7 @@ pub(crate) fn load(files: &[PathBuf], d: &mut Diag) -> Compiled {
             );
         }
         for (key, n) in guests.entries(d, "an object keyed by guest id") {
-            let Ok(id) = key.parse::<GuestId>() else {
-                n.error(
-                    d,
-                    Problem::Expected {
-                        expected: "a guest id (integer 1..999999999) as the key".into(),
-                        found: format!("{key:?}"),
-                    },
-                );
+            let Some(id) = n.key_guest_id(&key, d, "a guest id") else {
                 continue;
             };
             let spec = match serde_json::from_value::<GuestSpec>(n.value.clone()) {

@@ -113,14 +113,7 @@ pub(crate) fn lxc_guests(root: &Node, d: &mut Diag) -> Vec<GuestConfig> {
     };
     let mut out = Vec::new();
     for (key, g) in configs.entries(d, "an object keyed by CTID") {
-        let Ok(id) = key.parse::<GuestId>() else {
-            g.error(
-                d,
-                Problem::Expected {
-                    expected: "a CTID (integer 1..999999999) as the key".into(),
-                    found: format!("{key:?}"),
-                },
-            );
+        let Some(id) = g.key_guest_id(&key, d, "a CTID") else {
             continue;
         };
         if !g.is_object() {
@@ -223,15 +216,9 @@ fn guest(
     {
         first.mac_address = Some(mac);
     }
-    facts.dependencies = g
-        .get("dependencies")
-        .map(|n| {
-            n.items(d, "an array of guest ids")
-                .iter()
-                .filter_map(|i| i.guest_id(d))
-                .collect()
-        })
-        .unwrap_or_default();
+    facts.dependencies = g.list(d, "dependencies", "an array of guest ids", |i, d| {
+        i.guest_id(d)
+    });
     facts.clone_from = g
         .get("clone_from_ctid")
         .or_else(|| g.get("clone_from_vmid"))
@@ -249,29 +236,20 @@ fn guest(
     facts.gpus = g
         .opt(d, "gpu_assignment", |n, d| gpus(n, d))
         .unwrap_or_default();
-    facts.ports = g
-        .get("ports")
-        .map(|n| {
-            n.items(d, "an array of \"host:guest\" port strings")
-                .iter()
-                .filter_map(|p| port_mapping(p, d))
-                .collect()
-        })
-        .unwrap_or_default();
+    facts.ports = g.list(
+        d,
+        "ports",
+        "an array of \"host:guest\" port strings",
+        port_mapping,
+    );
     facts.firewall = g.opt(d, "firewall", |n, d| firewall(n, d));
     facts.traefik_service = g.opt(d, "traefik_service", |n, d| traefik_service(n, d));
     facts.portainer_role = g.opt(d, "portainer_role", |n, d| n.text(d, "a Portainer role"));
     facts.mount_points = mounts(g, kind, d);
 
-    let features = g
-        .get("features")
-        .map(|n| {
-            n.items(d, "an array of feature names")
-                .iter()
-                .filter_map(|f| f.text(d, "a feature name").map(|s| (s, f.path.clone())))
-                .collect()
-        })
-        .unwrap_or_default();
+    let features = g.list(d, "features", "an array of feature names", |f, d| {
+        f.text(d, "a feature name").map(|s| (s, f.path.clone()))
+    });
     let application_script = g.get("application_script").and_then(|n| {
         n.text(d, "a script file name in bin/")
             .map(|s| (s, n.path.clone()))
@@ -280,15 +258,12 @@ fn guest(
         Some(n) => vllm::from_engine_config(&n, d),
         None => vllm::from_legacy_keys(g, d),
     };
-    let stacks = g
-        .get("docker_stacks")
-        .map(|n| {
-            n.items(d, "an array of stack names or {name, environment} objects")
-                .iter()
-                .filter_map(|s| stack_ref(s, d))
-                .collect()
-        })
-        .unwrap_or_default();
+    let stacks = g.list(
+        d,
+        "docker_stacks",
+        "an array of stack names or {name, environment} objects",
+        stack_ref,
+    );
     let nvidia = Nvidia {
         driver_version: guest_or_root(g, root, "nvidia_driver_version")
             .and_then(|n| n.text(d, "an NVIDIA driver version such as \"580.76.05\"")),

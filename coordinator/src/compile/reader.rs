@@ -164,6 +164,40 @@ impl<'a> Node<'a> {
         }
     }
 
+    /// The readable items of the array at `key` (none when the key is absent); `read`
+    /// reports each item it cannot read.
+    pub fn list<T>(
+        &self,
+        d: &mut Diag,
+        key: &str,
+        expected: &str,
+        mut read: impl FnMut(&Node<'a>, &mut Diag) -> Option<T>,
+    ) -> Vec<T> {
+        let Some(n) = self.get(key) else {
+            return Vec::new();
+        };
+        n.items(d, expected)
+            .iter()
+            .filter_map(|i| read(i, d))
+            .collect()
+    }
+
+    /// The object key this node stands under, read as a guest id; `what` says which
+    /// ("a CTID").
+    pub fn key_guest_id(&self, key: &str, d: &mut Diag, what: &str) -> Option<GuestId> {
+        let id = key.parse::<GuestId>().ok();
+        if id.is_none() {
+            self.error(
+                d,
+                Problem::Expected {
+                    expected: format!("{what} (integer 1..999999999) as the key"),
+                    found: format!("{key:?}"),
+                },
+            );
+        }
+        id
+    }
+
     pub fn entries(&self, d: &mut Diag, expected: &str) -> Vec<(String, Node<'a>)> {
         match self.value {
             Value::Object(m) => m

@@ -34,23 +34,41 @@ pub(crate) fn vllm_service(g: &GuestConfig, v: &super::vllm::VllmArgs) -> Item {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    let mut svc = features::service(VLLM_UNIT);
-    svc.unit = Some(UnitSpec {
-        description: format!("vLLM OpenAI-compatible API server ({})", g.name),
-        exec_start,
+    let unit = UnitSpec {
         environment,
         secret_environment: v.secret_environment.clone(),
         user: Some("root".into()),
         working_directory: Some(abs("/opt/vllm")),
+        ..daemon(
+            format!("vLLM OpenAI-compatible API server ({})", g.name),
+            exec_start,
+            10,
+        )
+    };
+    installed_service(VLLM_UNIT, Some(unit), "vllm-install")
+}
+
+/// A long-running server's unit: always restarted, started once the network is online.
+fn daemon(description: String, exec_start: Vec<String>, restart_sec: u32) -> UnitSpec {
+    UnitSpec {
+        description,
+        exec_start,
         restart: Some("always".into()),
-        restart_sec: Some(10),
+        restart_sec: Some(restart_sec),
         after: vec!["network-online.target".into()],
         wants: vec!["network-online.target".into()],
         ..UnitSpec::default()
-    });
+    }
+}
+
+/// Service `name` (with Phoenix's own `unit`, if any), ordered after the guarded `exec`
+/// that installs its program.
+fn installed_service(name: &str, unit: Option<UnitSpec>, install: &str) -> Item {
+    let mut svc = features::service(name);
+    svc.unit = unit;
     Item {
         resource: Resource::Service(svc),
-        after: vec![ResourceRef::new("exec", "vllm-install")],
+        after: vec![ResourceRef::new("exec", install)],
     }
 }
 
@@ -78,24 +96,16 @@ pub(crate) fn nginx_gateway(g: &GuestConfig, _path: &str, b: &mut Builder, d: &m
 
 /// `phoenix_hypervisor_lxc_102.sh`: Traefik, as a unit of its own.
 pub(crate) fn traefik_proxy(g: &GuestConfig, _path: &str, b: &mut Builder, d: &mut Diag) {
-    let mut svc = features::service("traefik.service");
-    svc.unit = Some(UnitSpec {
-        description: "Traefik reverse proxy".into(),
-        exec_start: vec![
+    let unit = daemon(
+        "Traefik reverse proxy".into(),
+        vec![
             "/usr/local/bin/traefik".into(),
             "--configFile=/etc/traefik/traefik.yml".into(),
         ],
-        restart: Some("always".into()),
-        restart_sec: Some(5),
-        after: vec!["network-online.target".into()],
-        wants: vec!["network-online.target".into()],
-        ..UnitSpec::default()
-    });
+        5,
+    );
     b.add(
-        Item {
-            resource: Resource::Service(svc),
-            after: vec![ResourceRef::new("exec", "install-traefik")],
-        },
+        installed_service("traefik.service", Some(unit), "install-traefik"),
         g,
         d,
     );
@@ -103,30 +113,24 @@ pub(crate) fn traefik_proxy(g: &GuestConfig, _path: &str, b: &mut Builder, d: &m
 
 /// `phoenix_hypervisor_lxc_103.sh`: the Step-CA server, as a unit of its own.
 pub(crate) fn step_ca_server(g: &GuestConfig, path: &str, b: &mut Builder, d: &mut Diag) {
-    let mut svc = features::service("step-ca.service");
-    svc.unit = Some(UnitSpec {
-        description: "Step-CA certificate authority".into(),
-        // Flags before the config path: step-ca 0.19 (urfave/cli) takes everything
-        // after the first positional argument as positional and refuses to start
-        // ("too many positional arguments").
-        exec_start: vec![
-            "/usr/bin/step-ca".into(),
-            "--password-file".into(),
-            "/root/.step/secrets/password.txt".into(),
-            "/root/.step/config/ca.json".into(),
-        ],
+    let unit = UnitSpec {
         environment: [("STEPPATH".to_string(), "/root/.step".to_string())].into(),
-        restart: Some("always".into()),
-        restart_sec: Some(5),
-        after: vec!["network-online.target".into()],
-        wants: vec!["network-online.target".into()],
-        ..UnitSpec::default()
-    });
+        ..daemon(
+            "Step-CA certificate authority".into(),
+            // Flags before the config path: step-ca 0.19 (urfave/cli) takes everything
+            // after the first positional argument as positional and refuses to start
+            // ("too many positional arguments").
+            vec![
+                "/usr/bin/step-ca".into(),
+                "--password-file".into(),
+                "/root/.step/secrets/password.txt".into(),
+                "/root/.step/config/ca.json".into(),
+            ],
+            5,
+        )
+    };
     b.add(
-        Item {
-            resource: Resource::Service(svc),
-            after: vec![ResourceRef::new("exec", "install-step-ca")],
-        },
+        installed_service("step-ca.service", Some(unit), "install-step-ca"),
         g,
         d,
     );
@@ -139,13 +143,8 @@ pub(crate) fn step_ca_server(g: &GuestConfig, path: &str, b: &mut Builder, d: &m
 
 /// `phoenix_hypervisor_lxc_955.sh`: Ollama's service, installed by the `ollama` feature.
 pub(crate) fn ollama_server(g: &GuestConfig, _path: &str, b: &mut Builder, d: &mut Diag) {
-    let mut svc = features::service("ollama.service");
-    svc.depends_on = Vec::new();
     b.add(
-        Item {
-            resource: Resource::Service(svc),
-            after: vec![ResourceRef::new("exec", "install-ollama")],
-        },
+        installed_service("ollama.service", None, "install-ollama"),
         g,
         d,
     );

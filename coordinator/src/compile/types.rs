@@ -6,7 +6,7 @@ use phoenix_proto::model::{AbsPath, GuestId, GuestSpec};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Where a guest came from: an LXC container (CTID) or a VM (vmid). Native files do
 /// not say, hence `Unspecified`.
@@ -218,17 +218,21 @@ pub struct Warning {
 
 impl fmt::Display for Warning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            write!(f, "{}: {}", self.file.display(), self.message)
-        } else {
-            write!(
-                f,
-                "{}: {}: {}",
-                self.file.display(),
-                self.path,
-                self.message
-            )
-        }
+        located(f, &self.file, &self.path, &self.message)
+    }
+}
+
+/// `file: path: what`, or `file: what` for the file as a whole.
+fn located(
+    f: &mut fmt::Formatter<'_>,
+    file: &Path,
+    path: &str,
+    what: &dyn fmt::Display,
+) -> fmt::Result {
+    if path.is_empty() {
+        write!(f, "{}: {what}", file.display())
+    } else {
+        write!(f, "{}: {path}: {what}", file.display())
     }
 }
 
@@ -271,17 +275,7 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            write!(f, "{}: {}", self.file.display(), self.problem)
-        } else {
-            write!(
-                f,
-                "{}: {}: {}",
-                self.file.display(),
-                self.path,
-                self.problem
-            )
-        }
+        located(f, &self.file, &self.path, &self.problem)
     }
 }
 

@@ -1,0 +1,217 @@
+//! `apply` and `plan`: compile, keep the guests in scope, refuse what cannot be sent,
+//! push, and hand the report stream to [`super::follow`].
+
+use super::offline::load;
+use super::{CliError, follow};
+use crate::{admin_client, compile};
+use phoenix_proto::model::GuestId;
+use phoenix_proto::v1;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+/// Which compiled guests an apply or plan pushes to and waits for.
+pub(super) struct Scope {
+    /// Empty: every compiled guest.
+    pub guests: Vec<GuestId>,
+    pub wait_all: bool,
+}
+
+/// Drops templates (compiled and validated, but a clone source is never a running guest)
+/// and guests outside `--guest`; an id in `--guest` that the configs lack is an error.
+pub(super) fn select(compiled: &mut compile::Compiled, scope: &Scope) -> Result<(), CliError> {
+    let unknown: Vec<String> = scope
+        .guests
+        .iter()
+        .filter(|g| !compiled.guests.contains_key(g))
+        .map(|g| g.to_string())
+        .collect();
+    if !unknown.is_empty() {
+        return Err(CliError::Input(format!(
+            "--guest names guests the configs do not declare: {}",
+            unknown.join(", ")
+        )));
+    }
+    compiled.guests.retain(|g, c| {
+        if !scope.guests.is_empty() && !scope.guests.contains(g) {
+            return false;
+        }
+        if c.facts.is_template {
+            println!("guest {g}: template: compiled and valid, never pushed");
+            return false;
+        }
+        true
+    });
+    Ok(())
+}
+
+pub(super) async fn apply(
+    socket: &Path,
+    path: &Path,
+    dry_run: bool,
+    timeout: Duration,
+    no_wait: bool,
+    scope: &Scope,
+) -> Result<(), CliError> {
+    let mut compiled = load(path)?;
+    select(&mut compiled, scope)?;
+    if compiled.guests.is_empty() {
+        println!("nothing to apply: no guest in scope");
+        return Ok(());
+    }
+    check_sizes(&compiled)?;
+    let mut admin = admin_client::connect(socket).await?;
+    let enrolled: BTreeSet<u32> = admin
+        .status(v1::StatusRequest {})
+        .await?
+        .into_inner()
+        .guests
+        .iter()
+        .filter(|s| s.enrolled)
+        .map(|s| s.guest_id)
+        .collect();
+    let guests = compiled
+        .guests
+        .iter()
+        .map(|(g, c)| (g.get(), c.spec.to_json()))
+        .collect();
+    let declared_json = compiled
+        .guests
+        .iter()
+        .map(|(g, c)| (g.get(), serde_json::to_vec(&c.declared).unwrap_or_default()))
+        .collect();
+    // Watch before pushing so no report can slip past.
+    let ids: Vec<u32> = compiled.guests.keys().map(|g| g.get()).collect();
+    let mut reports = admin
+        .watch_reports(v1::WatchReportsRequest {
+            guest_ids: ids.clone(),
+        })
+        .await?
+        .into_inner();
+    let resp = admin
+        .apply(v1::AdminApplyRequest {
+            guests,
+            dry_run,
+            declared_json,
+        })
+        .await?
+        .into_inner();
+    let mut pending: BTreeMap<u32, (u64, String)> = BTreeMap::new();
+    for g in &resp.guests {
+        let what = if dry_run {
+            "plan"
+        } else if g.changed {
+            "new"
+        } else {
+            "unchanged"
+        };
+        println!(
+            "guest {}: {what} {} ({}){}",
+            g.guest_id,
+            if dry_run {
+                String::new()
+            } else {
+                format!("rev {}", g.revision)
+            },
+            if g.connected {
+                "connected"
+            } else if enrolled.contains(&g.guest_id) {
+                "not connected: will converge when it connects"
+            } else {
+                "not enrolled: will converge once it joins"
+            },
+            if g.diff.is_empty() {
+                String::new()
+            } else {
+                format!("\n  {}", g.diff.join("\n  "))
+            }
+        );
+        let waited = if dry_run {
+            g.connected
+        } else {
+            scope.wait_all || enrolled.contains(&g.guest_id)
+        };
+        if waited {
+            pending.insert(g.guest_id, (g.revision, g.digest.clone()));
+        }
+    }
+    if no_wait || pending.is_empty() {
+        return Ok(());
+    }
+    follow::follow(&mut reports, pending, dry_run, timeout).await
+}
+
+/// Each guest's state travels as one message to its agent: refuse what cannot be sent
+/// here, with the guest named, rather than as a transport error later.
+fn check_sizes(compiled: &compile::Compiled) -> Result<(), CliError> {
+    let limit = phoenix_proto::MAX_MESSAGE_BYTES;
+    let mut total = 0;
+    for (g, c) in &compiled.guests {
+        let size = c.spec.to_json().len();
+        total += size;
+        if size > limit / 2 {
+            return Err(CliError::Input(format!(
+                "desired state of guest {g} is {size} bytes, too large (limit {} bytes per guest): ship big content as packages or stack images, not inline files",
+                limit / 2
+            )));
+        }
+    }
+    if total > limit - 64 * 1024 {
+        return Err(CliError::Input(format!(
+            "desired states total {total} bytes, too large for one apply (limit {limit} bytes): apply guests in batches"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example() -> compile::Compiled {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        compile::load(&dir).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn id(n: u32) -> GuestId {
+        GuestId::try_from(n).expect("id")
+    }
+
+    #[test]
+    fn templates_are_compiled_but_never_in_scope() {
+        let mut c = example();
+        assert!(c.guests[&id(9000)].facts.is_template);
+        select(
+            &mut c,
+            &Scope {
+                guests: vec![],
+                wait_all: false,
+            },
+        )
+        .expect("scope");
+        let ids: Vec<u32> = c.guests.keys().map(|g| g.get()).collect();
+        assert_eq!(ids, [101, 102, 103, 801, 1002]);
+    }
+
+    #[test]
+    fn guest_scope_keeps_only_the_named_guests_and_refuses_unknown_ones() {
+        let mut c = example();
+        let scope = Scope {
+            guests: vec![id(101), id(1002)],
+            wait_all: false,
+        };
+        select(&mut c, &scope).expect("scope");
+        let ids: Vec<u32> = c.guests.keys().map(|g| g.get()).collect();
+        assert_eq!(ids, [101, 1002]);
+        let mut c = example();
+        let e = select(
+            &mut c,
+            &Scope {
+                guests: vec![id(555)],
+                wait_all: false,
+            },
+        )
+        .expect_err("unknown guest");
+        assert!(e.to_string().contains("555"), "{e}");
+    }
+}

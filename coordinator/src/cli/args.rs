@@ -1,0 +1,193 @@
+//! The command line as clap reads it: every command, its flags and their defaults.
+//! Nothing here acts; [`super::run`] dispatches.
+
+use super::duration;
+use clap::{Parser, Subcommand, ValueEnum};
+use phoenix_proto::model::GuestId;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "phoenix",
+    version,
+    about = "Phoenix coordinator: desired state for every guest of a Proxmox host"
+)]
+pub struct Cli {
+    /// The daemon's admin socket.
+    #[arg(
+        long,
+        global = true,
+        env = "PHOENIX_ADMIN_SOCKET",
+        default_value = "/run/phoenix/admin.sock"
+    )]
+    pub admin_socket: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the coordinator daemon.
+    Serve(Box<ServeArgs>),
+    /// Check configs offline: every error of the run, with file and JSON path.
+    Validate {
+        /// A Phoenix etc directory (phoenix_lxc_configs.json, ...) or native desired-state files.
+        path: PathBuf,
+        /// Also print each guest's compiled desired state as JSON.
+        #[arg(long)]
+        show: bool,
+        /// The trust domain `phoenix serve` uses: certificate names reserved for its
+        /// identities (coordinator.<td>, wildcards covering it) are refused.
+        #[arg(long, default_value = "phoenix.lab")]
+        trust_domain: String,
+    },
+    /// What `apply` would change on every guest (same as `apply --dry-run`).
+    Plan {
+        #[arg(short = 'f', long = "file")]
+        path: PathBuf,
+        #[arg(long, default_value = "60s", value_parser = duration::parse)]
+        timeout: Duration,
+        /// Only these guests (comma-separated ids); default every compiled guest.
+        #[arg(long, value_delimiter = ',')]
+        guest: Vec<GuestId>,
+    },
+    /// Print the JSON Schema of Phoenix's native desired-state format.
+    Schema,
+    /// Push desired states and follow the agents until they converge.
+    Apply {
+        /// A Phoenix etc directory (/usr/local/phoenix_hypervisor/etc) or native desired-state files.
+        #[arg(short = 'f', long = "file")]
+        path: PathBuf,
+        /// Show what would change on every guest; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Give up waiting for reports after this long.
+        #[arg(long, default_value = "120s", value_parser = duration::parse)]
+        timeout: Duration,
+        /// Return after the push, without waiting for reports.
+        #[arg(long)]
+        no_wait: bool,
+        /// Only these guests (comma-separated ids); default every compiled guest.
+        #[arg(long, value_delimiter = ',')]
+        guest: Vec<GuestId>,
+        /// Also wait for guests that have not enrolled yet (default: only enrolled ones
+        /// are waited for and count in the exit status).
+        #[arg(long)]
+        wait_all: bool,
+    },
+    /// Per guest: connected, revision wanted and applied, last report, cert expiry.
+    Status {
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Enrolled agents.
+    Agents {
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Identity and service certificates.
+    Certs {
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// End a guest's session now and refuse its identity until it re-joins with a new
+    /// token; its service certificates are revoked at step-ca where possible.
+    Revoke {
+        #[arg(long)]
+        guest: GuestId,
+    },
+    /// Join tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Print a single-use, expiring join token for one guest.
+    Create {
+        #[arg(long)]
+        guest: GuestId,
+        #[arg(long, default_value = "15m", value_parser = duration::parse)]
+        ttl: Duration,
+        /// Allow the token to replace the identity of the guest while it is connected
+        /// (otherwise such a join is refused, so a token used on the wrong machine
+        /// cannot silently take over a live guest).
+        #[arg(long)]
+        replace: bool,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    #[arg(long, env = "PHOENIX_STATE_DIR", default_value = "/var/lib/phoenix")]
+    pub state_dir: PathBuf,
+    #[arg(long, default_value = "0.0.0.0:7443")]
+    pub listen: SocketAddr,
+    /// Address agents dial (written into join tokens); default: the listen address.
+    #[arg(long)]
+    pub advertise: Option<String>,
+    #[arg(long, default_value = "phoenix.lab")]
+    pub trust_domain: String,
+    /// Group that may use the admin socket besides root (socket mode 0660, else 0600).
+    /// Every admin connection is checked by its peer credentials: root, the daemon's uid
+    /// or a member of this group.
+    #[arg(long)]
+    pub admin_group: Option<String>,
+    /// Agent-port connections that are not yet authenticated (TLS handshake, waiting for
+    /// their first request, or enrolling without a certificate) held at once; further
+    /// connections are closed at once and logged.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_pending_connections: u32,
+    /// An agent-port connection must finish TLS and send its first request within this
+    /// long of being accepted, or it is closed. A connection without a client
+    /// certificate (enrollment) is closed 60s after accept in any case.
+    #[arg(long, default_value = "10s", value_parser = duration::parse)]
+    pub handshake_timeout: Duration,
+    #[arg(long, default_value = "24h", value_parser = duration::parse)]
+    pub agent_cert_ttl: Duration,
+    #[arg(long, default_value = "24h", value_parser = duration::parse)]
+    pub coordinator_cert_ttl: Duration,
+    #[arg(long, default_value = "15s", value_parser = duration::parse)]
+    pub ping_interval: Duration,
+    /// An agent whose identity expired at most this long ago may renew by proving it holds
+    /// the old key (a guest powered off over a weekend); 0 disables it.
+    #[arg(long, default_value = "7d", value_parser = duration::parse)]
+    pub renew_after_expiry: Duration,
+    /// Which CA signs identities: the embedded one, or a Smallstep step-ca.
+    #[arg(long, value_enum, default_value = "embedded")]
+    pub ca: CaKind,
+    /// step-ca URL, e.g. https://ca.internal:9000 (its host must be one of the CA's dnsNames).
+    #[arg(long, required_if_eq("ca", "step-ca"))]
+    pub step_ca_url: Option<String>,
+    /// Hex SHA-256 of step-ca's root certificate (`step certificate fingerprint`).
+    #[arg(long, required_if_eq("ca", "step-ca"))]
+    pub step_ca_fingerprint: Option<String>,
+    /// Name of the JWK provisioner in ca.json.
+    #[arg(long, required_if_eq("ca", "step-ca"))]
+    pub step_ca_provisioner: Option<String>,
+    /// The provisioner's private JWK (0600).
+    #[arg(long, conflicts_with = "step_ca_jwe")]
+    pub step_ca_jwk: Option<PathBuf>,
+    /// The provisioner key as step's password-encrypted JWE (the `encryptedKey` of ca.json)…
+    #[arg(long, requires = "step_ca_password_file")]
+    pub step_ca_jwe: Option<PathBuf>,
+    /// …and the file holding its password.
+    #[arg(long)]
+    pub step_ca_password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum CaKind {
+    Embedded,
+    StepCa,
+}
