@@ -83,10 +83,7 @@ pub async fn apply(
     }
     part.declared_json.extend(declared);
     parts.push(part);
-    let mut answers = admin
-        .apply(tokio_stream::iter(parts))
-        .await?
-        .into_inner();
+    let mut answers = admin.apply(tokio_stream::iter(parts)).await?.into_inner();
     let mut out = Vec::new();
     while let Some(a) = answers.message().await? {
         out.push(a);

@@ -52,8 +52,8 @@ mod stacks;
 mod types;
 mod vllm;
 
-pub use compare::{Mismatch, compare};
 pub use builder::NGINX_CHECKED_RELOAD;
+pub use compare::{Mismatch, compare};
 pub use native::NativeConfig;
 
 pub use types::{

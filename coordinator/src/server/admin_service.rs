@@ -96,140 +96,139 @@ fn apply_whole(
     c: &Coordinator,
     req: v1::AdminApplyRequest,
 ) -> Result<Vec<v1::GuestApply>, RpcError> {
-        // Validate every guest's spec before storing or pushing any.
-        let mut parsed = Vec::new();
-        let mut errors = Vec::new();
-        for (raw, json) in &req.guests {
-            let guest = guest_id(*raw)?;
-            match GuestSpec::from_json(json) {
-                Ok(spec) => {
-                    let reserved = model::reserved_cert_names(&spec, &c.td);
-                    errors.extend(reserved.into_iter().map(|e| format!("guest {guest}: {e}")));
-                    parsed.push((guest, spec));
-                }
-                Err(errs) => errors.extend(errs.into_iter().map(|e| format!("guest {guest}: {e}"))),
+    // Validate every guest's spec before storing or pushing any.
+    let mut parsed = Vec::new();
+    let mut errors = Vec::new();
+    for (raw, json) in &req.guests {
+        let guest = guest_id(*raw)?;
+        match GuestSpec::from_json(json) {
+            Ok(spec) => {
+                let reserved = model::reserved_cert_names(&spec, &c.td);
+                errors.extend(reserved.into_iter().map(|e| format!("guest {guest}: {e}")));
+                parsed.push((guest, spec));
+            }
+            Err(errs) => errors.extend(errs.into_iter().map(|e| format!("guest {guest}: {e}"))),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(RpcError::BadRequest(errors.join("\n")));
+    }
+    let mut out = Vec::new();
+    let mut to_store = Vec::new();
+    for (guest, spec) in &parsed {
+        let json = spec.to_json();
+        let digest = model::digest(&json);
+        let stored = c.store.desired(*guest).map_err(RpcError::from)?;
+        let old_spec = stored
+            .as_ref()
+            .and_then(|d| GuestSpec::from_json(&d.spec_json).ok())
+            .unwrap_or_default();
+        let changed = stored.as_ref().map(|d| d.digest != digest).unwrap_or(true);
+        out.push(v1::GuestApply {
+            guest_id: guest.get(),
+            revision: stored.as_ref().map(|d| d.revision).unwrap_or(0),
+            digest: digest.clone(),
+            changed,
+            connected: c.hub.connected(*guest),
+            diff: spec_diff(&old_spec, spec),
+        });
+        if changed {
+            to_store.push((*guest, digest, json));
+        }
+    }
+    if !req.dry_run {
+        for (raw, json) in &req.declared_json {
+            let g = guest_id(*raw)?;
+            if c.store.declared(g).map_err(RpcError::from)?.as_deref() != Some(json.as_slice()) {
+                c.store.put_declared(g, json).map_err(RpcError::from)?;
             }
         }
-        if !errors.is_empty() {
-            return Err(RpcError::BadRequest(errors.join("\n")));
+    }
+    if req.dry_run {
+        for (g, digest, json) in &to_store {
+            c.hub.push(
+                *g,
+                v1::DesiredState {
+                    revision: 0,
+                    digest: digest.clone(),
+                    spec_json: json.clone(),
+                    dry_run: true,
+                },
+            );
         }
-        let mut out = Vec::new();
-        let mut to_store = Vec::new();
-        for (guest, spec) in &parsed {
-            let json = spec.to_json();
-            let digest = model::digest(&json);
-            let stored = c.store.desired(*guest).map_err(RpcError::from)?;
-            let old_spec = stored
-                .as_ref()
-                .and_then(|d| GuestSpec::from_json(&d.spec_json).ok())
-                .unwrap_or_default();
-            let changed = stored.as_ref().map(|d| d.digest != digest).unwrap_or(true);
-            out.push(v1::GuestApply {
-                guest_id: guest.get(),
-                revision: stored.as_ref().map(|d| d.revision).unwrap_or(0),
-                digest: digest.clone(),
-                changed,
-                connected: c.hub.connected(*guest),
-                diff: spec_diff(&old_spec, spec),
-            });
-            if changed {
-                to_store.push((*guest, digest, json));
-            }
-        }
-        if !req.dry_run {
-            for (raw, json) in &req.declared_json {
-                let g = guest_id(*raw)?;
-                if c.store.declared(g).map_err(RpcError::from)?.as_deref() != Some(json.as_slice())
-                {
-                    c.store.put_declared(g, json).map_err(RpcError::from)?;
-                }
-            }
-        }
-        if req.dry_run {
-            for (g, digest, json) in &to_store {
+        // Unchanged guests are dry-run too, so the plan also shows host drift.
+        for (g, spec) in &parsed {
+            if !to_store.iter().any(|(x, _, _)| x == g) {
+                let json = spec.to_json();
                 c.hub.push(
                     *g,
                     v1::DesiredState {
                         revision: 0,
-                        digest: digest.clone(),
-                        spec_json: json.clone(),
+                        digest: model::digest(&json),
+                        spec_json: json,
                         dry_run: true,
                     },
                 );
             }
-            // Unchanged guests are dry-run too, so the plan also shows host drift.
-            for (g, spec) in &parsed {
-                if !to_store.iter().any(|(x, _, _)| x == g) {
-                    let json = spec.to_json();
-                    c.hub.push(
-                        *g,
-                        v1::DesiredState {
-                            revision: 0,
-                            digest: model::digest(&json),
-                            spec_json: json,
-                            dry_run: true,
-                        },
-                    );
-                }
-            }
-            return Ok(out);
         }
-        if !to_store.is_empty() {
-            let revision = c.store.put_desired(&to_store).map_err(RpcError::from)?;
-            // Every changed guest is in this revision.
-            for entry in out.iter_mut().filter(|o| o.changed) {
-                entry.revision = revision;
-            }
-            for (g, digest, json) in to_store {
-                c.hub.push(
-                    g,
-                    v1::DesiredState {
-                        revision,
-                        digest,
-                        spec_json: json,
-                        dry_run: false,
-                    },
-                );
-            }
+        return Ok(out);
+    }
+    if !to_store.is_empty() {
+        let revision = c.store.put_desired(&to_store).map_err(RpcError::from)?;
+        // Every changed guest is in this revision.
+        for entry in out.iter_mut().filter(|o| o.changed) {
+            entry.revision = revision;
         }
+        for (g, digest, json) in to_store {
+            c.hub.push(
+                g,
+                v1::DesiredState {
+                    revision,
+                    digest,
+                    spec_json: json,
+                    dry_run: false,
+                },
+            );
+        }
+    }
     Ok(out)
 }
 
 /// Every known guest's status from the store, except its last report and whether it is
 /// connected (`status` adds those while it streams, one guest at a time).
 fn status_without_reports(c: &Coordinator) -> Result<BTreeMap<GuestId, v1::GuestStatus>, RpcError> {
-        let mut guests: BTreeMap<GuestId, v1::GuestStatus> = BTreeMap::new();
-        for (g, d) in c.store.all_desired().map_err(RpcError::from)? {
-            let e = guests.entry(g).or_default();
-            e.guest_id = g.get();
-            e.wanted_revision = d.revision;
-            e.wanted_digest = d.digest;
+    let mut guests: BTreeMap<GuestId, v1::GuestStatus> = BTreeMap::new();
+    for (g, d) in c.store.all_desired().map_err(RpcError::from)? {
+        let e = guests.entry(g).or_default();
+        e.guest_id = g.get();
+        e.wanted_revision = d.revision;
+        e.wanted_digest = d.digest;
+    }
+    for (g, a) in c.store.agents().map_err(RpcError::from)? {
+        let e = guests.entry(g).or_default();
+        e.guest_id = g.get();
+        e.enrolled = true;
+        e.applied_revision = a.applied_revision;
+        e.applied_digest = a.applied_digest;
+        e.cert_not_after_unix = a.not_after_unix;
+        e.agent_version = a.agent_version;
+        e.last_seen_unix = a.last_seen_unix;
+        e.facts = prost::Message::decode(a.facts.as_slice()).ok();
+        e.revoked_unix = a.revoked_unix.unwrap_or(0);
+    }
+    for (g, e) in guests.iter_mut() {
+        let declared = c
+            .store
+            .declared(*g)
+            .map_err(RpcError::from)?
+            .and_then(|j| serde_json::from_slice::<crate::compile::Declared>(&j).ok());
+        if let (Some(d), Some(f)) = (declared, e.facts.as_ref()) {
+            e.mismatches = crate::compile::compare(&d, f)
+                .iter()
+                .map(|m| m.to_string())
+                .collect();
         }
-        for (g, a) in c.store.agents().map_err(RpcError::from)? {
-            let e = guests.entry(g).or_default();
-            e.guest_id = g.get();
-            e.enrolled = true;
-            e.applied_revision = a.applied_revision;
-            e.applied_digest = a.applied_digest;
-            e.cert_not_after_unix = a.not_after_unix;
-            e.agent_version = a.agent_version;
-            e.last_seen_unix = a.last_seen_unix;
-            e.facts = prost::Message::decode(a.facts.as_slice()).ok();
-            e.revoked_unix = a.revoked_unix.unwrap_or(0);
-        }
-        for (g, e) in guests.iter_mut() {
-            let declared = c
-                .store
-                .declared(*g)
-                .map_err(RpcError::from)?
-                .and_then(|j| serde_json::from_slice::<crate::compile::Declared>(&j).ok());
-            if let (Some(d), Some(f)) = (declared, e.facts.as_ref()) {
-                e.mismatches = crate::compile::compare(&d, f)
-                    .iter()
-                    .map(|m| m.to_string())
-                    .collect();
-            }
-        }
+    }
     Ok(guests)
 }
 

@@ -11,6 +11,7 @@ use phoenix_pki::transport::{self, ChannelOptions};
 use phoenix_proto::model::{self, GuestSpec};
 use phoenix_proto::token::JoinToken;
 use phoenix_proto::v1::{self, agent_message, coordinator_message};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -250,8 +251,11 @@ async fn run_n(n: u32, rounds: u32, work: &Path, ca_args: &[String]) -> Res<()> 
         }
     }
     let connect_time = t.elapsed();
-    let status = admin.status(v1::StatusRequest {}).await?.into_inner();
-    let held = status.guests.iter().filter(|g| g.connected).count();
+    let held = admin_client::status(&mut admin)
+        .await?
+        .iter()
+        .filter(|g| g.connected)
+        .count();
     let rss_sessions = rss_kb(pid);
     let mut all_lat = Vec::new();
     let mut all_acked = Vec::new();
@@ -263,15 +267,8 @@ async fn run_n(n: u32, rounds: u32, work: &Path, ca_args: &[String]) -> Res<()> 
     for round in 1..=rounds {
         let guests = (1..=n).map(|g| (g, spec_for(g, round).to_json())).collect();
         let t0 = Instant::now();
-        let resp = admin
-            .apply(v1::AdminApplyRequest {
-                guests,
-                dry_run: false,
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        let rev = resp.guests.first().map(|g| g.revision).unwrap_or(0);
+        let resp = admin_client::apply(&mut admin, guests, BTreeMap::new(), false).await?;
+        let rev = resp.first().map(|g| g.revision).unwrap_or(0);
         let mut got = 0;
         let mut last = t0;
         while got < held {
@@ -300,15 +297,8 @@ async fn run_n(n: u32, rounds: u32, work: &Path, ca_args: &[String]) -> Res<()> 
     let guests = (1..=n)
         .map(|g| (g, spec_for(g, rounds + 1).to_json()))
         .collect();
-    let resp = admin
-        .apply(v1::AdminApplyRequest {
-            guests,
-            dry_run: false,
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    let rev = resp.guests.first().map(|g| g.revision).unwrap_or(0);
+    let resp = admin_client::apply(&mut admin, guests, BTreeMap::new(), false).await?;
+    let rev = resp.first().map(|g| g.revision).unwrap_or(0);
     let (mut ok, mut failed, mut renew_lat) = (0u32, Vec::new(), Vec::new());
     let mut acked = 0;
     while (ok + failed.len() as u32) < held as u32 || acked < held {
@@ -328,11 +318,8 @@ async fn run_n(n: u32, rounds: u32, work: &Path, ca_args: &[String]) -> Res<()> 
     }
     let rotate_time = t0.elapsed();
     renew_lat.sort_by(|a, b| a.total_cmp(b));
-    let still = admin
-        .status(v1::StatusRequest {})
+    let still = admin_client::status(&mut admin)
         .await?
-        .into_inner()
-        .guests
         .iter()
         .filter(|g| g.connected)
         .count();
@@ -430,13 +417,13 @@ async fn agent_rss(work: &Path, secs: u64) -> Res<()> {
         dir.join("root/f").display()
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    admin
-        .apply(v1::AdminApplyRequest {
-            guests: [(7, spec.into_bytes())].into_iter().collect(),
-            dry_run: false,
-            ..Default::default()
-        })
-        .await?;
+    admin_client::apply(
+        &mut admin,
+        [(7, spec.into_bytes())].into_iter().collect(),
+        BTreeMap::new(),
+        false,
+    )
+    .await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let early = rss_kb(agent.0.id());
     tokio::time::sleep(Duration::from_secs(secs)).await;
