@@ -2,9 +2,12 @@
 
 use hyper_util::rt::TokioIo;
 use phoenix_proto::MAX_MESSAGE_BYTES;
+use phoenix_proto::v1;
 use phoenix_proto::v1::admin_client::AdminClient;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tokio::net::UnixStream;
+use tonic::Status;
 use tonic::transport::Channel;
 
 #[derive(Debug, thiserror::Error)]
@@ -35,4 +38,55 @@ pub async fn connect(path: &Path) -> Result<AdminClient<Channel>, AdminConnectEr
     Ok(AdminClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// Apply parts are cut at this size, well under the message limit, so a fleet of any size
+/// goes through (one guest's spec is limited to half the message limit by the CLI).
+const APPLY_PART_BYTES: usize = MAX_MESSAGE_BYTES / 4;
+
+/// Every guest's status, as the daemon streams it (one message per guest).
+pub async fn status(admin: &mut AdminClient<Channel>) -> Result<Vec<v1::GuestStatus>, Status> {
+    let mut stream = admin.status(v1::StatusRequest {}).await?.into_inner();
+    let mut out = Vec::new();
+    while let Some(g) = stream.message().await? {
+        out.push(g);
+    }
+    Ok(out)
+}
+
+/// One apply of `guests` (id → spec JSON) with `declared` (id → declared JSON), sent in
+/// parts below the message limit and applied by the daemon as one; its answer per guest.
+pub async fn apply(
+    admin: &mut AdminClient<Channel>,
+    guests: BTreeMap<u32, Vec<u8>>,
+    mut declared: BTreeMap<u32, Vec<u8>>,
+    dry_run: bool,
+) -> Result<Vec<v1::GuestApply>, Status> {
+    let empty = || v1::AdminApplyRequest {
+        dry_run,
+        ..Default::default()
+    };
+    let mut parts = Vec::new();
+    let (mut part, mut size) = (empty(), 0);
+    for (g, spec) in guests {
+        // Map entry framing (key, tags, lengths) is under 32 bytes per guest and field.
+        size += spec.len() + 32;
+        part.guests.insert(g, spec);
+        if let Some(d) = declared.remove(&g) {
+            size += d.len() + 32;
+            part.declared_json.insert(g, d);
+        }
+        if size >= APPLY_PART_BYTES {
+            parts.push(std::mem::replace(&mut part, empty()));
+            size = 0;
+        }
+    }
+    part.declared_json.extend(declared);
+    parts.push(part);
+    let mut answers = admin.apply(tokio_stream::iter(parts)).await?.into_inner();
+    let mut out = Vec::new();
+    while let Some(a) = answers.message().await? {
+        out.push(a);
+    }
+    Ok(out)
 }

@@ -37,6 +37,38 @@ pub fn all(open: &dyn Fn(&str) -> Box<dyn Store>) {
     revisions_increase_and_survive_reopen(&|| open("revisions"));
     records_round_trip_in_guest_order(&*open("records"));
     the_leader_prunes_expired_tokens(&*open("prune"));
+    reports_since_gives_each_guests_last_report_after_a_position(&*open("reports"));
+}
+
+/// A report watcher that fell behind re-reads what came after the last position it saw.
+pub fn reports_since_gives_each_guests_last_report_after_a_position(s: &dyn Store) {
+    let rec = |revision| ReportRecord {
+        seq: 0,
+        received_unix: 1,
+        report: ApplyReport {
+            revision,
+            digest: String::new(),
+            dry_run: false,
+            results: Vec::new(),
+            duration_micros: 1,
+            trigger: "push".into(),
+        },
+    };
+    let a = s.put_report(g(1), &rec(1)).expect("put");
+    let b = s.put_report(g(2), &rec(1)).expect("put");
+    let c = s.put_report(g(1), &rec(2)).expect("put");
+    assert!(a < b && b < c, "positions increase: {a} {b} {c}");
+    let since = |after| -> Vec<(u32, u64, u64)> {
+        s.reports_since(after)
+            .expect("read")
+            .into_iter()
+            .map(|(g, r)| (g.get(), r.seq, r.report.revision))
+            .collect()
+    };
+    // Guest 1's first report was superseded: only its last one is returned.
+    assert_eq!(since(0), [(2, b, 1), (1, c, 2)]);
+    assert_eq!(since(b), [(1, c, 2)]);
+    assert_eq!(since(c), []);
 }
 
 pub fn tokens_are_single_use_expiring_and_guest_bound(s: &dyn Store) {
@@ -173,6 +205,7 @@ pub fn records_round_trip_in_guest_order(s: &dyn Store) {
     assert_eq!(s.declared(g(8)).expect("read"), None);
 
     let report = ReportRecord {
+        seq: 0,
         received_unix: 5,
         report: ApplyReport {
             revision: rev,
@@ -183,8 +216,11 @@ pub fn records_round_trip_in_guest_order(s: &dyn Store) {
             trigger: "push".into(),
         },
     };
-    s.put_report(g(7), &report).expect("report");
-    assert_eq!(s.report(g(7)).expect("read"), Some(report));
+    let seq = s.put_report(g(7), &report).expect("report");
+    assert_eq!(
+        s.report(g(7)).expect("read"),
+        Some(ReportRecord { seq, ..report })
+    );
 
     for (guest, name) in [(10, "web"), (9, "db"), (10, "api")] {
         let cert = ServiceCertRecord {

@@ -61,11 +61,8 @@ pub(super) async fn apply(
     }
     check_sizes(&compiled)?;
     let mut admin = admin_client::connect(socket).await?;
-    let enrolled: BTreeSet<u32> = admin
-        .status(v1::StatusRequest {})
+    let enrolled: BTreeSet<u32> = admin_client::status(&mut admin)
         .await?
-        .into_inner()
-        .guests
         .iter()
         .filter(|s| s.enrolled)
         .map(|s| s.guest_id)
@@ -88,16 +85,9 @@ pub(super) async fn apply(
         })
         .await?
         .into_inner();
-    let resp = admin
-        .apply(v1::AdminApplyRequest {
-            guests,
-            dry_run,
-            declared_json,
-        })
-        .await?
-        .into_inner();
+    let answers = admin_client::apply(&mut admin, guests, declared_json, dry_run).await?;
     let mut pending: BTreeMap<u32, (u64, String)> = BTreeMap::new();
-    for g in &resp.guests {
+    for g in &answers {
         let what = if dry_run {
             "plan"
         } else if g.changed {
@@ -142,24 +132,18 @@ pub(super) async fn apply(
 }
 
 /// Each guest's state travels as one message to its agent: refuse what cannot be sent
-/// here, with the guest named, rather than as a transport error later.
+/// here, with the guest named, rather than as a transport error later. The fleet as a
+/// whole has no limit: the apply is streamed to the daemon in parts.
 fn check_sizes(compiled: &compile::Compiled) -> Result<(), CliError> {
     let limit = phoenix_proto::MAX_MESSAGE_BYTES;
-    let mut total = 0;
     for (g, c) in &compiled.guests {
         let size = c.spec.to_json().len();
-        total += size;
         if size > limit / 2 {
             return Err(CliError::Input(format!(
                 "desired state of guest {g} is {size} bytes, too large (limit {} bytes per guest): ship big content as packages or stack images, not inline files",
                 limit / 2
             )));
         }
-    }
-    if total > limit - 64 * 1024 {
-        return Err(CliError::Input(format!(
-            "desired states total {total} bytes, too large for one apply (limit {limit} bytes): apply guests in batches"
-        )));
     }
     Ok(())
 }

@@ -13,10 +13,10 @@ use std::path::Path;
 /// Per guest: connected, revision wanted and applied, last report, cert expiry.
 pub(super) async fn status(socket: &Path, output: Output) -> Result<(), CliError> {
     let mut admin = admin_client::connect(socket).await?;
-    let resp = admin.status(v1::StatusRequest {}).await?.into_inner();
+    let guests = admin_client::status(&mut admin).await?;
     print_listing(
         output,
-        || resp.guests.iter().map(status_json).collect(),
+        || guests.iter().map(status_json).collect(),
         &[
             "GUEST",
             "CONNECTED",
@@ -27,7 +27,7 @@ pub(super) async fn status(socket: &Path, output: Output) -> Result<(), CliError
             "DECLARED VS OBSERVED",
         ],
         || {
-            resp.guests
+            guests
                 .iter()
                 .map(|s| {
                     let report = s
@@ -67,8 +67,8 @@ pub(super) async fn status(socket: &Path, output: Output) -> Result<(), CliError
 /// Enrolled agents with their facts.
 pub(super) async fn agents(socket: &Path, output: Output) -> Result<(), CliError> {
     let mut admin = admin_client::connect(socket).await?;
-    let resp = admin.status(v1::StatusRequest {}).await?.into_inner();
-    let agents: Vec<_> = resp.guests.iter().filter(|s| s.enrolled).collect();
+    let guests = admin_client::status(&mut admin).await?;
+    let agents: Vec<_> = guests.iter().filter(|s| s.enrolled).collect();
     print_listing(
         output,
         || agents.iter().map(|s| status_json(s)).collect(),

@@ -70,7 +70,7 @@ pub struct Metrics {
     renewals: Family<RenewalLabels, Counter>,
     rpcs: Family<RpcLabels, Counter>,
     report_latency: Histogram,
-    events_dropped: Counter,
+    watch_lagged: Counter,
     /// The revision pushed last to each guest and when, until its report arrives.
     pushed: Mutex<HashMap<GuestId, (u64, Instant)>>,
 }
@@ -82,7 +82,7 @@ impl Default for Metrics {
             rpcs: Family::default(),
             // 0.1 s (files only) to about 14 min (image pulls, an agent that was away).
             report_latency: Histogram::new(exponential_buckets(0.1, 2.0, 14)),
-            events_dropped: Counter::default(),
+            watch_lagged: Counter::default(),
             pushed: Mutex::new(HashMap::new()),
         }
     }
@@ -134,9 +134,15 @@ impl Metrics {
         }
     }
 
-    /// A live report watcher (`apply`, `status --follow`) fell behind and missed `n`.
-    pub fn events_dropped(&self, n: u64) {
-        self.events_dropped.inc_by(n);
+    /// A live report watcher (`apply`) fell behind the live channel by `n` reports and
+    /// re-read them from the store (nothing is dropped; a rising rate means watchers lag).
+    pub fn watch_lagged(&self, n: u64) {
+        self.watch_lagged.inc_by(n);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn watch_lagged_total(&self) -> u64 {
+        self.watch_lagged.get()
     }
 
     fn lock_pushed(&self) -> std::sync::MutexGuard<'_, HashMap<GuestId, (u64, Instant)>> {
@@ -162,9 +168,9 @@ impl Metrics {
             self.report_latency.clone(),
         );
         registry.register(
-            "events_dropped",
-            "Reports a live watcher (apply, status --follow) missed because it fell behind",
-            self.events_dropped.clone(),
+            "report_watch_lagged",
+            "Reports a live watcher (apply) fell behind on and re-read from the store",
+            self.watch_lagged.clone(),
         );
     }
 }

@@ -31,7 +31,7 @@ fn names_follow_prometheus_conventions() {
             "phoenix_cert_renewals",
             "phoenix_rpcs",
             "phoenix_apply_report_latency_seconds",
-            "phoenix_events_dropped"
+            "phoenix_report_watch_lagged"
         ],
         "{text}"
     );
@@ -111,10 +111,10 @@ fn latency_is_timed_once_for_the_revision_pushed_last() {
 #[test]
 fn dropped_events_add_up() {
     let m = Metrics::default();
-    m.events_dropped(3);
-    m.events_dropped(2);
+    m.watch_lagged(3);
+    m.watch_lagged(2);
     assert_eq!(
-        sample(&render(&m), "phoenix_events_dropped_total"),
+        sample(&render(&m), "phoenix_report_watch_lagged_total"),
         Some(5.0)
     );
 }

@@ -5,7 +5,7 @@ use crate::store::StoreError;
 use phoenix_proto::model::{self, GuestId, GuestSpec};
 use phoenix_proto::token::JoinToken;
 use phoenix_proto::v1;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,159 +57,229 @@ async fn revoke_at_ca(c: &Coordinator, serial: &str) -> String {
 
 type ReportStream = Pin<Box<dyn Stream<Item = Result<v1::ReportEvent, Status>> + Send>>;
 
-#[tonic::async_trait]
-impl v1::admin_server::Admin for AdminApi {
-    async fn apply(
-        &self,
-        req: Request<v1::AdminApplyRequest>,
-    ) -> Result<Response<v1::AdminApplyResponse>, Status> {
-        let c = &self.0;
-        let req = req.into_inner();
-        // Validate every guest's spec before storing or pushing any.
-        let mut parsed = Vec::new();
-        let mut errors = Vec::new();
-        for (raw, json) in &req.guests {
-            let guest = guest_id(*raw)?;
-            match GuestSpec::from_json(json) {
-                Ok(spec) => {
-                    let reserved = model::reserved_cert_names(&spec, &c.td);
-                    errors.extend(reserved.into_iter().map(|e| format!("guest {guest}: {e}")));
-                    parsed.push((guest, spec));
-                }
-                Err(errs) => errors.extend(errs.into_iter().map(|e| format!("guest {guest}: {e}"))),
+type ApplyStream = Pin<Box<dyn Stream<Item = Result<v1::GuestApply, Status>> + Send>>;
+type StatusStream = Pin<Box<dyn Stream<Item = Result<v1::GuestStatus, Status>> + Send>>;
+
+/// Joins the parts of one streamed apply into one request; refuses parts that disagree
+/// on `dry_run` or name a guest twice.
+async fn join_parts(
+    mut parts: tonic::Streaming<v1::AdminApplyRequest>,
+) -> Result<v1::AdminApplyRequest, Status> {
+    let mut whole: Option<v1::AdminApplyRequest> = None;
+    while let Some(part) = parts.message().await? {
+        let Some(w) = whole.as_mut() else {
+            whole = Some(part);
+            continue;
+        };
+        if part.dry_run != w.dry_run {
+            return Err(RpcError::BadRequest(
+                "apply parts disagree on dry_run (one apply is a plan or not)".into(),
+            )
+            .into());
+        }
+        for (g, spec) in part.guests {
+            if w.guests.insert(g, spec).is_some() {
+                return Err(RpcError::BadRequest(format!(
+                    "guest {g} appears in two parts of one apply"
+                ))
+                .into());
             }
         }
-        if !errors.is_empty() {
-            return Err(RpcError::BadRequest(errors.join("\n")).into());
+        w.declared_json.extend(part.declared_json);
+    }
+    Ok(whole.unwrap_or_default())
+}
+
+/// Validates every guest's spec, then stores the changed ones as one revision and pushes
+/// them (or, for a dry run, pushes every one as a plan); one answer per guest.
+fn apply_whole(
+    c: &Coordinator,
+    req: v1::AdminApplyRequest,
+) -> Result<Vec<v1::GuestApply>, RpcError> {
+    // Validate every guest's spec before storing or pushing any.
+    let mut parsed = Vec::new();
+    let mut errors = Vec::new();
+    for (raw, json) in &req.guests {
+        let guest = guest_id(*raw)?;
+        match GuestSpec::from_json(json) {
+            Ok(spec) => {
+                let reserved = model::reserved_cert_names(&spec, &c.td);
+                errors.extend(reserved.into_iter().map(|e| format!("guest {guest}: {e}")));
+                parsed.push((guest, spec));
+            }
+            Err(errs) => errors.extend(errs.into_iter().map(|e| format!("guest {guest}: {e}"))),
         }
-        let mut out = Vec::new();
-        let mut to_store = Vec::new();
-        for (guest, spec) in &parsed {
-            let json = spec.to_json();
-            let digest = model::digest(&json);
-            let stored = c.store.desired(*guest).map_err(RpcError::from)?;
-            let old_spec = stored
-                .as_ref()
-                .and_then(|d| GuestSpec::from_json(&d.spec_json).ok())
-                .unwrap_or_default();
-            let changed = stored.as_ref().map(|d| d.digest != digest).unwrap_or(true);
-            out.push(v1::GuestApply {
-                guest_id: guest.get(),
-                revision: stored.as_ref().map(|d| d.revision).unwrap_or(0),
-                digest: digest.clone(),
-                changed,
-                connected: c.hub.connected(*guest),
-                diff: spec_diff(&old_spec, spec),
-            });
-            if changed {
-                to_store.push((*guest, digest, json));
+    }
+    if !errors.is_empty() {
+        return Err(RpcError::BadRequest(errors.join("\n")));
+    }
+    let mut out = Vec::new();
+    let mut to_store = Vec::new();
+    for (guest, spec) in &parsed {
+        let json = spec.to_json();
+        let digest = model::digest(&json);
+        let stored = c.store.desired(*guest).map_err(RpcError::from)?;
+        let old_spec = stored
+            .as_ref()
+            .and_then(|d| GuestSpec::from_json(&d.spec_json).ok())
+            .unwrap_or_default();
+        let changed = stored.as_ref().map(|d| d.digest != digest).unwrap_or(true);
+        out.push(v1::GuestApply {
+            guest_id: guest.get(),
+            revision: stored.as_ref().map(|d| d.revision).unwrap_or(0),
+            digest: digest.clone(),
+            changed,
+            connected: c.hub.connected(*guest),
+            diff: spec_diff(&old_spec, spec),
+        });
+        if changed {
+            to_store.push((*guest, digest, json));
+        }
+    }
+    if !req.dry_run {
+        for (raw, json) in &req.declared_json {
+            let g = guest_id(*raw)?;
+            if c.store.declared(g).map_err(RpcError::from)?.as_deref() != Some(json.as_slice()) {
+                c.store.put_declared(g, json).map_err(RpcError::from)?;
             }
         }
-        if !req.dry_run {
-            for (raw, json) in &req.declared_json {
-                let g = guest_id(*raw)?;
-                if c.store.declared(g).map_err(RpcError::from)?.as_deref() != Some(json.as_slice())
-                {
-                    c.store.put_declared(g, json).map_err(RpcError::from)?;
-                }
-            }
+    }
+    if req.dry_run {
+        for (g, digest, json) in &to_store {
+            c.hub.push(
+                *g,
+                v1::DesiredState {
+                    revision: 0,
+                    digest: digest.clone(),
+                    spec_json: json.clone(),
+                    dry_run: true,
+                },
+            );
         }
-        if req.dry_run {
-            for (g, digest, json) in &to_store {
+        // Unchanged guests are dry-run too, so the plan also shows host drift.
+        for (g, spec) in &parsed {
+            if !to_store.iter().any(|(x, _, _)| x == g) {
+                let json = spec.to_json();
                 c.hub.push(
                     *g,
                     v1::DesiredState {
                         revision: 0,
-                        digest: digest.clone(),
-                        spec_json: json.clone(),
+                        digest: model::digest(&json),
+                        spec_json: json,
                         dry_run: true,
                     },
                 );
             }
-            // Unchanged guests are dry-run too, so the plan also shows host drift.
-            for (g, spec) in &parsed {
-                if !to_store.iter().any(|(x, _, _)| x == g) {
-                    let json = spec.to_json();
-                    c.hub.push(
-                        *g,
-                        v1::DesiredState {
-                            revision: 0,
-                            digest: model::digest(&json),
-                            spec_json: json,
-                            dry_run: true,
-                        },
-                    );
-                }
-            }
-            return Ok(Response::new(v1::AdminApplyResponse { guests: out }));
         }
-        if !to_store.is_empty() {
-            let revision = c.store.put_desired(&to_store).map_err(RpcError::from)?;
-            for (g, digest, json) in to_store {
-                if let Some(entry) = out.iter_mut().find(|o| o.guest_id == g.get()) {
-                    entry.revision = revision;
-                }
-                c.metrics.pushed(g, revision);
-                c.hub.push(
-                    g,
-                    v1::DesiredState {
-                        revision,
-                        digest,
-                        spec_json: json,
-                        dry_run: false,
-                    },
-                );
-            }
-        }
-        Ok(Response::new(v1::AdminApplyResponse { guests: out }))
+        return Ok(out);
     }
+    if !to_store.is_empty() {
+        let revision = c.store.put_desired(&to_store).map_err(RpcError::from)?;
+        // Every changed guest is in this revision.
+        for entry in out.iter_mut().filter(|o| o.changed) {
+            entry.revision = revision;
+        }
+        for (g, digest, json) in to_store {
+            c.metrics.pushed(g, revision);
+            c.hub.push(
+                g,
+                v1::DesiredState {
+                    revision,
+                    digest,
+                    spec_json: json,
+                    dry_run: false,
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Every known guest's status from the store, except its last report and whether it is
+/// connected (`status` adds those while it streams, one guest at a time).
+fn status_without_reports(c: &Coordinator) -> Result<BTreeMap<GuestId, v1::GuestStatus>, RpcError> {
+    let mut guests: BTreeMap<GuestId, v1::GuestStatus> = BTreeMap::new();
+    for (g, d) in c.store.all_desired().map_err(RpcError::from)? {
+        let e = guests.entry(g).or_default();
+        e.guest_id = g.get();
+        e.wanted_revision = d.revision;
+        e.wanted_digest = d.digest;
+    }
+    for (g, a) in c.store.agents().map_err(RpcError::from)? {
+        let e = guests.entry(g).or_default();
+        e.guest_id = g.get();
+        e.enrolled = true;
+        e.applied_revision = a.applied_revision;
+        e.applied_digest = a.applied_digest;
+        e.cert_not_after_unix = a.not_after_unix;
+        e.agent_version = a.agent_version;
+        e.last_seen_unix = a.last_seen_unix;
+        e.facts = prost::Message::decode(a.facts.as_slice()).ok();
+        e.revoked_unix = a.revoked_unix.unwrap_or(0);
+    }
+    for (g, e) in guests.iter_mut() {
+        let declared = c
+            .store
+            .declared(*g)
+            .map_err(RpcError::from)?
+            .and_then(|j| serde_json::from_slice::<phoenix_proto::model::Declared>(&j).ok());
+        if let (Some(d), Some(f)) = (declared, e.facts.as_ref()) {
+            e.mismatches = phoenix_proto::model::compare(&d, f)
+                .iter()
+                .map(|m| m.to_string())
+                .collect();
+        }
+    }
+    Ok(guests)
+}
+
+#[tonic::async_trait]
+impl v1::admin_server::Admin for AdminApi {
+    type ApplyStream = ApplyStream;
+
+    async fn apply(
+        &self,
+        req: Request<tonic::Streaming<v1::AdminApplyRequest>>,
+    ) -> Result<Response<ApplyStream>, Status> {
+        let whole = join_parts(req.into_inner()).await?;
+        let out = apply_whole(&self.0, whole)?;
+        Ok(Response::new(Box::pin(tokio_stream::iter(
+            out.into_iter().map(Ok),
+        ))))
+    }
+
+    type StatusStream = StatusStream;
 
     async fn status(
         &self,
         _req: Request<v1::StatusRequest>,
-    ) -> Result<Response<v1::StatusResponse>, Status> {
-        let c = &self.0;
-        let mut guests: BTreeMap<GuestId, v1::GuestStatus> = BTreeMap::new();
-        for (g, d) in c.store.all_desired().map_err(RpcError::from)? {
-            let e = guests.entry(g).or_default();
-            e.guest_id = g.get();
-            e.wanted_revision = d.revision;
-            e.wanted_digest = d.digest;
-        }
-        for (g, a) in c.store.agents().map_err(RpcError::from)? {
-            let e = guests.entry(g).or_default();
-            e.guest_id = g.get();
-            e.enrolled = true;
-            e.applied_revision = a.applied_revision;
-            e.applied_digest = a.applied_digest;
-            e.cert_not_after_unix = a.not_after_unix;
-            e.agent_version = a.agent_version;
-            e.last_seen_unix = a.last_seen_unix;
-            e.facts = prost::Message::decode(a.facts.as_slice()).ok();
-            e.revoked_unix = a.revoked_unix.unwrap_or(0);
-        }
-        for (g, e) in guests.iter_mut() {
-            let declared =
-                c.store.declared(*g).map_err(RpcError::from)?.and_then(|j| {
-                    serde_json::from_slice::<phoenix_proto::model::Declared>(&j).ok()
-                });
-            if let (Some(d), Some(f)) = (declared, e.facts.as_ref()) {
-                e.mismatches = phoenix_proto::model::compare(&d, f)
-                    .iter()
-                    .map(|m| m.to_string())
-                    .collect();
+    ) -> Result<Response<StatusStream>, Status> {
+        let c = self.0.clone();
+        let guests = status_without_reports(&c)?;
+        // The last reports are most of the answer: read one at a time as the client takes them.
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            for (g, mut e) in guests {
+                e.connected = c.hub.connected(g);
+                let item = match c.store.report(g) {
+                    Ok(r) => {
+                        if let Some(r) = r {
+                            e.last_report = Some(v1::ApplyReport::from(&r.report));
+                            e.last_report_unix = r.received_unix;
+                        }
+                        Ok(e)
+                    }
+                    Err(err) => Err(Status::from(RpcError::from(err))),
+                };
+                let failed = item.is_err();
+                if tx.send(item).await.is_err() || failed {
+                    return;
+                }
             }
-        }
-        for (g, e) in guests.iter_mut() {
-            e.connected = c.hub.connected(*g);
-            if let Some(r) = c.store.report(*g).map_err(RpcError::from)? {
-                e.last_report = Some(v1::ApplyReport::from(&r.report));
-                e.last_report_unix = r.received_unix;
-            }
-        }
-        Ok(Response::new(v1::StatusResponse {
-            guests: guests.into_values().collect(),
-        }))
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn create_token(
@@ -257,60 +327,26 @@ impl v1::admin_server::Admin for AdminApi {
         &self,
         req: Request<v1::WatchReportsRequest>,
     ) -> Result<Response<ReportStream>, Status> {
-        let c = self.0.clone();
-        let wanted: Vec<GuestId> = req
+        let c = &self.0;
+        let wanted: HashSet<GuestId> = req
             .into_inner()
             .guest_ids
             .into_iter()
             .map(guest_id)
             .collect::<Result<_, _>>()?;
-        // Subscribe before reading the stored reports so nothing falls in between.
-        let mut live = c.hub.subscribe_reports();
+        // Subscribe before the watcher reads the store so nothing falls in between. The
+        // stored reports are sent by the watcher's own task: sending them here, before the
+        // stream is returned, blocked once more than the channel's 64 slots were stored
+        // (and with it `phoenix apply`, which opens this watch first).
+        let live = c.hub.subscribe_reports();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
-        // The stored reports are replayed by the stream's own task: sending them here, before
-        // the stream is returned, blocked forever once more than the channel's 64 slots were
-        // stored (and with it `phoenix apply`, which opens this watch first).
-        tokio::spawn(async move {
-            for g in &wanted {
-                let stored = match c.store.report(*g) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let _ = tx.send(Err(Status::from(RpcError::from(e)))).await;
-                        return;
-                    }
-                };
-                if let Some(r) = stored {
-                    let ev = v1::ReportEvent {
-                        guest_id: g.get(),
-                        report: Some(v1::ApplyReport::from(&r.report)),
-                    };
-                    if tx.send(Ok(ev)).await.is_err() {
-                        return;
-                    }
-                }
-            }
-            loop {
-                match live.recv().await {
-                    Ok((g, report)) => {
-                        if !wanted.is_empty() && !wanted.contains(&g) {
-                            continue;
-                        }
-                        let ev = v1::ReportEvent {
-                            guest_id: g.get(),
-                            report: Some(v1::ApplyReport::from(report.as_ref())),
-                        };
-                        if tx.send(Ok(ev)).await.is_err() {
-                            break;
-                        }
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(missed = n, "report watcher fell behind");
-                        c.metrics.events_dropped(n);
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-                }
-            }
-        });
+        tokio::spawn(super::report_watch::run(
+            c.store.clone(),
+            live,
+            wanted,
+            tx,
+            c.metrics.clone(),
+        ));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))

@@ -136,7 +136,7 @@ impl AgentApi {
             ApplyReport::try_from(report).map_err(|e| RpcError::BadRequest(e.to_string()))?;
         // A plan is news for whoever asked for it, not the guest's state.
         if report.dry_run {
-            c.hub.publish_report(guest, Arc::new(report));
+            c.hub.publish_report(guest, 0, Arc::new(report));
             return Ok(());
         }
         if report.converged() {
@@ -146,15 +146,16 @@ impl AgentApi {
                 rec.last_seen_unix = now_unix();
             })?;
         }
-        c.store.put_report(
+        let seq = c.store.put_report(
             guest,
             &ReportRecord {
+                seq: 0,
                 received_unix: now_unix(),
                 report: report.clone(),
             },
         )?;
         c.metrics.reported(guest, report.revision);
-        c.hub.publish_report(guest, Arc::new(report));
+        c.hub.publish_report(guest, seq, Arc::new(report));
         Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! Per-guest channels between admin pushes and agent sessions. Each guest has a
 //! `watch` for its desired state, so the latest revision always wins and a session
-//! opened later still gets it; reports fan out on a broadcast for CLI watchers.
+//! opened later still gets it; reports fan out on a broadcast for CLI watchers (a watcher
+//! that falls behind it catches up from the store: `report_watch`).
 
 use phoenix_proto::model::{ApplyReport, GuestId};
 use phoenix_proto::v1;
@@ -10,6 +11,19 @@ use tokio::sync::{broadcast, watch};
 use tonic::Status;
 
 pub type Pushed = Option<Arc<v1::DesiredState>>;
+
+/// Reports the broadcast holds for watchers that are busy; beyond that a watcher catches
+/// up from the store.
+const REPORT_BUFFER: usize = 4096;
+
+/// A report as the watchers receive it.
+#[derive(Clone, Debug)]
+pub struct Published {
+    pub guest: GuestId,
+    /// Its position in the store (`ReportRecord::seq`); 0 for a plan, which is not stored.
+    pub seq: u64,
+    pub report: Arc<ApplyReport>,
+}
 
 struct GuestChannels {
     desired: watch::Sender<Pushed>,
@@ -84,15 +98,20 @@ impl Drop for Attachment {
 
 pub struct Hub {
     guests: Mutex<HashMap<GuestId, GuestChannels>>,
-    reports: broadcast::Sender<(GuestId, Arc<ApplyReport>)>,
+    reports: broadcast::Sender<Published>,
     next_session: std::sync::atomic::AtomicU64,
 }
 
 impl Hub {
     pub fn new() -> Arc<Self> {
+        Self::with_report_buffer(REPORT_BUFFER)
+    }
+
+    /// A hub whose report broadcast holds `reports` reports (tests make watchers lag).
+    pub fn with_report_buffer(reports: usize) -> Arc<Self> {
         Arc::new(Hub {
             guests: Mutex::new(HashMap::new()),
-            reports: broadcast::channel(4096).0,
+            reports: broadcast::channel(reports).0,
             next_session: std::sync::atomic::AtomicU64::new(1),
         })
     }
@@ -160,11 +179,12 @@ impl Hub {
         self.lock().values().filter(|c| c.session.is_some()).count()
     }
 
-    pub fn publish_report(&self, guest: GuestId, report: Arc<ApplyReport>) {
-        let _ = self.reports.send((guest, report));
+    /// `seq`: the report's store position (`Store::put_report`), 0 for a plan.
+    pub fn publish_report(&self, guest: GuestId, seq: u64, report: Arc<ApplyReport>) {
+        let _ = self.reports.send(Published { guest, seq, report });
     }
 
-    pub fn subscribe_reports(&self) -> broadcast::Receiver<(GuestId, Arc<ApplyReport>)> {
+    pub fn subscribe_reports(&self) -> broadcast::Receiver<Published> {
         self.reports.subscribe()
     }
 }

@@ -8,6 +8,7 @@ mod agent_service;
 mod error;
 pub mod hub;
 pub mod listener;
+mod report_watch;
 
 pub use error::RpcError;
 

@@ -171,6 +171,11 @@ mod base64_bytes {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReportRecord {
+    /// Where this report stands in the store's order of reports, set by `put_report`:
+    /// increasing in commit order, so a watcher that fell behind asks for what came after
+    /// the last position it had read (`reports_since`).
+    #[serde(default)]
+    pub seq: u64,
     pub received_unix: i64,
     pub report: ApplyReport,
 }
@@ -328,7 +333,13 @@ pub trait Store: Send + Sync + 'static {
     fn service_certs(&self) -> Result<Vec<(GuestId, ServiceCertRecord)>, StoreError>;
 
     fn report(&self, guest: GuestId) -> Result<Option<ReportRecord>, StoreError>;
-    fn put_report(&self, guest: GuestId, rec: &ReportRecord) -> Result<(), StoreError>;
+    /// Stores the guest's last report under the next position of the report order (its
+    /// `seq` is ignored) and returns that position. Positions increase in commit order.
+    fn put_report(&self, guest: GuestId, rec: &ReportRecord) -> Result<u64, StoreError>;
+    /// The last report of every guest whose last report was stored after position `after`,
+    /// in store order. From one snapshot: everything stored up to the highest position
+    /// returned is in it or superseded by it.
+    fn reports_since(&self, after: u64) -> Result<Vec<(GuestId, ReportRecord)>, StoreError>;
 
     /// Makes this replica the leader of work that must run once in a cluster (pruning,
     /// anything scheduled) if no other replica leads; `None` while another one does.

@@ -12,6 +12,8 @@ const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 const AGENTS: TableDefinition<u32, &[u8]> = TableDefinition::new("agents");
 const DESIRED: TableDefinition<u32, &[u8]> = TableDefinition::new("desired");
 const REPORTS: TableDefinition<u32, &[u8]> = TableDefinition::new("reports");
+/// Report position → guest, one entry per guest (its last report), for `reports_since`.
+const REPORT_ORDER: TableDefinition<u64, u32> = TableDefinition::new("report_order");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const DECLARED: TableDefinition<u32, &[u8]> = TableDefinition::new("declared");
 /// Key: "<guest>/<cert name>".
@@ -65,12 +67,30 @@ impl RedbStore {
             tx.open_table(AGENTS).map_err(map)?;
             tx.open_table(DESIRED).map_err(map)?;
             tx.open_table(REPORTS).map_err(map)?;
+            tx.open_table(REPORT_ORDER).map_err(map)?;
             tx.open_table(META).map_err(map)?;
             tx.open_table(DECLARED).map_err(map)?;
             tx.open_table(SERVICE_CERTS).map_err(map)?;
         }
         tx.commit().map_err(|e| io("create tables")(e.into()))?;
-        Ok(RedbStore { db })
+        let store = RedbStore { db };
+        store.order_unordered_reports()?;
+        Ok(store)
+    }
+
+    /// Gives reports stored before reports had positions one each, so `reports_since(0)`
+    /// returns every stored report.
+    fn order_unordered_reports(&self) -> Result<(), StoreError> {
+        const A: &str = "order stored reports";
+        let unordered: Vec<(GuestId, ReportRecord)> = self
+            .all_u32::<ReportRecord>(REPORTS, A)?
+            .into_iter()
+            .filter(|(_, r)| r.seq == 0)
+            .collect();
+        for (g, rec) in unordered {
+            self.put_report(g, &rec)?;
+        }
+        Ok(())
     }
 
     fn write<R>(
@@ -120,23 +140,6 @@ impl RedbStore {
             out.push((guest(k.value())?, dec(v.value())?));
         }
         Ok(out)
-    }
-
-    fn put_u32<T: Serialize>(
-        &self,
-        table: TableDefinition<u32, &[u8]>,
-        action: &'static str,
-        durable: bool,
-        key: u32,
-        v: &T,
-    ) -> Result<(), StoreError> {
-        let bytes = enc(v)?;
-        self.write(action, durable, |tx| {
-            let mut t = tx.open_table(table).map_err(|e| io(action)(e.into()))?;
-            t.insert(key, bytes.as_slice())
-                .map_err(|e| io(action)(e.into()))?;
-            Ok(())
-        })
     }
 }
 
@@ -353,8 +356,55 @@ impl Store for RedbStore {
         self.get_u32(REPORTS, "read report", g.get())
     }
 
-    fn put_report(&self, g: GuestId, rec: &ReportRecord) -> Result<(), StoreError> {
-        self.put_u32(REPORTS, "save report", false, g.get(), rec)
+    fn put_report(&self, g: GuestId, rec: &ReportRecord) -> Result<u64, StoreError> {
+        const A: &str = "save report";
+        // Soft state: a crash loses the report and its position together (one transaction).
+        self.write(A, false, |tx| {
+            let mut meta = tx.open_table(META).map_err(|e| io(A)(e.into()))?;
+            let seq = meta
+                .get("report_seq")
+                .map_err(|e| io(A)(e.into()))?
+                .map(|v| v.value())
+                .unwrap_or(0)
+                + 1;
+            meta.insert("report_seq", seq)
+                .map_err(|e| io(A)(e.into()))?;
+            let mut reports = tx.open_table(REPORTS).map_err(|e| io(A)(e.into()))?;
+            let mut order = tx.open_table(REPORT_ORDER).map_err(|e| io(A)(e.into()))?;
+            let previous = match reports.get(g.get()).map_err(|e| io(A)(e.into()))? {
+                Some(v) => Some(dec::<ReportRecord>(v.value())?.seq),
+                None => None,
+            };
+            if let Some(old) = previous {
+                order.remove(old).map_err(|e| io(A)(e.into()))?;
+            }
+            let bytes = enc(&ReportRecord { seq, ..rec.clone() })?;
+            reports
+                .insert(g.get(), bytes.as_slice())
+                .map_err(|e| io(A)(e.into()))?;
+            order.insert(seq, g.get()).map_err(|e| io(A)(e.into()))?;
+            Ok(seq)
+        })
+    }
+
+    fn reports_since(&self, after: u64) -> Result<Vec<(GuestId, ReportRecord)>, StoreError> {
+        const A: &str = "read reports since";
+        let tx = self.db.begin_read().map_err(|e| io(A)(e.into()))?;
+        let order = tx.open_table(REPORT_ORDER).map_err(|e| io(A)(e.into()))?;
+        let reports = tx.open_table(REPORTS).map_err(|e| io(A)(e.into()))?;
+        let mut out = Vec::new();
+        for item in order.range(after + 1..).map_err(|e| io(A)(e.into()))? {
+            let (_, g) = item.map_err(|e| io(A)(e.into()))?;
+            let rec = reports
+                .get(g.value())
+                .map_err(|e| io(A)(e.into()))?
+                .ok_or_else(|| StoreError::Io {
+                    action: A,
+                    reason: format!("report order names guest {} without a report", g.value()),
+                })?;
+            out.push((guest(g.value())?, dec(rec.value())?));
+        }
+        Ok(out)
     }
 
     /// One process owns the database file (redb's lock), so it always leads.

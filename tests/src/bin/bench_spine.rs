@@ -1,8 +1,9 @@
 //! Spine benchmark: N simulated agents (real mTLS sessions, many per process) against one
-//! real `phoenix serve`; sessions held, coordinator RSS, and apply-to-acked latency per
-//! guest; then the idle RSS of one real `phoenix-agent`.
+//! real `phoenix serve`; sessions held, coordinator RSS, apply-to-acked latency per guest,
+//! and the reports a slow watcher saw per apply; then the idle RSS of one real
+//! `phoenix-agent`.
 //!
-//! Run: `cargo build --release --workspace --bins && target/release/bench_spine 100 1000`
+//! Run: `cargo build --release --workspace --bins && target/release/bench_spine 1000 10000`
 
 use phoenix_coordinator::admin_client;
 use phoenix_pki::keys;
@@ -11,6 +12,7 @@ use phoenix_pki::transport::{self, ChannelOptions};
 use phoenix_proto::model::{self, GuestSpec};
 use phoenix_proto::token::JoinToken;
 use phoenix_proto::v1::{self, agent_message, coordinator_message};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -23,6 +25,18 @@ fn rss_kb(pid: u32) -> u64 {
         .unwrap_or_default()
         .lines()
         .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Private (anonymous) memory of `pid` in kB: the heap and stacks, without the binary's
+/// and libraries' file-backed pages.
+fn anon_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Anonymous:"))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
@@ -164,6 +178,49 @@ async fn sim_agent(
     Ok(())
 }
 
+/// What a watcher that reads slowly has seen: reports per revision.
+#[derive(Clone, Default)]
+struct Seen(Arc<std::sync::Mutex<BTreeMap<u64, usize>>>);
+
+impl Seen {
+    fn seen(&self, rev: u64) -> usize {
+        self.per_revision().get(&rev).copied().unwrap_or(0)
+    }
+
+    fn per_revision(&self) -> BTreeMap<u64, usize> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+async fn slow_watcher(
+    mut admin: v1::admin_client::AdminClient<tonic::transport::Channel>,
+) -> Res<Seen> {
+    let mut stream = admin
+        .watch_reports(v1::WatchReportsRequest { guest_ids: vec![] })
+        .await?
+        .into_inner();
+    let seen = Seen::default();
+    let counts = seen.clone();
+    tokio::spawn(async move {
+        let mut k = 0u64;
+        while let Ok(Some(ev)) = stream.message().await {
+            if let Some(r) = ev.report {
+                *counts
+                    .0
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(r.revision)
+                    .or_default() += 1;
+            }
+            k += 1;
+            if k.is_multiple_of(100) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    Ok(seen)
+}
+
 fn spec_for(guest: u32, round: u32) -> GuestSpec {
     let json = format!(
         r#"{{"resources":[{{"kind":"file","path":"/srv/phoenix-bench/{guest}/a","content":"round {round}\n"}},
@@ -250,9 +307,12 @@ async fn run_n(n: u32, rounds: u32, work: &Path, ca_args: &[String]) -> Res<()> 
         }
     }
     let connect_time = t.elapsed();
-    let status = admin.status(v1::StatusRequest {}).await?.into_inner();
-    let held = status.guests.iter().filter(|g| g.connected).count();
-    let rss_sessions = rss_kb(pid);
+    let held = admin_client::status(&mut admin)
+        .await?
+        .iter()
+        .filter(|g| g.connected)
+        .count();
+    let (rss_sessions, anon_sessions) = (rss_kb(pid), anon_kb(pid));
     let mut all_lat = Vec::new();
     let mut all_acked = Vec::new();
     // "Acked" means the coordinator has the agent's report: watch what it receives.
@@ -260,18 +320,14 @@ async fn run_n(n: u32, rounds: u32, work: &Path, ca_args: &[String]) -> Res<()> 
         .watch_reports(v1::WatchReportsRequest { guest_ids: vec![] })
         .await?
         .into_inner();
+    // A second watcher that reads slowly (about 2,000 reports/s): it falls behind the
+    // coordinator's report broadcast and must still see every guest's report.
+    let slow = slow_watcher(admin.clone()).await?;
     for round in 1..=rounds {
         let guests = (1..=n).map(|g| (g, spec_for(g, round).to_json())).collect();
         let t0 = Instant::now();
-        let resp = admin
-            .apply(v1::AdminApplyRequest {
-                guests,
-                dry_run: false,
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        let rev = resp.guests.first().map(|g| g.revision).unwrap_or(0);
+        let resp = admin_client::apply(&mut admin, guests, BTreeMap::new(), false).await?;
+        let rev = resp.first().map(|g| g.revision).unwrap_or(0);
         let mut got = 0;
         let mut last = t0;
         while got < held {
@@ -300,15 +356,8 @@ async fn run_n(n: u32, rounds: u32, work: &Path, ca_args: &[String]) -> Res<()> 
     let guests = (1..=n)
         .map(|g| (g, spec_for(g, rounds + 1).to_json()))
         .collect();
-    let resp = admin
-        .apply(v1::AdminApplyRequest {
-            guests,
-            dry_run: false,
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    let rev = resp.guests.first().map(|g| g.revision).unwrap_or(0);
+    let resp = admin_client::apply(&mut admin, guests, BTreeMap::new(), false).await?;
+    let rev = resp.first().map(|g| g.revision).unwrap_or(0);
     let (mut ok, mut failed, mut renew_lat) = (0u32, Vec::new(), Vec::new());
     let mut acked = 0;
     while (ok + failed.len() as u32) < held as u32 || acked < held {
@@ -328,11 +377,8 @@ async fn run_n(n: u32, rounds: u32, work: &Path, ca_args: &[String]) -> Res<()> 
     }
     let rotate_time = t0.elapsed();
     renew_lat.sort_by(|a, b| a.total_cmp(b));
-    let still = admin
-        .status(v1::StatusRequest {})
+    let still = admin_client::status(&mut admin)
         .await?
-        .into_inner()
-        .guests
         .iter()
         .filter(|g| g.connected)
         .count();
@@ -352,18 +398,35 @@ async fn run_n(n: u32, rounds: u32, work: &Path, ca_args: &[String]) -> Res<()> 
         pct(&renew_lat, 0.5),
         pct(&renew_lat, 0.99)
     );
+    // The slow watcher has until 60 s after the last apply to catch up.
+    let last_rev = rev;
+    let caught_up = Instant::now() + Duration::from_secs(60);
+    while slow.seen(last_rev) < held && Instant::now() < caught_up {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let per_rev = slow.per_revision();
+    println!(
+        "N={n}: slow watcher saw, per apply, {} of {held} reports ({:.1}s after the last apply was sent)",
+        per_rev
+            .iter()
+            .map(|(rev, k)| format!("rev {rev}: {k}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        t0.elapsed().as_secs_f64()
+    );
     all_lat.sort_by(|a, b| a.total_cmp(b));
     all_acked.sort_by(|a, b| a.total_cmp(b));
     // Let the coordinator take the reports in, then read RSS.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_after = rss_kb(pid);
     println!(
-        "N={n}: sessions held {held}/{n}; enroll+connect {:.1}s (tokens {:.1}s); coordinator RSS idle {} MB, with sessions {} MB, after {rounds} applies {} MB; \
+        "N={n}: sessions held {held}/{n}; enroll+connect {:.1}s (tokens {:.1}s); coordinator RSS idle {} MB, with sessions {} MB (anonymous {} MB), after {rounds} applies {} MB; \
          apply→report at coordinator, per guest p50 {:.0} ms p99 {:.0} ms; all-acked p50 {:.0} ms max {:.0} ms over {rounds} rounds",
         connect_time.as_secs_f64(),
         token_time.as_secs_f64(),
         idle_rss / 1024,
         rss_sessions / 1024,
+        anon_sessions / 1024,
         rss_after / 1024,
         pct(&all_lat, 0.5),
         pct(&all_lat, 0.99),
@@ -430,13 +493,13 @@ async fn agent_rss(work: &Path, secs: u64) -> Res<()> {
         dir.join("root/f").display()
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    admin
-        .apply(v1::AdminApplyRequest {
-            guests: [(7, spec.into_bytes())].into_iter().collect(),
-            dry_run: false,
-            ..Default::default()
-        })
-        .await?;
+    admin_client::apply(
+        &mut admin,
+        [(7, spec.into_bytes())].into_iter().collect(),
+        BTreeMap::new(),
+        false,
+    )
+    .await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let early = rss_kb(agent.0.id());
     tokio::time::sleep(Duration::from_secs(secs)).await;

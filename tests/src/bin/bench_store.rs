@@ -56,6 +56,7 @@ fn run(name: &str, s: &dyn Store, n: u32) -> Res<()> {
         s.put_report(
             *guest,
             &ReportRecord {
+                seq: 0,
                 received_unix: 1,
                 report: ApplyReport {
                     revision,

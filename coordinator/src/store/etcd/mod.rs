@@ -216,13 +216,24 @@ impl EtcdStore {
     }
 
     fn put(&self, action: &'static str, key: String, value: Vec<u8>) -> Result<(), StoreError> {
+        self.put_at(action, key, value).map(|_| ())
+    }
+
+    /// Puts `key` and returns the etcd revision of the write: the key's mod_revision,
+    /// increasing in commit order across every replica.
+    fn put_at(&self, action: &'static str, key: String, value: Vec<u8>) -> Result<u64, StoreError> {
         check_size(action, &key, value.len(), MAX_VALUE_BYTES)?;
         let kv = self.kv.clone();
-        self.call(action, move || {
+        let resp = self.call(action, move || {
             let (mut kv, key, value) = (kv.clone(), key.clone(), value.clone());
             async move { kv.put(key, value, None).await }
         })?;
-        Ok(())
+        resp.header()
+            .map(|h| h.revision() as u64)
+            .ok_or(StoreError::Io {
+                action,
+                reason: "etcd answered a put without a header revision".into(),
+            })
     }
 
     /// Reads `keys` in one transaction, so the values belong to one revision.
@@ -305,6 +316,21 @@ impl EtcdStore {
     /// at one revision (so the listing is one consistent snapshot). If etcd compacts that
     /// revision away meanwhile, the listing starts over at a new one.
     fn list(&self, action: &'static str, dir: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        Ok(self
+            .list_since(action, dir, 0)?
+            .into_iter()
+            .map(|(k, v, _)| (k, v))
+            .collect())
+    }
+
+    /// Like [`Self::list`], only keys last written after etcd revision `after`, each with
+    /// its mod_revision.
+    fn list_since(
+        &self,
+        action: &'static str,
+        dir: &str,
+        after: i64,
+    ) -> Result<Vec<(String, Vec<u8>, i64)>, StoreError> {
         let start = self.key(&format!("{dir}/"));
         let end = prefix_end(&start);
         'snapshot: for _ in 0..3 {
@@ -312,10 +338,13 @@ impl EtcdStore {
             let mut from = start.clone().into_bytes();
             let mut rev = 0;
             loop {
-                let opts = GetOptions::new()
+                let mut opts = GetOptions::new()
                     .with_range(end.clone())
                     .with_limit(PAGE)
                     .with_revision(rev);
+                if after > 0 {
+                    opts = opts.with_min_mod_revision(after + 1);
+                }
                 let (kv, key) = (self.kv.clone(), from.clone());
                 let get = move || {
                     let (mut kv, key, opts) = (kv.clone(), key.clone(), opts.clone());
@@ -332,7 +361,7 @@ impl EtcdStore {
                 }
                 for kv in resp.kvs() {
                     let k = String::from_utf8_lossy(&kv.key()[start.len()..]).into_owned();
-                    out.push((k, kv.value().to_vec()));
+                    out.push((k, kv.value().to_vec(), kv.mod_revision()));
                 }
                 match resp.kvs().last() {
                     Some(last) if resp.more() => {

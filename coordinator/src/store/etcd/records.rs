@@ -290,12 +290,47 @@ impl Store for EtcdStore {
         self.all_guests("list service certificates", "service_certs")
     }
 
+    /// A report's position (`seq`) is the etcd revision that wrote it.
     fn report(&self, g: GuestId) -> Result<Option<ReportRecord>, StoreError> {
-        self.get_guest("read report", "reports", g)
+        let key = self.guest_key("reports", g);
+        let snap = self.read_many("read report", std::slice::from_ref(&key))?;
+        let rec: Option<ReportRecord> = dec_opt(&key, snap.values[0].as_ref())?;
+        Ok(rec.map(|r| ReportRecord {
+            seq: snap.mod_revs[0] as u64,
+            ..r
+        }))
     }
 
-    fn put_report(&self, g: GuestId, rec: &ReportRecord) -> Result<(), StoreError> {
-        self.put("save report", self.guest_key("reports", g), enc(rec)?)
+    fn put_report(&self, g: GuestId, rec: &ReportRecord) -> Result<u64, StoreError> {
+        let rec = ReportRecord {
+            seq: 0,
+            ..rec.clone()
+        };
+        self.put_at("save report", self.guest_key("reports", g), enc(&rec)?)
+    }
+
+    fn reports_since(&self, after: u64) -> Result<Vec<(GuestId, ReportRecord)>, StoreError> {
+        const A: &str = "read reports since";
+        let after = i64::try_from(after).map_err(|_| StoreError::Io {
+            action: A,
+            reason: format!("position {after} is beyond etcd's revisions"),
+        })?;
+        let mut found = self
+            .list_since(A, "reports", after)?
+            .into_iter()
+            .map(|(k, v, rev)| {
+                let rec: ReportRecord = dec(&k, &v)?;
+                Ok((
+                    guest_of(A, &k)?,
+                    ReportRecord {
+                        seq: rev as u64,
+                        ..rec
+                    },
+                ))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        found.sort_by_key(|(_, r)| r.seq);
+        Ok(found)
     }
 
     fn try_lead(&self, replica: &str) -> Result<Option<LeaderTerm>, StoreError> {
