@@ -7,5 +7,6 @@
 pub mod admin_client;
 pub mod cli;
 pub mod compile;
+pub mod guests;
 pub mod server;
 pub mod store;

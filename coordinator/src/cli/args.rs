@@ -104,11 +104,23 @@ pub enum Command {
         #[arg(long)]
         guest: GuestId,
     },
+    /// Guests as seen from the host.
+    Guest {
+        #[command(subcommand)]
+        command: GuestCommand,
+    },
     /// Join tokens.
     Token {
         #[command(subcommand)]
         command: TokenCommand,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GuestCommand {
+    /// Put the agent into guests and enroll them: push the binary and its unit, join
+    /// with a single-use token, start, wait for the session. Idempotent.
+    Install(super::guest::InstallArgs),
 }
 
 #[derive(Subcommand, Debug)]

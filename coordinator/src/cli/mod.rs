@@ -9,13 +9,14 @@ mod apply;
 mod args;
 pub mod duration;
 mod follow;
+mod guest;
 mod identity;
 mod inventory;
 mod offline;
 mod render;
 mod serve;
 
-pub use args::{CaKind, Cli, Command, Output, ServeArgs, TokenCommand};
+pub use args::{CaKind, Cli, Command, GuestCommand, Output, ServeArgs, TokenCommand};
 
 use crate::{admin_client, compile, server};
 
@@ -51,6 +52,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                     replace,
                 },
         } => identity::create_token(&cli.admin_socket, guest, ttl, replace).await,
+        Command::Guest {
+            command: GuestCommand::Install(args),
+        } => guest::install(&cli.admin_socket, args).await,
         Command::Status { output } => inventory::status(&cli.admin_socket, output).await,
         Command::Agents { output } => inventory::agents(&cli.admin_socket, output).await,
         Command::Certs { output } => inventory::certs(&cli.admin_socket, output).await,
