@@ -3,6 +3,7 @@
 
 pub mod aptrepo;
 pub mod guest;
+pub mod lxc;
 pub mod raw;
 pub mod spine;
 pub mod stacks;
