@@ -199,3 +199,38 @@ pub(super) async fn install(socket: &Path, args: InstallArgs) -> Result<(), CliE
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(guests: &[u32], all: bool) -> InstallArgs {
+        InstallArgs {
+            guests: guests
+                .iter()
+                .map(|&g| GuestId::try_from(g).expect("id"))
+                .collect(),
+            all,
+            path: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs")),
+            transport: TransportKind::Lxc,
+            agent_binary: None,
+            trust_domain: "phoenix.lab".into(),
+            timeout: Duration::from_secs(1),
+            output: Output::Table,
+        }
+    }
+
+    fn ids(v: &[GuestId]) -> Vec<u32> {
+        v.iter().map(|g| g.get()).collect()
+    }
+
+    #[test]
+    fn templates_are_skipped_whether_named_or_taken_by_all() {
+        let (guests, templates) = targets(&args(&[], true)).expect("targets");
+        assert_eq!(ids(&guests), [101, 102, 103, 801, 1002]);
+        assert_eq!(ids(&templates), [9000]);
+        let (guests, templates) = targets(&args(&[9000, 102], false)).expect("targets");
+        assert_eq!(ids(&guests), [102]);
+        assert_eq!(ids(&templates), [9000]);
+    }
+}

@@ -6,6 +6,9 @@
 //! `community.proxmox` QEMU connection, a file goes in 45000-byte parts (60000 base64
 //! characters, sent with `encode 0` because they already are base64), each to its own
 //! part file, then one `cat` in the guest joins them into a temporary name and renames it.
+//! `pvesh` takes the content as an argument, so a pushed file (the join token too) is in
+//! the host's process list for the moment of the call; the token is single-use and expires
+//! in minutes, but a `--pass-stdin` path for small secret files would close that.
 //! No Proxmox runs on the test machine: the unit tests pin the exact command lines, the
 //! chunking and the polling.
 
