@@ -6,13 +6,13 @@
 //! `community.proxmox` QEMU connection, a file goes in 45000-byte parts (60000 base64
 //! characters, sent with `encode 0` because they already are base64), each to its own
 //! part file, then one `cat` in the guest joins them into a temporary name and renames it.
-//! `pvesh` takes the content as an argument, so a pushed file (the join token too) is in
-//! the host's process list for the moment of the call; the token is single-use and expires
-//! in minutes, but a `--pass-stdin` path for small secret files would close that.
+//! `pvesh` takes the content as an argument, visible in the host's process list, so files
+//! up to one part (the unit, the join token) go instead on the stdin of one
+//! `qm guest exec --pass-stdin 1` (PVE caps that at 1 MiB).
 //! No Proxmox runs on the test machine: the unit tests pin the exact command lines, the
 //! chunking and the polling.
 
-use super::transport::{Exec, GuestTransport, Host, TransportError, pushed};
+use super::transport::{Exec, GuestTransport, Host, TransportError, pushed, write_stdin_argv};
 use async_trait::async_trait;
 use base64::Engine;
 use phoenix_proto::model::GuestId;
@@ -61,19 +61,20 @@ impl<H: Host> Qm<H> {
         }
     }
 
-    /// Starts `argv` and returns the guest agent's pid for it.
-    async fn start(&self, guest: GuestId, argv: &[&str]) -> Result<u64, TransportError> {
-        let mut cmd = s(&[
-            "qm",
-            "guest",
-            "exec",
-            &guest.to_string(),
-            "--synchronous",
-            "0",
-            "--",
-        ]);
+    /// Starts `argv` (with `stdin` passed to it, if any) and returns the guest agent's pid.
+    async fn start(
+        &self,
+        guest: GuestId,
+        argv: &[&str],
+        stdin: Option<&[u8]>,
+    ) -> Result<u64, TransportError> {
+        let mut cmd = s(&["qm", "guest", "exec", &guest.to_string()]);
+        if stdin.is_some() {
+            cmd.extend(s(&["--pass-stdin", "1"]));
+        }
+        cmd.extend(s(&["--synchronous", "0", "--"]));
         cmd.extend(s(argv));
-        let out = self.host.run(&cmd, &[]).await?;
+        let out = self.host.run(&cmd, stdin.unwrap_or_default()).await?;
         let what = format!("start {}", argv.join(" "));
         if !out.success() {
             return Err(Self::guest_err(guest, &what, out.reason()));
@@ -96,15 +97,16 @@ impl<H: Host> GuestTransport for Qm<H> {
         mode: u32,
         content: &[u8],
     ) -> Result<(), TransportError> {
+        // A small file (the unit, the join token) goes in one call on stdin: nothing of it
+        // appears in an argv. Only what is larger takes the file-write parts.
+        if content.len() <= CHUNK_BYTES {
+            let argv = write_stdin_argv(dest, mode);
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            return pushed(guest, dest, self.run(guest, &argv, Some(content)).await?);
+        }
         let b64 = base64::engine::general_purpose::STANDARD;
         let mut parts = Vec::new();
-        // An empty file is one empty part, so the assembling `cat` still has an argument.
-        let chunks: Vec<&[u8]> = if content.is_empty() {
-            vec![&[]]
-        } else {
-            content.chunks(CHUNK_BYTES).collect()
-        };
-        for (i, chunk) in chunks.into_iter().enumerate() {
+        for (i, chunk) in content.chunks(CHUNK_BYTES).enumerate() {
             let part = format!("{dest}.phoenix-part-{i}");
             let out = self
                 .host
@@ -116,11 +118,23 @@ impl<H: Host> GuestTransport for Qm<H> {
         let mode = format!("{mode:04o}");
         let mut argv = vec!["sh", "-c", ASSEMBLE, "sh", dest, &mode];
         argv.extend(parts.iter().map(String::as_str));
-        pushed(guest, dest, self.exec(guest, &argv).await?)
+        pushed(guest, dest, self.run(guest, &argv, None).await?)
     }
 
     async fn exec(&self, guest: GuestId, argv: &[&str]) -> Result<Exec, TransportError> {
-        let pid = self.start(guest, argv).await?;
+        self.run(guest, argv, None).await
+    }
+}
+
+impl<H: Host> Qm<H> {
+    /// Starts `argv` and polls `exec-status` until it exits or the timeout passes.
+    async fn run(
+        &self,
+        guest: GuestId,
+        argv: &[&str],
+        stdin: Option<&[u8]>,
+    ) -> Result<Exec, TransportError> {
+        let pid = self.start(guest, argv, stdin).await?;
         let status = s(&[
             "qm",
             "guest",
@@ -245,6 +259,49 @@ mod tests {
             e.to_string()
                 .starts_with("wait for sleep 9 in guest 200: still running after 30ms"),
             "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_small_file_goes_on_stdin_never_in_an_argv() {
+        let r = Recorder::default();
+        answer(&r, r#"{"pid": 5}"#);
+        answer(&r, r#"{"exited": 1, "exitcode": 0}"#);
+        qm(&r)
+            .push(
+                GuestId::try_from(300).expect("id"),
+                "/run/phoenix-agent-join.token",
+                0o600,
+                b"tok3n",
+            )
+            .await
+            .expect("push");
+        let calls = r.calls.lock().expect("lock").clone();
+        assert_eq!(
+            calls[0].0,
+            [
+                "qm",
+                "guest",
+                "exec",
+                "300",
+                "--pass-stdin",
+                "1",
+                "--synchronous",
+                "0",
+                "--",
+                "sh",
+                "-c",
+                super::super::transport::WRITE_STDIN,
+                "sh",
+                "/run/phoenix-agent-join.token",
+                "0600",
+            ]
+        );
+        assert_eq!(calls[0].1, b"tok3n");
+        assert!(
+            calls
+                .iter()
+                .all(|(argv, _)| !argv.iter().any(|a| a.contains("tok3n")))
         );
     }
 
