@@ -135,18 +135,7 @@ fn guest_install_over_lxc_enrolls_converges_survives_reboot_and_rejoins_clones()
 
     // B becomes a clone of A: A's state directory in place of its own.
     b.sh(&["systemctl", "stop", "phoenix-agent.service"]);
-    let (from, to) = (
-        a.rootfs().join("var/lib/phoenix-agent"),
-        b.rootfs().join("var/lib/phoenix-agent"),
-    );
-    std::fs::remove_dir_all(&to).expect("remove B's state");
-    let cp = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(&from)
-        .arg(&to)
-        .output()
-        .expect("cp");
-    assert!(cp.status.success(), "cp: {}", text(&cp));
+    copy_state(&a, &b);
     b.sh(&["systemctl", "start", "phoenix-agent.service"]);
     assert_eq!(identity_uri(&b), format!("spiffe://phoenix.lab/guest/{A}"));
     connected(&c, B, false);
@@ -172,4 +161,35 @@ fn guest_install_over_lxc_enrolls_converges_survives_reboot_and_rejoins_clones()
     for g in [A, B] {
         assert!(line(&out, g).ends_with("left alone"), "{out}");
     }
+
+    // The daemon has B connected, but B's disk now holds A's identity (copied under its
+    // running agent): not left alone, re-joined with its own, replacing the live session.
+    copy_state(&a, &b);
+    let out = install(&c, &[B]);
+    let l = line(&out, B);
+    assert!(
+        l.contains(&format!(
+            "installed: the guest holds the identity of guest {A} (cloned?)"
+        )),
+        "{l}"
+    );
+    assert_eq!(identity_uri(&b), format!("spiffe://phoenix.lab/guest/{B}"));
+    connected(&c, B, true);
+    connected(&c, A, true);
+}
+
+/// `from`'s agent state directory in place of `to`'s, as a clone of `from` would have it.
+fn copy_state(from: &LxcGuest, to: &LxcGuest) {
+    let (src, dst) = (
+        from.rootfs().join("var/lib/phoenix-agent"),
+        to.rootfs().join("var/lib/phoenix-agent"),
+    );
+    std::fs::remove_dir_all(&dst).expect("remove the state dir");
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&src)
+        .arg(&dst)
+        .output()
+        .expect("cp");
+    assert!(cp.status.success(), "cp: {}", text(&cp));
 }
