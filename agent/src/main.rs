@@ -39,7 +39,12 @@ struct Policy {
 enum Command {
     /// Enroll with a one-time token from `phoenix token create`.
     Join {
-        token: String,
+        #[arg(required_unless_present = "token_file")]
+        token: Option<String>,
+        /// Read the token from this file instead (keeps it out of the process list;
+        /// `phoenix guest install` pushes it as a 0600 file).
+        #[arg(long, conflicts_with = "token")]
+        token_file: Option<PathBuf>,
         /// Guest id to enroll as; defaults to the token's.
         #[arg(long)]
         guest: Option<GuestId>,
@@ -82,6 +87,8 @@ enum MainError {
     Run(#[from] runtime::RunError),
     #[error("read {path}: {reason}")]
     Spec { path: PathBuf, reason: String },
+    #[error("read the join token file {path}: {reason}")]
+    TokenFile { path: PathBuf, reason: String },
     #[error("start runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -138,7 +145,21 @@ async fn shutdown_signal() {
 async fn run(cli: Cli) -> Result<ExitCode, MainError> {
     let state = StateDir::open(&cli.state_dir)?;
     match cli.command {
-        Command::Join { token, guest } => {
+        Command::Join {
+            token,
+            token_file,
+            guest,
+        } => {
+            let token = match (token, token_file) {
+                (Some(t), _) => t,
+                (None, Some(path)) => std::fs::read_to_string(&path)
+                    .map(|t| t.trim().to_owned())
+                    .map_err(|e| MainError::TokenFile {
+                        path,
+                        reason: e.to_string(),
+                    })?,
+                (None, None) => unreachable!("clap requires the token or --token-file"),
+            };
             let e = phoenix_agent::enroll::join(&state, &token, guest).await?;
             println!(
                 "enrolled as guest {} with coordinator {} (trust domain {})",

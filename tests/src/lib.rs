@@ -4,6 +4,7 @@
 pub mod aptrepo;
 pub mod etcd;
 pub mod guest;
+pub mod lxc;
 pub mod raw;
 pub mod spine;
 pub mod stacks;

@@ -104,6 +104,11 @@ pub enum Command {
         #[arg(long)]
         guest: GuestId,
     },
+    /// Guests as seen from the host.
+    Guest {
+        #[command(subcommand)]
+        command: GuestCommand,
+    },
     /// Join tokens.
     Token {
         #[command(subcommand)]
@@ -125,6 +130,13 @@ pub enum Generated {
     Man,
     /// bash (phoenix), zsh (_phoenix) and fish (phoenix.fish).
     Completions,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GuestCommand {
+    /// Put the agent into guests and enroll them: push the binary and its unit, join
+    /// with a single-use token, start, wait for the session. Idempotent.
+    Install(super::guest::InstallArgs),
 }
 
 #[derive(Subcommand, Debug)]

@@ -11,13 +11,14 @@ pub mod config;
 pub mod duration;
 mod follow;
 mod generate;
+mod guest;
 mod identity;
 mod inventory;
 mod offline;
 mod render;
 mod serve;
 
-pub use args::{CaKind, Cli, Command, Generated, Output, ServeArgs, TokenCommand};
+pub use args::{CaKind, Cli, Command, Generated, GuestCommand, Output, ServeArgs, TokenCommand};
 
 use crate::{admin_client, compile, server};
 
@@ -55,6 +56,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                     replace,
                 },
         } => identity::create_token(&cli.admin_socket, guest, ttl, replace).await,
+        Command::Guest {
+            command: GuestCommand::Install(args),
+        } => guest::install(&cli.admin_socket, args).await,
         Command::Status { output } => inventory::status(&cli.admin_socket, output).await,
         Command::Agents { output } => inventory::agents(&cli.admin_socket, output).await,
         Command::Certs { output } => inventory::certs(&cli.admin_socket, output).await,
