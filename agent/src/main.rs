@@ -126,8 +126,29 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::from(1)
+            if e.is_not_enrolled() {
+                // The unit's RestartPreventExitStatus: restarting cannot enroll the agent.
+                ExitCode::from(EXIT_NOT_ENROLLED)
+            } else {
+                ExitCode::from(1)
+            }
         }
+    }
+}
+
+/// EX_CONFIG (sysexits.h): `run` without an enrollment. phoenix-agent.service names it in
+/// RestartPreventExitStatus, so systemd does not restart-loop an agent nobody joined.
+const EXIT_NOT_ENROLLED: u8 = 78;
+
+impl MainError {
+    fn is_not_enrolled(&self) -> bool {
+        matches!(
+            self,
+            MainError::State(phoenix_agent::state::StateError::NotEnrolled { .. })
+                | MainError::Run(runtime::RunError::State(
+                    phoenix_agent::state::StateError::NotEnrolled { .. }
+                ))
+        )
     }
 }
 

@@ -294,3 +294,27 @@ fn full_state_dir_fails_the_pass_and_a_restart_never_rolls_back() {
     assert!(read(&conf).starts_with("v2\n"), "rolled back after restart");
     assert!(converged(&c.status(), 161));
 }
+
+/// `phoenix-agent run` on a guest nobody joined exits 78 (EX_CONFIG), the status its unit
+/// lists in RestartPreventExitStatus, and says what to run; any other failure stays 1.
+#[test]
+fn run_without_enrollment_exits_78_with_the_join_advice() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(phoenix_tests::bin("phoenix-agent"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("run")
+        .output()
+        .expect("run phoenix-agent");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("this agent is not enrolled") && stderr.contains("phoenix-agent join"),
+        "{stderr}"
+    );
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent/debian/phoenix-agent.service"),
+    )
+    .expect("read the agent unit");
+    assert!(unit.contains("RestartPreventExitStatus=78"), "{unit}");
+}

@@ -230,7 +230,9 @@ fn writes_continue_with_quorum_stop_without_it_and_resume() {
     let Some(mut cluster) = EtcdCluster::start(dir.path()) else {
         return;
     };
-    let timeout = Duration::from_secs(2);
+    // Long enough for the survivors to elect a new leader when the killed member led,
+    // also on a loaded 2-core machine (2 s was not: one CI run timed out here).
+    let timeout = Duration::from_secs(6);
     let s = connect(&cluster, |c| c.request_timeout = timeout);
     let apply = |s: &EtcdStore| s.put_desired(&[(g(1), "d".into(), b"{}".to_vec())]);
     assert_eq!(apply(&s).expect("healthy"), 1);

@@ -67,6 +67,8 @@ pub struct UnitStatus {
     /// Automatic restarts since the unit was last started by hand: a rising count while we
     /// watch is a crash loop, whatever `ActiveState` says at the instant we look.
     pub n_restarts: u32,
+    /// When the unit last became active, in CLOCK_MONOTONIC microseconds (0: unknown).
+    pub active_enter_usec: u64,
 }
 
 impl UnitStatus {
@@ -80,6 +82,21 @@ impl UnitStatus {
     /// Up, and not merely waiting to be restarted after a crash (`activating (auto-restart)`).
     pub fn running(&self) -> bool {
         self.active() && self.sub_state != "auto-restart"
+    }
+
+    /// Running, but systemd restarted it on its own and it came up less than `window` ago:
+    /// a crash loop caught in its short "up" moment looks exactly like this, so it must be
+    /// watched before it is called in sync.
+    fn just_restarted_by_systemd(&self, window: Duration) -> bool {
+        if !self.running() || self.n_restarts == 0 || self.active_enter_usec == 0 {
+            return false;
+        }
+        let Ok(now) = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) else {
+            return false;
+        };
+        let now_usec = u64::try_from(now.tv_sec()).unwrap_or(0) * 1_000_000
+            + u64::try_from(now.tv_nsec()).unwrap_or(0) / 1_000;
+        now_usec.saturating_sub(self.active_enter_usec) < window.as_micros() as u64
     }
 
     fn enabled_matches(&self, want: bool) -> bool {
@@ -339,6 +356,12 @@ impl<M: ServiceManager> ServiceConverger<M> {
                         st.sub_state,
                         st.failure()
                     ));
+                } else if st.just_restarted_by_systemd(self.settle) {
+                    diff.push(format!(
+                        "watch: restarted by systemd {} times, up less than {} s (crash loop?)",
+                        st.n_restarts,
+                        self.settle.as_secs()
+                    ));
                 }
                 true
             }
@@ -412,6 +435,15 @@ impl<M: ServiceManager> ServiceConverger<M> {
                 restarts_at_start = Some(self.mgr.status(name).await?.n_restarts);
                 tokio::time::sleep(self.settle).await;
             }
+        } else if spec.state == Some(RunState::Running) && st.just_restarted_by_systemd(self.settle)
+        {
+            // Caught up between two crashes: watch it as if we had just started it.
+            restarts_at_start = Some(st.n_restarts);
+            tokio::time::sleep(self.settle).await;
+            done.push(format!(
+                "watched {} s after a restart by systemd",
+                self.settle.as_secs()
+            ));
         }
         let done = done.join(", ");
         let after = self.mgr.status(name).await?;

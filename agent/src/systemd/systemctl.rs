@@ -47,8 +47,7 @@ impl<R: CommandRunner> Systemctl<R> {
     }
 }
 
-const PROPS: &str =
-    "LoadState,ActiveState,SubState,UnitFileState,Result,NeedDaemonReload,ExecMainStatus,NRestarts";
+const PROPS: &str = "LoadState,ActiveState,SubState,UnitFileState,Result,NeedDaemonReload,ExecMainStatus,NRestarts,ActiveEnterTimestampMonotonic";
 
 #[async_trait::async_trait]
 impl<R: CommandRunner> ServiceManager for Systemctl<R> {
@@ -110,6 +109,7 @@ fn parse_show(out: &str) -> UnitStatus {
             "NeedDaemonReload" => s.need_daemon_reload = v == "yes",
             "ExecMainStatus" => s.exec_main_status = v,
             "NRestarts" => s.n_restarts = v.parse().unwrap_or(0),
+            "ActiveEnterTimestampMonotonic" => s.active_enter_usec = v.parse().unwrap_or(0),
             _ => {}
         }
     }
