@@ -7,6 +7,7 @@
 //! `state` own the identity on disk.
 
 pub mod certs;
+pub mod config;
 pub mod enroll;
 pub mod exec;
 pub mod facts;

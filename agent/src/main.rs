@@ -1,5 +1,7 @@
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use phoenix_agent::certs::SessionSigner;
+use phoenix_agent::config::{self, AgentConfig};
 use phoenix_agent::host::{self, HostOptions};
 use phoenix_agent::reconcile::{Engine, Stop, Trigger};
 use phoenix_agent::runtime::{self, Options};
@@ -24,8 +26,84 @@ struct Cli {
         default_value = phoenix_agent::state::DEFAULT_STATE_DIR
     )]
     state_dir: PathBuf,
+    /// Options file (every `run` flag under its name, and `state-dir`); default:
+    /// /etc/phoenix-agent/agent.toml when it exists. Flags win over the file.
+    #[arg(long, global = true, env = "PHOENIX_AGENT_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// True when the user gave this argument (flag or environment), so it beats the file.
+/// `m` may not know `id` at all (a flag of another subcommand): then it was not given.
+fn given(m: &ArgMatches, id: &str) -> bool {
+    m.ids().any(|i| i.as_str() == id)
+        && matches!(
+            m.value_source(id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        )
+}
+
+impl Cli {
+    /// Parses the command line (exiting on a usage error, as clap does) and fills what
+    /// was not given from the config file.
+    fn parse_with_config() -> Result<Cli, config::ConfigError> {
+        let matches = Cli::command().get_matches();
+        let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        let (path, explicit) = match &cli.config {
+            Some(p) => (p.clone(), true),
+            None => (PathBuf::from(config::DEFAULT_PATH), false),
+        };
+        let file = AgentConfig::load(&path, explicit)?;
+        let sub = matches.subcommand().map(|(_, m)| m);
+        let given_anywhere = |id: &str| given(&matches, id) || sub.is_some_and(|m| given(m, id));
+        if let Some(d) = file.state_dir
+            && !given_anywhere("state_dir")
+        {
+            cli.state_dir = d.0;
+        }
+        let roots = file
+            .file_root
+            .map(|r| r.into_iter().map(|d| d.0).collect::<Vec<_>>());
+        match &mut cli.command {
+            Command::Run {
+                policy,
+                drift_interval,
+                backoff_max,
+                shutdown_deadline,
+            } => {
+                for (value, from_file, id) in [
+                    (drift_interval, file.drift_interval, "drift_interval"),
+                    (backoff_max, file.backoff_max, "backoff_max"),
+                    (
+                        shutdown_deadline,
+                        file.shutdown_deadline,
+                        "shutdown_deadline",
+                    ),
+                ] {
+                    if let Some(s) = from_file
+                        && !given_anywhere(id)
+                    {
+                        *value = s.0;
+                    }
+                }
+                if let Some(r) = roots
+                    && !given_anywhere("file_roots")
+                {
+                    policy.file_roots = r;
+                }
+            }
+            Command::Apply { policy, .. } => {
+                if let Some(r) = roots
+                    && !given_anywhere("file_roots")
+                {
+                    policy.file_roots = r;
+                }
+            }
+            Command::Join { .. } => {}
+        }
+        Ok(cli)
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -103,7 +181,13 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
+    let cli = match Cli::parse_with_config() {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     // Two workers: the agent is mostly idle, and a guest's cores belong to its workload.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -128,7 +212,7 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             if e.is_not_enrolled() {
                 // The unit's RestartPreventExitStatus: restarting cannot enroll the agent.
-                ExitCode::from(EXIT_NOT_ENROLLED)
+                ExitCode::from(EXIT_CONFIG)
             } else {
                 ExitCode::from(1)
             }
@@ -136,9 +220,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// EX_CONFIG (sysexits.h): `run` without an enrollment. phoenix-agent.service names it in
-/// RestartPreventExitStatus, so systemd does not restart-loop an agent nobody joined.
-const EXIT_NOT_ENROLLED: u8 = 78;
+/// EX_CONFIG (sysexits.h): `run` without an enrollment, or a bad config file.
+/// phoenix-agent.service names it in RestartPreventExitStatus: restarting cannot fix either,
+/// so systemd does not restart-loop an agent nobody joined or configured wrongly.
+const EXIT_CONFIG: u8 = 78;
 
 impl MainError {
     fn is_not_enrolled(&self) -> bool {

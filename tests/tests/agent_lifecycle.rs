@@ -318,3 +318,51 @@ fn run_without_enrollment_exits_78_with_the_join_advice() {
     .expect("read the agent unit");
     assert!(unit.contains("RestartPreventExitStatus=78"), "{unit}");
 }
+
+/// The agent's config file: its `state-dir` is used (the not-enrolled error names it), a
+/// flag wins over it, and an unknown key stops the agent with 78 naming file and key.
+#[test]
+fn the_agent_config_file_is_read_flags_win_and_typos_stop_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let from_file = dir.path().join("from-file");
+    let from_flag = dir.path().join("from-flag");
+    let conf = dir.path().join("agent.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "state-dir = \"{}\"\ndrift-interval = 60\n",
+            from_file.display()
+        ),
+    )
+    .expect("write config");
+    let run = |extra: &[&str]| {
+        let out = Command::new(phoenix_tests::bin("phoenix-agent"))
+            .arg("--config")
+            .arg(&conf)
+            .args(extra)
+            .arg("run")
+            .output()
+            .expect("run phoenix-agent");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&[]);
+    assert_eq!(code, Some(78), "{err}");
+    assert!(err.contains(&from_file.display().to_string()), "{err}");
+    let flag = from_flag.display().to_string();
+    let (code, err) = run(&["--state-dir", &flag]);
+    assert_eq!(code, Some(78), "{err}");
+    assert!(err.contains(&flag) && !err.contains("from-file"), "{err}");
+
+    std::fs::write(&conf, "drift-intervall = 60\n").expect("write config");
+    let (code, err) = run(&[]);
+    assert_eq!(code, Some(78), "{err}");
+    assert!(
+        err.contains(&conf.display().to_string())
+            && err.contains("drift-intervall")
+            && err.contains("unknown field"),
+        "{err}"
+    );
+}
