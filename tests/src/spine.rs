@@ -131,6 +131,25 @@ impl Coordinator {
             .expect("run phoenix")
     }
 
+    /// `phoenix apply -f spec --timeout 30s`, which must exit 0 (every guest converged);
+    /// returns its stdout.
+    pub fn apply_ok(&self, spec: &Path) -> String {
+        let out = self.cli(&[
+            "apply",
+            "-f",
+            spec.to_str().expect("utf8"),
+            "--timeout",
+            "30s",
+        ]);
+        assert!(
+            out.status.success(),
+            "apply: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     pub fn token(&self, guest: u32) -> String {
         let out = self.cli(&["token", "create", "--guest", &guest.to_string()]);
         assert!(

@@ -46,19 +46,7 @@ fn a_coordinator_on_etcd_enrolls_applies_and_survives_kill_9() {
         .map(|a| (a.guest, files_spec(&a.root, &[("motd", "v1\n")])))
         .collect();
     write_spec(&spec, &guests);
-    let out = c.cli(&[
-        "apply",
-        "-f",
-        spec.to_str().expect("utf8"),
-        "--timeout",
-        "30s",
-    ]);
-    assert!(
-        out.status.success(),
-        "apply: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    c.apply_ok(&spec);
 
     // The state is in etcd, not in the state directory.
     assert!(!c.dir.join("state/phoenix.redb").exists());

@@ -160,19 +160,7 @@ fn prometheus_scrapes_agents_and_cert_expiry() {
         .map(|a| (a.guest, files_spec(&a.root, &[("motd", "hello\n")])))
         .collect();
     write_spec(&spec, &guests);
-    let out = c.cli(&[
-        "apply",
-        "-f",
-        spec.to_str().expect("utf8"),
-        "--timeout",
-        "30s",
-    ]);
-    assert!(
-        out.status.success(),
-        "apply: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    c.apply_ok(&spec);
 
     let prom = Prometheus::start(&bin, tmp.path(), &metrics);
     let up = prom.wait_for(r#"up{job="phoenix"}"#, |r| value(&r[0]) == 1.0);
