@@ -7,6 +7,7 @@
 pub mod admin_client;
 pub mod cli;
 pub mod compile;
+pub mod events;
 pub mod guests;
 pub mod httpd;
 pub mod metrics;

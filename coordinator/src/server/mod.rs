@@ -61,6 +61,8 @@ pub struct Config {
     pub status_listen: Option<SocketAddr>,
     /// The token a status page reader must present; required beyond loopback.
     pub status_token_file: Option<PathBuf>,
+    /// How long and how many events the log keeps (`phoenix events`).
+    pub events: crate::store::Retention,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +129,7 @@ pub struct Coordinator {
     pub(crate) advertise: String,
     pub(crate) cfg: Config,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    pub(crate) events: Arc<crate::events::Recorder>,
 }
 
 /// The store's file in the state directory.
@@ -204,12 +207,33 @@ async fn renew_own_identity(c: Arc<Coordinator>) {
         }) {
             Ok(id) => {
                 tracing::info!(serial = %id.info.serial_hex, "coordinator identity renewed");
+                c.events
+                    .ca_result(c.ca.name(), "renew the coordinator identity", Ok(()));
+                c.events.record(
+                    crate::events::Kind::CoordinatorCertRenewed,
+                    "coordinator",
+                    serde_json::json!({
+                        "serial": id.info.serial_hex,
+                        "not_after_unix": unix(id.info.not_after),
+                    }),
+                );
                 c.metrics
                     .renewal(crate::metrics::CertKind::Coordinator, true);
                 c.identity.swap(id);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "coordinator identity renewal failed; keeping the current one");
+                c.events.ca_result(
+                    c.ca.name(),
+                    "renew the coordinator identity",
+                    Err(e.to_string()),
+                );
+                c.events.record_limited(
+                    crate::events::Kind::CoordinatorCertRenewFailed,
+                    "coordinator",
+                    "coordinator",
+                    serde_json::json!({ "error": e.to_string() }),
+                );
                 c.metrics
                     .renewal(crate::metrics::CertKind::Coordinator, false);
                 tokio::time::sleep(Duration::from_secs(5)).await;
@@ -277,6 +301,11 @@ pub async fn run(
         hub.push(guest, desired_message(&rec));
     }
     let server_tls = phoenix_pki::tls::server_config(identity.clone(), trust.clone())?;
+    let metrics: Arc<crate::metrics::Metrics> = Default::default();
+    let (events, event_writer) = crate::events::Recorder::new(store.clone(), metrics.clone());
+    let event_writer = tokio::spawn(event_writer.run());
+    // The CA just signed our identity.
+    events.ca_result(ca.name(), "issue the coordinator identity", Ok(()));
     let c = Arc::new(Coordinator {
         store,
         ca,
@@ -286,7 +315,8 @@ pub async fn run(
         trust,
         advertise: advertise.clone(),
         cfg: cfg.clone(),
-        metrics: Default::default(),
+        metrics,
+        events,
     });
     // From here the guard removes the socket on every way out, a failed start included.
     let admin = admin_claim.bind()?;
@@ -340,6 +370,12 @@ pub async fn run(
         "coordinator ready"
     );
     let renew = tokio::spawn(renew_own_identity(c.clone()));
+    let prune = tokio::spawn(crate::events::prune::run(
+        c.events.clone(),
+        cfg.events,
+        advertise.clone(),
+        crate::events::prune::EVERY,
+    ));
     let agent_server = tokio::spawn(listener::serve(
         listener,
         server_tls,
@@ -354,6 +390,10 @@ pub async fn run(
     });
     let (agents, admin_result) = tokio::join!(agent_server, admin_done);
     renew.abort();
+    prune.abort();
+    // Sessions ended by the stop have queued their events; write them before exiting.
+    c.events.flush().await;
+    drop(event_writer);
     drop(admin.guard);
     if let Err(e) = agents {
         tracing::error!(error = %e, "agent port server ended abnormally");

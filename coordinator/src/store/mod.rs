@@ -124,6 +124,10 @@ pub struct AgentRecord {
     /// token that produced it may be used again.
     #[serde(default = "yes")]
     pub confirmed: bool,
+    /// The highest outbox position (`PassReport::seq`) of this agent recorded so far: a
+    /// report sent again because its acknowledgement was lost is not recorded twice.
+    #[serde(default)]
+    pub last_pass_seq: u64,
 }
 
 fn yes() -> bool {
