@@ -191,6 +191,16 @@ pub struct ServeArgs {
     /// network only the Prometheus server reaches. Off when not given.
     #[arg(long)]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Serve the read-only status page (HTML at /) on this address, e.g.
+    /// 127.0.0.1:9465. Off when not given. Any address other than loopback needs
+    /// --status-token-file.
+    #[arg(long)]
+    pub status_listen: Option<std::net::SocketAddr>,
+    /// A file (not world-readable) whose first line is the token every status page
+    /// request must carry (`Authorization: Bearer`, or the password of HTTP Basic
+    /// authentication in a browser). Required when --status-listen is not loopback.
+    #[arg(long)]
+    pub status_token_file: Option<PathBuf>,
     #[arg(long, default_value = "24h", value_parser = duration::parse)]
     pub agent_cert_ttl: Duration,
     #[arg(long, default_value = "24h", value_parser = duration::parse)]

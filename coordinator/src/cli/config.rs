@@ -64,6 +64,8 @@ pub struct FileConfig {
     etcd_endpoints: Option<Vec<String>>,
     etcd_prefix: Option<String>,
     metrics_listen: Option<SocketAddr>,
+    status_listen: Option<SocketAddr>,
+    status_token_file: Option<PathBuf>,
 }
 
 /// A count of at least 1 (`max-pending-connections`).
@@ -150,6 +152,8 @@ impl ServeArgs {
             etcd_endpoints,
             etcd_prefix,
             metrics_listen,
+            status_listen,
+            status_token_file,
         );
         if let Some(td) = file.trust_domain
             && !given(m, "trust_domain")
@@ -231,6 +235,12 @@ mod tests {
         assert_eq!(a.admin_group.as_deref(), Some("phoenix"));
         assert_eq!(a.agent_cert_ttl, Duration::from_secs(24 * 3600));
         assert_eq!(a.ca, CaKind::Embedded);
+        assert_eq!(
+            a.status_listen.map(|s| s.to_string()).as_deref(),
+            Some("127.0.0.1:9465"),
+            "the page is on, on loopback"
+        );
+        assert_eq!(a.status_token_file, None);
     }
 
     #[test]

@@ -99,6 +99,8 @@ pub(super) async fn serve(args: ServeArgs, admin_socket: PathBuf) -> Result<(), 
         max_pending_connections: args.max_pending_connections as usize,
         handshake_timeout: args.handshake_timeout,
         metrics_listen: args.metrics_listen,
+        status_listen: args.status_listen,
+        status_token_file: args.status_token_file,
     };
     raise_fd_limit();
     // Handlers installed now, before READY=1: a SIGTERM right after readiness must stop

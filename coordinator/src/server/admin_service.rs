@@ -197,7 +197,9 @@ fn apply_whole(
 
 /// Every known guest's status from the store, except its last report and whether it is
 /// connected (`status` adds those while it streams, one guest at a time).
-fn status_without_reports(c: &Coordinator) -> Result<BTreeMap<GuestId, v1::GuestStatus>, RpcError> {
+pub(crate) fn status_without_reports(
+    c: &Coordinator,
+) -> Result<BTreeMap<GuestId, v1::GuestStatus>, RpcError> {
     let mut guests: BTreeMap<GuestId, v1::GuestStatus> = BTreeMap::new();
     for (g, d) in c.store.all_desired().map_err(RpcError::from)? {
         let e = guests.entry(g).or_default();

@@ -10,6 +10,7 @@ pub mod hub;
 pub mod listener;
 mod report_watch;
 
+pub(crate) use admin_service::status_without_reports;
 pub use error::RpcError;
 
 use crate::store::{EtcdConfig, EtcdStore, RedbStore, Store, StoreError};
@@ -56,6 +57,10 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Where to serve Prometheus metrics (plain HTTP, no authentication); None: off.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where to serve the status page (plain HTTP, read-only); None: off.
+    pub status_listen: Option<SocketAddr>,
+    /// The token a status page reader must present; required beyond loopback.
+    pub status_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +97,8 @@ pub enum ServeError {
     FdLimit(#[source] nix::Error),
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    #[error(transparent)]
+    StatusPage(#[from] crate::web::WebError),
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -219,6 +226,12 @@ pub async fn run(
     ca: Option<Arc<dyn CertAuthority>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    // Refused before anything changes: a page open to the network without a token.
+    let status_access = cfg
+        .status_listen
+        .map(|addr| crate::web::Access::new(addr, cfg.status_token_file.as_deref()))
+        .transpose()
+        .map_err(crate::web::WebError::from)?;
     // Before anything changes: a second daemon must not take over a running one's socket.
     let admin_claim = admin_socket::claim(&cfg.admin_socket, cfg.admin_group.as_deref())?;
     let (nofile, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
@@ -291,6 +304,10 @@ pub async fn run(
     if let Some(addr) = cfg.metrics_listen {
         let bound = crate::metrics::spawn(c.clone(), addr, stop_rx.clone()).await?;
         tracing::info!(metrics = %bound, "serving Prometheus metrics at /metrics");
+    }
+    if let (Some(addr), Some(access)) = (cfg.status_listen, status_access) {
+        let bound = crate::web::spawn(c.clone(), addr, access, stop_rx.clone()).await?;
+        tracing::info!(status = %bound, "serving the status page at /");
     }
     let agent_svc = v1::agent_server::AgentServer::new(agent_service::AgentApi(c.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
