@@ -171,7 +171,7 @@ async fn revoke_ends_the_open_session_at_once_and_shows_everywhere() {
     assert!(row(&cli_ok(&c, &["certs"]), 121).contains("revoked"));
 }
 
-/// One identity, one live session (docs/design/0011): a second holder of a guest's key
+/// One identity, one live session (docs/design/0012): a second holder of a guest's key
 /// (a cloned guest, a copied key) is refused while the guest's own session is live, its
 /// Hello never reaches the guest's record, and the coordinator logs it; the guest keeps its
 /// session and its desired state; an agent restart is not mistaken for a clone.

@@ -306,7 +306,7 @@ impl v1::agent_server::Agent for AgentApi {
             .into());
         }
         // One identity, one live session, refused before this Hello touches the guest's
-        // record (docs/design/0011).
+        // record (docs/design/0012).
         let mut attachment = attach_when_free(&c.hub, guest).await.map_err(|e| {
             tracing::warn!(%guest, %peer, "second session refused: the guest already has a live session (a cloned guest or a copied key?)");
             RpcError::SessionInUse(e)

@@ -25,7 +25,7 @@ pub enum RpcError {
     Ca(CaError),
     #[error("{0}")]
     NotFound(String),
-    /// Another session of the same guest is live (docs/design/0011); the caller retries.
+    /// Another session of the same guest is live (docs/design/0012); the caller retries.
     #[error(transparent)]
     SessionInUse(#[from] super::hub::SessionInUse),
     /// The shared store is unreachable or without quorum: another replica may serve.

@@ -143,7 +143,7 @@ impl Hub {
     /// Registers the session of `guest`, or refuses while another session of it is
     /// attached: one identity, one live session. A second holder of the same key (a
     /// cloned guest, a stolen key) must not silently take the guest's desired state and
-    /// report stream over; the live one keeps it (docs/design/0011).
+    /// report stream over; the live one keeps it (docs/design/0012).
     pub fn attach(self: &Arc<Self>, guest: GuestId) -> Result<Attachment, SessionInUse> {
         let session = self
             .next_session
