@@ -10,6 +10,7 @@ pub mod compile;
 pub mod guests;
 pub mod httpd;
 pub mod metrics;
+pub mod plan;
 pub mod server;
 pub mod store;
 pub mod web;
