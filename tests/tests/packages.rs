@@ -58,6 +58,15 @@ fn debs_install_start_by_notify_stop_fast_and_purge() {
           && test -f /usr/share/zsh/vendor-completions/_phoenix \
           && test -f /usr/share/fish/vendor_completions.d/phoenix.fish",
     );
+    // The agent's, generated from its own flags: a page per command, completions that
+    // know `run --shutdown-deadline`.
+    g.ok(
+        "zcat /usr/share/man/man1/phoenix-agent.1.gz | grep -qF 'phoenix\\-agent' \
+          && zcat /usr/share/man/man1/phoenix-agent-run.1.gz | grep -qF 'shutdown\\-deadline' \
+          && grep -q shutdown-deadline /usr/share/bash-completion/completions/phoenix-agent \
+          && grep -q shutdown-deadline /usr/share/zsh/vendor-completions/_phoenix-agent \
+          && grep -q shutdown-deadline /usr/share/fish/vendor_completions.d/phoenix-agent.fish",
+    );
 
     // `start` returns only after READY=1: the admin socket answers at once, with the
     // group from the default config.
@@ -129,6 +138,8 @@ fn debs_install_start_by_notify_stop_fast_and_purge() {
         "/etc/systemd/system/multi-user.target.wants/phoenix-agent.service",
         "/var/lib/phoenix-agent",
         "/usr/bin/phoenix-agent",
+        "/usr/share/man/man1/phoenix-agent-run.1.gz",
+        "/usr/share/bash-completion/completions/phoenix-agent",
         "/lib/systemd/system/phoenix.service",
         "/etc/systemd/system/multi-user.target.wants/phoenix.service",
         "/etc/phoenix",

@@ -2,6 +2,7 @@
 //! our CA whose URI SAN is `spiffe://<td>/guest/<id>` and whose serial is the one we
 //! issued last for that guest (a rebuilt guest's new enrollment retires the old cert).
 
+use super::hub::{Attachment, Hub, SessionInUse};
 use super::{Coordinator, RpcError, guest_id, now_unix, unix};
 use crate::metrics::CertKind;
 use crate::store::{AgentRecord, ReportRecord, StoreError};
@@ -222,6 +223,24 @@ fn bounded_facts(mut f: v1::Facts) -> v1::Facts {
     f
 }
 
+/// How long a new session waits for the guest's previous one to be noticed as gone: an
+/// agent restarted (or reconnecting after a renewal) can be back before its old
+/// connection's close reaches us. A half-open old connection is found by keepalive
+/// within about 30 s; the agent retries until then.
+const PREVIOUS_SESSION_GRACE: Duration = Duration::from_secs(3);
+
+async fn attach_when_free(hub: &Arc<Hub>, guest: GuestId) -> Result<Attachment, SessionInUse> {
+    let deadline = tokio::time::Instant::now() + PREVIOUS_SESSION_GRACE;
+    loop {
+        match hub.attach(guest) {
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            done => return done,
+        }
+    }
+}
+
 type SessionStream = Pin<Box<dyn Stream<Item = Result<v1::CoordinatorMessage, Status>> + Send>>;
 
 fn msg(m: coordinator_message::Msg) -> v1::CoordinatorMessage {
@@ -265,6 +284,9 @@ impl v1::agent_server::Agent for AgentApi {
     ) -> Result<Response<SessionStream>, Status> {
         let (guest, info, seen) = self.authenticate(&req)?;
         let c = self.0.clone();
+        let peer = req
+            .remote_addr()
+            .map_or_else(|| "unknown".to_string(), |a| a.to_string());
         let mut inbound = req.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(v1::AgentMessage {
@@ -283,6 +305,12 @@ impl v1::agent_server::Agent for AgentApi {
             ))
             .into());
         }
+        // One identity, one live session, refused before this Hello touches the guest's
+        // record (docs/design/0012).
+        let mut attachment = attach_when_free(&c.hub, guest).await.map_err(|e| {
+            tracing::warn!(%guest, %peer, "second session refused: the guest already has a live session (a cloned guest or a copied key?)");
+            RpcError::SessionInUse(e)
+        })?;
         let facts = hello.facts.map(bounded_facts);
         let version = bounded(&hello.agent_version, MAX_VERSION_CHARS);
         let serial = info.serial_hex.clone();
@@ -309,10 +337,9 @@ impl v1::agent_server::Agent for AgentApi {
                 },
             )
             .map_err(RpcError::from)?;
-        tracing::info!(%guest, %version, applied = hello.applied_revision, "agent connected");
+        tracing::info!(%guest, %peer, %version, applied = hello.applied_revision, "agent connected");
 
         let (tx, rx) = mpsc::channel::<Result<v1::CoordinatorMessage, Status>>(16);
-        let mut attachment = c.hub.attach(guest);
         // A revoke or re-enrollment that landed between `authenticate` and `attach` ended
         // no session yet; it must end this one.
         let still = c.store.agent(guest).map_err(RpcError::from)?;

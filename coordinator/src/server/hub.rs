@@ -63,6 +63,15 @@ pub struct Attachment {
     session: u64,
 }
 
+/// `attach` refused: the guest already has a live session.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "guest {guest} already has a live session; a second session with its identity is refused (a cloned guest or a copied key? re-join the other machine with its own token)"
+)]
+pub struct SessionInUse {
+    pub guest: GuestId,
+}
+
 /// Tells one session when the coordinator has ended it.
 pub struct EndSignal {
     rx: watch::Receiver<Ended>,
@@ -131,20 +140,25 @@ impl Hub {
         target.send_replace(Some(Arc::new(state)));
     }
 
-    /// Registers a new session for `guest`; a previous session of the same guest stops
-    /// counting as "the" session (it ends on its own when its stream breaks).
-    pub fn attach(self: &Arc<Self>, guest: GuestId) -> Attachment {
+    /// Registers the session of `guest`, or refuses while another session of it is
+    /// attached: one identity, one live session. A second holder of the same key (a
+    /// cloned guest, a stolen key) must not silently take the guest's desired state and
+    /// report stream over; the live one keeps it (docs/design/0012).
+    pub fn attach(self: &Arc<Self>, guest: GuestId) -> Result<Attachment, SessionInUse> {
         let session = self
             .next_session
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut guests = self.lock();
         let ch = guests.entry(guest).or_insert_with(GuestChannels::new);
+        if ch.session.is_some() {
+            return Err(SessionInUse { guest });
+        }
         ch.session = Some(session);
         let mut desired = ch.desired.subscribe();
         desired.mark_changed();
         // A dry run pushed before the agent connected is stale; only later ones count.
         let dry_run = ch.dry_run.subscribe();
-        Attachment {
+        Ok(Attachment {
             desired,
             dry_run,
             ended: EndSignal {
@@ -154,7 +168,7 @@ impl Hub {
             hub: self.clone(),
             guest,
             session,
-        }
+        })
     }
 
     /// Ends every session of `guest` attached so far with `status`; sessions attached
