@@ -11,6 +11,7 @@ pub mod events;
 pub mod guests;
 pub mod httpd;
 pub mod metrics;
+pub mod plan;
 pub mod server;
 pub mod store;
 pub mod web;

@@ -27,9 +27,15 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// `-o`: what a command prints on stdout.
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum Output {
+    /// Readable text; tables fit an 80-column terminal.
     Table,
+    /// Tables with every column (agent, trigger, facts, every name), however wide.
+    Wide,
+    /// JSON: a listing is one array; apply and plan print one object per line as
+    /// they happen (newline-delimited), validate one object.
     Json,
 }
 
@@ -48,6 +54,8 @@ pub enum Command {
         /// identities (coordinator.<td>, wildcards covering it) are refused.
         #[arg(long, default_value = "phoenix.lab")]
         trust_domain: String,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
     },
     /// What `apply` would change on every guest (same as `apply --dry-run`).
     Plan {
@@ -58,6 +66,8 @@ pub enum Command {
         /// Only these guests (comma-separated ids); default every compiled guest.
         #[arg(long, value_delimiter = ',')]
         guest: Vec<GuestId>,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
     },
     /// Print the JSON Schema of Phoenix's native desired-state format.
     Schema,
@@ -82,6 +92,8 @@ pub enum Command {
         /// are waited for and count in the exit status).
         #[arg(long)]
         wait_all: bool,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
     },
     /// Per guest: connected, revision wanted and applied, last report, cert expiry.
     Status {

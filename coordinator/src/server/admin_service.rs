@@ -19,29 +19,6 @@ const MAX_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 pub struct AdminApi(pub Arc<Coordinator>);
 
-/// Resource-level difference between two specs: `+ id`, `- id`, `~ id`.
-pub fn spec_diff(old: &GuestSpec, new: &GuestSpec) -> Vec<String> {
-    let index = |s: &GuestSpec| -> BTreeMap<String, model::Resource> {
-        s.resources()
-            .iter()
-            .map(|r| (r.id().to_string(), r.clone()))
-            .collect()
-    };
-    let (a, b) = (index(old), index(new));
-    let mut out = Vec::new();
-    for (id, r) in &b {
-        match a.get(id) {
-            None => out.push(format!("+ {id}")),
-            Some(prev) if prev != r => out.push(format!("~ {id}")),
-            Some(_) => {}
-        }
-    }
-    for id in a.keys().filter(|id| !b.contains_key(*id)) {
-        out.push(format!("- {id}"));
-    }
-    out
-}
-
 /// Revokes `serial` at the CA where it keeps a list; says how it went, for the operator.
 async fn revoke_at_ca(c: &Coordinator, serial: &str) -> String {
     match c.ca.revoke_serial(serial, "phoenix revoke").await {
@@ -190,7 +167,7 @@ fn apply_whole(
             digest: digest.clone(),
             changed,
             connected: c.hub.connected(*guest),
-            diff: spec_diff(&old_spec, spec),
+            diff: crate::plan::spec_diff(&old_spec, spec),
         });
         if changed {
             to_store.push((*guest, digest, json));
