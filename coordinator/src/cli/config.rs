@@ -63,6 +63,15 @@ pub struct FileConfig {
     store: Option<StoreKind>,
     etcd_endpoints: Option<Vec<String>>,
     etcd_prefix: Option<String>,
+    etcd_ca: Option<PathBuf>,
+    etcd_cert: Option<PathBuf>,
+    etcd_key: Option<PathBuf>,
+    #[serde(default, deserialize_with = "duration_opt")]
+    etcd_lease_ttl: Option<Duration>,
+    replica_name: Option<String>,
+    ca_secret_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "duration_opt")]
+    prune_every: Option<Duration>,
     metrics_listen: Option<SocketAddr>,
 }
 
@@ -149,6 +158,13 @@ impl ServeArgs {
             store,
             etcd_endpoints,
             etcd_prefix,
+            etcd_ca,
+            etcd_cert,
+            etcd_key,
+            etcd_lease_ttl,
+            replica_name,
+            ca_secret_file,
+            prune_every,
             metrics_listen,
         );
         if let Some(td) = file.trust_domain

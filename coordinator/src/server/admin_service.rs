@@ -302,7 +302,10 @@ impl v1::admin_server::Admin for AdminApi {
             .into());
         }
         let expires = now_unix() + ttl.as_secs() as i64;
-        let token = JoinToken::mint(&c.advertise, &c.td, &c.ca_fingerprint()?, guest, expires);
+        // Every replica of a cluster, so the agent can fail over (docs/design/0010).
+        let replicas = c.store.replica_addrs().map_err(RpcError::from)?;
+        let token = JoinToken::mint(&c.advertise, &c.td, &c.ca_fingerprint()?, guest, expires)
+            .with_replicas(replicas);
         c.store
             .put_token(
                 &token.secret_hash(),

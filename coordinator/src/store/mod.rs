@@ -6,7 +6,7 @@
 mod etcd;
 mod redb_store;
 
-pub use etcd::{EtcdConfig, EtcdStore};
+pub use etcd::{Change, EtcdConfig, EtcdStore, EtcdTls};
 pub use redb_store::RedbStore;
 
 use phoenix_proto::model::{ApplyReport, GuestId};
@@ -353,7 +353,50 @@ pub trait Store: Send + Sync + 'static {
     /// tokens do not accumulate. Refused with `NotLeader` once `term` is over.
     fn prune_tokens(&self, term: LeaderTerm, expired_before_unix: i64)
     -> Result<usize, StoreError>;
+
+    /// Records a replica's address (agents dial it), so join tokens minted by any
+    /// replica list every one. A single-node store has no other replica to tell.
+    fn register_replica(&self, _replica: &str, _addr: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Every registered replica's address, in name order.
+    fn replica_addrs(&self) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// Leader-only: claims one run of the scheduled job `job` if no leader ran it within
+    /// `every` before `now_unix_ms`, and records the run (with `replica`) in the same
+    /// transaction, so a new leader does not repeat what the old one just did. `false`:
+    /// not due yet. Refused with `NotLeader` once `term` is over. A single-node store
+    /// keeps no record: its one process's own timer is the schedule.
+    fn claim_job(
+        &self,
+        _term: LeaderTerm,
+        _job: &str,
+        _every: std::time::Duration,
+        _now_unix_ms: i64,
+        _replica: &str,
+    ) -> Result<bool, StoreError> {
+        Ok(true)
+    }
 }
+
+/// The record of a scheduled job (`Store::claim_job`): when it last ran and where.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub runs: u64,
+    /// The last runs, newest last, at most `JOB_HISTORY` (for operators and tests).
+    pub history: Vec<JobRun>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRun {
+    pub at_unix_ms: i64,
+    pub replica: String,
+    /// The leader term (fence) that ran it.
+    pub fence: i64,
+}
+
+pub const JOB_HISTORY: usize = 16;
 
 #[cfg(test)]
 mod tests {

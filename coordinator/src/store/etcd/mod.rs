@@ -13,6 +13,10 @@
 
 mod leader;
 mod records;
+mod replicas;
+mod watch;
+
+pub use watch::Change;
 
 use super::StoreError;
 use etcd_client::{
@@ -48,6 +52,27 @@ pub struct EtcdConfig {
     pub lease_ttl: Duration,
     /// Bound of every request; past it the store reports etcd unavailable.
     pub request_timeout: Duration,
+    /// TLS to etcd (https:// endpoints); None: plain http://.
+    pub tls: Option<EtcdTls>,
+}
+
+/// etcd over TLS, mutual when `identity` is given (etcd `--client-cert-auth`). PEM text,
+/// read by the caller. rustls with the ring provider, as everywhere in Phoenix.
+#[derive(Clone)]
+pub struct EtcdTls {
+    /// The CA etcd's server certificates chain to.
+    pub ca_pem: String,
+    /// This replica's client certificate chain and key.
+    pub identity: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    /// Never prints the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdTls")
+            .field("client_cert", &self.identity.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl EtcdConfig {
@@ -57,6 +82,7 @@ impl EtcdConfig {
             prefix: "/phoenix/".into(),
             lease_ttl: Duration::from_secs(10),
             request_timeout: Duration::from_secs(5),
+            tls: None,
         }
     }
 }
@@ -92,12 +118,21 @@ impl EtcdStore {
         if cfg.endpoints.is_empty() {
             return Err(bad("no endpoints given".into()));
         }
-        if let Some(e) = cfg
-            .endpoints
-            .iter()
-            .find(|e| !(e.starts_with("http://") || e.starts_with("https://")))
-        {
-            return Err(bad(format!("endpoint {e:?} is not an http(s):// URL")));
+        // One scheme for all: TLS is all or nothing, so no request goes out in clear.
+        let scheme = if cfg.tls.is_some() {
+            "https://"
+        } else {
+            "http://"
+        };
+        if let Some(e) = cfg.endpoints.iter().find(|e| !e.starts_with(scheme)) {
+            return Err(bad(format!(
+                "endpoint {e:?} is not an {scheme} URL ({})",
+                if cfg.tls.is_some() {
+                    "TLS to etcd is configured"
+                } else {
+                    "https:// needs the etcd CA"
+                }
+            )));
         }
         if !cfg.prefix.starts_with('/') || !cfg.prefix.ends_with('/') {
             return Err(bad(format!(
@@ -114,12 +149,20 @@ impl EtcdStore {
             .enable_all()
             .build()
             .map_err(|e| bad(format!("start the etcd client runtime: {e}")))?;
-        let opts = ConnectOptions::new()
+        let mut opts = ConnectOptions::new()
             .with_connect_timeout(cfg.request_timeout)
             .with_timeout(cfg.request_timeout)
             .with_keep_alive(Duration::from_secs(5), cfg.request_timeout)
             // A member cut off from the quorum answers "no leader" instead of stale data.
             .with_require_leader(true);
+        if let Some(tls) = &cfg.tls {
+            let mut t = etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(&tls.ca_pem));
+            if let Some((chain, key)) = &tls.identity {
+                t = t.identity(etcd_client::Identity::from_pem(chain, key));
+            }
+            opts = opts.with_tls(t);
+        }
         let eps = cfg.endpoints.clone();
         let client = bridge(&rt, cfg.request_timeout, async move {
             Client::connect(eps, Some(opts)).await

@@ -359,4 +359,23 @@ impl Store for EtcdStore {
         }
         Ok(expired.len())
     }
+
+    fn register_replica(&self, replica: &str, addr: &str) -> Result<(), StoreError> {
+        self.put_replica(replica, addr)
+    }
+
+    fn replica_addrs(&self) -> Result<Vec<String>, StoreError> {
+        self.list_replica_addrs()
+    }
+
+    fn claim_job(
+        &self,
+        term: LeaderTerm,
+        job: &str,
+        every: std::time::Duration,
+        now_unix_ms: i64,
+        replica: &str,
+    ) -> Result<bool, StoreError> {
+        self.claim(term, job, every, now_unix_ms, replica)
+    }
 }
