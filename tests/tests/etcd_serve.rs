@@ -32,9 +32,18 @@ fn a_coordinator_on_etcd_enrolls_applies_and_survives_kill_9() {
         return;
     };
     let eps = cluster.endpoints().join(",");
+    let secret = tmp.path().join("ca.secret");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef").expect("secret");
     let mut c = Coordinator::start(
         &tmp.path().join("c"),
-        &["--store", "etcd", "--etcd-endpoints", &eps],
+        &[
+            "--store",
+            "etcd",
+            "--etcd-endpoints",
+            &eps,
+            "--ca-secret-file",
+            secret.to_str().expect("utf8"),
+        ],
     );
     let agents: Vec<Agent> = [201, 202]
         .into_iter()
@@ -48,14 +57,21 @@ fn a_coordinator_on_etcd_enrolls_applies_and_survives_kill_9() {
     write_spec(&spec, &guests);
     c.apply_ok(&spec);
 
-    // The state is in etcd, not in the state directory.
+    // The state is in etcd, not in the state directory; so is the CA, its key sealed.
     assert!(!c.dir.join("state/phoenix.redb").exists());
+    assert!(!c.dir.join("state/ca/ca.key").exists());
+    let sealed = cluster.etcdctl(&["get", "/phoenix/ca/embedded", "--print-value-only"]);
+    assert!(
+        sealed.contains("sealed_key") && !sealed.contains("PRIVATE KEY"),
+        "{sealed}"
+    );
     let keys = cluster.etcdctl(&["get", "/phoenix/", "--prefix", "--keys-only"]);
     for key in [
         "/phoenix/agents/0000000201",
         "/phoenix/desired/0000000202",
         "/phoenix/reports/0000000201",
         "/phoenix/meta/revision",
+        "/phoenix/replicas/",
     ] {
         assert!(keys.contains(key), "{key} in etcd:\n{keys}");
     }
@@ -107,4 +123,51 @@ fn serve_without_reachable_etcd_fails_naming_the_endpoints() {
         err.contains(dead) && err.contains("unavailable"),
         "stderr: {err}"
     );
+}
+
+#[test]
+fn the_embedded_ca_on_etcd_needs_its_secret_and_refuses_a_wrong_one() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Some(cluster) = EtcdCluster::start(&tmp.path().join("etcd")) else {
+        return;
+    };
+    let eps = cluster.endpoints().join(",");
+    let serve = |n: &str, extra: &[&str]| {
+        let args = [&["--store", "etcd", "--etcd-endpoints", &eps][..], extra].concat();
+        serve_expecting_failure(
+            &tmp.path().join(n).join("state"),
+            &tmp.path().join(n).join("admin.sock"),
+            &args,
+        )
+    };
+    let out = serve("a", &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--ca-secret-file"), "{err}");
+    let weak = tmp.path().join("weak");
+    std::fs::write(&weak, "hunter2").expect("write");
+    let out = serve("b", &["--ca-secret-file", weak.to_str().expect("utf8")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("at least 32"), "{err}");
+
+    // One replica seals the CA with its secret; another with a different one cannot
+    // unseal it (and does not make a CA of its own).
+    let good = tmp.path().join("good");
+    std::fs::write(&good, "0123456789abcdef0123456789abcdef").expect("write");
+    let first = Coordinator::start(
+        &tmp.path().join("c"),
+        &[
+            "--store",
+            "etcd",
+            "--etcd-endpoints",
+            &eps,
+            "--ca-secret-file",
+            good.to_str().expect("utf8"),
+        ],
+    );
+    let other = tmp.path().join("other");
+    std::fs::write(&other, "1123456789abcdef0123456789abcdef").expect("write");
+    let out = serve("d", &["--ca-secret-file", other.to_str().expect("utf8")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot unseal the CA key"), "{err}");
+    drop(first);
 }
