@@ -171,3 +171,82 @@ fn the_embedded_ca_on_etcd_needs_its_secret_and_refuses_a_wrong_one() {
     assert!(err.contains("cannot unseal the CA key"), "{err}");
     drop(first);
 }
+
+/// etcd as the example setup runs it: clients over TLS, client certificates required.
+#[test]
+fn a_coordinator_reaches_etcd_over_mutual_tls_and_one_without_a_client_cert_is_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Some(cluster) = EtcdCluster::start_tls(&tmp.path().join("etcd")) else {
+        return;
+    };
+    let tls = cluster.tls().expect("TLS cluster").clone();
+    let eps = cluster.endpoints().join(",");
+    assert!(eps.starts_with("https://"), "{eps}");
+    let secret = tmp.path().join("ca.secret");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef").expect("secret");
+    let path = |p: &std::path::Path| p.to_str().expect("utf8").to_string();
+    let base = [
+        "--store".to_string(),
+        "etcd".into(),
+        "--etcd-endpoints".into(),
+        eps.clone(),
+        "--ca-secret-file".into(),
+        path(&secret),
+        "--etcd-ca".into(),
+        path(&tls.ca),
+    ];
+    let with_cert = [
+        "--etcd-cert".to_string(),
+        path(&tls.client_cert),
+        "--etcd-key".into(),
+        path(&tls.client_key),
+    ];
+    let args: Vec<&str> = base.iter().chain(&with_cert).map(String::as_str).collect();
+    let c = Coordinator::start(&tmp.path().join("c"), &args);
+    let a = enrolled(&c, tmp.path(), 211);
+    let spec = tmp.path().join("spec.json");
+    write_spec(&spec, &[(211, files_spec(&a.root, &[("motd", "tls\n")]))]);
+    c.apply_ok(&spec);
+    let keys = cluster.etcdctl(&["get", "/phoenix/agents/", "--prefix", "--keys-only"]);
+    assert!(keys.contains("/phoenix/agents/0000000211"), "{keys}");
+
+    // No client certificate: etcd refuses the connection, the replica does not start.
+    let no_cert: Vec<&str> = base.iter().map(String::as_str).collect();
+    let out = serve_expecting_failure(
+        &tmp.path().join("n/state"),
+        &tmp.path().join("n/admin.sock"),
+        &no_cert,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    // etcd 3.4 closes the handshake without a reason ("broken pipe"); the replica names
+    // the endpoints it could not open.
+    assert!(err.contains("open store at etcd") && err.contains(&eps), "{err}");
+    // https:// without the CA, and a client key without https, are refused at once.
+    for (extra, says) in [
+        (
+            vec!["--store", "etcd", "--etcd-endpoints", eps.as_str()],
+            "--etcd-ca",
+        ),
+        (
+            vec![
+                "--store",
+                "etcd",
+                "--etcd-endpoints",
+                "http://127.0.0.1:2379",
+                "--etcd-cert",
+                with_cert[1].as_str(),
+                "--etcd-key",
+                with_cert[3].as_str(),
+            ],
+            "https://",
+        ),
+    ] {
+        let out = serve_expecting_failure(
+            &tmp.path().join("x/state"),
+            &tmp.path().join("x/admin.sock"),
+            &extra,
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{extra:?}: {err}");
+    }
+}

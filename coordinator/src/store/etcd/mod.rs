@@ -176,13 +176,19 @@ impl EtcdStore {
             client,
             kv,
             rt: Some(rt),
-            endpoints,
+            endpoints: endpoints.clone(),
             prefix: cfg.prefix,
             lease_ttl: cfg.lease_ttl,
             timeout: cfg.request_timeout,
             lease: Mutex::new(None),
         };
-        store.read_many("connect", &[store.key("meta/revision")])?;
+        // A refused TLS handshake is not "unavailable": say which etcd refused what.
+        store
+            .read_many("connect", &[store.key("meta/revision")])
+            .map_err(|e| match e {
+                StoreError::Io { reason, .. } => bad(reason),
+                other => other,
+            })?;
         Ok(store)
     }
 
@@ -235,9 +241,18 @@ impl EtcdStore {
     /// Connection loss, timeouts and a lost quorum are "unavailable" (a client may retry
     /// elsewhere); anything else is a store error naming the action.
     fn map_err(&self, action: &'static str, e: etcd_client::Error) -> StoreError {
+        // tonic hides the cause (a refused TLS handshake, a reset) in the sources.
         let reason = match &e {
-            etcd_client::Error::GRpcStatus(s) => s.message().to_string(),
-            other => other.to_string(),
+            etcd_client::Error::GRpcStatus(s) => {
+                let mut r = s.message().to_string();
+                let mut cur = std::error::Error::source(s);
+                while let Some(c) = cur {
+                    r = format!("{r}: {c}");
+                    cur = c.source();
+                }
+                r
+            }
+            other => phoenix_pki::transport::error_chain(other),
         };
         if unavailable(&e) {
             StoreError::Unavailable {
