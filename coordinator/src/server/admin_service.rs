@@ -115,10 +115,11 @@ fn apply_whole(
     }
     let mut out = Vec::new();
     let mut to_store = Vec::new();
-    for (guest, spec) in &parsed {
+    let ids: Vec<GuestId> = parsed.iter().map(|(g, _)| *g).collect();
+    let all_stored = c.store.desired_many(&ids).map_err(RpcError::from)?;
+    for ((guest, spec), stored) in parsed.iter().zip(all_stored) {
         let json = spec.to_json();
         let digest = model::digest(&json);
-        let stored = c.store.desired(*guest).map_err(RpcError::from)?;
         let old_spec = stored
             .as_ref()
             .and_then(|d| GuestSpec::from_json(&d.spec_json).ok())

@@ -232,6 +232,21 @@ impl Store for EtcdStore {
         self.get_guest("read desired state", "desired", g)
     }
 
+    fn desired_many(&self, guests: &[GuestId]) -> Result<Vec<Option<DesiredRecord>>, StoreError> {
+        let mut out = Vec::with_capacity(guests.len());
+        for chunk in guests.chunks(MAX_TXN_KEYS) {
+            let keys: Vec<String> = chunk
+                .iter()
+                .map(|g| self.guest_key("desired", *g))
+                .collect();
+            let snap = self.read_many("read desired states", &keys)?;
+            for (k, v) in keys.iter().zip(&snap.values) {
+                out.push(dec_opt(k, v.as_ref())?);
+            }
+        }
+        Ok(out)
+    }
+
     fn all_desired(&self) -> Result<Vec<(GuestId, DesiredRecord)>, StoreError> {
         self.all_guests("list desired states", "desired")
     }
