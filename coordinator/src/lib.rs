@@ -6,6 +6,7 @@
 
 pub mod admin_client;
 pub mod cli;
+pub mod cluster;
 pub mod compile;
 pub mod events;
 pub mod guests;

@@ -196,6 +196,17 @@ pub fn records_round_trip_in_guest_order(s: &dyn Store) {
         all.iter()
             .all(|(g, d)| d.revision == rev && d.digest == format!("d{g}"))
     );
+    // Many at once (more than one etcd transaction's worth), in the order asked, absent
+    // guests as None.
+    let ask: Vec<GuestId> = (1..=130).rev().map(g).collect();
+    let many = s.desired_many(&ask).expect("desired many");
+    assert_eq!(many.len(), 130);
+    for (id, d) in ask.iter().zip(&many) {
+        match d {
+            Some(d) => assert_eq!(d.digest, format!("d{id}")),
+            None => assert!(id.get() > 120, "guest {id} missing"),
+        }
+    }
 
     s.put_declared(g(7), b"{\"a\":1}").expect("declared");
     assert_eq!(

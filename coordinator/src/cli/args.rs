@@ -311,6 +311,31 @@ pub struct ServeArgs {
     /// At most this many events are kept; beyond it the oldest are dropped.
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub events_max_count: u64,
+    /// CA certificate (PEM) that etcd's server certificates chain to; with it the
+    /// endpoints must be https://.
+    #[arg(long)]
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) this replica presents to etcd (etcd
+    /// --client-cert-auth), with --etcd-key.
+    #[arg(long)]
+    pub etcd_cert: Option<PathBuf>,
+    /// Private key (PEM) of --etcd-cert.
+    #[arg(long)]
+    pub etcd_key: Option<PathBuf>,
+    /// Lease of the leader key: a replica that dies is replaced as leader within this.
+    #[arg(long, default_value = "10s", value_parser = duration::parse)]
+    pub etcd_lease_ttl: Duration,
+    /// This replica's name in a cluster (leader key, replica registry); default: the
+    /// host name.
+    #[arg(long)]
+    pub replica_name: Option<String>,
+    /// With --store etcd and the embedded CA: a file of at least 32 bytes, the same on
+    /// every replica, that seals the CA key shared through etcd (docs/design/0010).
+    #[arg(long)]
+    pub ca_secret_file: Option<PathBuf>,
+    /// How often the leader deletes join tokens that expired over a day ago.
+    #[arg(long, default_value = "1h", value_parser = duration::parse)]
+    pub prune_every: Duration,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq, serde::Deserialize)]

@@ -152,10 +152,11 @@ fn apply_whole(
     }
     let mut out = Vec::new();
     let mut to_store = Vec::new();
-    for (guest, spec) in &parsed {
+    let ids: Vec<GuestId> = parsed.iter().map(|(g, _)| *g).collect();
+    let all_stored = c.store.desired_many(&ids).map_err(RpcError::from)?;
+    for ((guest, spec), stored) in parsed.iter().zip(all_stored) {
         let json = spec.to_json();
         let digest = model::digest(&json);
-        let stored = c.store.desired(*guest).map_err(RpcError::from)?;
         let old_spec = stored
             .as_ref()
             .and_then(|d| GuestSpec::from_json(&d.spec_json).ok())
@@ -356,7 +357,10 @@ impl v1::admin_server::Admin for AdminApi {
             .into());
         }
         let expires = now_unix() + ttl.as_secs() as i64;
-        let token = JoinToken::mint(&c.advertise, &c.td, &c.ca_fingerprint()?, guest, expires);
+        // Every replica of a cluster, so the agent can fail over (docs/design/0010).
+        let replicas = c.store.replica_addrs().map_err(RpcError::from)?;
+        let token = JoinToken::mint(&c.advertise, &c.td, &c.ca_fingerprint()?, guest, expires)
+            .with_replicas(replicas);
         c.store
             .put_token(
                 &token.secret_hash(),

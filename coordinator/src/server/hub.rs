@@ -145,6 +145,35 @@ impl Hub {
         target.send_replace(Some(Arc::new(state)));
     }
 
+    /// Pushes `state` unless the guest already has this revision or a later one: a
+    /// replica hears of its own applies again through the cluster's change feed, and an
+    /// older write may arrive after a newer one was pushed.
+    pub fn push_newer(&self, guest: GuestId, state: v1::DesiredState) {
+        let mut guests = self.lock();
+        let ch = guests.entry(guest).or_insert_with(GuestChannels::new);
+        ch.desired.send_if_modified(|cur| {
+            if cur.as_ref().is_some_and(|c| c.revision >= state.revision) {
+                return false;
+            }
+            *cur = Some(Arc::new(state));
+            true
+        });
+    }
+
+    /// Ends every session attached so far with `status` (this replica lost its store:
+    /// the agents should move to a replica that has it).
+    pub fn end_all_sessions(&self, status: Status) {
+        let connected: Vec<GuestId> = self
+            .lock()
+            .iter()
+            .filter(|(_, c)| c.session.is_some())
+            .map(|(g, _)| *g)
+            .collect();
+        for g in connected {
+            self.end_sessions(g, status.clone());
+        }
+    }
+
     /// Registers the session of `guest`, or refuses while another session of it is
     /// attached: one identity, one live session. A second holder of the same key (a
     /// cloned guest, a stolen key) must not silently take the guest's desired state and

@@ -63,6 +63,8 @@ pub struct Config {
     pub status_token_file: Option<PathBuf>,
     /// How long and how many events the log keeps (`phoenix events`).
     pub events: crate::store::Retention,
+    /// This replica's name and the leader's schedule (docs/design/0010).
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +81,8 @@ pub enum ServeError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Ca(#[from] CaError),
+    #[error(transparent)]
+    ClusterCa(#[from] crate::cluster::ca::ClusterCaError),
     #[error("coordinator identity: {0}")]
     Identity(String),
     #[error(transparent)]
@@ -270,13 +274,24 @@ pub async fn run(
     phoenix_pki::statedir::secure(&cfg.state_dir, &[])?;
     let ca_dir = cfg.state_dir.join("ca");
     phoenix_pki::statedir::secure(&ca_dir, &["ca.key"])?;
-    let store: Arc<dyn Store> = match &cfg.etcd {
-        Some(etcd) => Arc::new(EtcdStore::connect(etcd.clone())?),
+    let etcd = match &cfg.etcd {
+        Some(etcd) => Some(Arc::new(EtcdStore::connect(etcd.clone())?)),
+        None => None,
+    };
+    let store: Arc<dyn Store> = match &etcd {
+        Some(etcd) => etcd.clone(),
         None => Arc::new(RedbStore::open(&cfg.state_dir.join(STORE_FILE))?),
     };
-    let ca: Arc<dyn CertAuthority> = match ca {
-        Some(ca) => ca,
-        None => Arc::new(EmbeddedCa::load_or_create(
+    let ca: Arc<dyn CertAuthority> = match (ca, &etcd) {
+        (Some(ca), _) => ca,
+        // Replicas share one root: its key sealed in etcd, not one node's file.
+        (None, Some(etcd)) => Arc::new(crate::cluster::ca::shared_embedded(
+            etcd,
+            cfg.cluster.ca_secret_file.as_deref(),
+            &ca_dir,
+            cfg.trust_domain.as_str(),
+        )?),
+        (None, None) => Arc::new(EmbeddedCa::load_or_create(
             &ca_dir,
             cfg.trust_domain.as_str(),
         )?),
@@ -296,6 +311,10 @@ pub async fn run(
     .await?;
     trust.verify_chain(&identity.chain_pem)?;
     let identity = IdentityStore::new(identity);
+    store.register_replica(cfg.cluster.replica.as_str(), &advertise)?;
+    // Read before the hub is filled: the change feed starts here, so no write from
+    // another replica falls between the two.
+    let feed_from = etcd.as_ref().map(|e| e.revision()).transpose()?;
     let hub = Hub::new();
     for (guest, rec) in store.all_desired()? {
         hub.push(guest, desired_message(&rec));
@@ -376,6 +395,33 @@ pub async fn run(
         advertise.clone(),
         crate::events::prune::EVERY,
     ));
+    let mut cluster = vec![tokio::spawn(crate::cluster::leader::run(
+        c.clone(),
+        stop_rx.clone(),
+    ))];
+    if let (Some(etcd), Some(from)) = (&etcd, feed_from) {
+        use crate::cluster::feed;
+        cluster.push(tokio::spawn(feed::follow(
+            c.clone(),
+            etcd.clone(),
+            from,
+            stop_rx.clone(),
+        )));
+        let ttl = cfg
+            .etcd
+            .as_ref()
+            .map_or(Duration::from_secs(10), |e| e.lease_ttl);
+        let health = feed::Health {
+            probe_every: ttl / 3,
+            lost_after: ttl,
+        };
+        cluster.push(tokio::spawn(feed::watch_health(
+            c.clone(),
+            etcd.clone(),
+            health,
+            stop_rx.clone(),
+        )));
+    }
     let agent_server = tokio::spawn(listener::serve(
         listener,
         server_tls,
@@ -394,6 +440,15 @@ pub async fn run(
     // Sessions ended by the stop have queued their events; write them before exiting.
     c.events.flush().await;
     drop(event_writer);
+    // The leader loop steps down when told to stop; give it a moment to do so.
+    for task in cluster {
+        if tokio::time::timeout(Duration::from_secs(2), task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("a cluster task did not stop in time");
+        }
+    }
     drop(admin.guard);
     if let Err(e) = agents {
         tracing::error!(error = %e, "agent port server ended abnormally");
@@ -415,20 +470,10 @@ fn stop(c: &Coordinator, stop_tx: &tokio::sync::watch::Sender<bool>) {
         "stopping: refusing new connections and ending agent sessions"
     );
     let _ = stop_tx.send(true);
-    match c.store.agents() {
-        Ok(agents) => {
-            for (guest, _) in agents {
-                c.hub.end_sessions(
-                    guest,
-                    tonic::Status::unavailable("coordinator is shutting down; reconnect later"),
-                );
-            }
-        }
-        // The connections still close when the listener's grace ends.
-        Err(e) => {
-            tracing::warn!(error = %e, "stopping: could not list agents to end their sessions")
-        }
-    }
+    // From the hub, not the store: a replica that lost etcd must still let its agents go.
+    c.hub.end_all_sessions(tonic::Status::unavailable(
+        "coordinator is shutting down; reconnect later",
+    ));
 }
 
 /// Tells systemd (`Type=notify`, `$NOTIFY_SOCKET`) where the daemon is; a no-op when not

@@ -8,7 +8,7 @@ pub mod events;
 mod forget;
 mod redb_store;
 
-pub use etcd::{EtcdConfig, EtcdStore};
+pub use etcd::{Change, EtcdConfig, EtcdStore, EtcdTls};
 pub use events::{Event, EventBounds, EventLog, Retention, Topic};
 pub use forget::{ForgetGuest, Forgotten};
 pub use redb_store::RedbStore;
@@ -329,6 +329,11 @@ pub trait Store: EventLog + ForgetGuest + Send + Sync + 'static {
 
     fn desired(&self, guest: GuestId) -> Result<Option<DesiredRecord>, StoreError>;
     fn all_desired(&self) -> Result<Vec<(GuestId, DesiredRecord)>, StoreError>;
+    /// The desired states of `guests`, in that order. etcd reads them in a few round
+    /// trips instead of one per guest (each is a quorum read).
+    fn desired_many(&self, guests: &[GuestId]) -> Result<Vec<Option<DesiredRecord>>, StoreError> {
+        guests.iter().map(|g| self.desired(*g)).collect()
+    }
     /// Stores a batch of new desired states and returns the revision given to them:
     /// one global, monotonically increasing counter, so "newer" is unambiguous.
     fn put_desired(&self, states: &[(GuestId, String, Vec<u8>)]) -> Result<u64, StoreError>;
@@ -361,7 +366,50 @@ pub trait Store: EventLog + ForgetGuest + Send + Sync + 'static {
     /// tokens do not accumulate. Refused with `NotLeader` once `term` is over.
     fn prune_tokens(&self, term: LeaderTerm, expired_before_unix: i64)
     -> Result<usize, StoreError>;
+
+    /// Records a replica's address (agents dial it), so join tokens minted by any
+    /// replica list every one. A single-node store has no other replica to tell.
+    fn register_replica(&self, _replica: &str, _addr: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Every registered replica's address, in name order.
+    fn replica_addrs(&self) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// Leader-only: claims one run of the scheduled job `job` if no leader ran it within
+    /// `every` before `now_unix_ms`, and records the run (with `replica`) in the same
+    /// transaction, so a new leader does not repeat what the old one just did. `false`:
+    /// not due yet. Refused with `NotLeader` once `term` is over. A single-node store
+    /// keeps no record: its one process's own timer is the schedule.
+    fn claim_job(
+        &self,
+        _term: LeaderTerm,
+        _job: &str,
+        _every: std::time::Duration,
+        _now_unix_ms: i64,
+        _replica: &str,
+    ) -> Result<bool, StoreError> {
+        Ok(true)
+    }
 }
+
+/// The record of a scheduled job (`Store::claim_job`): when it last ran and where.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub runs: u64,
+    /// The last runs, newest last, at most `JOB_HISTORY` (for operators and tests).
+    pub history: Vec<JobRun>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRun {
+    pub at_unix_ms: i64,
+    pub replica: String,
+    /// The leader term (fence) that ran it.
+    pub fence: i64,
+}
+
+pub const JOB_HISTORY: usize = 16;
 
 #[cfg(test)]
 mod tests {
