@@ -4,7 +4,7 @@
 
 use super::{Coordinator, RpcError, guest_id, now_unix, unix};
 use crate::metrics::CertKind;
-use crate::store::{AgentRecord, ReportRecord, StoreError};
+use crate::store::{AgentRecord, ReportRecord, ReportWrite, StoreError};
 use phoenix_ca::IssueRequest;
 use phoenix_pki::San;
 use phoenix_pki::x509::{self, CertInfo};
@@ -139,21 +139,19 @@ impl AgentApi {
             c.hub.publish_report(guest, 0, Arc::new(report));
             return Ok(());
         }
-        if report.converged() {
-            c.store.update_agent(guest, None, false, &mut |rec| {
-                rec.applied_revision = report.revision;
-                rec.applied_digest = report.digest.clone();
-                rec.last_seen_unix = now_unix();
-            })?;
-        }
-        let seq = c.store.put_report(
-            guest,
-            &ReportRecord {
-                seq: 0,
-                received_unix: now_unix(),
-                report: report.clone(),
-            },
-        )?;
+        // Batched with the other sessions' reports (report_writer).
+        let seq = c
+            .reports
+            .put(ReportWrite {
+                guest,
+                converged: report.converged(),
+                record: ReportRecord {
+                    seq: 0,
+                    received_unix: now_unix(),
+                    report: report.clone(),
+                },
+            })
+            .await?;
         c.metrics.reported(guest, report.revision);
         c.hub.publish_report(guest, seq, Arc::new(report));
         Ok(())

@@ -9,6 +9,7 @@ mod error;
 pub mod hub;
 pub mod listener;
 mod report_watch;
+mod report_writer;
 
 pub use error::RpcError;
 
@@ -114,6 +115,7 @@ pub struct Coordinator {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) ca: Arc<dyn CertAuthority>,
     pub(crate) hub: Arc<Hub>,
+    pub(crate) reports: report_writer::ReportWriter,
     pub(crate) td: TrustDomain,
     pub(crate) identity: Arc<IdentityStore>,
     pub(crate) trust: Arc<TrustStore>,
@@ -265,6 +267,7 @@ pub async fn run(
     }
     let server_tls = phoenix_pki::tls::server_config(identity.clone(), trust.clone())?;
     let c = Arc::new(Coordinator {
+        reports: report_writer::ReportWriter::start(store.clone()),
         store,
         ca,
         hub,
