@@ -214,6 +214,14 @@ pub fn records_round_trip_in_guest_order(s: &dyn Store) {
         Some(&b"{\"a\":1}"[..])
     );
     assert_eq!(s.declared(g(8)).expect("read"), None);
+    // A batch replaces some and adds others.
+    let batch: Vec<(GuestId, Vec<u8>)> = (7..=40)
+        .map(|n| (g(n), format!("{{\"b\":{n}}}").into_bytes()))
+        .collect();
+    s.put_declared_many(&batch).expect("declared batch");
+    for (guest, json) in &batch {
+        assert_eq!(s.declared(*guest).expect("read").as_ref(), Some(json));
+    }
 
     let report = ReportRecord {
         seq: 0,

@@ -175,11 +175,17 @@ fn apply_whole(
         }
     }
     if !req.dry_run {
+        let mut declared = Vec::new();
         for (raw, json) in &req.declared_json {
             let g = guest_id(*raw)?;
             if c.store.declared(g).map_err(RpcError::from)?.as_deref() != Some(json.as_slice()) {
-                c.store.put_declared(g, json).map_err(RpcError::from)?;
+                declared.push((g, json.clone()));
             }
+        }
+        if !declared.is_empty() {
+            c.store
+                .put_declared_many(&declared)
+                .map_err(RpcError::from)?;
         }
     }
     if req.dry_run {

@@ -7,7 +7,7 @@ use super::{Coordinator, RpcError, guest_id, now_unix, unix};
 use crate::events::report::{Delivery, payload as report_payload};
 use crate::events::{Kind, now_unix_ms};
 use crate::metrics::{CertKind, EventDrop};
-use crate::store::{AgentRecord, ReportRecord, StoreError};
+use crate::store::{AgentRecord, ReportRecord, ReportWrite, StoreError};
 use phoenix_ca::IssueRequest;
 use phoenix_pki::San;
 use phoenix_pki::x509::{self, CertInfo};
@@ -197,14 +197,6 @@ impl AgentApi {
             );
         }
         let received = now_unix_ms();
-        let seq_stored = c.store.put_report(
-            guest,
-            &ReportRecord {
-                seq: 0,
-                received_unix: now_unix(),
-                report: report.clone(),
-            },
-        )?;
         let payload = report_payload(
             &report,
             Delivery {
@@ -219,20 +211,24 @@ impl AgentApi {
         } else {
             Kind::ApplyFailed
         };
-        // Acknowledged only once durable: until then the agent keeps it and sends it again.
+        // The event first: a report resent after a failure here is recorded again (a
+        // duplicate event), never marked seen without its event (a lost one). Acknowledged
+        // only once durable: until then the agent keeps it and sends it again.
         let recorded = c.events.record_wait(kind, guest, payload).await;
-        let converged = report.converged();
-        let (revision, digest) = (report.revision, report.digest.clone());
-        c.store.update_agent(guest, None, false, &mut |rec| {
-            if converged {
-                rec.applied_revision = revision;
-                rec.applied_digest = digest.clone();
-            }
-            if let Some(seq) = seq {
-                rec.last_pass_seq = rec.last_pass_seq.max(seq);
-            }
-            rec.last_seen_unix = now_unix();
-        })?;
+        // Batched with the other sessions' reports (report_writer).
+        let seq_stored = c
+            .reports
+            .put(ReportWrite {
+                guest,
+                converged: report.converged(),
+                pass_seq: recorded.and(seq),
+                record: ReportRecord {
+                    seq: 0,
+                    received_unix: now_unix(),
+                    report: report.clone(),
+                },
+            })
+            .await?;
         c.metrics.reported(guest, report.revision);
         c.hub.publish_report(guest, seq_stored, Arc::new(report));
         Ok(recorded.and(seq))

@@ -9,6 +9,7 @@ mod error;
 pub mod hub;
 pub mod listener;
 mod report_watch;
+mod report_writer;
 
 pub(crate) use admin_service::status_without_reports;
 pub use error::RpcError;
@@ -127,6 +128,7 @@ pub struct Coordinator {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) ca: Arc<dyn CertAuthority>,
     pub(crate) hub: Arc<Hub>,
+    pub(crate) reports: report_writer::ReportWriter,
     pub(crate) td: TrustDomain,
     pub(crate) identity: Arc<IdentityStore>,
     pub(crate) trust: Arc<TrustStore>,
@@ -326,6 +328,7 @@ pub async fn run(
     // The CA just signed our identity.
     events.ca_result(ca.name(), "issue the coordinator identity", Ok(()));
     let c = Arc::new(Coordinator {
+        reports: report_writer::ReportWriter::start(store.clone()),
         store,
         ca,
         hub,

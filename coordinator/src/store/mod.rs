@@ -188,6 +188,37 @@ pub struct ReportRecord {
     pub report: ApplyReport,
 }
 
+/// One report for `Store::put_reports`.
+#[derive(Debug, Clone)]
+pub struct ReportWrite {
+    pub guest: GuestId,
+    pub record: ReportRecord,
+    /// The report says the guest converged: its agent record takes the revision.
+    pub converged: bool,
+    /// The agent's number for the pass (its outbox): recorded so a resent report is
+    /// recognised; None for older agents, or when its event could not be recorded.
+    pub pass_seq: Option<u64>,
+}
+
+impl ReportWrite {
+    /// Whether the guest's agent record changes with this report.
+    pub fn touches_agent(&self) -> bool {
+        self.converged || self.pass_seq.is_some()
+    }
+
+    /// What the report changes in the guest's agent record.
+    pub fn apply_to(&self, rec: &mut AgentRecord) {
+        if self.converged {
+            rec.applied_revision = self.record.report.revision;
+            rec.applied_digest = self.record.report.digest.clone();
+        }
+        if let Some(seq) = self.pass_seq {
+            rec.last_pass_seq = rec.last_pass_seq.max(seq);
+        }
+        rec.last_seen_unix = self.record.received_unix;
+    }
+}
+
 /// A guest service certificate the coordinator had signed, for `phoenix certs`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceCertRecord {
@@ -341,6 +372,14 @@ pub trait Store: EventLog + ForgetGuest + Send + Sync + 'static {
     /// What the configs declare about the guest (JSON of `phoenix_proto::model::Declared`).
     fn declared(&self, guest: GuestId) -> Result<Option<Vec<u8>>, StoreError>;
     fn put_declared(&self, guest: GuestId, json: &[u8]) -> Result<(), StoreError>;
+    /// Stores the declared facts of many guests; a backend that can commits them together
+    /// (one apply of a whole fleet, not one durable commit per guest).
+    fn put_declared_many(&self, facts: &[(GuestId, Vec<u8>)]) -> Result<(), StoreError> {
+        for (g, json) in facts {
+            self.put_declared(*g, json)?;
+        }
+        Ok(())
+    }
 
     fn put_service_cert(&self, guest: GuestId, rec: &ServiceCertRecord) -> Result<(), StoreError>;
     fn service_certs(&self) -> Result<Vec<(GuestId, ServiceCertRecord)>, StoreError>;
@@ -349,6 +388,21 @@ pub trait Store: EventLog + ForgetGuest + Send + Sync + 'static {
     /// Stores the guest's last report under the next position of the report order (its
     /// `seq` is ignored) and returns that position. Positions increase in commit order.
     fn put_report(&self, guest: GuestId, rec: &ReportRecord) -> Result<u64, StoreError>;
+    /// Stores many guests' reports, committed together where the backend can (like
+    /// `put_report`, soft state), one result per report in order. A converged report also
+    /// records the applied revision in its agent record; a guest that is not enrolled or
+    /// was revoked gets that error, and nothing of its report is stored.
+    fn put_reports(&self, batch: &[ReportWrite]) -> Vec<Result<u64, StoreError>> {
+        batch
+            .iter()
+            .map(|w| {
+                if w.touches_agent() {
+                    self.update_agent(w.guest, None, false, &mut |rec| w.apply_to(rec))?;
+                }
+                self.put_report(w.guest, &w.record)
+            })
+            .collect()
+    }
     /// The last report of every guest whose last report was stored after position `after`,
     /// in store order. From one snapshot: everything stored up to the highest position
     /// returned is in it or superseded by it.
