@@ -3,6 +3,9 @@
 //! is either accepted or refused with an error naming the key; the counts are printed.
 //! The deliberately broken fixtures must be refused.
 
+// In tests a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use phoenix_proto::model::compose;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -157,7 +157,10 @@ fn essentials(inspect: &Value, project: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_converged_stack_matches_what_docker_compose_makes() {
     let Some(env) = DockerEnv::get() else { return };
-    if !phoenix_tests::require("docker-compose (Debian package)", Path::new(COMPOSE_BIN).exists()) {
+    if !phoenix_tests::require(
+        "docker-compose (Debian package)",
+        Path::new(COMPOSE_BIN).exists(),
+    ) {
         return;
     }
     let root = tempfile::tempdir().unwrap();
@@ -189,9 +192,8 @@ async fn a_converged_stack_matches_what_docker_compose_makes() {
         Pass::Applied { .. }
     ));
 
-    let inspect = |name: &str| -> Value {
-        serde_json::from_str(&env.docker(&["inspect", name])).unwrap()
-    };
+    let inspect =
+        |name: &str| -> Value { serde_json::from_str(&env.docker(&["inspect", name])).unwrap() };
     // docker-compose 1.x names containers `<project>_<service>_1`; Compose v2 and
     // Phoenix `<project>-<service>-1`.
     let a = essentials(&inspect("phxparp-web-1"), ours);
