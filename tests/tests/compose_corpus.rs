@@ -3,6 +3,9 @@
 //! is either accepted or refused with an error naming the key; the counts are printed.
 //! The deliberately broken fixtures must be refused.
 
+// In tests a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use phoenix_proto::model::compose;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -80,4 +83,140 @@ fn the_corpus_is_read_or_refused_by_key() {
             .any(|a| a == "wrong-composefile_compose.yaml"),
         "the broken fixture was accepted"
     );
+}
+
+fn historical(shape: &str, vars: &[(&str, &str)]) -> Result<compose::ComposeProject, String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/compose")
+        .join(shape);
+    let text = std::fs::read_to_string(dir.join("docker-compose.yml")).expect("fixture");
+    let opts = compose::ParseOptions {
+        variables: vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        project_dir: Some(PathBuf::from(format!("/srv/phoenix/stacks/{shape}"))),
+        project_name: Some(shape.to_string()),
+        profiles: Vec::new(),
+    };
+    compose::parse_with(&text, &opts).map_err(|e| e.to_string())
+}
+
+/// Each shape the real stacks' compose files took across the old system's history
+/// (tests/fixtures/compose/, one directory per shape) is read as Compose reads it, or
+/// refused naming the key and why.
+#[test]
+fn historical_phoenix_compose_shapes_read_correctly() {
+    // Relative binds land in the project directory on the guest.
+    let p = historical("qdrant-relative-bind", &[]).unwrap();
+    assert_eq!(
+        p.services()["qdrant"].volumes[0].source,
+        "/srv/phoenix/stacks/qdrant-relative-bind/qdrant_storage"
+    );
+    let p = historical("qdrant-relative-bind-z", &[]).unwrap();
+    assert_eq!(
+        p.services()["qdrant"].volumes[0].source,
+        "/srv/phoenix/stacks/qdrant-relative-bind-z/qdrant_storage"
+    );
+    let p = historical("base-dir-bind", &[("API_PORT", "8000")]).unwrap();
+    let app = &p.services()["thinkheads_ai_app"];
+    assert_eq!(app.volumes[0].source, "/srv/phoenix/stacks/base-dir-bind");
+    assert_eq!(app.ports[0].host_port, Some(8000));
+    let p = historical("monitoring-relative", &[]).unwrap();
+    assert_eq!(
+        p.services()["grafana"].volumes[0].source,
+        "/srv/phoenix/stacks/monitoring-relative/grafana_data"
+    );
+    // Swarm-era deploy keys: replicas honoured, placement and labels ignored as Compose
+    // ignores them on one engine; a map where a list was written elsewhere.
+    let p = historical("deploy-replicas-placement", &[]).unwrap();
+    assert_eq!(p.services()["qdrant"].replicas, Some(1));
+    let p = historical("deploy-labels-map", &[]).unwrap();
+    let q = &p.services()["qdrant"];
+    assert_eq!(q.environment["QDRANT__SERVICE__GRPC_PORT"], "6334");
+    assert!(
+        q.labels.is_empty(),
+        "deploy.labels are not container labels"
+    );
+    assert!(p.networks()["traefik-public"].external);
+    // Limits and reservations.
+    let p = historical("resource-limits", &[]).unwrap();
+    let r = &p.services()["qdrant"].resources;
+    assert_eq!(r.nano_cpus, Some(2_000_000_000));
+    assert_eq!(r.memory, Some(4 << 30));
+    assert_eq!(r.memory_reservation, Some(1 << 30));
+    // Hardening and an escaped `$`.
+    let p = historical("hardened-bind-volume", &[]).unwrap();
+    let s = &p.services()["portainer"];
+    assert_eq!(s.security_opt, ["no-new-privileges:true"]);
+    assert_eq!(
+        s.command.as_deref().unwrap(),
+        ["--admin-password-file", "/run/$secret"]
+    );
+    // Built from the compose file's directory; the socket bind is a grant to declare.
+    let p = historical("build-context", &[]).unwrap();
+    let s = &p.services()["portainer"];
+    assert_eq!(
+        s.build.as_ref().unwrap().context,
+        "/srv/phoenix/stacks/build-context"
+    );
+    assert_eq!(s.image.as_str(), "build-context-portainer");
+    assert_eq!(
+        s.volumes[2].source,
+        "/srv/phoenix/stacks/build-context/certs"
+    );
+    let grants = compose::grants::detect(&p, &[]);
+    assert_eq!(grants[0].access, "bind /var/run/docker.sock");
+    // `${VAR:?err}`: the variable and the file's message, set or not.
+    let e = historical("required-variable", &[]).unwrap_err();
+    assert!(
+        e.contains("API_PORT") && e.contains("set API_PORT in the stack's variables"),
+        "{e}"
+    );
+    let p = historical("required-variable", &[("API_PORT", "8000")]).unwrap();
+    assert_eq!(
+        p.services()["thinkheads_ai_app"].image.as_str(),
+        "thinkheads_ai_app:latest"
+    );
+    // What only a swarm provides is refused with the key and why.
+    let e = historical("swarm-portainer", &[]).unwrap_err();
+    assert!(
+        e.contains("secrets.portainer_admin_password.external") && e.contains("swarm"),
+        "{e}"
+    );
+    let e = historical("swarm-overlay", &[]).unwrap_err();
+    assert!(
+        e.contains("networks.portainer_network.driver") && e.contains("swarm"),
+        "{e}"
+    );
+}
+
+/// The real stacks of the sample host, read in place from ../shared/phoenix/main/stacks.
+#[test]
+fn the_real_stacks_parse_in_their_project_directories() {
+    let stacks = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/phoenix/main/stacks");
+    if !phoenix_tests::require("../shared/phoenix/main/stacks", stacks.is_dir()) {
+        return;
+    }
+    let mut n = 0;
+    for e in std::fs::read_dir(&stacks).expect("read stacks") {
+        let dir = e.expect("entry").path();
+        let name = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let Ok(text) = std::fs::read_to_string(dir.join("docker-compose.yml")) else {
+            continue;
+        };
+        let opts = compose::ParseOptions {
+            variables: BTreeMap::from([("API_PORT".to_string(), "8000".to_string())]),
+            project_dir: Some(PathBuf::from(format!("/srv/phoenix/stacks/{name}"))),
+            project_name: Some(name.clone()),
+            profiles: Vec::new(),
+        };
+        compose::parse_with(&text, &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
+        n += 1;
+    }
+    assert!(n >= 3, "{n} stacks");
 }

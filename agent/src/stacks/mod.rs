@@ -254,16 +254,11 @@ impl StackConverger {
         let mut builds = BTreeMap::new();
         for (name, svc) in project.services() {
             let Some(b) = &svc.build else { continue };
-            let context = Path::new(&b.context);
-            // A context shipped with the stack but not written yet has no digest until
-            // `apply` writes it (and renders again); the plan then builds anyway.
-            let pending = stale_files.iter().any(|(p, _)| p.starts_with(context));
-            match self.pack_context(stack, name, b) {
-                Ok(packed) => {
-                    builds.insert(name.clone(), packed.digest);
-                }
-                Err(_) if pending => {}
-                Err(e) => return Err(e),
+            // A context not readable yet (shipped with the stack but not written, or
+            // missing) has no digest: the plan then builds, and the build reports why
+            // the context cannot be read.
+            if let Ok(packed) = self.pack_context(stack, name, b) {
+                builds.insert(name.clone(), packed.digest);
             }
         }
         let host = HostInputs {

@@ -292,6 +292,9 @@ pub fn render_with(
             })
             .map(|(p, d)| (p.clone(), d.clone()))
             .collect();
+        // The count is the set of containers, not part of each: scaling adds or removes
+        // replicas and leaves the others as they are.
+        spec.replicas = None;
         for n in 1..=svc.replicas.unwrap_or(1) {
             containers.push(ContainerConfig {
                 service: svc_name.to_string(),

@@ -22,7 +22,7 @@ mod ship {
     /// Most bytes shipped per stack: desired states carry them to every pass.
     const MAX_SHIPPED: usize = 1 << 20;
 
-    /// Build contexts and config files that exist beside the compose file, as stack
+    /// Build contexts that exist beside the compose file (as directories), as stack
     /// files under the project directory. Secrets are never shipped (they stay on the
     /// guest, mounted by reference). Text only: a desired state carries UTF-8.
     pub(super) fn shipped_files(

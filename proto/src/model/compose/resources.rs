@@ -257,6 +257,17 @@ pub(super) fn build(ctx: &Ctx, field: &str, b: StrOr<RawBuild>) -> Result<Build,
             "give dockerfile or dockerfile_inline, not both",
         ));
     }
+    let network = vars.opt(field, b.network)?;
+    if let Some(n) = network.as_deref()
+        && !matches!(n, "default" | "bridge" | "none")
+    {
+        return Err(invalid(
+            format!("{field}.network"),
+            format!(
+                "{n:?}: a build runs on the default bridge or none (the guest's own network would let RUN steps reach its local services)"
+            ),
+        ));
+    }
     let mut args = std::collections::BTreeMap::new();
     if let Some(a) = b.args {
         for (k, v) in vars.pairs(&format!("{field}.args"), a)? {
@@ -276,7 +287,7 @@ pub(super) fn build(ctx: &Ctx, field: &str, b: StrOr<RawBuild>) -> Result<Build,
         args,
         target: vars.opt(field, b.target)?,
         labels: labels(vars, &format!("{field}.labels"), b.labels)?,
-        network: vars.opt(field, b.network)?,
+        network,
         shm_size: b
             .shm_size
             .map(|s| bytes(vars, &format!("{field}.shm_size"), s))

@@ -461,6 +461,10 @@ services:
             "inside the context",
         ),
         ("build: {context: ., platforms: [linux/arm64]}", "BuildKit"),
+        (
+            "build: {context: ., network: host}",
+            "default bridge or none",
+        ),
     ] {
         let e = err(&format!("services:\n  a:\n    image: x\n    {bad}\n"), &o);
         assert!(e.contains(why), "{bad}: {e}");

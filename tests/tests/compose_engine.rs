@@ -1,0 +1,348 @@
+//! The Compose keys beyond the first subset, converged through the agent's
+//! `StackConverger` against the real (private) Docker engine and checked with
+//! `docker inspect`: replicas, resource limits, sysctls, tmpfs, read-only root, stop
+//! signal and grace, expose, network_mode service:, static addresses, file secrets and
+//! configs, relative binds in the project directory, and `build` from a context shipped
+//! with the stack.
+
+// In tests a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+use phoenix_agent::stacks::StackConverger;
+use phoenix_agent::stacks::engine::ContainerEngine;
+use phoenix_proto::model::compose::{self, ParseOptions};
+use phoenix_proto::model::{AbsPath, StackFile, StackSpec};
+use phoenix_tests::stacks::{CountingEngine, DockerEnv, Pass, Teardown, owner_key, pass};
+use std::path::Path;
+use std::sync::Arc;
+
+fn converger(env: &DockerEnv, root: &Path) -> (Arc<CountingEngine>, StackConverger) {
+    let counting = CountingEngine::new(env.engine());
+    let conv = StackConverger::new(
+        counting.clone() as Arc<dyn ContainerEngine>,
+        vec![root.to_path_buf()],
+        owner_key(),
+    );
+    (counting, conv)
+}
+
+/// A stack compiled as the coordinator does: project directory on the guest, variables.
+fn spec_in(name: &str, compose: &str, dir: &Path, vars: &[(&str, &str)]) -> StackSpec {
+    let opts = ParseOptions {
+        variables: vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        project_dir: Some(dir.to_path_buf()),
+        project_name: Some(name.to_string()),
+        profiles: Vec::new(),
+    };
+    let project = compose::parse_with(compose, &opts).unwrap();
+    let mut spec = StackSpec::new(name, project);
+    spec.project_dir = Some(AbsPath::try_from(dir.display().to_string()).unwrap());
+    spec
+}
+
+fn file(path: &Path, content: &str) -> StackFile {
+    StackFile {
+        path: AbsPath::try_from(path.display().to_string()).unwrap(),
+        content: content.to_string(),
+    }
+}
+
+fn inspect(env: &DockerEnv, name: &str, format: &str) -> String {
+    env.docker(&["inspect", "-f", format, name])
+}
+
+const KEYS: &str = r#"
+x-common: &common
+  image: "${IMAGE}"
+  init: true
+  command: ["sleep", "100000"]
+services:
+  app:
+    <<: *common
+    x-note: extensions are ignored
+    deploy:
+      replicas: 2
+      placement: {constraints: [node.role == manager]}
+      resources:
+        limits: {cpus: "0.5", memory: 64m, pids: 50}
+        reservations: {memory: 32m}
+    expose: ["8080"]
+    sysctls: {net.core.somaxconn: "1024"}
+    stop_signal: SIGINT
+    stop_grace_period: 3s
+    tmpfs: ["/scratch:size=1m"]
+    shm_size: 8m
+    read_only: true
+    security_opt: [no-new-privileges]
+    volumes: ["./data:/data"]
+    secrets: [token]
+    configs:
+      - source: conf
+        target: /etc/app.conf
+  db:
+    <<: *common
+    networks:
+      back:
+        ipv4_address: 10.213.57.10
+  side:
+    <<: *common
+    network_mode: "service:db"
+    depends_on: [db]
+secrets:
+  token:
+    file: ./secrets/token.txt
+configs:
+  conf:
+    file: ./app.conf
+networks:
+  back:
+    ipam:
+      config:
+        - subnet: 10.213.57.0/24
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compose_keys_reach_the_engine() {
+    let Some(env) = DockerEnv::get() else { return };
+    let stack = "phxkeys";
+    let _down = Teardown {
+        env: env.clone(),
+        stack: stack.into(),
+        extra: vec![],
+    };
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join(stack);
+    // The secret stays on the guest (by reference); the config ships with the stack.
+    std::fs::create_dir_all(dir.join("secrets")).unwrap();
+    std::fs::write(dir.join("secrets/token.txt"), "s3cret-token").unwrap();
+    let (_count, conv) = converger(&env, root.path());
+    let mut spec = spec_in(stack, KEYS, &dir, &[("IMAGE", &env.image)]);
+    spec.files = vec![file(&dir.join("app.conf"), "level=debug\n")];
+
+    let Pass::Applied { diff, .. } = pass(&conv, &spec, false).await.unwrap() else {
+        panic!("first pass must apply")
+    };
+    for c in [
+        "phxkeys-app-1",
+        "phxkeys-app-2",
+        "phxkeys-db-1",
+        "phxkeys-side-1",
+    ] {
+        assert!(
+            diff.contains(&format!("create container {c} ")),
+            "{c}: {diff}"
+        );
+        assert_eq!(inspect(&env, c, "{{.State.Status}}"), "running", "{c}");
+    }
+    let app = "phxkeys-app-1";
+    let host = |f: &str| inspect(&env, app, &format!("{{{{.HostConfig.{f}}}}}"));
+    assert_eq!(host("NanoCpus"), "500000000");
+    assert_eq!(host("Memory"), (64 << 20).to_string());
+    assert_eq!(host("PidsLimit"), "50");
+    assert_eq!(host("MemoryReservation"), (32 << 20).to_string());
+    assert_eq!(host("ShmSize"), (8 << 20).to_string());
+    assert_eq!(host("ReadonlyRootfs"), "true");
+    assert_eq!(host("Sysctls"), "map[net.core.somaxconn:1024]");
+    assert_eq!(host("Tmpfs"), "map[/scratch:size=1m]");
+    assert_eq!(host("SecurityOpt"), "[no-new-privileges]");
+    assert_eq!(inspect(&env, app, "{{.Config.StopSignal}}"), "SIGINT");
+    assert_eq!(inspect(&env, app, "{{.Config.StopTimeout}}"), "3");
+    assert_eq!(
+        inspect(
+            &env,
+            app,
+            "{{range $p, $_ := .Config.ExposedPorts}}{{$p}} {{end}}"
+        ),
+        "8080/tcp"
+    );
+    // The relative bind is the project directory's, secrets and configs are read-only
+    // binds of their files.
+    let mounts = inspect(
+        &env,
+        app,
+        "{{range .Mounts}}{{.Source}}>{{.Destination}}:{{.RW}} {{end}}",
+    );
+    let d = dir.display();
+    for m in [
+        format!("{d}/data>/data:true"),
+        format!("{d}/secrets/token.txt>/run/secrets/token:false"),
+        format!("{d}/app.conf>/etc/app.conf:false"),
+    ] {
+        assert!(mounts.contains(&m), "{m} in {mounts}");
+    }
+    assert_eq!(
+        env.docker(&["exec", app, "cat", "/run/secrets/token"]),
+        "s3cret-token"
+    );
+    assert_eq!(
+        env.docker(&["exec", app, "cat", "/etc/app.conf"]),
+        "level=debug"
+    );
+    let write = env.docker_raw(&["exec", app, "touch", "/rootfs-write"]);
+    assert!(!write.status.success(), "the root file system is read-only");
+    // The fixed address, and the sidecar in db's network namespace.
+    assert_eq!(
+        inspect(
+            &env,
+            "phxkeys-db-1",
+            "{{(index .NetworkSettings.Networks \"phxkeys_back\").IPAddress}}"
+        ),
+        "10.213.57.10"
+    );
+    assert!(
+        inspect(&env, "phxkeys-side-1", "{{.HostConfig.NetworkMode}}").starts_with("container:")
+    );
+    let side_addr = env.docker(&["exec", "phxkeys-side-1", "ip", "-4", "addr"]);
+    assert!(side_addr.contains("10.213.57.10"), "{side_addr}");
+
+    // Level-triggered: nothing to do on the next pass.
+    assert!(
+        matches!(pass(&conv, &spec, false).await.unwrap(), Pass::InSync),
+        "second pass must be in sync"
+    );
+
+    // Scaling down removes the extra replica and keeps the first.
+    let first = inspect(&env, app, "{{.Id}}");
+    let mut one = spec_in(
+        stack,
+        &KEYS.replace("replicas: 2", "replicas: 1"),
+        &dir,
+        &[("IMAGE", &env.image)],
+    );
+    one.files = spec.files.clone();
+    let Pass::Applied { diff, .. } = pass(&conv, &one, false).await.unwrap() else {
+        panic!("scale-down must apply")
+    };
+    assert!(
+        diff.contains("remove container phxkeys-app-2: orphan"),
+        "{diff}"
+    );
+    assert_eq!(inspect(&env, app, "{{.Id}}"), first, "replica 1 untouched");
+    assert!(
+        !env.docker_raw(&["inspect", "phxkeys-app-2"])
+            .status
+            .success()
+    );
+}
+
+/// Removes the images a test built.
+struct Images(DockerEnv, Vec<String>);
+impl Drop for Images {
+    fn drop(&mut self) {
+        for i in &self.1 {
+            let _ = self.0.docker_raw(&["rmi", "-f", i]);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn build_makes_the_image_on_the_guest_and_a_context_change_rebuilds_and_recreates() {
+    let Some(env) = DockerEnv::get() else { return };
+    let stack = "phxbuild";
+    let _down = Teardown {
+        env: env.clone(),
+        stack: stack.into(),
+        extra: vec![],
+    };
+    let _images = Images(env.clone(), vec!["phxbuild-app".into()]);
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join(stack);
+    let (count, conv) = converger(&env, root.path());
+    let compose = "services:\n  app:\n    build: ./app\n    init: true\n";
+    let dockerfile = format!(
+        "FROM {}\nCOPY msg.txt /msg.txt\nCMD [\"sleep\", \"100000\"]\n",
+        env.image
+    );
+    let with_msg = |msg: &str| {
+        let mut s = spec_in(stack, compose, &dir, &[]);
+        s.files = vec![
+            file(&dir.join("app/Dockerfile"), &dockerfile),
+            file(&dir.join("app/msg.txt"), msg),
+        ];
+        s
+    };
+    let v1 = with_msg("v1");
+    assert_eq!(v1.project.services()["app"].image.as_str(), "phxbuild-app");
+
+    let Pass::Applied { report, .. } = pass(&conv, &v1, false).await.unwrap() else {
+        panic!("first pass must apply")
+    };
+    assert!(
+        report.contains("build image phxbuild-app for app"),
+        "{report}"
+    );
+    let c = "phxbuild-app-1";
+    assert_eq!(env.docker(&["exec", c, "cat", "/msg.txt"]), "v1");
+    let built_from = env.docker(&[
+        "image",
+        "inspect",
+        "-f",
+        "{{index .Config.Labels \"phoenix.build-digest\"}}",
+        "phxbuild-app",
+    ]);
+    assert_eq!(built_from.len(), 64, "{built_from}");
+    assert!(matches!(
+        pass(&conv, &v1, false).await.unwrap(),
+        Pass::InSync
+    ));
+    count.take();
+
+    // A changed file of the context: rebuilt, and the container recreated from it.
+    let old = inspect(&env, c, "{{.Id}}");
+    let v2 = with_msg("v2");
+    let Pass::Applied { diff, .. } = pass(&conv, &v2, false).await.unwrap() else {
+        panic!("a context change must apply")
+    };
+    assert!(diff.contains("write file"), "{diff}");
+    let calls = count.take();
+    assert!(
+        calls.iter().any(|c| c == "build_image phxbuild-app"),
+        "{calls:?}"
+    );
+    assert_ne!(inspect(&env, c, "{{.Id}}"), old, "recreated");
+    assert_eq!(env.docker(&["exec", c, "cat", "/msg.txt"]), "v2");
+    assert!(matches!(
+        pass(&conv, &v2, false).await.unwrap(),
+        Pass::InSync
+    ));
+}
+
+/// A stack with an undeclared host network is refused before anything runs; declared,
+/// it runs in the guest's namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_network_needs_its_grant() {
+    let Some(env) = DockerEnv::get() else { return };
+    let stack = "phxhostnet";
+    let _down = Teardown {
+        env: env.clone(),
+        stack: stack.into(),
+        extra: vec![],
+    };
+    let root = tempfile::tempdir().unwrap();
+    let (count, conv) = converger(&env, root.path());
+    let compose = "services:\n  a:\n    image: \"${IMAGE}\"\n    command: [sleep, \"100000\"]\n    network_mode: host\n";
+    let mut spec = spec_in(
+        stack,
+        compose,
+        &root.path().join(stack),
+        &[("IMAGE", &env.image)],
+    );
+    let e = pass(&conv, &spec, false).await.unwrap_err();
+    assert!(e.contains("network_mode host"), "{e}");
+    assert!(count.take().is_empty(), "nothing reached the engine");
+    spec.host_access = vec!["network_mode host".into()];
+    let Pass::Applied { diff, .. } = pass(&conv, &spec, false).await.unwrap() else {
+        panic!("declared: must apply")
+    };
+    assert!(
+        diff.contains("GRANTS HOST ACCESS: network_mode host"),
+        "{diff}"
+    );
+    assert_eq!(
+        inspect(&env, "phxhostnet-a-1", "{{.HostConfig.NetworkMode}}"),
+        "host"
+    );
+}
