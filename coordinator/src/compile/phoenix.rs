@@ -8,10 +8,10 @@ use super::facts::{firewall, gpus, mac_address, mounts, network, port_mapping, t
 use super::keys;
 use super::names::{domain_ok, simple_name_ok};
 use super::reader::{Diag, Node, abs_path, guest_or_root};
-use super::types::{GuestFacts, GuestKind, Problem};
+use super::types::{GuestFacts, GuestKind, MountKind, Problem};
 use super::vllm::{self, VllmArgs};
-use phoenix_proto::model::Declared;
 use phoenix_proto::model::GuestId;
+use phoenix_proto::model::{Declared, DeclaredMount, MountSource};
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -196,6 +196,7 @@ fn guest(
         memory_mb: fallback("memory_mb").and_then(|n| n.uint(d, 16..=16_777_216)),
         storage_gb: fallback(storage_key).and_then(|n| n.uint(d, 1..=1_048_576)),
         ips: Vec::new(),
+        mounts: Vec::new(),
     };
     let mut facts = GuestFacts::default();
     for key in ["network_config", "secondary_network_config"] {
@@ -247,6 +248,19 @@ fn guest(
     facts.traefik_service = g.opt(d, "traefik_service", |n, d| traefik_service(n, d));
     facts.portainer_role = g.opt(d, "portainer_role", |n, d| n.text(d, "a Portainer role"));
     facts.mount_points = mounts(g, kind, d);
+    declared.mounts = facts
+        .mount_points
+        .iter()
+        .map(|m| DeclaredMount {
+            path: m.guest_path.to_string(),
+            kind: match m.kind {
+                MountKind::Bind => MountSource::Bind,
+                MountKind::Zfs => MountSource::Zfs,
+                MountKind::Nfs => MountSource::Nfs,
+            },
+            source: m.source.clone(),
+        })
+        .collect();
 
     let features = g.list(d, "features", "an array of feature names", |f, d| {
         f.text(d, "a feature name").map(|s| (s, f.path.clone()))

@@ -286,6 +286,14 @@ fn bounded_facts(mut f: v1::Facts) -> v1::Facts {
     for d in &mut f.disks {
         d.mount_point = bounded(&d.mount_point, MAX_FACT_CHARS);
     }
+    // The agent sends at most 256 mounts (pseudo filesystems left out); keep as many here so
+    // a declared mount point is not reported missing because of a cut.
+    f.mounts.truncate(4 * MAX_LIST_ITEMS);
+    for m in &mut f.mounts {
+        m.mount_point = bounded(&m.mount_point, MAX_FACT_CHARS);
+        m.source = bounded(&m.source, MAX_FACT_CHARS);
+        m.fs_type = bounded(&m.fs_type, MAX_FACT_CHARS);
+    }
     f.interfaces.truncate(MAX_LIST_ITEMS);
     for i in &mut f.interfaces {
         i.name = bounded(&i.name, MAX_FACT_CHARS);

@@ -3,7 +3,7 @@
 //! "fixed" by the agent. The compiler produces `Declared`, the store keeps it as JSON and
 //! the admin service compares it with the facts an agent reports.
 
-use crate::v1::Facts;
+use crate::v1::{Facts, Mount};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::IpAddr;
@@ -22,6 +22,60 @@ pub struct Declared {
     /// Addresses in CIDR form (`10.0.0.153/24`) or `dhcp`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ips: Vec<String>,
+    /// Mount points and volumes (Proxmox mounts them; the agent only observes them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<DeclaredMount>,
+}
+
+/// A declared mount point or volume, as the guest should see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct DeclaredMount {
+    /// Where the guest sees it.
+    pub path: String,
+    pub kind: MountSource,
+    /// Host path (bind), `pool/name` (ZFS dataset) or `server:/export` (NFS), for the message.
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MountSource {
+    /// LXC bind mount of a host directory: inside the guest it shows the host's filesystem,
+    /// so only "something is mounted there" can be checked.
+    Bind,
+    /// A ZFS dataset created on the host and bind-mounted: a `zfs` mount whose source ends
+    /// with the dataset's name.
+    Zfs,
+    /// An NFS share mounted in a VM: an `nfs`/`nfs4` mount.
+    Nfs,
+}
+
+impl fmt::Display for MountSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MountSource::Bind => "bind",
+            MountSource::Zfs => "zfs",
+            MountSource::Nfs => "nfs",
+        })
+    }
+}
+
+/// Why what is mounted at a declared mount point is not what was declared, if it is not.
+fn mount_mismatch(want: &DeclaredMount, mounts: &[Mount]) -> Option<String> {
+    // The last mount on a path is the one the guest sees.
+    let Some(m) = mounts.iter().rev().find(|m| m.mount_point == want.path) else {
+        return Some("nothing mounted".into());
+    };
+    let ok = match want.kind {
+        MountSource::Bind => true,
+        MountSource::Zfs => {
+            let name = want.source.rsplit('/').next().unwrap_or_default();
+            m.fs_type == "zfs"
+                && (m.source == want.source || m.source.ends_with(&format!("/{name}")))
+        }
+        MountSource::Nfs => m.fs_type.starts_with("nfs"),
+    };
+    (!ok).then(|| format!("{} {}", m.fs_type, m.source))
 }
 
 /// One difference, e.g. `cores: declared 4, observed 2`.
@@ -92,6 +146,18 @@ pub fn compare(declared: &Declared, facts: &Facts) -> Vec<Mismatch> {
             });
         }
     }
+    // An agent that reports no mounts at all (older than this field) is not compared.
+    if !facts.mounts.is_empty() {
+        for want in &declared.mounts {
+            if let Some(observed) = mount_mismatch(want, &facts.mounts) {
+                out.push(Mismatch {
+                    field: "mount",
+                    declared: format!("{} ({} {})", want.path, want.kind, want.source),
+                    observed,
+                });
+            }
+        }
+    }
     if !facts.interfaces.is_empty() {
         let observed: Vec<IpAddr> = facts
             .interfaces
@@ -143,6 +209,7 @@ mod tests {
             memory_mb: Some(4096),
             storage_gb: Some(32),
             ips: vec!["10.0.0.153/24".into()],
+            mounts: Vec::new(),
         }
     }
 
@@ -205,5 +272,65 @@ mod tests {
                 "ip: declared 10.0.0.153/24, observed 10.0.0.99"
             ]
         );
+    }
+
+    #[test]
+    fn declared_mounts_are_compared_with_what_is_mounted() {
+        let declared = Declared {
+            mounts: vec![
+                DeclaredMount {
+                    path: "/data".into(),
+                    kind: MountSource::Zfs,
+                    source: "quickOS-tank/qdrant-data".into(),
+                },
+                DeclaredMount {
+                    path: "/models".into(),
+                    kind: MountSource::Bind,
+                    source: "/mnt/pve/models".into(),
+                },
+                DeclaredMount {
+                    path: "/shared".into(),
+                    kind: MountSource::Nfs,
+                    source: "10.0.0.13:/export/shared".into(),
+                },
+            ],
+            ..Declared::default()
+        };
+        let mount = |p: &str, src: &str, fs: &str| Mount {
+            mount_point: p.into(),
+            source: src.into(),
+            fs_type: fs.into(),
+        };
+        let good = Facts {
+            mounts: vec![
+                mount("/", "/dev/sda1", "ext4"),
+                mount("/data", "quickOS-tank/subvol-950-disk-0/qdrant-data", "zfs"),
+                mount("/models", "/dev/sdb1", "ext4"),
+                mount("/shared", "10.0.0.13:/export/shared", "nfs4"),
+            ],
+            ..Facts::default()
+        };
+        assert_eq!(compare(&declared, &good), []);
+        let bad = Facts {
+            mounts: vec![
+                mount("/", "/dev/sda1", "ext4"),
+                mount("/data", "/dev/sda1", "ext4"),
+            ],
+            ..Facts::default()
+        };
+        let m: Vec<String> = compare(&declared, &bad)
+            .iter()
+            .map(|m| m.to_string())
+            .collect();
+        assert_eq!(
+            m,
+            [
+                "mount: declared /data (zfs quickOS-tank/qdrant-data), observed ext4 /dev/sda1",
+                "mount: declared /models (bind /mnt/pve/models), observed nothing mounted",
+                "mount: declared /shared (nfs 10.0.0.13:/export/shared), observed nothing mounted",
+            ]
+        );
+        // No mount facts at all: an older agent, nothing compared.
+        assert_eq!(compare(&declared, &Facts::default()), []);
     }
 }

@@ -15,7 +15,7 @@ mod service;
 mod stack;
 
 pub use cert::{CertSpec, Reload, ReservedName, reserved_cert_names, reserved_name};
-pub use declared::{Declared, Mismatch, compare};
+pub use declared::{Declared, DeclaredMount, Mismatch, MountSource, compare};
 pub use exec::ExecSpec;
 pub use file::{AbsPath, Ensure, FileMode, FileSpec};
 pub use ids::{GuestId, ResourceRef, TrustDomain};
