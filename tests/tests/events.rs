@@ -33,7 +33,7 @@ fn events(c: &Coordinator, args: &[&str]) -> Vec<Value> {
 
 fn of_type<'a>(evs: &'a [Value], kind: &str, key: u32) -> Vec<&'a Value> {
     evs.iter()
-        .filter(|e| e["type"] == kind && e["key"] == key.to_string())
+        .filter(|e| e["type"] == kind && e["key"].as_str() == Some(key.to_string().as_str()))
         .collect()
 }
 
