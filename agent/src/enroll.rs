@@ -89,21 +89,16 @@ pub async fn join(
     let csr = keys::csr(&key, &format!("guest-{guest}"), &[])?;
     let cfg =
         tls::enroll_client_config(&token.ca_fingerprint, &token.trust_domain.coordinator_uri())?;
-    let channel = transport::connect(
-        &token.addr,
-        &token.trust_domain.coordinator_dns(),
-        cfg,
-        &ChannelOptions::default(),
-    )
-    .await
-    .map_err(|e| {
-        // With a clock far behind, even the coordinator's certificate is "not valid yet".
-        if format!("{e:?}").contains("NotValidYet") {
-            EnrollError::CoordinatorNotValidYet(e.to_string())
-        } else {
-            EnrollError::Connect(e)
-        }
-    })?;
+    let channel = connect_any(&token.addrs(), &token.trust_domain.coordinator_dns(), cfg)
+        .await
+        .map_err(|e| {
+            // With a clock far behind, even the coordinator's certificate is "not valid yet".
+            if format!("{e:?}").contains("NotValidYet") {
+                EnrollError::CoordinatorNotValidYet(e.to_string())
+            } else {
+                EnrollError::Connect(e)
+            }
+        })?;
     let mut client = v1::agent_client::AgentClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -185,6 +180,7 @@ pub async fn join(
     let enrollment = Enrollment {
         guest,
         coordinator: token.addr.clone(),
+        replicas: token.replicas.clone(),
         trust_domain: token.trust_domain.clone(),
     };
     state.save_identity(
@@ -210,6 +206,29 @@ pub async fn join(
     Ok(enrollment)
 }
 
+/// A channel to the first of `addrs` that answers (every replica of a cluster can
+/// enroll: the token is spent in the shared store); the last error if none does.
+async fn connect_any(
+    addrs: &[String],
+    server_name: &str,
+    cfg: std::sync::Arc<rustls::ClientConfig>,
+) -> Result<tonic::transport::Channel, transport::ConnectError> {
+    let opts = ChannelOptions::default();
+    // Never empty (the address joined through comes first); an empty list fails to parse.
+    let (last, first) = addrs
+        .split_last()
+        .map_or(("", &[][..]), |(l, f)| (l.as_str(), f));
+    for addr in first {
+        match transport::connect(addr, server_name, cfg.clone(), &opts).await {
+            Ok(ch) => return Ok(ch),
+            Err(e) => {
+                tracing::warn!(error = %e, "coordinator replica unreachable; trying the next")
+            }
+        }
+    }
+    transport::connect(last, server_name, cfg, &opts).await
+}
+
 /// Opens one session with the new identity (Hello, then close).
 async fn first_use(
     state: &StateDir,
@@ -226,11 +245,10 @@ async fn first_use(
         &enrollment.trust_domain.coordinator_uri(),
     )
     .map_err(|e| e.to_string())?;
-    let channel = transport::connect(
-        &enrollment.coordinator,
+    let channel = connect_any(
+        &enrollment.coordinators(),
         &enrollment.trust_domain.coordinator_dns(),
         cfg,
-        &ChannelOptions::default(),
     )
     .await
     .map_err(|e| e.to_string())?;

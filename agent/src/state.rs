@@ -35,8 +35,26 @@ pub enum StateError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Enrollment {
     pub guest: GuestId,
+    /// The coordinator the agent joined through.
     pub coordinator: String,
+    /// The other coordinator replicas of a cluster (from the join token), tried when
+    /// `coordinator` cannot be reached. Absent in files written before clusters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<String>,
     pub trust_domain: TrustDomain,
+}
+
+impl Enrollment {
+    /// Every coordinator address, the one joined through first.
+    pub fn coordinators(&self) -> Vec<String> {
+        let mut all = vec![self.coordinator.clone()];
+        for r in &self.replicas {
+            if !all.contains(r) {
+                all.push(r.clone());
+            }
+        }
+        all
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -28,6 +28,7 @@ use phoenix_pki::tls::{self, Identity, IdentityStore, TlsSetupError, TrustStore}
 use phoenix_pki::transport::{self, ChannelOptions};
 use phoenix_proto::model::{ApplyReport, DesiredState};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -82,6 +83,10 @@ pub struct Shared {
     identity: Arc<IdentityStore>,
     trust: Arc<TrustStore>,
     opts: Options,
+    /// Every coordinator replica (`Enrollment::coordinators`), and the index of the one
+    /// tried first: the last that answered, or another after its session broke.
+    coordinators: Vec<String>,
+    preferred: AtomicUsize,
 }
 
 impl Shared {
@@ -94,18 +99,61 @@ impl Shared {
         )
     }
 
-    /// A new channel to the coordinator, which must prove its identity against our roots.
+    /// A new channel to a coordinator, which must prove its identity against our roots:
+    /// the preferred replica first, then each other one in turn; the one that answers
+    /// becomes the preferred. Every replica holds the same identity (`coordinator.<trust
+    /// domain>`, one CA), so any of them will do.
     async fn connect(
         &self,
         cfg: Arc<rustls::ClientConfig>,
     ) -> Result<tonic::transport::Channel, transport::ConnectError> {
-        transport::connect(
-            &self.enrollment.coordinator,
-            &self.enrollment.trust_domain.coordinator_dns(),
-            cfg,
-            &self.opts.channel,
-        )
-        .await
+        let n = self.coordinators.len().max(1);
+        let start = self.preferred.load(Ordering::Relaxed);
+        let mut last = None;
+        for i in 0..n {
+            let idx = (start + i) % n;
+            let addr = self.coordinators.get(idx).map_or("", String::as_str);
+            match transport::connect(
+                addr,
+                &self.enrollment.trust_domain.coordinator_dns(),
+                cfg.clone(),
+                &self.opts.channel,
+            )
+            .await
+            {
+                Ok(ch) => {
+                    self.preferred.store(idx, Ordering::Relaxed);
+                    return Ok(ch);
+                }
+                Err(e) if i + 1 < n => {
+                    tracing::warn!(error = %e, "coordinator replica unreachable; trying the next")
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        match last {
+            Some(e) => Err(e),
+            // Unreachable (n >= 1), but without a panic: an empty address fails to parse.
+            None => transport::connect("", "", cfg, &self.opts.channel).await,
+        }
+    }
+
+    /// The preferred coordinator's address (for logs).
+    fn coordinator(&self) -> &str {
+        self.coordinators
+            .get(self.preferred.load(Ordering::Relaxed))
+            .map_or(self.enrollment.coordinator.as_str(), String::as_str)
+    }
+
+    /// After a session broke: prefer another replica, picked at random so the agents of
+    /// a replica that died spread over the others instead of all moving to the next.
+    fn fail_over(&self) {
+        let n = self.coordinators.len();
+        if n > 1 {
+            let cur = self.preferred.load(Ordering::Relaxed);
+            let step = rand::Rng::random_range(&mut rand::rng(), 1..n);
+            self.preferred.store((cur + step) % n, Ordering::Relaxed);
+        }
     }
 }
 
@@ -130,10 +178,13 @@ pub async fn run(
     let (report_tx, report_rx) = watch::channel::<Option<Arc<ApplyReport>>>(None);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (identity_tx, identity_rx) = watch::channel(serial);
+    let coordinators = enrollment.coordinators();
     let (run_pass_tx, run_pass_rx) = watch::channel(0u64);
     let outbox = Arc::new(outbox::Outbox::open(&state));
     let shared = Arc::new(Shared {
         state: state.clone(),
+        coordinators,
+        preferred: AtomicUsize::new(0),
         enrollment,
         identity,
         trust,

@@ -58,6 +58,11 @@ pub async fn run(shared: Arc<Shared>, mut ch: Channels) {
         if started.elapsed() > HEALTHY_SESSION {
             backoff.reset();
         }
+        // The replica may be gone (killed, its node down, cut off from etcd): the next
+        // attempt starts at another one; `connect` still walks all of them.
+        if result.is_err() {
+            shared.fail_over();
+        }
         let expired = shared.identity.current().info.not_after <= SystemTime::now();
         let wait = match &result {
             // Whatever the coordinator said, only the renewal task can help now; it wakes
@@ -154,7 +159,7 @@ async fn session(shared: &Arc<Shared>, ch: &mut Channels) -> Result<(), SessionE
         .session(tokio_stream::wrappers::ReceiverStream::new(out_rx))
         .await?
         .into_inner();
-    tracing::info!(coordinator = %shared.enrollment.coordinator, "session open");
+    tracing::info!(coordinator = %shared.coordinator(), "session open");
     loop {
         tokio::select! {
             m = inbound.message() => match m? {

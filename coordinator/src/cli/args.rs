@@ -27,9 +27,15 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// `-o`: what a command prints on stdout.
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum Output {
+    /// Readable text; tables fit an 80-column terminal.
     Table,
+    /// Tables with every column (agent, trigger, facts, every name), however wide.
+    Wide,
+    /// JSON: a listing is one array; apply and plan print one object per line as
+    /// they happen (newline-delimited), validate one object.
     Json,
 }
 
@@ -48,6 +54,8 @@ pub enum Command {
         /// identities (coordinator.<td>, wildcards covering it) are refused.
         #[arg(long, default_value = "phoenix.lab")]
         trust_domain: String,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
     },
     /// What `apply` would change on every guest (same as `apply --dry-run`).
     Plan {
@@ -58,6 +66,8 @@ pub enum Command {
         /// Only these guests (comma-separated ids); default every compiled guest.
         #[arg(long, value_delimiter = ',')]
         guest: Vec<GuestId>,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
     },
     /// Print the JSON Schema of Phoenix's native desired-state format.
     Schema,
@@ -82,6 +92,8 @@ pub enum Command {
         /// are waited for and count in the exit status).
         #[arg(long)]
         wait_all: bool,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
     },
     /// Per guest: connected, revision wanted and applied, last report, cert expiry.
     Status {
@@ -240,6 +252,16 @@ pub struct ServeArgs {
     /// network only the Prometheus server reaches. Off when not given.
     #[arg(long)]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Serve the read-only status page (HTML at /) on this address, e.g.
+    /// 127.0.0.1:9465. Off when not given. Any address other than loopback needs
+    /// --status-token-file.
+    #[arg(long)]
+    pub status_listen: Option<std::net::SocketAddr>,
+    /// A file (not world-readable) whose first line is the token every status page
+    /// request must carry (`Authorization: Bearer`, or the password of HTTP Basic
+    /// authentication in a browser). Required when --status-listen is not loopback.
+    #[arg(long)]
+    pub status_token_file: Option<PathBuf>,
     #[arg(long, default_value = "24h", value_parser = duration::parse)]
     pub agent_cert_ttl: Duration,
     #[arg(long, default_value = "24h", value_parser = duration::parse)]
@@ -289,6 +311,31 @@ pub struct ServeArgs {
     /// At most this many events are kept; beyond it the oldest are dropped.
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub events_max_count: u64,
+    /// CA certificate (PEM) that etcd's server certificates chain to; with it the
+    /// endpoints must be https://.
+    #[arg(long)]
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) this replica presents to etcd (etcd
+    /// --client-cert-auth), with --etcd-key.
+    #[arg(long)]
+    pub etcd_cert: Option<PathBuf>,
+    /// Private key (PEM) of --etcd-cert.
+    #[arg(long)]
+    pub etcd_key: Option<PathBuf>,
+    /// Lease of the leader key: a replica that dies is replaced as leader within this.
+    #[arg(long, default_value = "10s", value_parser = duration::parse)]
+    pub etcd_lease_ttl: Duration,
+    /// This replica's name in a cluster (leader key, replica registry); default: the
+    /// host name.
+    #[arg(long)]
+    pub replica_name: Option<String>,
+    /// With --store etcd and the embedded CA: a file of at least 32 bytes, the same on
+    /// every replica, that seals the CA key shared through etcd (docs/design/0010).
+    #[arg(long)]
+    pub ca_secret_file: Option<PathBuf>,
+    /// How often the leader deletes join tokens that expired over a day ago.
+    #[arg(long, default_value = "1h", value_parser = duration::parse)]
+    pub prune_every: Duration,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq, serde::Deserialize)]

@@ -63,7 +63,18 @@ pub struct FileConfig {
     store: Option<StoreKind>,
     etcd_endpoints: Option<Vec<String>>,
     etcd_prefix: Option<String>,
+    etcd_ca: Option<PathBuf>,
+    etcd_cert: Option<PathBuf>,
+    etcd_key: Option<PathBuf>,
+    #[serde(default, deserialize_with = "duration_opt")]
+    etcd_lease_ttl: Option<Duration>,
+    replica_name: Option<String>,
+    ca_secret_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "duration_opt")]
+    prune_every: Option<Duration>,
     metrics_listen: Option<SocketAddr>,
+    status_listen: Option<SocketAddr>,
+    status_token_file: Option<PathBuf>,
     #[serde(default, deserialize_with = "duration_opt")]
     events_max_age: Option<Duration>,
     events_max_count: Option<Positive64>,
@@ -165,7 +176,16 @@ impl ServeArgs {
             store,
             etcd_endpoints,
             etcd_prefix,
+            etcd_ca,
+            etcd_cert,
+            etcd_key,
+            etcd_lease_ttl,
+            replica_name,
+            ca_secret_file,
+            prune_every,
             metrics_listen,
+            status_listen,
+            status_token_file,
             events_max_age,
         );
         if let Some(Positive64(n)) = file.events_max_count
@@ -253,6 +273,12 @@ mod tests {
         assert_eq!(a.admin_group.as_deref(), Some("phoenix"));
         assert_eq!(a.agent_cert_ttl, Duration::from_secs(24 * 3600));
         assert_eq!(a.ca, CaKind::Embedded);
+        assert_eq!(
+            a.status_listen.map(|s| s.to_string()).as_deref(),
+            Some("127.0.0.1:9465"),
+            "the page is on, on loopback"
+        );
+        assert_eq!(a.status_token_file, None);
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub(super) async fn events(socket: &Path, q: Query, output: Output) -> Result<()
     while let Some(m) = stream.message().await? {
         let line = match output {
             Output::Json => json(&m).to_string(),
-            Output::Table => line(&m),
+            Output::Table | Output::Wide => line(&m),
         };
         // A closed pipe (`| head`) ends the command quietly.
         if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {

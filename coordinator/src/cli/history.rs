@@ -47,7 +47,7 @@ pub(super) async fn history(
                 serde_json::to_string_pretty(&items).unwrap_or_default()
             );
         }
-        Output::Table => {
+        Output::Table | Output::Wide => {
             if applies.is_empty() {
                 println!("no applies recorded for guest {guest}");
             }

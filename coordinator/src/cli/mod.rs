@@ -20,6 +20,7 @@ mod history;
 mod identity;
 mod inventory;
 mod offline;
+mod progress;
 mod render;
 mod serve;
 
@@ -74,23 +75,37 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             no_wait,
             guest,
             wait_all,
+            output,
         } => {
-            let scope = apply::Scope {
-                guests: guest,
-                wait_all,
+            let run = apply::Run {
+                dry_run,
+                timeout,
+                no_wait,
+                output,
+                scope: apply::Scope {
+                    guests: guest,
+                    wait_all,
+                },
             };
-            apply::apply(&cli.admin_socket, &path, dry_run, timeout, no_wait, &scope).await
+            apply::apply(&cli.admin_socket, &path, &run).await
         }
         Command::Plan {
             path,
             timeout,
             guest,
+            output,
         } => {
-            let scope = apply::Scope {
-                guests: guest,
-                wait_all: false,
+            let run = apply::Run {
+                dry_run: true,
+                timeout,
+                no_wait: false,
+                output,
+                scope: apply::Scope {
+                    guests: guest,
+                    wait_all: false,
+                },
             };
-            apply::apply(&cli.admin_socket, &path, true, timeout, false, &scope).await
+            apply::apply(&cli.admin_socket, &path, &run).await
         }
         Command::Revoke { guest } => identity::revoke(&cli.admin_socket, guest).await,
         Command::Events {
@@ -128,6 +143,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             path,
             show,
             trust_domain,
-        } => offline::validate(&path, show, &trust_domain),
+            output,
+        } => offline::validate(&path, show, &trust_domain, output),
     }
 }

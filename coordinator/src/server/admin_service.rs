@@ -19,29 +19,6 @@ const MAX_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 pub struct AdminApi(pub Arc<Coordinator>);
 
-/// Resource-level difference between two specs: `+ id`, `- id`, `~ id`.
-pub fn spec_diff(old: &GuestSpec, new: &GuestSpec) -> Vec<String> {
-    let index = |s: &GuestSpec| -> BTreeMap<String, model::Resource> {
-        s.resources()
-            .iter()
-            .map(|r| (r.id().to_string(), r.clone()))
-            .collect()
-    };
-    let (a, b) = (index(old), index(new));
-    let mut out = Vec::new();
-    for (id, r) in &b {
-        match a.get(id) {
-            None => out.push(format!("+ {id}")),
-            Some(prev) if prev != r => out.push(format!("~ {id}")),
-            Some(_) => {}
-        }
-    }
-    for id in a.keys().filter(|id| !b.contains_key(*id)) {
-        out.push(format!("- {id}"));
-    }
-    out
-}
-
 /// Revokes `serial` at the CA where it keeps a list; says how it went, for the operator.
 async fn revoke_at_ca(c: &Coordinator, serial: &str) -> String {
     match c.ca.revoke_serial(serial, "phoenix revoke").await {
@@ -175,10 +152,11 @@ fn apply_whole(
     }
     let mut out = Vec::new();
     let mut to_store = Vec::new();
-    for (guest, spec) in &parsed {
+    let ids: Vec<GuestId> = parsed.iter().map(|(g, _)| *g).collect();
+    let all_stored = c.store.desired_many(&ids).map_err(RpcError::from)?;
+    for ((guest, spec), stored) in parsed.iter().zip(all_stored) {
         let json = spec.to_json();
         let digest = model::digest(&json);
-        let stored = c.store.desired(*guest).map_err(RpcError::from)?;
         let old_spec = stored
             .as_ref()
             .and_then(|d| GuestSpec::from_json(&d.spec_json).ok())
@@ -190,18 +168,24 @@ fn apply_whole(
             digest: digest.clone(),
             changed,
             connected: c.hub.connected(*guest),
-            diff: spec_diff(&old_spec, spec),
+            diff: crate::plan::spec_diff(&old_spec, spec),
         });
         if changed {
             to_store.push((*guest, digest, json));
         }
     }
     if !req.dry_run {
+        let mut declared = Vec::new();
         for (raw, json) in &req.declared_json {
             let g = guest_id(*raw)?;
             if c.store.declared(g).map_err(RpcError::from)?.as_deref() != Some(json.as_slice()) {
-                c.store.put_declared(g, json).map_err(RpcError::from)?;
+                declared.push((g, json.clone()));
             }
+        }
+        if !declared.is_empty() {
+            c.store
+                .put_declared_many(&declared)
+                .map_err(RpcError::from)?;
         }
     }
     if req.dry_run {
@@ -272,7 +256,9 @@ fn apply_whole(
 
 /// Every known guest's status from the store, except its last report and whether it is
 /// connected (`status` adds those while it streams, one guest at a time).
-fn status_without_reports(c: &Coordinator) -> Result<BTreeMap<GuestId, v1::GuestStatus>, RpcError> {
+pub(crate) fn status_without_reports(
+    c: &Coordinator,
+) -> Result<BTreeMap<GuestId, v1::GuestStatus>, RpcError> {
     let mut guests: BTreeMap<GuestId, v1::GuestStatus> = BTreeMap::new();
     for (g, d) in c.store.all_desired().map_err(RpcError::from)? {
         let e = guests.entry(g).or_default();
@@ -377,7 +363,10 @@ impl v1::admin_server::Admin for AdminApi {
             .into());
         }
         let expires = now_unix() + ttl.as_secs() as i64;
-        let token = JoinToken::mint(&c.advertise, &c.td, &c.ca_fingerprint()?, guest, expires);
+        // Every replica of a cluster, so the agent can fail over (docs/design/0010).
+        let replicas = c.store.replica_addrs().map_err(RpcError::from)?;
+        let token = JoinToken::mint(&c.advertise, &c.td, &c.ca_fingerprint()?, guest, expires)
+            .with_replicas(replicas);
         c.store
             .put_token(
                 &token.secret_hash(),

@@ -2,11 +2,12 @@
 //! our CA whose URI SAN is `spiffe://<td>/guest/<id>` and whose serial is the one we
 //! issued last for that guest (a rebuilt guest's new enrollment retires the old cert).
 
+use super::hub::{Attachment, Hub, SessionInUse};
 use super::{Coordinator, RpcError, guest_id, now_unix, unix};
 use crate::events::report::{Delivery, payload as report_payload};
 use crate::events::{Kind, now_unix_ms};
 use crate::metrics::{CertKind, EventDrop};
-use crate::store::{AgentRecord, ReportRecord, StoreError};
+use crate::store::{AgentRecord, ReportRecord, ReportWrite, StoreError};
 use phoenix_ca::IssueRequest;
 use phoenix_pki::San;
 use phoenix_pki::x509::{self, CertInfo};
@@ -196,14 +197,6 @@ impl AgentApi {
             );
         }
         let received = now_unix_ms();
-        let seq_stored = c.store.put_report(
-            guest,
-            &ReportRecord {
-                seq: 0,
-                received_unix: now_unix(),
-                report: report.clone(),
-            },
-        )?;
         let payload = report_payload(
             &report,
             Delivery {
@@ -218,20 +211,24 @@ impl AgentApi {
         } else {
             Kind::ApplyFailed
         };
-        // Acknowledged only once durable: until then the agent keeps it and sends it again.
+        // The event first: a report resent after a failure here is recorded again (a
+        // duplicate event), never marked seen without its event (a lost one). Acknowledged
+        // only once durable: until then the agent keeps it and sends it again.
         let recorded = c.events.record_wait(kind, guest, payload).await;
-        let converged = report.converged();
-        let (revision, digest) = (report.revision, report.digest.clone());
-        c.store.update_agent(guest, None, false, &mut |rec| {
-            if converged {
-                rec.applied_revision = revision;
-                rec.applied_digest = digest.clone();
-            }
-            if let Some(seq) = seq {
-                rec.last_pass_seq = rec.last_pass_seq.max(seq);
-            }
-            rec.last_seen_unix = now_unix();
-        })?;
+        // Batched with the other sessions' reports (report_writer).
+        let seq_stored = c
+            .reports
+            .put(ReportWrite {
+                guest,
+                converged: report.converged(),
+                pass_seq: recorded.and(seq),
+                record: ReportRecord {
+                    seq: 0,
+                    received_unix: now_unix(),
+                    report: report.clone(),
+                },
+            })
+            .await?;
         c.metrics.reported(guest, report.revision);
         c.hub.publish_report(guest, seq_stored, Arc::new(report));
         Ok(recorded.and(seq))
@@ -298,6 +295,24 @@ fn bounded_facts(mut f: v1::Facts) -> v1::Facts {
         }
     }
     f
+}
+
+/// How long a new session waits for the guest's previous one to be noticed as gone: an
+/// agent restarted (or reconnecting after a renewal) can be back before its old
+/// connection's close reaches us. A half-open old connection is found by keepalive
+/// within about 30 s; the agent retries until then.
+const PREVIOUS_SESSION_GRACE: Duration = Duration::from_secs(3);
+
+async fn attach_when_free(hub: &Arc<Hub>, guest: GuestId) -> Result<Attachment, SessionInUse> {
+    let deadline = tokio::time::Instant::now() + PREVIOUS_SESSION_GRACE;
+    loop {
+        match hub.attach(guest) {
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            done => return done,
+        }
+    }
 }
 
 type SessionStream = Pin<Box<dyn Stream<Item = Result<v1::CoordinatorMessage, Status>> + Send>>;
@@ -370,6 +385,9 @@ impl v1::agent_server::Agent for AgentApi {
             }
         };
         let c = self.0.clone();
+        let peer = req
+            .remote_addr()
+            .map_or_else(|| "unknown".to_string(), |a| a.to_string());
         let mut inbound = req.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(v1::AgentMessage {
@@ -388,6 +406,12 @@ impl v1::agent_server::Agent for AgentApi {
             ))
             .into());
         }
+        // One identity, one live session, refused before this Hello touches the guest's
+        // record (docs/design/0012).
+        let mut attachment = attach_when_free(&c.hub, guest).await.map_err(|e| {
+            tracing::warn!(%guest, %peer, "second session refused: the guest already has a live session (a cloned guest or a copied key?)");
+            RpcError::SessionInUse(e)
+        })?;
         let facts = hello.facts.map(bounded_facts);
         let version = bounded(&hello.agent_version, MAX_VERSION_CHARS);
         let serial = info.serial_hex.clone();
@@ -414,10 +438,9 @@ impl v1::agent_server::Agent for AgentApi {
                 },
             )
             .map_err(RpcError::from)?;
-        tracing::info!(%guest, %version, applied = hello.applied_revision, "agent connected");
+        tracing::info!(%guest, %peer, %version, applied = hello.applied_revision, "agent connected");
 
         let (tx, rx) = mpsc::channel::<Result<v1::CoordinatorMessage, Status>>(16);
-        let mut attachment = c.hub.attach(guest);
         // A revoke or re-enrollment that landed between `authenticate` and `attach` ended
         // no session yet; it must end this one.
         let still = c.store.agent(guest).map_err(RpcError::from)?;

@@ -68,6 +68,15 @@ pub struct Attachment {
     session: u64,
 }
 
+/// `attach` refused: the guest already has a live session.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "guest {guest} already has a live session; a second session with its identity is refused (a cloned guest or a copied key? re-join the other machine with its own token)"
+)]
+pub struct SessionInUse {
+    pub guest: GuestId,
+}
+
 /// Tells one session when the coordinator has ended it.
 pub struct EndSignal {
     rx: watch::Receiver<Ended>,
@@ -136,14 +145,48 @@ impl Hub {
         target.send_replace(Some(Arc::new(state)));
     }
 
-    /// Registers a new session for `guest`; a previous session of the same guest stops
-    /// counting as "the" session (it ends on its own when its stream breaks).
-    pub fn attach(self: &Arc<Self>, guest: GuestId) -> Attachment {
+    /// Pushes `state` unless the guest already has this revision or a later one: a
+    /// replica hears of its own applies again through the cluster's change feed, and an
+    /// older write may arrive after a newer one was pushed.
+    pub fn push_newer(&self, guest: GuestId, state: v1::DesiredState) {
+        let mut guests = self.lock();
+        let ch = guests.entry(guest).or_insert_with(GuestChannels::new);
+        ch.desired.send_if_modified(|cur| {
+            if cur.as_ref().is_some_and(|c| c.revision >= state.revision) {
+                return false;
+            }
+            *cur = Some(Arc::new(state));
+            true
+        });
+    }
+
+    /// Ends every session attached so far with `status` (this replica lost its store:
+    /// the agents should move to a replica that has it).
+    pub fn end_all_sessions(&self, status: Status) {
+        let connected: Vec<GuestId> = self
+            .lock()
+            .iter()
+            .filter(|(_, c)| c.session.is_some())
+            .map(|(g, _)| *g)
+            .collect();
+        for g in connected {
+            self.end_sessions(g, status.clone());
+        }
+    }
+
+    /// Registers the session of `guest`, or refuses while another session of it is
+    /// attached: one identity, one live session. A second holder of the same key (a
+    /// cloned guest, a stolen key) must not silently take the guest's desired state and
+    /// report stream over; the live one keeps it (docs/design/0012).
+    pub fn attach(self: &Arc<Self>, guest: GuestId) -> Result<Attachment, SessionInUse> {
         let session = self
             .next_session
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut guests = self.lock();
         let ch = guests.entry(guest).or_insert_with(GuestChannels::new);
+        if ch.session.is_some() {
+            return Err(SessionInUse { guest });
+        }
         ch.session = Some(session);
         let mut desired = ch.desired.subscribe();
         desired.mark_changed();
@@ -151,7 +194,7 @@ impl Hub {
         let dry_run = ch.dry_run.subscribe();
         // Like a dry run, a request made before this session is not replayed.
         let run_pass = ch.run_pass.subscribe();
-        Attachment {
+        Ok(Attachment {
             desired,
             dry_run,
             run_pass,
@@ -162,7 +205,7 @@ impl Hub {
             hub: self.clone(),
             guest,
             session,
-        }
+        })
     }
 
     /// Ends every session of `guest` attached so far with `status`; sessions attached

@@ -9,7 +9,9 @@ mod error;
 pub mod hub;
 pub mod listener;
 mod report_watch;
+mod report_writer;
 
+pub(crate) use admin_service::status_without_reports;
 pub use error::RpcError;
 
 use crate::store::{EtcdConfig, EtcdStore, RedbStore, Store, StoreError};
@@ -56,8 +58,14 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Where to serve Prometheus metrics (plain HTTP, no authentication); None: off.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where to serve the status page (plain HTTP, read-only); None: off.
+    pub status_listen: Option<SocketAddr>,
+    /// The token a status page reader must present; required beyond loopback.
+    pub status_token_file: Option<PathBuf>,
     /// How long and how many events the log keeps (`phoenix events`).
     pub events: crate::store::Retention,
+    /// This replica's name and the leader's schedule (docs/design/0010).
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +82,8 @@ pub enum ServeError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Ca(#[from] CaError),
+    #[error(transparent)]
+    ClusterCa(#[from] crate::cluster::ca::ClusterCaError),
     #[error("coordinator identity: {0}")]
     Identity(String),
     #[error(transparent)]
@@ -94,6 +104,8 @@ pub enum ServeError {
     FdLimit(#[source] nix::Error),
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    #[error(transparent)]
+    StatusPage(#[from] crate::web::WebError),
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -116,6 +128,7 @@ pub struct Coordinator {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) ca: Arc<dyn CertAuthority>,
     pub(crate) hub: Arc<Hub>,
+    pub(crate) reports: report_writer::ReportWriter,
     pub(crate) td: TrustDomain,
     pub(crate) identity: Arc<IdentityStore>,
     pub(crate) trust: Arc<TrustStore>,
@@ -243,6 +256,12 @@ pub async fn run(
     ca: Option<Arc<dyn CertAuthority>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    // Refused before anything changes: a page open to the network without a token.
+    let status_access = cfg
+        .status_listen
+        .map(|addr| crate::web::Access::new(addr, cfg.status_token_file.as_deref()))
+        .transpose()
+        .map_err(crate::web::WebError::from)?;
     // Before anything changes: a second daemon must not take over a running one's socket.
     let admin_claim = admin_socket::claim(&cfg.admin_socket, cfg.admin_group.as_deref())?;
     let (nofile, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
@@ -257,13 +276,24 @@ pub async fn run(
     phoenix_pki::statedir::secure(&cfg.state_dir, &[])?;
     let ca_dir = cfg.state_dir.join("ca");
     phoenix_pki::statedir::secure(&ca_dir, &["ca.key"])?;
-    let store: Arc<dyn Store> = match &cfg.etcd {
-        Some(etcd) => Arc::new(EtcdStore::connect(etcd.clone())?),
+    let etcd = match &cfg.etcd {
+        Some(etcd) => Some(Arc::new(EtcdStore::connect(etcd.clone())?)),
+        None => None,
+    };
+    let store: Arc<dyn Store> = match &etcd {
+        Some(etcd) => etcd.clone(),
         None => Arc::new(RedbStore::open(&cfg.state_dir.join(STORE_FILE))?),
     };
-    let ca: Arc<dyn CertAuthority> = match ca {
-        Some(ca) => ca,
-        None => Arc::new(EmbeddedCa::load_or_create(
+    let ca: Arc<dyn CertAuthority> = match (ca, &etcd) {
+        (Some(ca), _) => ca,
+        // Replicas share one root: its key sealed in etcd, not one node's file.
+        (None, Some(etcd)) => Arc::new(crate::cluster::ca::shared_embedded(
+            etcd,
+            cfg.cluster.ca_secret_file.as_deref(),
+            &ca_dir,
+            cfg.trust_domain.as_str(),
+        )?),
+        (None, None) => Arc::new(EmbeddedCa::load_or_create(
             &ca_dir,
             cfg.trust_domain.as_str(),
         )?),
@@ -283,6 +313,10 @@ pub async fn run(
     .await?;
     trust.verify_chain(&identity.chain_pem)?;
     let identity = IdentityStore::new(identity);
+    store.register_replica(cfg.cluster.replica.as_str(), &advertise)?;
+    // Read before the hub is filled: the change feed starts here, so no write from
+    // another replica falls between the two.
+    let feed_from = etcd.as_ref().map(|e| e.revision()).transpose()?;
     let hub = Hub::new();
     for (guest, rec) in store.all_desired()? {
         hub.push(guest, desired_message(&rec));
@@ -294,6 +328,7 @@ pub async fn run(
     // The CA just signed our identity.
     events.ca_result(ca.name(), "issue the coordinator identity", Ok(()));
     let c = Arc::new(Coordinator {
+        reports: report_writer::ReportWriter::start(store.clone()),
         store,
         ca,
         hub,
@@ -321,6 +356,10 @@ pub async fn run(
     if let Some(addr) = cfg.metrics_listen {
         let bound = crate::metrics::spawn(c.clone(), addr, stop_rx.clone()).await?;
         tracing::info!(metrics = %bound, "serving Prometheus metrics at /metrics");
+    }
+    if let (Some(addr), Some(access)) = (cfg.status_listen, status_access) {
+        let bound = crate::web::spawn(c.clone(), addr, access, stop_rx.clone()).await?;
+        tracing::info!(status = %bound, "serving the status page at /");
     }
     let agent_svc = v1::agent_server::AgentServer::new(agent_service::AgentApi(c.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -359,6 +398,33 @@ pub async fn run(
         advertise.clone(),
         crate::events::prune::EVERY,
     ));
+    let mut cluster = vec![tokio::spawn(crate::cluster::leader::run(
+        c.clone(),
+        stop_rx.clone(),
+    ))];
+    if let (Some(etcd), Some(from)) = (&etcd, feed_from) {
+        use crate::cluster::feed;
+        cluster.push(tokio::spawn(feed::follow(
+            c.clone(),
+            etcd.clone(),
+            from,
+            stop_rx.clone(),
+        )));
+        let ttl = cfg
+            .etcd
+            .as_ref()
+            .map_or(Duration::from_secs(10), |e| e.lease_ttl);
+        let health = feed::Health {
+            probe_every: ttl / 3,
+            lost_after: ttl,
+        };
+        cluster.push(tokio::spawn(feed::watch_health(
+            c.clone(),
+            etcd.clone(),
+            health,
+            stop_rx.clone(),
+        )));
+    }
     let agent_server = tokio::spawn(listener::serve(
         listener,
         server_tls,
@@ -377,6 +443,15 @@ pub async fn run(
     // Sessions ended by the stop have queued their events; write them before exiting.
     c.events.flush().await;
     drop(event_writer);
+    // The leader loop steps down when told to stop; give it a moment to do so.
+    for task in cluster {
+        if tokio::time::timeout(Duration::from_secs(2), task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("a cluster task did not stop in time");
+        }
+    }
     drop(admin.guard);
     if let Err(e) = agents {
         tracing::error!(error = %e, "agent port server ended abnormally");
@@ -398,20 +473,10 @@ fn stop(c: &Coordinator, stop_tx: &tokio::sync::watch::Sender<bool>) {
         "stopping: refusing new connections and ending agent sessions"
     );
     let _ = stop_tx.send(true);
-    match c.store.agents() {
-        Ok(agents) => {
-            for (guest, _) in agents {
-                c.hub.end_sessions(
-                    guest,
-                    tonic::Status::unavailable("coordinator is shutting down; reconnect later"),
-                );
-            }
-        }
-        // The connections still close when the listener's grace ends.
-        Err(e) => {
-            tracing::warn!(error = %e, "stopping: could not list agents to end their sessions")
-        }
-    }
+    // From the hub, not the store: a replica that lost etcd must still let its agents go.
+    c.hub.end_all_sessions(tonic::Status::unavailable(
+        "coordinator is shutting down; reconnect later",
+    ));
 }
 
 /// Tells systemd (`Type=notify`, `$NOTIFY_SOCKET`) where the daemon is; a no-op when not

@@ -61,7 +61,18 @@ impl EmbeddedCa {
                 .map_err(material("use CA certificate", &cert_path))?;
             return Ok(EmbeddedCa { root_pem, issuer });
         }
-        let key = KeyPair::generate().map_err(material("generate CA key for", &key_path))?;
+        let (ca, key_pem) =
+            Self::generate(name).map_err(material("generate CA key for", &key_path))?;
+        write_private(&key_path, key_pem.as_bytes()).map_err(io("write CA key", &key_path))?;
+        write_atomic(&cert_path, ca.root_pem.as_bytes(), 0o644)
+            .map_err(io("write CA certificate", &cert_path))?;
+        Ok(ca)
+    }
+
+    /// A new root in memory: the CA and its key's PEM (which the caller keeps: a file, or
+    /// sealed in a cluster's store, see [`crate::sealed`]).
+    pub fn generate(name: &str) -> Result<(Self, String), rcgen::Error> {
+        let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, format!("{name} root CA"));
@@ -75,16 +86,36 @@ impl EmbeddedCa {
         let now = SystemTime::now();
         params.not_before = OffsetDateTime::from(now - BACKDATE);
         params.not_after = OffsetDateTime::from(now + ROOT_LIFETIME);
-        let cert = params
-            .self_signed(&key)
-            .map_err(material("self-sign CA certificate", &cert_path))?;
-        write_private(&key_path, key.serialize_pem().as_bytes())
-            .map_err(io("write CA key", &key_path))?;
+        let cert = params.self_signed(&key)?;
+        let key_pem = key.serialize_pem();
         let root_pem = cert.pem();
-        write_atomic(&cert_path, root_pem.as_bytes(), 0o644)
-            .map_err(io("write CA certificate", &cert_path))?;
         let issuer = Issuer::new(params, key);
-        Ok(EmbeddedCa { root_pem, issuer })
+        Ok((EmbeddedCa { root_pem, issuer }, key_pem))
+    }
+
+    /// The CA from its certificate and key (both PEM), e.g. unsealed from a cluster's
+    /// store; `origin` names where they came from in errors.
+    pub fn from_pem(root_pem: &str, key_pem: &str, origin: &Path) -> Result<Self, CaError> {
+        let material = |action: &'static str| {
+            let path = origin.to_path_buf();
+            move |source| CaError::Material {
+                action,
+                path,
+                source,
+            }
+        };
+        let key = KeyPair::from_pem(key_pem).map_err(material("parse CA key"))?;
+        let issuer =
+            Issuer::from_ca_cert_pem(root_pem, key).map_err(material("use CA certificate"))?;
+        Ok(EmbeddedCa {
+            root_pem: root_pem.to_string(),
+            issuer,
+        })
+    }
+
+    /// The CA's key, PEM (to seal it for the other replicas of a cluster).
+    pub fn key_pem(&self) -> String {
+        self.issuer.key().serialize_pem()
     }
 
     pub fn root_pem(&self) -> &str {

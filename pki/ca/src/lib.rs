@@ -10,6 +10,7 @@
 pub mod authority;
 pub mod embedded;
 pub mod error;
+pub mod sealed;
 pub mod stepca;
 
 pub use authority::{CertAuthority, IssueRequest, Issued};
