@@ -19,6 +19,7 @@ pub async fn run(c: Arc<Coordinator>, mut stop: watch::Receiver<bool>) {
     let mut term: Option<LeaderTerm> = None;
     // The process's own schedule; the store's record decides across replicas.
     let mut next_prune = Instant::now();
+    let mut next_events = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(cfg.lead_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -28,6 +29,13 @@ pub async fn run(c: Arc<Coordinator>, mut stop: watch::Receiver<bool>) {
         }
         term = campaign(&c.store, &cfg, term).await;
         let Some(t) = term else { continue };
+        if let Err(e) =
+            crate::events::prune::due(&c.events, c.cfg.events, t, &mut next_events).await
+        {
+            tracing::warn!(error = %e, "leadership lost before pruning events");
+            term = None;
+            continue;
+        }
         if Instant::now() < next_prune {
             continue;
         }

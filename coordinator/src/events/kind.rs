@@ -27,6 +27,8 @@ pub enum Kind {
     IdentityRenewFailed,
     ServiceCertIssued,
     ServiceCertFailed,
+    /// A guest asked for a certificate its desired state does not declare.
+    ServiceCertRefused,
     CoordinatorCertRenewed,
     CoordinatorCertRenewFailed,
     Revoked,
@@ -49,6 +51,7 @@ impl Kind {
             | IdentityRenewFailed
             | ServiceCertIssued
             | ServiceCertFailed
+            | ServiceCertRefused
             | CoordinatorCertRenewed
             | CoordinatorCertRenewFailed
             | Revoked => Topic::Cert,

@@ -118,3 +118,24 @@ fn dropped_events_add_up() {
         Some(5.0)
     );
 }
+
+#[test]
+fn dropped_events_are_counted_by_reason() {
+    let m = Metrics::default();
+    m.events_dropped(EventDrop::AgentOutbox, 3);
+    m.events_dropped(EventDrop::Store, 1);
+    m.events_dropped(EventDrop::AgentOutbox, 2);
+    let text = render(&m);
+    assert_eq!(
+        sample(
+            &text,
+            "phoenix_events_dropped_total{reason=\"agent_outbox\"}"
+        ),
+        Some(5.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "phoenix_events_dropped_total{reason=\"store\"}"),
+        Some(1.0)
+    );
+}

@@ -599,8 +599,29 @@ impl v1::agent_server::Agent for AgentApi {
         &self,
         req: Request<v1::SignServiceCertRequest>,
     ) -> Result<Response<v1::SignServiceCertResponse>, Status> {
+        let who = self.claimed_guest(&req);
+        let name = req.get_ref().common_name.clone();
         let r = self.sign_service_cert_checked(req).await;
         self.0.metrics.renewal(CertKind::Service, r.is_ok());
+        // What the CA answered is recorded where it is known; here what was refused
+        // before asking it (a name or SAN the guest does not declare: a compromised or
+        // misconfigured guest), once per 10 min per guest.
+        if let Err(s) = &r
+            && matches!(
+                s.code(),
+                tonic::Code::PermissionDenied
+                    | tonic::Code::InvalidArgument
+                    | tonic::Code::Unauthenticated
+            )
+        {
+            let key = who.map_or_else(|| "unknown".to_string(), |g| g.to_string());
+            self.0.events.record_limited(
+                Kind::ServiceCertRefused,
+                &key,
+                &key,
+                serde_json::json!({ "common_name": name, "error": s.message() }),
+            );
+        }
         r
     }
 }

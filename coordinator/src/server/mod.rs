@@ -392,12 +392,6 @@ pub async fn run(
         "coordinator ready"
     );
     let renew = tokio::spawn(renew_own_identity(c.clone()));
-    let prune = tokio::spawn(crate::events::prune::run(
-        c.events.clone(),
-        cfg.events,
-        advertise.clone(),
-        crate::events::prune::EVERY,
-    ));
     let mut cluster = vec![tokio::spawn(crate::cluster::leader::run(
         c.clone(),
         stop_rx.clone(),
@@ -439,7 +433,6 @@ pub async fn run(
     });
     let (agents, admin_result) = tokio::join!(agent_server, admin_done);
     renew.abort();
-    prune.abort();
     // Sessions ended by the stop have queued their events; write them before exiting.
     c.events.flush().await;
     drop(event_writer);
