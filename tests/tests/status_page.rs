@@ -52,6 +52,14 @@ fn run_chromium(bin: &Path, profile: &Path, args: &[&str], url: &str) -> String 
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Waits until the page listener accepts: the harness waits for the agent port and the
+/// admin socket, which the daemon opens before its HTTP listeners.
+fn listening(port: u16) {
+    wait_for(Duration::from_secs(10), "status page listener", || {
+        TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+}
+
 /// Status code and body of `GET /` with extra header lines.
 fn get(port: u16, headers: &str) -> (u16, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
@@ -102,6 +110,7 @@ fn chromium_shows_the_fleet_and_hostile_reasons_as_text() {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let c = Coordinator::start(&tmp.path().join("c"), &["--status-listen", &listen]);
+    listening(port);
     let good = enrolled(&c, tmp.path(), 101);
     let bad = enrolled(&c, tmp.path(), 102);
 
@@ -185,6 +194,27 @@ fn chromium_shows_the_fleet_and_hostile_reasons_as_text() {
         assert!(certs.contains(needle), "{needle}: {certs}");
     }
 
+    // Recent events, newest first (what the coordinator records is the event log's
+    // business; the page shows whatever is there).
+    let events = element(&dom, "section", "events");
+    assert!(events.contains("<h2>Recent events</h2>"), "{events}");
+    let indexes: Vec<u64> = events
+        .split("<tr class=\"event")
+        .skip(1)
+        .filter_map(|row| {
+            let cell = row.split("<td>").nth(1)?;
+            cell.split('<').next()?.parse().ok()
+        })
+        .collect();
+    assert!(
+        !indexes.is_empty() || events.contains("No events recorded yet."),
+        "{events}"
+    );
+    assert!(
+        indexes.windows(2).all(|w| w[0] > w[1]),
+        "newest first: {indexes:?}"
+    );
+
     let shot = artifacts().join("status-page.png");
     let _ = std::fs::remove_file(&shot);
     run_chromium(
@@ -258,6 +288,7 @@ fn beyond_loopback_the_page_needs_its_token() {
             file.to_str().expect("utf8"),
         ],
     );
+    listening(port);
     let (code, body) = get(port, "");
     assert_eq!(code, 401, "{body}");
     assert!(
