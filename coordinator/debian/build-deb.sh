@@ -51,6 +51,10 @@ if [ "$pkg" = phoenix ]; then
     install -d "$root/etc/phoenix"
     install -m 0644 "$repo/configs/coordinator.example.toml" "$root/etc/phoenix/coordinator.toml"
     echo /etc/phoenix/coordinator.toml >"$root/DEBIAN/conffiles"
+else
+    install -d "$root/etc/phoenix-agent"
+    install -m 0644 "$repo/configs/agent.example.toml" "$root/etc/phoenix-agent/agent.toml"
+    echo /etc/phoenix-agent/agent.toml >"$root/DEBIAN/conffiles"
 fi
 
 # Man pages and completions from the binary's own clap definitions (hidden `generate`).

@@ -6,7 +6,9 @@
 
 pub mod admin_client;
 pub mod cli;
+pub mod cluster;
 pub mod compile;
+pub mod events;
 pub mod guests;
 pub mod httpd;
 pub mod metrics;

@@ -184,7 +184,11 @@ fn copy_state(from: &LxcGuest, to: &LxcGuest) {
         from.rootfs().join("var/lib/phoenix-agent"),
         to.rootfs().join("var/lib/phoenix-agent"),
     );
-    std::fs::remove_dir_all(&dst).expect("remove the state dir");
+    // Moved aside rather than removed in place: a running agent may write into it while
+    // it is being emptied.
+    let aside = dst.with_extension("replaced");
+    let _ = std::fs::remove_dir_all(&aside);
+    std::fs::rename(&dst, &aside).expect("move the state dir aside");
     let cp = std::process::Command::new("cp")
         .arg("-a")
         .arg(&src)
@@ -192,4 +196,5 @@ fn copy_state(from: &LxcGuest, to: &LxcGuest) {
         .output()
         .expect("cp");
     assert!(cp.status.success(), "cp: {}", text(&cp));
+    let _ = std::fs::remove_dir_all(&aside);
 }

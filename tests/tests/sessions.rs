@@ -621,6 +621,8 @@ async fn a_revoke_while_the_ca_signs_a_renewal_is_not_undone() {
         metrics_listen: None,
         status_listen: None,
         status_token_file: None,
+        events: Default::default(),
+        cluster: Default::default(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let daemon = tokio::spawn(server::run(

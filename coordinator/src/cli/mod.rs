@@ -3,15 +3,20 @@
 //!
 //! [`args`] is what clap reads; [`run`] dispatches to one module per kind of command
 //! ([`serve`], [`offline`], [`apply`] with its live [`follow`]er, [`inventory`],
-//! [`identity`]); [`render`] is how they all show things.
+//! [`identity`], [`events`] with [`history`], [`forget`], [`converge`]); [`render`] is
+//! how they all show things.
 
 mod apply;
 mod args;
 pub mod config;
+mod converge;
 pub mod duration;
+mod events;
 mod follow;
+mod forget;
 mod generate;
 mod guest;
+mod history;
 mod identity;
 mod inventory;
 mod offline;
@@ -103,6 +108,32 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             apply::apply(&cli.admin_socket, &path, &run).await
         }
         Command::Revoke { guest } => identity::revoke(&cli.admin_socket, guest).await,
+        Command::Events {
+            follow,
+            guest,
+            topic,
+            since,
+            output,
+        } => {
+            let q = events::Query {
+                since,
+                follow,
+                guests: guest,
+                topics: topic,
+            };
+            events::events(&cli.admin_socket, q, output).await
+        }
+        Command::History {
+            guest,
+            limit,
+            output,
+        } => history::history(&cli.admin_socket, guest, limit, output).await,
+        Command::Forget { guest } => forget::forget(&cli.admin_socket, guest).await,
+        Command::Converge {
+            guest,
+            timeout,
+            no_wait,
+        } => converge::converge(&cli.admin_socket, guest, timeout, no_wait).await,
         Command::Generate { what, dir } => generate::write(what, &dir),
         Command::Schema => {
             println!("{}", compile::schema_json());
