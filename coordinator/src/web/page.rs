@@ -248,8 +248,8 @@ fn cert_row(h: &mut Html, p: &Page, c: &CertView) {
         .raw("</td></tr>");
 }
 
-/// A payload shown in a cell: compact JSON, cut (the full one is in `phoenix events`).
-const MAX_PAYLOAD_CHARS: usize = 240;
+/// An event's details are cut after this many characters.
+const MAX_DETAIL_CHARS: usize = 240;
 
 fn events(h: &mut Html, p: &Page) {
     h.raw("<section id=\"events\"><h2>Recent events</h2><table><thead><tr>")
@@ -272,11 +272,12 @@ fn events(h: &mut Html, p: &Page) {
         h.el("<td>", e.topic.as_str(), "</td>");
         h.el("<td>", &e.kind, "</td>");
         h.el("<td>", &e.key, "</td>");
-        let mut payload = e.payload.to_string();
-        if payload.chars().count() > MAX_PAYLOAD_CHARS {
-            payload = payload.chars().take(MAX_PAYLOAD_CHARS).collect::<String>() + "…";
+        // The same words as `phoenix events`, cut (the whole event is in `phoenix events -o json`).
+        let mut what = crate::cli::events::what(&crate::events::stream::message(e));
+        if what.chars().count() > MAX_DETAIL_CHARS {
+            what = what.chars().take(MAX_DETAIL_CHARS).collect::<String>() + "…";
         }
-        h.el("<td><code>", &payload, "</code></td></tr>");
+        h.el("<td>", &what, "</td></tr>");
     }
     h.raw("</tbody></table></section>");
 }
@@ -376,7 +377,9 @@ mod tests {
                 topic: crate::store::Topic::Report,
                 kind: "ApplyFailed".into(),
                 key: "101".into(),
-                payload: serde_json::json!({"reason": "<script>alert(2)</script>"}),
+                payload: serde_json::json!({"revision": 2, "trigger": "push", "failed": 1,
+                    "results": [{"resource": "file:/a", "status": "failed",
+                                 "message": "<script>alert(2)</script>"}]}),
             }],
         }
     }
