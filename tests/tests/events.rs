@@ -33,7 +33,9 @@ fn events(c: &Coordinator, args: &[&str]) -> Vec<Value> {
 
 fn of_type<'a>(evs: &'a [Value], kind: &str, key: u32) -> Vec<&'a Value> {
     evs.iter()
-        .filter(|e| e["type"] == kind && e["key"] == key.to_string())
+        .filter(|e| {
+            e["type"] == kind && e["key"].as_str().and_then(|k| k.parse::<u32>().ok()) == Some(key)
+        })
         .collect()
 }
 
