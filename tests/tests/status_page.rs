@@ -52,6 +52,14 @@ fn run_chromium(bin: &Path, profile: &Path, args: &[&str], url: &str) -> String 
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Waits until the page listener accepts: the harness waits for the agent port and the
+/// admin socket, which the daemon opens before its HTTP listeners.
+fn listening(port: u16) {
+    wait_for(Duration::from_secs(10), "status page listener", || {
+        TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+}
+
 /// Status code and body of `GET /` with extra header lines.
 fn get(port: u16, headers: &str) -> (u16, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
@@ -102,6 +110,7 @@ fn chromium_shows_the_fleet_and_hostile_reasons_as_text() {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let c = Coordinator::start(&tmp.path().join("c"), &["--status-listen", &listen]);
+    listening(port);
     let good = enrolled(&c, tmp.path(), 101);
     let bad = enrolled(&c, tmp.path(), 102);
 
@@ -140,6 +149,13 @@ fn chromium_shows_the_fleet_and_hostile_reasons_as_text() {
         let reported = |g: usize| s[g]["last_report"].is_object();
         (reported(0) && reported(1)).then_some(())
     });
+
+    // The event log is written in batches: wait until the failed pass is in it.
+    wait_for(
+        Duration::from_secs(30),
+        "the failed pass in the events",
+        || get(port, "").1.contains("ApplyFailed").then_some(()),
+    );
 
     let profile = tmp.path().join("chromium");
     let url = format!("http://{listen}/");
@@ -185,6 +201,37 @@ fn chromium_shows_the_fleet_and_hostile_reasons_as_text() {
         assert!(certs.contains(needle), "{needle}: {certs}");
     }
 
+    // Recent events, newest first: the enrollments and the failed pass, its reason as text.
+    let events = element(&dom, "section", "events");
+    assert!(events.contains("<h2>Recent events</h2>"), "{events}");
+    let failed_pass = events
+        .split("<tr class=\"event")
+        .find(|row| row.contains("ApplyFailed"))
+        .unwrap_or_else(|| panic!("no ApplyFailed event: {events}"));
+    assert!(
+        failed_pass.starts_with(" bad\" data-topic=\"Report\""),
+        "{failed_pass}"
+    );
+    assert!(failed_pass.contains("<td>102</td>"), "{failed_pass}");
+    assert!(
+        failed_pass.contains("exec:boom") && failed_pass.contains("&lt;script&gt;"),
+        "{failed_pass}"
+    );
+    assert!(events.contains("<td>Enrolled</td>"), "{events}");
+    let indexes: Vec<u64> = events
+        .split("<tr class=\"event")
+        .skip(1)
+        .filter_map(|row| {
+            let cell = row.split("<td>").nth(1)?;
+            cell.split('<').next()?.parse().ok()
+        })
+        .collect();
+    assert!(indexes.len() >= 4, "{events}");
+    assert!(
+        indexes.windows(2).all(|w| w[0] > w[1]),
+        "newest first: {indexes:?}"
+    );
+
     let shot = artifacts().join("status-page.png");
     let _ = std::fs::remove_file(&shot);
     run_chromium(
@@ -192,7 +239,7 @@ fn chromium_shows_the_fleet_and_hostile_reasons_as_text() {
         &profile,
         &[
             &format!("--screenshot={}", shot.display()),
-            "--window-size=1280,900",
+            "--window-size=1280,1400",
         ],
         &url,
     );
@@ -258,6 +305,7 @@ fn beyond_loopback_the_page_needs_its_token() {
             file.to_str().expect("utf8"),
         ],
     );
+    listening(port);
     let (code, body) = get(port, "");
     assert_eq!(code, 401, "{body}");
     assert!(

@@ -130,8 +130,25 @@ pub(super) fn report_summary(p: &Value) -> String {
 
 /// The readable one-line form; everything from the payload is escaped (a guest's words).
 pub(super) fn line(m: &v1::EventMessage) -> String {
+    let what = what(m);
+    let key = match m.key.parse::<u32>() {
+        Ok(_) => format!("guest {}", m.key),
+        Err(_) => m.key.clone(),
+    };
+    escape_controls(&format!(
+        "{} #{} {}/{} {key}: {what}",
+        rfc3339(m.time_unix_ms),
+        m.index,
+        m.topic,
+        m.r#type
+    ))
+}
+
+/// What an event says, in words (unescaped): the part of [`line`] after its key; the
+/// status page shows it too.
+pub(crate) fn what(m: &v1::EventMessage) -> String {
     let p = payload(m);
-    let what = match m.r#type.as_str() {
+    match m.r#type.as_str() {
         "Applied" | "ApplyFailed" => report_summary(&p),
         "Enrolled" => format!(
             "identity {} from {}{}",
@@ -181,18 +198,7 @@ pub(super) fn line(m: &v1::EventMessage) -> String {
             format!("removed {}", removed.join(", "))
         }
         _ => p.to_string(),
-    };
-    let key = match m.key.parse::<u32>() {
-        Ok(_) => format!("guest {}", m.key),
-        Err(_) => m.key.clone(),
-    };
-    escape_controls(&format!(
-        "{} #{} {}/{} {key}: {what}",
-        rfc3339(m.time_unix_ms),
-        m.index,
-        m.topic,
-        m.r#type
-    ))
+    }
 }
 
 #[cfg(test)]

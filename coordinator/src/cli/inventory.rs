@@ -11,13 +11,13 @@ use phoenix_proto::model::{ApplyReport, Status};
 use phoenix_proto::v1;
 use std::path::Path;
 
-/// Narrow widths: 5+12+4+9+24+14 plus 5 gaps of 2 is 78 columns.
+/// Narrow widths: 5+12+4+9+26+14 plus 5 gaps of 2 is 80 columns.
 const STATUS_COLS: [Col; 11] = [
     col("GUEST", 0),
     col("STATE", 0),
     col("CONN", 0),
     col("REVISION", 9),
-    col("LAST REPORT", 24),
+    col("LAST REPORT", 26),
     col("CERT EXPIRES", 14),
     wide("WANTED"),
     wide("APPLIED"),
@@ -26,7 +26,7 @@ const STATUS_COLS: [Col; 11] = [
     wide("DECLARED VS OBSERVED"),
 ];
 
-/// "1 failed, 2 skipped" or "5 ok", then how long ago.
+/// "1 failed, 2 skipped (5m)" or "5 ok (2h)": what the last report found, and its age.
 fn compact_report(r: &ApplyReport, at: i64) -> String {
     let (failed, skipped) = (r.count(Status::Failed), r.count(Status::Skipped));
     let what = match (failed, skipped) {
@@ -35,7 +35,8 @@ fn compact_report(r: &ApplyReport, at: i64) -> String {
         (0, s) => format!("{s} skipped"),
         (f, s) => format!("{f} failed, {s} skipped"),
     };
-    format!("{what}, {}", ago(at))
+    let age = ago(at);
+    format!("{what} ({})", age.strip_suffix(" ago").unwrap_or(&age))
 }
 
 /// Per guest: state, revision applied/wanted, last report, cert expiry (and with `-o
@@ -229,11 +230,11 @@ mod tests {
         };
         assert_eq!(
             compact_report(&r(&[Status::Changed, Status::Unchanged]), 0),
-            "2 ok, -"
+            "2 ok (-)"
         );
         assert_eq!(
             compact_report(&r(&[Status::Failed, Status::Skipped, Status::Skipped]), 0),
-            "1 failed, 2 skipped, -"
+            "1 failed, 2 skipped (-)"
         );
     }
 }

@@ -11,7 +11,7 @@ mod args;
 pub mod config;
 mod converge;
 pub mod duration;
-mod events;
+pub(crate) mod events;
 mod follow;
 mod forget;
 mod generate;

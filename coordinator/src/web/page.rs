@@ -4,7 +4,8 @@
 //!
 //! Sections, each with an `id` the browser test looks for: `summary`, `guests` (one row
 //! per guest, ordered by id), `reports` (each guest's last report; open when something
-//! failed, with every reason), `certs` (expiry and issuer), `events` (the most recent).
+//! failed, with every reason), `certs` (expiry and issuer), `events` (the most recent,
+//! newest first).
 
 use super::html::Html;
 use super::view::{CertView, GuestView, Page};
@@ -51,6 +52,7 @@ pub(super) fn render(p: &Page) -> String {
     guests(&mut h, p);
     reports(&mut h, p);
     certs(&mut h, p);
+    events(&mut h, p);
     h.raw("</main><footer>phoenix ")
         .text(env!("CARGO_PKG_VERSION"))
         .raw("</footer></body></html>\n");
@@ -246,6 +248,40 @@ fn cert_row(h: &mut Html, p: &Page, c: &CertView) {
         .raw("</td></tr>");
 }
 
+/// An event's details are cut after this many characters.
+const MAX_DETAIL_CHARS: usize = 240;
+
+fn events(h: &mut Html, p: &Page) {
+    h.raw("<section id=\"events\"><h2>Recent events</h2><table><thead><tr>")
+        .raw("<th>#</th><th>When</th><th>Topic</th><th>Type</th><th>Key</th><th>Details</th>")
+        .raw("</tr></thead><tbody>");
+    if p.events.is_empty() {
+        h.raw("<tr><td colspan=\"6\">No events recorded yet.</td></tr>");
+    }
+    for e in &p.events {
+        let bad =
+            e.kind.contains("Fail") || e.kind.contains("Refused") || e.kind.contains("Revoked");
+        h.raw(if bad {
+            "<tr class=\"event bad\" data-topic=\""
+        } else {
+            "<tr class=\"event\" data-topic=\""
+        });
+        h.text(e.topic.as_str()).raw("\">");
+        h.el("<td>", &e.index.to_string(), "</td>");
+        h.el("<td>", &ago(p.now_unix, e.time_unix_ms / 1000), "</td>");
+        h.el("<td>", e.topic.as_str(), "</td>");
+        h.el("<td>", &e.kind, "</td>");
+        h.el("<td>", &e.key, "</td>");
+        // The same words as `phoenix events`, cut (the whole event is in `phoenix events -o json`).
+        let mut what = crate::cli::events::what(&crate::events::stream::message(e));
+        if what.chars().count() > MAX_DETAIL_CHARS {
+            what = what.chars().take(MAX_DETAIL_CHARS).collect::<String>() + "…";
+        }
+        h.el("<td>", &what, "</td></tr>");
+    }
+    h.raw("</tbody></table></section>");
+}
+
 fn counts(r: &phoenix_proto::model::ApplyReport) -> String {
     let parts: Vec<String> = [
         Status::Failed,
@@ -335,6 +371,16 @@ mod tests {
                 }),
             }],
             certs: vec![],
+            events: vec![crate::store::Event {
+                index: 7,
+                time_unix_ms: 995_000,
+                topic: crate::store::Topic::Report,
+                kind: "ApplyFailed".into(),
+                key: "101".into(),
+                payload: serde_json::json!({"revision": 2, "trigger": "push", "failed": 1,
+                    "results": [{"resource": "file:/a", "status": "failed",
+                                 "message": "<script>alert(2)</script>"}]}),
+            }],
         }
     }
 
@@ -350,5 +396,14 @@ mod tests {
         assert!(html.contains("observed &lt;2&gt;"), "{html}");
         assert!(html.contains("<details id=\"report-101\" open"), "{html}");
         assert!(html.contains("data-state=\"failed\""), "{html}");
+        // An event's payload is guest text too.
+        assert!(
+            html.contains("&lt;script&gt;alert(2)&lt;/script&gt;"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<tr class=\"event bad\" data-topic=\"Report\">"),
+            "{html}"
+        );
     }
 }

@@ -3,6 +3,7 @@
 //! that [`super::page`] renders without touching the store.
 
 use crate::server::{Coordinator, RpcError, now_unix, status_without_reports, unix};
+use crate::store::Event;
 use phoenix_proto::model::{ApplyReport, GuestId, Status};
 use phoenix_proto::v1;
 
@@ -18,7 +19,12 @@ pub(super) struct Page {
     pub guests: Vec<GuestView>,
     /// The coordinator's own certificate first, then identities and service certs by guest.
     pub certs: Vec<CertView>,
+    /// The most recent events, newest first.
+    pub events: Vec<Event>,
 }
+
+/// Events shown: enough for "what just happened", few enough to read.
+const RECENT_EVENTS: usize = 25;
 
 #[derive(Debug, Default)]
 pub(super) struct GuestView {
@@ -185,8 +191,15 @@ pub(super) fn gather(c: &Coordinator) -> Result<Page, RpcError> {
     }
     by_guest.sort_by(|a, b| (a.0, &a.1.kind).cmp(&(b.0, &b.1.kind)));
     certs.extend(by_guest.into_iter().map(|(_, v)| v));
+    // Indexes may have gaps, so this may return fewer than RECENT_EVENTS; never more.
+    let last = c.store.event_bounds()?.last;
+    let mut events = c
+        .store
+        .events_since(last.saturating_sub(RECENT_EVENTS as u64), RECENT_EVENTS)?;
+    events.reverse();
     Ok(Page {
         now_unix: now_unix(),
+        events,
         trust_domain: c.td.as_str().to_string(),
         ca: c.ca.name().to_string(),
         issuer,
