@@ -62,6 +62,17 @@ fn bin(name: &str) -> PathBuf {
     exe.parent().map(|d| d.join(name)).unwrap_or_default()
 }
 
+/// The process running `phoenix` with `socket` on its command line (under a wrapper).
+fn coordinator_pid(socket: &Path) -> Option<u32> {
+    let want = socket.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let exe = std::fs::read_link(e.path().join("exe")).ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        (exe == bin("phoenix") && String::from_utf8_lossy(&cmdline).contains(&want)).then_some(pid)
+    })
+}
+
 /// One simulated agent: enroll, hold a session, answer every desired state with a report.
 async fn sim_agent(
     guest: u32,
@@ -241,7 +252,22 @@ async fn run_n(n: u32, rounds: u32, work: &Path, ca_args: &[String]) -> Res<()> 
     let dir = work.join(format!("n{n}"));
     std::fs::create_dir_all(&dir)?;
     let socket = dir.join("admin.sock");
-    let child = Command::new(bin("phoenix"))
+    // BENCH_COORDINATOR_WRAP="heaptrack -o FILE" (any command, split on spaces) runs the
+    // coordinator under a profiler; its RSS is then the wrapper's child's.
+    let wrap: Vec<String> = std::env::var("BENCH_COORDINATOR_WRAP")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    let mut cmd = match wrap.split_first() {
+        Some((prog, args)) => {
+            let mut c = Command::new(prog);
+            c.args(args).arg(bin("phoenix"));
+            c
+        }
+        None => Command::new(bin("phoenix")),
+    };
+    let child = cmd
         .arg("--admin-socket")
         .arg(&socket)
         .args([
@@ -259,11 +285,15 @@ async fn run_n(n: u32, rounds: u32, work: &Path, ca_args: &[String]) -> Res<()> 
         .stderr(Stdio::inherit())
         .spawn()?;
     let daemon = Daemon(child);
-    let pid = daemon.0.id();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !socket.exists() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let pid = if wrap.is_empty() {
+        daemon.0.id()
+    } else {
+        coordinator_pid(&socket).unwrap_or(daemon.0.id())
+    };
     let idle_rss = rss_kb(pid);
     let mut admin = admin_client::connect(&socket).await?;
     let t = Instant::now();
@@ -510,8 +540,9 @@ async fn agent_rss(work: &Path, secs: u64) -> Res<()> {
         .find(|l| l.starts_with("RssAnon:"))
         .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string())
         .unwrap_or_default();
+    let size = std::fs::metadata(bin("phoenix-agent"))?.len();
     println!(
-        "real agent idle RSS: {early} kB after 5 s, {late} kB after {} s (RssAnon {anon} kB)",
+        "real agent idle RSS: {early} kB after 5 s, {late} kB after {} s (RssAnon {anon} kB); phoenix-agent binary {size} bytes",
         secs + 5
     );
     drop(daemon);
