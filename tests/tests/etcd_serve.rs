@@ -220,7 +220,10 @@ fn a_coordinator_reaches_etcd_over_mutual_tls_and_one_without_a_client_cert_is_r
     let err = String::from_utf8_lossy(&out.stderr);
     // etcd 3.4 closes the handshake without a reason ("broken pipe"); the replica names
     // the endpoints it could not open.
-    assert!(err.contains("open store at etcd") && err.contains(&eps), "{err}");
+    assert!(
+        err.contains("open store at etcd") && err.contains(&eps),
+        "{err}"
+    );
     // https:// without the CA, and a client key without https, are refused at once.
     for (extra, says) in [
         (
