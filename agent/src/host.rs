@@ -4,6 +4,7 @@
 use crate::certs::{CertConverger, SessionSigner};
 use crate::exec::{ExecConverger, ProcessRunner};
 use crate::files::FileConverger;
+use crate::files::ledger::Ledger;
 use crate::packages::{Apt, AptSourceConverger, PackageConverger};
 use crate::reconcile::{Converge, Handlers, Unsupported};
 use crate::stacks::engine::{ContainerEngine, DockerEngine};
@@ -34,26 +35,41 @@ pub fn handlers(opts: &HostOptions) -> Handlers {
             None
         }
     };
+    // What this agent wrote, shared by every handler that writes files.
+    let ledger = Arc::new(Ledger::open(&opts.state_dir).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "starting a new ownership ledger: nothing earlier counts as Phoenix's, so nothing is removed and replaced files are backed up");
+        Ledger::fresh(&opts.state_dir)
+    }));
+    let files = Arc::new(FileConverger::new(opts.file_roots.clone()).with_ledger(ledger.clone()));
+    let services = Arc::new(
+        ServiceConverger::new(
+            Systemctl::new(ProcessRunner::default()),
+            "/etc/systemd/system",
+            "/etc/phoenix/env",
+        )
+        .with_ledger(ledger.clone()),
+    );
     Handlers {
-        files: Arc::new(FileConverger::new(opts.file_roots.clone())),
+        files: files.clone(),
         packages: Arc::new(PackageConverger::new(Apt::new(ProcessRunner::default()))),
         apt_sources: Arc::new(AptSourceConverger::new(
             Apt::new(ProcessRunner::default()),
             "/",
         )),
-        services: Arc::new(ServiceConverger::new(
-            Systemctl::new(ProcessRunner::default()),
-            "/etc/systemd/system",
-            "/etc/phoenix/env",
-        )),
+        services: services.clone(),
         stacks: stacks(opts, engine.clone()),
-        certs: Arc::new(CertConverger::new(
-            opts.file_roots.clone(),
-            Arc::new(opts.signer.clone()),
-            Arc::new(Systemctl::new(ProcessRunner::default())),
-            engine,
-        )),
+        certs: Arc::new(
+            CertConverger::new(
+                opts.file_roots.clone(),
+                Arc::new(opts.signer.clone()),
+                Arc::new(Systemctl::new(ProcessRunner::default())),
+                engine,
+            )
+            .with_ledger(ledger),
+        ),
         execs: Arc::new(ExecConverger::new(ProcessRunner::default())),
+        // Units first: a service is stopped before the files it reads are removed.
+        prune: vec![services, files],
     }
 }
 

@@ -100,7 +100,7 @@ impl Cli {
                     policy.file_roots = r;
                 }
             }
-            Command::Join { .. } => {}
+            Command::Join { .. } | Command::Generate { .. } => {}
         }
         Ok(cli)
     }
@@ -153,6 +153,48 @@ enum Command {
         #[command(flatten)]
         policy: Policy,
     },
+    /// Write man pages or shell completions (for packaging).
+    #[command(hide = true)]
+    Generate {
+        #[arg(value_enum)]
+        what: Generated,
+        /// Directory to write into (created).
+        dir: PathBuf,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum Generated {
+    /// phoenix-agent.1 and phoenix-agent-<command>.1.
+    Man,
+    /// bash (phoenix-agent), zsh (_phoenix-agent) and fish (phoenix-agent.fish).
+    Completions,
+}
+
+/// `phoenix-agent generate man|completions DIR`: made from these clap definitions, so the
+/// package never ships documentation that drifted from the flags (as `phoenix generate`).
+fn generate(what: Generated, dir: &std::path::Path) -> Result<(), MainError> {
+    let failed = |e: std::io::Error| MainError::Generate {
+        what,
+        dir: dir.to_owned(),
+        source: e,
+    };
+    std::fs::create_dir_all(dir).map_err(failed)?;
+    let mut cmd = Cli::command();
+    match what {
+        Generated::Man => clap_mangen::generate_to(cmd, dir).map_err(failed)?,
+        Generated::Completions => {
+            for shell in [
+                clap_complete::Shell::Bash,
+                clap_complete::Shell::Zsh,
+                clap_complete::Shell::Fish,
+            ] {
+                clap_complete::generate_to(shell, &mut cmd, "phoenix-agent", dir)
+                    .map_err(failed)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -169,6 +211,12 @@ enum MainError {
     TokenFile { path: PathBuf, reason: String },
     #[error("start runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("write {what:?} into {dir}: {source}")]
+    Generate {
+        what: Generated,
+        dir: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 fn main() -> ExitCode {
@@ -249,8 +297,16 @@ async fn shutdown_signal() {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, MainError> {
-    let state = StateDir::open(&cli.state_dir)?;
+    let state = match &cli.command {
+        // Packaging runs this on the build machine: no state directory to open there.
+        Command::Generate { what, dir } => {
+            generate(*what, dir)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => StateDir::open(&cli.state_dir)?,
+    };
     match cli.command {
+        Command::Generate { .. } => Ok(ExitCode::SUCCESS),
         Command::Join {
             token,
             token_file,

@@ -6,7 +6,7 @@
 #
 # BIN_DIR holds the built binaries (target/release for shipping; the tests use
 # target/debug). Binaries are copied without debug info. Man pages and completions are
-# generated from the clap definitions by `phoenix generate`.
+# generated from the clap definitions by `phoenix generate` / `phoenix-agent generate`.
 set -eu
 
 pkg=${1:?usage: build-deb.sh phoenix|phoenix-agent BIN_DIR OUT_DIR}
@@ -51,16 +51,22 @@ if [ "$pkg" = phoenix ]; then
     install -d "$root/etc/phoenix"
     install -m 0644 "$repo/configs/coordinator.example.toml" "$root/etc/phoenix/coordinator.toml"
     echo /etc/phoenix/coordinator.toml >"$root/DEBIAN/conffiles"
-    "$bin_dir/phoenix" generate man "$stage/man"
-    install -d "$root/usr/share/man/man1"
-    for page in "$stage"/man/*.1; do
-        gzip -9n <"$page" >"$root/usr/share/man/man1/$(basename "$page").gz"
-    done
-    "$bin_dir/phoenix" generate completions "$stage/completions"
-    install -D -m 0644 "$stage/completions/phoenix.bash" "$root/usr/share/bash-completion/completions/phoenix"
-    install -D -m 0644 "$stage/completions/_phoenix" "$root/usr/share/zsh/vendor-completions/_phoenix"
-    install -D -m 0644 "$stage/completions/phoenix.fish" "$root/usr/share/fish/vendor_completions.d/phoenix.fish"
+else
+    install -d "$root/etc/phoenix-agent"
+    install -m 0644 "$repo/configs/agent.example.toml" "$root/etc/phoenix-agent/agent.toml"
+    echo /etc/phoenix-agent/agent.toml >"$root/DEBIAN/conffiles"
 fi
+
+# Man pages and completions from the binary's own clap definitions (hidden `generate`).
+"$bin_dir/$binary" generate man "$stage/man"
+install -d "$root/usr/share/man/man1"
+for page in "$stage"/man/*.1; do
+    gzip -9n <"$page" >"$root/usr/share/man/man1/$(basename "$page").gz"
+done
+"$bin_dir/$binary" generate completions "$stage/completions"
+install -D -m 0644 "$stage/completions/$binary.bash" "$root/usr/share/bash-completion/completions/$binary"
+install -D -m 0644 "$stage/completions/_$binary" "$root/usr/share/zsh/vendor-completions/_$binary"
+install -D -m 0644 "$stage/completions/$binary.fish" "$root/usr/share/fish/vendor_completions.d/$binary.fish"
 
 size=$(du -sk "$root" | cut -f1)
 # The newest glibc symbol version the binary links against is what it needs at least.

@@ -3,6 +3,7 @@
 
 pub mod aptrepo;
 pub mod etcd;
+pub mod event_checks;
 pub mod guest;
 pub mod lxc;
 pub mod raw;

@@ -3,9 +3,14 @@
 //! container booted with systemd `apt-get install ./…deb` installs them, the coordinator
 //! unit starts through `Type=notify` with the default config file, the packaged agent
 //! unit (after `join`) connects, `systemctl stop` with agents connected returns within
-//! 5 s, and `apt-get purge` removes units, config, state and the group.
+//! 5 s, and `apt-get purge` removes units, config, state and the group. A restart of the
+//! packaged agent unit in the middle of a dpkg run it started does not kill dpkg.
 
+use phoenix_tests::aptrepo::{self, Repo};
 use phoenix_tests::guest::Guest;
+use phoenix_tests::spine::{converged, guest_status};
+use phoenix_tests::wait_for;
+use serde_json::json;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -53,10 +58,19 @@ fn debs_install_start_by_notify_stop_fast_and_purge() {
     assert_eq!(g.unit_prop("phoenix.service", "Type"), "notify");
     assert_eq!(g.unit_prop("phoenix.service", "UnitFileState"), "enabled");
     g.ok(
-        "test -f /etc/phoenix/coordinator.toml && test -f /usr/share/man/man1/phoenix-serve.1.gz \
+        "test -f /etc/phoenix/coordinator.toml && test -f /etc/phoenix-agent/agent.toml && test -f /usr/share/man/man1/phoenix-serve.1.gz \
           && test -f /usr/share/bash-completion/completions/phoenix \
           && test -f /usr/share/zsh/vendor-completions/_phoenix \
           && test -f /usr/share/fish/vendor_completions.d/phoenix.fish",
+    );
+    // The agent's, generated from its own flags: a page per command, completions that
+    // know `run --shutdown-deadline`.
+    g.ok(
+        "zcat /usr/share/man/man1/phoenix-agent.1.gz | grep -qF 'phoenix\\-agent' \
+          && zcat /usr/share/man/man1/phoenix-agent-run.1.gz | grep -qF 'shutdown\\-deadline' \
+          && grep -q shutdown-deadline /usr/share/bash-completion/completions/phoenix-agent \
+          && grep -q shutdown-deadline /usr/share/zsh/vendor-completions/_phoenix-agent \
+          && grep -q shutdown-deadline /usr/share/fish/vendor_completions.d/phoenix-agent.fish",
     );
 
     // `start` returns only after READY=1: the admin socket answers at once, with the
@@ -89,7 +103,7 @@ fn debs_install_start_by_notify_stop_fast_and_purge() {
                 run --file-root /srv --backoff-max 2"
         ));
     }
-    phoenix_tests::wait_for(Duration::from_secs(60), "three sessions", || {
+    wait_for(Duration::from_secs(60), "three sessions", || {
         let s = g.ok("phoenix status -o json");
         let v: serde_json::Value = serde_json::from_str(&s).ok()?;
         let up = v
@@ -128,7 +142,10 @@ fn debs_install_start_by_notify_stop_fast_and_purge() {
         "/lib/systemd/system/phoenix-agent.service",
         "/etc/systemd/system/multi-user.target.wants/phoenix-agent.service",
         "/var/lib/phoenix-agent",
+        "/etc/phoenix-agent",
         "/usr/bin/phoenix-agent",
+        "/usr/share/man/man1/phoenix-agent-run.1.gz",
+        "/usr/share/bash-completion/completions/phoenix-agent",
         "/lib/systemd/system/phoenix.service",
         "/etc/systemd/system/multi-user.target.wants/phoenix.service",
         "/etc/phoenix",
@@ -140,4 +157,109 @@ fn debs_install_start_by_notify_stop_fast_and_purge() {
         ));
     }
     g.ok("! getent group phoenix");
+}
+
+/// `systemctl restart phoenix-agent` while dpkg configures a package the agent is
+/// installing. The agent's shutdown deadline (2 s) is shorter than the package's
+/// postinst (15 s), so the old agent leaves mid-transaction: only the unit's
+/// `KillMode=process` keeps systemd from killing the dpkg it started (with
+/// `KillMode=control-group` or `mixed` the postinst dies with the unit's processes and
+/// the package is left half-configured). The new agent waits for dpkg's lock, finds the
+/// package installed and reports converged.
+#[test]
+fn restarting_the_agent_unit_mid_install_never_kills_dpkg() {
+    if !phoenix_tests::require(
+        "dpkg-deb, dpkg-scanpackages, apt-ftparchive and gpg",
+        aptrepo::tools_present(),
+    ) {
+        return;
+    }
+    let repo = Repo::build_with_postinst(
+        &[("phoenix-slow", "1.0")],
+        &[(
+            "phoenix-slow",
+            "#!/bin/sh\nsleep 15\necho configured > /var/lib/phoenix-slow-done\n",
+        )],
+    );
+    let debs = tempfile::tempdir().expect("tempdir");
+    let deb = build_deb("phoenix", debs.path());
+    let agent_deb = build_deb("phoenix-agent", debs.path());
+    let Some(g) = Guest::boot(
+        "agent-restart",
+        &[(debs.path(), "/debs"), (repo.path(), "/srv/repo")],
+    ) else {
+        return;
+    };
+    g.ok(&format!("apt-get install -y /debs/{deb} /debs/{agent_deb}"));
+    g.ok("systemctl start phoenix");
+    g.write(
+        "/etc/phoenix-agent/agent.toml",
+        b"shutdown-deadline = 2\nbackoff-max = 2\n",
+    );
+    let guest = GUESTS[0];
+    g.ok(&format!(
+        "phoenix-agent join \"$(phoenix token create --guest {guest})\" && systemctl start phoenix-agent"
+    ));
+    let status = || -> serde_json::Value {
+        serde_json::from_str(&g.ok("phoenix status -o json")).expect("status json")
+    };
+    wait_for(Duration::from_secs(60), "the agent's session", || {
+        guest_status(&status(), guest).filter(|r| r["connected"] == true)
+    });
+
+    let desired = json!({"guests": {guest.to_string(): {"resources": [
+        {"kind": "apt_source", "name": "phoenix-test", "uris": ["file:///srv/repo"],
+         "suites": ["./"], "signing_key": {"armored": repo.key}},
+        {"kind": "package", "name": "phoenix-slow", "depends_on": ["apt_source:phoenix-test"]},
+    ]}}});
+    g.write("/root/desired.json", desired.to_string().as_bytes());
+    g.ok("phoenix apply -f /root/desired.json --no-wait");
+    // No procps in the guest: look through /proc ([.] keeps grep from finding itself).
+    let postinst = wait_for(Duration::from_secs(90), "dpkg to run the postinst", || {
+        let o = g.sh("grep -ls 'phoenix-slow[.]postinst' /proc/[0-9]*/cmdline");
+        let pids: Vec<String> = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| l.split('/').nth(2).map(str::to_owned))
+            .collect();
+        (!pids.is_empty()).then_some(pids)
+    });
+    let mid = g.ok("dpkg-query -W -f='${db:Status-Abbrev}' phoenix-slow");
+    assert!(
+        ["iU", "iF"].contains(&mid.trim()),
+        "dpkg status when the restart came: {mid:?}"
+    );
+    let old_pid = g.unit_prop("phoenix-agent.service", "MainPID");
+
+    g.ok("systemctl restart phoenix-agent");
+    let new_pid = g.unit_prop("phoenix-agent.service", "MainPID");
+    assert_ne!(old_pid, new_pid, "the agent was not restarted");
+    assert_eq!(
+        g.unit_prop("phoenix-agent.service", "ActiveState"),
+        "active"
+    );
+    // The restart landed mid-dpkg and did not end it: the postinst outlived the old agent.
+    for pid in &postinst {
+        g.ok(&format!(
+            "grep -qs 'phoenix-slow[.]postinst' /proc/{pid}/cmdline \
+             || {{ echo 'the postinst was killed with the old agent'; exit 1; }}"
+        ));
+    }
+    wait_for(
+        Duration::from_secs(120),
+        "the new agent to report converged",
+        || converged(&status(), guest).then_some(()),
+    );
+    assert_eq!(g.ok("cat /var/lib/phoenix-slow-done"), "configured");
+    assert_eq!(
+        g.ok("dpkg-query -W -f='${db:Status-Abbrev}' phoenix-slow")
+            .trim(),
+        "ii"
+    );
+    assert_eq!(g.ok("dpkg --audit"), "", "dpkg left mid-transaction");
+    let journal = g.ok("journalctl -u phoenix-agent --no-pager -o cat");
+    assert!(
+        journal.contains("signal received: stopping after the resource in progress")
+            && journal.contains("the reconcile pass did not finish within 2s"),
+        "the old agent did not leave before dpkg ended: {journal}"
+    );
 }

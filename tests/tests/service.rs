@@ -1,6 +1,7 @@
 //! The coordinator as a service manager runs it: `systemctl stop` (SIGTERM) with agents
 //! connected ends within seconds with status 0, and nothing received before is lost;
-//! `Type=notify` hears READY=1 only once both ports are up, and STOPPING=1 on stop.
+//! `Type=notify` hears READY=1 only once both ports are up, and STOPPING=1 on stop; an
+//! agent stopped past its shutdown deadline leaves its command running, not killed.
 
 use phoenix_tests::spine::{Agent, Coordinator, converged, files_spec, guest_status, write_spec};
 use phoenix_tests::{bin, wait_for};
@@ -126,4 +127,92 @@ fn ready_is_sent_only_when_both_ports_accept_and_stopping_on_sigterm() {
         ready.trim_start().starts_with("INFO"),
         "a timestamp under JOURNAL_STREAM: {ready}"
     );
+}
+
+/// The agent's stop deadline (`--shutdown-deadline`, the unit's stop timeout minus a
+/// margin): a pass that outlives it is left running, not killed. The agent exits with
+/// status 1 after the deadline, the command it started runs to its end on its own, nothing
+/// after it was started, and the next agent finds it done and converges.
+#[test]
+fn sigterm_past_the_shutdown_deadline_exits_and_leaves_the_command_running() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let c = Coordinator::start(&tmp.path().join("coord"), &[]);
+    let guest = 204;
+    let mut a = Agent::new(tmp.path(), guest);
+    let out = a.join(&c.token(guest), &[]);
+    assert!(out.status.success(), "join: {out:?}");
+    let root = a.root.display().to_string();
+    let log = tmp.path().join("deadline-agent.log");
+    let mut agent = Command::new(bin("phoenix-agent"))
+        .arg("--state-dir")
+        .arg(a.state())
+        .args(["run", "--file-root", &root, "--shutdown-deadline", "1"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("spawn phoenix-agent");
+    wait_for(T, "agent connected", || {
+        guest_status(&c.status(), guest).filter(|g| g["connected"] == true)
+    });
+    let spec = base_spec(&root);
+    let path = tmp.path().join("spec.json");
+    write_spec(&path, &[(guest, spec)]);
+    let out = c.cli(&["apply", "-f", path.to_str().expect("utf8"), "--no-wait"]);
+    assert!(out.status.success(), "apply: {out:?}");
+    wait_for(T, "the command to start", || {
+        a.root.join("started").exists().then_some(())
+    });
+
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(agent.id()).expect("pid"));
+    let signalled = std::time::Instant::now();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let status = wait_for(T, "the agent to exit", || agent.try_wait().ok().flatten());
+    let took = signalled.elapsed();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    // Left at its deadline with a failure status, not killed by a signal and not after
+    // waiting for the command.
+    assert_eq!(status.code(), Some(1), "{text}");
+    assert!(
+        took < Duration::from_secs(4),
+        "exited {took:?} after SIGTERM"
+    );
+    assert!(
+        text.contains(
+            "the reconcile pass did not finish within 1s; exiting without interrupting it"
+        ),
+        "{text}"
+    );
+    assert!(
+        !a.root.join("done").exists(),
+        "the command ended before the agent"
+    );
+    // The command outlives the agent and finishes; nothing after it was started.
+    wait_for(T, "the command to finish on its own", || {
+        a.root.join("done").exists().then_some(())
+    });
+    assert!(!a.root.join("after").exists());
+
+    a.start();
+    wait_for(T, "the next agent to converge", || {
+        converged(&c.status(), guest).then_some(())
+    });
+    assert_eq!(
+        std::fs::read_to_string(a.root.join("started")).expect("started"),
+        "started\n",
+        "the command ran twice"
+    );
+    assert!(a.root.join("after").exists());
+}
+
+/// A command that runs 4 s (between a file before and a file after it), writing
+/// `started` (appended, so a second run shows) and then `done`.
+fn base_spec(root: &str) -> serde_json::Value {
+    serde_json::json!({"resources": [
+        {"kind": "file", "path": format!("{root}/before"), "content": "1"},
+        {"kind": "exec", "name": "slow",
+         "command": ["/bin/sh", "-c", format!("echo started >> {root}/started; sleep 4; echo done > {root}/done")],
+         "creates": format!("{root}/done"), "depends_on": [format!("file:{root}/before")]},
+        {"kind": "file", "path": format!("{root}/after"), "content": "2",
+         "depends_on": ["exec:slow"]},
+    ]})
 }

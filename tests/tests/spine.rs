@@ -397,6 +397,11 @@ fn status_shows_declared_versus_observed_from_phoenix_configs() {
     );
     let table = String::from_utf8_lossy(&c.cli(&["status"]).stdout).to_string();
     assert!(
+        table.contains("declared vs observed differ on guest 901"),
+        "{table}"
+    );
+    let table = String::from_utf8_lossy(&c.cli(&["status", "-o", "wide"]).stdout).to_string();
+    assert!(
         table.contains("DECLARED VS OBSERVED") && table.contains("cores: declared 64"),
         "{table}"
     );

@@ -287,3 +287,131 @@ fn a_crash_looping_service_is_failed_not_running() {
     std::thread::sleep(std::time::Duration::from_secs(2));
     assert_eq!(g.unit_prop("crashy.service", "NRestarts"), n);
 }
+
+/// `phoenix-agent apply -f … --dry-run --json` in the guest: the plan, nothing changed.
+fn plan(g: &Guest, spec: &Value) -> Value {
+    g.write("/root/plan.json", spec.to_string().as_bytes());
+    let o = g.sh("/usr/local/bin/phoenix-agent apply -f /root/plan.json --dry-run --json");
+    serde_json::from_slice(&o.stdout).unwrap_or(Value::Null)
+}
+
+fn diff_of(report: &Value, id: &str) -> String {
+    report["results"]
+        .as_array()
+        .and_then(|rs| rs.iter().find(|r| r["resource"] == id))
+        .map(|r| r["diff"].as_str().unwrap_or_default().to_owned())
+        .unwrap_or_else(|| panic!("{id} not in the plan: {report:#}"))
+}
+
+/// Taking over a guest that already runs things (a hand-written unit and config file), then
+/// taking resources out of its desired state: what Phoenix found is replaced only after a
+/// backup and is never removed; what Phoenix created is stopped, disabled and removed.
+#[test]
+fn takeover_keeps_backups_and_removal_only_removes_what_phoenix_created() {
+    let Some(g) = Guest::boot("takeover", &[]) else {
+        return;
+    };
+    const LEGACY_UNIT: &str = "/etc/systemd/system/legacy.service";
+    const LEGACY_CONF: &str = "/etc/legacy.conf";
+    let hand_unit = "[Unit]\nDescription=hand written\n[Service]\nExecStart=/bin/sleep 1000\n[Install]\nWantedBy=multi-user.target\n";
+    g.write(LEGACY_UNIT, hand_unit.as_bytes());
+    g.write(LEGACY_CONF, b"written by hand\n");
+    g.ok("systemctl daemon-reload && systemctl enable --now legacy.service");
+
+    let svc = |name: &str| {
+        json!({"kind": "service", "name": name, "enabled": true, "state": "running",
+               "unit": {"description": "Phoenix", "exec_start": ["/bin/sleep", "2000"]}})
+    };
+    let full = json!({"resources": [
+        {"kind": "file", "path": LEGACY_CONF, "content": "written by phoenix\n"},
+        {"kind": "file", "path": "/etc/phoenix-new.conf", "content": "new\n"},
+        {"kind": "file", "path": "/etc/phoenix-edited.conf", "content": "new\n"},
+        svc("legacy.service"),
+        svc("fresh.service"),
+    ]});
+
+    // The plan names each takeover; a new file is simply created.
+    let p = plan(&g, &full);
+    for (id, path) in [
+        (format!("file:{LEGACY_CONF}"), LEGACY_CONF),
+        ("service:legacy.service".to_owned(), LEGACY_UNIT),
+    ] {
+        let d = diff_of(&p, &id);
+        assert!(
+            d.contains(&format!("replace existing {path} (not managed by Phoenix")),
+            "{id}: {d}"
+        );
+    }
+    assert!(!diff_of(&p, "file:/etc/phoenix-new.conf").contains("not managed"));
+    assert_eq!(g.ok(&format!("cat {LEGACY_CONF}")), "written by hand");
+
+    let a = g.apply(&full);
+    a.assert(&[
+        (&format!("file:{LEGACY_CONF}"), "changed"),
+        ("service:legacy.service", "changed"),
+        ("service:fresh.service", "changed"),
+    ]);
+    assert!(
+        a.message(&format!("file:{LEGACY_CONF}"))
+            .contains("/var/lib/phoenix-agent/backups/etc%2Flegacy.conf."),
+        "{}",
+        a.message(&format!("file:{LEGACY_CONF}"))
+    );
+    // Backups: the originals, 0600 root, in the agent's private state directory.
+    assert_eq!(
+        g.ok("cat /var/lib/phoenix-agent/backups/etc%2Flegacy.conf.*"),
+        "written by hand"
+    );
+    assert_eq!(
+        g.ok("cat /var/lib/phoenix-agent/backups/etc%2Fsystemd%2Fsystem%2Flegacy.service.*"),
+        hand_unit.trim_end()
+    );
+    assert_eq!(
+        g.ok("stat -c '%U %a' /var/lib/phoenix-agent/backups/* | sort -u"),
+        "root 600"
+    );
+    assert_eq!(g.ok("stat -c '%a' /var/lib/phoenix-agent/backups"), "700");
+    assert_eq!(g.unit_prop("fresh.service", "ActiveState"), "active");
+    g.apply(&full).assert_all_unchanged();
+
+    // Someone edits a file Phoenix created; then everything is taken out of the state.
+    g.write("/etc/phoenix-edited.conf", b"edited by hand\n");
+    let empty = json!({"resources": [
+        {"kind": "file", "path": "/etc/phoenix-keep.conf", "content": "still declared\n"}
+    ]});
+    let p = plan(&g, &empty);
+    assert!(
+        diff_of(&p, "service:fresh.service")
+            .starts_with("- stop, disable and remove fresh.service"),
+        "{p:#}"
+    );
+    assert!(diff_of(&p, "file:/etc/phoenix-new.conf").starts_with("- remove "));
+    assert!(diff_of(&p, &format!("file:{LEGACY_CONF}")).starts_with("keep "));
+    assert!(diff_of(&p, "file:/etc/phoenix-edited.conf").contains("changed on the guest"));
+    assert!(diff_of(&p, "service:legacy.service").starts_with("keep "));
+    assert_eq!(
+        g.unit_prop("fresh.service", "ActiveState"),
+        "active",
+        "a plan changes nothing"
+    );
+
+    let fresh_pid = g.unit_prop("fresh.service", "MainPID");
+    let a = g.apply(&empty);
+    assert!(a.ok, "{}", a.stderr);
+    let gone = |p: &str| g.ok(&format!("test -e {p} && echo present || echo gone"));
+    assert_eq!(gone("/etc/systemd/system/fresh.service"), "gone");
+    assert_eq!(g.unit_prop("fresh.service", "LoadState"), "not-found");
+    assert_eq!(
+        gone(&format!("/proc/{fresh_pid}")),
+        "gone",
+        "fresh.service stopped"
+    );
+    assert_eq!(gone("/etc/phoenix-new.conf"), "gone");
+    // Not Phoenix's to remove: taken over, or changed by hand since.
+    assert_eq!(g.ok(&format!("cat {LEGACY_CONF}")), "written by phoenix");
+    assert_eq!(g.ok("cat /etc/phoenix-edited.conf"), "edited by hand");
+    assert_eq!(gone(LEGACY_UNIT), "present");
+    assert_eq!(g.unit_prop("legacy.service", "ActiveState"), "active");
+    // Released: the next pass has nothing more to remove.
+    g.apply(&empty).assert_all_unchanged();
+}

@@ -9,12 +9,18 @@
 //! checked before anything is written: `validate` refuses a container restart on a host
 //! without a container engine, and a new certificate is not requested while a container
 //! it must restart does not exist.
+//!
+//! A reload that fails leaves a "reload pending" mark in the agent's ledger; every later
+//! pass retries the reloads until they succeed, without issuing a new certificate.
+//! Cert files count as files Phoenix wrote ([`crate::files::ledger`]): an existing file
+//! Phoenix did not write is backed up before it is replaced.
 
 pub mod signer;
 
 pub use signer::{CertSigner, SessionSigner, SignError, SignedCert};
 
-use crate::files::{resolve_group, resolve_user};
+use crate::files::ledger::{Ledger, LedgerError, Owned};
+use crate::files::{replace_line, resolve_group, resolve_user};
 use crate::hostfs::{self, Existing, FileAttrs, FsError};
 use crate::reconcile::{Check, Converge, PassContext, ResourceError};
 use crate::stacks::engine::ContainerEngine;
@@ -42,11 +48,17 @@ pub enum CertError {
     },
     #[error("cert {name}: {0}", name = .1)]
     Key(keys::KeyError, String),
-    #[error("cert {name}: reload {what}: {reason}")]
+    #[error("cert {name}: reload {what}: {reason} (reload pending: retried on every pass)")]
     Reload {
         name: String,
         what: String,
         reason: String,
+    },
+    #[error("cert {name}: {source}")]
+    Ledger {
+        name: String,
+        #[source]
+        source: LedgerError,
     },
 }
 
@@ -57,6 +69,8 @@ pub struct CertConverger {
     /// Restarts the containers named by `container_restart`; `None` on a host without a
     /// usable engine, where such certs fail validation.
     containers: Option<Arc<dyn ContainerEngine>>,
+    /// Which files Phoenix wrote, and which certs still owe a reload.
+    ledger: Arc<Ledger>,
 }
 
 /// One file of a certificate resource with the metadata it must have.
@@ -102,7 +116,50 @@ impl CertConverger {
             signer,
             services,
             containers,
+            ledger: Arc::new(Ledger::memory()),
         }
+    }
+
+    /// The agent's persisted ledger (tests use an in-memory one by default).
+    pub fn with_ledger(mut self, ledger: Arc<Ledger>) -> Self {
+        self.ledger = ledger;
+        self
+    }
+
+    fn ledger_err(spec: &CertSpec) -> impl FnOnce(LedgerError) -> CertError + '_ {
+        move |source| CertError::Ledger {
+            name: spec.name.to_string(),
+            source,
+        }
+    }
+
+    /// Targets that exist and were not written by Phoenix: replaced only with a backup.
+    fn foreign<'a>(&self, spec: &'a CertSpec) -> Vec<&'a AbsPath> {
+        self.targets(spec)
+            .into_iter()
+            .filter(|t| self.ledger.file(t.path.as_path()).is_none())
+            .filter(|t| matches!(self.read(spec, t.path, "inspect"), Ok(Some(_))))
+            .map(|t| t.path)
+            .collect()
+    }
+
+    /// Records the target files as Phoenix's when they already are what is declared
+    /// (taken over as they are; never removed by Phoenix).
+    fn adopt(&self, spec: &CertSpec) -> Result<(), CertError> {
+        for t in self.targets(spec) {
+            if self.ledger.file(t.path.as_path()).is_some() {
+                continue;
+            }
+            if let Some(have) = self.read(spec, t.path, "inspect")? {
+                self.ledger
+                    .record_file(
+                        t.path.as_path(),
+                        Owned::written(&have.bytes, None, true, None),
+                    )
+                    .map_err(Self::ledger_err(spec))?;
+            }
+        }
+        Ok(())
     }
 
     fn containers_to_restart(spec: &CertSpec) -> impl Iterator<Item = &ContainerName> {
@@ -294,6 +351,15 @@ impl CertConverger {
     ) -> Result<(), ResourceError> {
         let (uid, gid) = self.ids(spec, path.as_path())?;
         let root = self.root_of(spec, path)?;
+        let owned = self.ledger.file(path.as_path());
+        let before = self.read(spec, path, "inspect")?;
+        let backup = match (&before, &owned) {
+            (Some(old), None) if old.bytes != bytes => self
+                .ledger
+                .back_up(path.as_path(), &old.bytes)
+                .map_err(Self::ledger_err(spec))?,
+            _ => None,
+        };
         let attrs = FileAttrs { mode, uid, gid };
         hostfs::write_beneath(root, path.as_path(), bytes, attrs, true).map_err(|source| {
             Box::new(CertError::Fs {
@@ -302,10 +368,45 @@ impl CertConverger {
                 path: path.to_string(),
                 source,
             }) as ResourceError
-        })
+        })?;
+        let record = Owned::written(bytes, owned.as_ref(), before.is_some(), backup);
+        self.ledger
+            .record_file(path.as_path(), record)
+            .map_err(Self::ledger_err(spec))?;
+        Ok(())
     }
 
+    /// `reload nginx.service, restart container web`: the reloads a renewal runs.
+    fn reload_list(&self, spec: &CertSpec) -> String {
+        spec.reload
+            .iter()
+            .map(|r| match r {
+                Reload::ServiceReload(u) => format!("reload {u}"),
+                Reload::ServiceRestart(u) => format!("restart {u}"),
+                Reload::ContainerRestart(c) => format!("restart container {c}"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Runs every declared reload. The pending mark is persisted first and cleared only
+    /// when all of them succeeded, so a failure (or a crash) is retried on the next pass.
     async fn reload(&self, spec: &CertSpec) -> Result<Vec<String>, ResourceError> {
+        if spec.reload.is_empty() {
+            return Ok(Vec::new());
+        }
+        let name = spec.name.as_str();
+        self.ledger
+            .set_reload_pending(name, true)
+            .map_err(Self::ledger_err(spec))?;
+        let done = self.run_reloads(spec).await?;
+        self.ledger
+            .set_reload_pending(name, false)
+            .map_err(Self::ledger_err(spec))?;
+        Ok(done)
+    }
+
+    async fn run_reloads(&self, spec: &CertSpec) -> Result<Vec<String>, ResourceError> {
         let mut done = Vec::new();
         for r in &spec.reload {
             let (verb, unit) = match r {
@@ -344,9 +445,23 @@ impl Converge<CertSpec> for CertConverger {
         Ok(())
     }
 
-    async fn check(&self, spec: &CertSpec, _cx: &PassContext) -> Result<Check, ResourceError> {
-        let mut diff: Vec<String> = self.material_drift(spec).into_iter().collect();
+    async fn check(&self, spec: &CertSpec, cx: &PassContext) -> Result<Check, ResourceError> {
+        let material = self.material_drift(spec);
+        let mut diff: Vec<String> = Vec::new();
+        if material.is_some() {
+            diff.extend(self.foreign(spec).into_iter().map(replace_line));
+        }
+        diff.extend(material);
         diff.extend(self.metadata_drift(spec)?);
+        if diff.is_empty() && self.ledger.reload_pending(spec.name.as_str()) {
+            diff.push(format!(
+                "reload pending: {} (an earlier reload failed)",
+                self.reload_list(spec)
+            ));
+        }
+        if diff.is_empty() && !cx.dry_run {
+            self.adopt(spec)?;
+        }
         Ok(if diff.is_empty() {
             Check::InSync
         } else {
@@ -358,8 +473,12 @@ impl Converge<CertSpec> for CertConverger {
 
     async fn apply(&self, spec: &CertSpec, _cx: &PassContext) -> Result<String, ResourceError> {
         if self.material_drift(spec).is_none() {
-            // Only owner/mode drifted: fix them, no new certificate, no reload.
-            for t in self.targets(spec) {
+            // Only owner/mode drifted, or a reload is still owed: no new certificate.
+            let metadata = !self.metadata_drift(spec)?.is_empty();
+            for t in self.targets(spec).into_iter().filter(|_| metadata) {
+                if self.read(spec, t.path, "inspect")?.is_none() {
+                    continue;
+                }
                 let (uid, gid) = self.ids(spec, t.path.as_path())?;
                 let attrs = FileAttrs {
                     mode: t.mode,
@@ -374,7 +493,15 @@ impl Converge<CertSpec> for CertConverger {
                         source,
                     })?;
             }
-            return Ok("fixed owner/mode".into());
+            let mut done = Vec::new();
+            if metadata {
+                done.push("fixed owner/mode".to_owned());
+            }
+            if self.ledger.reload_pending(spec.name.as_str()) {
+                let reloaded = self.reload(spec).await?;
+                done.push(format!("pending reload done: {}", reloaded.join(", ")));
+            }
+            return Ok(done.join("; "));
         }
         self.check_containers(spec).await?;
         let key = keys::generate().map_err(|e| CertError::Key(e, spec.name.to_string()))?;

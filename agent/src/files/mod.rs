@@ -3,11 +3,20 @@
 //! the operator allowed `/etc`). Roots like `/srv` hold directories other accounts can
 //! write, so every read, write, chown and chmod goes through [`crate::hostfs`] beneath the
 //! file's root: a link planted below the root is refused, never followed.
+//!
+//! Ownership ([`ledger`]): a file that exists and that Phoenix did not write is shown as
+//! "replace existing (not managed by Phoenix)" and copied to the agent's backup directory
+//! before it is replaced; a file Phoenix created is removed once no resource declares it.
+
+pub mod ledger;
 
 use crate::hostfs::{self, FileAttrs, FsError};
-use crate::reconcile::{Check, Converge, PassContext, ResourceError};
-use phoenix_proto::model::{Ensure, FileSpec};
+use crate::reconcile::{Check, Converge, Leftover, PassContext, Prune, ResourceError};
+use ledger::{Ledger, LedgerError, Owned};
+use phoenix_proto::model::{Ensure, FileSpec, GuestSpec, Resource};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 const DEFAULT_MODE: u32 = 0o644;
 /// Content diffs longer than this many lines are summarized.
@@ -30,6 +39,12 @@ pub enum FileError {
         #[source]
         source: FsError,
     },
+    #[error("file {path}: {source}")]
+    Ledger {
+        path: String,
+        #[source]
+        source: LedgerError,
+    },
 }
 
 fn fs<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(FsError) -> FileError + 'a {
@@ -42,11 +57,29 @@ fn fs<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(FsError) -> FileE
 
 pub struct FileConverger {
     roots: Vec<PathBuf>,
+    /// What Phoenix wrote; shared with the cert handler (its files count as written).
+    ledger: Arc<Ledger>,
 }
 
 impl FileConverger {
+    /// With an in-memory ledger (tests); the agent uses [`Self::with_ledger`].
     pub fn new(roots: Vec<PathBuf>) -> Self {
-        FileConverger { roots }
+        FileConverger {
+            roots,
+            ledger: Arc::new(Ledger::memory()),
+        }
+    }
+
+    pub fn with_ledger(mut self, ledger: Arc<Ledger>) -> Self {
+        self.ledger = ledger;
+        self
+    }
+
+    fn ledger_err(path: &Path) -> impl FnOnce(LedgerError) -> FileError + '_ {
+        move |source| FileError::Ledger {
+            path: path.display().to_string(),
+            source,
+        }
     }
 
     fn root_of(&self, path: &Path) -> Result<&Path, FileError> {
@@ -100,6 +133,7 @@ pub fn resolve_group(path: &Path, name: &str) -> Result<u32, FileError> {
 struct Observed {
     exists: bool,
     content_differs: bool,
+    /// The bytes on disk, when the file exists.
     old_content: Option<Vec<u8>>,
     mode: Option<u32>,
     uid: Option<u32>,
@@ -118,18 +152,22 @@ fn observe(root: &Path, spec: &FileSpec) -> Result<Observed, FileError> {
                 uid: None,
                 gid: None,
             },
-            Some(have) => {
-                let differs = have.bytes != spec.content.as_bytes();
-                Observed {
-                    exists: true,
-                    content_differs: differs,
-                    old_content: differs.then_some(have.bytes),
-                    mode: Some(have.mode),
-                    uid: Some(have.uid),
-                    gid: Some(have.gid),
-                }
-            }
+            Some(have) => Observed {
+                exists: true,
+                content_differs: have.bytes != spec.content.as_bytes(),
+                old_content: Some(have.bytes),
+                mode: Some(have.mode),
+                uid: Some(have.uid),
+                gid: Some(have.gid),
+            },
         },
+    )
+}
+
+/// The plan line of a takeover: the file is there and Phoenix never wrote it.
+pub(crate) fn replace_line(path: impl std::fmt::Display) -> String {
+    format!(
+        "replace existing {path} (not managed by Phoenix; the current file is kept as a backup in the agent's state directory)"
     )
 }
 
@@ -196,7 +234,7 @@ impl Converge<FileSpec> for FileConverger {
         Ok(())
     }
 
-    async fn check(&self, spec: &FileSpec, _cx: &PassContext) -> Result<Check, ResourceError> {
+    async fn check(&self, spec: &FileSpec, cx: &PassContext) -> Result<Check, ResourceError> {
         let path = spec.path.as_path();
         let root = self.root_of(path)?;
         if spec.ensure == Ensure::Absent {
@@ -208,8 +246,12 @@ impl Converge<FileSpec> for FileConverger {
             });
         }
         let obs = observe(root, spec)?;
+        let owned = self.ledger.file(path);
         let mut diff = Vec::new();
         let want_mode = spec.mode.map(|m| m.bits());
+        if obs.exists && obs.content_differs && owned.is_none() {
+            diff.push(replace_line(&spec.path));
+        }
         if !obs.exists {
             diff.push(format!(
                 "create {} ({} bytes)",
@@ -241,6 +283,16 @@ impl Converge<FileSpec> for FileConverger {
                 diff.push(format!("group: {} → {group}", obs.gid.unwrap_or_default()));
             }
         }
+        if diff.is_empty() && owned.is_none() && !cx.dry_run {
+            // Already what is declared, but not written by this agent (or by one before
+            // the ledger): adopted, never removed by Phoenix, and not backed up again.
+            self.ledger
+                .record_file(
+                    path,
+                    Owned::written(spec.content.as_bytes(), None, true, None),
+                )
+                .map_err(Self::ledger_err(path))?;
+        }
         Ok(if diff.is_empty() {
             Check::InSync
         } else {
@@ -255,6 +307,9 @@ impl Converge<FileSpec> for FileConverger {
         let root = self.root_of(path)?;
         if spec.ensure == Ensure::Absent {
             hostfs::remove_beneath(root, path).map_err(fs("remove", path))?;
+            self.ledger
+                .forget_file(path)
+                .map_err(Self::ledger_err(path))?;
             return Ok(format!("removed {}", spec.path));
         }
         let obs = observe(root, spec)?;
@@ -273,7 +328,17 @@ impl Converge<FileSpec> for FileConverger {
             .map(|m| m.bits())
             .or(obs.mode)
             .unwrap_or(DEFAULT_MODE);
+        let owned = self.ledger.file(path);
         if obs.content_differs {
+            // Taking over a file Phoenix did not write: keep it first, so the user can
+            // roll back by hand. No copy, no replacement.
+            let backup = match (&obs.old_content, &owned) {
+                (Some(old), None) => self
+                    .ledger
+                    .back_up(path, old)
+                    .map_err(Self::ledger_err(path))?,
+                _ => None,
+            };
             // Keep the existing owner when the spec does not name one.
             let attrs = FileAttrs {
                 mode,
@@ -282,16 +347,148 @@ impl Converge<FileSpec> for FileConverger {
             };
             hostfs::write_beneath(root, path, spec.content.as_bytes(), attrs, true)
                 .map_err(fs("write", path))?;
-            return Ok(format!(
-                "{} {} ({} bytes)",
-                if obs.exists { "rewrote" } else { "created" },
-                spec.path,
-                spec.content.len()
-            ));
+            let bytes = spec.content.as_bytes();
+            let record = Owned::written(bytes, owned.as_ref(), obs.exists, backup.clone());
+            self.ledger
+                .record_file(path, record)
+                .map_err(Self::ledger_err(path))?;
+            let what = match (&backup, obs.exists, &owned) {
+                (Some(b), _, _) => format!("replaced (backup {})", b.display()),
+                (None, true, None) => "replaced (not managed by Phoenix before)".into(),
+                (None, true, Some(_)) => "rewrote".into(),
+                (None, false, _) => "created".into(),
+            };
+            return Ok(format!("{what} {} ({} bytes)", spec.path, bytes.len()));
         }
         hostfs::set_attrs_beneath(root, path, FileAttrs { mode, uid, gid })
             .map_err(fs("fix owner and mode of", path))?;
+        if owned.is_none() {
+            self.ledger
+                .record_file(
+                    path,
+                    Owned::written(spec.content.as_bytes(), None, true, None),
+                )
+                .map_err(Self::ledger_err(path))?;
+        }
         Ok(format!("fixed metadata of {}", spec.path))
+    }
+}
+
+/// Every path the spec writes as a file: a managed file or one of a cert's files.
+fn declared_paths(spec: &GuestSpec) -> BTreeSet<&Path> {
+    let mut out = BTreeSet::new();
+    for r in spec.resources() {
+        match r {
+            Resource::File(f) if f.ensure == Ensure::Present => {
+                out.insert(f.path.as_path());
+            }
+            Resource::Cert(c) => {
+                for p in [
+                    Some(&c.cert_path),
+                    Some(&c.key_path),
+                    c.chain_path.as_ref(),
+                    c.ca_path.as_ref(),
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    out.insert(p.as_path());
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// What becomes of a file Phoenix wrote and no longer declares.
+enum Fate {
+    /// Gone already: only the record goes.
+    Gone,
+    /// Phoenix created it and it holds what Phoenix wrote: removed.
+    Remove,
+    /// Left in place and no longer managed; the reason.
+    Release(String),
+}
+
+impl FileConverger {
+    /// Decided from what is on disk now; anything Phoenix cannot inspect safely (outside
+    /// the roots it is allowed today, a link planted there) is released, never touched.
+    fn fate(&self, path: &Path, owned: &Owned) -> Fate {
+        let have = match self.root_of(path) {
+            Ok(root) => hostfs::read_beneath(root, path).map_err(fs("inspect", path)),
+            Err(e) => Err(e),
+        };
+        let have = match have {
+            Ok(Some(have)) => have,
+            Ok(None) => return Fate::Gone,
+            Err(e) => return Fate::Release(e.to_string()),
+        };
+        if !owned.created {
+            Fate::Release(match &owned.backup {
+                Some(b) => format!(
+                    "it existed before Phoenix took it over (the original is in {})",
+                    b.display()
+                ),
+                None => "it existed before Phoenix managed it".into(),
+            })
+        } else if !owned.holds(&have.bytes) {
+            Fate::Release("it was changed on the guest since Phoenix wrote it".into())
+        } else {
+            Fate::Remove
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Prune for FileConverger {
+    fn kind(&self) -> &'static str {
+        "file"
+    }
+
+    async fn leftovers(&self, spec: &GuestSpec) -> Result<Vec<Leftover>, ResourceError> {
+        let declared = declared_paths(spec);
+        let mut out = Vec::new();
+        for (path, owned) in self.ledger.files() {
+            if declared.contains(path.as_path()) {
+                continue;
+            }
+            let diff = match self.fate(&path, &owned) {
+                Fate::Gone => format!("forget {} (already gone)", path.display()),
+                Fate::Remove => format!(
+                    "- remove {} (created by Phoenix, no longer declared)",
+                    path.display()
+                ),
+                Fate::Release(why) => {
+                    format!("keep {} but stop managing it: {why}", path.display())
+                }
+            };
+            out.push(Leftover {
+                resource: format!("file:{}", path.display()),
+                diff,
+                key: path.display().to_string(),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn remove(&self, leftover: &Leftover) -> Result<String, ResourceError> {
+        let path = Path::new(&leftover.key);
+        let Some(owned) = self.ledger.file(path) else {
+            return Ok(format!("{} is no longer recorded", path.display()));
+        };
+        let done = match self.fate(path, &owned) {
+            Fate::Gone => format!("forgot {} (already gone)", path.display()),
+            Fate::Remove => {
+                hostfs::remove_beneath(self.root_of(path)?, path).map_err(fs("remove", path))?;
+                format!("removed {}", path.display())
+            }
+            Fate::Release(why) => format!("left {} in place: {why}", path.display()),
+        };
+        self.ledger
+            .forget_file(path)
+            .map_err(Self::ledger_err(path))?;
+        Ok(done)
     }
 }
 

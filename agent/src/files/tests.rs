@@ -121,3 +121,119 @@ fn content_diff_redacts_secret_lines() {
         "unchanged lines are not listed: {diff}"
     );
 }
+
+fn guest(files: &[FileSpec]) -> GuestSpec {
+    let resources: Vec<serde_json::Value> = files
+        .iter()
+        .map(|f| {
+            let mut v = serde_json::to_value(Resource::File(f.clone())).expect("json");
+            v["kind"] = "file".into();
+            v
+        })
+        .collect();
+    GuestSpec::from_json(
+        serde_json::json!({ "resources": resources })
+            .to_string()
+            .as_bytes(),
+    )
+    .expect("spec")
+}
+
+#[tokio::test]
+async fn an_existing_file_not_written_by_phoenix_is_backed_up_before_it_is_replaced() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = tempfile::tempdir().expect("tempdir");
+    let ledger = Arc::new(Ledger::open(state.path()).expect("ledger"));
+    let conv = FileConverger::new(vec![dir.path().to_path_buf()]).with_ledger(ledger.clone());
+    let p = dir.path().join("app.conf");
+    std::fs::write(&p, "hand written\n").expect("write");
+    let s = spec(&p, "phoenix\n", None);
+    let Check::Drift { diff } = conv.check(&s, &cx()).await.expect("check") else {
+        panic!("drift expected");
+    };
+    assert!(diff.contains("(not managed by Phoenix"), "{diff}");
+    let done = conv.apply(&s, &cx()).await.expect("apply");
+    let owned = ledger.file(&p).expect("recorded");
+    let backup = owned.backup.clone().expect("backup kept");
+    assert!(done.contains(&backup.display().to_string()), "{done}");
+    assert!(backup.starts_with(state.path()), "outside the managed root");
+    assert_eq!(
+        std::fs::read_to_string(&backup).expect("read"),
+        "hand written\n"
+    );
+    assert!(!owned.created);
+
+    // Phoenix's own file changes later: no "not managed", no second backup.
+    let s2 = spec(&p, "phoenix v2\n", None);
+    let Check::Drift { diff } = conv.check(&s2, &cx()).await.expect("check") else {
+        panic!("drift expected");
+    };
+    assert!(!diff.contains("not managed"), "{diff}");
+    conv.apply(&s2, &cx()).await.expect("apply");
+    let backups = std::fs::read_dir(state.path().join("backups"))
+        .expect("list")
+        .count();
+    assert_eq!(backups, 1);
+
+    // No longer declared: taken over, so left in place and released.
+    let left = conv.leftovers(&guest(&[])).await.expect("leftovers");
+    assert_eq!(left.len(), 1);
+    assert!(left[0].diff.starts_with("keep "), "{}", left[0].diff);
+    conv.remove(&left[0]).await.expect("release");
+    assert_eq!(
+        std::fs::read_to_string(&p).expect("still there"),
+        "phoenix v2\n"
+    );
+    assert!(ledger.file(&p).is_none());
+}
+
+#[tokio::test]
+async fn only_files_phoenix_created_and_nobody_changed_are_removed_when_undeclared() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conv = FileConverger::new(vec![dir.path().to_path_buf()]);
+    let (a, b, c) = (
+        dir.path().join("a.conf"),
+        dir.path().join("b.conf"),
+        dir.path().join("c.conf"),
+    );
+    let specs = [
+        spec(&a, "a", None),
+        spec(&b, "b", None),
+        spec(&c, "c", None),
+    ];
+    for s in &specs {
+        conv.apply(s, &cx()).await.expect("apply");
+    }
+    std::fs::write(&b, "edited by hand").expect("edit");
+    // c is still declared; a and b are not.
+    let left = conv
+        .leftovers(&guest(&specs[2..]))
+        .await
+        .expect("leftovers");
+    let diffs: Vec<&str> = left.iter().map(|l| l.diff.as_str()).collect();
+    assert_eq!(left.len(), 2, "{diffs:?}");
+    assert!(
+        diffs
+            .iter()
+            .any(|d| d.starts_with("- remove ") && d.contains("a.conf")),
+        "{diffs:?}"
+    );
+    assert!(
+        diffs.iter().any(|d| d.starts_with("keep ")
+            && d.contains("b.conf")
+            && d.contains("changed on the guest")),
+        "{diffs:?}"
+    );
+    for l in &left {
+        conv.remove(l).await.expect("remove");
+    }
+    assert!(!a.exists(), "created by Phoenix: removed");
+    assert_eq!(std::fs::read_to_string(&b).expect("kept"), "edited by hand");
+    assert!(c.exists());
+    assert!(
+        conv.leftovers(&guest(&specs[2..]))
+            .await
+            .expect("again")
+            .is_empty()
+    );
+}

@@ -66,3 +66,32 @@ pub trait Converge<S: Sync>: Send + Sync {
         out
     }
 }
+
+/// Something a handler created on the host that the desired state no longer declares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leftover {
+    /// Reported as the result's resource, e.g. `file:/etc/app.conf`.
+    pub resource: String,
+    /// What removing it does, for the plan; a removal starts with `- `.
+    pub diff: String,
+    /// The handler's own key for it (a path, a unit name).
+    pub key: String,
+}
+
+/// Removal of what Phoenix created once it is no longer declared. Only what the handler's
+/// ownership record says it created is ever offered; what it took over or what someone
+/// changed since is released (no longer managed) and left in place.
+#[async_trait::async_trait]
+pub trait Prune: Send + Sync {
+    /// The resource kind, for a failure to list leftovers.
+    fn kind(&self) -> &'static str;
+
+    /// What this handler created that `spec` no longer declares. Never mutates.
+    async fn leftovers(
+        &self,
+        spec: &phoenix_proto::model::GuestSpec,
+    ) -> Result<Vec<Leftover>, ResourceError>;
+
+    /// Removes one leftover (or releases it); returns what was done.
+    async fn remove(&self, leftover: &Leftover) -> Result<String, ResourceError>;
+}

@@ -10,7 +10,7 @@
 pub mod handler;
 mod pass;
 
-pub use handler::{Check, Converge, PassContext, ResourceError};
+pub use handler::{Check, Converge, Leftover, PassContext, Prune, ResourceError};
 pub use pass::{Stop, Trigger};
 
 use phoenix_proto::model::{
@@ -32,6 +32,9 @@ pub struct Handlers {
     pub stacks: Arc<dyn Converge<StackSpec>>,
     pub certs: Arc<dyn Converge<CertSpec>>,
     pub execs: Arc<dyn Converge<ExecSpec>>,
+    /// Remove what Phoenix created and no longer declares, in this order (units are
+    /// stopped before the files they read go).
+    pub prune: Vec<Arc<dyn Prune>>,
 }
 
 /// Stands in for a kind this agent build cannot manage: it fails validation, so a spec
@@ -72,6 +75,7 @@ impl Handlers {
             stacks: Unsupported::new("stack"),
             certs: Unsupported::new("cert"),
             execs: Unsupported::new("exec"),
+            prune: Vec::new(),
         }
     }
 
@@ -188,6 +192,9 @@ impl Engine {
             dry_run: desired.dry_run,
             changed: BTreeSet::new(),
         };
+        // Leftovers first: a unit replaced by another frees its port before the new one
+        // starts.
+        self.prune(spec, &cx, stop, &mut results).await;
         let mut not_ok: BTreeSet<ResourceRef> = BTreeSet::new();
         // Converged so far, and packages already handled by an earlier batch.
         let mut settled: BTreeSet<ResourceRef> = BTreeSet::new();
@@ -316,6 +323,53 @@ impl Engine {
             }
         }
         self.report(desired, trigger, results, started)
+    }
+
+    /// Removes (or, in a plan, lists) what Phoenix created and `spec` no longer declares.
+    async fn prune(
+        &self,
+        spec: &phoenix_proto::model::GuestSpec,
+        cx: &PassContext,
+        stop: &(dyn Fn() -> Option<Stop> + Send + Sync),
+        results: &mut Vec<ResourceResult>,
+    ) {
+        for p in &self.handlers.prune {
+            let t = Instant::now();
+            let leftovers = match p.leftovers(spec).await {
+                Ok(l) => l,
+                Err(e) => {
+                    let id = format!("{}:*", p.kind());
+                    results.push(ResourceResult {
+                        resource: id,
+                        status: Status::Failed,
+                        message: format!("list what is no longer declared: {e}"),
+                        duration_micros: t.elapsed().as_micros() as u64,
+                        diff: String::new(),
+                    });
+                    continue;
+                }
+            };
+            for l in leftovers {
+                let t = Instant::now();
+                let (status, message) = if let Some(why) = stop() {
+                    (Status::Skipped, why.to_string())
+                } else if cx.dry_run {
+                    (Status::Changed, "would change".to_owned())
+                } else {
+                    match p.remove(&l).await {
+                        Ok(msg) => (Status::Changed, msg),
+                        Err(e) => (Status::Failed, e.to_string()),
+                    }
+                };
+                results.push(ResourceResult {
+                    resource: l.resource,
+                    status,
+                    message,
+                    duration_micros: t.elapsed().as_micros() as u64,
+                    diff: l.diff,
+                });
+            }
+        }
     }
 
     fn report(

@@ -6,19 +6,28 @@
 //!
 //! Through `systemctl`, not D-Bus: see docs/design/0003-systemd-interface.md.
 //!
-//! Limits: drop-ins no longer declared are not pruned; a unit file without Phoenix's header
-//! is never removed by `ensure: absent` (only stopped and disabled).
+//! Ownership ([`owned`]): a unit file, drop-in or environment file without Phoenix's
+//! header is shown as "replace existing (not managed by Phoenix)" and backed up before it
+//! is replaced; a service no longer declared is stopped, disabled and its files removed
+//! when Phoenix created them.
+//!
+//! Limits: drop-ins no longer declared by a still-declared service are not pruned; a unit
+//! file without Phoenix's header is never removed by `ensure: absent` (only stopped and
+//! disabled).
 
+mod owned;
 mod systemctl;
 mod unit;
 
 pub use systemctl::Systemctl;
 
 use crate::exec::ExecError;
+use crate::files::ledger::{Ledger, LedgerError};
 use crate::hostio;
 use crate::reconcile::{Check, Converge, PassContext, ResourceError};
 use phoenix_proto::model::{Ensure, RunState, ServiceSpec};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +60,12 @@ pub enum ServiceError {
     },
     #[error("service {unit}: unit not found (no unit given here and none installed)")]
     NotFound { unit: String },
+    #[error("service {unit}: {source}")]
+    Ledger {
+        unit: String,
+        #[source]
+        source: LedgerError,
+    },
 }
 
 /// What systemd says about a unit (`systemctl show`).
@@ -172,6 +187,8 @@ pub struct ServiceConverger<M> {
     /// before it is reported running: `systemctl start` returns as soon as a simple
     /// service has forked, so a process that dies a moment later looked converged.
     settle: Duration,
+    /// Which unit files Phoenix wrote (created or took over).
+    ledger: Arc<Ledger>,
 }
 
 impl<M: ServiceManager> ServiceConverger<M> {
@@ -181,7 +198,14 @@ impl<M: ServiceManager> ServiceConverger<M> {
             unit_dir: unit_dir.into(),
             env_dir: env_dir.into(),
             settle: Duration::from_secs(3),
+            ledger: Arc::new(Ledger::memory()),
         }
+    }
+
+    /// The agent's persisted ledger (tests use an in-memory one by default).
+    pub fn with_ledger(mut self, ledger: Arc<Ledger>) -> Self {
+        self.ledger = ledger;
+        self
     }
 
     /// Overrides the settle window (unit tests with a fake manager use zero).
@@ -272,26 +296,21 @@ impl<M: ServiceManager> ServiceConverger<M> {
         Ok(out)
     }
 
-    /// Files of an absent service that are ours to remove.
+    /// Files of an absent service that are ours to remove: those carrying Phoenix's header
+    /// (a drop-in or unit someone else wrote under the same name stays).
     fn removable(&self, spec: &ServiceSpec) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        let unit = self.unit_path(&spec.name);
-        if let Ok(Some(b)) = hostio::read_if_exists(&self.unit_dir, &unit)
-            && b.starts_with(unit::HEADER.as_bytes())
-        {
-            out.push(unit);
-        }
-        for key in spec.dropins.keys() {
-            let p = self.dropin_path(&spec.name, key);
-            if p.exists() {
-                out.push(p);
-            }
-        }
-        let env = self.env_dir.join(format!("{}.env", spec.name));
-        if env.exists() {
-            out.push(env);
-        }
-        out
+        let mut paths = vec![self.unit_path(&spec.name)];
+        paths.extend(spec.dropins.keys().map(|k| self.dropin_path(&spec.name, k)));
+        paths.push(self.env_dir.join(format!("{}.env", spec.name)));
+        paths.into_iter().filter(|p| self.has_header(p)).collect()
+    }
+
+    /// The file exists and starts with Phoenix's header (links are not followed).
+    fn has_header(&self, path: &Path) -> bool {
+        matches!(
+            hostio::read_if_exists(self.root_for(path), path),
+            Ok(Some(b)) if b.starts_with(unit::HEADER.as_bytes())
+        )
     }
 
     /// The restart or reload this pass asks for, with its reason.
@@ -325,9 +344,17 @@ impl<M: ServiceManager> ServiceConverger<M> {
         cx: &PassContext,
     ) -> Result<Vec<String>, ServiceError> {
         let stale = self.stale(spec)?;
+        if !cx.dry_run {
+            self.adopt(spec, &stale)?;
+        }
         let st = self.mgr.status(&spec.name).await?;
         let mut diff = Vec::new();
         if !stale.is_empty() {
+            diff.extend(
+                self.foreign(&stale)
+                    .iter()
+                    .map(|p| crate::files::replace_line(p.display())),
+            );
             let paths: Vec<String> = stale.iter().map(|f| f.path.display().to_string()).collect();
             diff.push(format!("write {}", paths.join(", ")));
             diff.extend(self.stale_diffs(&stale));
@@ -391,15 +418,7 @@ impl<M: ServiceManager> ServiceConverger<M> {
         let stale = self.stale(spec)?;
         let mut done = Vec::new();
         for f in &stale {
-            hostio::write_atomic(self.root_for(&f.path), &f.path, &f.content, f.mode).map_err(
-                |source| ServiceError::File {
-                    unit: name.to_owned(),
-                    action: "write",
-                    path: f.path.display().to_string(),
-                    source,
-                },
-            )?;
-            done.push(format!("wrote {}", f.path.display()));
+            done.push(self.write_owned(name, f)?);
         }
         let wrote = !stale.is_empty();
         if wrote || self.mgr.status(name).await?.need_daemon_reload {
@@ -520,6 +539,12 @@ impl<M: ServiceManager> ServiceConverger<M> {
             self.mgr.daemon_reload().await?;
             done.push("daemon-reload".into());
         }
+        self.ledger
+            .forget_unit(name)
+            .map_err(|source| ServiceError::Ledger {
+                unit: name.to_owned(),
+                source,
+            })?;
         Ok(done.join(", "))
     }
 }

@@ -27,9 +27,15 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// `-o`: what a command prints on stdout.
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum Output {
+    /// Readable text; tables fit an 80-column terminal.
     Table,
+    /// Tables with every column (agent, trigger, facts, every name), however wide.
+    Wide,
+    /// JSON: a listing is one array; apply and plan print one object per line as
+    /// they happen (newline-delimited), validate one object.
     Json,
 }
 
@@ -48,6 +54,8 @@ pub enum Command {
         /// identities (coordinator.<td>, wildcards covering it) are refused.
         #[arg(long, default_value = "phoenix.lab")]
         trust_domain: String,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
     },
     /// What `apply` would change on every guest (same as `apply --dry-run`).
     Plan {
@@ -58,6 +66,8 @@ pub enum Command {
         /// Only these guests (comma-separated ids); default every compiled guest.
         #[arg(long, value_delimiter = ',')]
         guest: Vec<GuestId>,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
     },
     /// Print the JSON Schema of Phoenix's native desired-state format.
     Schema,
@@ -82,6 +92,8 @@ pub enum Command {
         /// are waited for and count in the exit status).
         #[arg(long)]
         wait_all: bool,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
     },
     /// Per guest: connected, revision wanted and applied, last report, cert expiry.
     Status {
@@ -103,6 +115,55 @@ pub enum Command {
     Revoke {
         #[arg(long)]
         guest: GuestId,
+    },
+    /// The event log: enrollments and refusals, sessions, desired states pushed, every
+    /// report (with the time the guest did the work), certificates, the CA's health.
+    /// One line per event, or with `-o json` one JSON object per line (index, time,
+    /// topic, type, key, payload).
+    Events {
+        /// Keep printing new events as they are recorded.
+        #[arg(long)]
+        follow: bool,
+        /// Only events about these guests (comma-separated ids).
+        #[arg(long, value_delimiter = ',')]
+        guest: Vec<GuestId>,
+        /// Only these topics (comma-separated): Enrollment, Session, Desired, Report,
+        /// Cert, Ca, Guest.
+        #[arg(long, value_delimiter = ',')]
+        topic: Vec<crate::store::Topic>,
+        /// Only events after this index (the last one you saw): resumes a stream.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// A guest's applies, newest first: what changed, what failed and why.
+    History {
+        #[arg(long)]
+        guest: GuestId,
+        /// Show at most this many applies.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Drop a guest from the coordinator (one taken out of the configs): its identity is
+    /// revoked and its session ended, then its records are deleted. Its events stay.
+    Forget {
+        #[arg(long)]
+        guest: GuestId,
+    },
+    /// Have a guest's agent run a pass now, even on an unchanged revision, and print
+    /// its report.
+    Converge {
+        #[arg(long)]
+        guest: GuestId,
+        /// Give up waiting for the report after this long.
+        #[arg(long, default_value = "120s", value_parser = duration::parse)]
+        timeout: Duration,
+        /// Return once the pass is requested.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Guests as seen from the host.
     Guest {
@@ -191,6 +252,16 @@ pub struct ServeArgs {
     /// network only the Prometheus server reaches. Off when not given.
     #[arg(long)]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Serve the read-only status page (HTML at /) on this address, e.g.
+    /// 127.0.0.1:9465. Off when not given. Any address other than loopback needs
+    /// --status-token-file.
+    #[arg(long)]
+    pub status_listen: Option<std::net::SocketAddr>,
+    /// A file (not world-readable) whose first line is the token every status page
+    /// request must carry (`Authorization: Bearer`, or the password of HTTP Basic
+    /// authentication in a browser). Required when --status-listen is not loopback.
+    #[arg(long)]
+    pub status_token_file: Option<PathBuf>,
     #[arg(long, default_value = "24h", value_parser = duration::parse)]
     pub agent_cert_ttl: Duration,
     #[arg(long, default_value = "24h", value_parser = duration::parse)]
@@ -259,6 +330,12 @@ pub struct ServeArgs {
     /// How often the leader deletes join tokens that expired over a day ago.
     #[arg(long, default_value = "1h", value_parser = duration::parse)]
     pub prune_every: Duration,
+    /// Events (`phoenix events`, `phoenix history`) older than this are dropped.
+    #[arg(long, default_value = "30d", value_parser = duration::parse)]
+    pub events_max_age: Duration,
+    /// At most this many events are kept; beyond it the oldest are dropped.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub events_max_count: u64,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq, serde::Deserialize)]

@@ -73,6 +73,24 @@ pub struct FileConfig {
     #[serde(default, deserialize_with = "duration_opt")]
     prune_every: Option<Duration>,
     metrics_listen: Option<SocketAddr>,
+    status_listen: Option<SocketAddr>,
+    status_token_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "duration_opt")]
+    events_max_age: Option<Duration>,
+    events_max_count: Option<Positive64>,
+}
+
+/// A count of at least 1 (`events-max-count`).
+#[derive(Debug, Clone, Copy)]
+struct Positive64(u64);
+
+impl<'de> Deserialize<'de> for Positive64 {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match u64::deserialize(d)? {
+            0 => Err(serde::de::Error::custom("must be at least 1")),
+            n => Ok(Positive64(n)),
+        }
+    }
 }
 
 /// A count of at least 1 (`max-pending-connections`).
@@ -166,7 +184,15 @@ impl ServeArgs {
             ca_secret_file,
             prune_every,
             metrics_listen,
+            status_listen,
+            status_token_file,
+            events_max_age,
         );
+        if let Some(Positive64(n)) = file.events_max_count
+            && !given(m, "events_max_count")
+        {
+            self.events_max_count = n;
+        }
         if let Some(td) = file.trust_domain
             && !given(m, "trust_domain")
         {
@@ -247,6 +273,12 @@ mod tests {
         assert_eq!(a.admin_group.as_deref(), Some("phoenix"));
         assert_eq!(a.agent_cert_ttl, Duration::from_secs(24 * 3600));
         assert_eq!(a.ca, CaKind::Embedded);
+        assert_eq!(
+            a.status_listen.map(|s| s.to_string()).as_deref(),
+            Some("127.0.0.1:9465"),
+            "the page is on, on loopback"
+        );
+        assert_eq!(a.status_token_file, None);
     }
 
     #[test]
@@ -276,6 +308,22 @@ mod tests {
         let msg = r.expect_err("unknown store").to_string();
         assert!(
             msg.contains("store") && msg.contains("unknown variant"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn event_retention_comes_from_the_file_and_flags_win() {
+        let toml = "events-max-age = \"2d\"\nevents-max-count = 50\n";
+        let (cli, r) = serve_with(&["phoenix", "serve", "--events-max-count", "70"], toml);
+        r.expect("valid");
+        let a = serve_args(&cli);
+        assert_eq!(a.events_max_age, Duration::from_secs(2 * 24 * 3600));
+        assert_eq!(a.events_max_count, 70, "the flag wins");
+        let (_, r) = serve_with(&["phoenix", "serve"], "events-max-count = 0\n");
+        let msg = r.expect_err("zero events").to_string();
+        assert!(
+            msg.contains("events-max-count") && msg.contains("at least 1"),
             "{msg}"
         );
     }

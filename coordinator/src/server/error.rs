@@ -25,6 +25,9 @@ pub enum RpcError {
     Ca(CaError),
     #[error("{0}")]
     NotFound(String),
+    /// Another session of the same guest is live (docs/design/0012); the caller retries.
+    #[error(transparent)]
+    SessionInUse(#[from] super::hub::SessionInUse),
     /// The shared store is unreachable or without quorum: another replica may serve.
     #[error("{0}")]
     Unavailable(StoreError),
@@ -68,6 +71,7 @@ impl From<RpcError> for Status {
             RpcError::Ca(e) => Status::new(ca_code(&e), msg),
             RpcError::Unavailable(_) => Status::unavailable(msg),
             RpcError::NotFound(_) => Status::not_found(msg),
+            RpcError::SessionInUse(_) => Status::already_exists(msg),
         }
     }
 }

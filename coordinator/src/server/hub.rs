@@ -29,6 +29,8 @@ struct GuestChannels {
     desired: watch::Sender<Pushed>,
     dry_run: watch::Sender<Pushed>,
     session: Option<u64>,
+    /// Bumped by `phoenix converge`: the session asks its agent for a pass.
+    run_pass: watch::Sender<u64>,
     /// Every session of this guest opened before `Ended::before` must end with its status.
     ended: watch::Sender<Ended>,
 }
@@ -48,6 +50,7 @@ impl GuestChannels {
             desired: watch::channel(None).0,
             dry_run: watch::channel(None).0,
             session: None,
+            run_pass: watch::channel(0).0,
             ended: watch::channel(Ended::default()).0,
         }
     }
@@ -57,10 +60,21 @@ impl GuestChannels {
 pub struct Attachment {
     pub desired: watch::Receiver<Pushed>,
     pub dry_run: watch::Receiver<Pushed>,
+    /// Changes when the operator asks for a pass now (`phoenix converge`).
+    pub run_pass: watch::Receiver<u64>,
     pub ended: EndSignal,
     hub: Arc<Hub>,
     guest: GuestId,
     session: u64,
+}
+
+/// `attach` refused: the guest already has a live session.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "guest {guest} already has a live session; a second session with its identity is refused (a cloned guest or a copied key? re-join the other machine with its own token)"
+)]
+pub struct SessionInUse {
+    pub guest: GuestId,
 }
 
 /// Tells one session when the coordinator has ended it.
@@ -160,22 +174,30 @@ impl Hub {
         }
     }
 
-    /// Registers a new session for `guest`; a previous session of the same guest stops
-    /// counting as "the" session (it ends on its own when its stream breaks).
-    pub fn attach(self: &Arc<Self>, guest: GuestId) -> Attachment {
+    /// Registers the session of `guest`, or refuses while another session of it is
+    /// attached: one identity, one live session. A second holder of the same key (a
+    /// cloned guest, a stolen key) must not silently take the guest's desired state and
+    /// report stream over; the live one keeps it (docs/design/0012).
+    pub fn attach(self: &Arc<Self>, guest: GuestId) -> Result<Attachment, SessionInUse> {
         let session = self
             .next_session
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut guests = self.lock();
         let ch = guests.entry(guest).or_insert_with(GuestChannels::new);
+        if ch.session.is_some() {
+            return Err(SessionInUse { guest });
+        }
         ch.session = Some(session);
         let mut desired = ch.desired.subscribe();
         desired.mark_changed();
         // A dry run pushed before the agent connected is stale; only later ones count.
         let dry_run = ch.dry_run.subscribe();
-        Attachment {
+        // Like a dry run, a request made before this session is not replayed.
+        let run_pass = ch.run_pass.subscribe();
+        Ok(Attachment {
             desired,
             dry_run,
+            run_pass,
             ended: EndSignal {
                 rx: ch.ended.subscribe(),
                 session,
@@ -183,7 +205,7 @@ impl Hub {
             hub: self.clone(),
             guest,
             session,
-        }
+        })
     }
 
     /// Ends every session of `guest` attached so far with `status`; sessions attached
@@ -198,6 +220,28 @@ impl Hub {
             before,
             status: Some(status),
         });
+    }
+
+    /// Asks the session of `guest` to have its agent run a pass now; false when it has
+    /// no session.
+    pub fn request_pass(&self, guest: GuestId) -> bool {
+        let guests = self.lock();
+        match guests.get(&guest) {
+            Some(ch) if ch.session.is_some() => {
+                ch.run_pass.send_modify(|n| *n = n.wrapping_add(1));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Drops the desired state held for `guest` (`phoenix forget`), so a guest enrolled
+    /// later under the same id is not sent the forgotten one.
+    pub fn forget(&self, guest: GuestId) {
+        if let Some(ch) = self.lock().get(&guest) {
+            ch.desired.send_replace(None);
+            ch.dry_run.send_replace(None);
+        }
     }
 
     pub fn connected(&self, guest: GuestId) -> bool {

@@ -10,6 +10,7 @@ pub mod hub;
 pub mod listener;
 mod report_watch;
 
+pub(crate) use admin_service::status_without_reports;
 pub use error::RpcError;
 
 use crate::store::{EtcdConfig, EtcdStore, RedbStore, Store, StoreError};
@@ -58,6 +59,12 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// This replica's name and the leader's schedule (docs/design/0010).
     pub cluster: crate::cluster::ClusterConfig,
+    /// Where to serve the status page (plain HTTP, read-only); None: off.
+    pub status_listen: Option<SocketAddr>,
+    /// The token a status page reader must present; required beyond loopback.
+    pub status_token_file: Option<PathBuf>,
+    /// How long and how many events the log keeps (`phoenix events`).
+    pub events: crate::store::Retention,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +103,8 @@ pub enum ServeError {
     FdLimit(#[source] nix::Error),
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    #[error(transparent)]
+    StatusPage(#[from] crate::web::WebError),
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -124,6 +133,7 @@ pub struct Coordinator {
     pub(crate) advertise: String,
     pub(crate) cfg: Config,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    pub(crate) events: Arc<crate::events::Recorder>,
 }
 
 /// The store's file in the state directory.
@@ -201,12 +211,33 @@ async fn renew_own_identity(c: Arc<Coordinator>) {
         }) {
             Ok(id) => {
                 tracing::info!(serial = %id.info.serial_hex, "coordinator identity renewed");
+                c.events
+                    .ca_result(c.ca.name(), "renew the coordinator identity", Ok(()));
+                c.events.record(
+                    crate::events::Kind::CoordinatorCertRenewed,
+                    "coordinator",
+                    serde_json::json!({
+                        "serial": id.info.serial_hex,
+                        "not_after_unix": unix(id.info.not_after),
+                    }),
+                );
                 c.metrics
                     .renewal(crate::metrics::CertKind::Coordinator, true);
                 c.identity.swap(id);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "coordinator identity renewal failed; keeping the current one");
+                c.events.ca_result(
+                    c.ca.name(),
+                    "renew the coordinator identity",
+                    Err(e.to_string()),
+                );
+                c.events.record_limited(
+                    crate::events::Kind::CoordinatorCertRenewFailed,
+                    "coordinator",
+                    "coordinator",
+                    serde_json::json!({ "error": e.to_string() }),
+                );
                 c.metrics
                     .renewal(crate::metrics::CertKind::Coordinator, false);
                 tokio::time::sleep(Duration::from_secs(5)).await;
@@ -223,6 +254,12 @@ pub async fn run(
     ca: Option<Arc<dyn CertAuthority>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    // Refused before anything changes: a page open to the network without a token.
+    let status_access = cfg
+        .status_listen
+        .map(|addr| crate::web::Access::new(addr, cfg.status_token_file.as_deref()))
+        .transpose()
+        .map_err(crate::web::WebError::from)?;
     // Before anything changes: a second daemon must not take over a running one's socket.
     let admin_claim = admin_socket::claim(&cfg.admin_socket, cfg.admin_group.as_deref())?;
     let (nofile, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
@@ -283,6 +320,11 @@ pub async fn run(
         hub.push(guest, desired_message(&rec));
     }
     let server_tls = phoenix_pki::tls::server_config(identity.clone(), trust.clone())?;
+    let metrics: Arc<crate::metrics::Metrics> = Default::default();
+    let (events, event_writer) = crate::events::Recorder::new(store.clone(), metrics.clone());
+    let event_writer = tokio::spawn(event_writer.run());
+    // The CA just signed our identity.
+    events.ca_result(ca.name(), "issue the coordinator identity", Ok(()));
     let c = Arc::new(Coordinator {
         store,
         ca,
@@ -292,7 +334,8 @@ pub async fn run(
         trust,
         advertise: advertise.clone(),
         cfg: cfg.clone(),
-        metrics: Default::default(),
+        metrics,
+        events,
     });
     // From here the guard removes the socket on every way out, a failed start included.
     let admin = admin_claim.bind()?;
@@ -310,6 +353,10 @@ pub async fn run(
     if let Some(addr) = cfg.metrics_listen {
         let bound = crate::metrics::spawn(c.clone(), addr, stop_rx.clone()).await?;
         tracing::info!(metrics = %bound, "serving Prometheus metrics at /metrics");
+    }
+    if let (Some(addr), Some(access)) = (cfg.status_listen, status_access) {
+        let bound = crate::web::spawn(c.clone(), addr, access, stop_rx.clone()).await?;
+        tracing::info!(status = %bound, "serving the status page at /");
     }
     let agent_svc = v1::agent_server::AgentServer::new(agent_service::AgentApi(c.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -369,6 +416,12 @@ pub async fn run(
             stop_rx.clone(),
         )));
     }
+    let prune = tokio::spawn(crate::events::prune::run(
+        c.events.clone(),
+        cfg.events,
+        advertise.clone(),
+        crate::events::prune::EVERY,
+    ));
     let agent_server = tokio::spawn(listener::serve(
         listener,
         server_tls,
@@ -392,6 +445,10 @@ pub async fn run(
             tracing::warn!("a cluster task did not stop in time");
         }
     }
+    prune.abort();
+    // Sessions ended by the stop have queued their events; write them before exiting.
+    c.events.flush().await;
+    drop(event_writer);
     drop(admin.guard);
     if let Err(e) = agents {
         tracing::error!(error = %e, "agent port server ended abnormally");

@@ -1,12 +1,16 @@
 //! What the coordinator must not forget across restarts: enrolled agents, join tokens,
-//! desired revisions and the last report of each guest. Behind a trait so a distributed
+//! desired revisions, the last report of each guest and the event log ([`events`]). Behind a trait so a distributed
 //! store (etcd, shared by several coordinator replicas) can replace the embedded one; see
 //! docs/design/0001-embedded-store.md and docs/design/0010-ha-on-etcd.md.
 
 mod etcd;
+pub mod events;
+mod forget;
 mod redb_store;
 
 pub use etcd::{Change, EtcdConfig, EtcdStore, EtcdTls};
+pub use events::{Event, EventBounds, EventLog, Retention, Topic};
+pub use forget::{ForgetGuest, Forgotten};
 pub use redb_store::RedbStore;
 
 use phoenix_proto::model::{ApplyReport, GuestId};
@@ -120,6 +124,10 @@ pub struct AgentRecord {
     /// token that produced it may be used again.
     #[serde(default = "yes")]
     pub confirmed: bool,
+    /// The highest outbox position (`PassReport::seq`) of this agent recorded so far: a
+    /// report sent again because its acknowledgement was lost is not recorded twice.
+    #[serde(default)]
+    pub last_pass_seq: u64,
 }
 
 fn yes() -> bool {
@@ -281,7 +289,7 @@ fn check_current(
     }
 }
 
-pub trait Store: Send + Sync + 'static {
+pub trait Store: EventLog + ForgetGuest + Send + Sync + 'static {
     fn put_token(&self, token_hash: &str, rec: &TokenRecord) -> Result<(), StoreError>;
     /// Checks a join token without using it, so the CA is not asked for a bad token.
     fn check_token(

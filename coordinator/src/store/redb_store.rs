@@ -1,9 +1,13 @@
+use super::events::{Event, EventBounds, EventLog, Retention, prune_count};
+use super::forget::{ForgetGuest, Forgotten};
 use super::{
     AgentRecord, DesiredRecord, LeaderTerm, ReportRecord, ServiceCertRecord, Store, StoreError,
     TokenRecord, check_current, mark_revoked, spend_token, token_usable,
 };
 use phoenix_proto::model::GuestId;
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::path::Path;
@@ -18,6 +22,8 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const DECLARED: TableDefinition<u32, &[u8]> = TableDefinition::new("declared");
 /// Key: "<guest>/<cert name>".
 const SERVICE_CERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("service_certs");
+/// Event index → JSON of `Event`.
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 
 pub struct RedbStore {
     db: Database,
@@ -71,6 +77,7 @@ impl RedbStore {
             tx.open_table(META).map_err(map)?;
             tx.open_table(DECLARED).map_err(map)?;
             tx.open_table(SERVICE_CERTS).map_err(map)?;
+            tx.open_table(EVENTS).map_err(map)?;
         }
         tx.commit().map_err(|e| io("create tables")(e.into()))?;
         let store = RedbStore { db };
@@ -436,6 +443,163 @@ impl Store for RedbStore {
                 t.remove(k.as_str()).map_err(|e| io(A)(e.into()))?;
             }
             Ok(expired.len())
+        })
+    }
+}
+
+impl EventLog for RedbStore {
+    fn append_events(&self, evs: &[Event]) -> Result<Vec<u64>, StoreError> {
+        const A: &str = "append events";
+        if evs.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write(A, true, |tx| {
+            let mut meta = tx.open_table(META).map_err(|e| io(A)(e.into()))?;
+            let last = meta
+                .get("event_index")
+                .map_err(|e| io(A)(e.into()))?
+                .map(|v| v.value())
+                .unwrap_or(0);
+            let mut t = tx.open_table(EVENTS).map_err(|e| io(A)(e.into()))?;
+            let mut indexes = Vec::with_capacity(evs.len());
+            for (ev, index) in evs.iter().zip(last + 1..) {
+                let bytes = enc(&Event {
+                    index,
+                    ..ev.clone()
+                })?;
+                t.insert(index, bytes.as_slice())
+                    .map_err(|e| io(A)(e.into()))?;
+                indexes.push(index);
+            }
+            meta.insert("event_index", last + evs.len() as u64)
+                .map_err(|e| io(A)(e.into()))?;
+            Ok(indexes)
+        })
+    }
+
+    fn events_since(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        const A: &str = "read events";
+        let tx = self.db.begin_read().map_err(|e| io(A)(e.into()))?;
+        let t = tx.open_table(EVENTS).map_err(|e| io(A)(e.into()))?;
+        let mut out = Vec::new();
+        for item in t
+            .range(after.saturating_add(1)..)
+            .map_err(|e| io(A)(e.into()))?
+            .take(limit)
+        {
+            let (_, v) = item.map_err(|e| io(A)(e.into()))?;
+            out.push(dec(v.value())?);
+        }
+        Ok(out)
+    }
+
+    fn event_bounds(&self) -> Result<EventBounds, StoreError> {
+        const A: &str = "read event bounds";
+        let tx = self.db.begin_read().map_err(|e| io(A)(e.into()))?;
+        let t = tx.open_table(EVENTS).map_err(|e| io(A)(e.into()))?;
+        let meta = tx.open_table(META).map_err(|e| io(A)(e.into()))?;
+        let first = t
+            .first()
+            .map_err(|e| io(A)(e.into()))?
+            .map_or(0, |(k, _)| k.value());
+        let last = meta
+            .get("event_index")
+            .map_err(|e| io(A)(e.into()))?
+            .map_or(0, |v| v.value());
+        let count = t.len().map_err(|e| io(A)(e.into()))?;
+        Ok(EventBounds { first, last, count })
+    }
+
+    /// One process owns the file, so `term` always holds.
+    fn prune_events(
+        &self,
+        _term: LeaderTerm,
+        retention: &Retention,
+        now_unix_ms: i64,
+    ) -> Result<u64, StoreError> {
+        const A: &str = "prune events";
+        self.write(A, true, |tx| {
+            let mut t = tx.open_table(EVENTS).map_err(|e| io(A)(e.into()))?;
+            let total = t.len().map_err(|e| io(A)(e.into()))?;
+            let drop = {
+                let mut times = Vec::new();
+                for item in t.iter().map_err(|e| io(A)(e.into()))? {
+                    let (_, v) = item.map_err(|e| io(A)(e.into()))?;
+                    let ev: Event = dec(v.value())?;
+                    if ev.time_unix_ms >= retention.cutoff_unix_ms(now_unix_ms) {
+                        break;
+                    }
+                    times.push(ev.time_unix_ms);
+                }
+                prune_count(times.into_iter(), total, retention, now_unix_ms)
+            };
+            let mut dropped = 0;
+            while dropped < drop {
+                if t.pop_first().map_err(|e| io(A)(e.into()))?.is_none() {
+                    break;
+                }
+                dropped += 1;
+            }
+            Ok(dropped)
+        })
+    }
+}
+
+impl ForgetGuest for RedbStore {
+    fn forget_guest(&self, g: GuestId) -> Result<Forgotten, StoreError> {
+        const A: &str = "forget guest";
+        self.write(A, true, |tx| {
+            let mut out = Forgotten::default();
+            let mut agents = tx.open_table(AGENTS).map_err(|e| io(A)(e.into()))?;
+            if let Some(v) = agents.remove(g.get()).map_err(|e| io(A)(e.into()))? {
+                out.serial = Some(dec::<AgentRecord>(v.value())?.serial);
+            }
+            let mut desired = tx.open_table(DESIRED).map_err(|e| io(A)(e.into()))?;
+            if let Some(v) = desired.remove(g.get()).map_err(|e| io(A)(e.into()))? {
+                out.desired_revision = Some(dec::<DesiredRecord>(v.value())?.revision);
+            }
+            let mut declared = tx.open_table(DECLARED).map_err(|e| io(A)(e.into()))?;
+            out.had_declared = declared
+                .remove(g.get())
+                .map_err(|e| io(A)(e.into()))?
+                .is_some();
+            let mut reports = tx.open_table(REPORTS).map_err(|e| io(A)(e.into()))?;
+            let seq = match reports.remove(g.get()).map_err(|e| io(A)(e.into()))? {
+                Some(v) => Some(dec::<ReportRecord>(v.value())?.seq),
+                None => None,
+            };
+            if let Some(seq) = seq {
+                out.had_report = true;
+                let mut order = tx.open_table(REPORT_ORDER).map_err(|e| io(A)(e.into()))?;
+                order.remove(seq).map_err(|e| io(A)(e.into()))?;
+            }
+            let mut certs = tx.open_table(SERVICE_CERTS).map_err(|e| io(A)(e.into()))?;
+            let start = format!("{g}/");
+            // '/' + 1: every key of this guest sorts between the two.
+            let end = format!("{g}0");
+            let keys: Vec<String> = certs
+                .range(start.as_str()..end.as_str())
+                .map_err(|e| io(A)(e.into()))?
+                .map(|item| item.map(|(k, _)| k.value().to_string()))
+                .collect::<Result<_, _>>()
+                .map_err(|e| io(A)(e.into()))?;
+            for k in &keys {
+                certs.remove(k.as_str()).map_err(|e| io(A)(e.into()))?;
+            }
+            out.service_certs = keys.len();
+            let mut tokens = tx.open_table(TOKENS).map_err(|e| io(A)(e.into()))?;
+            let mut theirs = Vec::new();
+            for item in tokens.iter().map_err(|e| io(A)(e.into()))? {
+                let (k, v) = item.map_err(|e| io(A)(e.into()))?;
+                if dec::<TokenRecord>(v.value())?.guest == g {
+                    theirs.push(k.value().to_string());
+                }
+            }
+            for k in &theirs {
+                tokens.remove(k.as_str()).map_err(|e| io(A)(e.into()))?;
+            }
+            out.tokens = theirs.len();
+            Ok(out)
         })
     }
 }

@@ -101,21 +101,41 @@ async fn sim_agent(
     let key = keys::generate()?;
     let csr = keys::csr(&key, &format!("guest-{guest}"), &[])?;
     let server = tok.trust_domain.coordinator_dns();
-    let ch = transport::connect(
-        &addrs[0],
-        &server,
-        tls::enroll_client_config(&tok.ca_fingerprint, &tok.trust_domain.coordinator_uri())?,
-        &ChannelOptions::default(),
-    )
-    .await?;
-    let resp = v1::agent_client::AgentClient::new(ch)
-        .enroll(v1::EnrollRequest {
-            token,
-            guest_id: guest,
-            csr_pem: csr,
-        })
-        .await?
-        .into_inner();
+    // As `phoenix-agent join`: a coordinator briefly too busy is waited for.
+    let mut attempt = 0;
+    let resp = loop {
+        let tried = async {
+            let ch = transport::connect(
+                &addrs[0],
+                &server,
+                tls::enroll_client_config(
+                    &tok.ca_fingerprint,
+                    &tok.trust_domain.coordinator_uri(),
+                )?,
+                &ChannelOptions::default(),
+            )
+            .await?;
+            let resp = v1::agent_client::AgentClient::new(ch)
+                .enroll(v1::EnrollRequest {
+                    token: token.clone(),
+                    guest_id: guest,
+                    csr_pem: csr.clone(),
+                })
+                .await?
+                .into_inner();
+            Res::Ok(resp)
+        }
+        .await;
+        match tried {
+            Ok(r) => break r,
+            Err(e) if attempt < 5 => {
+                attempt += 1;
+                eprintln!("agent {guest}: enroll attempt {attempt}: {e}; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
     drop(permit);
     let id = IdentityStore::new(Identity::from_pem(&resp.chain_pem, &key.serialize_pem())?);
     let trust = TrustStore::from_pem(&resp.roots_pem)?;

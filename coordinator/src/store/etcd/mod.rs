@@ -11,6 +11,7 @@
 //! tokio runtime waits inside `block_in_place`, so its worker thread is handed over
 //! instead of stalled, and every request is bounded by `request_timeout`.
 
+mod events;
 mod leader;
 mod records;
 mod replicas;
