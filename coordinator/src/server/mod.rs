@@ -419,7 +419,8 @@ pub async fn run(
     let prune = tokio::spawn(crate::events::prune::run(
         c.events.clone(),
         cfg.events,
-        advertise.clone(),
+        // The replica's name: the leader key names whoever leads, whichever loop campaigned.
+        cfg.cluster.replica.to_string(),
         crate::events::prune::EVERY,
     ));
     let agent_server = tokio::spawn(listener::serve(
