@@ -619,10 +619,10 @@ async fn a_revoke_while_the_ca_signs_a_renewal_is_not_undone() {
         max_pending_connections: 256,
         handshake_timeout: Duration::from_secs(10),
         metrics_listen: None,
+        cluster: Default::default(),
         status_listen: None,
         status_token_file: None,
         events: Default::default(),
-        cluster: Default::default(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let daemon = tokio::spawn(server::run(

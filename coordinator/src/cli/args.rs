@@ -305,12 +305,6 @@ pub struct ServeArgs {
     /// Every Phoenix key lives under this etcd prefix.
     #[arg(long, default_value = "/phoenix/")]
     pub etcd_prefix: String,
-    /// Events (`phoenix events`, `phoenix history`) older than this are dropped.
-    #[arg(long, default_value = "30d", value_parser = duration::parse)]
-    pub events_max_age: Duration,
-    /// At most this many events are kept; beyond it the oldest are dropped.
-    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub events_max_count: u64,
     /// CA certificate (PEM) that etcd's server certificates chain to; with it the
     /// endpoints must be https://.
     #[arg(long)]
@@ -336,6 +330,12 @@ pub struct ServeArgs {
     /// How often the leader deletes join tokens that expired over a day ago.
     #[arg(long, default_value = "1h", value_parser = duration::parse)]
     pub prune_every: Duration,
+    /// Events (`phoenix events`, `phoenix history`) older than this are dropped.
+    #[arg(long, default_value = "30d", value_parser = duration::parse)]
+    pub events_max_age: Duration,
+    /// At most this many events are kept; beyond it the oldest are dropped.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub events_max_count: u64,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq, serde::Deserialize)]

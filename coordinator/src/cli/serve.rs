@@ -107,13 +107,13 @@ pub(super) async fn serve(args: ServeArgs, admin_socket: PathBuf) -> Result<(), 
         max_pending_connections: args.max_pending_connections as usize,
         handshake_timeout: args.handshake_timeout,
         metrics_listen: args.metrics_listen,
+        cluster,
         status_listen: args.status_listen,
         status_token_file: args.status_token_file,
         events: crate::store::Retention {
             max_age: args.events_max_age,
             max_count: args.events_max_count,
         },
-        cluster,
     };
     raise_fd_limit();
     // Handlers installed now, before READY=1: a SIGTERM right after readiness must stop

@@ -1,0 +1,445 @@
+//! Failover benchmark (issue 15, docs/design/0010): N simulated agents (real mTLS
+//! sessions, many per process) against three real `phoenix serve --store etcd` replicas
+//! on a real 3-member etcd cluster on loopback.
+//!
+//! Measures: apply to all acked across the three replicas; the time from `kill -9` of one
+//! replica to each of its agents holding a session on another (p50/p99/all), with the
+//! agents' own reconnect policy (full-jitter backoff from 500 ms, another replica picked
+//! at random); apply to all acked on the two survivors; etcd's database size per 1,000
+//! agents; and, in the same run, apply latency (RPC and to all acked) on one redb
+//! coordinator with the same agents.
+//!
+//! Needs PHOENIX_ETCD_BIN and PHOENIX_ETCDCTL_BIN (tests/setup/40-etcd.sh).
+//! Run: `cargo build -p phoenix-coordinator -p phoenix-tests --bins && target/debug/bench_failover 1000`
+
+use phoenix_agent::runtime::backoff::Backoff;
+use phoenix_coordinator::admin_client;
+use phoenix_pki::keys;
+use phoenix_pki::tls::{self, Identity, IdentityStore, TrustStore};
+use phoenix_pki::transport::{self, ChannelOptions};
+use phoenix_proto::model::{self, GuestSpec};
+use phoenix_proto::token::JoinToken;
+use phoenix_proto::v1::{self, agent_message, coordinator_message};
+use phoenix_tests::etcd::EtcdCluster;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::UnboundedSender;
+
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+struct Daemon(Child);
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    exe.parent().map(|d| d.join(name)).unwrap_or_default()
+}
+
+fn raise_nofile() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+/// Starts `phoenix serve` in `dir` with `extra`; returns it and its admin socket and
+/// agent address once both are up.
+async fn serve(dir: &Path, extra: &[&str]) -> Res<(Daemon, PathBuf, String)> {
+    std::fs::create_dir_all(dir)?;
+    let socket = dir.join("admin.sock");
+    let child = Command::new(bin("phoenix"))
+        .arg("--admin-socket")
+        .arg(&socket)
+        .args(["serve", "--listen", "127.0.0.1:0", "--ping-interval", "15s"])
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .args(extra)
+        .env("PHOENIX_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("serve.log"))?)
+        .spawn()?;
+    let daemon = Daemon(child);
+    let addr_file = dir.join("state/coordinator.addr");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let (true, Ok(addr)) = (socket.exists(), std::fs::read_to_string(&addr_file)) {
+            return Ok((daemon, socket, addr));
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{} did not start", dir.display()).into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What the simulated agents tell the benchmark.
+#[derive(Clone)]
+struct Events {
+    /// A session is open: guest, replica address.
+    connected: UnboundedSender<(u32, String, Instant)>,
+}
+
+/// One simulated agent: enroll through its token's first address, then hold a session,
+/// answering every desired state with a report; when the session breaks, wait as the
+/// real agent does (full jitter, 500 ms base) and try another replica.
+async fn sim_agent(
+    guest: u32,
+    token: String,
+    ev: Events,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Res<()> {
+    let tok = JoinToken::decode(&token)?;
+    let addrs = tok.addrs();
+    let key = keys::generate()?;
+    let csr = keys::csr(&key, &format!("guest-{guest}"), &[])?;
+    let server = tok.trust_domain.coordinator_dns();
+    // As `phoenix-agent join`: a coordinator briefly too busy is waited for.
+    let mut attempt = 0;
+    let resp = loop {
+        let tried = async {
+            let ch = transport::connect(
+                &addrs[0],
+                &server,
+                tls::enroll_client_config(
+                    &tok.ca_fingerprint,
+                    &tok.trust_domain.coordinator_uri(),
+                )?,
+                &ChannelOptions::default(),
+            )
+            .await?;
+            let resp = v1::agent_client::AgentClient::new(ch)
+                .enroll(v1::EnrollRequest {
+                    token: token.clone(),
+                    guest_id: guest,
+                    csr_pem: csr.clone(),
+                })
+                .await?
+                .into_inner();
+            Res::Ok(resp)
+        }
+        .await;
+        match tried {
+            Ok(r) => break r,
+            Err(e) if attempt < 5 => {
+                attempt += 1;
+                eprintln!("agent {guest}: enroll attempt {attempt}: {e}; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    drop(permit);
+    let id = IdentityStore::new(Identity::from_pem(&resp.chain_pem, &key.serialize_pem())?);
+    let trust = TrustStore::from_pem(&resp.roots_pem)?;
+    let cfg = tls::client_config(id, trust, &tok.trust_domain.coordinator_uri())?;
+    let mut preferred = 0usize;
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    loop {
+        let addr = &addrs[preferred % addrs.len()];
+        let result = session(guest, addr, &server, cfg.clone(), &ev, &mut backoff).await;
+        if result.is_err() {
+            // As the agent's `fail_over`: another replica, at random.
+            if addrs.len() > 1 {
+                preferred += rand::Rng::random_range(&mut rand::rng(), 1..addrs.len());
+            }
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+async fn session(
+    guest: u32,
+    addr: &str,
+    server: &str,
+    cfg: Arc<rustls::ClientConfig>,
+    ev: &Events,
+    backoff: &mut Backoff,
+) -> Res<()> {
+    let ch = transport::connect(addr, server, cfg, &ChannelOptions::default()).await?;
+    let mut client = v1::agent_client::AgentClient::new(ch);
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tx.send(v1::AgentMessage {
+        msg: Some(agent_message::Msg::Hello(v1::Hello {
+            guest_id: guest,
+            agent_version: "sim".into(),
+            ..Default::default()
+        })),
+    })
+    .await?;
+    let mut inbound = client
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    backoff.reset();
+    let _ = ev.connected.send((guest, addr.to_string(), Instant::now()));
+    while let Some(m) = inbound.message().await? {
+        if let Some(coordinator_message::Msg::Desired(d)) = m.msg {
+            let state = model::DesiredState::try_from(d)?;
+            let report = v1::ApplyReport {
+                revision: state.revision,
+                digest: state.digest.clone(),
+                dry_run: false,
+                results: Vec::new(),
+                duration_micros: 1,
+                trigger: "push".into(),
+            };
+            tx.send(v1::AgentMessage {
+                msg: Some(agent_message::Msg::Report(report)),
+            })
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+fn spec_for(guest: u32, round: u32) -> Vec<u8> {
+    let json = format!(
+        r#"{{"resources":[{{"kind":"file","path":"/srv/phoenix-bench/{guest}/a","content":"round {round}\n"}}]}}"#
+    );
+    GuestSpec::from_json(json.as_bytes())
+        .unwrap_or_default()
+        .to_json()
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Tokens for guests 1..=n, minted round-robin by the replicas behind `admins`.
+async fn tokens(
+    admins: &mut [v1::admin_client::AdminClient<tonic::transport::Channel>],
+    n: u32,
+) -> Res<Vec<(u32, String)>> {
+    let mut out = Vec::new();
+    for g in 1..=n {
+        let k = (g as usize) % admins.len();
+        let tok = admins[k]
+            .create_token(v1::CreateTokenRequest {
+                guest_id: g,
+                ttl_seconds: 3600,
+                replace: false,
+            })
+            .await?
+            .into_inner()
+            .token;
+        out.push((g, tok));
+    }
+    Ok(out)
+}
+
+/// Starts the simulated agents and waits until each holds a session; their addresses.
+async fn start_agents(
+    tokens: Vec<(u32, String)>,
+    ev_rx: &mut tokio::sync::mpsc::UnboundedReceiver<(u32, String, Instant)>,
+    ev: &Events,
+) -> Res<BTreeMap<u32, String>> {
+    let n = tokens.len();
+    let sem = Arc::new(tokio::sync::Semaphore::new(32));
+    for (g, tok) in tokens {
+        let (ev, sem) = (ev.clone(), sem.clone());
+        tokio::spawn(async move {
+            let Ok(permit) = sem.acquire_owned().await else {
+                return;
+            };
+            if let Err(e) = sim_agent(g, tok, ev, permit).await {
+                eprintln!("agent {g}: {e}");
+            }
+        });
+    }
+    let mut at = BTreeMap::new();
+    while at.len() < n {
+        match tokio::time::timeout(Duration::from_secs(120), ev_rx.recv()).await {
+            Ok(Some((g, addr, _))) => {
+                at.insert(g, addr);
+            }
+            _ => return Err(format!("only {}/{n} agents connected", at.len()).into()),
+        }
+    }
+    Ok(at)
+}
+
+/// One apply of every guest through `admin`; (RPC time, time until every guest's report
+/// of that revision reached `admin`'s replica), in ms.
+async fn apply_round(
+    admin: &mut v1::admin_client::AdminClient<tonic::transport::Channel>,
+    n: u32,
+    round: u32,
+) -> Res<(f64, f64)> {
+    let mut watch = admin
+        .watch_reports(v1::WatchReportsRequest { guest_ids: vec![] })
+        .await?
+        .into_inner();
+    let guests = (1..=n).map(|g| (g, spec_for(g, round))).collect();
+    let t0 = Instant::now();
+    let resp = admin_client::apply(admin, guests, BTreeMap::new(), false).await?;
+    let rpc = t0.elapsed().as_secs_f64() * 1000.0;
+    let rev = resp.first().map(|g| g.revision).unwrap_or(0);
+    let mut got = std::collections::HashSet::new();
+    while got.len() < n as usize {
+        match tokio::time::timeout(Duration::from_secs(60), watch.message()).await {
+            Ok(Ok(Some(ev))) if ev.report.as_ref().is_some_and(|r| r.revision == rev) => {
+                got.insert(ev.guest_id);
+            }
+            Ok(Ok(Some(_))) => {}
+            _ => {
+                return Err(
+                    format!("round {round}: {}/{n} reports of rev {rev}", got.len()).into(),
+                );
+            }
+        }
+    }
+    Ok((rpc, t0.elapsed().as_secs_f64() * 1000.0))
+}
+
+async fn redb_run(n: u32, work: &Path) -> Res<Vec<(f64, f64)>> {
+    let (daemon, socket, _) = serve(&work.join("redb"), &[]).await?;
+    let mut admin = admin_client::connect(&socket).await?;
+    let toks = tokens(std::slice::from_mut(&mut admin), n).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    start_agents(toks, &mut rx, &Events { connected: tx }).await?;
+    let mut rounds = Vec::new();
+    for round in 1..=3 {
+        rounds.push(apply_round(&mut admin, n, round).await?);
+    }
+    drop(daemon);
+    Ok(rounds)
+}
+
+async fn run(n: u32, work: &Path) -> Res<()> {
+    // redb first, alone on the machine, then etcd.
+    let redb = redb_run(n, work).await?;
+    let cluster = EtcdCluster::start(&work.join("etcd")).ok_or("etcd is not installed")?;
+    let eps = cluster.endpoints().join(",");
+    let secret = work.join("ca.secret");
+    std::fs::write(&secret, "bench-secret-0123456789abcdef0123456789")?;
+    let secret = secret.to_str().ok_or("path")?.to_string();
+    let mut daemons = Vec::new();
+    let mut admins = Vec::new();
+    let mut addrs = Vec::new();
+    for i in 0..3 {
+        let name = format!("r{i}");
+        let (d, socket, addr) = serve(
+            &work.join(&name),
+            &[
+                "--store",
+                "etcd",
+                "--etcd-endpoints",
+                &eps,
+                "--etcd-lease-ttl",
+                "3s",
+                "--replica-name",
+                &name,
+                "--ca-secret-file",
+                &secret,
+            ],
+        )
+        .await?;
+        daemons.push(Some(d));
+        admins.push(admin_client::connect(&socket).await?);
+        addrs.push(addr);
+    }
+    let toks = tokens(&mut admins, n).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let t = Instant::now();
+    let at = start_agents(toks, &mut rx, &Events { connected: tx }).await?;
+    let per: Vec<usize> = addrs
+        .iter()
+        .map(|a| at.values().filter(|x| *x == a).count())
+        .collect();
+    println!(
+        "N={n}: {n} agents enrolled and connected in {:.1}s, sessions per replica {per:?}",
+        t.elapsed().as_secs_f64()
+    );
+    let mut etcd_rounds = Vec::new();
+    for round in 1..=3 {
+        etcd_rounds.push(apply_round(&mut admins[0], n, round).await?);
+    }
+    let status = cluster.etcdctl(&["endpoint", "status", "-w", "json"]);
+    let db: u64 = serde_json::from_str::<serde_json::Value>(&status)?
+        .as_array()
+        .and_then(|a| a.first())
+        .and_then(|m| m["Status"]["dbSize"].as_u64())
+        .unwrap_or(0);
+    let keys = cluster.etcdctl(&["get", "/phoenix/", "--prefix", "--keys-only"]);
+    println!(
+        "N={n}: etcd database {:.1} MiB after enrolling and 3 applies ({:.2} MiB per 1,000 agents), {} keys",
+        db as f64 / 1048576.0,
+        db as f64 / 1048576.0 * 1000.0 / n as f64,
+        keys.lines().filter(|l| !l.is_empty()).count()
+    );
+
+    // Kill the replica with the most sessions; time each of its agents back.
+    let victim = (0..3).max_by_key(|i| per[*i]).unwrap_or(1);
+    let moved: Vec<u32> = at
+        .iter()
+        .filter(|(_, a)| **a == addrs[victim])
+        .map(|(g, _)| *g)
+        .collect();
+    while rx.try_recv().is_ok() {}
+    let killed = Instant::now();
+    daemons[victim] = None;
+    let mut back: BTreeMap<u32, f64> = BTreeMap::new();
+    while back.len() < moved.len() {
+        match tokio::time::timeout(Duration::from_secs(120), rx.recv()).await {
+            Ok(Some((g, _, when))) => {
+                back.entry(g)
+                    .or_insert(when.duration_since(killed).as_secs_f64() * 1000.0);
+            }
+            _ => break,
+        }
+    }
+    let mut lat: Vec<f64> = back.values().copied().collect();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "N={n}: kill -9 of r{victim} ({} sessions): {}/{} reconnected to the others, p50 {:.0} ms, p99 {:.0} ms, all {:.0} ms",
+        moved.len(),
+        back.len(),
+        moved.len(),
+        pct(&lat, 0.5),
+        pct(&lat, 0.99),
+        lat.last().copied().unwrap_or(0.0)
+    );
+    let survivor = (victim + 1) % 3;
+    let after = apply_round(&mut admins[survivor], n, 10).await?;
+
+    let show = |rs: &[(f64, f64)]| {
+        rs.iter()
+            .map(|(rpc, all)| format!("{rpc:.0}/{all:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "N={n}: apply, ms RPC/all acked per round: redb (1 coordinator) {}; etcd (3 replicas) {}; etcd after failover (2 replicas) {:.0}/{:.0}",
+        show(&redb),
+        show(&etcd_rounds),
+        after.0,
+        after.1
+    );
+    drop(daemons);
+    Ok(())
+}
+
+fn main() -> Res<()> {
+    raise_nofile();
+    let n: u32 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1000);
+    let work = tempfile::tempdir()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run(n, work.path()))
+}
