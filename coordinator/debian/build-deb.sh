@@ -51,6 +51,10 @@ if [ "$pkg" = phoenix ]; then
     install -d "$root/etc/phoenix"
     install -m 0644 "$repo/configs/coordinator.example.toml" "$root/etc/phoenix/coordinator.toml"
     echo /etc/phoenix/coordinator.toml >"$root/DEBIAN/conffiles"
+    # What `phoenix guest install` pushes into guests; the host itself runs no agent.
+    install -d "$root/usr/lib/phoenix"
+    objcopy --strip-debug "$bin_dir/phoenix-agent" "$root/usr/lib/phoenix/phoenix-agent"
+    chmod 0755 "$root/usr/lib/phoenix/phoenix-agent"
 else
     install -d "$root/etc/phoenix-agent"
     install -m 0644 "$repo/configs/agent.example.toml" "$root/etc/phoenix-agent/agent.toml"

@@ -3,7 +3,8 @@
 //! container booted with systemd `apt-get install ./…deb` installs them, the coordinator
 //! unit starts through `Type=notify` with the default config file, the packaged agent
 //! unit (after `join`) connects, `systemctl stop` with agents connected returns within
-//! 5 s, and `apt-get purge` removes units, config, state and the group. A restart of the
+//! 5 s, and `apt-get purge` removes units, config, state and the group. The README's
+//! commands (`phoenix guest install --all`, `phoenix apply -f …/etc`) run as written. A restart of the
 //! packaged agent unit in the middle of a dpkg run it started does not kill dpkg.
 
 use phoenix_tests::aptrepo::{self, Repo};
@@ -15,7 +16,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const GUESTS: [u32; 3] = [101, 102, 103];
+/// Not among the guests configs/etc declares: the README's commands run on those.
+const GUESTS: [u32; 3] = [4201, 4202, 4203];
 
 /// Builds `pkg` with the project's script; returns the file name in `out`.
 fn build_deb(pkg: &str, out: &Path) -> String {
@@ -51,7 +53,15 @@ fn debs_install_start_by_notify_stop_fast_and_purge() {
     );
     let agent_deb = build_deb("phoenix-agent", debs.path());
     assert!(agent_deb.starts_with("phoenix-agent_"), "{agent_deb}");
-    let Some(g) = Guest::boot("packages", &[(debs.path(), "/debs")]) else {
+    // The project's example configs where a Phoenix Hypervisor host keeps its own.
+    let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+    let Some(g) = Guest::boot(
+        "packages",
+        &[
+            (debs.path(), "/debs"),
+            (&configs, "/usr/local/phoenix_hypervisor"),
+        ],
+    ) else {
         return;
     };
     g.ok(&format!("apt-get install -y /debs/{deb} /debs/{agent_deb}"));
@@ -73,12 +83,43 @@ fn debs_install_start_by_notify_stop_fast_and_purge() {
           && grep -q shutdown-deadline /usr/share/fish/vendor_completions.d/phoenix-agent.fish",
     );
 
+    // The README's quick start, with the address guests dial here.
+    g.ok(
+        r#"sed -i 's/^# advertise = .*/advertise = "127.0.0.1:7443"/' /etc/phoenix/coordinator.toml \
+           && grep -qx 'advertise = "127.0.0.1:7443"' /etc/phoenix/coordinator.toml"#,
+    );
     // `start` returns only after READY=1: the admin socket answers at once, with the
     // group from the default config.
     g.ok("systemctl start phoenix");
     assert_eq!(g.unit_prop("phoenix.service", "ActiveState"), "active");
     g.ok("phoenix status");
     assert_eq!(g.ok("stat -c %G:%a /run/phoenix/admin.sock"), "phoenix:660");
+
+    // The README's commands as written. No Proxmox here: `guest install --all` reads the
+    // default configs, skips the template, finds the agent the package ships for guests,
+    // and stops at each guest for want of /etc/pve (the real install over plain LXC is
+    // tests/tests/guest_install.rs).
+    g.ok("test -x /usr/lib/phoenix/phoenix-agent && /usr/lib/phoenix/phoenix-agent --version");
+    let o = g.sh("phoenix guest install --all");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(!o.status.success(), "{out}");
+    assert!(out.contains("guest 9000: skipped: template"), "{out}");
+    for id in [101, 102, 103, 801, 1002] {
+        assert!(
+            out.contains(&format!(
+                "guest {id}: failed: no /etc/pve/lxc/{id}.conf or /etc/pve/qemu-server/{id}.conf"
+            )),
+            "{out}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let applied = g.ok("phoenix apply -f /usr/local/phoenix_hypervisor/etc");
+    for id in [101, 102, 103, 801, 1002] {
+        assert!(
+            applied.contains(&format!("guest {id}: new rev 1 (not enrolled")),
+            "{applied}"
+        );
+    }
 
     // The packaged agent: a restart must never kill an apt/dpkg it started, and a
     // not-enrolled exit (78) must not restart-loop.
@@ -151,6 +192,7 @@ fn debs_install_start_by_notify_stop_fast_and_purge() {
         "/etc/phoenix",
         "/var/lib/phoenix",
         "/usr/bin/phoenix",
+        "/usr/lib/phoenix",
     ] {
         g.ok(&format!(
             "test ! -e {gone} || {{ echo {gone} left; exit 1; }}"

@@ -32,8 +32,9 @@ pub struct InstallArgs {
     /// Guest ids (Proxmox vmids).
     #[arg(required_unless_present = "all")]
     pub guests: Vec<GuestId>,
-    /// Every guest the configs (-f) declare, templates skipped.
-    #[arg(long, conflicts_with = "guests", requires = "path")]
+    /// Every guest the configs (-f, default /usr/local/phoenix_hypervisor/etc) declare,
+    /// templates skipped.
+    #[arg(long, conflicts_with = "guests")]
     pub all: bool,
     /// Phoenix configs: templates among the guests are skipped (an identity must never be
     /// baked into a template).
@@ -41,7 +42,8 @@ pub struct InstallArgs {
     pub path: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "proxmox")]
     pub transport: TransportKind,
-    /// The agent binary to install; default: `phoenix-agent` next to this `phoenix`.
+    /// The agent binary to install; default: `phoenix-agent` next to this `phoenix`, else
+    /// the one the phoenix package ships for guests (/usr/lib/phoenix/phoenix-agent).
     #[arg(long)]
     pub agent_binary: Option<PathBuf>,
     /// The daemon's trust domain (`serve --trust-domain`): how the guest's own certificate
@@ -57,7 +59,8 @@ pub struct InstallArgs {
 
 /// The guests to visit, in order, with templates reported and dropped.
 fn targets(args: &InstallArgs) -> Result<(Vec<GuestId>, Vec<GuestId>), CliError> {
-    let Some(path) = &args.path else {
+    let default = args.all.then(|| PathBuf::from(DEFAULT_CONFIGS));
+    let Some(path) = args.path.as_ref().or(default.as_ref()) else {
         return Ok((args.guests.clone(), vec![]));
     };
     let compiled = load(path)?;
@@ -72,12 +75,25 @@ fn targets(args: &InstallArgs) -> Result<(Vec<GuestId>, Vec<GuestId>), CliError>
     Ok((guests, templates))
 }
 
+/// Where `--all` finds the guests without `-f`: the Phoenix Hypervisor configs.
+const DEFAULT_CONFIGS: &str = "/usr/local/phoenix_hypervisor/etc";
+
+/// The agent binary the phoenix package ships for guests (the host runs no agent).
+const PACKAGED_AGENT: &str = "/usr/lib/phoenix/phoenix-agent";
+
 fn agent_binary(args: &InstallArgs) -> Result<Vec<u8>, CliError> {
     let path = match &args.agent_binary {
         Some(p) => p.clone(),
-        None => std::env::current_exe()
-            .map_err(|e| CliError::Input(format!("locate the phoenix binary: {e}")))?
-            .with_file_name("phoenix-agent"),
+        None => {
+            let beside = std::env::current_exe()
+                .map_err(|e| CliError::Input(format!("locate the phoenix binary: {e}")))?
+                .with_file_name("phoenix-agent");
+            if beside.exists() {
+                beside
+            } else {
+                PathBuf::from(PACKAGED_AGENT)
+            }
+        }
     };
     std::fs::read(&path).map_err(|e| {
         CliError::Input(format!(
@@ -222,6 +238,24 @@ mod tests {
 
     fn ids(v: &[GuestId]) -> Vec<u32> {
         v.iter().map(|g| g.get()).collect()
+    }
+
+    #[test]
+    fn all_needs_no_file_and_reads_the_hypervisor_configs() {
+        use clap::Parser;
+        let cli = super::super::args::Cli::try_parse_from(["phoenix", "guest", "install", "--all"])
+            .expect("`guest install --all` parses without -f");
+        let super::super::args::Command::Guest {
+            command: super::super::args::GuestCommand::Install(args),
+        } = cli.command
+        else {
+            panic!("not guest install: {:?}", cli.command);
+        };
+        match targets(&args) {
+            Err(e) => assert!(e.to_string().contains(DEFAULT_CONFIGS), "{e}"),
+            // A machine that has the configs: they were read.
+            Ok(_) => assert!(Path::new(DEFAULT_CONFIGS).exists()),
+        }
     }
 
     #[test]

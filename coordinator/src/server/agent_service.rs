@@ -482,7 +482,13 @@ impl v1::agent_server::Agent for AgentApi {
             loop {
                 let out = tokio::select! {
                     status = attachment.ended.wait() => {
-                        tracing::warn!(%guest, %status, "session ended by the coordinator");
+                        // A stop ends every session: one "stopping" line says so, not a
+                        // warning per guest. A revoke or replaced identity is worth one.
+                        if status.code() == tonic::Code::Unavailable {
+                            tracing::debug!(%guest, %status, "session ended by the coordinator");
+                        } else {
+                            tracing::warn!(%guest, %status, "session ended by the coordinator");
+                        }
                         why = format!("ended by the coordinator: {}", status.message());
                         let _ = tx.send(Err(status)).await;
                         break;
