@@ -377,3 +377,90 @@ pub(crate) fn stack(
         rules,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    // In tests a panic is the failure report.
+    #![allow(clippy::unwrap_used)]
+
+    use phoenix_proto::model::{GuestId, Resource, StackSpec};
+    use std::path::Path;
+
+    fn compile(base: &Path) -> Result<StackSpec, String> {
+        let c = crate::compile::load(&base.join("etc")).map_err(|e| e.to_string())?;
+        let g = &c.guests[&GuestId::try_from(1002u32).unwrap()];
+        g.spec
+            .resources()
+            .iter()
+            .find_map(|r| match r {
+                Resource::Stack(s) => Some(s.clone()),
+                _ => None,
+            })
+            .ok_or_else(|| "no stack".into())
+    }
+
+    fn layout(base: &Path, manifest: &str, compose: &str) {
+        std::fs::create_dir_all(base.join("etc")).unwrap();
+        std::fs::create_dir_all(base.join("stacks/web/app")).unwrap();
+        std::fs::write(
+            base.join("etc/phoenix_vm_configs.json"),
+            r#"{"vms": [{"vmid": 1002, "name": "dr", "docker_stacks": ["web"]}]}"#,
+        )
+        .unwrap();
+        std::fs::write(base.join("stacks/web/phoenix.json"), manifest).unwrap();
+        std::fs::write(base.join("stacks/web/docker-compose.yml"), compose).unwrap();
+        std::fs::write(base.join("stacks/web/app/Dockerfile"), "FROM busybox\n").unwrap();
+    }
+
+    const COMPOSE: &str = "services:\n  web:\n    build: ./app\n    volumes: [\"./data:/data\"]\n  debug:\n    image: busybox\n    profiles: [debug]\n";
+
+    /// The manifest chooses the project directory and profiles; relative paths resolve
+    /// there on the guest and the build context ships with the stack.
+    #[test]
+    fn project_directory_profiles_and_build_contexts_come_from_the_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        layout(
+            dir.path(),
+            r#"{"environments": {"production": {}}}"#,
+            COMPOSE,
+        );
+        let s = compile(dir.path()).unwrap();
+        assert_eq!(
+            s.project_dir.as_ref().unwrap().as_str(),
+            "/srv/phoenix/stacks/web"
+        );
+        let web = &s.project.services()["web"];
+        assert_eq!(web.volumes[0].source, "/srv/phoenix/stacks/web/data");
+        assert_eq!(
+            web.build.as_ref().unwrap().context,
+            "/srv/phoenix/stacks/web/app"
+        );
+        assert_eq!(web.image.as_str(), "web-web");
+        assert!(!s.project.services().contains_key("debug"));
+        let shipped: Vec<&str> = s.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(shipped, ["/srv/phoenix/stacks/web/app/Dockerfile"]);
+
+        let dir = tempfile::tempdir().unwrap();
+        layout(
+            dir.path(),
+            r#"{"environments": {"production": {"project_dir": "/opt/web", "profiles": ["debug"]}}}"#,
+            COMPOSE,
+        );
+        let s = compile(dir.path()).unwrap();
+        assert_eq!(s.profiles, ["debug"]);
+        assert!(s.project.services().contains_key("debug"));
+        assert_eq!(
+            s.project.services()["web"].volumes[0].source,
+            "/opt/web/data"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        layout(
+            dir.path(),
+            r#"{"environments": {"production": {}}}"#,
+            "services:\n  web:\n    image: busybox\n    volumes: [\"../../etc:/host-etc\"]\n",
+        );
+        let e = compile(dir.path()).unwrap_err();
+        assert!(e.contains("leads out of the project directory"), "{e}");
+    }
+}
