@@ -58,14 +58,14 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Where to serve Prometheus metrics (plain HTTP, no authentication); None: off.
     pub metrics_listen: Option<SocketAddr>,
-    /// This replica's name and the leader's schedule (docs/design/0010).
-    pub cluster: crate::cluster::ClusterConfig,
     /// Where to serve the status page (plain HTTP, read-only); None: off.
     pub status_listen: Option<SocketAddr>,
     /// The token a status page reader must present; required beyond loopback.
     pub status_token_file: Option<PathBuf>,
     /// How long and how many events the log keeps (`phoenix events`).
     pub events: crate::store::Retention,
+    /// This replica's name and the leader's schedule (docs/design/0010).
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -419,13 +419,6 @@ pub async fn run(
             stop_rx.clone(),
         )));
     }
-    let prune = tokio::spawn(crate::events::prune::run(
-        c.events.clone(),
-        cfg.events,
-        // The replica's name: the leader key names whoever leads, whichever loop campaigned.
-        cfg.cluster.replica.to_string(),
-        crate::events::prune::EVERY,
-    ));
     let agent_server = tokio::spawn(listener::serve(
         listener,
         server_tls,
@@ -440,6 +433,9 @@ pub async fn run(
     });
     let (agents, admin_result) = tokio::join!(agent_server, admin_done);
     renew.abort();
+    // Sessions ended by the stop have queued their events; write them before exiting.
+    c.events.flush().await;
+    drop(event_writer);
     // The leader loop steps down when told to stop; give it a moment to do so.
     for task in cluster {
         if tokio::time::timeout(Duration::from_secs(2), task)
@@ -449,10 +445,6 @@ pub async fn run(
             tracing::warn!("a cluster task did not stop in time");
         }
     }
-    prune.abort();
-    // Sessions ended by the stop have queued their events; write them before exiting.
-    c.events.flush().await;
-    drop(event_writer);
     drop(admin.guard);
     if let Err(e) = agents {
         tracing::error!(error = %e, "agent port server ended abnormally");
