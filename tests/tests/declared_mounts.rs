@@ -78,7 +78,7 @@ fn status_shows_declared_mounts_that_are_missing_or_of_the_wrong_kind() {
             "{mismatches:#?}"
         );
     }
-    let table = String::from_utf8_lossy(&c.cli(&["status"]).stdout).to_string();
+    let table = String::from_utf8_lossy(&c.cli(&["status", "-o", "wide"]).stdout).to_string();
     assert!(
         table.contains("DECLARED VS OBSERVED")
             && table.contains("mount: declared /mnt/phoenix-test-not-mounted"),
