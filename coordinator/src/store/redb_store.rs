@@ -387,7 +387,10 @@ impl Store for RedbStore {
         // transaction per report (two with the agent record) was where the time of an apply
         // went. A guest's own failure (revoked, not enrolled) is its result alone; a failure
         // of the store fails the batch.
-        let written = self.write(SAVE_REPORT, false, |tx| {
+        // A report the agent numbered is acknowledged once stored, and the agent then
+        // forgets it: such a batch must survive a crash (one fsync for the whole batch).
+        let durable = batch.iter().any(|w| w.pass_seq.is_some());
+        let written = self.write(SAVE_REPORT, durable, |tx| {
             let mut out = Vec::with_capacity(batch.len());
             for w in batch {
                 let applied = if w.touches_agent() {
