@@ -6,6 +6,7 @@
 //! agent and coordinator never re-validate and never `unwrap` network input.
 //! No I/O happens in this crate.
 
+pub mod codec;
 pub mod convert;
 pub mod graph;
 pub mod model;
