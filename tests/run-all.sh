@@ -17,7 +17,7 @@
 #   the tests that share one engine); `cargo test --doc` runs the doc-tests nextest skips.
 #
 # PHOENIX_REQUIRE_ALL=1 (the default here) turns a missing component into a test failure
-# instead of a loud skip. PHOENIX_TEST_THREADS: tests at once (default 4).
+# instead of a loud skip. PHOENIX_TEST_THREADS: tests at once (default 3: on 2 cores more makes the real-component tests time out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PHOENIX_REQUIRE_ALL="${PHOENIX_REQUIRE_ALL:-1}"
@@ -111,7 +111,7 @@ phase "test"
 test_ok=1
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast \
-    --test-threads="${PHOENIX_TEST_THREADS:-4}" || test_ok=0
+    --test-threads="${PHOENIX_TEST_THREADS:-3}" || test_ok=0
   phase "doc-tests"
   cargo test --workspace --doc || test_ok=0
 else

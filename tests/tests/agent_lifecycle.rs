@@ -115,7 +115,7 @@ fn sigterm_during_apt_lets_dpkg_finish_and_the_agent_exit() {
     ]});
     g.write("/root/spec.json", spec.to_string().as_bytes());
     g.ok("setsid sh -c '/usr/local/bin/phoenix-agent apply -f /root/spec.json --json >/root/out.json 2>/root/err.log & echo $! >/root/pid; wait $!; echo $? >/root/rc' </dev/null >/dev/null 2>&1 &");
-    wait_for(Duration::from_secs(60), "the postinst to run", || {
+    wait_for(Duration::from_secs(180), "the postinst to run", || {
         // No procps in the guest: look through /proc ([.] keeps grep from finding itself).
         if g.sh("grep -qs 'phoenix-slow[.]postinst' /proc/[0-9]*/cmdline")
             .status
