@@ -6,10 +6,13 @@
 
 pub mod admin_client;
 pub mod cli;
+pub mod cluster;
 pub mod compile;
+pub mod events;
 pub mod guests;
 pub mod httpd;
 pub mod metrics;
+pub mod plan;
 pub mod server;
 pub mod store;
 pub mod web;

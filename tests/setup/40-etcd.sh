@@ -3,6 +3,11 @@
 # etcd store tests (tests/tests/etcd_store.rs), which start their own 3-member clusters on
 # loopback (tests/src/etcd.rs). Also protoc, which the etcd-client crate's build.rs runs.
 # Exports PHOENIX_ETCD_BIN and PHOENIX_ETCDCTL_BIN.
+#
+# TLS: EtcdCluster::start_tls (tests/src/etcd.rs) runs the members as the README's
+# Proxmox-cluster section recommends, clients over TLS with client certificates required
+# (--cert-file/--key-file/--trusted-ca-file/--client-cert-auth), from a CA it makes with
+# the project's own pki; nothing to install for it beyond etcd.
 
 phoenix_etcd_setup() {
   local want=()

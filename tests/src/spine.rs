@@ -253,6 +253,12 @@ impl Agent {
     }
 
     pub fn start(&mut self) {
+        self.start_with_drift("3");
+    }
+
+    /// Like `start`, with another `--drift-interval` (seconds), e.g. one so long that only
+    /// an explicit request runs a pass.
+    pub fn start_with_drift(&mut self, drift_interval: &str) {
         self.runs += 1;
         let mut cmd = Command::new(bin("phoenix-agent"));
         cmd.arg("--state-dir")
@@ -261,7 +267,7 @@ impl Agent {
             .arg("--file-root")
             .arg(&self.root)
             .arg("--drift-interval")
-            .arg("3")
+            .arg(drift_interval)
             .arg("--backoff-max")
             .arg("2");
         self.child = Some(spawn_logged(

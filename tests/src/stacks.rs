@@ -225,6 +225,22 @@ impl ContainerEngine for CountingEngine {
     async fn image_id(&self, image: &str) -> Result<Option<String>, EngineError> {
         self.inner.image_id(image).await
     }
+    async fn image_build_digest(&self, image: &str) -> Result<Option<String>, EngineError> {
+        self.inner.image_build_digest(image).await
+    }
+    async fn build_image(
+        &self,
+        image: &str,
+        build: &compose::Build,
+        dockerfile: &str,
+        context_tar: Vec<u8>,
+        labels: HashMap<String, String>,
+    ) -> Result<(), EngineError> {
+        self.note("build_image", image);
+        self.inner
+            .build_image(image, build, dockerfile, context_tar, labels)
+            .await
+    }
     async fn pull_image(&self, image: &str, auth: Option<RegistryAuth>) -> Result<(), EngineError> {
         self.note("pull_image", image);
         self.inner.pull_image(image, auth).await
@@ -262,10 +278,11 @@ impl ContainerEngine for CountingEngine {
         network: &str,
         container: &str,
         aliases: Vec<String>,
+        addresses: Option<compose::Addresses>,
     ) -> Result<(), EngineError> {
         self.note("connect_network", network);
         self.inner
-            .connect_network(network, container, aliases)
+            .connect_network(network, container, aliases, addresses)
             .await
     }
     async fn start_container(&self, id: &str) -> Result<(), EngineError> {

@@ -196,6 +196,17 @@ pub fn records_round_trip_in_guest_order(s: &dyn Store) {
         all.iter()
             .all(|(g, d)| d.revision == rev && d.digest == format!("d{g}"))
     );
+    // Many at once (more than one etcd transaction's worth), in the order asked, absent
+    // guests as None.
+    let ask: Vec<GuestId> = (1..=130).rev().map(g).collect();
+    let many = s.desired_many(&ask).expect("desired many");
+    assert_eq!(many.len(), 130);
+    for (id, d) in ask.iter().zip(&many) {
+        match d {
+            Some(d) => assert_eq!(d.digest, format!("d{id}")),
+            None => assert!(id.get() > 120, "guest {id} missing"),
+        }
+    }
 
     s.put_declared(g(7), b"{\"a\":1}").expect("declared");
     assert_eq!(
@@ -203,6 +214,14 @@ pub fn records_round_trip_in_guest_order(s: &dyn Store) {
         Some(&b"{\"a\":1}"[..])
     );
     assert_eq!(s.declared(g(8)).expect("read"), None);
+    // A batch replaces some and adds others.
+    let batch: Vec<(GuestId, Vec<u8>)> = (7..=40)
+        .map(|n| (g(n), format!("{{\"b\":{n}}}").into_bytes()))
+        .collect();
+    s.put_declared_many(&batch).expect("declared batch");
+    for (guest, json) in &batch {
+        assert_eq!(s.declared(*guest).expect("read").as_ref(), Some(json));
+    }
 
     let report = ReportRecord {
         seq: 0,

@@ -239,8 +239,14 @@ fn the_daemon_raises_its_soft_open_file_limit_to_the_hard_limit() {
     );
     assert_eq!(nofile(c.pid().expect("pid")), (4096, 4096));
     // The two lines are logged by different tasks; the second may follow the first a little.
-    wait_for(Duration::from_secs(10), "the connection cap in the log", || {
-        c.log().contains("max_connections=3968").then_some(())
-    });
-    assert!(c.log().contains("raised the open-file limit"), "{}", c.log());
+    wait_for(
+        Duration::from_secs(10),
+        "the connection cap in the log",
+        || c.log().contains("max_connections=3968").then_some(()),
+    );
+    assert!(
+        c.log().contains("raised the open-file limit"),
+        "{}",
+        c.log()
+    );
 }

@@ -134,3 +134,88 @@ async fn a_new_cert_restarts_its_container_and_a_missing_one_fails_before_writin
     );
     assert!(!missing.key_path.as_path().exists() && !missing.cert_path.as_path().exists());
 }
+
+/// A cert whose reload names a service that fails to reload (here: its `ExecReload` fails
+/// while a flag file exists) keeps a persisted "reload pending" mark, and the agent retries
+/// the reload on later passes until it succeeds, without issuing a new certificate. Real
+/// coordinator, real agent and real systemd in the guest.
+#[test]
+fn a_failed_cert_reload_stays_pending_and_is_retried_until_it_succeeds() {
+    use phoenix_tests::guest::Guest;
+    use phoenix_tests::spine::{Coordinator, converged, write_spec};
+    use phoenix_tests::wait_for;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Coordinator::start(&tmp.path().join("c"), &[]);
+    let Some(g) = Guest::boot_on("reload-pending", &[], "host") else {
+        return;
+    };
+    let token = c.token(402);
+    g.ok(&format!(
+        "phoenix-agent --state-dir /var/lib/phoenix-agent join '{token}'"
+    ));
+    g.ok("touch /etc/phoenix-reload-broken");
+    g.ok("nohup phoenix-agent --state-dir /var/lib/phoenix-agent run --file-root /etc --drift-interval 3 >/var/log/phoenix-agent.log 2>&1 &");
+    let spec = serde_json::json!({"resources": [
+        {"kind": "service", "name": "fake-web.service", "state": "running", "enabled": true,
+         "unit": {"description": "stands in for nginx", "exec_start": ["/bin/sleep", "infinity"],
+                  "exec_reload": ["/bin/sh", "-c",
+                      "test ! -e /etc/phoenix-reload-broken && echo reload >> /etc/phoenix-reloads"]}},
+        {"kind": "cert", "name": "gw", "common_name": "gw.lab",
+         "cert_path": "/etc/ssl/phoenix/gw.crt", "key_path": "/etc/ssl/phoenix/gw.key",
+         "ttl_seconds": 3600,
+         "reload": [{"service_reload": "fake-web.service"}],
+         "depends_on": ["service:fake-web.service"]}
+    ]});
+    let file = tmp.path().join("spec.json");
+    write_spec(&file, &[(402, spec)]);
+    let out = c.cli(&["apply", "-f", file.to_str().unwrap(), "--timeout", "60s"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "the reload failed: {text}");
+    let status = phoenix_tests::spine::guest_status(&c.status(), 402).unwrap();
+    let reason = status["last_report"]["results"]
+        .as_array()
+        .and_then(|rs| rs.iter().find(|r| r["resource"] == "cert:gw"))
+        .map(|r| r["message"].to_string())
+        .unwrap_or_default();
+    assert!(
+        reason.contains("reload fake-web.service") && reason.contains("reload pending"),
+        "{reason}"
+    );
+    let cert = || g.ok("sha256sum /etc/ssl/phoenix/gw.crt");
+    let issued = cert();
+    let pending = || {
+        g.ok("cat /var/lib/phoenix-agent/owned.json")
+            .contains("\"reload_pending\"")
+    };
+    assert!(pending(), "the mark is persisted");
+
+    // Later passes retry it while the cause is there…
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        g.ok("cat /etc/phoenix-reloads 2>/dev/null | wc -l"),
+        "0",
+        "still failing"
+    );
+    assert!(pending());
+    // …and once the service can reload, the reload happens once, with the same certificate.
+    g.ok("rm /etc/phoenix-reload-broken");
+    wait_for(Duration::from_secs(60), "the pending reload to run", || {
+        (g.ok("cat /etc/phoenix-reloads 2>/dev/null | wc -l") == "1").then_some(())
+    });
+    wait_for(Duration::from_secs(30), "the guest to converge", || {
+        converged(&c.status(), 402).then_some(())
+    });
+    assert_eq!(cert(), issued, "no new certificate for a retried reload");
+    assert!(!pending(), "the mark is cleared");
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        g.ok("wc -l < /etc/phoenix-reloads"),
+        "1",
+        "reloaded once, not on every pass"
+    );
+}

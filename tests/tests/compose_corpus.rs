@@ -41,11 +41,24 @@ fn the_corpus_is_read_or_refused_by_key() {
             .unwrap_or_default()
             .to_string();
         let text = std::fs::read_to_string(f).expect("read a corpus file");
-        match compose::parse(&text, &BTreeMap::new()) {
+        // As on a guest: the project directory is the file's own directory, the project
+        // is named after the fixture, no profile is enabled and no variable is set.
+        let opts = compose::ParseOptions {
+            variables: BTreeMap::new(),
+            project_dir: Some(PathBuf::from("/srv/phoenix/stacks/corpus")),
+            project_name: Some("corpus".into()),
+            profiles: Vec::new(),
+        };
+        match compose::parse_with(&text, &opts) {
             Ok(_) => accepted.push(name),
             Err(e) => {
                 let msg = e.to_string();
                 let first = msg.lines().next().unwrap_or_default().to_string();
+                // Every refusal names the key it stopped at: `compose <field>: why`.
+                assert!(
+                    first.starts_with("compose ") && first.contains(": "),
+                    "{name}: refusal without a key: {first}"
+                );
                 println!("REFUSED {name}: {first}");
                 refused.entry(first).or_default().push(name);
             }

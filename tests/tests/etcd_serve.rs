@@ -32,9 +32,18 @@ fn a_coordinator_on_etcd_enrolls_applies_and_survives_kill_9() {
         return;
     };
     let eps = cluster.endpoints().join(",");
+    let secret = tmp.path().join("ca.secret");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef").expect("secret");
     let mut c = Coordinator::start(
         &tmp.path().join("c"),
-        &["--store", "etcd", "--etcd-endpoints", &eps],
+        &[
+            "--store",
+            "etcd",
+            "--etcd-endpoints",
+            &eps,
+            "--ca-secret-file",
+            secret.to_str().expect("utf8"),
+        ],
     );
     let agents: Vec<Agent> = [201, 202]
         .into_iter()
@@ -48,14 +57,21 @@ fn a_coordinator_on_etcd_enrolls_applies_and_survives_kill_9() {
     write_spec(&spec, &guests);
     c.apply_ok(&spec);
 
-    // The state is in etcd, not in the state directory.
+    // The state is in etcd, not in the state directory; so is the CA, its key sealed.
     assert!(!c.dir.join("state/phoenix.redb").exists());
+    assert!(!c.dir.join("state/ca/ca.key").exists());
+    let sealed = cluster.etcdctl(&["get", "/phoenix/ca/embedded", "--print-value-only"]);
+    assert!(
+        sealed.contains("sealed_key") && !sealed.contains("PRIVATE KEY"),
+        "{sealed}"
+    );
     let keys = cluster.etcdctl(&["get", "/phoenix/", "--prefix", "--keys-only"]);
     for key in [
         "/phoenix/agents/0000000201",
         "/phoenix/desired/0000000202",
         "/phoenix/reports/0000000201",
         "/phoenix/meta/revision",
+        "/phoenix/replicas/",
     ] {
         assert!(keys.contains(key), "{key} in etcd:\n{keys}");
     }
@@ -107,4 +123,133 @@ fn serve_without_reachable_etcd_fails_naming_the_endpoints() {
         err.contains(dead) && err.contains("unavailable"),
         "stderr: {err}"
     );
+}
+
+#[test]
+fn the_embedded_ca_on_etcd_needs_its_secret_and_refuses_a_wrong_one() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Some(cluster) = EtcdCluster::start(&tmp.path().join("etcd")) else {
+        return;
+    };
+    let eps = cluster.endpoints().join(",");
+    let serve = |n: &str, extra: &[&str]| {
+        let args = [&["--store", "etcd", "--etcd-endpoints", &eps][..], extra].concat();
+        serve_expecting_failure(
+            &tmp.path().join(n).join("state"),
+            &tmp.path().join(n).join("admin.sock"),
+            &args,
+        )
+    };
+    let out = serve("a", &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--ca-secret-file"), "{err}");
+    let weak = tmp.path().join("weak");
+    std::fs::write(&weak, "hunter2").expect("write");
+    let out = serve("b", &["--ca-secret-file", weak.to_str().expect("utf8")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("at least 32"), "{err}");
+
+    // One replica seals the CA with its secret; another with a different one cannot
+    // unseal it (and does not make a CA of its own).
+    let good = tmp.path().join("good");
+    std::fs::write(&good, "0123456789abcdef0123456789abcdef").expect("write");
+    let first = Coordinator::start(
+        &tmp.path().join("c"),
+        &[
+            "--store",
+            "etcd",
+            "--etcd-endpoints",
+            &eps,
+            "--ca-secret-file",
+            good.to_str().expect("utf8"),
+        ],
+    );
+    let other = tmp.path().join("other");
+    std::fs::write(&other, "1123456789abcdef0123456789abcdef").expect("write");
+    let out = serve("d", &["--ca-secret-file", other.to_str().expect("utf8")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot unseal the CA key"), "{err}");
+    drop(first);
+}
+
+/// etcd as the example setup runs it: clients over TLS, client certificates required.
+#[test]
+fn a_coordinator_reaches_etcd_over_mutual_tls_and_one_without_a_client_cert_is_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Some(cluster) = EtcdCluster::start_tls(&tmp.path().join("etcd")) else {
+        return;
+    };
+    let tls = cluster.tls().expect("TLS cluster").clone();
+    let eps = cluster.endpoints().join(",");
+    assert!(eps.starts_with("https://"), "{eps}");
+    let secret = tmp.path().join("ca.secret");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef").expect("secret");
+    let path = |p: &std::path::Path| p.to_str().expect("utf8").to_string();
+    let base = [
+        "--store".to_string(),
+        "etcd".into(),
+        "--etcd-endpoints".into(),
+        eps.clone(),
+        "--ca-secret-file".into(),
+        path(&secret),
+        "--etcd-ca".into(),
+        path(&tls.ca),
+    ];
+    let with_cert = [
+        "--etcd-cert".to_string(),
+        path(&tls.client_cert),
+        "--etcd-key".into(),
+        path(&tls.client_key),
+    ];
+    let args: Vec<&str> = base.iter().chain(&with_cert).map(String::as_str).collect();
+    let c = Coordinator::start(&tmp.path().join("c"), &args);
+    let a = enrolled(&c, tmp.path(), 211);
+    let spec = tmp.path().join("spec.json");
+    write_spec(&spec, &[(211, files_spec(&a.root, &[("motd", "tls\n")]))]);
+    c.apply_ok(&spec);
+    let keys = cluster.etcdctl(&["get", "/phoenix/agents/", "--prefix", "--keys-only"]);
+    assert!(keys.contains("/phoenix/agents/0000000211"), "{keys}");
+
+    // No client certificate: etcd refuses the connection, the replica does not start.
+    let no_cert: Vec<&str> = base.iter().map(String::as_str).collect();
+    let out = serve_expecting_failure(
+        &tmp.path().join("n/state"),
+        &tmp.path().join("n/admin.sock"),
+        &no_cert,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    // etcd 3.4 closes the handshake without a reason ("broken pipe"); the replica names
+    // the endpoints it could not open.
+    assert!(
+        err.contains("open store at etcd") && err.contains(&eps),
+        "{err}"
+    );
+    // https:// without the CA, and a client key without https, are refused at once.
+    for (extra, says) in [
+        (
+            vec!["--store", "etcd", "--etcd-endpoints", eps.as_str()],
+            "--etcd-ca",
+        ),
+        (
+            vec![
+                "--store",
+                "etcd",
+                "--etcd-endpoints",
+                "http://127.0.0.1:2379",
+                "--etcd-cert",
+                with_cert[1].as_str(),
+                "--etcd-key",
+                with_cert[3].as_str(),
+            ],
+            "https://",
+        ),
+    ] {
+        let out = serve_expecting_failure(
+            &tmp.path().join("x/state"),
+            &tmp.path().join("x/admin.sock"),
+            &extra,
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{extra:?}: {err}");
+    }
 }

@@ -473,6 +473,9 @@ async fn guest_text_is_escaped_in_tables_and_bounded() {
         "raw control characters reached the terminal: {table:?}"
     );
     assert_eq!(table.lines().count(), 2, "a forged row: {table}");
+    // The default table cuts long cells to fit 80 columns; -o wide shows them whole.
+    let table = cli_ok(&c, &["agents", "-o", "wide"]);
+    assert_eq!(table.lines().count(), 2, "a forged row: {table}");
     let r = row(&table, 127);
     assert!(
         r.contains("web\\u{1b}]0;owned\\u{7}\\n999  yes  forged-row\\u{202e}"),
@@ -618,6 +621,8 @@ async fn a_revoke_while_the_ca_signs_a_renewal_is_not_undone() {
         metrics_listen: None,
         status_listen: None,
         status_token_file: None,
+        events: Default::default(),
+        cluster: Default::default(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let daemon = tokio::spawn(server::run(

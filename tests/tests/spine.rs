@@ -176,10 +176,18 @@ fn coordinator_crash_mid_push_loses_nothing() {
     c.restart();
     wait_for(
         T,
-        "all guests converged after the coordinator restart",
+        "all guests reconnected and converged after the coordinator restart",
         || {
             let s = c.status();
-            agents.iter().all(|a| converged(&s, a.guest)).then_some(())
+            // Reports acknowledged before the crash are durable: converged alone can be
+            // true before an agent is back.
+            agents
+                .iter()
+                .all(|a| {
+                    converged(&s, a.guest)
+                        && guest_status(&s, a.guest).is_some_and(|r| r["connected"] == true)
+                })
+                .then_some(())
         },
     );
     let s = c.status();
@@ -396,6 +404,11 @@ fn status_shows_declared_versus_observed_from_phoenix_configs() {
         "{row:#}"
     );
     let table = String::from_utf8_lossy(&c.cli(&["status"]).stdout).to_string();
+    assert!(
+        table.contains("declared vs observed differ on guest 901"),
+        "{table}"
+    );
+    let table = String::from_utf8_lossy(&c.cli(&["status", "-o", "wide"]).stdout).to_string();
     assert!(
         table.contains("DECLARED VS OBSERVED") && table.contains("cores: declared 64"),
         "{table}"

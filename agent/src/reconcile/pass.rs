@@ -15,6 +15,8 @@ pub enum Trigger {
     Retry { attempt: u32 },
     /// A plan the operator asked for; nothing is changed.
     DryRun,
+    /// The operator asked for a pass now (`phoenix converge`), on whatever revision.
+    Converge,
     /// `phoenix-agent apply -f`, without a coordinator.
     Local,
 }
@@ -29,6 +31,7 @@ impl fmt::Display for Trigger {
             Trigger::Drift => f.write_str("drift"),
             Trigger::Retry { attempt } => write!(f, "retry {attempt}"),
             Trigger::DryRun => f.write_str("dry-run"),
+            Trigger::Converge => f.write_str("converge"),
             Trigger::Local => f.write_str("local"),
         }
     }

@@ -2,7 +2,9 @@
 //!
 //! - `passes`: the pass scheduler, fed by a `watch` of the desired state (latest wins);
 //!   retries failed passes with backoff; persists a state before applying it.
-//! - `session`: one stream to the coordinator, reconnecting with backoff.
+//! - `outbox`: reports of passes until the coordinator acknowledges them (persisted).
+//! - `session`: one stream to the coordinator, reconnecting with backoff; delivers the
+//!   outbox.
 //! - `renewal`: renews the identity at about 2/3 of its lifetime and publishes it.
 //! - `backoff` and `policy`: how long to wait, and whether waiting helps at all.
 //!
@@ -13,6 +15,7 @@
 //! docs/design/0009-agent-runtime-lifecycle.md.
 
 pub mod backoff;
+pub mod outbox;
 pub mod passes;
 pub mod policy;
 pub mod renewal;
@@ -176,6 +179,8 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let (identity_tx, identity_rx) = watch::channel(serial);
     let coordinators = enrollment.coordinators();
+    let (run_pass_tx, run_pass_rx) = watch::channel(0u64);
+    let outbox = Arc::new(outbox::Outbox::open(&state));
     let shared = Arc::new(Shared {
         state: state.clone(),
         coordinators,
@@ -194,8 +199,10 @@ pub async fn run(
             desired: desired_rx,
             dry: dry_rx,
             stop: stop_rx,
+            run_pass: run_pass_rx,
         },
         report_tx,
+        outbox.clone(),
     ));
     let renewer = renewal::Live(shared.clone());
     let renewal = tokio::spawn(async move { renewal::schedule(&renewer, &identity_tx).await });
@@ -206,6 +213,8 @@ pub async fn run(
             dry: dry_tx,
             reports: report_rx,
             identity: identity_rx,
+            outbox,
+            run_pass: run_pass_tx,
         },
     ));
     let ended = tokio::select! {

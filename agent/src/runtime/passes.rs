@@ -2,13 +2,17 @@
 //! persistence promise.
 //!
 //! A pass runs at startup (on the state persisted before), on every push (latest wins),
-//! on a dry-run request, on the drift tick, and after a failed pass with capped backoff
-//! (not only on the next push or drift tick). A desired state is applied only after it
+//! on a dry-run request, when the operator asks (`phoenix converge`, even on an
+//! unchanged revision), on the drift tick, and after a failed pass with capped backoff
+//! (not only on the next push or drift tick). Every pass that is news (all but a drift
+//! check that found nothing, and plans) goes into the outbox, which the session delivers
+//! when it can, so passes done while the coordinator is away are reported too. A desired state is applied only after it
 //! is persisted: a state that cannot be written is not applied at all and its pass is
 //! reported failed, so a restart, which enforces what is on disk, never rolls the guest
 //! back behind what was applied.
 
 use super::backoff::Backoff;
+use super::outbox::Outbox;
 use crate::reconcile::{Engine, Stop, Trigger};
 use crate::state::{Applied, StateDir, StateError};
 use phoenix_proto::model::{ApplyReport, DesiredState, ResourceResult, Status};
@@ -39,16 +43,21 @@ pub struct Inputs {
     pub dry: Latest,
     /// `true` once the agent shuts down.
     pub stop: watch::Receiver<bool>,
+    /// Changes when the coordinator asks for a pass now (`phoenix converge`).
+    pub run_pass: watch::Receiver<u64>,
 }
 
 /// Runs passes until `inputs.stop` turns true (after the pass in progress, which stops
-/// between resources) or its sender is dropped.
+/// between resources) or its sender is dropped. Every report that is news is published
+/// on `reports` (latest wins: plans for the session, the last one for tests) and, but
+/// plans, added to `outbox`.
 pub async fn scheduler(
     engine: Arc<Engine>,
     state: Arc<StateDir>,
     timing: Timing,
     mut inputs: Inputs,
     reports: watch::Sender<Option<Arc<ApplyReport>>>,
+    outbox: Arc<Outbox>,
 ) {
     let key = |d: &DesiredState| (d.revision, d.digest.clone());
     // What desired.json holds now; asked of the disk, because a push may already have
@@ -84,6 +93,13 @@ pub async fn scheduler(
                     if r.is_err() { return; }
                     inputs.dry.borrow_and_update();
                     Trigger::DryRun
+                }
+                r = inputs.run_pass.changed() => {
+                    if r.is_err() { return; }
+                    inputs.run_pass.borrow_and_update();
+                    // The operator's pass stands in for a pending retry.
+                    retry_at = None;
+                    Trigger::Converge
                 }
                 _ = sleep_until(retry_at), if retry_at.is_some() => {
                     retry_at = None;
@@ -156,6 +172,9 @@ pub async fn scheduler(
         drop(_enter);
         // A drift pass that found nothing is not news.
         if trigger != Trigger::Drift || changed_or_failed {
+            if !report.dry_run {
+                outbox.push(report.clone());
+            }
             reports.send_replace(Some(Arc::new(report)));
         }
     }

@@ -1,11 +1,12 @@
-//! The session: one bidirectional stream to the coordinator, carrying desired states in
-//! and reports and heartbeats out. Reconnects with capped full-jitter backoff; a refusal
+//! The session: one bidirectional stream to the coordinator, carrying desired states and
+//! pass requests in, and reports (the outbox, then plans as they come) and heartbeats out. Reconnects with capped full-jitter backoff; a refusal
 //! no retry fixes (revoked identity, protocol mismatch) is logged with the operator's
 //! advice and retried at the cap, because a `join` on this guest fixes it without a
 //! restart. Renewal runs in its own task, so this loop never stops servicing the stream.
 
 use super::Shared;
 use super::backoff::Backoff;
+use super::outbox::Outbox;
 use super::policy::{self, Call, Verdict};
 use super::renewal::reload_identity_from_disk;
 use crate::facts;
@@ -41,6 +42,10 @@ pub struct Channels {
     pub reports: watch::Receiver<Option<Arc<ApplyReport>>>,
     /// Serial of each identity the renewal task publishes.
     pub identity: watch::Receiver<String>,
+    /// Reports of passes not yet acknowledged by the coordinator.
+    pub outbox: Arc<Outbox>,
+    /// Bumped when the coordinator asks for a pass now.
+    pub run_pass: watch::Sender<u64>,
 }
 
 pub async fn run(shared: Arc<Shared>, mut ch: Channels) {
@@ -143,8 +148,13 @@ async fn session(shared: &Arc<Shared>, ch: &mut Channels) -> Result<(), SessionE
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let (out, out_rx) = mpsc::channel::<v1::AgentMessage>(16);
     let _ = out.send(hello(shared, facts)).await;
-    // The coordinator may have lost our last report (restart); send it again.
-    ch.reports.mark_changed();
+    // Every report not acknowledged yet goes first (passes done while the coordinator
+    // was away, or whose acknowledgement was lost); `sent` is how far this session got.
+    let mut newest = ch.outbox.subscribe();
+    newest.mark_changed();
+    let mut sent = 0u64;
+    // A plan made before this session was for an operator who has gone.
+    ch.reports.borrow_and_update();
     let mut inbound = client
         .session(tokio_stream::wrappers::ReceiverStream::new(out_rx))
         .await?
@@ -172,11 +182,30 @@ async fn session(shared: &Arc<Shared>, ch: &mut Channels) -> Result<(), SessionE
                     let hb = v1::AgentMessage { msg: Some(agent_message::Msg::Heartbeat(v1::Heartbeat { applied_revision: applied.revision })) };
                     if out.send(hb).await.is_err() { return Err(SessionError::Closed); }
                 }
+                Some(v1::CoordinatorMessage { msg: Some(coordinator_message::Msg::PassAck(a)) }) => ch.outbox.ack(a.seq),
+                Some(v1::CoordinatorMessage { msg: Some(coordinator_message::Msg::RunPass(_)) }) => {
+                    ch.run_pass.send_modify(|n| *n = n.wrapping_add(1));
+                }
                 Some(_) => {}
             },
+            r = newest.changed() => {
+                if r.is_err() { return Err(SessionError::Closed); }
+                newest.borrow_and_update();
+                for e in ch.outbox.after(sent) {
+                    sent = e.seq;
+                    let m = v1::AgentMessage { msg: Some(agent_message::Msg::Pass(v1::PassReport {
+                        report: Some(v1::ApplyReport::from(&e.report)),
+                        seq: e.seq,
+                        finished_unix_ms: e.finished_unix_ms,
+                        dropped_before: e.dropped_before,
+                    })) };
+                    if out.send(m).await.is_err() { return Err(SessionError::Closed); }
+                }
+            }
             r = ch.reports.changed() => {
                 if r.is_err() { return Err(SessionError::Closed); }
-                let report = ch.reports.borrow_and_update().clone();
+                // Applies travel through the outbox; only plans are sent from here.
+                let report = ch.reports.borrow_and_update().clone().filter(|r| r.dry_run);
                 if let Some(report) = report {
                     let m = v1::AgentMessage { msg: Some(agent_message::Msg::Report(v1::ApplyReport::from(report.as_ref()))) };
                     if out.send(m).await.is_err() { return Err(SessionError::Closed); }

@@ -8,18 +8,19 @@ use super::plan::{ContainerConfig, NetworkPlan, ObservedContainer, VolumePlan};
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, ContainerStateStatusEnum, DeviceMapping, DeviceRequest, EndpointSettings,
-    HealthConfig, HealthStatusEnum, HostConfig, HostConfigLogConfig, NetworkConnectRequest,
-    NetworkCreateRequest, NetworkingConfig, PortBinding, ResourcesUlimits, RestartPolicy,
-    RestartPolicyNameEnum, VolumeCreateRequest,
+    ContainerCreateBody, ContainerStateStatusEnum, DeviceMapping, DeviceRequest,
+    EndpointIpamConfig, EndpointSettings, HealthConfig, HealthStatusEnum, HostConfig,
+    HostConfigLogConfig, Ipam, IpamConfig, NetworkConnectRequest, NetworkCreateRequest,
+    NetworkingConfig, PortBinding, ResourcesUlimits, RestartPolicy, RestartPolicyNameEnum,
+    VolumeCreateRequest,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
-    ListNetworksOptions, ListVolumesOptions, RemoveContainerOptionsBuilder,
-    RenameContainerOptionsBuilder, StopContainerOptionsBuilder,
+    BuildImageOptions, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
+    ListContainersOptionsBuilder, ListNetworksOptions, ListVolumesOptions,
+    RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder,
 };
 use phoenix_proto::model::ContainerName;
-use phoenix_proto::model::compose::Condition;
+use phoenix_proto::model::compose::{Addresses, Build, Condition};
 use std::collections::{BTreeMap, HashMap};
 use tokio_stream::StreamExt;
 
@@ -132,6 +133,19 @@ pub trait ContainerEngine: Send + Sync {
     async fn list_volumes(&self) -> Result<Vec<String>, EngineError>;
     /// Local image ID for a reference, `None` when absent.
     async fn image_id(&self, image: &str) -> Result<Option<String>, EngineError>;
+    /// The `phoenix.build-digest` label of a local image: the context digest it was
+    /// built from. `None` when the image is absent or was not built by Phoenix.
+    async fn image_build_digest(&self, image: &str) -> Result<Option<String>, EngineError>;
+    /// Builds `image` with the engine's (classic) builder from a tar of its context;
+    /// `labels` go on the image. Fails with the builder's last output lines.
+    async fn build_image(
+        &self,
+        image: &str,
+        build: &Build,
+        dockerfile: &str,
+        context_tar: Vec<u8>,
+        labels: HashMap<String, String>,
+    ) -> Result<(), EngineError>;
 
     async fn pull_image(&self, image: &str, auth: Option<RegistryAuth>) -> Result<(), EngineError>;
     async fn create_network(
@@ -156,6 +170,7 @@ pub trait ContainerEngine: Send + Sync {
         network: &str,
         container: &str,
         aliases: Vec<String>,
+        addresses: Option<Addresses>,
     ) -> Result<(), EngineError>;
     async fn start_container(&self, id: &str) -> Result<(), EngineError>;
     async fn stop_container(&self, id: &str) -> Result<(), EngineError>;
@@ -172,11 +187,13 @@ pub trait ContainerEngine: Send + Sync {
 pub fn create_body(c: &ContainerConfig, labels: HashMap<String, String>) -> ContainerCreateBody {
     let s = &c.spec;
     let none_if_empty = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
-    let mut exposed = Vec::new();
+    let mut exposed: Vec<String> = s.expose.clone();
     let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
     for p in &s.ports {
         let key = format!("{}/{}", p.container_port, p.protocol);
-        exposed.push(key.clone());
+        if !exposed.contains(&key) {
+            exposed.push(key.clone());
+        }
         bindings
             .entry(key)
             .or_default()
@@ -190,10 +207,20 @@ pub fn create_body(c: &ContainerConfig, labels: HashMap<String, String>) -> Cont
         .volumes
         .iter()
         .map(|m| {
-            let ro = if m.read_only { ":ro" } else { "" };
+            let mut opts = Vec::new();
+            if m.read_only {
+                opts.push("ro");
+            }
+            if m.nocopy {
+                opts.push("nocopy");
+            }
             // Binds (not Mounts) for both kinds, so a missing host directory is created
             // as Compose does.
-            format!("{}:{}{ro}", m.source, m.target)
+            if opts.is_empty() {
+                format!("{}:{}", m.source, m.target)
+            } else {
+                format!("{}:{}:{}", m.source, m.target, opts.join(","))
+            }
         })
         .collect();
     let restart_policy = s.restart.as_deref().map(|r| {
@@ -251,6 +278,15 @@ pub fn create_body(c: &ContainerConfig, labels: HashMap<String, String>) -> Cont
         })
         .collect();
     let first_net = s.networks.iter().next();
+    let tmpfs: HashMap<String, String> = s
+        .tmpfs
+        .iter()
+        .map(|t| match t.split_once(':') {
+            Some((path, opts)) => (path.to_string(), opts.to_string()),
+            None => (t.clone(), String::new()),
+        })
+        .collect();
+    let r = &s.resources;
     let host_config = HostConfig {
         binds: none_if_empty(&binds),
         port_bindings: (!bindings.is_empty()).then_some(bindings),
@@ -266,7 +302,22 @@ pub fn create_body(c: &ContainerConfig, labels: HashMap<String, String>) -> Cont
         }),
         init: s.init,
         dns: none_if_empty(&s.dns),
-        network_mode: first_net.map(|(n, _)| n.clone()),
+        // `network_mode` (none, host, bridge, container:<name>) or the first network.
+        network_mode: s
+            .network_mode
+            .clone()
+            .or_else(|| first_net.map(|(n, _)| n.clone())),
+        nano_cpus: r.nano_cpus,
+        memory: r.memory,
+        pids_limit: r.pids,
+        memory_reservation: r.memory_reservation,
+        cpu_shares: r.cpu_shares,
+        sysctls: (!s.sysctls.is_empty()).then(|| s.sysctls.clone().into_iter().collect()),
+        tmpfs: (!tmpfs.is_empty()).then_some(tmpfs),
+        shm_size: s.shm_size,
+        readonly_rootfs: s.read_only.then_some(true),
+        cap_drop: none_if_empty(&s.cap_drop),
+        security_opt: none_if_empty(&s.security_opt),
         ..Default::default()
     };
     ContainerCreateBody {
@@ -286,25 +337,46 @@ pub fn create_body(c: &ContainerConfig, labels: HashMap<String, String>) -> Cont
             timeout: h.timeout,
             retries: h.retries,
             start_period: h.start_period,
-            start_interval: None,
+            start_interval: h.start_interval,
         }),
         labels: Some(labels),
         user: s.user.clone(),
         working_dir: s.working_dir.clone(),
         hostname: s.hostname.clone(),
+        stop_signal: s.stop_signal.clone(),
+        // The engine takes whole seconds; a part second is rounded up so the service
+        // gets at least its grace period.
+        stop_timeout: s
+            .stop_grace_period
+            .map(|ns| ns.saturating_add(999_999_999) / 1_000_000_000),
+        tty: s.tty.then_some(true),
+        open_stdin: s.stdin_open.then_some(true),
         host_config: Some(host_config),
         networking_config: first_net.map(|(n, aliases)| NetworkingConfig {
             endpoints_config: Some(HashMap::from([(
                 n.clone(),
-                EndpointSettings {
-                    aliases: Some(aliases.clone()),
-                    ..Default::default()
-                },
+                endpoint(aliases.clone(), s.addresses.get(n).cloned()),
             )])),
         }),
         ..Default::default()
     }
 }
+
+/// A network endpoint with its aliases and fixed addresses.
+fn endpoint(aliases: Vec<String>, addresses: Option<Addresses>) -> EndpointSettings {
+    EndpointSettings {
+        aliases: Some(aliases),
+        ipam_config: addresses.map(|a| EndpointIpamConfig {
+            ipv4_address: a.ipv4,
+            ipv6_address: a.ipv6,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The builder's output kept for an error message.
+const BUILD_LOG_LINES: usize = 20;
 
 /// The real engine.
 pub struct DockerEngine {
@@ -446,6 +518,78 @@ impl ContainerEngine for DockerEngine {
         }
     }
 
+    async fn image_build_digest(&self, image: &str) -> Result<Option<String>, EngineError> {
+        match self.docker.inspect_image(image).await {
+            Ok(i) => Ok(i
+                .config
+                .and_then(|c| c.labels)
+                .and_then(|l| l.get(super::LABEL_BUILD_DIGEST).cloned())),
+            Err(e) if is_status(&e, 404) => Ok(None),
+            Err(e) => Err(err("inspect image", image)(e)),
+        }
+    }
+
+    async fn build_image(
+        &self,
+        image: &str,
+        build: &Build,
+        dockerfile: &str,
+        context_tar: Vec<u8>,
+        labels: HashMap<String, String>,
+    ) -> Result<(), EngineError> {
+        let fail = |why: String| EngineError::Docker {
+            action: "build image",
+            object: image.to_string(),
+            source: BollardError::DockerStreamError { error: why },
+        };
+        let mut all_labels: HashMap<String, String> = build.labels.clone().into_iter().collect();
+        all_labels.extend(labels);
+        let opts = BuildImageOptions {
+            dockerfile: dockerfile.to_string(),
+            t: Some(image.to_string()),
+            nocache: build.no_cache,
+            pull: build.pull.then(|| "1".to_string()),
+            rm: true,
+            forcerm: true,
+            buildargs: Some(build.args.clone().into_iter().collect()),
+            labels: Some(all_labels),
+            networkmode: build.network.clone(),
+            shmsize: build
+                .shm_size
+                .map(|n| {
+                    i32::try_from(n)
+                        .map_err(|_| fail(format!("shm_size {n} is too large for a build")))
+                })
+                .transpose()?,
+            target: build.target.clone().unwrap_or_default(),
+            ..Default::default()
+        };
+        let mut stream =
+            self.docker
+                .build_image(opts, None, Some(bollard::body_full(context_tar.into())));
+        let mut log: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(err("build image", image))?;
+            if let Some(line) = info.stream {
+                for l in line.lines().filter(|l| !l.trim().is_empty()) {
+                    if log.len() == BUILD_LOG_LINES {
+                        log.pop_front();
+                    }
+                    log.push_back(l.to_string());
+                }
+            }
+            if let Some(detail) = info.error_detail {
+                let tail: Vec<String> = log.into_iter().collect();
+                return Err(fail(format!(
+                    "{}; last output: {}",
+                    detail.message.unwrap_or_default(),
+                    tail.join(" | ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
     async fn pull_image(&self, image: &str, auth: Option<RegistryAuth>) -> Result<(), EngineError> {
         // A reference without a tag would pull every tag; Compose pulls :latest.
         let last = image.rsplit('/').next().unwrap_or(image);
@@ -484,12 +628,33 @@ impl ContainerEngine for DockerEngine {
         network: &NetworkPlan,
         labels: HashMap<String, String>,
     ) -> Result<(), EngineError> {
+        let mut all_labels: HashMap<String, String> = network.labels.clone().into_iter().collect();
+        all_labels.extend(labels);
+        let ipam = network.ipam.as_ref().map(|i| Ipam {
+            driver: i.driver.clone(),
+            config: Some(
+                i.config
+                    .iter()
+                    .map(|p| IpamConfig {
+                        subnet: p.subnet.clone(),
+                        ip_range: p.ip_range.clone(),
+                        gateway: p.gateway.clone(),
+                        auxiliary_addresses: (!p.aux_addresses.is_empty())
+                            .then(|| p.aux_addresses.clone().into_iter().collect()),
+                    })
+                    .collect(),
+            ),
+            options: (!i.options.is_empty()).then(|| i.options.clone().into_iter().collect()),
+        });
         let req = NetworkCreateRequest {
             name: network.name.clone(),
             driver: network.driver.clone(),
             internal: network.internal.then_some(true),
+            attachable: network.attachable.then_some(true),
+            enable_ipv6: network.enable_ipv6.then_some(true),
+            ipam,
             options: Some(network.driver_opts.clone().into_iter().collect()),
-            labels: Some(labels),
+            labels: Some(all_labels),
             ..Default::default()
         };
         self.docker
@@ -511,11 +676,13 @@ impl ContainerEngine for DockerEngine {
         volume: &VolumePlan,
         labels: HashMap<String, String>,
     ) -> Result<(), EngineError> {
+        let mut all_labels: HashMap<String, String> = volume.labels.clone().into_iter().collect();
+        all_labels.extend(labels);
         let req = VolumeCreateRequest {
             name: Some(volume.name.clone()),
             driver: volume.driver.clone(),
             driver_opts: Some(volume.driver_opts.clone().into_iter().collect()),
-            labels: Some(labels),
+            labels: Some(all_labels),
             ..Default::default()
         };
         self.docker
@@ -544,13 +711,11 @@ impl ContainerEngine for DockerEngine {
         network: &str,
         container: &str,
         aliases: Vec<String>,
+        addresses: Option<Addresses>,
     ) -> Result<(), EngineError> {
         let req = NetworkConnectRequest {
             container: container.to_string(),
-            endpoint_config: Some(EndpointSettings {
-                aliases: Some(aliases),
-                ..Default::default()
-            }),
+            endpoint_config: Some(endpoint(aliases, addresses)),
         };
         self.docker
             .connect_network(network, req)
@@ -574,8 +739,13 @@ impl ContainerEngine for DockerEngine {
     }
 
     async fn stop_container(&self, id: &str) -> Result<(), EngineError> {
-        let opts = StopContainerOptionsBuilder::new().t(10).build();
-        match self.docker.stop_container(id, Some(opts)).await {
+        // No timeout of ours: the engine uses the container's own (`stop_grace_period`,
+        // 10 s by default), as `docker compose stop` does.
+        match self
+            .docker
+            .stop_container(id, None::<bollard::query_parameters::StopContainerOptions>)
+            .await
+        {
             Err(e) if is_status(&e, 304) => Ok(()),
             r => r.map_err(err("stop container", id)),
         }

@@ -58,6 +58,13 @@ pub enum StackError {
         service: String,
         why: String,
     },
+    #[error("stack {stack}: service {service}: {source}")]
+    BuildContext {
+        stack: String,
+        service: String,
+        #[source]
+        source: super::context::ContextError,
+    },
     #[error("stack {stack}: image {image} is still absent after pulling it")]
     PullMissing { stack: String, image: String },
     #[error(

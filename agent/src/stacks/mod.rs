@@ -16,14 +16,23 @@
 //! unless the spec declares them in `host_access`, and env files are read only beneath
 //! the allowed roots.
 //!
+//! `build` packs the context from the guest (`context`, beneath the file roots, links
+//! never followed) and builds through the engine's build endpoint (`build`); the context
+//! digest is on the image and in the container's config hash, so a changed context
+//! rebuilds and recreates. Replicas are named `<project>-<service>-<n>` as Compose names
+//! them.
+//!
 //! The converger (render → observe → plan → execute, with health gating and rollback)
-//! stays in this one module of about 750 lines: its steps share the engine, the owner key
+//! stays in this one module of about 800 lines: its steps share the engine, the owner key
 //! and the running map of containers, and cutting between them would spread one flow.
 //!
 //! Limits: images are pulled only when absent locally (a moved `:latest` tag upstream is
 //! not noticed until the image is removed); named volumes are never removed; services
-//! are started one after another.
+//! are started one after another; a build context is read on every pass to hash it
+//! (bounded to 64 MiB) and `.dockerignore` is not honoured.
 
+mod build;
+mod context;
 pub mod engine;
 mod error;
 mod files;
@@ -36,7 +45,7 @@ use engine::{ContainerEngine, ContainerState, EngineError, RegistryAuth};
 use owner::{Kind, LABEL_OWNER, OwnerKey};
 use phoenix_proto::model::compose::{ComposeProject, Condition, grants};
 use phoenix_proto::model::{SecretRef, StackSpec};
-use plan::{ASIDE_SUFFIX, Desired, Observed, Plan, Step};
+use plan::{ASIDE_SUFFIX, Desired, HostInputs, Observed, Plan, Step};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -50,6 +59,8 @@ pub const LABEL_STACK: &str = "phoenix.stack";
 pub const LABEL_SERVICE: &str = "phoenix.service";
 pub const LABEL_CONFIG_HASH: &str = "phoenix.config-hash";
 pub const LABEL_IMAGE: &str = "phoenix.image-digest";
+/// On an image built for a stack: the digest of the context it was built from.
+pub const LABEL_BUILD_DIGEST: &str = "phoenix.build-digest";
 
 const POLL: Duration = Duration::from_millis(100);
 /// How long a replacement without a healthcheck must stay up to count as started: a bad
@@ -200,19 +211,26 @@ impl StackConverger {
         };
         let mut env_files = BTreeMap::new();
         for svc in project.services().values() {
-            for path in &svc.env_files {
+            let all = svc.env_files.iter().map(|p| (p, true));
+            let optional = svc.optional_env_files.iter().map(|p| (p, false));
+            for (path, required) in all.chain(optional) {
                 if env_files.contains_key(path) {
                     continue;
                 }
                 let text = match spec.files.iter().find(|f| f.path.as_str() == path) {
                     Some(f) => f.content.clone(),
-                    None => read_env_file(&self.file_roots, path).map_err(|why| {
-                        StackError::EnvFile {
-                            stack: stack.to_string(),
-                            path: path.clone(),
-                            why,
+                    None => match read_env_file(&self.file_roots, path) {
+                        Ok(t) => t,
+                        // `required: false`: an absent file adds nothing, as in Compose.
+                        Err(why) if !required && why.contains("ENOENT") => continue,
+                        Err(why) => {
+                            return Err(StackError::EnvFile {
+                                stack: stack.to_string(),
+                                path: path.clone(),
+                                why,
+                            });
                         }
-                    })?,
+                    },
                 };
                 env_files.insert(path.clone(), parse_env_file(stack, path, &text)?);
             }
@@ -233,7 +251,27 @@ impl StackConverger {
                 Err(e) => return Err(io("read stack file", path)(e.into())),
             }
         }
-        let mut desired = plan::render(stack, project, &labels, &env_files, &digests);
+        let mut builds = BTreeMap::new();
+        for (name, svc) in project.services() {
+            let Some(b) = &svc.build else { continue };
+            let context = Path::new(&b.context);
+            // A context shipped with the stack but not written yet has no digest until
+            // `apply` writes it (and renders again); the plan then builds anyway.
+            let pending = stale_files.iter().any(|(p, _)| p.starts_with(context));
+            match self.pack_context(stack, name, b) {
+                Ok(packed) => {
+                    builds.insert(name.clone(), packed.digest);
+                }
+                Err(_) if pending => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let host = HostInputs {
+            env_files,
+            stack_files: digests,
+            builds,
+        };
+        let mut desired = plan::render_with(stack, project, &labels, &host);
         for c in &mut desired.containers {
             c.grants = grants
                 .iter()
@@ -247,7 +285,7 @@ impl StackConverger {
         })
     }
 
-    fn engine_err(stack: &str) -> impl FnOnce(EngineError) -> StackError + '_ {
+    pub(super) fn engine_err(stack: &str) -> impl FnOnce(EngineError) -> StackError + '_ {
         move |source| StackError::Engine {
             stack: stack.to_string(),
             source,
@@ -272,6 +310,7 @@ impl StackConverger {
             .into_iter()
             .collect();
         let mut images = BTreeMap::new();
+        let mut build_digests = BTreeMap::new();
         for c in &desired.containers {
             if !images.contains_key(c.spec.image.as_str()) {
                 let id = self
@@ -280,6 +319,14 @@ impl StackConverger {
                     .await
                     .map_err(e())?;
                 images.insert(c.spec.image.to_string(), id);
+            }
+            if c.spec.build.is_some() && !build_digests.contains_key(c.spec.image.as_str()) {
+                let d = self
+                    .engine
+                    .image_build_digest(c.spec.image.as_str())
+                    .await
+                    .map_err(e())?;
+                build_digests.insert(c.spec.image.to_string(), d);
             }
         }
         let owned = containers
@@ -307,6 +354,7 @@ impl StackConverger {
             networks,
             volumes,
             images,
+            build_digests,
             owned,
             owned_networks,
         })
@@ -463,7 +511,12 @@ impl StackConverger {
         let fail = |e: StackError| (Some(id.clone()), e);
         for (net, aliases) in c.spec.networks.iter().skip(1) {
             self.engine
-                .connect_network(net, &id, aliases.clone())
+                .connect_network(
+                    net,
+                    &id,
+                    aliases.clone(),
+                    c.spec.addresses.get(net).cloned(),
+                )
                 .await
                 .map_err(|e| fail(Self::engine_err(stack)(e)))?;
         }
@@ -626,6 +679,14 @@ impl StackConverger {
                         image: image.clone(),
                     });
                 }
+                // `apply` builds before it executes; a build left in the plan means the
+                // image is still not what the context makes.
+                Step::Build { index } => {
+                    return Err(StackError::PullMissing {
+                        stack: stack.into(),
+                        image: desired.containers[*index].spec.image.to_string(),
+                    });
+                }
                 Step::CreateNetwork { network } => self
                     .engine
                     .create_network(network, owned_labels(Kind::Network, &network.name))
@@ -729,7 +790,7 @@ impl Converge<StackSpec> for StackConverger {
     async fn apply(&self, spec: &StackSpec, _cx: &PassContext) -> Result<String, ResourceError> {
         let stack = spec.name.as_str();
         self.check_roots(spec)?;
-        let r = self.render(spec)?;
+        let mut r = self.render(spec)?;
         // Plan first: a conflict or a missing external object fails the stack before any
         // file is written.
         let mut observed = self.observe(&r.desired).await?;
@@ -738,6 +799,17 @@ impl Converge<StackSpec> for StackConverger {
         for (path, content) in &r.stale_files {
             write_stack_file(stack, self.root_of(spec, path)?, path, content)?;
             done.push(format!("write file {}", path.display()));
+        }
+        if !r.stale_files.is_empty() {
+            // Build contexts and mounted files are now as desired: render again so the
+            // digests (and config hashes) are those of what is on disk.
+            r = self.render(spec)?;
+            observed = self.observe(&r.desired).await?;
+            plan = plan::plan(&r.desired, &observed)?;
+        }
+        if self.build_images(&r.desired, &plan, &mut done).await? {
+            observed = self.observe(&r.desired).await?;
+            plan = plan::plan(&r.desired, &observed)?;
         }
         let pulls: Vec<&String> = plan
             .steps

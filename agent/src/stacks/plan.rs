@@ -25,6 +25,14 @@ pub enum PlanError {
         name: String,
     },
     #[error(
+        "stack {stack}: image {image} of service {service} is not present and its pull_policy is never"
+    )]
+    ImageAbsent {
+        stack: String,
+        service: String,
+        image: String,
+    },
+    #[error(
         "stack {stack}: container {name:?} exists but is not labelled as part of this stack; refusing to touch it"
     )]
     NameTaken { stack: String, name: String },
@@ -46,6 +54,11 @@ pub struct ContainerConfig {
     pub spec: Service,
     /// Digest of each stack file this container bind-mounts, so editing one recreates it.
     pub files: BTreeMap<String, String>,
+    /// Digest of the build context (and Dockerfile) the image is built from, so a change
+    /// rebuilds the image and recreates the container. Skipped when absent, so a
+    /// container without `build` hashes as it always did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub build_digest: Option<String>,
     /// Host-root grants (`grants::Grant::access`) the container receives, shown on every
     /// plan line that creates it. Derived from `spec`, so not hashed again.
     #[serde(skip)]
@@ -67,6 +80,10 @@ pub struct NetworkPlan {
     pub driver: Option<String>,
     pub driver_opts: BTreeMap<String, String>,
     pub internal: bool,
+    pub attachable: bool,
+    pub enable_ipv6: bool,
+    pub ipam: Option<compose::Ipam>,
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -75,6 +92,7 @@ pub struct VolumePlan {
     pub external: bool,
     pub driver: Option<String>,
     pub driver_opts: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -94,11 +112,29 @@ pub fn object_name(stack: &str, key: &str, explicit: &Option<String>) -> String 
     explicit.clone().unwrap_or_else(|| format!("{stack}_{key}"))
 }
 
-/// Engine-side container name: `container_name`, or `<stack>-<service>-1` (Compose v2).
+/// Engine-side container name: `container_name`, or `<project>-<service>-1` (Compose v2).
 pub fn container_name(stack: &str, service: &str, explicit: &Option<String>) -> String {
+    replica_name(stack, service, explicit, 1)
+}
+
+/// Engine-side name of replica `n` (from 1): `<project>-<service>-<n>`, as Compose names
+/// them; `container_name` only for a service of one container.
+pub fn replica_name(stack: &str, service: &str, explicit: &Option<String>, n: u32) -> String {
     explicit
         .clone()
-        .unwrap_or_else(|| format!("{stack}-{service}-1"))
+        .unwrap_or_else(|| format!("{stack}-{service}-{n}"))
+}
+
+/// What the host adds to a project when it is rendered: env file contents, stack file
+/// digests and build-context digests.
+#[derive(Debug, Clone, Default)]
+pub struct HostInputs {
+    /// env_file path → its variables (optional files that are absent are missing here).
+    pub env_files: BTreeMap<String, BTreeMap<String, String>>,
+    /// Stack file path → content digest.
+    pub stack_files: BTreeMap<String, String>,
+    /// Service → digest of its build context and Dockerfile.
+    pub builds: BTreeMap<String, String>,
 }
 
 /// Builds the desired containers. `env_files` maps each env_file path to its content,
@@ -110,6 +146,29 @@ pub fn render(
     env_files: &BTreeMap<String, BTreeMap<String, String>>,
     stack_files: &BTreeMap<String, String>,
 ) -> Desired {
+    render_with(
+        stack,
+        project,
+        extra_labels,
+        &HostInputs {
+            env_files: env_files.clone(),
+            stack_files: stack_files.clone(),
+            builds: BTreeMap::new(),
+        },
+    )
+}
+
+/// As `render`, with build-context digests. Objects are named after the project: its
+/// top-level `name` when the file has one, else the stack's name.
+pub fn render_with(
+    stack: &str,
+    project: &ComposeProject,
+    extra_labels: &BTreeMap<String, BTreeMap<String, String>>,
+    host: &HostInputs,
+) -> Desired {
+    let env_files = &host.env_files;
+    let stack_files = &host.stack_files;
+    let project_name = project.name().unwrap_or(stack);
     let networks: Vec<NetworkPlan> = project
         .networks()
         .iter()
@@ -117,12 +176,16 @@ pub fn render(
             name: if n.external {
                 n.name.clone().unwrap_or_else(|| key.clone())
             } else {
-                object_name(stack, key, &n.name)
+                object_name(project_name, key, &n.name)
             },
             external: n.external,
             driver: n.driver.clone(),
             driver_opts: n.driver_opts.clone(),
             internal: n.internal,
+            attachable: n.attachable,
+            enable_ipv6: n.enable_ipv6,
+            ipam: n.ipam.clone(),
+            labels: n.labels.clone(),
         })
         .collect();
     let net_name: BTreeMap<&str, &str> = project
@@ -138,11 +201,12 @@ pub fn render(
             name: if v.external {
                 v.name.clone().unwrap_or_else(|| key.clone())
             } else {
-                object_name(stack, key, &v.name)
+                object_name(project_name, key, &v.name)
             },
             external: v.external,
             driver: v.driver.clone(),
             driver_opts: v.driver_opts.clone(),
+            labels: v.labels.clone(),
         })
         .collect();
     let vol_name: BTreeMap<&str, &str> = project
@@ -160,7 +224,7 @@ pub fn render(
         let mut spec = svc.clone();
         // Later env files win over earlier ones, `environment` wins over all, as in Compose.
         let mut env = BTreeMap::new();
-        for path in &svc.env_files {
+        for path in svc.env_files.iter().chain(&svc.optional_env_files) {
             if let Some(vars) = env_files.get(path) {
                 env.extend(vars.clone());
             }
@@ -177,11 +241,35 @@ pub fn render(
                 m.source = (*n).to_string();
             }
         }
-        let keys: Vec<String> = if svc.networks.is_empty() {
+        // A service in another namespace (`network_mode`) joins no network.
+        let keys: Vec<String> = if svc.network_mode.is_some() {
+            Vec::new()
+        } else if svc.networks.is_empty() {
             vec![compose::DEFAULT_NETWORK.to_string()]
         } else {
             svc.networks.keys().cloned().collect()
         };
+        if let Some(other) = svc
+            .network_mode
+            .as_deref()
+            .and_then(|m| m.strip_prefix("service:"))
+        {
+            let target = project.services().get(other);
+            let name = container_name(
+                project_name,
+                other,
+                &target.and_then(|t| t.container_name.clone()),
+            );
+            spec.network_mode = Some(format!("container:{name}"));
+        }
+        spec.addresses = svc
+            .addresses
+            .iter()
+            .map(|(k, a)| {
+                let name = net_name.get(k.as_str()).copied().unwrap_or(k.as_str());
+                (name.to_string(), a.clone())
+            })
+            .collect();
         spec.networks = keys
             .iter()
             .map(|k| {
@@ -194,7 +282,7 @@ pub fn render(
                 (name.to_string(), aliases)
             })
             .collect();
-        let files = stack_files
+        let files: BTreeMap<String, String> = stack_files
             .iter()
             .filter(|(path, _)| {
                 svc.volumes.iter().any(|m| {
@@ -204,13 +292,16 @@ pub fn render(
             })
             .map(|(p, d)| (p.clone(), d.clone()))
             .collect();
-        containers.push(ContainerConfig {
-            service: svc_name.to_string(),
-            name: container_name(stack, svc_name, &svc.container_name),
-            spec,
-            files,
-            grants: Vec::new(),
-        });
+        for n in 1..=svc.replicas.unwrap_or(1) {
+            containers.push(ContainerConfig {
+                service: svc_name.to_string(),
+                name: replica_name(project_name, svc_name, &svc.container_name, n),
+                spec: spec.clone(),
+                files: files.clone(),
+                build_digest: host.builds.get(svc_name).cloned(),
+                grants: Vec::new(),
+            });
+        }
     }
     // As the file says; the converger also judges where bind sources' links lead.
     for g in grants::detect(project, &[]) {
@@ -247,6 +338,9 @@ pub struct Observed {
     pub volumes: BTreeSet<String>,
     /// Image reference → local image ID, `None` when the image is not present.
     pub images: BTreeMap<String, Option<String>>,
+    /// For images a service builds: the build-context digest the present image was built
+    /// from (its `phoenix.build-digest` label), `None` when absent or unlabelled.
+    pub build_digests: BTreeMap<String, Option<String>>,
     /// IDs of the containers whose `phoenix.owner` label proves this agent created them.
     pub owned: BTreeSet<String>,
     /// Names of the networks proven the same way.
@@ -257,6 +351,10 @@ pub struct Observed {
 pub enum Step {
     Pull {
         image: String,
+    },
+    /// Builds the image of `Desired::containers[index]` from its context on the guest.
+    Build {
+        index: usize,
     },
     CreateNetwork {
         network: NetworkPlan,
@@ -321,6 +419,19 @@ impl Plan {
             .iter()
             .map(|s| match s {
                 Step::Pull { image } => format!("pull image {image}"),
+                Step::Build { index } => match desired.containers.get(*index) {
+                    Some(c) => format!(
+                        "build image {} for {} from {}",
+                        c.spec.image,
+                        c.service,
+                        c.spec
+                            .build
+                            .as_ref()
+                            .map(|b| b.context.as_str())
+                            .unwrap_or("?")
+                    ),
+                    None => String::new(),
+                },
                 Step::CreateNetwork { network } => format!("create network {}", network.name),
                 Step::CreateVolume { volume } => format!("create volume {}", volume.name),
                 Step::RemoveContainer { name, why, .. } => {
@@ -351,17 +462,32 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Result<Plan, PlanError> {
     let mut steps = Vec::new();
 
     let mut pulls = BTreeSet::new();
-    for c in &desired.containers {
-        if matches!(
-            observed.images.get(c.spec.image.as_str()),
-            None | Some(None)
-        ) {
-            pulls.insert(c.spec.image.to_string());
+    // Image → the first container that builds it (replicas share one build).
+    let mut builds: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, c) in desired.containers.iter().enumerate() {
+        let image = c.spec.image.as_str();
+        let present = matches!(observed.images.get(image), Some(Some(_)));
+        if c.spec.build.is_some() {
+            // Rebuilt when absent or built from another context than the desired one.
+            let built_from = observed.build_digests.get(image).cloned().flatten();
+            if !present || built_from != c.build_digest {
+                builds.entry(image).or_insert(i);
+            }
+        } else if !present {
+            if c.spec.pull_policy.as_deref() == Some("never") {
+                return Err(PlanError::ImageAbsent {
+                    stack: stack.into(),
+                    service: c.service.clone(),
+                    image: image.to_string(),
+                });
+            }
+            pulls.insert(image.to_string());
         }
     }
     steps.extend(pulls.iter().map(|image| Step::Pull {
         image: image.clone(),
     }));
+    steps.extend(builds.values().map(|&index| Step::Build { index }));
 
     for n in &desired.networks {
         if observed.networks.contains_key(&n.name) {

@@ -1,7 +1,9 @@
 //! `apply` and `plan`: compile, keep the guests in scope, refuse what cannot be sent,
-//! push, and hand the report stream to [`super::follow`].
+//! push, and hand the report stream to [`super::follow`]; [`Progress`] shows it all.
 
+use super::args::Output;
 use super::offline::load;
+use super::progress::Progress;
 use super::{CliError, follow};
 use crate::{admin_client, compile};
 use phoenix_proto::model::GuestId;
@@ -17,9 +19,22 @@ pub(super) struct Scope {
     pub wait_all: bool,
 }
 
+/// One `apply` or `plan` run.
+pub(super) struct Run {
+    pub dry_run: bool,
+    pub timeout: Duration,
+    pub no_wait: bool,
+    pub output: Output,
+    pub scope: Scope,
+}
+
 /// Drops templates (compiled and validated, but a clone source is never a running guest)
 /// and guests outside `--guest`; an id in `--guest` that the configs lack is an error.
-pub(super) fn select(compiled: &mut compile::Compiled, scope: &Scope) -> Result<(), CliError> {
+/// Returns the templates dropped.
+pub(super) fn select(
+    compiled: &mut compile::Compiled,
+    scope: &Scope,
+) -> Result<Vec<GuestId>, CliError> {
     let unknown: Vec<String> = scope
         .guests
         .iter()
@@ -32,31 +47,32 @@ pub(super) fn select(compiled: &mut compile::Compiled, scope: &Scope) -> Result<
             unknown.join(", ")
         )));
     }
+    let mut templates = Vec::new();
     compiled.guests.retain(|g, c| {
         if !scope.guests.is_empty() && !scope.guests.contains(g) {
             return false;
         }
         if c.facts.is_template {
-            println!("guest {g}: template: compiled and valid, never pushed");
+            templates.push(*g);
             return false;
         }
         true
     });
-    Ok(())
+    Ok(templates)
 }
 
-pub(super) async fn apply(
-    socket: &Path,
-    path: &Path,
-    dry_run: bool,
-    timeout: Duration,
-    no_wait: bool,
-    scope: &Scope,
-) -> Result<(), CliError> {
+pub(super) async fn apply(socket: &Path, path: &Path, run: &Run) -> Result<(), CliError> {
+    let dry_run = run.dry_run;
+    let mut progress = Progress::new(run.output);
     let mut compiled = load(path)?;
-    select(&mut compiled, scope)?;
+    for t in select(&mut compiled, &run.scope)? {
+        progress.template(t.get());
+    }
     if compiled.guests.is_empty() {
-        println!("nothing to apply: no guest in scope");
+        progress.done(&[], &[], &[]);
+        if run.output != Output::Json {
+            println!("nothing to apply: no guest in scope");
+        }
         return Ok(());
     }
     check_sizes(&compiled)?;
@@ -85,50 +101,26 @@ pub(super) async fn apply(
         })
         .await?
         .into_inner();
-    let answers = admin_client::apply(&mut admin, guests, declared_json, dry_run).await?;
+    let mut answers = admin_client::apply(&mut admin, guests, declared_json, dry_run).await?;
+    // The daemon answers in no particular order; operators read fleets by id.
+    answers.sort_by_key(|g| g.guest_id);
     let mut pending: BTreeMap<u32, (u64, String)> = BTreeMap::new();
     for g in &answers {
-        let what = if dry_run {
-            "plan"
-        } else if g.changed {
-            "new"
-        } else {
-            "unchanged"
-        };
-        println!(
-            "guest {}: {what} {} ({}){}",
-            g.guest_id,
-            if dry_run {
-                String::new()
-            } else {
-                format!("rev {}", g.revision)
-            },
-            if g.connected {
-                "connected"
-            } else if enrolled.contains(&g.guest_id) {
-                "not connected: will converge when it connects"
-            } else {
-                "not enrolled: will converge once it joins"
-            },
-            if g.diff.is_empty() {
-                String::new()
-            } else {
-                format!("\n  {}", g.diff.join("\n  "))
-            }
-        );
+        progress.pushed(g, dry_run, enrolled.contains(&g.guest_id));
         let waited = if dry_run {
             g.connected
         } else {
-            scope.wait_all || enrolled.contains(&g.guest_id)
+            run.scope.wait_all || enrolled.contains(&g.guest_id)
         };
         if waited {
             pending.insert(g.guest_id, (g.revision, g.digest.clone()));
         }
     }
-    if no_wait || pending.is_empty() {
+    if run.no_wait || pending.is_empty() {
+        progress.done(&[], &[], &[]);
         return Ok(());
     }
-    follow::follow(&mut reports, pending, dry_run, timeout).await
+    follow::follow(&mut reports, pending, dry_run, run.timeout, &mut progress).await
 }
 
 /// Each guest's state travels as one message to its agent: refuse what cannot be sent
@@ -165,7 +157,7 @@ mod tests {
     fn templates_are_compiled_but_never_in_scope() {
         let mut c = example();
         assert!(c.guests[&id(9000)].facts.is_template);
-        select(
+        let templates = select(
             &mut c,
             &Scope {
                 guests: vec![],
@@ -173,6 +165,7 @@ mod tests {
             },
         )
         .expect("scope");
+        assert_eq!(templates, [id(9000)]);
         let ids: Vec<u32> = c.guests.keys().map(|g| g.get()).collect();
         assert_eq!(ids, [101, 102, 103, 801, 1002]);
     }

@@ -27,9 +27,15 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// `-o`: what a command prints on stdout.
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum Output {
+    /// Readable text; tables fit an 80-column terminal.
     Table,
+    /// Tables with every column (agent, trigger, facts, every name), however wide.
+    Wide,
+    /// JSON: a listing is one array; apply and plan print one object per line as
+    /// they happen (newline-delimited), validate one object.
     Json,
 }
 
@@ -48,6 +54,8 @@ pub enum Command {
         /// identities (coordinator.<td>, wildcards covering it) are refused.
         #[arg(long, default_value = "phoenix.lab")]
         trust_domain: String,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
     },
     /// What `apply` would change on every guest (same as `apply --dry-run`).
     Plan {
@@ -58,6 +66,8 @@ pub enum Command {
         /// Only these guests (comma-separated ids); default every compiled guest.
         #[arg(long, value_delimiter = ',')]
         guest: Vec<GuestId>,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
     },
     /// Print the JSON Schema of Phoenix's native desired-state format.
     Schema,
@@ -82,6 +92,8 @@ pub enum Command {
         /// are waited for and count in the exit status).
         #[arg(long)]
         wait_all: bool,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
     },
     /// Per guest: connected, revision wanted and applied, last report, cert expiry.
     Status {
@@ -103,6 +115,55 @@ pub enum Command {
     Revoke {
         #[arg(long)]
         guest: GuestId,
+    },
+    /// The event log: enrollments and refusals, sessions, desired states pushed, every
+    /// report (with the time the guest did the work), certificates, the CA's health.
+    /// One line per event, or with `-o json` one JSON object per line (index, time,
+    /// topic, type, key, payload).
+    Events {
+        /// Keep printing new events as they are recorded.
+        #[arg(long)]
+        follow: bool,
+        /// Only events about these guests (comma-separated ids).
+        #[arg(long, value_delimiter = ',')]
+        guest: Vec<GuestId>,
+        /// Only these topics (comma-separated): Enrollment, Session, Desired, Report,
+        /// Cert, Ca, Guest.
+        #[arg(long, value_delimiter = ',')]
+        topic: Vec<crate::store::Topic>,
+        /// Only events after this index (the last one you saw): resumes a stream.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// A guest's applies, newest first: what changed, what failed and why.
+    History {
+        #[arg(long)]
+        guest: GuestId,
+        /// Show at most this many applies.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Drop a guest from the coordinator (one taken out of the configs): its identity is
+    /// revoked and its session ended, then its records are deleted. Its events stay.
+    Forget {
+        #[arg(long)]
+        guest: GuestId,
+    },
+    /// Have a guest's agent run a pass now, even on an unchanged revision, and print
+    /// its report.
+    Converge {
+        #[arg(long)]
+        guest: GuestId,
+        /// Give up waiting for the report after this long.
+        #[arg(long, default_value = "120s", value_parser = duration::parse)]
+        timeout: Duration,
+        /// Return once the pass is requested.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Guests as seen from the host.
     Guest {
@@ -244,6 +305,37 @@ pub struct ServeArgs {
     /// Every Phoenix key lives under this etcd prefix.
     #[arg(long, default_value = "/phoenix/")]
     pub etcd_prefix: String,
+    /// Events (`phoenix events`, `phoenix history`) older than this are dropped.
+    #[arg(long, default_value = "30d", value_parser = duration::parse)]
+    pub events_max_age: Duration,
+    /// At most this many events are kept; beyond it the oldest are dropped.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub events_max_count: u64,
+    /// CA certificate (PEM) that etcd's server certificates chain to; with it the
+    /// endpoints must be https://.
+    #[arg(long)]
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) this replica presents to etcd (etcd
+    /// --client-cert-auth), with --etcd-key.
+    #[arg(long)]
+    pub etcd_cert: Option<PathBuf>,
+    /// Private key (PEM) of --etcd-cert.
+    #[arg(long)]
+    pub etcd_key: Option<PathBuf>,
+    /// Lease of the leader key: a replica that dies is replaced as leader within this.
+    #[arg(long, default_value = "10s", value_parser = duration::parse)]
+    pub etcd_lease_ttl: Duration,
+    /// This replica's name in a cluster (leader key, replica registry); default: the
+    /// host name.
+    #[arg(long)]
+    pub replica_name: Option<String>,
+    /// With --store etcd and the embedded CA: a file of at least 32 bytes, the same on
+    /// every replica, that seals the CA key shared through etcd (docs/design/0010).
+    #[arg(long)]
+    pub ca_secret_file: Option<PathBuf>,
+    /// How often the leader deletes join tokens that expired over a day ago.
+    #[arg(long, default_value = "1h", value_parser = duration::parse)]
+    pub prune_every: Duration,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq, serde::Deserialize)]

@@ -63,9 +63,34 @@ pub struct FileConfig {
     store: Option<StoreKind>,
     etcd_endpoints: Option<Vec<String>>,
     etcd_prefix: Option<String>,
+    etcd_ca: Option<PathBuf>,
+    etcd_cert: Option<PathBuf>,
+    etcd_key: Option<PathBuf>,
+    #[serde(default, deserialize_with = "duration_opt")]
+    etcd_lease_ttl: Option<Duration>,
+    replica_name: Option<String>,
+    ca_secret_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "duration_opt")]
+    prune_every: Option<Duration>,
     metrics_listen: Option<SocketAddr>,
     status_listen: Option<SocketAddr>,
     status_token_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "duration_opt")]
+    events_max_age: Option<Duration>,
+    events_max_count: Option<Positive64>,
+}
+
+/// A count of at least 1 (`events-max-count`).
+#[derive(Debug, Clone, Copy)]
+struct Positive64(u64);
+
+impl<'de> Deserialize<'de> for Positive64 {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match u64::deserialize(d)? {
+            0 => Err(serde::de::Error::custom("must be at least 1")),
+            n => Ok(Positive64(n)),
+        }
+    }
 }
 
 /// A count of at least 1 (`max-pending-connections`).
@@ -151,10 +176,23 @@ impl ServeArgs {
             store,
             etcd_endpoints,
             etcd_prefix,
+            etcd_ca,
+            etcd_cert,
+            etcd_key,
+            etcd_lease_ttl,
+            replica_name,
+            ca_secret_file,
+            prune_every,
             metrics_listen,
             status_listen,
             status_token_file,
+            events_max_age,
         );
+        if let Some(Positive64(n)) = file.events_max_count
+            && !given(m, "events_max_count")
+        {
+            self.events_max_count = n;
+        }
         if let Some(td) = file.trust_domain
             && !given(m, "trust_domain")
         {
@@ -270,6 +308,22 @@ mod tests {
         let msg = r.expect_err("unknown store").to_string();
         assert!(
             msg.contains("store") && msg.contains("unknown variant"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn event_retention_comes_from_the_file_and_flags_win() {
+        let toml = "events-max-age = \"2d\"\nevents-max-count = 50\n";
+        let (cli, r) = serve_with(&["phoenix", "serve", "--events-max-count", "70"], toml);
+        r.expect("valid");
+        let a = serve_args(&cli);
+        assert_eq!(a.events_max_age, Duration::from_secs(2 * 24 * 3600));
+        assert_eq!(a.events_max_count, 70, "the flag wins");
+        let (_, r) = serve_with(&["phoenix", "serve"], "events-max-count = 0\n");
+        let msg = r.expect_err("zero events").to_string();
+        assert!(
+            msg.contains("events-max-count") && msg.contains("at least 1"),
             "{msg}"
         );
     }

@@ -1,12 +1,12 @@
-//! The apply follower: live progress of an apply or plan. Prints each awaited guest's
-//! report as it arrives and decides the exit status (a timeout or a guest that did not
-//! converge is `NotConverged`).
+//! The apply follower: waits for each awaited guest's report, hands it to
+//! [`Progress`] as it arrives (with a progress tick about once a second) and decides the
+//! exit status (a timeout or a guest that did not converge is `NotConverged`).
 
 use super::CliError;
-use super::render::{escape_controls, report_summary};
-use phoenix_proto::model::{ApplyReport, Status};
+use super::progress::{Progress, Verdict};
+use phoenix_proto::model::ApplyReport;
 use phoenix_proto::v1;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Waits for a relevant report from every guest in `pending` (guest → the revision and
@@ -16,17 +16,28 @@ pub(super) async fn follow(
     mut pending: BTreeMap<u32, (u64, String)>,
     dry_run: bool,
     timeout: Duration,
+    progress: &mut Progress,
 ) -> Result<(), CliError> {
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut failed: BTreeSet<u32> = BTreeSet::new();
+    let total = pending.len();
+    let mut converged: Vec<u32> = Vec::new();
+    let mut failed: Vec<u32> = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     while !pending.is_empty() {
-        let ev = match tokio::time::timeout_at(deadline, reports.message()).await {
-            Ok(Ok(Some(ev))) => ev,
-            Ok(Ok(None)) => {
-                return Err(CliError::Rpc("coordinator closed the report stream".into()));
+        let ev = tokio::select! {
+            _ = tick.tick() => {
+                progress.waiting(&pending, total);
+                continue;
             }
-            Ok(Err(s)) => return Err(s.into()),
-            Err(_) => break,
+            r = tokio::time::timeout_at(deadline, reports.message()) => match r {
+                Ok(Ok(Some(ev))) => ev,
+                Ok(Ok(None)) => {
+                    return Err(CliError::Rpc("coordinator closed the report stream".into()));
+                }
+                Ok(Err(s)) => return Err(s.into()),
+                Err(_) => break,
+            },
         };
         let Some(report) = ev.report.and_then(|r| ApplyReport::try_from(r).ok()) else {
             continue;
@@ -45,57 +56,39 @@ pub(super) async fn follow(
             continue;
         }
         let verdict = if dry_run {
-            "plan"
+            Verdict::Plan
         } else if report.converged() {
-            "converged"
+            Verdict::Converged
         } else {
-            "NOT converged"
+            Verdict::NotConverged
         };
-        println!(
-            "guest {} rev {}: {verdict}: {}",
-            ev.guest_id,
-            if dry_run {
-                "-".to_string()
-            } else {
-                report.revision.to_string()
-            },
-            report_summary(&report)
-        );
-        for r in &report.results {
-            if r.status != Status::Unchanged {
-                let detail = if r.diff.is_empty() {
-                    &r.message
-                } else {
-                    &r.diff
-                };
-                // The agent's words: escaped line by line, the diff keeps its lines.
-                let detail: Vec<String> = detail.lines().map(escape_controls).collect();
-                println!(
-                    "  {:<9} {}  {}",
-                    r.status.to_string(),
-                    escape_controls(&r.resource),
-                    detail.join("\n            ")
-                );
-            }
-        }
-        if !dry_run && !report.converged() {
-            failed.insert(ev.guest_id);
+        progress.report(ev.guest_id, &report, verdict);
+        match verdict {
+            Verdict::NotConverged => failed.push(ev.guest_id),
+            Verdict::Plan | Verdict::Converged => converged.push(ev.guest_id),
         }
         pending.remove(&ev.guest_id);
     }
-    if !pending.is_empty() {
-        let list: Vec<String> = pending.keys().map(|g| g.to_string()).collect();
+    let timed_out: Vec<u32> = pending.keys().copied().collect();
+    progress.done(&converged, &failed, &timed_out);
+    let list = |ids: &[u32]| {
+        ids.iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !timed_out.is_empty() {
         return Err(CliError::NotConverged(format!(
             "timed out after {}s waiting for guests {}",
             timeout.as_secs(),
-            list.join(", ")
+            list(&timed_out)
         )));
     }
     if !failed.is_empty() {
-        let list: Vec<String> = failed.iter().map(|g| g.to_string()).collect();
+        failed.sort_unstable();
         return Err(CliError::NotConverged(format!(
             "guests not converged: {}",
-            list.join(", ")
+            list(&failed)
         )));
     }
     Ok(())

@@ -3,18 +3,24 @@
 //!
 //! [`args`] is what clap reads; [`run`] dispatches to one module per kind of command
 //! ([`serve`], [`offline`], [`apply`] with its live [`follow`]er, [`inventory`],
-//! [`identity`]); [`render`] is how they all show things.
+//! [`identity`], [`events`] with [`history`], [`forget`], [`converge`]); [`render`] is
+//! how they all show things.
 
 mod apply;
 mod args;
 pub mod config;
+mod converge;
 pub mod duration;
+mod events;
 mod follow;
+mod forget;
 mod generate;
 mod guest;
+mod history;
 mod identity;
 mod inventory;
 mod offline;
+mod progress;
 mod render;
 mod serve;
 
@@ -69,25 +75,65 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             no_wait,
             guest,
             wait_all,
+            output,
         } => {
-            let scope = apply::Scope {
-                guests: guest,
-                wait_all,
+            let run = apply::Run {
+                dry_run,
+                timeout,
+                no_wait,
+                output,
+                scope: apply::Scope {
+                    guests: guest,
+                    wait_all,
+                },
             };
-            apply::apply(&cli.admin_socket, &path, dry_run, timeout, no_wait, &scope).await
+            apply::apply(&cli.admin_socket, &path, &run).await
         }
         Command::Plan {
             path,
             timeout,
             guest,
+            output,
         } => {
-            let scope = apply::Scope {
-                guests: guest,
-                wait_all: false,
+            let run = apply::Run {
+                dry_run: true,
+                timeout,
+                no_wait: false,
+                output,
+                scope: apply::Scope {
+                    guests: guest,
+                    wait_all: false,
+                },
             };
-            apply::apply(&cli.admin_socket, &path, true, timeout, false, &scope).await
+            apply::apply(&cli.admin_socket, &path, &run).await
         }
         Command::Revoke { guest } => identity::revoke(&cli.admin_socket, guest).await,
+        Command::Events {
+            follow,
+            guest,
+            topic,
+            since,
+            output,
+        } => {
+            let q = events::Query {
+                since,
+                follow,
+                guests: guest,
+                topics: topic,
+            };
+            events::events(&cli.admin_socket, q, output).await
+        }
+        Command::History {
+            guest,
+            limit,
+            output,
+        } => history::history(&cli.admin_socket, guest, limit, output).await,
+        Command::Forget { guest } => forget::forget(&cli.admin_socket, guest).await,
+        Command::Converge {
+            guest,
+            timeout,
+            no_wait,
+        } => converge::converge(&cli.admin_socket, guest, timeout, no_wait).await,
         Command::Generate { what, dir } => generate::write(what, &dir),
         Command::Schema => {
             println!("{}", compile::schema_json());
@@ -97,6 +143,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             path,
             show,
             trust_domain,
-        } => offline::validate(&path, show, &trust_domain),
+            output,
+        } => offline::validate(&path, show, &trust_domain, output),
     }
 }

@@ -46,11 +46,38 @@ fn human(secs: i64, suffix: &str) -> String {
     }
 }
 
+/// A table column: in the default table, `wide_only` columns are left out and cells cut
+/// to `max` characters (0: never cut), so a listing fits an 80-column terminal; `-o wide`
+/// shows every column in full.
+pub(super) struct Col {
+    pub name: &'static str,
+    pub wide_only: bool,
+    pub max: usize,
+}
+
+/// A column in both forms, cut to `max` in the narrow one.
+pub(super) const fn col(name: &'static str, max: usize) -> Col {
+    Col {
+        name,
+        wide_only: false,
+        max,
+    }
+}
+
+/// A column only `-o wide` shows.
+pub(super) const fn wide(name: &'static str) -> Col {
+    Col {
+        name,
+        wide_only: true,
+        max: 0,
+    }
+}
+
 /// A listing as `-o json` (an array) or as a table; only the chosen one is built.
 pub(super) fn print_listing(
     output: Output,
     json: impl FnOnce() -> Vec<serde_json::Value>,
-    header: &[&str],
+    cols: &[Col],
     rows: impl FnOnce() -> Vec<Vec<String>>,
 ) {
     match output {
@@ -58,27 +85,50 @@ pub(super) fn print_listing(
             "{}",
             serde_json::to_string_pretty(&json()).unwrap_or_default()
         ),
-        Output::Table => println!("{}", table(header, &rows())),
+        Output::Table | Output::Wide => println!("{}", table(output, cols, &rows())),
     }
 }
 
+/// `s` cut to `max` characters, the last one an ellipsis.
+fn cut(s: String, max: usize) -> String {
+    if max == 0 || s.chars().count() <= max {
+        return s;
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
 /// A plain aligned table; no external crate needed for this. Cells are escaped here,
-/// once for every table.
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+/// once for every table, before they are cut.
+fn table(output: Output, cols: &[Col], rows: &[Vec<String>]) -> String {
+    let shown: Vec<usize> = (0..cols.len())
+        .filter(|i| output == Output::Wide || !cols[*i].wide_only)
+        .collect();
     let rows: Vec<Vec<String>> = rows
         .iter()
-        .map(|r| r.iter().map(|c| escape_controls(c)).collect())
+        .map(|r| {
+            shown
+                .iter()
+                .map(|&i| {
+                    let cell = escape_controls(r.get(i).map(String::as_str).unwrap_or(""));
+                    if output == Output::Wide {
+                        cell
+                    } else {
+                        cut(cell, cols[i].max)
+                    }
+                })
+                .collect()
+        })
         .collect();
-    let rows = rows.as_slice();
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in rows {
+    let header: Vec<String> = shown.iter().map(|&i| cols[i].name.to_string()).collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in &rows {
         for (i, c) in r.iter().enumerate() {
-            if i < widths.len() {
-                widths[i] = widths[i].max(c.chars().count());
-            }
+            widths[i] = widths[i].max(c.chars().count());
         }
     }
-    let line = |cells: Vec<String>| {
+    let line = |cells: &[String]| {
         cells
             .iter()
             .enumerate()
@@ -88,10 +138,10 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
             .trim_end()
             .to_string()
     };
-    let mut out = line(header.iter().map(|s| s.to_string()).collect());
-    for r in rows {
+    let mut out = line(&header);
+    for r in &rows {
         out.push('\n');
-        out.push_str(&line(r.clone()));
+        out.push_str(&line(r));
     }
     out
 }
@@ -192,7 +242,18 @@ mod tests {
             "a\\u{1b}[2J\\nb\\t\\\\\\u{202e}c"
         );
         assert_eq!(escape_controls("plain host-1 ✓"), "plain host-1 ✓");
-        let t = table(&["A"], &[vec!["x\ry".into()]]);
+        let t = table(Output::Table, &[col("A", 0)], &[vec!["x\ry".into()]]);
         assert_eq!(t, "A\nx\\ry");
+    }
+
+    #[test]
+    fn narrow_tables_cut_and_drop_wide_columns_wide_shows_all() {
+        let cols = [col("NAME", 6), wide("EXTRA"), col("N", 0)];
+        let rows = vec![vec!["abcdefghij".into(), "x".into(), "1".into()]];
+        assert_eq!(table(Output::Table, &cols, &rows), "NAME    N\nabcde…  1");
+        assert_eq!(
+            table(Output::Wide, &cols, &rows),
+            "NAME        EXTRA  N\nabcdefghij  x      1"
+        );
     }
 }

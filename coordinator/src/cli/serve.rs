@@ -3,10 +3,12 @@
 
 use super::CliError;
 use super::args::{CaKind, ServeArgs, StoreKind};
+use crate::cluster::{ClusterConfig, ReplicaName};
 use crate::server::{self, Config};
-use crate::store::EtcdConfig;
+use crate::store::{EtcdConfig, EtcdTls};
 use phoenix_proto::model::TrustDomain;
 use std::path::PathBuf;
+use std::time::Duration;
 
 impl ServeArgs {
     async fn step_ca(
@@ -80,10 +82,16 @@ pub(super) async fn serve(args: ServeArgs, admin_socket: PathBuf) -> Result<(), 
             addr: args.listen.to_string(),
             source,
         })?;
-    let etcd = (args.store == StoreKind::Etcd).then(|| EtcdConfig {
-        prefix: args.etcd_prefix.clone(),
-        ..EtcdConfig::new(args.etcd_endpoints.clone())
-    });
+    let cluster = cluster_config(&args)?;
+    let etcd = match args.store {
+        StoreKind::Etcd => Some(EtcdConfig {
+            prefix: args.etcd_prefix.clone(),
+            lease_ttl: args.etcd_lease_ttl,
+            tls: etcd_tls(&args)?,
+            ..EtcdConfig::new(args.etcd_endpoints.clone())
+        }),
+        StoreKind::Redb => None,
+    };
     let cfg = Config {
         state_dir: args.state_dir,
         etcd,
@@ -101,6 +109,11 @@ pub(super) async fn serve(args: ServeArgs, admin_socket: PathBuf) -> Result<(), 
         metrics_listen: args.metrics_listen,
         status_listen: args.status_listen,
         status_token_file: args.status_token_file,
+        events: crate::store::Retention {
+            max_age: args.events_max_age,
+            max_count: args.events_max_count,
+        },
+        cluster,
     };
     raise_fd_limit();
     // Handlers installed now, before READY=1: a SIGTERM right after readiness must stop
@@ -119,6 +132,68 @@ pub(super) async fn serve(args: ServeArgs, admin_socket: PathBuf) -> Result<(), 
     };
     server::run(cfg, listener, ca, shutdown).await?;
     Ok(())
+}
+
+/// The replica's name (validated; the host name by default) and the leader's schedule.
+fn cluster_config(args: &ServeArgs) -> Result<ClusterConfig, CliError> {
+    let replica = match &args.replica_name {
+        Some(n) => ReplicaName::try_from(n.clone()).map_err(|e| CliError::Input(e.to_string()))?,
+        None => ReplicaName::from_host(),
+    };
+    if args.prune_every < Duration::from_secs(1) {
+        return Err(CliError::Input("--prune-every must be at least 1s".into()));
+    }
+    let defaults = ClusterConfig::default();
+    Ok(ClusterConfig {
+        replica,
+        prune_every: args.prune_every,
+        // Campaign three times per lease, so a leader that lost its key knows it before
+        // a new one has been elected for long.
+        lead_every: (args.etcd_lease_ttl / 3)
+            .clamp(Duration::from_millis(500), defaults.lead_every),
+        ca_secret_file: args.ca_secret_file.clone(),
+    })
+}
+
+/// etcd over TLS: the CA is required for https:// endpoints; a client certificate and
+/// key come together. Files are read here, so a missing one stops the start naming it.
+fn etcd_tls(args: &ServeArgs) -> Result<Option<EtcdTls>, CliError> {
+    let read = |flag: &str, p: &std::path::Path| {
+        std::fs::read_to_string(p)
+            .map_err(|e| CliError::Input(format!("{flag} {}: {e}", p.display())))
+    };
+    let https = args
+        .etcd_endpoints
+        .iter()
+        .any(|e| e.starts_with("https://"));
+    let ca = match (&args.etcd_ca, https) {
+        (Some(p), _) => read("--etcd-ca", p)?,
+        (None, true) => {
+            return Err(CliError::Input(
+                "https:// etcd endpoints need --etcd-ca (the CA of etcd's server certificates)"
+                    .into(),
+            ));
+        }
+        (None, false) if args.etcd_cert.is_some() || args.etcd_key.is_some() => {
+            return Err(CliError::Input(
+                "--etcd-cert and --etcd-key need https:// endpoints and --etcd-ca".into(),
+            ));
+        }
+        (None, false) => return Ok(None),
+    };
+    let identity = match (&args.etcd_cert, &args.etcd_key) {
+        (Some(c), Some(k)) => Some((read("--etcd-cert", c)?, read("--etcd-key", k)?)),
+        (None, None) => None,
+        _ => {
+            return Err(CliError::Input(
+                "--etcd-cert and --etcd-key go together".into(),
+            ));
+        }
+    };
+    Ok(Some(EtcdTls {
+        ca_pem: ca,
+        identity,
+    }))
 }
 
 /// One descriptor per agent connection: a fleet needs more than the usual soft limit of

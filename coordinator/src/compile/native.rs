@@ -94,3 +94,54 @@ pub(crate) fn load(files: &[PathBuf], d: &mut Diag) -> Compiled {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    // In tests a panic is the failure report.
+    #![allow(clippy::unwrap_used)]
+
+    use std::path::Path;
+
+    fn validate(dir: &Path, stack: serde_json::Value) -> Result<(), String> {
+        let file = dir.join("guests.json");
+        let doc = serde_json::json!({"guests": {"101": {"resources": [stack]}}});
+        std::fs::write(&file, serde_json::to_vec(&doc).unwrap()).unwrap();
+        crate::compile::load(&file)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// `phoenix validate` on a native file runs the model's Compose checks, so a native
+    /// stack with an unknown or unsupported key fails there, not first on the agent.
+    #[test]
+    fn native_stacks_meet_the_compose_parser_at_validate() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = serde_json::json!({"kind": "stack", "name": "web", "project": {"services": {"web": {"image": "nginx:1"}}}});
+        validate(dir.path(), ok).unwrap();
+        for (stack, why) in [
+            (
+                serde_json::json!({"kind": "stack", "name": "web", "project": {"services": {"web": {"image": "nginx:1", "wrongField": 1}}}}),
+                "wrongField",
+            ),
+            (
+                serde_json::json!({"kind": "stack", "name": "web", "compose": "services:\n  web:\n    image: nginx:1\n    wrongField: 1\n"}),
+                "wrongField",
+            ),
+            (
+                serde_json::json!({"kind": "stack", "name": "web", "compose": "services:\n  web:\n    image: nginx:1\n    privileged: true\n"}),
+                "privileged",
+            ),
+            (
+                serde_json::json!({"kind": "stack", "name": "web", "project": {"services": {"web": {"image": "nginx:1", "network_mode": "container:x"}}}}),
+                "network_mode",
+            ),
+            (
+                serde_json::json!({"kind": "stack", "name": "web", "surprise": 1, "project": {"services": {"web": {"image": "nginx:1"}}}}),
+                "surprise",
+            ),
+        ] {
+            let e = validate(dir.path(), stack.clone()).unwrap_err();
+            assert!(e.contains(why), "{stack}: {e}");
+        }
+    }
+}

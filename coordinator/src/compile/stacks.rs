@@ -12,8 +12,87 @@ use super::phoenix::{GuestConfig, StackRef};
 use super::reader::{Diag, Node, read_json};
 use super::secrets;
 use super::types::{FirewallRule, Problem};
+
+/// Files a stack ships to its project directory on the guest.
+mod ship {
+    use super::{AbsPath, StackFile};
+    use phoenix_proto::model::compose::ComposeProject;
+    use std::path::Path;
+
+    /// Most bytes shipped per stack: desired states carry them to every pass.
+    const MAX_SHIPPED: usize = 1 << 20;
+
+    /// Build contexts and config files that exist beside the compose file, as stack
+    /// files under the project directory. Secrets are never shipped (they stay on the
+    /// guest, mounted by reference). Text only: a desired state carries UTF-8.
+    pub(super) fn shipped_files(
+        project: &ComposeProject,
+        project_dir: &Path,
+        compose_dir: &Path,
+    ) -> Result<Vec<StackFile>, String> {
+        let mut wanted: Vec<&str> = Vec::new();
+        for svc in project.services().values() {
+            if let Some(b) = &svc.build {
+                wanted.push(b.context.as_str());
+            }
+        }
+        let mut out: Vec<StackFile> = Vec::new();
+        let mut total = 0usize;
+        for guest in wanted {
+            let Ok(rel) = Path::new(guest).strip_prefix(project_dir) else {
+                continue;
+            };
+            let local = compose_dir.join(rel);
+            if !local.is_dir() {
+                continue;
+            }
+            let mut stack = vec![local.clone()];
+            while let Some(dir) = stack.pop() {
+                let entries = std::fs::read_dir(&dir)
+                    .map_err(|e| format!("read build context {}: {e}", dir.display()))?;
+                for e in entries {
+                    let e = e.map_err(|e| format!("read build context {}: {e}", dir.display()))?;
+                    let path = e.path();
+                    let kind = e.file_type().map_err(|e| e.to_string())?;
+                    if kind.is_dir() {
+                        stack.push(path);
+                        continue;
+                    }
+                    if !kind.is_file() {
+                        continue;
+                    }
+                    let text = std::fs::read_to_string(&path).map_err(|e| {
+                        format!("build context file {}: {e} (only text files are shipped; keep others on the guest)", path.display())
+                    })?;
+                    total += text.len();
+                    if total > MAX_SHIPPED {
+                        return Err(format!(
+                            "build contexts are larger than {MAX_SHIPPED} bytes; keep them on the guest"
+                        ));
+                    }
+                    let Ok(inner) = path.strip_prefix(compose_dir) else {
+                        continue;
+                    };
+                    let dest = project_dir.join(inner);
+                    let dest = AbsPath::try_from(dest.to_string_lossy().into_owned())
+                        .map_err(|e| e.to_string())?;
+                    if !out.iter().any(|f| f.path == dest) {
+                        out.push(StackFile {
+                            path: dest,
+                            content: text,
+                        });
+                    }
+                }
+            }
+        }
+        out.sort_by(|a, b| a.path.as_str().cmp(b.path.as_str()));
+        Ok(out)
+    }
+}
 use phoenix_proto::model::compose;
-use phoenix_proto::model::{Resource, ResourceRef, StackSpec};
+use phoenix_proto::model::{
+    AbsPath, DEFAULT_PROJECTS_DIR, Resource, ResourceRef, StackFile, StackSpec,
+};
 use phoenix_proto::redact;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -182,8 +261,39 @@ pub(crate) fn stack(
     let rules: Vec<FirewallRule> = pick("firewall_rules")
         .map(|n| facts::firewall_rules(&n, d))
         .unwrap_or_default();
+    // Compose profiles to enable (`profiles`, a list of names; `*` for all).
+    let mut profiles = Vec::new();
+    if let Some(list) = pick("profiles") {
+        for n in list.items(d, "an array of Compose profile names") {
+            if let Some(p) = n.text(d, "a profile name") {
+                profiles.push(p);
+            }
+        }
+    }
+    // The project directory on the guest: where relative paths of the compose file
+    // lead and where shipped files (build contexts, configs) are written.
+    let default_dir = format!("{DEFAULT_PROJECTS_DIR}/{}", s.name);
+    let project_dir = match pick("project_dir") {
+        Some(n) => {
+            let text = n.text(d, "an absolute directory on the guest")?;
+            match AbsPath::try_from(text) {
+                Ok(p) => p,
+                Err(e) => {
+                    n.error(d, Problem::Model(e.to_string()));
+                    return None;
+                }
+            }
+        }
+        None => AbsPath::try_from(default_dir).ok()?,
+    };
+    let opts = compose::ParseOptions {
+        variables: variables.clone(),
+        project_dir: Some(project_dir.as_path().to_path_buf()),
+        project_name: Some(s.name.clone()),
+        profiles: profiles.clone(),
+    };
     // The model's Compose parser: what passes here is what the agent will accept.
-    let project = match compose::parse(&compose_raw, &variables) {
+    let project = match compose::parse_with(&compose_raw, &opts) {
         Ok(p) => p,
         // One line per error: the parser's source excerpt repeats the file. Redacted,
         // since the line may quote a value.
@@ -246,10 +356,19 @@ pub(crate) fn stack(
     if !literals.is_empty() {
         return None;
     }
+    let compose_dir = compose_path.parent().map(PathBuf::from).unwrap_or_default();
+    let files =
+        ship::shipped_files(&project, project_dir.as_path(), &compose_dir).unwrap_or_else(|why| {
+            d.error(&compose_path, "", Problem::Compose(why));
+            Vec::new()
+        });
     let mut spec = StackSpec::new(s.name.clone(), project);
     spec.environment = s.environment.clone();
     spec.labels = labels;
     spec.host_access = host_access;
+    spec.project_dir = Some(project_dir);
+    spec.profiles = profiles;
+    spec.files = files;
     Some((
         Item {
             resource: Resource::Stack(spec),

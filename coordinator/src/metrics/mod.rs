@@ -57,6 +57,33 @@ struct RenewalLabels {
     result: &'static str,
 }
 
+/// Why an event did not make it into the log.
+#[derive(Debug, Clone, Copy)]
+pub enum EventDrop {
+    /// The store refused the append (unavailable, full disk); logged with the reason.
+    Store,
+    /// An agent's outbox was full while it could not reach the coordinator, so it
+    /// dropped its oldest reports (the agent says how many with its next report).
+    AgentOutbox,
+    /// A refusal repeated by too many sources at once to track (a flood).
+    RateLimited,
+}
+
+impl EventDrop {
+    fn label(self) -> &'static str {
+        match self {
+            EventDrop::Store => "store",
+            EventDrop::AgentOutbox => "agent_outbox",
+            EventDrop::RateLimited => "rate_limited",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DropLabels {
+    reason: &'static str,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RpcLabels {
     service: &'static str,
@@ -71,6 +98,7 @@ pub struct Metrics {
     rpcs: Family<RpcLabels, Counter>,
     report_latency: Histogram,
     watch_lagged: Counter,
+    events_dropped: Family<DropLabels, Counter>,
     /// The revision pushed last to each guest and when, until its report arrives.
     pushed: Mutex<HashMap<GuestId, (u64, Instant)>>,
 }
@@ -83,6 +111,7 @@ impl Default for Metrics {
             // 0.1 s (files only) to about 14 min (image pulls, an agent that was away).
             report_latency: Histogram::new(exponential_buckets(0.1, 2.0, 14)),
             watch_lagged: Counter::default(),
+            events_dropped: Family::default(),
             pushed: Mutex::new(HashMap::new()),
         }
     }
@@ -140,6 +169,15 @@ impl Metrics {
         self.watch_lagged.inc_by(n);
     }
 
+    /// `n` events were lost for `why` (the event log has a gap there).
+    pub fn events_dropped(&self, why: EventDrop, n: u64) {
+        self.events_dropped
+            .get_or_create(&DropLabels {
+                reason: why.label(),
+            })
+            .inc_by(n);
+    }
+
     #[cfg(test)]
     pub(crate) fn watch_lagged_total(&self) -> u64 {
         self.watch_lagged.get()
@@ -171,6 +209,11 @@ impl Metrics {
             "report_watch_lagged",
             "Reports a live watcher (apply) fell behind on and re-read from the store",
             self.watch_lagged.clone(),
+        );
+        registry.register(
+            "events_dropped",
+            "Events that never reached the event log: the store refused them, or an agent's full outbox dropped reports",
+            self.events_dropped.clone(),
         );
     }
 }

@@ -1,6 +1,8 @@
-//! The local admin RPCs behind `phoenix apply|status|token|agents|certs`.
+//! The local admin RPCs behind `phoenix apply|status|token|agents|certs|revoke|events|
+//! forget|converge`.
 
 use super::{Coordinator, RpcError, guest_id, now_unix};
+use crate::events::Kind;
 use crate::store::StoreError;
 use phoenix_proto::model::{self, GuestId, GuestSpec};
 use phoenix_proto::token::JoinToken;
@@ -17,29 +19,6 @@ const MAX_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 pub struct AdminApi(pub Arc<Coordinator>);
 
-/// Resource-level difference between two specs: `+ id`, `- id`, `~ id`.
-pub fn spec_diff(old: &GuestSpec, new: &GuestSpec) -> Vec<String> {
-    let index = |s: &GuestSpec| -> BTreeMap<String, model::Resource> {
-        s.resources()
-            .iter()
-            .map(|r| (r.id().to_string(), r.clone()))
-            .collect()
-    };
-    let (a, b) = (index(old), index(new));
-    let mut out = Vec::new();
-    for (id, r) in &b {
-        match a.get(id) {
-            None => out.push(format!("+ {id}")),
-            Some(prev) if prev != r => out.push(format!("~ {id}")),
-            Some(_) => {}
-        }
-    }
-    for id in a.keys().filter(|id| !b.contains_key(*id)) {
-        out.push(format!("- {id}"));
-    }
-    out
-}
-
 /// Revokes `serial` at the CA where it keeps a list; says how it went, for the operator.
 async fn revoke_at_ca(c: &Coordinator, serial: &str) -> String {
     match c.ca.revoke_serial(serial, "phoenix revoke").await {
@@ -54,6 +33,64 @@ async fn revoke_at_ca(c: &Coordinator, serial: &str) -> String {
         ),
     }
 }
+
+/// What a revocation did: the identity's serial and how it and each service certificate
+/// were revoked.
+struct Revocation {
+    serial: String,
+    identity: String,
+    service_certs: Vec<String>,
+}
+
+/// Marks `guest` revoked (in one transaction, so a renewal waiting for the CA cannot
+/// undo it), ends its open session with `why`, revokes its certificates at the CA where
+/// it keeps a list, and records it.
+async fn revoke_guest(c: &Coordinator, guest: GuestId, why: &str) -> Result<Revocation, RpcError> {
+    let rec = c
+        .store
+        .revoke_agent(guest, now_unix())
+        .map_err(|e| match e {
+            StoreError::NotEnrolled { .. } => RpcError::NotFound(e.to_string()),
+            e => RpcError::from(e),
+        })?;
+    // Its open session ends now, not at its next reconnect.
+    c.hub.end_sessions(
+        guest,
+        Status::permission_denied(format!("guest {guest} was {why}")),
+    );
+    let identity = revoke_at_ca(c, &rec.serial).await;
+    tracing::warn!(%guest, serial = %rec.serial, how = %identity, "agent identity revoked");
+    let mut service_certs = Vec::new();
+    for (g, mut cert) in c.store.service_certs().map_err(RpcError::from)? {
+        if g != guest || cert.serial.is_empty() || cert.revoked.is_some() {
+            continue;
+        }
+        let how = revoke_at_ca(c, &cert.serial).await;
+        tracing::warn!(%guest, cert = %cert.name, serial = %cert.serial, how = %how, "service certificate revoked");
+        service_certs.push(format!("{} ({}): {how}", cert.name, cert.serial));
+        cert.revoked = Some(how);
+        c.store
+            .put_service_cert(guest, &cert)
+            .map_err(RpcError::from)?;
+    }
+    c.events.record(
+        Kind::Revoked,
+        guest,
+        serde_json::json!({
+            "serial": rec.serial,
+            "identity": identity,
+            "service_certs": service_certs,
+            "why": why,
+        }),
+    );
+    Ok(Revocation {
+        serial: rec.serial,
+        identity,
+        service_certs,
+    })
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<v1::EventMessage, Status>> + Send>>;
 
 type ReportStream = Pin<Box<dyn Stream<Item = Result<v1::ReportEvent, Status>> + Send>>;
 
@@ -115,10 +152,11 @@ fn apply_whole(
     }
     let mut out = Vec::new();
     let mut to_store = Vec::new();
-    for (guest, spec) in &parsed {
+    let ids: Vec<GuestId> = parsed.iter().map(|(g, _)| *g).collect();
+    let all_stored = c.store.desired_many(&ids).map_err(RpcError::from)?;
+    for ((guest, spec), stored) in parsed.iter().zip(all_stored) {
         let json = spec.to_json();
         let digest = model::digest(&json);
-        let stored = c.store.desired(*guest).map_err(RpcError::from)?;
         let old_spec = stored
             .as_ref()
             .and_then(|d| GuestSpec::from_json(&d.spec_json).ok())
@@ -130,18 +168,24 @@ fn apply_whole(
             digest: digest.clone(),
             changed,
             connected: c.hub.connected(*guest),
-            diff: spec_diff(&old_spec, spec),
+            diff: crate::plan::spec_diff(&old_spec, spec),
         });
         if changed {
             to_store.push((*guest, digest, json));
         }
     }
     if !req.dry_run {
+        let mut declared = Vec::new();
         for (raw, json) in &req.declared_json {
             let g = guest_id(*raw)?;
             if c.store.declared(g).map_err(RpcError::from)?.as_deref() != Some(json.as_slice()) {
-                c.store.put_declared(g, json).map_err(RpcError::from)?;
+                declared.push((g, json.clone()));
             }
+        }
+        if !declared.is_empty() {
+            c.store
+                .put_declared_many(&declared)
+                .map_err(RpcError::from)?;
         }
     }
     if req.dry_run {
@@ -181,6 +225,21 @@ fn apply_whole(
         }
         for (g, digest, json) in to_store {
             c.metrics.pushed(g, revision);
+            let diff = out
+                .iter()
+                .find(|o| o.guest_id == g.get())
+                .map(|o| o.diff.clone())
+                .unwrap_or_default();
+            c.events.record(
+                Kind::DesiredPushed,
+                g,
+                serde_json::json!({
+                    "revision": revision,
+                    "digest": digest,
+                    "diff": diff,
+                    "connected": c.hub.connected(g),
+                }),
+            );
             c.hub.push(
                 g,
                 v1::DesiredState {
@@ -304,7 +363,10 @@ impl v1::admin_server::Admin for AdminApi {
             .into());
         }
         let expires = now_unix() + ttl.as_secs() as i64;
-        let token = JoinToken::mint(&c.advertise, &c.td, &c.ca_fingerprint()?, guest, expires);
+        // Every replica of a cluster, so the agent can fail over (docs/design/0010).
+        let replicas = c.store.replica_addrs().map_err(RpcError::from)?;
+        let token = JoinToken::mint(&c.advertise, &c.td, &c.ca_fingerprint()?, guest, expires)
+            .with_replicas(replicas);
         c.store
             .put_token(
                 &token.secret_hash(),
@@ -360,38 +422,134 @@ impl v1::admin_server::Admin for AdminApi {
     ) -> Result<Response<v1::RevokeResponse>, Status> {
         let c = &self.0;
         let guest = guest_id(req.into_inner().guest_id)?;
-        // In one transaction, so a renewal waiting for the CA cannot undo it.
-        let rec = c
-            .store
-            .revoke_agent(guest, now_unix())
-            .map_err(|e| match e {
-                StoreError::NotEnrolled { .. } => RpcError::NotFound(e.to_string()),
-                e => RpcError::from(e),
-            })?;
-        // Its open session ends now, not at its next reconnect.
-        c.hub.end_sessions(
-            guest,
-            Status::permission_denied(format!("guest {guest} was revoked")),
-        );
-        let identity = revoke_at_ca(c, &rec.serial).await;
-        tracing::warn!(%guest, serial = %rec.serial, how = %identity, "agent identity revoked");
-        let mut service_certs = Vec::new();
-        for (g, mut cert) in c.store.service_certs().map_err(RpcError::from)? {
-            if g != guest || cert.serial.is_empty() || cert.revoked.is_some() {
-                continue;
-            }
-            let how = revoke_at_ca(c, &cert.serial).await;
-            tracing::warn!(%guest, cert = %cert.name, serial = %cert.serial, how = %how, "service certificate revoked");
-            service_certs.push(format!("{} ({}): {how}", cert.name, cert.serial));
-            cert.revoked = Some(how);
-            c.store
-                .put_service_cert(guest, &cert)
-                .map_err(RpcError::from)?;
-        }
+        let r = revoke_guest(c, guest, "revoked").await?;
         Ok(Response::new(v1::RevokeResponse {
-            serial: rec.serial,
-            service_certs,
+            serial: r.serial,
+            service_certs: r.service_certs,
+            identity: r.identity,
+        }))
+    }
+
+    type EventsStream = EventStream;
+
+    async fn events(
+        &self,
+        req: Request<v1::EventsRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let filter = crate::events::stream::Filter::try_from(req.into_inner())
+            .map_err(|e| RpcError::BadRequest(e.to_string()))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(crate::events::stream::run(
+            self.0.events.clone(),
+            filter,
+            tx,
+        ));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    /// Revokes the guest's identity first (a forgotten guest's certificate must not go
+    /// on working: with its record gone it is refused as "not enrolled", and step-ca is
+    /// told where it keeps a list), then deletes everything stored about it.
+    async fn forget(
+        &self,
+        req: Request<v1::ForgetRequest>,
+    ) -> Result<Response<v1::ForgetResponse>, Status> {
+        let c = &self.0;
+        let guest = guest_id(req.into_inner().guest_id)?;
+        let was_connected = c.hub.connected(guest);
+        let enrolled = c.store.agent(guest).map_err(RpcError::from)?;
+        let revocation = match &enrolled {
+            Some(a) if a.revoked_unix.is_none() => {
+                Some(revoke_guest(c, guest, "forgotten by the coordinator").await?)
+            }
+            _ => None,
+        };
+        let gone = c.store.forget_guest(guest).map_err(RpcError::from)?;
+        c.hub.forget(guest);
+        if !gone.anything() && enrolled.is_none() {
+            return Err(RpcError::NotFound(format!(
+                "guest {guest} is not known to the coordinator (nothing to forget)"
+            ))
+            .into());
+        }
+        let mut removed = Vec::new();
+        if let Some(serial) = &gone.serial {
+            removed.push(format!(
+                "agent record (identity {serial}; refused from now on)"
+            ));
+        }
+        if let Some(rev) = gone.desired_revision {
+            removed.push(format!("desired state (revision {rev})"));
+        }
+        if gone.had_declared {
+            removed.push("declared facts".into());
+        }
+        if gone.had_report {
+            removed.push("last report".into());
+        }
+        if gone.service_certs > 0 {
+            removed.push(format!(
+                "{} service certificate record(s)",
+                gone.service_certs
+            ));
+        }
+        if gone.tokens > 0 {
+            removed.push(format!("{} join token(s)", gone.tokens));
+        }
+        tracing::warn!(%guest, was_connected, removed = %removed.join(", "), "guest forgotten");
+        let event_index = c
+            .events
+            .record_wait(
+                Kind::GuestForgotten,
+                guest,
+                serde_json::json!({ "removed": removed, "was_connected": was_connected }),
+            )
+            .await
+            .unwrap_or(0);
+        let (identity, service_certs) = revocation
+            .map(|r| (r.identity, r.service_certs))
+            .unwrap_or_default();
+        Ok(Response::new(v1::ForgetResponse {
+            removed,
             identity,
+            service_certs,
+            was_connected,
+            event_index,
+        }))
+    }
+
+    async fn converge(
+        &self,
+        req: Request<v1::ConvergeRequest>,
+    ) -> Result<Response<v1::ConvergeResponse>, Status> {
+        let c = &self.0;
+        let guest = guest_id(req.into_inner().guest_id)?;
+        let desired = c
+            .store
+            .desired(guest)
+            .map_err(RpcError::from)?
+            .ok_or_else(|| {
+                RpcError::NotFound(format!(
+                    "guest {guest} has no desired state; `phoenix apply` one first"
+                ))
+            })?;
+        let after_index = c.store.event_bounds().map_err(RpcError::from)?.last;
+        if !c.hub.request_pass(guest) {
+            return Err(RpcError::NotFound(format!(
+                "guest {guest} is not connected; its agent runs a pass when it starts and retries failed ones by itself"
+            ))
+            .into());
+        }
+        c.events.record(
+            Kind::PassRequested,
+            guest,
+            serde_json::json!({ "revision": desired.revision }),
+        );
+        Ok(Response::new(v1::ConvergeResponse {
+            revision: desired.revision,
+            after_index,
         }))
     }
 

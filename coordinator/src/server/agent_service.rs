@@ -4,8 +4,10 @@
 
 use super::hub::{Attachment, Hub, SessionInUse};
 use super::{Coordinator, RpcError, guest_id, now_unix, unix};
-use crate::metrics::CertKind;
-use crate::store::{AgentRecord, ReportRecord, StoreError};
+use crate::events::report::{Delivery, payload as report_payload};
+use crate::events::{Kind, now_unix_ms};
+use crate::metrics::{CertKind, EventDrop};
+use crate::store::{AgentRecord, ReportRecord, ReportWrite, StoreError};
 use phoenix_ca::IssueRequest;
 use phoenix_pki::San;
 use phoenix_pki::x509::{self, CertInfo};
@@ -24,6 +26,28 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct AgentApi(pub Arc<Coordinator>);
 
 impl AgentApi {
+    /// Records a refused session: limited per guest, as the agent retries on its own.
+    fn refused<T>(&self, req: &Request<T>, peer: &str, e: &RpcError) {
+        let claimed = self.claimed_guest(req);
+        let source = claimed.map_or_else(
+            || peer.rsplit_once(':').map_or(peer, |(h, _)| h).to_string(),
+            |g| g.to_string(),
+        );
+        self.0.events.record_limited(
+            Kind::SessionRefused,
+            claimed.map_or_else(|| "unknown".to_string(), |g| g.to_string()),
+            &source,
+            serde_json::json!({ "peer": peer, "error": e.to_string() }),
+        );
+    }
+
+    /// The guest a request's client certificate names, unverified (for the event log).
+    fn claimed_guest<T>(&self, req: &Request<T>) -> Option<GuestId> {
+        let certs = req.peer_certs()?;
+        let info = x509::inspect(certs.first()?).ok()?;
+        info.uris().find_map(|u| self.0.td.parse_guest_uri(u))
+    }
+
     /// The guest a request's client certificate speaks for, with its current record.
     fn authenticate<T>(
         &self,
@@ -67,14 +91,20 @@ impl AgentApi {
         csr_pem: String,
     ) -> Result<phoenix_ca::Issued, RpcError> {
         let c = &self.0;
-        Ok(c.ca
-            .issue(IssueRequest {
+        let issued =
+            c.ca.issue(IssueRequest {
                 csr_pem,
                 common_name: format!("guest-{guest}"),
                 sans: vec![San::Uri(c.td.guest_uri(guest))],
                 ttl: c.cfg.agent_cert_ttl,
             })
-            .await?)
+            .await;
+        c.events.ca_result(
+            c.ca.name(),
+            "issue an agent identity",
+            issued.as_ref().map(drop).map_err(|e| e.to_string()),
+        );
+        Ok(issued?)
     }
 
     /// Enrolls with a join token. The token is only used once the CA has signed and the
@@ -131,33 +161,77 @@ impl AgentApi {
         Ok((guest, issued, replaced))
     }
 
-    async fn handle_report(&self, guest: GuestId, report: v1::ApplyReport) -> Result<(), RpcError> {
+    /// Stores and records a report. `pass`: it came from the agent's outbox (else a
+    /// plain report of an older agent or a plan); returns the outbox position to
+    /// acknowledge, once the report is durably recorded (or was recorded before).
+    async fn handle_report(
+        &self,
+        guest: GuestId,
+        report: v1::ApplyReport,
+        pass: Option<&v1::PassReport>,
+        session_opened_unix_ms: i64,
+    ) -> Result<Option<u64>, RpcError> {
         let c = &self.0;
         let report =
             ApplyReport::try_from(report).map_err(|e| RpcError::BadRequest(e.to_string()))?;
         // A plan is news for whoever asked for it, not the guest's state.
         if report.dry_run {
             c.hub.publish_report(guest, 0, Arc::new(report));
-            return Ok(());
+            return Ok(None);
         }
-        if report.converged() {
-            c.store.update_agent(guest, None, false, &mut |rec| {
-                rec.applied_revision = report.revision;
-                rec.applied_digest = report.digest.clone();
-                rec.last_seen_unix = now_unix();
-            })?;
+        let seq = pass.map(|p| p.seq);
+        if let Some(seq) = seq {
+            let seen = c.store.agent(guest)?.map_or(0, |a| a.last_pass_seq);
+            if seq <= seen {
+                // Recorded before; the acknowledgement was lost.
+                return Ok(Some(seq));
+            }
         }
-        let seq = c.store.put_report(
-            guest,
-            &ReportRecord {
-                seq: 0,
-                received_unix: now_unix(),
-                report: report.clone(),
+        if let Some(p) = pass.filter(|p| p.dropped_before > 0) {
+            c.metrics
+                .events_dropped(EventDrop::AgentOutbox, p.dropped_before);
+            c.events.record(
+                Kind::ReportsDropped,
+                guest,
+                serde_json::json!({ "dropped": p.dropped_before, "before_seq": p.seq }),
+            );
+        }
+        let received = now_unix_ms();
+        let payload = report_payload(
+            &report,
+            Delivery {
+                seq,
+                finished_unix_ms: pass.map(|p| p.finished_unix_ms),
+                received_unix_ms: received,
+                session_opened_unix_ms,
             },
-        )?;
+        );
+        let kind = if report.converged() {
+            Kind::Applied
+        } else {
+            Kind::ApplyFailed
+        };
+        // The event first: a report resent after a failure here is recorded again (a
+        // duplicate event), never marked seen without its event (a lost one). Acknowledged
+        // only once durable: until then the agent keeps it and sends it again.
+        let recorded = c.events.record_wait(kind, guest, payload).await;
+        // Batched with the other sessions' reports (report_writer).
+        let seq_stored = c
+            .reports
+            .put(ReportWrite {
+                guest,
+                converged: report.converged(),
+                pass_seq: recorded.and(seq),
+                record: ReportRecord {
+                    seq: 0,
+                    received_unix: now_unix(),
+                    report: report.clone(),
+                },
+            })
+            .await?;
         c.metrics.reported(guest, report.revision);
-        c.hub.publish_report(guest, seq, Arc::new(report));
-        Ok(())
+        c.hub.publish_report(guest, seq_stored, Arc::new(report));
+        Ok(recorded.and(seq))
     }
 }
 
@@ -262,6 +336,16 @@ impl v1::agent_server::Agent for AgentApi {
             Ok((guest, issued, replaced)) => {
                 tracing::info!(%guest, %peer, serial = %issued.serial, replaced, "agent enrolled");
                 let c = &self.0;
+                c.events.record(
+                    Kind::Enrolled,
+                    guest,
+                    serde_json::json!({
+                        "peer": peer,
+                        "serial": issued.serial,
+                        "not_after_unix": unix(issued.not_after),
+                        "replaced": replaced,
+                    }),
+                );
                 Ok(Response::new(v1::EnrollResponse {
                     chain_pem: issued.chain_pem,
                     roots_pem: c.trust.pem(),
@@ -271,6 +355,14 @@ impl v1::agent_server::Agent for AgentApi {
             }
             Err(e) => {
                 tracing::warn!(guest = claimed, %peer, error = %e, "enrollment refused");
+                // Anyone may call Enroll: limited per peer address (host, not port).
+                let host = peer.rsplit_once(':').map_or(peer.as_str(), |(h, _)| h);
+                self.0.events.record_limited(
+                    Kind::EnrollRefused,
+                    claimed,
+                    host,
+                    serde_json::json!({ "peer": peer, "guest": claimed, "error": e.to_string() }),
+                );
                 Err(e.into())
             }
         }
@@ -282,11 +374,17 @@ impl v1::agent_server::Agent for AgentApi {
         &self,
         req: Request<Streaming<v1::AgentMessage>>,
     ) -> Result<Response<SessionStream>, Status> {
-        let (guest, info, seen) = self.authenticate(&req)?;
-        let c = self.0.clone();
         let peer = req
             .remote_addr()
             .map_or_else(|| "unknown".to_string(), |a| a.to_string());
+        let (guest, info, seen) = match self.authenticate(&req) {
+            Ok(who) => who,
+            Err(e) => {
+                self.refused(&req, &peer, &e);
+                return Err(e.into());
+            }
+        };
+        let c = self.0.clone();
         let mut inbound = req.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(v1::AgentMessage {
@@ -307,10 +405,20 @@ impl v1::agent_server::Agent for AgentApi {
         }
         // One identity, one live session, refused before this Hello touches the guest's
         // record (docs/design/0012).
-        let mut attachment = attach_when_free(&c.hub, guest).await.map_err(|e| {
-            tracing::warn!(%guest, %peer, "second session refused: the guest already has a live session (a cloned guest or a copied key?)");
-            RpcError::SessionInUse(e)
-        })?;
+        let mut attachment = match attach_when_free(&c.hub, guest).await {
+            Ok(a) => a,
+            Err(e) => {
+                let e = RpcError::SessionInUse(e);
+                tracing::warn!(%guest, %peer, "second session refused: the guest already has a live session (a cloned guest or a copied key?)");
+                c.events.record_limited(
+                    Kind::SessionRefused,
+                    guest,
+                    &guest.to_string(),
+                    serde_json::json!({ "peer": peer, "error": e.to_string() }),
+                );
+                return Err(e.into());
+            }
+        };
         let facts = hello.facts.map(bounded_facts);
         let version = bounded(&hello.agent_version, MAX_VERSION_CHARS);
         let serial = info.serial_hex.clone();
@@ -345,6 +453,17 @@ impl v1::agent_server::Agent for AgentApi {
         let still = c.store.agent(guest).map_err(RpcError::from)?;
         let still = still.ok_or(RpcError::Identity(StoreError::NotEnrolled { guest }))?;
         current_or_previous(guest, &still, &info.serial_hex)?;
+        let opened = now_unix_ms();
+        c.events.record(
+            Kind::SessionOpened,
+            guest,
+            serde_json::json!({
+                "peer": peer,
+                "agent_version": version,
+                "applied_revision": hello.applied_revision,
+                "serial": serial,
+            }),
+        );
         // The session lives no longer than the certificate that opened it; the agent
         // reconnects with its renewed one.
         let expires = info
@@ -358,6 +477,7 @@ impl v1::agent_server::Agent for AgentApi {
             let mut nonce = 0u64;
             let expiry = tokio::time::sleep(expires);
             tokio::pin!(expiry);
+            let mut why = "the agent closed the stream".to_string();
             loop {
                 let out = tokio::select! {
                     status = attachment.ended.wait() => {
@@ -368,6 +488,7 @@ impl v1::agent_server::Agent for AgentApi {
                         } else {
                             tracing::warn!(%guest, %status, "session ended by the coordinator");
                         }
+                        why = format!("ended by the coordinator: {}", status.message());
                         let _ = tx.send(Err(status)).await;
                         break;
                     }
@@ -377,6 +498,7 @@ impl v1::agent_server::Agent for AgentApi {
                             continue;
                         }
                         tracing::info!(%guest, "session ended: its certificate expired");
+                        why = "its certificate expired".into();
                         let _ = tx
                             .send(Err(Status::unauthenticated(format!(
                                 "certificate of guest {guest} expired, renew"
@@ -386,18 +508,35 @@ impl v1::agent_server::Agent for AgentApi {
                     }
                     m = inbound.message() => match m {
                         Ok(Some(v1::AgentMessage { msg: Some(agent_message::Msg::Report(r)) })) => {
-                            if let Err(e) = api.handle_report(guest, r).await {
+                            if let Err(e) = api.handle_report(guest, r, None, opened).await {
                                 tracing::warn!(%guest, error = %e, "report refused");
                             }
                             continue;
+                        }
+                        Ok(Some(v1::AgentMessage { msg: Some(agent_message::Msg::Pass(mut p)) })) => {
+                            let Some(r) = p.report.take() else { continue };
+                            match api.handle_report(guest, r, Some(&p), opened).await {
+                                Ok(Some(seq)) => msg(coordinator_message::Msg::PassAck(v1::PassAck { seq })),
+                                Ok(None) => continue,
+                                Err(e) => {
+                                    tracing::warn!(%guest, error = %e, "report refused");
+                                    continue;
+                                }
+                            }
                         }
                         Ok(Some(_)) => continue,
                         Ok(None) => break,
                         Err(status) => {
                             tracing::info!(%guest, %status, "session stream ended");
+                            why = format!("stream error: {}", status.message());
                             break;
                         }
                     },
+                    r = attachment.run_pass.changed() => {
+                        if r.is_err() { break; }
+                        let nonce = *attachment.run_pass.borrow_and_update();
+                        msg(coordinator_message::Msg::RunPass(v1::RunPass { nonce }))
+                    }
                     r = attachment.desired.changed() => {
                         if r.is_err() { break; }
                         match attachment.desired.borrow_and_update().clone() {
@@ -423,6 +562,14 @@ impl v1::agent_server::Agent for AgentApi {
             }
             tracing::info!(%guest, "agent disconnected");
             drop(attachment);
+            api.0.events.record(
+                Kind::SessionEnded,
+                guest,
+                serde_json::json!({
+                    "why": why,
+                    "seconds": (now_unix_ms() - opened) / 1000,
+                }),
+            );
         });
         let stream: SessionStream = Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
         Ok(Response::new(stream))
@@ -432,8 +579,10 @@ impl v1::agent_server::Agent for AgentApi {
         &self,
         req: Request<v1::RenewRequest>,
     ) -> Result<Response<v1::RenewResponse>, Status> {
+        let who = self.claimed_guest(&req);
         let r = self.renew_checked(req).await;
         self.0.metrics.renewal(CertKind::Identity, r.is_ok());
+        self.renew_failed(who, r.as_ref().err());
         r
     }
 
@@ -441,8 +590,13 @@ impl v1::agent_server::Agent for AgentApi {
         &self,
         req: Request<v1::RenewExpiredRequest>,
     ) -> Result<Response<v1::RenewResponse>, Status> {
+        let who = x509::parse_chain(&req.get_ref().chain_pem, "certificate chain")
+            .ok()
+            .and_then(|chain| x509::inspect(chain.first()?).ok())
+            .and_then(|info| info.uris().find_map(|u| self.0.td.parse_guest_uri(u)));
         let r = self.renew_expired_checked(req).await;
         self.0.metrics.renewal(CertKind::Identity, r.is_ok());
+        self.renew_failed(who, r.as_ref().err());
         r
     }
 
@@ -458,6 +612,18 @@ impl v1::agent_server::Agent for AgentApi {
 
 /// The certificate RPCs; their outcomes are counted by the trait methods above.
 impl AgentApi {
+    /// Records a failed renewal (limited per guest: the agent retries on its own).
+    fn renew_failed(&self, who: Option<GuestId>, err: Option<&Status>) {
+        let Some(err) = err else { return };
+        let key = who.map_or_else(|| "unknown".to_string(), |g| g.to_string());
+        self.0.events.record_limited(
+            Kind::IdentityRenewFailed,
+            &key,
+            &key,
+            serde_json::json!({ "error": err.message() }),
+        );
+    }
+
     async fn renew_checked(
         &self,
         req: Request<v1::RenewRequest>,
@@ -478,6 +644,15 @@ impl AgentApi {
             })
             .map_err(RpcError::from)?;
         tracing::info!(%guest, serial = %issued.serial, "agent identity renewed");
+        self.0.events.record(
+            Kind::IdentityRenewed,
+            guest,
+            serde_json::json!({
+                "serial": issued.serial,
+                "not_after_unix": unix(issued.not_after),
+                "expired": false,
+            }),
+        );
         Ok(Response::new(v1::RenewResponse {
             chain_pem: issued.chain_pem,
             roots_pem: self.0.trust.pem(),
@@ -550,6 +725,16 @@ impl AgentApi {
             })
             .map_err(RpcError::from)?;
         tracing::info!(%guest, serial = %issued.serial, expired_for = expired_for.as_secs(), "expired agent identity renewed");
+        c.events.record(
+            Kind::IdentityRenewed,
+            guest,
+            serde_json::json!({
+                "serial": issued.serial,
+                "not_after_unix": unix(issued.not_after),
+                "expired": true,
+                "expired_for_seconds": expired_for.as_secs(),
+            }),
+        );
         Ok(Response::new(v1::RenewResponse {
             chain_pem: issued.chain_pem,
             roots_pem: c.trust.pem(),
@@ -631,6 +816,30 @@ impl AgentApi {
                 rec.not_after_unix = unix(issued.not_after);
             }
             Err(e) => rec.result = format!("failed: {e}"),
+        }
+        c.events.ca_result(
+            c.ca.name(),
+            "sign a service certificate",
+            result.as_ref().map(drop).map_err(|e| e.to_string()),
+        );
+        match &result {
+            Ok(_) => c.events.record(
+                Kind::ServiceCertIssued,
+                guest,
+                serde_json::json!({
+                    "name": rec.name,
+                    "common_name": rec.common_name,
+                    "sans": rec.sans,
+                    "serial": rec.serial,
+                    "not_after_unix": rec.not_after_unix,
+                }),
+            ),
+            Err(e) => c.events.record_limited(
+                Kind::ServiceCertFailed,
+                guest,
+                &format!("{guest}/{}", rec.name),
+                serde_json::json!({ "name": rec.name, "error": e.to_string() }),
+            ),
         }
         // A revoke that landed while the CA was signing must not leave this cert unlisted.
         let revoked_at = match c.store.agent(guest) {

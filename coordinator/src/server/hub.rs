@@ -29,6 +29,8 @@ struct GuestChannels {
     desired: watch::Sender<Pushed>,
     dry_run: watch::Sender<Pushed>,
     session: Option<u64>,
+    /// Bumped by `phoenix converge`: the session asks its agent for a pass.
+    run_pass: watch::Sender<u64>,
     /// Every session of this guest opened before `Ended::before` must end with its status.
     ended: watch::Sender<Ended>,
 }
@@ -48,6 +50,7 @@ impl GuestChannels {
             desired: watch::channel(None).0,
             dry_run: watch::channel(None).0,
             session: None,
+            run_pass: watch::channel(0).0,
             ended: watch::channel(Ended::default()).0,
         }
     }
@@ -57,6 +60,8 @@ impl GuestChannels {
 pub struct Attachment {
     pub desired: watch::Receiver<Pushed>,
     pub dry_run: watch::Receiver<Pushed>,
+    /// Changes when the operator asks for a pass now (`phoenix converge`).
+    pub run_pass: watch::Receiver<u64>,
     pub ended: EndSignal,
     hub: Arc<Hub>,
     guest: GuestId,
@@ -140,6 +145,35 @@ impl Hub {
         target.send_replace(Some(Arc::new(state)));
     }
 
+    /// Pushes `state` unless the guest already has this revision or a later one: a
+    /// replica hears of its own applies again through the cluster's change feed, and an
+    /// older write may arrive after a newer one was pushed.
+    pub fn push_newer(&self, guest: GuestId, state: v1::DesiredState) {
+        let mut guests = self.lock();
+        let ch = guests.entry(guest).or_insert_with(GuestChannels::new);
+        ch.desired.send_if_modified(|cur| {
+            if cur.as_ref().is_some_and(|c| c.revision >= state.revision) {
+                return false;
+            }
+            *cur = Some(Arc::new(state));
+            true
+        });
+    }
+
+    /// Ends every session attached so far with `status` (this replica lost its store:
+    /// the agents should move to a replica that has it).
+    pub fn end_all_sessions(&self, status: Status) {
+        let connected: Vec<GuestId> = self
+            .lock()
+            .iter()
+            .filter(|(_, c)| c.session.is_some())
+            .map(|(g, _)| *g)
+            .collect();
+        for g in connected {
+            self.end_sessions(g, status.clone());
+        }
+    }
+
     /// Registers the session of `guest`, or refuses while another session of it is
     /// attached: one identity, one live session. A second holder of the same key (a
     /// cloned guest, a stolen key) must not silently take the guest's desired state and
@@ -158,9 +192,12 @@ impl Hub {
         desired.mark_changed();
         // A dry run pushed before the agent connected is stale; only later ones count.
         let dry_run = ch.dry_run.subscribe();
+        // Like a dry run, a request made before this session is not replayed.
+        let run_pass = ch.run_pass.subscribe();
         Ok(Attachment {
             desired,
             dry_run,
+            run_pass,
             ended: EndSignal {
                 rx: ch.ended.subscribe(),
                 session,
@@ -183,6 +220,28 @@ impl Hub {
             before,
             status: Some(status),
         });
+    }
+
+    /// Asks the session of `guest` to have its agent run a pass now; false when it has
+    /// no session.
+    pub fn request_pass(&self, guest: GuestId) -> bool {
+        let guests = self.lock();
+        match guests.get(&guest) {
+            Some(ch) if ch.session.is_some() => {
+                ch.run_pass.send_modify(|n| *n = n.wrapping_add(1));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Drops the desired state held for `guest` (`phoenix forget`), so a guest enrolled
+    /// later under the same id is not sent the forgotten one.
+    pub fn forget(&self, guest: GuestId) {
+        if let Some(ch) = self.lock().get(&guest) {
+            ch.desired.send_replace(None);
+            ch.dry_run.send_replace(None);
+        }
     }
 
     pub fn connected(&self, guest: GuestId) -> bool {

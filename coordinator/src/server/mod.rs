@@ -9,6 +9,7 @@ mod error;
 pub mod hub;
 pub mod listener;
 mod report_watch;
+mod report_writer;
 
 pub(crate) use admin_service::status_without_reports;
 pub use error::RpcError;
@@ -61,6 +62,10 @@ pub struct Config {
     pub status_listen: Option<SocketAddr>,
     /// The token a status page reader must present; required beyond loopback.
     pub status_token_file: Option<PathBuf>,
+    /// How long and how many events the log keeps (`phoenix events`).
+    pub events: crate::store::Retention,
+    /// This replica's name and the leader's schedule (docs/design/0010).
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +82,8 @@ pub enum ServeError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Ca(#[from] CaError),
+    #[error(transparent)]
+    ClusterCa(#[from] crate::cluster::ca::ClusterCaError),
     #[error("coordinator identity: {0}")]
     Identity(String),
     #[error(transparent)]
@@ -121,12 +128,14 @@ pub struct Coordinator {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) ca: Arc<dyn CertAuthority>,
     pub(crate) hub: Arc<Hub>,
+    pub(crate) reports: report_writer::ReportWriter,
     pub(crate) td: TrustDomain,
     pub(crate) identity: Arc<IdentityStore>,
     pub(crate) trust: Arc<TrustStore>,
     pub(crate) advertise: String,
     pub(crate) cfg: Config,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    pub(crate) events: Arc<crate::events::Recorder>,
 }
 
 /// The store's file in the state directory.
@@ -204,12 +213,33 @@ async fn renew_own_identity(c: Arc<Coordinator>) {
         }) {
             Ok(id) => {
                 tracing::info!(serial = %id.info.serial_hex, "coordinator identity renewed");
+                c.events
+                    .ca_result(c.ca.name(), "renew the coordinator identity", Ok(()));
+                c.events.record(
+                    crate::events::Kind::CoordinatorCertRenewed,
+                    "coordinator",
+                    serde_json::json!({
+                        "serial": id.info.serial_hex,
+                        "not_after_unix": unix(id.info.not_after),
+                    }),
+                );
                 c.metrics
                     .renewal(crate::metrics::CertKind::Coordinator, true);
                 c.identity.swap(id);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "coordinator identity renewal failed; keeping the current one");
+                c.events.ca_result(
+                    c.ca.name(),
+                    "renew the coordinator identity",
+                    Err(e.to_string()),
+                );
+                c.events.record_limited(
+                    crate::events::Kind::CoordinatorCertRenewFailed,
+                    "coordinator",
+                    "coordinator",
+                    serde_json::json!({ "error": e.to_string() }),
+                );
                 c.metrics
                     .renewal(crate::metrics::CertKind::Coordinator, false);
                 tokio::time::sleep(Duration::from_secs(5)).await;
@@ -246,13 +276,24 @@ pub async fn run(
     phoenix_pki::statedir::secure(&cfg.state_dir, &[])?;
     let ca_dir = cfg.state_dir.join("ca");
     phoenix_pki::statedir::secure(&ca_dir, &["ca.key"])?;
-    let store: Arc<dyn Store> = match &cfg.etcd {
-        Some(etcd) => Arc::new(EtcdStore::connect(etcd.clone())?),
+    let etcd = match &cfg.etcd {
+        Some(etcd) => Some(Arc::new(EtcdStore::connect(etcd.clone())?)),
+        None => None,
+    };
+    let store: Arc<dyn Store> = match &etcd {
+        Some(etcd) => etcd.clone(),
         None => Arc::new(RedbStore::open(&cfg.state_dir.join(STORE_FILE))?),
     };
-    let ca: Arc<dyn CertAuthority> = match ca {
-        Some(ca) => ca,
-        None => Arc::new(EmbeddedCa::load_or_create(
+    let ca: Arc<dyn CertAuthority> = match (ca, &etcd) {
+        (Some(ca), _) => ca,
+        // Replicas share one root: its key sealed in etcd, not one node's file.
+        (None, Some(etcd)) => Arc::new(crate::cluster::ca::shared_embedded(
+            etcd,
+            cfg.cluster.ca_secret_file.as_deref(),
+            &ca_dir,
+            cfg.trust_domain.as_str(),
+        )?),
+        (None, None) => Arc::new(EmbeddedCa::load_or_create(
             &ca_dir,
             cfg.trust_domain.as_str(),
         )?),
@@ -272,12 +313,22 @@ pub async fn run(
     .await?;
     trust.verify_chain(&identity.chain_pem)?;
     let identity = IdentityStore::new(identity);
+    store.register_replica(cfg.cluster.replica.as_str(), &advertise)?;
+    // Read before the hub is filled: the change feed starts here, so no write from
+    // another replica falls between the two.
+    let feed_from = etcd.as_ref().map(|e| e.revision()).transpose()?;
     let hub = Hub::new();
     for (guest, rec) in store.all_desired()? {
         hub.push(guest, desired_message(&rec));
     }
     let server_tls = phoenix_pki::tls::server_config(identity.clone(), trust.clone())?;
+    let metrics: Arc<crate::metrics::Metrics> = Default::default();
+    let (events, event_writer) = crate::events::Recorder::new(store.clone(), metrics.clone());
+    let event_writer = tokio::spawn(event_writer.run());
+    // The CA just signed our identity.
+    events.ca_result(ca.name(), "issue the coordinator identity", Ok(()));
     let c = Arc::new(Coordinator {
+        reports: report_writer::ReportWriter::start(store.clone()),
         store,
         ca,
         hub,
@@ -286,7 +337,8 @@ pub async fn run(
         trust,
         advertise: advertise.clone(),
         cfg: cfg.clone(),
-        metrics: Default::default(),
+        metrics,
+        events,
     });
     // From here the guard removes the socket on every way out, a failed start included.
     let admin = admin_claim.bind()?;
@@ -340,6 +392,39 @@ pub async fn run(
         "coordinator ready"
     );
     let renew = tokio::spawn(renew_own_identity(c.clone()));
+    let prune = tokio::spawn(crate::events::prune::run(
+        c.events.clone(),
+        cfg.events,
+        advertise.clone(),
+        crate::events::prune::EVERY,
+    ));
+    let mut cluster = vec![tokio::spawn(crate::cluster::leader::run(
+        c.clone(),
+        stop_rx.clone(),
+    ))];
+    if let (Some(etcd), Some(from)) = (&etcd, feed_from) {
+        use crate::cluster::feed;
+        cluster.push(tokio::spawn(feed::follow(
+            c.clone(),
+            etcd.clone(),
+            from,
+            stop_rx.clone(),
+        )));
+        let ttl = cfg
+            .etcd
+            .as_ref()
+            .map_or(Duration::from_secs(10), |e| e.lease_ttl);
+        let health = feed::Health {
+            probe_every: ttl / 3,
+            lost_after: ttl,
+        };
+        cluster.push(tokio::spawn(feed::watch_health(
+            c.clone(),
+            etcd.clone(),
+            health,
+            stop_rx.clone(),
+        )));
+    }
     let agent_server = tokio::spawn(listener::serve(
         listener,
         server_tls,
@@ -354,6 +439,19 @@ pub async fn run(
     });
     let (agents, admin_result) = tokio::join!(agent_server, admin_done);
     renew.abort();
+    prune.abort();
+    // Sessions ended by the stop have queued their events; write them before exiting.
+    c.events.flush().await;
+    drop(event_writer);
+    // The leader loop steps down when told to stop; give it a moment to do so.
+    for task in cluster {
+        if tokio::time::timeout(Duration::from_secs(2), task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("a cluster task did not stop in time");
+        }
+    }
     drop(admin.guard);
     if let Err(e) = agents {
         tracing::error!(error = %e, "agent port server ended abnormally");
@@ -375,20 +473,10 @@ fn stop(c: &Coordinator, stop_tx: &tokio::sync::watch::Sender<bool>) {
         "stopping: refusing new connections and ending agent sessions"
     );
     let _ = stop_tx.send(true);
-    match c.store.agents() {
-        Ok(agents) => {
-            for (guest, _) in agents {
-                c.hub.end_sessions(
-                    guest,
-                    tonic::Status::unavailable("coordinator is shutting down; reconnect later"),
-                );
-            }
-        }
-        // The connections still close when the listener's grace ends.
-        Err(e) => {
-            tracing::warn!(error = %e, "stopping: could not list agents to end their sessions")
-        }
-    }
+    // From the hub, not the store: a replica that lost etcd must still let its agents go.
+    c.hub.end_all_sessions(tonic::Status::unavailable(
+        "coordinator is shutting down; reconnect later",
+    ));
 }
 
 /// Tells systemd (`Type=notify`, `$NOTIFY_SOCKET`) where the daemon is; a no-op when not

@@ -8,7 +8,7 @@ pub mod events;
 mod forget;
 mod redb_store;
 
-pub use etcd::{EtcdConfig, EtcdStore};
+pub use etcd::{Change, EtcdConfig, EtcdStore, EtcdTls};
 pub use events::{Event, EventBounds, EventLog, Retention, Topic};
 pub use forget::{ForgetGuest, Forgotten};
 pub use redb_store::RedbStore;
@@ -124,6 +124,10 @@ pub struct AgentRecord {
     /// token that produced it may be used again.
     #[serde(default = "yes")]
     pub confirmed: bool,
+    /// The highest outbox position (`PassReport::seq`) of this agent recorded so far: a
+    /// report sent again because its acknowledgement was lost is not recorded twice.
+    #[serde(default)]
+    pub last_pass_seq: u64,
 }
 
 fn yes() -> bool {
@@ -182,6 +186,37 @@ pub struct ReportRecord {
     pub seq: u64,
     pub received_unix: i64,
     pub report: ApplyReport,
+}
+
+/// One report for `Store::put_reports`.
+#[derive(Debug, Clone)]
+pub struct ReportWrite {
+    pub guest: GuestId,
+    pub record: ReportRecord,
+    /// The report says the guest converged: its agent record takes the revision.
+    pub converged: bool,
+    /// The agent's number for the pass (its outbox): recorded so a resent report is
+    /// recognised; None for older agents, or when its event could not be recorded.
+    pub pass_seq: Option<u64>,
+}
+
+impl ReportWrite {
+    /// Whether the guest's agent record changes with this report.
+    pub fn touches_agent(&self) -> bool {
+        self.converged || self.pass_seq.is_some()
+    }
+
+    /// What the report changes in the guest's agent record.
+    pub fn apply_to(&self, rec: &mut AgentRecord) {
+        if self.converged {
+            rec.applied_revision = self.record.report.revision;
+            rec.applied_digest = self.record.report.digest.clone();
+        }
+        if let Some(seq) = self.pass_seq {
+            rec.last_pass_seq = rec.last_pass_seq.max(seq);
+        }
+        rec.last_seen_unix = self.record.received_unix;
+    }
 }
 
 /// A guest service certificate the coordinator had signed, for `phoenix certs`.
@@ -325,6 +360,11 @@ pub trait Store: EventLog + ForgetGuest + Send + Sync + 'static {
 
     fn desired(&self, guest: GuestId) -> Result<Option<DesiredRecord>, StoreError>;
     fn all_desired(&self) -> Result<Vec<(GuestId, DesiredRecord)>, StoreError>;
+    /// The desired states of `guests`, in that order. etcd reads them in a few round
+    /// trips instead of one per guest (each is a quorum read).
+    fn desired_many(&self, guests: &[GuestId]) -> Result<Vec<Option<DesiredRecord>>, StoreError> {
+        guests.iter().map(|g| self.desired(*g)).collect()
+    }
     /// Stores a batch of new desired states and returns the revision given to them:
     /// one global, monotonically increasing counter, so "newer" is unambiguous.
     fn put_desired(&self, states: &[(GuestId, String, Vec<u8>)]) -> Result<u64, StoreError>;
@@ -332,6 +372,14 @@ pub trait Store: EventLog + ForgetGuest + Send + Sync + 'static {
     /// What the configs declare about the guest (JSON of `phoenix_proto::model::Declared`).
     fn declared(&self, guest: GuestId) -> Result<Option<Vec<u8>>, StoreError>;
     fn put_declared(&self, guest: GuestId, json: &[u8]) -> Result<(), StoreError>;
+    /// Stores the declared facts of many guests; a backend that can commits them together
+    /// (one apply of a whole fleet, not one durable commit per guest).
+    fn put_declared_many(&self, facts: &[(GuestId, Vec<u8>)]) -> Result<(), StoreError> {
+        for (g, json) in facts {
+            self.put_declared(*g, json)?;
+        }
+        Ok(())
+    }
 
     fn put_service_cert(&self, guest: GuestId, rec: &ServiceCertRecord) -> Result<(), StoreError>;
     fn service_certs(&self) -> Result<Vec<(GuestId, ServiceCertRecord)>, StoreError>;
@@ -340,6 +388,21 @@ pub trait Store: EventLog + ForgetGuest + Send + Sync + 'static {
     /// Stores the guest's last report under the next position of the report order (its
     /// `seq` is ignored) and returns that position. Positions increase in commit order.
     fn put_report(&self, guest: GuestId, rec: &ReportRecord) -> Result<u64, StoreError>;
+    /// Stores many guests' reports, committed together where the backend can (like
+    /// `put_report`, soft state), one result per report in order. A converged report also
+    /// records the applied revision in its agent record; a guest that is not enrolled or
+    /// was revoked gets that error, and nothing of its report is stored.
+    fn put_reports(&self, batch: &[ReportWrite]) -> Vec<Result<u64, StoreError>> {
+        batch
+            .iter()
+            .map(|w| {
+                if w.touches_agent() {
+                    self.update_agent(w.guest, None, false, &mut |rec| w.apply_to(rec))?;
+                }
+                self.put_report(w.guest, &w.record)
+            })
+            .collect()
+    }
     /// The last report of every guest whose last report was stored after position `after`,
     /// in store order. From one snapshot: everything stored up to the highest position
     /// returned is in it or superseded by it.
@@ -357,7 +420,50 @@ pub trait Store: EventLog + ForgetGuest + Send + Sync + 'static {
     /// tokens do not accumulate. Refused with `NotLeader` once `term` is over.
     fn prune_tokens(&self, term: LeaderTerm, expired_before_unix: i64)
     -> Result<usize, StoreError>;
+
+    /// Records a replica's address (agents dial it), so join tokens minted by any
+    /// replica list every one. A single-node store has no other replica to tell.
+    fn register_replica(&self, _replica: &str, _addr: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Every registered replica's address, in name order.
+    fn replica_addrs(&self) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// Leader-only: claims one run of the scheduled job `job` if no leader ran it within
+    /// `every` before `now_unix_ms`, and records the run (with `replica`) in the same
+    /// transaction, so a new leader does not repeat what the old one just did. `false`:
+    /// not due yet. Refused with `NotLeader` once `term` is over. A single-node store
+    /// keeps no record: its one process's own timer is the schedule.
+    fn claim_job(
+        &self,
+        _term: LeaderTerm,
+        _job: &str,
+        _every: std::time::Duration,
+        _now_unix_ms: i64,
+        _replica: &str,
+    ) -> Result<bool, StoreError> {
+        Ok(true)
+    }
 }
+
+/// The record of a scheduled job (`Store::claim_job`): when it last ran and where.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub runs: u64,
+    /// The last runs, newest last, at most `JOB_HISTORY` (for operators and tests).
+    pub history: Vec<JobRun>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRun {
+    pub at_unix_ms: i64,
+    pub replica: String,
+    /// The leader term (fence) that ran it.
+    pub fence: i64,
+}
+
+pub const JOB_HISTORY: usize = 16;
 
 #[cfg(test)]
 mod tests {

@@ -16,6 +16,7 @@ mod page;
 mod view;
 
 pub use auth::{Access, AccessError};
+pub use view::{Health, health};
 
 use crate::httpd;
 use crate::server::Coordinator;

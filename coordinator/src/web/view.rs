@@ -40,7 +40,7 @@ pub(super) struct CertView {
 /// One word for a guest's state, worst first, as an operator triages: what needs a
 /// look (revoked, failing, behind), what is away, what is fine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Health {
+pub enum Health {
     Revoked,
     NotEnrolled,
     Failed,
@@ -52,7 +52,7 @@ pub(super) enum Health {
 }
 
 impl Health {
-    pub(super) fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             Health::Revoked => "revoked",
             Health::NotEnrolled => "not enrolled",
@@ -74,26 +74,31 @@ impl Health {
     }
 }
 
+/// The state of a guest from its status and last stored report; `phoenix status` shows
+/// the same word.
+pub fn health(s: &v1::GuestStatus, report: Option<&ApplyReport>) -> Health {
+    if s.revoked_unix != 0 {
+        return Health::Revoked;
+    }
+    if !s.enrolled {
+        return Health::NotEnrolled;
+    }
+    if report.is_some_and(|r| !r.converged()) {
+        return Health::Failed;
+    }
+    if !s.connected {
+        return Health::Offline;
+    }
+    match report {
+        None => Health::NoReport,
+        Some(_) if s.applied_revision < s.wanted_revision => Health::Behind,
+        Some(_) => Health::Converged,
+    }
+}
+
 impl GuestView {
     pub(super) fn health(&self) -> Health {
-        let s = &self.status;
-        if s.revoked_unix != 0 {
-            return Health::Revoked;
-        }
-        if !s.enrolled {
-            return Health::NotEnrolled;
-        }
-        if self.report.as_ref().is_some_and(|r| !r.converged()) {
-            return Health::Failed;
-        }
-        if !s.connected {
-            return Health::Offline;
-        }
-        match &self.report {
-            None => Health::NoReport,
-            Some(_) if s.applied_revision < s.wanted_revision => Health::Behind,
-            Some(_) => Health::Converged,
-        }
+        health(&self.status, self.report.as_ref())
     }
 
     /// Results that did not converge: failed first, then skipped.

@@ -23,7 +23,7 @@ pub use names::{AccountName, ContainerName, EnvName, PackageName, SimpleName, Un
 pub use package::{AptSourceSpec, KeySource, PackageSpec, PackageState};
 pub use secret::SecretRef;
 pub use service::{ResourceLimits, RunState, ServiceSpec, UnitSpec};
-pub use stack::{StackFile, StackSpec};
+pub use stack::{DEFAULT_PROJECTS_DIR, StackFile, StackSpec};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};

@@ -1,5 +1,5 @@
 use super::ResourceRef;
-use super::compose::{ComposeProject, parse};
+use super::compose::{ComposeProject, ParseOptions, parse_with};
 use super::secret::SecretRef;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -38,7 +38,20 @@ pub struct StackSpec {
     /// Compose file makes that is not listed here fails the stack before anything runs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub host_access: Vec<String>,
+    /// The Compose project directory on the guest (the compose file's directory there),
+    /// against which the compiler resolved relative paths; where the stack's shipped
+    /// files live. Recorded so the older `compose` text shape is parsed the same way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_dir: Option<super::AbsPath>,
+    /// Compose profiles the stack enables (`*` for all); services of other profiles are
+    /// not in `project`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub profiles: Vec<String>,
 }
+
+/// Where a stack's project directory is on the guest unless its manifest says otherwise:
+/// beneath `/srv` (one of the agent's default file roots), one directory per stack.
+pub const DEFAULT_PROJECTS_DIR: &str = "/srv/phoenix/stacks";
 
 /// What a stack spec may look like on input. Besides the current shape it accepts the
 /// shape written before 0008 (`compose` YAML text plus `variables`), which it parses with
@@ -70,6 +83,10 @@ struct StackSpecWire {
     depends_on: Vec<ResourceRef>,
     #[serde(default)]
     host_access: Vec<String>,
+    #[serde(default)]
+    project_dir: Option<super::AbsPath>,
+    #[serde(default)]
+    profiles: Vec<String>,
 }
 
 impl TryFrom<StackSpecWire> for StackSpec {
@@ -78,7 +95,13 @@ impl TryFrom<StackSpecWire> for StackSpec {
         let project = match (w.project, w.compose) {
             (Some(p), None) => p,
             (None, Some(text)) => {
-                parse(&text, &w.variables).map_err(|e| format!("stack {}: {e}", w.name))?
+                let opts = ParseOptions {
+                    variables: w.variables,
+                    project_dir: w.project_dir.as_ref().map(|d| d.as_path().to_path_buf()),
+                    project_name: Some(w.name.clone()),
+                    profiles: w.profiles.clone(),
+                };
+                parse_with(&text, &opts).map_err(|e| format!("stack {}: {e}", w.name))?
             }
             (Some(_), Some(_)) => {
                 return Err(format!(
@@ -98,6 +121,8 @@ impl TryFrom<StackSpecWire> for StackSpec {
             rollback_on_failure: w.rollback_on_failure,
             depends_on: w.depends_on,
             host_access: w.host_access,
+            project_dir: w.project_dir,
+            profiles: w.profiles,
         })
     }
 }
@@ -130,6 +155,8 @@ impl StackSpec {
             rollback_on_failure: true,
             depends_on: Vec::new(),
             host_access: Vec::new(),
+            project_dir: None,
+            profiles: Vec::new(),
         }
     }
 
@@ -139,10 +166,11 @@ impl StackSpec {
         super::cert::simple_name("stack", &self.name)?;
         for g in &self.host_access {
             let ok = matches!(g.split_once(' '), Some(("bind" | "device", p)) if p.starts_with('/'))
-                || matches!(g.split_once(' '), Some(("cap_add", c)) if !c.is_empty() && c.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'));
+                || matches!(g.split_once(' '), Some(("cap_add", c)) if !c.is_empty() && c.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'))
+                || g == "network_mode host";
             if !ok {
                 return Err(format!(
-                    "host_access {g:?}: expected \"bind /path\", \"device /dev/x\" or \"cap_add NAME\""
+                    "host_access {g:?}: expected \"bind /path\", \"device /dev/x\", \"cap_add NAME\" or \"network_mode host\""
                 ));
             }
         }

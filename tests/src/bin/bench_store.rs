@@ -71,17 +71,41 @@ fn run(name: &str, s: &dyn Store, n: u32) -> Res<()> {
     }
     let reports = t0.elapsed();
 
+    // Declared facts of the whole fleet (the first `phoenix apply` of the configs): one
+    // put per guest, as apply stored them before, then one batch of new facts.
+    let facts = |round: u8| -> Vec<(GuestId, Vec<u8>)> {
+        guests
+            .iter()
+            .map(|guest| {
+                (
+                    *guest,
+                    format!("{{\"round\":{round},\"guest\":{guest}}}").into_bytes(),
+                )
+            })
+            .collect()
+    };
+    let t0 = Instant::now();
+    for (guest, json) in facts(1) {
+        s.put_declared(guest, &json)?;
+    }
+    let declared_each = t0.elapsed();
+    let t0 = Instant::now();
+    s.put_declared_many(&facts(2))?;
+    let declared_batch = t0.elapsed();
+
     let t0 = Instant::now();
     let listed = s.agents()?.len() + s.all_desired()?.len();
     let list = t0.elapsed();
     assert_eq!(listed, 2 * n as usize);
 
     println!(
-        "{name:5} n={n}: enroll p50 {:?} p99 {:?} | apply to all {:?} | {n} reports {:?} | list agents+desired {:?}",
+        "{name:5} n={n}: enroll p50 {:?} p99 {:?} | apply to all {:?} | {n} reports {:?} | declared facts one by one {:?}, batched {:?} | list agents+desired {:?}",
         pct(&enroll, 50),
         pct(&enroll, 99),
         apply,
         reports,
+        declared_each,
+        declared_batch,
         list
     );
     Ok(())

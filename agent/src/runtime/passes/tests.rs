@@ -72,6 +72,8 @@ struct Harness {
     files: Arc<Flaky>,
     desired: watch::Sender<Option<Arc<DesiredState>>>,
     _dry: watch::Sender<Option<Arc<DesiredState>>>,
+    run_pass: watch::Sender<u64>,
+    outbox: Arc<Outbox>,
     stop: watch::Sender<bool>,
     reports: watch::Receiver<Option<Arc<ApplyReport>>>,
     task: tokio::task::JoinHandle<()>,
@@ -87,6 +89,7 @@ fn start(files: Flaky, initial: Option<Arc<DesiredState>>) -> Harness {
     let (desired, desired_rx) = watch::channel(initial);
     let (dry, dry_rx) = watch::channel(None);
     let (stop, stop_rx) = watch::channel(false);
+    let (run_pass, run_pass_rx) = watch::channel(0);
     let (reports_tx, reports) = watch::channel(None);
     let timing = Timing {
         drift_interval: Duration::from_secs(3600),
@@ -97,12 +100,23 @@ fn start(files: Flaky, initial: Option<Arc<DesiredState>>) -> Harness {
         desired: desired_rx,
         dry: dry_rx,
         stop: stop_rx,
+        run_pass: run_pass_rx,
     };
-    let task = tokio::spawn(scheduler(engine, state.clone(), timing, inputs, reports_tx));
+    let outbox = Arc::new(Outbox::open(&state));
+    let task = tokio::spawn(scheduler(
+        engine,
+        state.clone(),
+        timing,
+        inputs,
+        reports_tx,
+        outbox.clone(),
+    ));
     Harness {
         files,
         desired,
         _dry: dry,
+        run_pass,
+        outbox,
         stop,
         reports,
         task,
@@ -226,4 +240,26 @@ async fn shutdown_finishes_the_resource_in_progress_and_ends_the_scheduler() {
     let report = latest(&reports);
     assert_eq!(report.trigger, "startup");
     assert_eq!(report.results[1].status, Status::Skipped);
+}
+
+#[tokio::test(start_paused = true)]
+async fn converge_runs_a_pass_on_an_unchanged_revision_and_every_pass_that_is_news_is_kept() {
+    let h = start(Flaky::default(), Some(desired(3)));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(last(&h).trigger, "startup");
+    // Someone reverts /a by hand; the next drift tick is an hour away.
+    h.files.files.lock().expect("lock").remove("/a");
+    h.run_pass.send_modify(|n| *n += 1);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let report = last(&h);
+    assert_eq!(report.trigger, "converge");
+    assert_eq!(report.revision, 3, "same revision, pass run anyway");
+    assert_eq!(report.count(Status::Changed), 1, "{report:?}");
+    // Both passes wait in the outbox, in order, until the coordinator acknowledges them.
+    let kept = h.outbox.after(0);
+    let triggers: Vec<&str> = kept.iter().map(|e| e.report.trigger.as_str()).collect();
+    assert_eq!(triggers, ["startup", "converge"]);
+    // A drift check that finds nothing is not news and not kept.
+    tokio::time::sleep(Duration::from_secs(3700)).await;
+    assert_eq!(h.outbox.len(), 2);
 }

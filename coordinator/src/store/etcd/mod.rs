@@ -14,6 +14,10 @@
 mod events;
 mod leader;
 mod records;
+mod replicas;
+mod watch;
+
+pub use watch::Change;
 
 use super::StoreError;
 use etcd_client::{
@@ -49,6 +53,27 @@ pub struct EtcdConfig {
     pub lease_ttl: Duration,
     /// Bound of every request; past it the store reports etcd unavailable.
     pub request_timeout: Duration,
+    /// TLS to etcd (https:// endpoints); None: plain http://.
+    pub tls: Option<EtcdTls>,
+}
+
+/// etcd over TLS, mutual when `identity` is given (etcd `--client-cert-auth`). PEM text,
+/// read by the caller. rustls with the ring provider, as everywhere in Phoenix.
+#[derive(Clone)]
+pub struct EtcdTls {
+    /// The CA etcd's server certificates chain to.
+    pub ca_pem: String,
+    /// This replica's client certificate chain and key.
+    pub identity: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    /// Never prints the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdTls")
+            .field("client_cert", &self.identity.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl EtcdConfig {
@@ -58,6 +83,7 @@ impl EtcdConfig {
             prefix: "/phoenix/".into(),
             lease_ttl: Duration::from_secs(10),
             request_timeout: Duration::from_secs(5),
+            tls: None,
         }
     }
 }
@@ -93,12 +119,21 @@ impl EtcdStore {
         if cfg.endpoints.is_empty() {
             return Err(bad("no endpoints given".into()));
         }
-        if let Some(e) = cfg
-            .endpoints
-            .iter()
-            .find(|e| !(e.starts_with("http://") || e.starts_with("https://")))
-        {
-            return Err(bad(format!("endpoint {e:?} is not an http(s):// URL")));
+        // One scheme for all: TLS is all or nothing, so no request goes out in clear.
+        let scheme = if cfg.tls.is_some() {
+            "https://"
+        } else {
+            "http://"
+        };
+        if let Some(e) = cfg.endpoints.iter().find(|e| !e.starts_with(scheme)) {
+            return Err(bad(format!(
+                "endpoint {e:?} is not an {scheme} URL ({})",
+                if cfg.tls.is_some() {
+                    "TLS to etcd is configured"
+                } else {
+                    "https:// needs the etcd CA"
+                }
+            )));
         }
         if !cfg.prefix.starts_with('/') || !cfg.prefix.ends_with('/') {
             return Err(bad(format!(
@@ -115,12 +150,20 @@ impl EtcdStore {
             .enable_all()
             .build()
             .map_err(|e| bad(format!("start the etcd client runtime: {e}")))?;
-        let opts = ConnectOptions::new()
+        let mut opts = ConnectOptions::new()
             .with_connect_timeout(cfg.request_timeout)
             .with_timeout(cfg.request_timeout)
             .with_keep_alive(Duration::from_secs(5), cfg.request_timeout)
             // A member cut off from the quorum answers "no leader" instead of stale data.
             .with_require_leader(true);
+        if let Some(tls) = &cfg.tls {
+            let mut t = etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(&tls.ca_pem));
+            if let Some((chain, key)) = &tls.identity {
+                t = t.identity(etcd_client::Identity::from_pem(chain, key));
+            }
+            opts = opts.with_tls(t);
+        }
         let eps = cfg.endpoints.clone();
         let client = bridge(&rt, cfg.request_timeout, async move {
             Client::connect(eps, Some(opts)).await
@@ -134,13 +177,19 @@ impl EtcdStore {
             client,
             kv,
             rt: Some(rt),
-            endpoints,
+            endpoints: endpoints.clone(),
             prefix: cfg.prefix,
             lease_ttl: cfg.lease_ttl,
             timeout: cfg.request_timeout,
             lease: Mutex::new(None),
         };
-        store.read_many("connect", &[store.key("meta/revision")])?;
+        // A refused TLS handshake is not "unavailable": say which etcd refused what.
+        store
+            .read_many("connect", &[store.key("meta/revision")])
+            .map_err(|e| match e {
+                StoreError::Io { reason, .. } => bad(reason),
+                other => other,
+            })?;
         Ok(store)
     }
 
@@ -193,9 +242,18 @@ impl EtcdStore {
     /// Connection loss, timeouts and a lost quorum are "unavailable" (a client may retry
     /// elsewhere); anything else is a store error naming the action.
     fn map_err(&self, action: &'static str, e: etcd_client::Error) -> StoreError {
+        // tonic hides the cause (a refused TLS handshake, a reset) in the sources.
         let reason = match &e {
-            etcd_client::Error::GRpcStatus(s) => s.message().to_string(),
-            other => other.to_string(),
+            etcd_client::Error::GRpcStatus(s) => {
+                let mut r = s.message().to_string();
+                let mut cur = std::error::Error::source(s);
+                while let Some(c) = cur {
+                    r = format!("{r}: {c}");
+                    cur = c.source();
+                }
+                r
+            }
+            other => phoenix_pki::transport::error_chain(other),
         };
         if unavailable(&e) {
             StoreError::Unavailable {

@@ -232,6 +232,21 @@ impl Store for EtcdStore {
         self.get_guest("read desired state", "desired", g)
     }
 
+    fn desired_many(&self, guests: &[GuestId]) -> Result<Vec<Option<DesiredRecord>>, StoreError> {
+        let mut out = Vec::with_capacity(guests.len());
+        for chunk in guests.chunks(MAX_TXN_KEYS) {
+            let keys: Vec<String> = chunk
+                .iter()
+                .map(|g| self.guest_key("desired", *g))
+                .collect();
+            let snap = self.read_many("read desired states", &keys)?;
+            for (k, v) in keys.iter().zip(&snap.values) {
+                out.push(dec_opt(k, v.as_ref())?);
+            }
+        }
+        Ok(out)
+    }
+
     fn all_desired(&self) -> Result<Vec<(GuestId, DesiredRecord)>, StoreError> {
         self.all_guests("list desired states", "desired")
     }
@@ -358,5 +373,24 @@ impl Store for EtcdStore {
             self.fenced_delete(A, term, chunk)?;
         }
         Ok(expired.len())
+    }
+
+    fn register_replica(&self, replica: &str, addr: &str) -> Result<(), StoreError> {
+        self.put_replica(replica, addr)
+    }
+
+    fn replica_addrs(&self) -> Result<Vec<String>, StoreError> {
+        self.list_replica_addrs()
+    }
+
+    fn claim_job(
+        &self,
+        term: LeaderTerm,
+        job: &str,
+        every: std::time::Duration,
+        now_unix_ms: i64,
+        replica: &str,
+    ) -> Result<bool, StoreError> {
+        self.claim(term, job, every, now_unix_ms, replica)
     }
 }

@@ -6,9 +6,11 @@
 //! `StackSpec::host_access` (exactly as printed here, e.g. `bind /var/run/docker.sock`),
 //! and every plan line that creates such a container names its grants.
 //!
-//! `privileged`, `pid`, `ipc`, `network_mode`, `userns_mode` and `security_opt` are not in
-//! the Compose subset at all (the parser refuses them as unknown keys), so they cannot be
-//! granted. GPU reservations (`deploy.resources.reservations.devices`) are not counted:
+//! `network_mode: host` puts the container in the guest's network namespace (every
+//! interface, every port, services bound to localhost): a grant, declared as
+//! `network_mode host`. `privileged`, `pid`, `ipc` and `userns_mode` are refused by the
+//! parser with their reason, and `security_opt` accepts only `no-new-privileges`, so they
+//! cannot be granted. GPU reservations (`deploy.resources.reservations.devices`) are not counted:
 //! they expose accelerator nodes, not the guest.
 
 use super::{ComposeProject, MountKind};
@@ -197,6 +199,9 @@ pub fn detect_resolved(
                 push(field("cap_add"), format!("cap_add {cap}"));
             }
         }
+        if svc.network_mode.as_deref() == Some("host") {
+            push(field("network_mode"), "network_mode host".to_string());
+        }
         for d in &svc.devices {
             let host = d.split(':').next().unwrap_or_default();
             push(
@@ -366,14 +371,29 @@ volumes:
     }
 
     #[test]
+    fn the_host_network_is_a_grant() {
+        let g = grants(
+            "services:\n  a:\n    image: x\n    network_mode: host\n",
+            &[],
+        );
+        assert_eq!(g, ["services.a.network_mode: network_mode host"]);
+        let g = grants(
+            "services:\n  a:\n    image: x\n  b:\n    image: x\n    network_mode: service:a\n  c:\n    image: x\n    network_mode: none\n",
+            &[],
+        );
+        assert!(g.is_empty(), "{g:?}");
+    }
+
+    #[test]
     fn host_namespace_keys_are_refused_by_the_parser() {
         for key in [
             "privileged: true",
             "pid: host",
             "ipc: host",
-            "network_mode: host",
+            "network_mode: container:other",
             "userns_mode: host",
             "security_opt: [\"seccomp:unconfined\"]",
+            "security_opt: [\"apparmor:unconfined\"]",
         ] {
             let compose = format!("services:\n  a:\n    image: x\n    {key}\n");
             let e = parse(&compose, &BTreeMap::new()).unwrap_err().to_string();

@@ -14,6 +14,11 @@ impl Vars<'_> {
                 field: field.to_string(),
                 var,
             },
+            Interp::Required { var, message } => ComposeError::RequiredVariable {
+                field: field.to_string(),
+                var,
+                message,
+            },
             Interp::Syntax(m) => invalid(field, m),
         })
     }
@@ -80,6 +85,11 @@ impl Vars<'_> {
 #[derive(Debug, PartialEq)]
 pub(super) enum Interp {
     Unset(String),
+    /// `${VAR:?message}` with VAR unset (or empty).
+    Required {
+        var: String,
+        message: String,
+    },
     Syntax(String),
 }
 
@@ -87,7 +97,48 @@ fn is_var_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '_'
 }
 
+/// The end of a `${…}` expression that starts right after `${`: the `}` that closes it,
+/// skipping nested `${…}` in a default (`${A:-${B}}`).
+fn closing_brace(r: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    let bytes = r.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'$' if bytes.get(i + 1) == Some(&b'{') => {
+                depth += 1;
+                i += 1;
+            }
+            b'}' if depth == 0 => return Some(i),
+            b'}' => depth -= 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Compose's interpolation: `$$`, `$VAR`, `${VAR}`, `${VAR:-default}`, `${VAR-default}`,
+/// `${VAR:?message}`, `${VAR?message}`, `${VAR:+alternative}`, `${VAR+alternative}`
+/// (the colon forms treat an empty value as unset). An unset variable without a default
+/// is an error; a `?` error carries the file's message and the variable's name only.
 pub(super) fn interpolate(input: &str, vars: &BTreeMap<String, String>) -> Result<String, Interp> {
+    interpolate_depth(input, vars, 0)
+}
+
+/// Nesting bound: a default inside a default inside … cannot recurse without limit.
+const MAX_DEPTH: usize = 8;
+
+fn interpolate_depth(
+    input: &str,
+    vars: &BTreeMap<String, String>,
+    depth: usize,
+) -> Result<String, Interp> {
+    if depth > MAX_DEPTH {
+        return Err(Interp::Syntax(format!(
+            "interpolation nested deeper than {MAX_DEPTH} levels"
+        )));
+    }
     let mut out = String::with_capacity(input.len());
     let mut rest = input;
     while let Some(pos) = rest.find('$') {
@@ -97,8 +148,7 @@ pub(super) fn interpolate(input: &str, vars: &BTreeMap<String, String>) -> Resul
             out.push('$');
             rest = r;
         } else if let Some(r) = rest.strip_prefix('{') {
-            let end = r
-                .find('}')
+            let end = closing_brace(r)
                 .ok_or_else(|| Interp::Syntax(format!("unterminated ${{ in {input:?}")))?;
             let expr = &r[..end];
             rest = &r[end + 1..];
@@ -108,23 +158,57 @@ pub(super) fn interpolate(input: &str, vars: &BTreeMap<String, String>) -> Resul
                 return Err(Interp::Syntax(format!("empty variable name in {input:?}")));
             }
             let value = vars.get(name);
+            let set_nonempty = value.is_some_and(|v| !v.is_empty());
+            let nested = |text: &str| interpolate_depth(text, vars, depth + 1);
             let v = if op.is_empty() {
                 value
                     .cloned()
                     .ok_or_else(|| Interp::Unset(name.to_string()))?
             } else if let Some(default) = op.strip_prefix(":-") {
                 match value {
-                    Some(v) if !v.is_empty() => v.clone(),
-                    _ => interpolate(default, vars)?,
+                    Some(v) if set_nonempty => v.clone(),
+                    _ => nested(default)?,
                 }
             } else if let Some(default) = op.strip_prefix('-') {
                 match value {
                     Some(v) => v.clone(),
-                    None => interpolate(default, vars)?,
+                    None => nested(default)?,
+                }
+            } else if let Some(message) = op.strip_prefix(":?") {
+                match value {
+                    Some(v) if set_nonempty => v.clone(),
+                    _ => {
+                        return Err(Interp::Required {
+                            var: name.to_string(),
+                            message: message.to_string(),
+                        });
+                    }
+                }
+            } else if let Some(message) = op.strip_prefix('?') {
+                match value {
+                    Some(v) => v.clone(),
+                    None => {
+                        return Err(Interp::Required {
+                            var: name.to_string(),
+                            message: message.to_string(),
+                        });
+                    }
+                }
+            } else if let Some(alt) = op.strip_prefix(":+") {
+                if set_nonempty {
+                    nested(alt)?
+                } else {
+                    String::new()
+                }
+            } else if let Some(alt) = op.strip_prefix('+') {
+                if value.is_some() {
+                    nested(alt)?
+                } else {
+                    String::new()
                 }
             } else {
                 return Err(Interp::Syntax(format!(
-                    "unsupported interpolation ${{{expr}}} (only ${{VAR}}, ${{VAR:-default}} and ${{VAR-default}})"
+                    "unsupported interpolation ${{{expr}}} (Compose knows ${{VAR}}, ${{VAR:-default}}, ${{VAR-default}}, ${{VAR:?error}}, ${{VAR?error}}, ${{VAR:+alt}}, ${{VAR+alt}})"
                 )));
             };
             out.push_str(&v);

@@ -1,35 +1,45 @@
-//! The Compose subset Phoenix accepts: its typed model, the parser from YAML, and the
-//! checks both sides run. Pure: reads no files and talks to no engine, so the coordinator
-//! compiles a stack with exactly the code the agent validates it with.
+//! The Compose specification as one engine can honour it: its typed model, the parser
+//! from YAML, and the checks both sides run. Pure: reads no files and talks to no engine,
+//! so the coordinator compiles a stack with exactly the code the agent validates it with.
 //!
-//! - [`parse`] reads a Compose file (YAML), interpolates it and returns a checked
-//!   [`ComposeProject`]. Every key outside the subset is an error that names it (serde
-//!   `deny_unknown_fields`), never silently dropped. `${VAR}`, `${VAR:-default}`,
-//!   `${VAR-default}`, `$VAR` and `$$` are interpolated from the stack environment's
-//!   variables only (never from a process environment), so the same input renders the same
-//!   containers on every guest; an unset variable without a default is an error.
+//! - [`parse_with`] reads a Compose file (YAML), drops `x-` extension keys, interpolates it
+//!   and returns a checked [`ComposeProject`]. Every key Phoenix does not honour is an
+//!   error that names it and, for keys Compose defines, says why (serde
+//!   `deny_unknown_fields` plus a table of refused keys), never silently dropped.
+//!   `${VAR}`, `${VAR:-default}`, `${VAR-default}`, `${VAR:?err}`, `${VAR?err}`,
+//!   `${VAR:+alt}`, `$VAR` and `$$` are interpolated from the stack's variables only
+//!   (never from a process environment), so the same input renders the same containers
+//!   on every guest; an unset variable without a default is an error (Compose would
+//!   substitute an empty string: a silently empty image tag or password is worse).
+//! - Relative paths (`./data`, `build: .`, secret and config files, env files) resolve
+//!   against the project directory, the compose file's directory on the guest, and may
+//!   not lead out of it. `profiles` keep or drop services as Compose does.
 //! - [`ComposeProject`] is what a `StackSpec` carries. Deserializing one runs the same
 //!   checks as parsing (`validate`), so the agent accepts nothing the parser would refuse.
 //! - [`grants`] finds what a project grants over the guest (host-root binds, capabilities,
-//!   devices).
+//!   devices, the host network).
 //!
-//! Limits: no `build`, no anonymous volumes, no port ranges, no project directory
-//! (relative paths are refused), no `extends`/profiles/secrets/configs keys.
+//! Limits: anonymous volumes, host port ranges to pick from, external (swarm) secrets,
+//! overlay networks, BuildKit-only build keys, `extends`/`include`, `privileged` and the
+//! host namespaces (`pid`, `ipc`, `userns_mode`) are refused, each with its reason.
 
 pub mod grants;
 mod image;
 mod interpolate;
 mod parse;
 mod raw;
+mod resources;
+mod scalar;
+mod service;
 mod syntax;
 mod types;
 mod validate;
 
 pub use image::ImageRef;
-pub use parse::parse;
+pub use parse::{ParseOptions, parse, parse_with};
 pub use types::{
-    ComposeProject, Condition, DeviceRequest, Healthcheck, Logging, Mount, MountKind, NetworkDef,
-    Port, Service, Ulimit, VolumeDef,
+    Addresses, Build, ComposeProject, Condition, DeviceRequest, Healthcheck, Ipam, IpamPool,
+    Logging, Mount, MountKind, NetworkDef, Port, Resources, Service, Ulimit, VolumeDef,
 };
 
 /// Labels under this prefix belong to Phoenix (the agent marks its objects with them); a
@@ -47,6 +57,13 @@ pub enum ComposeError {
     Invalid { field: String, message: String },
     #[error("compose {field}: variable {var} is not set and has no default")]
     UnsetVariable { field: String, var: String },
+    /// `${VAR:?message}`: the file's own message, and never a value.
+    #[error("compose {field}: required variable {var} is not set: {message}")]
+    RequiredVariable {
+        field: String,
+        var: String,
+        message: String,
+    },
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> ComposeError {
@@ -58,3 +75,6 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> ComposeError
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod tests_spec;

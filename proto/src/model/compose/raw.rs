@@ -1,25 +1,13 @@
-//! The raw file shape, exactly as YAML gives it. `deny_unknown_fields` everywhere: an
-//! unsupported key fails the parse with serde's "unknown field `x`, expected one of …",
-//! which names it. `parse` turns these into the typed model.
+//! The raw file shape, exactly as YAML gives it (after `x-` extension keys are dropped,
+//! see `parse`). `deny_unknown_fields` everywhere: an unsupported key fails with serde's
+//! "unknown field `x`, expected one of …", which names it; the parser adds the service or
+//! section. Keys Compose defines but Phoenix cannot honour are listed here too and refused
+//! by `parse` with the reason (`Refused`), so the message says why, not only "unknown".
 
+pub(super) use super::scalar::{OneOrList, RawUlimit, Scalar, SeqOrMap, StrOr, StrOrList};
 use serde::Deserialize;
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::IgnoredAny;
 use std::collections::BTreeMap;
-use std::fmt;
-use std::marker::PhantomData;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawProject {
-    /// Obsolete in the Compose spec and ignored by Compose itself; accepted for old files.
-    #[serde(default, rename = "version")]
-    pub(super) _version: Option<de::IgnoredAny>,
-    pub(super) services: BTreeMap<String, RawService>,
-    #[serde(default)]
-    pub(super) networks: BTreeMap<String, Option<RawNetwork>>,
-    #[serde(default)]
-    pub(super) volumes: BTreeMap<String, Option<RawVolume>>,
-}
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -30,6 +18,30 @@ pub(super) struct RawNetwork {
     pub(super) external: Option<bool>,
     pub(super) name: Option<String>,
     pub(super) internal: Option<bool>,
+    pub(super) attachable: Option<bool>,
+    pub(super) enable_ipv6: Option<bool>,
+    pub(super) ipam: Option<RawIpam>,
+    pub(super) labels: Option<SeqOrMap<Option<Scalar>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawIpam {
+    pub(super) driver: Option<String>,
+    #[serde(default)]
+    pub(super) config: Vec<RawIpamPool>,
+    #[serde(default)]
+    pub(super) options: BTreeMap<String, Scalar>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawIpamPool {
+    pub(super) subnet: Option<String>,
+    pub(super) ip_range: Option<String>,
+    pub(super) gateway: Option<String>,
+    #[serde(default)]
+    pub(super) aux_addresses: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -40,20 +52,54 @@ pub(super) struct RawVolume {
     pub(super) driver_opts: BTreeMap<String, Scalar>,
     pub(super) external: Option<bool>,
     pub(super) name: Option<String>,
+    pub(super) labels: Option<SeqOrMap<Option<Scalar>>>,
+}
+
+/// A top-level `secrets` or `configs` entry.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFileObject {
+    pub(super) file: Option<String>,
+    pub(super) external: Option<bool>,
+    #[serde(rename = "name")]
+    pub(super) _name: Option<String>,
+    pub(super) environment: Option<String>,
+    pub(super) content: Option<String>,
+    #[serde(rename = "template_driver")]
+    pub(super) _template_driver: Option<IgnoredAny>,
+    #[serde(rename = "driver")]
+    pub(super) _driver: Option<IgnoredAny>,
+    #[serde(rename = "labels")]
+    pub(super) _labels: Option<IgnoredAny>,
+}
+
+/// A service's reference to a secret or config, long syntax.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFileRef {
+    pub(super) source: String,
+    pub(super) target: Option<String>,
+    pub(super) uid: Option<Scalar>,
+    pub(super) gid: Option<Scalar>,
+    pub(super) mode: Option<Scalar>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawService {
     pub(super) image: Option<String>,
+    pub(super) build: Option<StrOr<RawBuild>>,
     pub(super) container_name: Option<String>,
     pub(super) command: Option<StrOrList>,
     pub(super) entrypoint: Option<StrOrList>,
     pub(super) environment: Option<SeqOrMap<Option<Scalar>>>,
-    pub(super) env_file: Option<StrOrList>,
-    pub(super) ports: Option<Vec<Scalar>>,
+    pub(super) env_file: Option<OneOrList<StrOr<RawEnvFile>>>,
+    pub(super) ports: Option<Vec<StrOr<RawLongPort>>>,
+    pub(super) expose: Option<Vec<Scalar>>,
     pub(super) volumes: Option<Vec<StrOr<RawLongVolume>>>,
+    pub(super) tmpfs: Option<StrOrList>,
     pub(super) networks: Option<SeqOrMap<Option<RawServiceNetwork>>>,
+    pub(super) network_mode: Option<String>,
     pub(super) restart: Option<Scalar>,
     pub(super) healthcheck: Option<RawHealthcheck>,
     pub(super) depends_on: Option<SeqOrMap<Option<RawDependsOn>>>,
@@ -64,11 +110,98 @@ pub(super) struct RawService {
     pub(super) devices: Option<Vec<String>>,
     pub(super) deploy: Option<RawDeploy>,
     pub(super) cap_add: Option<Vec<String>>,
+    pub(super) cap_drop: Option<Vec<String>>,
+    pub(super) security_opt: Option<Vec<String>>,
     pub(super) ulimits: Option<BTreeMap<String, RawUlimit>>,
+    pub(super) sysctls: Option<SeqOrMap<Option<Scalar>>>,
     pub(super) extra_hosts: Option<SeqOrMap<Option<Scalar>>>,
     pub(super) logging: Option<RawLogging>,
     pub(super) init: Option<bool>,
+    pub(super) tty: Option<bool>,
+    pub(super) stdin_open: Option<bool>,
+    pub(super) read_only: Option<bool>,
     pub(super) dns: Option<StrOrList>,
+    pub(super) profiles: Option<Vec<String>>,
+    pub(super) secrets: Option<Vec<StrOr<RawFileRef>>>,
+    pub(super) configs: Option<Vec<StrOr<RawFileRef>>>,
+    pub(super) stop_signal: Option<String>,
+    pub(super) stop_grace_period: Option<String>,
+    pub(super) shm_size: Option<Scalar>,
+    pub(super) pull_policy: Option<String>,
+    /// Legacy service-level resource keys (Compose file format 2), same meaning as
+    /// `deploy.resources`.
+    pub(super) cpus: Option<Scalar>,
+    pub(super) mem_limit: Option<Scalar>,
+    pub(super) mem_reservation: Option<Scalar>,
+    pub(super) pids_limit: Option<Scalar>,
+    pub(super) scale: Option<Scalar>,
+    /// `docker compose watch` only; `up` ignores it, and so does Phoenix.
+    #[serde(rename = "develop")]
+    pub(super) _develop: Option<IgnoredAny>,
+    // Compose keys Phoenix refuses, each with its reason (see `parse::REFUSED`). Listed
+    // so the error says why instead of "unknown field".
+    pub(super) privileged: Option<IgnoredAny>,
+    pub(super) pid: Option<IgnoredAny>,
+    pub(super) ipc: Option<IgnoredAny>,
+    pub(super) userns_mode: Option<IgnoredAny>,
+    pub(super) cgroup_parent: Option<IgnoredAny>,
+    pub(super) platform: Option<IgnoredAny>,
+    pub(super) extends: Option<IgnoredAny>,
+    pub(super) runtime: Option<IgnoredAny>,
+    pub(super) volumes_from: Option<IgnoredAny>,
+    pub(super) links: Option<IgnoredAny>,
+    pub(super) external_links: Option<IgnoredAny>,
+}
+
+/// One `env_file` entry in long syntax.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEnvFile {
+    pub(super) path: String,
+    pub(super) required: Option<bool>,
+    pub(super) format: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBuild {
+    pub(super) context: Option<String>,
+    pub(super) dockerfile: Option<String>,
+    pub(super) dockerfile_inline: Option<String>,
+    pub(super) args: Option<SeqOrMap<Option<Scalar>>>,
+    pub(super) target: Option<String>,
+    pub(super) labels: Option<SeqOrMap<Option<Scalar>>>,
+    pub(super) network: Option<String>,
+    pub(super) shm_size: Option<Scalar>,
+    pub(super) extra_hosts: Option<SeqOrMap<Option<Scalar>>>,
+    pub(super) no_cache: Option<bool>,
+    pub(super) pull: Option<bool>,
+    // Refused with their reason, see `parse::build`.
+    pub(super) additional_contexts: Option<IgnoredAny>,
+    pub(super) ssh: Option<IgnoredAny>,
+    pub(super) secrets: Option<IgnoredAny>,
+    pub(super) platforms: Option<IgnoredAny>,
+    pub(super) entitlements: Option<IgnoredAny>,
+    pub(super) privileged: Option<IgnoredAny>,
+    pub(super) cache_from: Option<IgnoredAny>,
+    pub(super) cache_to: Option<IgnoredAny>,
+    pub(super) tags: Option<IgnoredAny>,
+    pub(super) isolation: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLongPort {
+    pub(super) target: Scalar,
+    pub(super) published: Option<Scalar>,
+    pub(super) host_ip: Option<String>,
+    pub(super) protocol: Option<String>,
+    /// `host` or `ingress`: the same on a single engine (ingress is a swarm routing mesh).
+    pub(super) mode: Option<String>,
+    #[serde(rename = "name")]
+    pub(super) _name: Option<String>,
+    #[serde(rename = "app_protocol")]
+    pub(super) _app_protocol: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -76,9 +209,36 @@ pub(super) struct RawService {
 pub(super) struct RawLongVolume {
     #[serde(rename = "type")]
     pub(super) kind: String,
-    pub(super) source: String,
+    pub(super) source: Option<String>,
     pub(super) target: String,
     pub(super) read_only: Option<bool>,
+    pub(super) bind: Option<RawBindOptions>,
+    pub(super) volume: Option<RawVolumeOptions>,
+    pub(super) tmpfs: Option<RawTmpfsOptions>,
+    #[serde(rename = "consistency")]
+    pub(super) _consistency: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBindOptions {
+    pub(super) create_host_path: Option<bool>,
+    pub(super) selinux: Option<String>,
+    pub(super) propagation: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawVolumeOptions {
+    pub(super) nocopy: Option<bool>,
+    pub(super) subpath: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTmpfsOptions {
+    pub(super) size: Option<Scalar>,
+    pub(super) mode: Option<Scalar>,
 }
 
 #[derive(Deserialize)]
@@ -86,12 +246,22 @@ pub(super) struct RawLongVolume {
 pub(super) struct RawServiceNetwork {
     #[serde(default)]
     pub(super) aliases: Vec<String>,
+    pub(super) ipv4_address: Option<String>,
+    pub(super) ipv6_address: Option<String>,
+    #[serde(rename = "priority")]
+    pub(super) _priority: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawDependsOn {
     pub(super) condition: Option<String>,
+    /// Restart the dependent when the dependency is restarted by a `docker compose`
+    /// command; Phoenix restarts nothing by command, so there is nothing to honour.
+    #[serde(rename = "restart")]
+    pub(super) _restart: Option<bool>,
+    /// Whether a missing dependency is an error; every dependency is required here.
+    pub(super) required: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -101,6 +271,7 @@ pub(super) struct RawHealthcheck {
     pub(super) interval: Option<String>,
     pub(super) timeout: Option<String>,
     pub(super) start_period: Option<String>,
+    pub(super) start_interval: Option<String>,
     pub(super) retries: Option<u32>,
     pub(super) disable: Option<bool>,
 }
@@ -109,19 +280,58 @@ pub(super) struct RawHealthcheck {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawDeploy {
     pub(super) resources: Option<RawResources>,
+    pub(super) replicas: Option<Scalar>,
+    pub(super) mode: Option<String>,
+    pub(super) restart_policy: Option<RawRestartPolicy>,
+    // Swarm scheduling only; `docker compose up` ignores them on a single engine, and so
+    // does Phoenix (accepted so files written for both still load).
+    #[serde(rename = "placement")]
+    pub(super) _placement: Option<IgnoredAny>,
+    pub(super) labels: Option<SeqOrMap<Option<Scalar>>>,
+    #[serde(rename = "update_config")]
+    pub(super) _update_config: Option<IgnoredAny>,
+    #[serde(rename = "rollback_config")]
+    pub(super) _rollback_config: Option<IgnoredAny>,
+    #[serde(rename = "endpoint_mode")]
+    pub(super) _endpoint_mode: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRestartPolicy {
+    pub(super) condition: Option<String>,
+    pub(super) max_attempts: Option<u32>,
+    /// Swarm's restart pacing; the engine's restart policy has no such knob (Compose
+    /// drops them too).
+    #[serde(rename = "delay")]
+    pub(super) _delay: Option<IgnoredAny>,
+    #[serde(rename = "window")]
+    pub(super) _window: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawResources {
+    pub(super) limits: Option<RawLimits>,
     pub(super) reservations: Option<RawReservations>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+pub(super) struct RawLimits {
+    pub(super) cpus: Option<Scalar>,
+    pub(super) memory: Option<Scalar>,
+    pub(super) pids: Option<Scalar>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct RawReservations {
+    pub(super) cpus: Option<Scalar>,
+    pub(super) memory: Option<Scalar>,
     #[serde(default)]
     pub(super) devices: Vec<RawDeviceRequest>,
+    pub(super) generic_resources: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -141,180 +351,4 @@ pub(super) struct RawLogging {
     pub(super) driver: Option<String>,
     #[serde(default)]
     pub(super) options: BTreeMap<String, Scalar>,
-}
-
-/// A YAML scalar where Compose accepts numbers and booleans as well as strings.
-#[derive(Debug, Clone)]
-pub(super) enum Scalar {
-    Str(String),
-    Int(i64),
-    Float(f64),
-    Bool(bool),
-}
-
-impl Scalar {
-    pub(super) fn into_string(self) -> String {
-        match self {
-            Scalar::Str(s) => s,
-            Scalar::Int(n) => n.to_string(),
-            Scalar::Float(f) => f.to_string(),
-            Scalar::Bool(b) => b.to_string(),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Scalar {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Scalar;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string, number or boolean")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
-                Ok(Scalar::Str(v.to_string()))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Scalar, E> {
-                Ok(Scalar::Str(v))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
-                Ok(Scalar::Int(v))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
-                i64::try_from(v)
-                    .map(Scalar::Int)
-                    .map_err(|_| E::custom("number too large"))
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
-                Ok(Scalar::Float(v))
-            }
-            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar, E> {
-                Ok(Scalar::Bool(v))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-pub(super) enum StrOrList {
-    Str(String),
-    List(Vec<String>),
-}
-
-impl StrOrList {
-    pub(super) fn into_vec(self) -> Vec<String> {
-        match self {
-            StrOrList::Str(s) => vec![s],
-            StrOrList::List(l) => l,
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for StrOrList {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = StrOrList;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string or a list of strings")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<StrOrList, E> {
-                Ok(StrOrList::Str(v.to_string()))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<StrOrList, A::Error> {
-                Vec::deserialize(de::value::SeqAccessDeserializer::new(seq)).map(StrOrList::List)
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// A short-syntax string or a long-syntax mapping; the mapping keeps its own
-/// unknown-key errors (an untagged enum would hide them).
-pub(super) enum StrOr<T> {
-    Str(String),
-    Other(T),
-}
-
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for StrOr<T> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<T>(PhantomData<T>);
-        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
-            type Value = StrOr<T>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string or a mapping")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<StrOr<T>, E> {
-                Ok(StrOr::Str(v.to_string()))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<StrOr<T>, A::Error> {
-                T::deserialize(de::value::MapAccessDeserializer::new(map)).map(StrOr::Other)
-            }
-        }
-        d.deserialize_any(V(PhantomData))
-    }
-}
-
-/// Compose's "list or dictionary" fields.
-pub(super) enum SeqOrMap<V> {
-    Seq(Vec<String>),
-    Map(BTreeMap<String, V>),
-}
-
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for SeqOrMap<T> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<T>(PhantomData<T>);
-        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
-            type Value = SeqOrMap<T>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a list or a mapping")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<SeqOrMap<T>, A::Error> {
-                Vec::deserialize(de::value::SeqAccessDeserializer::new(seq)).map(SeqOrMap::Seq)
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<SeqOrMap<T>, A::Error> {
-                BTreeMap::deserialize(de::value::MapAccessDeserializer::new(map)).map(SeqOrMap::Map)
-            }
-        }
-        d.deserialize_any(V(PhantomData))
-    }
-}
-
-pub(super) enum RawUlimit {
-    Single(i64),
-    Pair { soft: i64, hard: i64 },
-}
-
-impl<'de> Deserialize<'de> for RawUlimit {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Pair {
-            soft: i64,
-            hard: i64,
-        }
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = RawUlimit;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a number or {soft, hard}")
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawUlimit, E> {
-                Ok(RawUlimit::Single(v))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawUlimit, E> {
-                i64::try_from(v)
-                    .map(RawUlimit::Single)
-                    .map_err(|_| E::custom("number too large"))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawUlimit, A::Error> {
-                let p = Pair::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                Ok(RawUlimit::Pair {
-                    soft: p.soft,
-                    hard: p.hard,
-                })
-            }
-        }
-        d.deserialize_any(V)
-    }
 }

@@ -139,29 +139,65 @@ fn parses_the_whole_subset() {
 }
 
 #[test]
-fn unsupported_keys_are_named() {
-    let e = parse("services:\n  a:\n    image: x\n    build: .\n", &vars(&[]))
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("build"), "{e}");
-    let e = parse(
-        "services:\n  a:\n    image: x\n    deploy:\n      replicas: 2\n",
-        &vars(&[]),
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(e.contains("replicas"), "{e}");
-    let e = parse(
-        "services:\n  a:\n    image: x\n    volumes:\n      - type: bind\n        source: /a\n        target: /b\n        bind: {propagation: shared}\n",
-        &vars(&[]),
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(e.contains("bind"), "{e}");
-    let e = parse("services: {}\nsecrets: {}\n", &vars(&[]))
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("secrets"), "{e}");
+fn unsupported_keys_are_named_with_the_service_and_why() {
+    for (compose, field, why) in [
+        (
+            "services:\n  a:\n    image: x\n    wrongField: 1\n",
+            "services.a",
+            "unknown field `wrongField`",
+        ),
+        (
+            "services:\n  a:\n    image: x\n    privileged: true\n",
+            "services.a.privileged",
+            "every device",
+        ),
+        (
+            "services:\n  a:\n    image: x\n    platform: linux/arm64\n",
+            "services.a.platform",
+            "own platform",
+        ),
+        (
+            "services:\n  a:\n    build:\n      context: .\n      ssh: [default]\n    image: x\n",
+            "services.a.build.ssh",
+            "SSH agent",
+        ),
+        (
+            "services:\n  a:\n    image: x\n    volumes:\n      - type: bind\n        source: /a\n        target: /b\n        bind: {propagation: shared}\n",
+            "services.a.volumes.bind.propagation",
+            "propagation",
+        ),
+        (
+            "services:\n  a:\n    image: x\n    secrets: [s]\nsecrets:\n  s:\n    external: true\n",
+            "secrets.s.external",
+            "swarm",
+        ),
+        (
+            "services:\n  a:\n    image: x\n    pull_policy: always\n",
+            "services.a.pull_policy",
+            "every reconcile pass",
+        ),
+        (
+            "services:\n  a:\n    image: x\nnetworks:\n  n:\n    driver: overlay\n",
+            "networks.n.driver",
+            "swarm",
+        ),
+        (
+            "services:\n  a:\n    image: x\n    deploy:\n      replicas: 100000\n",
+            "services.a.deploy.replicas",
+            "count",
+        ),
+        (
+            "services:\n  a:\n    image: x\ninclude: [other.yml]\n",
+            "include",
+            "merge",
+        ),
+    ] {
+        let e = parse(compose, &vars(&[])).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("compose {field}")) && e.contains(why),
+            "{compose}: {e}"
+        );
+    }
 }
 
 #[test]
@@ -173,7 +209,18 @@ fn interpolation() {
     assert_eq!(interpolate("${E-d}", &v).unwrap(), "");
     assert_eq!(interpolate("$$A", &v).unwrap(), "$A");
     assert_eq!(interpolate("${B}", &v), Err(Interp::Unset("B".into())));
-    assert!(matches!(interpolate("${A:?x}", &v), Err(Interp::Syntax(_))));
+    assert_eq!(interpolate("${A:?x}", &v).unwrap(), "1");
+    assert_eq!(
+        interpolate("${E:?must be set}", &v),
+        Err(Interp::Required {
+            var: "E".into(),
+            message: "must be set".into()
+        })
+    );
+    assert_eq!(interpolate("${E?unset}", &v).unwrap(), "");
+    assert_eq!(interpolate("${A:+on}${B:+on}", &v).unwrap(), "on");
+    assert_eq!(interpolate("${B:-${A}x}", &v).unwrap(), "1x");
+    assert!(matches!(interpolate("${A:*x}", &v), Err(Interp::Syntax(_))));
     let e = parse("services:\n  a:\n    image: \"${IMG}\"\n", &vars(&[])).unwrap_err();
     assert!(
         matches!(&e, ComposeError::UnsetVariable { var, field } if var == "IMG" && field == "services.a.image"),
@@ -218,10 +265,19 @@ fn references_and_cycles() {
 
 #[test]
 fn ports() {
-    let p = parse_port("[::1]:80:8080/tcp").unwrap();
+    let p = &parse_port("[::1]:80:8080/tcp").unwrap()[0];
     assert_eq!(p.host_ip.as_deref(), Some("::1"));
     assert_eq!((p.host_port, p.container_port), (Some(80), 8080));
-    assert!(parse_port("80-90:80-90").is_err());
+    let r = parse_port("127.0.0.1:8000-8002:9000-9002/udp").unwrap();
+    assert_eq!(
+        r.iter()
+            .map(|p| (p.host_port, p.container_port))
+            .collect::<Vec<_>>(),
+        [(Some(8000), 9000), (Some(8001), 9001), (Some(8002), 9002)]
+    );
+    assert!(parse_port("8000-8010:80").is_err(), "a range to pick from");
+    assert!(parse_port("90-80").is_err());
+    assert!(parse_port("1-65535").is_err(), "too many");
     assert!(parse_port("80:80/xyz").is_err());
 }
 
@@ -253,6 +309,14 @@ fn a_received_project_passes_the_parsers_checks() {
         (
             serde_json::json!({"services": {"a": {"image": "x", "privileged": true}}}),
             "unknown field `privileged`",
+        ),
+        (
+            serde_json::json!({"services": {"a": {"image": "x", "network_mode": "container:evil"}}}),
+            "services.a.network_mode",
+        ),
+        (
+            serde_json::json!({"services": {"a": {"image": "x", "security_opt": ["seccomp:unconfined"]}}}),
+            "only no-new-privileges",
         ),
     ] {
         let e = serde_json::from_value::<ComposeProject>(project)

@@ -4,8 +4,10 @@
 //! Maps are BTreeMaps so the serialized form (and the config hash the agent builds from a
 //! service) does not depend on key order in the file. The serialized form of `Service` is
 //! the agent's config-hash input: a field renamed or skipped when empty would recreate
-//! every container once, so serialization stays exactly as it is; `default` only eases
-//! deserialization.
+//! every container once, so the fields of the first subset serialize exactly as they
+//! always did. Fields added later are skipped while unused (`skip_serializing_if`), so a
+//! service that does not use them hashes as before and no container is recreated by an
+//! upgrade; `default` only eases deserialization.
 
 use super::{ComposeError, DEFAULT_NETWORK, ImageRef};
 use schemars::JsonSchema;
@@ -18,6 +20,10 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(try_from = "ProjectFields")]
 pub struct ComposeProject {
+    /// Top-level `name`: the Compose project name, which names containers, networks and
+    /// volumes (`<name>-<service>-<n>`, `<name>_<key>`). Without it the stack's name is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
     services: BTreeMap<String, Service>,
     #[serde(default)]
     networks: BTreeMap<String, NetworkDef>,
@@ -29,6 +35,8 @@ pub struct ComposeProject {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ProjectFields {
+    #[serde(default)]
+    pub(super) name: Option<String>,
     pub(super) services: BTreeMap<String, Service>,
     #[serde(default)]
     pub(super) networks: BTreeMap<String, NetworkDef>,
@@ -42,10 +50,14 @@ impl TryFrom<ProjectFields> for ComposeProject {
     type Error = ComposeError;
     fn try_from(f: ProjectFields) -> Result<Self, ComposeError> {
         let mut networks = f.networks;
-        if f.services.values().any(|s| s.networks.is_empty()) {
+        if f.services
+            .values()
+            .any(|s| s.networks.is_empty() && s.network_mode.is_none())
+        {
             networks.entry(DEFAULT_NETWORK.to_string()).or_default();
         }
         let project = ComposeProject {
+            name: f.name,
             services: f.services,
             networks,
             volumes: f.volumes,
@@ -56,6 +68,11 @@ impl TryFrom<ProjectFields> for ComposeProject {
 }
 
 impl ComposeProject {
+    /// The top-level `name`, when the file gives one.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
     pub fn services(&self) -> &BTreeMap<String, Service> {
         &self.services
     }
@@ -93,6 +110,9 @@ pub struct Service {
     /// Absolute paths; their content is merged under `environment` when the stack renders.
     #[serde(default)]
     pub env_files: Vec<String>,
+    /// `env_file` entries with `required: false`: merged when present on the guest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub optional_env_files: Vec<String>,
     #[serde(default)]
     pub ports: Vec<Port>,
     #[serde(default)]
@@ -131,6 +151,120 @@ pub struct Service {
     pub init: Option<bool>,
     #[serde(default)]
     pub dns: Vec<String>,
+    // Added after the first subset: skipped while unused, see the module doc.
+    /// Build the image on the guest instead of pulling it; `image` names the result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<Build>,
+    /// `deploy.replicas` (or `scale`): that many containers, `<project>-<service>-<n>`.
+    /// `None` means one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+    /// `deploy.resources` limits and reservations (and the legacy `cpus`, `mem_limit`,
+    /// `mem_reservation`, `pids_limit`).
+    #[serde(default, skip_serializing_if = "Resources::is_empty")]
+    pub resources: Resources,
+    /// Ports exposed to other containers only, `port/protocol`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sysctls: BTreeMap<String, String>,
+    /// `none`, `host` (a grant) or `service:<name>`; the service then joins no network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_mode: Option<String>,
+    /// Static addresses per network key (which must declare an `ipam` subnet).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub addresses: BTreeMap<String, Addresses>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    /// Nanoseconds; the engine takes whole seconds (rounded up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_grace_period: Option<i64>,
+    /// `/path` or `/path:options` (e.g. `size=64m,mode=1777`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tmpfs: Vec<String>,
+    /// Bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shm_size: Option<i64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+    /// `never` or `build`; `None` is Compose's default (`missing`: pull when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_policy: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tty: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdin_open: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_drop: Vec<String>,
+    /// Only `no-new-privileges[:true|false]`: it narrows what a container may do. Options
+    /// that loosen confinement are refused by the parser.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_opt: Vec<String>,
+}
+
+/// CPU, memory and PID limits and reservations, in the engine's units.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// `limits.cpus` in billionths of a CPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nano_cpus: Option<i64>,
+    /// `limits.memory` in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<i64>,
+    /// `reservations.memory` in bytes (a soft limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_reservation: Option<i64>,
+    /// `reservations.cpus`, as Compose maps it: relative CPU shares.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_shares: Option<i64>,
+}
+
+impl Resources {
+    pub fn is_empty(&self) -> bool {
+        *self == Resources::default()
+    }
+}
+
+/// A service's fixed addresses on one network.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Addresses {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<String>,
+}
+
+/// What `docker build` needs, paths already resolved on the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Build {
+    /// Absolute directory on the guest (beneath the project directory as written).
+    pub context: String,
+    /// Relative to the context; `Dockerfile` when neither this nor `dockerfile_inline`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dockerfile: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dockerfile_inline: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub args: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shm_size: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_hosts: Vec<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_cache: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pull: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -162,6 +296,9 @@ pub struct Mount {
     pub target: String,
     #[serde(default)]
     pub read_only: bool,
+    /// Named volumes only: do not copy the image's content into an empty volume.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub nocopy: bool,
 }
 
 /// Durations are nanoseconds, as the Engine API wants them.
@@ -178,6 +315,8 @@ pub struct Healthcheck {
     pub start_period: Option<i64>,
     #[serde(default)]
     pub retries: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_interval: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -234,6 +373,38 @@ pub struct NetworkDef {
     pub driver_opts: BTreeMap<String, String>,
     #[serde(default)]
     pub internal: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub attachable: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub enable_ipv6: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipam: Option<Ipam>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Ipam {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub config: Vec<IpamPool>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IpamPool {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_range: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub aux_addresses: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -247,16 +418,20 @@ pub struct VolumeDef {
     pub driver: Option<String>,
     #[serde(default)]
     pub driver_opts: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 impl ComposeProject {
     /// Builds and checks a project; the parser's only way in.
     pub(super) fn checked(
+        name: Option<String>,
         services: BTreeMap<String, Service>,
         networks: BTreeMap<String, NetworkDef>,
         volumes: BTreeMap<String, VolumeDef>,
     ) -> Result<Self, ComposeError> {
         ComposeProject::try_from(ProjectFields {
+            name,
             services,
             networks,
             volumes,

@@ -1,0 +1,282 @@
+//! What the coordinator records in its event log (`phoenix events`, `phoenix history`):
+//! enrollments and refusals, sessions, desired states pushed, every apply report (with
+//! the time the guest did the work, also for passes done while it was disconnected),
+//! certificates, revocations, the CA's health, guests forgotten.
+//!
+//! Recording never fails the action it records: an event the store refuses is logged and
+//! counted (`phoenix_events_dropped_total`), and the action goes on. The log itself lives
+//! in the store (`store::EventLog`) with its retention ([`prune`]); [`stream`] serves it
+//! to the CLI, resumable from an index.
+
+pub mod kind;
+pub mod prune;
+pub mod report;
+pub mod stream;
+
+pub use kind::Kind;
+
+use crate::metrics::{EventDrop, Metrics};
+use crate::store::{Event, Store};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// A refusal that repeats (an agent retrying with a revoked identity) is recorded at most
+/// once per this long per guest and type, so it cannot flood the log.
+const REPEAT_EVERY: Duration = Duration::from_secs(600);
+/// Sources of repeated refusals tracked at once.
+const MAX_SOURCES: usize = 4096;
+
+pub fn now_unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Events waiting for the writer; beyond this the store is far behind and new events
+/// are dropped (counted) rather than piling up in memory.
+const QUEUE: usize = 8192;
+/// Events written in one store transaction at most.
+const BATCH: usize = 256;
+
+enum Job {
+    Event(Event, Option<oneshot::Sender<Option<u64>>>),
+    /// Answered once everything queued before it is written.
+    Flush(oneshot::Sender<()>),
+}
+
+/// The coordinator's handle on the event log. Events go through one writer task that
+/// appends whatever has queued up in one durable transaction, so a fleet reporting at
+/// once costs a few disk flushes, not one per report.
+pub struct Recorder {
+    queue: mpsc::Sender<Job>,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    /// The last index this replica appended, so followers wake up at once.
+    last: Arc<watch::Sender<u64>>,
+    repeats: Mutex<HashMap<(String, Kind), Instant>>,
+    /// 0: unknown, 1: the CA answered last time, 2: it failed last time.
+    ca: AtomicU8,
+}
+
+/// The task that writes queued events; run it (`Writer::run`) for as long as the
+/// recorder is used.
+pub struct Writer {
+    queue: mpsc::Receiver<Job>,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    last: Arc<watch::Sender<u64>>,
+}
+
+fn event(kind: Kind, key: String, payload: serde_json::Value) -> Event {
+    Event {
+        index: 0,
+        time_unix_ms: now_unix_ms(),
+        topic: kind.topic(),
+        kind: kind.to_string(),
+        key,
+        payload,
+    }
+}
+
+impl Recorder {
+    pub fn new(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> (Arc<Self>, Writer) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let last = Arc::new(watch::channel(0).0);
+        let writer = Writer {
+            queue: rx,
+            store: store.clone(),
+            metrics: metrics.clone(),
+            last: last.clone(),
+        };
+        let rec = Arc::new(Recorder {
+            queue: tx,
+            store,
+            metrics,
+            last,
+            repeats: Mutex::new(HashMap::new()),
+            ca: AtomicU8::new(0),
+        });
+        (rec, writer)
+    }
+
+    /// Queues an event about `key` (a guest id, "coordinator" or "ca"). One that cannot
+    /// be queued or written is logged and counted; the caller goes on either way.
+    pub fn record(&self, kind: Kind, key: impl ToString, payload: serde_json::Value) {
+        let ev = event(kind, key.to_string(), payload);
+        if let Err(e) = self.queue.try_send(Job::Event(ev, None)) {
+            tracing::warn!(kind = %kind, "event dropped: the event writer is {}", match e {
+                mpsc::error::TrySendError::Full(_) => "behind",
+                mpsc::error::TrySendError::Closed(_) => "stopped",
+            });
+            self.metrics.events_dropped(EventDrop::Store, 1);
+        }
+    }
+
+    /// Records and waits until the event is durable; its index, or None when it was
+    /// not written (logged and counted).
+    pub async fn record_wait(
+        &self,
+        kind: Kind,
+        key: impl ToString,
+        payload: serde_json::Value,
+    ) -> Option<u64> {
+        let (tx, rx) = oneshot::channel();
+        let ev = event(kind, key.to_string(), payload);
+        if self.queue.send(Job::Event(ev, Some(tx))).await.is_err() {
+            self.metrics.events_dropped(EventDrop::Store, 1);
+            return None;
+        }
+        rx.await.ok().flatten()
+    }
+
+    /// Waits until every event queued so far is written (or dropped).
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.queue.send(Job::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Like `record`, but at most once per [`REPEAT_EVERY`] for the same `kind` and
+    /// `source` (a guest, or a peer address): refusals are provoked by whoever connects,
+    /// and a stranger retrying must not push the operator's history out of the log. At
+    /// most [`MAX_SOURCES`] sources are tracked; past that, such events are dropped
+    /// (counted) until the window passes.
+    pub fn record_limited(
+        &self,
+        kind: Kind,
+        key: impl ToString,
+        source: &str,
+        payload: serde_json::Value,
+    ) {
+        {
+            let mut seen = self.repeats.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            seen.retain(|_, at| now.duration_since(*at) < REPEAT_EVERY);
+            let id = (source.to_string(), kind);
+            if seen.contains_key(&id) {
+                return;
+            }
+            if seen.len() >= MAX_SOURCES {
+                self.metrics.events_dropped(EventDrop::RateLimited, 1);
+                return;
+            }
+            seen.insert(id, now);
+        }
+        self.record(kind, key, payload);
+    }
+
+    /// The outcome of a call to the CA (`ca` is its name): recorded when it differs from
+    /// the previous outcome, so the log shows when the CA went away and came back.
+    pub fn ca_result(&self, ca: &str, action: &str, result: Result<(), String>) {
+        let state = if result.is_ok() { 1 } else { 2 };
+        if self.ca.swap(state, Ordering::Relaxed) == state {
+            return;
+        }
+        match result {
+            Ok(()) => self.record(
+                Kind::CaHealthy,
+                "ca",
+                serde_json::json!({ "ca": ca, "action": action }),
+            ),
+            Err(error) => self.record(
+                Kind::CaFailing,
+                "ca",
+                serde_json::json!({ "ca": ca, "action": action, "error": error }),
+            ),
+        };
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Changes whenever this replica appends an event (followers re-read the store).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.last.subscribe()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+}
+
+impl Writer {
+    /// Writes queued events until every `Recorder` handle is gone.
+    pub async fn run(mut self) {
+        while let Some(first) = self.queue.recv().await {
+            let mut jobs = vec![first];
+            while jobs.len() < BATCH {
+                match self.queue.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+            self.write(jobs).await;
+        }
+    }
+
+    async fn write(&self, jobs: Vec<Job>) {
+        let events: Vec<Event> = jobs
+            .iter()
+            .filter_map(|j| match j {
+                Job::Event(ev, _) => Some(ev.clone()),
+                Job::Flush(_) => None,
+            })
+            .collect();
+        let n = events.len();
+        let store = self.store.clone();
+        let written = if n == 0 {
+            Ok(Vec::new())
+        } else {
+            tokio::task::spawn_blocking(move || store.append_events(&events))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(crate::store::StoreError::Io {
+                        action: "append events",
+                        reason: format!("the writing thread failed: {e}"),
+                    })
+                })
+        };
+        let mut indexes = match written {
+            Ok(indexes) => {
+                if let Some(&max) = indexes.last() {
+                    self.last.send_if_modified(|l| {
+                        let newer = max > *l;
+                        if newer {
+                            *l = max;
+                        }
+                        newer
+                    });
+                }
+                indexes
+                    .into_iter()
+                    .map(Some)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, events = n, "events not recorded");
+                self.metrics.events_dropped(EventDrop::Store, n as u64);
+                vec![None; n].into_iter()
+            }
+        };
+        for job in jobs {
+            match job {
+                Job::Event(_, reply) => {
+                    let index = indexes.next().flatten();
+                    if let Some(reply) = reply {
+                        let _ = reply.send(index);
+                    }
+                }
+                Job::Flush(reply) => {
+                    let _ = reply.send(());
+                }
+            }
+        }
+    }
+}
