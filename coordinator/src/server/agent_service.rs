@@ -393,9 +393,6 @@ impl v1::agent_server::Agent for AgentApi {
             }
         };
         let c = self.0.clone();
-        let peer = req
-            .remote_addr()
-            .map_or_else(|| "unknown".to_string(), |a| a.to_string());
         let mut inbound = req.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(v1::AgentMessage {
@@ -416,10 +413,20 @@ impl v1::agent_server::Agent for AgentApi {
         }
         // One identity, one live session, refused before this Hello touches the guest's
         // record (docs/design/0012).
-        let mut attachment = attach_when_free(&c.hub, guest).await.map_err(|e| {
-            tracing::warn!(%guest, %peer, "second session refused: the guest already has a live session (a cloned guest or a copied key?)");
-            RpcError::SessionInUse(e)
-        })?;
+        let mut attachment = match attach_when_free(&c.hub, guest).await {
+            Ok(a) => a,
+            Err(e) => {
+                let e = RpcError::SessionInUse(e);
+                tracing::warn!(%guest, %peer, "second session refused: the guest already has a live session (a cloned guest or a copied key?)");
+                c.events.record_limited(
+                    Kind::SessionRefused,
+                    guest,
+                    &guest.to_string(),
+                    serde_json::json!({ "peer": peer, "error": e.to_string() }),
+                );
+                return Err(e.into());
+            }
+        };
         let facts = hello.facts.map(bounded_facts);
         let version = bounded(&hello.agent_version, MAX_VERSION_CHARS);
         let serial = info.serial_hex.clone();
