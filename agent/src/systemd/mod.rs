@@ -510,8 +510,9 @@ impl<M: ServiceManager> ServiceConverger<M> {
         Ok(diff)
     }
 
-    async fn apply_absent(&self, spec: &ServiceSpec) -> Result<String, ServiceError> {
-        let name = spec.name.as_str();
+    /// Stops the unit if it runs and disables it if it is enabled: the first half of taking
+    /// a unit away, by `ensure: absent` or by removing one Phoenix created. Returns what it did.
+    async fn stop_and_disable(&self, name: &str) -> Result<Vec<String>, ServiceError> {
         let st = self.mgr.status(name).await?;
         let mut done = Vec::new();
         if st.active() {
@@ -520,8 +521,14 @@ impl<M: ServiceManager> ServiceConverger<M> {
         }
         if matches!(st.unit_file_state.as_str(), "enabled" | "enabled-runtime") {
             self.mgr.control(Verb::Disable, name).await?;
-            done.push("disable".into());
+            done.push("disable".to_owned());
         }
+        Ok(done)
+    }
+
+    async fn apply_absent(&self, spec: &ServiceSpec) -> Result<String, ServiceError> {
+        let name = spec.name.as_str();
+        let mut done = self.stop_and_disable(name).await?;
         let remove = self.removable(spec);
         for p in &remove {
             hostio::remove(self.root_for(p), p).map_err(|source| ServiceError::File {

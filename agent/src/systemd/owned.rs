@@ -6,7 +6,7 @@
 //! is stopped, disabled and its files removed only when Phoenix created them and they
 //! still carry the header. A unit Phoenix took over stays installed and running.
 
-use super::{Managed, ServiceConverger, ServiceError, ServiceManager, Verb, unit};
+use super::{Managed, ServiceConverger, ServiceError, ServiceManager, unit};
 use crate::files::ledger::{LedgerError, Owned};
 use crate::hostio;
 use crate::reconcile::{Leftover, Prune, ResourceError};
@@ -176,18 +176,11 @@ impl<M: ServiceManager> Prune for ServiceConverger<M> {
     async fn remove(&self, leftover: &Leftover) -> Result<String, ResourceError> {
         let name = leftover.key.as_str();
         let r = self.removal(name);
-        let mut done = Vec::new();
-        if r.unit_file {
-            let st = self.mgr.status(name).await?;
-            if st.active() {
-                self.mgr.control(Verb::Stop, name).await?;
-                done.push("stop".to_owned());
-            }
-            if matches!(st.unit_file_state.as_str(), "enabled" | "enabled-runtime") {
-                self.mgr.control(Verb::Disable, name).await?;
-                done.push("disable".to_owned());
-            }
-        }
+        let mut done = if r.unit_file {
+            self.stop_and_disable(name).await?
+        } else {
+            Vec::new()
+        };
         for p in &r.remove {
             hostio::remove(self.root_for(p), p).map_err(|source| ServiceError::File {
                 unit: name.to_owned(),
