@@ -317,6 +317,12 @@ impl ContainerEngine for CountingEngine {
         self.note("remove_container", id);
         self.inner.remove_container(id).await
     }
+    async fn platform(&self) -> Result<String, EngineError> {
+        self.inner.platform().await
+    }
+    async fn container_volumes(&self, id: &str) -> Result<BTreeMap<String, String>, EngineError> {
+        self.inner.container_volumes(id).await
+    }
     async fn restart_container(
         &self,
         name: &phoenix_proto::model::ContainerName,

@@ -46,14 +46,26 @@ fn the_corpus_is_read_or_refused_by_key() {
         let text = std::fs::read_to_string(f).expect("read a corpus file");
         // As on a guest: the project directory is the file's own directory, the project
         // is named after the fixture, no profile is enabled and no variable is set.
+        // Other files of the project (`extends: {file}`) are read beside the file, as
+        // the coordinator reads them beside the compose file.
+        let beside = dir.clone();
         let opts = compose::ParseOptions {
             variables: BTreeMap::new(),
             project_dir: Some(PathBuf::from("/srv/phoenix/stacks/corpus")),
             project_name: Some("corpus".into()),
             profiles: Vec::new(),
+            files: Some(compose::FileReader::new(move |rel| {
+                std::fs::read_to_string(beside.join(rel)).map_err(|e| e.to_string())
+            })),
         };
         match compose::parse_with(&text, &opts) {
-            Ok(_) => accepted.push(name),
+            Ok(p) => {
+                // Unset variables are substituted and said, never refused.
+                for w in p.warnings() {
+                    println!("WARNING {name}: {w}");
+                }
+                accepted.push(name)
+            }
             Err(e) => {
                 let msg = e.to_string();
                 let first = msg.lines().next().unwrap_or_default().to_string();
@@ -98,6 +110,7 @@ fn historical(shape: &str, vars: &[(&str, &str)]) -> Result<compose::ComposeProj
         project_dir: Some(PathBuf::from(format!("/srv/phoenix/stacks/{shape}"))),
         project_name: Some(shape.to_string()),
         profiles: Vec::new(),
+        files: None,
     };
     compose::parse_with(&text, &opts).map_err(|e| e.to_string())
 }
@@ -214,6 +227,7 @@ fn the_real_stacks_parse_in_their_project_directories() {
             project_dir: Some(PathBuf::from(format!("/srv/phoenix/stacks/{name}"))),
             project_name: Some(name.clone()),
             profiles: Vec::new(),
+            files: None,
         };
         compose::parse_with(&text, &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
         n += 1;

@@ -2,8 +2,10 @@
 //! `StackConverger` against the real (private) Docker engine and checked with
 //! `docker inspect`: replicas, resource limits, sysctls, tmpfs, read-only root, stop
 //! signal and grace, expose, network_mode service:, static addresses, file secrets and
-//! configs, relative binds in the project directory, and `build` from a context shipped
-//! with the stack.
+//! configs, relative binds in the project directory, `build` from a context shipped
+//! with the stack (`.dockerignore` honoured), anonymous volumes kept across a recreate,
+//! `platform` against the engine's own, `depends_on` on every replica, and the warning
+//! for an unset variable.
 
 // In tests a panic is the failure report.
 #![allow(clippy::unwrap_used)]
@@ -36,6 +38,7 @@ fn spec_in(name: &str, compose: &str, dir: &Path, vars: &[(&str, &str)]) -> Stac
         project_dir: Some(dir.to_path_buf()),
         project_name: Some(name.to_string()),
         profiles: Vec::new(),
+        files: None,
     };
     let project = compose::parse_with(compose, &opts).unwrap();
     let mut spec = StackSpec::new(name, project);
@@ -345,4 +348,292 @@ async fn the_host_network_needs_its_grant() {
         inspect(&env, "phxhostnet-a-1", "{{.HostConfig.NetworkMode}}"),
         "host"
     );
+}
+
+/// Removes the containers, then the volumes, when dropped (anonymous volumes carry no
+/// stack label, so `Teardown` leaves them).
+struct Volumes(DockerEnv, Vec<String>, Vec<String>);
+impl Drop for Volumes {
+    fn drop(&mut self) {
+        for c in &self.1 {
+            let _ = self.0.docker_raw(&["rm", "-f", c]);
+        }
+        for v in &self.2 {
+            let _ = self.0.docker_raw(&["volume", "rm", "-f", v]);
+        }
+    }
+}
+
+/// The volume mounted at `target` in container `c`.
+fn volume_at(env: &DockerEnv, c: &str, target: &str) -> String {
+    inspect(
+        env,
+        c,
+        &format!(
+            "{{{{range .Mounts}}}}{{{{if eq .Destination \"{target}\"}}}}{{{{.Name}}}}{{{{end}}}}{{{{end}}}}"
+        ),
+    )
+}
+
+/// `- /data` is an anonymous volume the engine creates; a recreate hands it (and its
+/// content) to the new container, as Compose does. An unset variable is an empty string
+/// and a warning in the plan, naming the field and the variable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_volumes_survive_a_recreate_and_unset_variables_warn() {
+    let Some(env) = DockerEnv::get() else { return };
+    let stack = "phxanon";
+    let _down = Teardown {
+        env: env.clone(),
+        stack: stack.into(),
+        extra: vec![],
+    };
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join(stack);
+    let (_count, conv) = converger(&env, root.path());
+    let compose = "services:\n  app:\n    image: \"${IMAGE}\"\n    init: true\n    command: [sleep, \"100000\"]\n    environment:\n      MODE: \"${MODE}\"\n    volumes:\n      - /data\n      - type: volume\n        target: /cache\n";
+    let v1 = spec_in(stack, compose, &dir, &[("IMAGE", &env.image)]);
+
+    let Pass::Planned(plan) = pass(&conv, &v1, true).await.unwrap() else {
+        panic!("dry run must plan")
+    };
+    assert!(
+        plan.contains("warning: services.app.environment: variable MODE is not set"),
+        "{plan}"
+    );
+    let Pass::Applied { .. } = pass(&conv, &v1, false).await.unwrap() else {
+        panic!("first pass must apply")
+    };
+    let c = "phxanon-app-1";
+    let data = volume_at(&env, c, "/data");
+    let cache = volume_at(&env, c, "/cache");
+    let _volumes = Volumes(
+        env.clone(),
+        vec![c.to_string()],
+        vec![data.clone(), cache.clone()],
+    );
+    assert_eq!(data.len(), 64, "an engine-named volume: {data}");
+    assert_ne!(data, cache);
+    assert!(inspect(&env, c, "{{json .Config.Env}}").contains("\"MODE=\""));
+    env.docker(&[
+        "exec",
+        c,
+        "sh",
+        "-c",
+        "echo kept > /data/f && echo also > /cache/f",
+    ]);
+    assert!(matches!(
+        pass(&conv, &v1, false).await.unwrap(),
+        Pass::InSync
+    ));
+
+    // A changed variable recreates the container; the anonymous volumes go with it.
+    let old = inspect(&env, c, "{{.Id}}");
+    let v2 = spec_in(
+        stack,
+        compose,
+        &dir,
+        &[("IMAGE", &env.image), ("MODE", "2")],
+    );
+    let Pass::Applied { diff, .. } = pass(&conv, &v2, false).await.unwrap() else {
+        panic!("a changed variable must apply")
+    };
+    assert!(!diff.contains("warning:"), "{diff}");
+    assert!(diff.contains("recreate container phxanon-app-1"), "{diff}");
+    assert_ne!(inspect(&env, c, "{{.Id}}"), old, "recreated");
+    assert_eq!(volume_at(&env, c, "/data"), data);
+    assert_eq!(volume_at(&env, c, "/cache"), cache);
+    assert_eq!(env.docker(&["exec", c, "cat", "/data/f"]), "kept");
+    assert_eq!(env.docker(&["exec", c, "cat", "/cache/f"]), "also");
+}
+
+/// `platform` is checked against the engine's own (asked through the Engine API): its
+/// own runs; another is refused before anything reaches the engine, naming the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_engines_own_platform_runs() {
+    let Some(env) = DockerEnv::get() else { return };
+    let stack = "phxplat";
+    let _down = Teardown {
+        env: env.clone(),
+        stack: stack.into(),
+        extra: vec![],
+    };
+    let own = env.docker(&["version", "-f", "{{.Server.Os}}/{{.Server.Arch}}"]);
+    let other = if own.ends_with("/amd64") {
+        "linux/arm64"
+    } else {
+        "linux/amd64"
+    };
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join(stack);
+    let (count, conv) = converger(&env, root.path());
+    let compose = |p: &str| {
+        format!(
+            "services:\n  a:\n    image: \"${{IMAGE}}\"\n    command: [sleep, \"100000\"]\n    platform: {p}\n"
+        )
+    };
+    let spec = spec_in(stack, &compose(other), &dir, &[("IMAGE", &env.image)]);
+    let e = pass(&conv, &spec, false).await.unwrap_err();
+    assert!(
+        e.contains(&format!(
+            "service a: platform {other} is not the engine's platform ({own})"
+        )) && e.contains("no emulation"),
+        "{e}"
+    );
+    assert!(count.take().is_empty(), "nothing reached the engine");
+    let spec = spec_in(stack, &compose(&own), &dir, &[("IMAGE", &env.image)]);
+    let Pass::Applied { .. } = pass(&conv, &spec, false).await.unwrap() else {
+        panic!("the engine's own platform must apply")
+    };
+    assert_eq!(inspect(&env, "phxplat-a-1", "{{.State.Status}}"), "running");
+}
+
+/// A dependent waits for every replica of its dependency: the first replica becomes
+/// healthy seconds after the second, and the dependent, started last, sees both ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn depends_on_waits_for_every_replica() {
+    let Some(env) = DockerEnv::get() else { return };
+    let stack = "phxreps";
+    let _down = Teardown {
+        env: env.clone(),
+        stack: stack.into(),
+        extra: vec![],
+    };
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join(stack);
+    std::fs::create_dir_all(dir.join("shared")).unwrap();
+    let (_count, conv) = converger(&env, root.path());
+    // The replica that starts first (replica 1) takes 3 s to become ready.
+    let compose = r#"
+services:
+  db:
+    image: "${IMAGE}"
+    init: true
+    command: ["sh", "-c", "if mkdir /shared/first; then sleep 3; fi; touch /shared/ready.$$(hostname) /tmp/ready; exec sleep 100000"]
+    volumes: ["./shared:/shared"]
+    deploy: {replicas: 2}
+    healthcheck:
+      test: ["CMD", "test", "-f", "/tmp/ready"]
+      interval: 500ms
+      timeout: 1s
+      retries: 30
+  web:
+    image: "${IMAGE}"
+    init: true
+    command: ["sh", "-c", "ls /shared | grep -c '^ready' > /shared/seen-by-web; exec sleep 100000"]
+    volumes: ["./shared:/shared"]
+    depends_on:
+      db: {condition: service_healthy}
+"#;
+    let spec = spec_in(stack, compose, &dir, &[("IMAGE", &env.image)]);
+    let Pass::Applied { .. } = pass(&conv, &spec, false).await.unwrap() else {
+        panic!("must apply")
+    };
+    // The dependent's first act, written before it could wait for anything itself.
+    let seen = (0..100)
+        .find_map(|_| {
+            let s = std::fs::read_to_string(dir.join("shared/seen-by-web")).ok()?;
+            (!s.trim().is_empty()).then_some(s)
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        seen.trim(),
+        "2",
+        "web started before every db replica was ready"
+    );
+}
+
+/// `.dockerignore` as the Docker CLI reads it: ignored files are not in the image, and
+/// changing one rebuilds and recreates nothing; a secret-looking file still sent is named
+/// in the plan (never its content); a failing build's output is redacted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dockerignore_is_honoured_and_secret_looking_files_are_named() {
+    let Some(env) = DockerEnv::get() else { return };
+    let stack = "phxignore";
+    let _down = Teardown {
+        env: env.clone(),
+        stack: stack.into(),
+        extra: vec![],
+    };
+    let _images = Images(env.clone(), vec!["phxignore-app".into()]);
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join(stack);
+    let (count, conv) = converger(&env, root.path());
+    let compose = "services:\n  app:\n    build: ./app\n    init: true\n";
+    let dockerfile = format!(
+        "FROM {}\nCOPY . /ctx\nCMD [\"sleep\", \"100000\"]\n",
+        env.image
+    );
+    let with = |notes: &str| {
+        let mut s = spec_in(stack, compose, &dir, &[]);
+        s.files = vec![
+            file(&dir.join("app/Dockerfile"), &dockerfile),
+            file(&dir.join("app/.dockerignore"), "notes/\n*.log\n"),
+            file(&dir.join("app/notes/todo.txt"), notes),
+            file(&dir.join("app/build.log"), notes),
+            file(&dir.join("app/main.txt"), "main"),
+            file(&dir.join("app/deploy.key"), "not-a-real-key"),
+        ];
+        s
+    };
+    let v1 = with("one");
+    let Pass::Applied { report, .. } = pass(&conv, &v1, false).await.unwrap() else {
+        panic!("first pass must apply")
+    };
+    assert!(report.contains("build image phxignore-app"), "{report}");
+    let c = "phxignore-app-1";
+    let listed = env.docker(&["exec", c, "find", "/ctx", "-type", "f"]);
+    assert!(
+        listed.contains("/ctx/main.txt") && listed.contains("/ctx/Dockerfile"),
+        "{listed}"
+    );
+    assert!(
+        !listed.contains("todo.txt") && !listed.contains("build.log"),
+        "{listed}"
+    );
+    assert!(matches!(
+        pass(&conv, &v1, false).await.unwrap(),
+        Pass::InSync
+    ));
+    count.take();
+
+    // An ignored file changes: written to the guest, but nothing is rebuilt or recreated.
+    let old = inspect(&env, c, "{{.Id}}");
+    let v2 = with("two");
+    let Pass::Planned(plan) = pass(&conv, &v2, true).await.unwrap() else {
+        panic!("the changed files must be planned")
+    };
+    assert!(
+        plan.contains("warning: services.app.build: context file deploy.key (is named like a credentials file)"),
+        "{plan}"
+    );
+    assert!(!plan.contains("not-a-real-key"), "{plan}");
+    let Pass::Applied { diff, .. } = pass(&conv, &v2, false).await.unwrap() else {
+        panic!("the changed files must be written")
+    };
+    assert!(diff.contains("write file"), "{diff}");
+    let calls = count.take();
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.starts_with("build_image") || c.starts_with("create_container")),
+        "{calls:?}"
+    );
+    assert_eq!(inspect(&env, c, "{{.Id}}"), old, "not recreated");
+    assert!(matches!(
+        pass(&conv, &v2, false).await.unwrap(),
+        Pass::InSync
+    ));
+
+    // A build that fails after printing a secret: the error hides it.
+    let mut bad = with("two");
+    bad.files[0] = file(
+        &dir.join("app/Dockerfile"),
+        &format!(
+            "FROM {}\nRUN echo \"password=hunter2-in-build\" && false\n",
+            env.image
+        ),
+    );
+    let e = pass(&conv, &bad, false).await.unwrap_err();
+    assert!(e.contains("build image"), "{e}");
+    assert!(!e.contains("hunter2-in-build"), "{e}");
 }

@@ -26,6 +26,7 @@ fn spec_in(name: &str, text: &str, dir: &Path) -> Result<StackSpec, String> {
         project_dir: Some(dir.to_path_buf()),
         project_name: Some(name.to_string()),
         profiles: Vec::new(),
+        files: None,
     };
     let project = compose::parse_with(text, &opts).map_err(|e| e.to_string())?;
     let mut spec = StackSpec::new(name, project);
@@ -85,6 +86,7 @@ services:
     deploy:
       resources:
         limits: {cpus: "0.5", memory: 64m}
+        reservations: {cpus: "2", memory: 32m}
     stop_signal: SIGINT
     tmpfs: [/scratch]
 networks:
@@ -147,6 +149,9 @@ fn essentials(inspect: &Value, project: &str) -> Value {
         "networks": networks,
         "nano_cpus": h["NanoCpus"],
         "memory": h["Memory"],
+        // A CPU reservation: docker-compose sets no CPU shares for it, nor does Phoenix.
+        "cpu_shares": h["CpuShares"],
+        "memory_reservation": h["MemoryReservation"],
         "init": h["Init"],
         "restart": h["RestartPolicy"]["Name"],
         "stop_signal": c["Config"]["StopSignal"],
@@ -227,7 +232,7 @@ async fn every_accepted_corpus_file_plans_each_container_against_the_engine() {
         .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yml" | "yaml")))
         .collect();
     files.sort();
-    let (mut planned, mut needs_host) = (0, Vec::new());
+    let (mut planned, mut needs_host, mut other_platform) = (0, Vec::new(), Vec::new());
     for f in &files {
         let text = std::fs::read_to_string(f).unwrap();
         let Ok(spec) = spec_in("corpus", &text, &dir) else {
@@ -253,6 +258,11 @@ async fn every_accepted_corpus_file_plans_each_container_against_the_engine() {
             }
             Ok(other) => panic!("{name}: dry-run gave {other:?}"),
             // The plan needs files only the guest has (an env file): named, not a crash.
+            // A platform other than the engine's: refused by the plan, naming the key.
+            Err(e) if e.contains("is not the engine's platform") => {
+                assert!(e.contains("platform"), "{name}: {e}");
+                other_platform.push(format!("{name}: {e}"));
+            }
             Err(e) => {
                 assert!(e.contains("env file"), "{name}: {e}");
                 needs_host.push(format!("{name}: {e}"));
@@ -262,9 +272,13 @@ async fn every_accepted_corpus_file_plans_each_container_against_the_engine() {
     for n in &needs_host {
         println!("NEEDS HOST FILES {n}");
     }
+    for n in &other_platform {
+        println!("OTHER PLATFORM {n}");
+    }
     println!(
-        "compose corpus dry-run: {planned} planned every container, {} need files on the guest",
-        needs_host.len()
+        "compose corpus dry-run: {planned} planned every container, {} need files on the guest, {} name another platform than the engine's",
+        needs_host.len(),
+        other_platform.len()
     );
     assert!(planned >= 20, "only {planned} planned");
 }

@@ -34,12 +34,16 @@ impl StackConverger {
                     .find(|r| dir == *r)
             })
             .ok_or_else(|| fail("is outside the allowed file roots".into()))?;
-        context::pack(root, dir, b.dockerfile_inline.as_deref()).map_err(|source| {
-            StackError::BuildContext {
-                stack: stack.to_string(),
-                service: service.to_string(),
-                source,
-            }
+        context::pack(
+            root,
+            dir,
+            &dockerfile_path(b),
+            b.dockerfile_inline.as_deref(),
+        )
+        .map_err(|source| StackError::BuildContext {
+            stack: stack.to_string(),
+            service: service.to_string(),
+            source,
         })
     }
 
@@ -60,11 +64,10 @@ impl StackConverger {
             let c = &desired.containers[*index];
             let Some(b) = &c.spec.build else { continue };
             let packed = self.pack_context(stack, &c.service, b)?;
-            let dockerfile = if b.dockerfile_inline.is_some() {
-                context::INLINE_DOCKERFILE.to_string()
-            } else {
-                b.dockerfile.clone().unwrap_or_else(|| "Dockerfile".into())
-            };
+            for f in &packed.secret_looking {
+                tracing::warn!(stack, service = %c.service, file = %f, "build context file looks secret and is sent to the build; list it in .dockerignore");
+            }
+            let dockerfile = dockerfile_path(b);
             let labels = HashMap::from([
                 (LABEL_STACK.to_string(), stack.to_string()),
                 (LABEL_BUILD_DIGEST.to_string(), packed.digest.clone()),
@@ -77,5 +80,14 @@ impl StackConverger {
             built = true;
         }
         Ok(built)
+    }
+}
+
+/// The Dockerfile's path inside the context tar.
+fn dockerfile_path(b: &phoenix_proto::model::compose::Build) -> String {
+    if b.dockerfile_inline.is_some() {
+        context::INLINE_DOCKERFILE.to_string()
+    } else {
+        b.dockerfile.clone().unwrap_or_else(|| "Dockerfile".into())
     }
 }

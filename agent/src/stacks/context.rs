@@ -5,13 +5,17 @@
 //! way (openat2 `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`), and walked fd-relative with
 //! `O_NOFOLLOW`: a link inside the context is sent as a link (as `docker build` sends it),
 //! never followed, so a context cannot pull in `/etc` through a planted link. Regular
-//! files, directories and links only; bounded in size and count. `.dockerignore` is not
-//! read (everything in the context is sent and hashed).
+//! files, directories and links only; bounded in size and count. The context's
+//! `.dockerignore` is honoured as the Docker CLI honours it (the model's `dockerignore`):
+//! an ignored file is neither sent nor hashed, so changing it rebuilds nothing. Files
+//! that look secret and are not ignored are listed in [`Packed::secret_looking`] (names
+//! and reasons, never content) so the converger can warn.
 
 use nix::dir::Dir;
 use nix::fcntl::AtFlags;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat, openat2};
 use nix::sys::stat::{Mode, fstatat};
+use phoenix_proto::model::compose::dockerignore::{DockerIgnore, secret_looking};
 use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::os::fd::OwnedFd;
@@ -54,11 +58,32 @@ enum Entry {
 pub struct Packed {
     pub tar: Vec<u8>,
     pub digest: String,
+    /// Files sent that look like secrets: `path (why)`; never their content.
+    pub secret_looking: Vec<String>,
+}
+
+/// What the walk leaves out: the `.dockerignore` patterns, except for the files the
+/// CLI always sends.
+struct Filter<'a> {
+    ignore: DockerIgnore,
+    dockerfile: &'a str,
+}
+
+impl Filter<'_> {
+    fn excludes(&self, path: &str) -> bool {
+        path != self.dockerfile && path != ".dockerignore" && self.ignore.excludes(path)
+    }
 }
 
 /// Reads the context `dir` (beneath `root`, one of the agent's file roots) and packs it,
-/// adding `inline` as the Dockerfile when given.
-pub fn pack(root: &Path, dir: &Path, inline: Option<&str>) -> Result<Packed, ContextError> {
+/// leaving out what its `.dockerignore` excludes (never `dockerfile`, the Dockerfile's
+/// path in the context) and adding `inline` as the Dockerfile when given.
+pub fn pack(
+    root: &Path,
+    dir: &Path,
+    dockerfile: &str,
+    inline: Option<&str>,
+) -> Result<Packed, ContextError> {
     let fail = |why: String| ContextError::Read {
         path: dir.display().to_string(),
         why,
@@ -85,9 +110,23 @@ pub fn pack(root: &Path, dir: &Path, inline: Option<&str>) -> Result<Packed, Con
         }
         e => fail(format!("open: {e}")),
     })?;
+    let ignore = read_ignore(&fd).map_err(fail)?;
+    let filter = Filter {
+        ignore,
+        dockerfile: dockerfile.trim_start_matches("./"),
+    };
     let mut entries = Vec::new();
     let mut total = 0u64;
-    walk(fd, "", 0, &mut entries, &mut total).map_err(fail)?;
+    walk(fd, "", 0, &filter, &mut entries, &mut total).map_err(fail)?;
+    let secret_looking = entries
+        .iter()
+        .filter_map(|e| match e {
+            Entry::File { path, data, .. } => {
+                secret_looking(path, data).map(|why| format!("{path} ({why})"))
+            }
+            _ => None,
+        })
+        .collect();
     if let Some(text) = inline {
         entries.retain(|e| !matches!(e, Entry::File { path, .. } if path == INLINE_DOCKERFILE));
         entries.push(Entry::File {
@@ -122,13 +161,36 @@ pub fn pack(root: &Path, dir: &Path, inline: Option<&str>) -> Result<Packed, Con
     Ok(Packed {
         tar,
         digest: hex::encode(hash.finalize()),
+        secret_looking,
     })
+}
+
+/// The context's `.dockerignore` (a regular file at its top, never through a link);
+/// none means nothing is ignored.
+fn read_ignore(dir: &OwnedFd) -> Result<DockerIgnore, String> {
+    let fd = match openat(
+        dir,
+        ".dockerignore",
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(nix::errno::Errno::ENOENT) => return Ok(DockerIgnore::default()),
+        Err(e) => return Err(format!("open .dockerignore: {e}")),
+    };
+    let mut text = String::new();
+    std::fs::File::from(fd)
+        .take(1 << 20)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("read .dockerignore: {e}"))?;
+    Ok(DockerIgnore::parse(&text))
 }
 
 fn walk(
     dir_fd: OwnedFd,
     prefix: &str,
     depth: usize,
+    filter: &Filter,
     out: &mut Vec<Entry>,
     total: &mut u64,
 ) -> Result<(), String> {
@@ -159,12 +221,20 @@ fn walk(
         let st = fstatat(&dir_fd, name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
             .map_err(|e| format!("stat {path}: {e}"))?;
         let mode = st.st_mode & 0o7777;
-        match st.st_mode & S_IFMT {
+        let excluded = filter.excludes(&path);
+        let kind = st.st_mode & S_IFMT;
+        match kind {
+            // An excluded directory is skipped whole unless a `!` line may re-include
+            // something beneath it; then its entries are judged one by one.
+            S_IFDIR if excluded && !filter.ignore.has_exceptions() => {}
+            k if excluded && k != S_IFDIR => {}
             S_IFDIR => {
-                out.push(Entry::Dir {
-                    path: path.clone(),
-                    mode,
-                });
+                if !excluded {
+                    out.push(Entry::Dir {
+                        path: path.clone(),
+                        mode,
+                    });
+                }
                 let sub = openat(
                     &dir_fd,
                     name.as_str(),
@@ -172,7 +242,7 @@ fn walk(
                     Mode::empty(),
                 )
                 .map_err(|e| format!("open {path}: {e}"))?;
-                walk(sub, &path, depth + 1, out, total)?;
+                walk(sub, &path, depth + 1, filter, out, total)?;
             }
             S_IFREG => {
                 let fd = openat(
@@ -284,7 +354,7 @@ mod tests {
         std::fs::write(ctx.join("Dockerfile"), "FROM scratch\n").unwrap();
         std::fs::write(ctx.join("src/main.txt"), "hello").unwrap();
         std::os::unix::fs::symlink("/etc/shadow", ctx.join("leak")).unwrap();
-        let a = pack(root.path(), &ctx, None).unwrap();
+        let a = pack(root.path(), &ctx, "Dockerfile", None).unwrap();
         // A link is sent as a link, never read through.
         let text = String::from_utf8_lossy(&a.tar);
         assert!(
@@ -293,11 +363,14 @@ mod tests {
         );
         assert!(text.contains("src/main.txt") && text.contains("hello"));
         assert_eq!(a.tar.len() % 512, 0);
-        assert_eq!(pack(root.path(), &ctx, None).unwrap().digest, a.digest);
+        assert_eq!(
+            pack(root.path(), &ctx, "Dockerfile", None).unwrap().digest,
+            a.digest
+        );
         std::fs::write(ctx.join("src/main.txt"), "changed").unwrap();
-        let b = pack(root.path(), &ctx, None).unwrap();
+        let b = pack(root.path(), &ctx, "Dockerfile", None).unwrap();
         assert_ne!(a.digest, b.digest);
-        let c = pack(root.path(), &ctx, Some("FROM busybox\n")).unwrap();
+        let c = pack(root.path(), &ctx, "Dockerfile", Some("FROM busybox\n")).unwrap();
         assert_ne!(b.digest, c.digest);
         assert!(String::from_utf8_lossy(&c.tar).contains(INLINE_DOCKERFILE));
     }
@@ -306,10 +379,49 @@ mod tests {
     fn a_context_reached_through_a_link_is_refused() {
         let root = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink("/etc", root.path().join("ctx")).unwrap();
-        let e = pack(root.path(), &root.path().join("ctx"), None)
+        let e = pack(root.path(), &root.path().join("ctx"), "Dockerfile", None)
             .err()
             .unwrap()
             .to_string();
         assert!(e.contains("link"), "{e}");
+    }
+
+    /// `.dockerignore` leaves files out of the tar and out of the digest; the Dockerfile
+    /// is sent even when listed; secret-looking files still sent are named.
+    #[test]
+    fn dockerignore_leaves_files_out_of_the_tar_and_the_digest() {
+        let root = tempfile::tempdir().unwrap();
+        let ctx = root.path().join("app");
+        std::fs::create_dir_all(ctx.join("logs/old")).unwrap();
+        std::fs::write(ctx.join("Dockerfile"), "FROM scratch\n").unwrap();
+        std::fs::write(ctx.join(".dockerignore"), "logs\n*.pem\nDockerfile\n").unwrap();
+        std::fs::write(ctx.join("logs/old/a.log"), "noise-1").unwrap();
+        std::fs::write(ctx.join("server.pem"), "-----BEGIN PRIVATE KEY-----\n").unwrap();
+        std::fs::write(ctx.join("deploy.key"), "k").unwrap();
+        std::fs::write(ctx.join("app.txt"), "app").unwrap();
+        let a = pack(root.path(), &ctx, "Dockerfile", None).unwrap();
+        let text = String::from_utf8_lossy(&a.tar);
+        assert!(
+            !text.contains("noise-1") && !text.contains("logs/"),
+            "ignored dir"
+        );
+        assert!(!text.contains("server.pem") && !text.contains("BEGIN PRIVATE"));
+        assert!(text.contains("Dockerfile") && text.contains("app.txt"));
+        assert_eq!(
+            a.secret_looking,
+            ["deploy.key (is named like a credentials file)"]
+        );
+        // An ignored file's change leaves the digest as it was; a sent file's does not.
+        std::fs::write(ctx.join("logs/old/a.log"), "noise-2").unwrap();
+        std::fs::write(ctx.join("server.pem"), "-----BEGIN PRIVATE KEY-----\nother").unwrap();
+        assert_eq!(
+            pack(root.path(), &ctx, "Dockerfile", None).unwrap().digest,
+            a.digest
+        );
+        std::fs::write(ctx.join("app.txt"), "app2").unwrap();
+        assert_ne!(
+            pack(root.path(), &ctx, "Dockerfile", None).unwrap().digest,
+            a.digest
+        );
     }
 }

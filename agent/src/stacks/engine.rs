@@ -10,9 +10,9 @@ use bollard::errors::Error as BollardError;
 use bollard::models::{
     ContainerCreateBody, ContainerStateStatusEnum, DeviceMapping, DeviceRequest,
     EndpointIpamConfig, EndpointSettings, HealthConfig, HealthStatusEnum, HostConfig,
-    HostConfigLogConfig, Ipam, IpamConfig, NetworkConnectRequest, NetworkCreateRequest,
-    NetworkingConfig, PortBinding, ResourcesUlimits, RestartPolicy, RestartPolicyNameEnum,
-    VolumeCreateRequest,
+    HostConfigLogConfig, Ipam, IpamConfig, Mount, MountType, MountVolumeOptions,
+    NetworkConnectRequest, NetworkCreateRequest, NetworkingConfig, PortBinding, ResourcesUlimits,
+    RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     BuildImageOptions, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
@@ -20,7 +20,7 @@ use bollard::query_parameters::{
     RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder,
 };
 use phoenix_proto::model::ContainerName;
-use phoenix_proto::model::compose::{Addresses, Build, Condition};
+use phoenix_proto::model::compose::{Addresses, Build, Condition, MountKind};
 use std::collections::{BTreeMap, HashMap};
 use tokio_stream::StreamExt;
 
@@ -177,6 +177,11 @@ pub trait ContainerEngine: Send + Sync {
     async fn rename_container(&self, id: &str, name: &str) -> Result<(), EngineError>;
     /// Removes a container (forcing it if running); its named volumes stay.
     async fn remove_container(&self, id: &str) -> Result<(), EngineError>;
+    /// The engine's own platform, `os/arch` as the engine reports it (`linux/amd64`).
+    async fn platform(&self) -> Result<String, EngineError>;
+    /// The volumes a container mounts: container path → volume name. A recreate hands
+    /// the anonymous ones to the new container.
+    async fn container_volumes(&self, id: &str) -> Result<BTreeMap<String, String>, EngineError>;
     /// Restarts a container by name (starts it if stopped), with its own stop timeout.
     /// The name goes into the request path, hence the validated type.
     async fn restart_container(&self, name: &ContainerName) -> Result<(), EngineError>;
@@ -184,7 +189,13 @@ pub trait ContainerEngine: Send + Sync {
 
 /// Builds the Engine API body. The first of the container's networks goes into the
 /// create call (Engine API 1.41 takes only one there); `connect_network` adds the rest.
-pub fn create_body(c: &ContainerConfig, labels: HashMap<String, String>) -> ContainerCreateBody {
+/// `inherit` (container path → volume name, from the container this one replaces) names
+/// the volume an anonymous mount reuses; without an entry the engine creates a new one.
+pub fn create_body(
+    c: &ContainerConfig,
+    labels: HashMap<String, String>,
+    inherit: &BTreeMap<String, String>,
+) -> ContainerCreateBody {
     let s = &c.spec;
     let none_if_empty = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
     let mut exposed: Vec<String> = s.expose.clone();
@@ -203,9 +214,26 @@ pub fn create_body(c: &ContainerConfig, labels: HashMap<String, String>) -> Cont
                 host_port: Some(p.host_port.map(|h| h.to_string()).unwrap_or_default()),
             });
     }
+    let anonymous: Vec<Mount> = s
+        .volumes
+        .iter()
+        .filter(|m| m.kind == MountKind::Anonymous)
+        .map(|m| Mount {
+            target: Some(m.target.clone()),
+            source: inherit.get(&m.target).cloned(),
+            typ: Some(MountType::VOLUME),
+            read_only: m.read_only.then_some(true),
+            volume_options: m.nocopy.then(|| MountVolumeOptions {
+                no_copy: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .collect();
     let binds: Vec<String> = s
         .volumes
         .iter()
+        .filter(|m| m.kind != MountKind::Anonymous)
         .map(|m| {
             let mut opts = Vec::new();
             if m.read_only {
@@ -289,6 +317,7 @@ pub fn create_body(c: &ContainerConfig, labels: HashMap<String, String>) -> Cont
     let r = &s.resources;
     let host_config = HostConfig {
         binds: none_if_empty(&binds),
+        mounts: (!anonymous.is_empty()).then_some(anonymous),
         port_bindings: (!bindings.is_empty()).then_some(bindings),
         restart_policy,
         devices: (!devices.is_empty()).then_some(devices),
@@ -575,14 +604,17 @@ impl ContainerEngine for DockerEngine {
                     if log.len() == BUILD_LOG_LINES {
                         log.pop_front();
                     }
-                    log.push_back(l.to_string());
+                    // A RUN step may print what a build arg or a context file holds;
+                    // the error is logged and shown, so its secrets are hidden first.
+                    log.push_back(phoenix_proto::redact::redact_line(l).into_owned());
                 }
             }
             if let Some(detail) = info.error_detail {
                 let tail: Vec<String> = log.into_iter().collect();
+                let message = detail.message.unwrap_or_default();
                 return Err(fail(format!(
                     "{}; last output: {}",
-                    detail.message.unwrap_or_default(),
+                    phoenix_proto::redact::redact_line(&message),
                     tail.join(" | ")
                 )));
             }
@@ -721,6 +753,33 @@ impl ContainerEngine for DockerEngine {
             .connect_network(network, req)
             .await
             .map_err(err("connect to network", network))
+    }
+
+    async fn platform(&self) -> Result<String, EngineError> {
+        let v = self
+            .docker
+            .version()
+            .await
+            .map_err(err("read the version of", "the engine"))?;
+        Ok(format!(
+            "{}/{}",
+            v.os.unwrap_or_default(),
+            v.arch.unwrap_or_default()
+        ))
+    }
+
+    async fn container_volumes(&self, id: &str) -> Result<BTreeMap<String, String>, EngineError> {
+        let c = self
+            .docker
+            .inspect_container(id, None)
+            .await
+            .map_err(err("inspect container", id))?;
+        Ok(c.mounts
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|m| m.typ == Some(bollard::models::MountPointType::VOLUME))
+            .filter_map(|m| Some((m.destination?, m.name?)))
+            .collect())
     }
 
     async fn restart_container(&self, name: &ContainerName) -> Result<(), EngineError> {

@@ -65,6 +65,16 @@ pub enum StackError {
         #[source]
         source: super::context::ContextError,
     },
+    #[error(
+        "stack {stack}: service {service}: {key} {wanted} is not the engine's platform ({engine}); Phoenix sets up no emulation, so only the guest's own platform runs"
+    )]
+    Platform {
+        stack: String,
+        service: String,
+        key: String,
+        wanted: String,
+        engine: String,
+    },
     #[error("stack {stack}: image {image} is still absent after pulling it")]
     PullMissing { stack: String, image: String },
     #[error(

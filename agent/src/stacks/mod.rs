@@ -17,10 +17,13 @@
 //! the allowed roots.
 //!
 //! `build` packs the context from the guest (`context`, beneath the file roots, links
-//! never followed) and builds through the engine's build endpoint (`build`); the context
-//! digest is on the image and in the container's config hash, so a changed context
-//! rebuilds and recreates. Replicas are named `<project>-<service>-<n>` as Compose names
-//! them.
+//! never followed, `.dockerignore` honoured) and builds through the engine's build
+//! endpoint (`build`); the context digest is on the image and in the container's config
+//! hash, so a changed context rebuilds and recreates. Replicas are named
+//! `<project>-<service>-<n>` as Compose names them, and a dependent waits for every
+//! replica. `platform` is checked against the engine's own (`platform`); anonymous
+//! volumes pass from the old container to the new one on a recreate. The parser's
+//! warnings (unset variables) head the plan and are logged on apply.
 //!
 //! The converger (render → observe → plan → execute, with health gating and rollback)
 //! stays in this one module of about 800 lines: its steps share the engine, the owner key
@@ -29,7 +32,7 @@
 //! Limits: images are pulled only when absent locally (a moved `:latest` tag upstream is
 //! not noticed until the image is removed); named volumes are never removed; services
 //! are started one after another; a build context is read on every pass to hash it
-//! (bounded to 64 MiB) and `.dockerignore` is not honoured.
+//! (bounded to 64 MiB).
 
 mod build;
 mod context;
@@ -38,6 +41,7 @@ mod error;
 mod files;
 pub mod owner;
 pub mod plan;
+mod platform;
 
 use crate::hostfs as fsutil;
 use crate::reconcile::{Check, Converge, PassContext, ResourceError};
@@ -89,6 +93,9 @@ pub struct StackConverger {
 struct Rendered {
     desired: Desired,
     stale_files: Vec<(PathBuf, String)>,
+    /// The parser's warnings and secret-looking build-context files: printed in the plan
+    /// and logged when the stack is applied. Names and fields only, never a value.
+    warnings: Vec<String>,
 }
 
 impl StackConverger {
@@ -252,6 +259,7 @@ impl StackConverger {
             }
         }
         let mut builds = BTreeMap::new();
+        let mut warnings = project.warnings().to_vec();
         for (name, svc) in project.services() {
             let Some(b) = &svc.build else { continue };
             // A context not readable yet (shipped with the stack but not written, or
@@ -259,6 +267,9 @@ impl StackConverger {
             // the context cannot be read.
             if let Ok(packed) = self.pack_context(stack, name, b) {
                 builds.insert(name.clone(), packed.digest);
+                warnings.extend(packed.secret_looking.iter().map(|f| {
+                    format!("services.{name}.build: context file {f} is sent to the build; list it in .dockerignore")
+                }));
             }
         }
         let host = HostInputs {
@@ -277,6 +288,7 @@ impl StackConverger {
         Ok(Rendered {
             desired,
             stale_files,
+            warnings,
         })
     }
 
@@ -494,10 +506,15 @@ impl StackConverger {
         index: usize,
         image_id: &str,
         gate: bool,
+        inherit: &BTreeMap<String, String>,
     ) -> Result<String, (Option<String>, StackError)> {
         let stack = desired.stack.as_str();
         let c = &desired.containers[index];
-        let body = engine::create_body(c, Self::labels(&self.owner, desired, index, image_id));
+        let body = engine::create_body(
+            c,
+            Self::labels(&self.owner, desired, index, image_id),
+            inherit,
+        );
         let id = self
             .engine
             .create_container(&c.name, body)
@@ -567,13 +584,18 @@ impl StackConverger {
         let stack = desired.stack.as_str();
         let c = &desired.containers[index];
         let e = || Self::engine_err(stack);
+        // The new container mounts the old one's anonymous volumes, as Compose does.
+        let inherit = self.engine.container_volumes(old_id).await.map_err(e())?;
         self.engine.stop_container(old_id).await.map_err(e())?;
         let aside = format!("{}{ASIDE_SUFFIX}", c.name);
         self.engine
             .rename_container(old_id, &aside)
             .await
             .map_err(e())?;
-        match self.create_and_start(desired, index, image_id, true).await {
+        match self
+            .create_and_start(desired, index, image_id, true, &inherit)
+            .await
+        {
             Ok(id) => {
                 self.engine.remove_container(old_id).await.map_err(e())?;
                 Ok(id)
@@ -625,7 +647,8 @@ impl StackConverger {
                 (LABEL_OWNER.to_string(), self.owner.tag(kind, stack, name)),
             ])
         };
-        // Container per service as it stands now; updated as steps run.
+        // Container per container name (each replica) as it stands now; updated as
+        // steps run.
         let mut ids: BTreeMap<&str, String> = BTreeMap::new();
         for c in &desired.containers {
             if let Some(o) = observed
@@ -633,7 +656,7 @@ impl StackConverger {
                 .iter()
                 .find(|o| o.name == c.name && observed.owned.contains(&o.id))
             {
-                ids.insert(c.service.as_str(), o.id.clone());
+                ids.insert(c.name.as_str(), o.id.clone());
             }
         }
         let image_id = |i: usize| -> Result<String, StackError> {
@@ -657,14 +680,18 @@ impl StackConverger {
             {
                 let c = &desired.containers[*index];
                 for (dep, cond) in &c.spec.depends_on {
-                    let Some(id) = ids.get(dep.as_str()) else {
-                        return Err(StackError::Dependency {
-                            stack: stack.into(),
-                            service: dep.clone(),
-                            why: "has no container".into(),
-                        });
-                    };
-                    self.wait_for(desired, dep, id, *cond).await?;
+                    // Every replica of the dependency, as Compose waits for them all.
+                    let replicas = desired.containers.iter().filter(|d| &d.service == dep);
+                    for r in replicas {
+                        let Some(id) = ids.get(r.name.as_str()) else {
+                            return Err(StackError::Dependency {
+                                stack: stack.into(),
+                                service: dep.clone(),
+                                why: format!("has no container {}", r.name),
+                            });
+                        };
+                        self.wait_for(desired, dep, id, *cond).await?;
+                    }
                 }
             }
             match step {
@@ -697,10 +724,16 @@ impl StackConverger {
                 }
                 Step::Create { index } => {
                     let id = self
-                        .create_and_start(desired, *index, &image_id(*index)?, false)
+                        .create_and_start(
+                            desired,
+                            *index,
+                            &image_id(*index)?,
+                            false,
+                            &BTreeMap::new(),
+                        )
                         .await
                         .map_err(|(_, err)| err)?;
-                    ids.insert(desired.containers[*index].service.as_str(), id);
+                    ids.insert(desired.containers[*index].name.as_str(), id);
                 }
                 Step::Recreate {
                     index,
@@ -718,7 +751,7 @@ impl StackConverger {
                             spec.rollback_on_failure,
                         )
                         .await?;
-                    ids.insert(desired.containers[*index].service.as_str(), id);
+                    ids.insert(desired.containers[*index].name.as_str(), id);
                 }
                 Step::Start { index, id } => match self.engine.start_container(id).await {
                     Ok(()) => {}
@@ -726,12 +759,13 @@ impl StackConverger {
                     // container's task; no start succeeds until the container is gone.
                     Err(err) if err.is_stale_task() => {
                         tracing::warn!(stack, container = %id, error = %err, "container has a stale containerd task; recreating it");
+                        let inherit = self.engine.container_volumes(id).await.map_err(e())?;
                         self.engine.remove_container(id).await.map_err(e())?;
                         let id = self
-                            .create_and_start(desired, *index, &image_id(*index)?, false)
+                            .create_and_start(desired, *index, &image_id(*index)?, false, &inherit)
                             .await
                             .map_err(|(_, err)| err)?;
-                        ids.insert(desired.containers[*index].service.as_str(), id);
+                        ids.insert(desired.containers[*index].name.as_str(), id);
                         done.push(format!("{what}: recreated (its containerd task was stale)"));
                         continue;
                     }
@@ -742,7 +776,7 @@ impl StackConverger {
                         .rename_container(id, &desired.containers[*index].name)
                         .await
                         .map_err(e())?;
-                    ids.insert(desired.containers[*index].service.as_str(), id.clone());
+                    ids.insert(desired.containers[*index].name.as_str(), id.clone());
                 }
                 Step::RemoveNetwork { name } => {
                     self.engine.remove_network(name).await.map_err(e())?
@@ -765,6 +799,7 @@ impl Converge<StackSpec> for StackConverger {
 
     async fn check(&self, spec: &StackSpec, _cx: &PassContext) -> Result<Check, ResourceError> {
         let r = self.render(spec)?;
+        self.check_platforms(spec).await?;
         let observed = self.observe(&r.desired).await?;
         let plan = plan::plan(&r.desired, &observed)?;
         let mut lines: Vec<String> = r
@@ -776,8 +811,11 @@ impl Converge<StackSpec> for StackConverger {
         if lines.is_empty() {
             Ok(Check::InSync)
         } else {
+            let mut diff: Vec<String> =
+                r.warnings.iter().map(|w| format!("warning: {w}")).collect();
+            diff.extend(lines);
             Ok(Check::Drift {
-                diff: lines.join("\n"),
+                diff: diff.join("\n"),
             })
         }
     }
@@ -786,6 +824,10 @@ impl Converge<StackSpec> for StackConverger {
         let stack = spec.name.as_str();
         self.check_roots(spec)?;
         let mut r = self.render(spec)?;
+        self.check_platforms(spec).await?;
+        for w in &r.warnings {
+            tracing::warn!(stack, warning = %w, "compose");
+        }
         // Plan first: a conflict or a missing external object fails the stack before any
         // file is written.
         let mut observed = self.observe(&r.desired).await?;

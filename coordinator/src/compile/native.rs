@@ -73,6 +73,14 @@ pub(crate) fn load(files: &[PathBuf], d: &mut Diag) -> Compiled {
                 }
             };
             secrets::check_leak(&spec, id, n.file, &n.path, d);
+            // What the Compose parser substituted (unset variables…), as for Phoenix configs.
+            for r in spec.resources() {
+                if let phoenix_proto::model::Resource::Stack(st) = r {
+                    for w in st.project.warnings() {
+                        n.warn(d, format!("stack {}: {w}", st.name));
+                    }
+                }
+            }
             if let Some(first) = origin.insert(id, file.clone()) {
                 n.error(
                     d,

@@ -17,28 +17,45 @@ use super::types::{FirewallRule, Problem};
 mod ship {
     use super::{AbsPath, StackFile};
     use phoenix_proto::model::compose::ComposeProject;
+    use phoenix_proto::model::compose::dockerignore::{DockerIgnore, secret_looking};
     use std::path::Path;
 
     /// Most bytes shipped per stack: desired states carry them to every pass.
     const MAX_SHIPPED: usize = 1 << 20;
 
+    /// What shipping the build contexts found besides the files.
+    #[derive(Default)]
+    pub(super) struct Shipped {
+        pub(super) files: Vec<StackFile>,
+        /// Secret-looking files that are shipped (named like credentials): `path (why)`.
+        pub(super) warnings: Vec<String>,
+        /// Files holding a private key, not excluded by `.dockerignore`: never shipped,
+        /// and the stack is refused (a private key does not belong in a desired state,
+        /// which every pass carries and the coordinator stores).
+        pub(super) refused: Vec<String>,
+    }
+
     /// Build contexts that exist beside the compose file (as directories), as stack
-    /// files under the project directory. Secrets are never shipped (they stay on the
-    /// guest, mounted by reference). Text only: a desired state carries UTF-8.
+    /// files under the project directory, leaving out what each context's
+    /// `.dockerignore` excludes (the build would not see it either; the Dockerfile is
+    /// always kept). Secrets are never shipped (they stay on the guest, mounted by
+    /// reference). Text only: a desired state carries UTF-8.
     pub(super) fn shipped_files(
         project: &ComposeProject,
         project_dir: &Path,
         compose_dir: &Path,
-    ) -> Result<Vec<StackFile>, String> {
-        let mut wanted: Vec<&str> = Vec::new();
+    ) -> Result<Shipped, String> {
+        let mut shipped = Shipped::default();
+        let mut wanted: Vec<(&str, String)> = Vec::new();
         for svc in project.services().values() {
             if let Some(b) = &svc.build {
-                wanted.push(b.context.as_str());
+                let dockerfile = b.dockerfile.clone().unwrap_or_else(|| "Dockerfile".into());
+                wanted.push((b.context.as_str(), dockerfile));
             }
         }
         let mut out: Vec<StackFile> = Vec::new();
         let mut total = 0usize;
-        for guest in wanted {
+        for (guest, dockerfile) in wanted {
             let Ok(rel) = Path::new(guest).strip_prefix(project_dir) else {
                 continue;
             };
@@ -46,6 +63,9 @@ mod ship {
             if !local.is_dir() {
                 continue;
             }
+            let ignore = std::fs::read_to_string(local.join(".dockerignore"))
+                .map(|t| DockerIgnore::parse(&t))
+                .unwrap_or_default();
             let mut stack = vec![local.clone()];
             while let Some(dir) = stack.pop() {
                 let entries = std::fs::read_dir(&dir)
@@ -54,6 +74,17 @@ mod ship {
                     let e = e.map_err(|e| format!("read build context {}: {e}", dir.display()))?;
                     let path = e.path();
                     let kind = e.file_type().map_err(|e| e.to_string())?;
+                    let in_context = path
+                        .strip_prefix(&local)
+                        .map(|p| p.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    let always = in_context == dockerfile || in_context == ".dockerignore";
+                    if !always && ignore.excludes(&in_context) {
+                        // Ignored: skipped whole unless a `!` line may re-include below.
+                        if !(kind.is_dir() && ignore.has_exceptions()) {
+                            continue;
+                        }
+                    }
                     if kind.is_dir() {
                         stack.push(path);
                         continue;
@@ -64,6 +95,14 @@ mod ship {
                     let text = std::fs::read_to_string(&path).map_err(|e| {
                         format!("build context file {}: {e} (only text files are shipped; keep others on the guest)", path.display())
                     })?;
+                    match secret_looking(&in_context, text.as_bytes()) {
+                        Some(why) if why.contains("private key") => {
+                            shipped.refused.push(path.display().to_string());
+                            continue;
+                        }
+                        Some(why) => shipped.warnings.push(format!("{} ({why})", path.display())),
+                        None => {}
+                    }
                     total += text.len();
                     if total > MAX_SHIPPED {
                         return Err(format!(
@@ -86,7 +125,8 @@ mod ship {
             }
         }
         out.sort_by(|a, b| a.path.as_str().cmp(b.path.as_str()));
-        Ok(out)
+        shipped.files = out;
+        Ok(shipped)
     }
 }
 use phoenix_proto::model::compose;
@@ -97,6 +137,21 @@ use phoenix_proto::redact;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+
+/// Reads another file of the project (`extends: {file: …}`) beside the compose file.
+/// The parser hands a path relative to the project directory that does not lead out of
+/// it; a link that would is refused here.
+fn project_reader(compose_dir: &std::path::Path) -> compose::FileReader {
+    let dir = compose_dir.to_path_buf();
+    compose::FileReader::new(move |rel| {
+        let base = std::fs::canonicalize(&dir).map_err(|e| e.to_string())?;
+        let path = std::fs::canonicalize(base.join(rel)).map_err(|e| e.to_string())?;
+        if !path.starts_with(&base) {
+            return Err("is reached through a link that leads out of the project directory".into());
+        }
+        std::fs::read_to_string(&path).map_err(|e| e.to_string())
+    })
+}
 
 pub(crate) fn stack(
     layout: &Layout,
@@ -286,11 +341,13 @@ pub(crate) fn stack(
         }
         None => AbsPath::try_from(default_dir).ok()?,
     };
+    let compose_dir = compose_path.parent().map(PathBuf::from).unwrap_or_default();
     let opts = compose::ParseOptions {
         variables: variables.clone(),
         project_dir: Some(project_dir.as_path().to_path_buf()),
         project_name: Some(s.name.clone()),
         profiles: profiles.clone(),
+        files: Some(project_reader(&compose_dir)),
     };
     // The model's Compose parser: what passes here is what the agent will accept.
     let project = match compose::parse_with(&compose_raw, &opts) {
@@ -308,6 +365,10 @@ pub(crate) fn stack(
             return None;
         }
     };
+    // Unset variables and the like: substituted as Compose does, and said (names only).
+    for w in project.warnings() {
+        d.warn(&compose_path, "", w.clone());
+    }
     let literals = secrets::compose_literals(&project);
     for l in &literals {
         d.secrets.push(l.value.clone());
@@ -356,12 +417,29 @@ pub(crate) fn stack(
     if !literals.is_empty() {
         return None;
     }
-    let compose_dir = compose_path.parent().map(PathBuf::from).unwrap_or_default();
-    let files =
-        ship::shipped_files(&project, project_dir.as_path(), &compose_dir).unwrap_or_else(|why| {
+    let shipped = ship::shipped_files(&project, project_dir.as_path(), &compose_dir)
+        .unwrap_or_else(|why| {
             d.error(&compose_path, "", Problem::Compose(why));
-            Vec::new()
+            ship::Shipped::default()
         });
+    for f in &shipped.warnings {
+        d.warn(
+            &compose_path,
+            "",
+            format!("build context file {f} looks like a secret: it is shipped to the guest and sent into the image build; list it in the context's .dockerignore or keep it on the guest"),
+        );
+    }
+    for f in &shipped.refused {
+        d.error(
+            &compose_path,
+            "",
+            Problem::Compose(format!("build context file {f} holds a private key: it would be shipped in the desired state and built into the image; list it in the context's .dockerignore or keep it on the guest")),
+        );
+    }
+    if !shipped.refused.is_empty() {
+        return None;
+    }
+    let files = shipped.files;
     let mut spec = StackSpec::new(s.name.clone(), project);
     spec.environment = s.environment.clone();
     spec.labels = labels;
@@ -462,5 +540,78 @@ mod tests {
         );
         let e = compile(dir.path()).unwrap_err();
         assert!(e.contains("leads out of the project directory"), "{e}");
+    }
+
+    /// `phoenix validate` says what Compose would substitute (an unset variable, by name
+    /// only), reads `extends` from another file beside the compose file, ships a build
+    /// context without what its `.dockerignore` excludes, warns about a secret-looking
+    /// file it ships and refuses to ship a private key.
+    #[test]
+    fn validate_warns_extends_other_files_and_ships_contexts_as_the_build_sees_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path();
+        layout(
+            base,
+            r#"{"environments": {"production": {}}}"#,
+            "services:\n  web:\n    extends: {file: common.yml, service: base}\n    build: ./app\n    environment: {MODE: \"${MODE}\"}\n",
+        );
+        std::fs::write(
+            base.join("stacks/web/common.yml"),
+            "services:\n  base:\n    image: busybox\n    labels: [from=common]\n",
+        )
+        .unwrap();
+        std::fs::write(
+            base.join("stacks/web/app/.dockerignore"),
+            "*.log\nsecrets/\n",
+        )
+        .unwrap();
+        std::fs::write(base.join("stacks/web/app/build.log"), "noise").unwrap();
+        std::fs::create_dir_all(base.join("stacks/web/app/secrets")).unwrap();
+        std::fs::write(
+            base.join("stacks/web/app/secrets/id_rsa"),
+            "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        std::fs::write(base.join("stacks/web/app/.env"), "A=1\n").unwrap();
+        let c = crate::compile::load(&base.join("etc")).unwrap();
+        let warnings: Vec<&str> = c.warnings.iter().map(|w| w.message.as_str()).collect();
+        let all = warnings.join("\n");
+        assert!(
+            all.contains("services.web.environment: variable MODE is not set"),
+            "{all}"
+        );
+        assert!(
+            all.contains("app/.env (is named like a credentials file)")
+                && all.contains(".dockerignore"),
+            "{all}"
+        );
+        let g = &c.guests[&GuestId::try_from(1002u32).unwrap()];
+        let s = g
+            .spec
+            .resources()
+            .iter()
+            .find_map(|r| match r {
+                Resource::Stack(s) => Some(s.clone()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(s.project.services()["web"].labels["from"], "common");
+        let shipped: Vec<&str> = s.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            shipped,
+            [
+                "/srv/phoenix/stacks/web/app/.dockerignore",
+                "/srv/phoenix/stacks/web/app/.env",
+                "/srv/phoenix/stacks/web/app/Dockerfile",
+            ]
+        );
+
+        // A private key the .dockerignore does not exclude: refused, named, not quoted.
+        std::fs::write(base.join("stacks/web/app/.dockerignore"), "*.log\n").unwrap();
+        let e = compile(base).unwrap_err();
+        assert!(
+            e.contains("app/secrets/id_rsa holds a private key") && !e.contains("AAAA"),
+            "{e}"
+        );
     }
 }

@@ -100,6 +100,7 @@ impl TryFrom<StackSpecWire> for StackSpec {
                     project_dir: w.project_dir.as_ref().map(|d| d.as_path().to_path_buf()),
                     project_name: Some(w.name.clone()),
                     profiles: w.profiles.clone(),
+                    files: None,
                 };
                 parse_with(&text, &opts).map_err(|e| format!("stack {}: {e}", w.name))?
             }
@@ -202,10 +203,10 @@ mod tests {
         assert_eq!(serde_json::from_value::<StackSpec>(json).unwrap(), old);
         // The old text meets the parser's checks.
         let e = serde_json::from_value::<StackSpec>(serde_json::json!({
-            "name": "web", "compose": "services:\n  web:\n    image: \"nginx:${TAG}\"\n",
+            "name": "web", "compose": "services:\n  web:\n    image: \"nginx:${TAG:?set TAG}\"\n",
         }))
         .unwrap_err()
         .to_string();
-        assert!(e.contains("variable TAG is not set"), "{e}");
+        assert!(e.contains("required variable TAG is not set"), "{e}");
     }
 }

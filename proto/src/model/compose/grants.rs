@@ -183,6 +183,8 @@ pub fn detect_resolved(
                         push(field("volumes"), access);
                     }
                 }
+                // Created empty by the engine; it grants nothing of the guest.
+                MountKind::Anonymous => {}
                 MountKind::Volume => {
                     if let Some(access) = volume_grants.get(m.source.as_str()) {
                         push(

@@ -1,26 +1,64 @@
 //! `${VAR}` interpolation from the stack's variables, and the helpers that apply it to
 //! each shape of raw value. Only the given variables are read, never a process
-//! environment.
+//! environment. An unset variable without a default becomes an empty string and a
+//! warning naming the field and the variable (never a value), as `docker compose` does.
 
 use super::raw::{Scalar, SeqOrMap};
 use super::{ComposeError, invalid};
-use std::collections::BTreeMap;
-pub(super) struct Vars<'a>(pub(super) &'a BTreeMap<String, String>);
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
 
-impl Vars<'_> {
+pub(super) struct Vars<'a> {
+    pub(super) map: &'a BTreeMap<String, String>,
+    /// `(field, variable)` of every unset variable substituted by an empty string.
+    unset: RefCell<BTreeSet<(String, String)>>,
+}
+
+impl<'a> Vars<'a> {
+    pub(super) fn new(map: &'a BTreeMap<String, String>) -> Self {
+        Vars {
+            map,
+            unset: RefCell::new(BTreeSet::new()),
+        }
+    }
+
+    /// The stack variable `name`, when set.
+    pub(super) fn get(&self, name: &str) -> Option<&'a String> {
+        self.map.get(name)
+    }
+
+    /// Records a warning about `var` in `field` (the parser's other warnings use it too).
+    pub(super) fn note_unset(&self, field: &str, var: &str) {
+        self.unset
+            .borrow_mut()
+            .insert((field.to_string(), var.to_string()));
+    }
+
+    /// The warnings gathered so far, one line each, in field order.
+    pub(super) fn warnings(&self) -> Vec<String> {
+        self.unset
+            .borrow()
+            .iter()
+            .map(|(field, var)| {
+                format!("{field}: variable {var} is not set; an empty string was substituted")
+            })
+            .collect()
+    }
+
     pub(super) fn s(&self, field: &str, input: &str) -> Result<String, ComposeError> {
-        interpolate(input, self.0).map_err(|e| match e {
-            Interp::Unset(var) => ComposeError::UnsetVariable {
-                field: field.to_string(),
-                var,
-            },
+        let mut unset = Vec::new();
+        let out = interpolate(input, self.map, &mut unset).map_err(|e| match e {
             Interp::Required { var, message } => ComposeError::RequiredVariable {
                 field: field.to_string(),
                 var,
                 message,
             },
             Interp::Syntax(m) => invalid(field, m),
-        })
+        })?;
+        for var in unset {
+            self.note_unset(field, &var);
+        }
+        Ok(out)
     }
 
     pub(super) fn opt(
@@ -84,7 +122,6 @@ impl Vars<'_> {
 
 #[derive(Debug, PartialEq)]
 pub(super) enum Interp {
-    Unset(String),
     /// `${VAR:?message}` with VAR unset (or empty).
     Required {
         var: String,
@@ -121,9 +158,14 @@ fn closing_brace(r: &str) -> Option<usize> {
 /// Compose's interpolation: `$$`, `$VAR`, `${VAR}`, `${VAR:-default}`, `${VAR-default}`,
 /// `${VAR:?message}`, `${VAR?message}`, `${VAR:+alternative}`, `${VAR+alternative}`
 /// (the colon forms treat an empty value as unset). An unset variable without a default
-/// is an error; a `?` error carries the file's message and the variable's name only.
-pub(super) fn interpolate(input: &str, vars: &BTreeMap<String, String>) -> Result<String, Interp> {
-    interpolate_depth(input, vars, 0)
+/// becomes an empty string and its name is added to `unset`, as Compose substitutes and
+/// warns; a `?` error carries the file's message and the variable's name only.
+pub(super) fn interpolate(
+    input: &str,
+    vars: &BTreeMap<String, String>,
+    unset: &mut Vec<String>,
+) -> Result<String, Interp> {
+    interpolate_depth(input, vars, 0, unset)
 }
 
 /// Nesting bound: a default inside a default inside … cannot recurse without limit.
@@ -133,6 +175,7 @@ fn interpolate_depth(
     input: &str,
     vars: &BTreeMap<String, String>,
     depth: usize,
+    unset: &mut Vec<String>,
 ) -> Result<String, Interp> {
     if depth > MAX_DEPTH {
         return Err(Interp::Syntax(format!(
@@ -159,20 +202,23 @@ fn interpolate_depth(
             }
             let value = vars.get(name);
             let set_nonempty = value.is_some_and(|v| !v.is_empty());
-            let nested = |text: &str| interpolate_depth(text, vars, depth + 1);
             let v = if op.is_empty() {
-                value
-                    .cloned()
-                    .ok_or_else(|| Interp::Unset(name.to_string()))?
+                match value {
+                    Some(v) => v.clone(),
+                    None => {
+                        unset.push(name.to_string());
+                        String::new()
+                    }
+                }
             } else if let Some(default) = op.strip_prefix(":-") {
                 match value {
                     Some(v) if set_nonempty => v.clone(),
-                    _ => nested(default)?,
+                    _ => interpolate_depth(default, vars, depth + 1, unset)?,
                 }
             } else if let Some(default) = op.strip_prefix('-') {
                 match value {
                     Some(v) => v.clone(),
-                    None => nested(default)?,
+                    None => interpolate_depth(default, vars, depth + 1, unset)?,
                 }
             } else if let Some(message) = op.strip_prefix(":?") {
                 match value {
@@ -196,13 +242,13 @@ fn interpolate_depth(
                 }
             } else if let Some(alt) = op.strip_prefix(":+") {
                 if set_nonempty {
-                    nested(alt)?
+                    interpolate_depth(alt, vars, depth + 1, unset)?
                 } else {
                     String::new()
                 }
             } else if let Some(alt) = op.strip_prefix('+') {
                 if value.is_some() {
-                    nested(alt)?
+                    interpolate_depth(alt, vars, depth + 1, unset)?
                 } else {
                     String::new()
                 }
@@ -220,10 +266,10 @@ fn interpolate_depth(
                 )));
             }
             let name = &rest[..name_end];
-            out.push_str(
-                vars.get(name)
-                    .ok_or_else(|| Interp::Unset(name.to_string()))?,
-            );
+            match vars.get(name) {
+                Some(v) => out.push_str(v),
+                None => unset.push(name.to_string()),
+            }
             rest = &rest[name_end..];
         }
     }

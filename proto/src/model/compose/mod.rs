@@ -9,8 +9,10 @@
 //!   `${VAR}`, `${VAR:-default}`, `${VAR-default}`, `${VAR:?err}`, `${VAR?err}`,
 //!   `${VAR:+alt}`, `$VAR` and `$$` are interpolated from the stack's variables only
 //!   (never from a process environment), so the same input renders the same containers
-//!   on every guest; an unset variable without a default is an error (Compose would
-//!   substitute an empty string: a silently empty image tag or password is worse).
+//!   on every guest. An unset variable without a default is an empty string and a
+//!   warning naming the field and the variable, as `docker compose` does; the warnings
+//!   travel with the project ([`ComposeProject::warnings`]) so `phoenix validate`, the
+//!   agent's plan and its log show them. `${VAR:?err}` and `${VAR?err}` still refuse.
 //! - Relative paths (`./data`, `build: .`, secret and config files, env files) resolve
 //!   against the project directory, the compose file's directory on the guest, and may
 //!   not lead out of it. `profiles` keep or drop services as Compose does.
@@ -19,10 +21,20 @@
 //! - [`grants`] finds what a project grants over the guest (host-root binds, capabilities,
 //!   devices, the host network).
 //!
-//! Limits: anonymous volumes, host port ranges to pick from, external (swarm) secrets,
-//! overlay networks, BuildKit-only build keys, `extends`/`include`, `privileged` and the
-//! host namespaces (`pid`, `ipc`, `userns_mode`) are refused, each with its reason.
+//! - `extends` (same file, or another file inside the project directory read through
+//!   [`ParseOptions::files`]) is merged by Compose's rules before the service is read.
+//! - `platform` and build `platforms` are checked for form here; whether they are the
+//!   engine's own platform only the agent can tell (it asks the engine and refuses the
+//!   stack otherwise: Phoenix sets up no emulation).
+//! - Anonymous volumes (`- /data`) are [`MountKind::Anonymous`]; the agent keeps them
+//!   across a recreate, as Compose does.
+//!
+//! Limits: host port ranges to pick from, external (swarm) secrets, overlay networks,
+//! BuildKit-only build keys, `include`, `privileged` and the host namespaces (`pid`,
+//! `ipc`, `userns_mode`) are refused, each with its reason.
 
+pub mod dockerignore;
+mod extends;
 pub mod grants;
 mod image;
 mod interpolate;
@@ -35,6 +47,7 @@ mod syntax;
 mod types;
 mod validate;
 
+pub use extends::FileReader;
 pub use image::ImageRef;
 pub use parse::{ParseOptions, parse, parse_with};
 pub use types::{
@@ -55,8 +68,6 @@ pub enum ComposeError {
     Yaml(String),
     #[error("compose {field}: {message}")]
     Invalid { field: String, message: String },
-    #[error("compose {field}: variable {var} is not set and has no default")]
-    UnsetVariable { field: String, var: String },
     /// `${VAR:?message}`: the file's own message, and never a value.
     #[error("compose {field}: required variable {var} is not set: {message}")]
     RequiredVariable {
@@ -78,3 +89,6 @@ mod tests;
 
 #[cfg(test)]
 mod tests_spec;
+
+#[cfg(test)]
+mod tests_gaps;

@@ -2,15 +2,18 @@
 //! keys (the Compose spec says to ignore them), reads each section into its raw shape
 //! (naming the section or service in every error), resolves relative paths against the
 //! project directory, keeps the services of the active profiles and runs the project's
-//! checks. Pure: reads no files (env_file contents are merged by the agent when it renders
-//! the stack) and talks to no engine.
+//! checks. Pure: reads no files itself (env_file contents are merged by the agent when it
+//! renders the stack; another file named by `extends` is read through the caller's
+//! [`FileReader`]) and talks to no engine.
 
+use super::extends::{self, FileReader};
 use super::interpolate::Vars;
 use super::raw::{RawFileObject, RawNetwork, RawVolume};
 use super::service::{Converted, service};
 use super::types::{ComposeProject, Ipam, IpamPool, NetworkDef, VolumeDef};
 use super::{ComposeError, invalid};
 use serde_json::{Map, Value};
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
@@ -30,6 +33,9 @@ pub struct ParseOptions {
     pub project_name: Option<String>,
     /// Profiles to enable (`*` enables all). Services without `profiles` always run.
     pub profiles: Vec<String>,
+    /// Reads other files of the project (`extends: {file: …}`), by their path relative to
+    /// the project directory. `None`: `extends` may only name services of this file.
+    pub files: Option<FileReader>,
 }
 
 impl ParseOptions {
@@ -109,7 +115,7 @@ pub fn parse_with(compose: &str, opts: &ParseOptions) -> Result<ComposeProject, 
         Value::Object(m) => strip_extensions(m),
         _ => return Err(ComposeError::Yaml("the file is not a mapping".into())),
     };
-    let vars = Vars(&opts.variables);
+    let vars = Vars::new(&opts.variables);
     let mut name = None;
     let mut services = Map::new();
     let mut networks = BTreeMap::new();
@@ -168,11 +174,13 @@ pub fn parse_with(compose: &str, opts: &ParseOptions) -> Result<ComposeProject, 
         check_project_name(n)?;
     }
     let project_name = name.clone().or_else(|| opts.project_name.clone());
+    extends::resolve(&mut services, opts.files.as_ref(), strip_extensions)?;
     let ctx = Ctx {
         vars,
         project_dir: opts.project_dir.as_deref(),
         project_name: project_name.as_deref(),
         files: &files,
+        warnings: RefCell::new(Vec::new()),
     };
     let mut converted = BTreeMap::new();
     for (svc, v) in services {
@@ -181,7 +189,9 @@ pub fn parse_with(compose: &str, opts: &ParseOptions) -> Result<ComposeProject, 
         converted.insert(svc, c);
     }
     let services = select_profiles(converted, &opts.profiles)?;
-    ComposeProject::checked(name, services, networks, volumes)
+    let mut warnings = ctx.vars.warnings();
+    warnings.extend(ctx.warnings.into_inner());
+    ComposeProject::checked(name, services, networks, volumes, warnings)
 }
 
 /// Top-level `secrets` and `configs` with a file source: name → absolute path on the guest.
@@ -197,9 +207,15 @@ pub(super) struct Ctx<'a> {
     pub(super) project_dir: Option<&'a Path>,
     pub(super) project_name: Option<&'a str>,
     pub(super) files: &'a FileObjects,
+    /// Warnings besides unset variables (see `ComposeProject::warnings`).
+    pub(super) warnings: RefCell<Vec<String>>,
 }
 
 impl Ctx<'_> {
+    pub(super) fn warn(&self, w: String) {
+        self.warnings.borrow_mut().push(w);
+    }
+
     /// A path as written → an absolute path on the guest. Relative paths resolve against
     /// the project directory and must stay beneath it; absolute paths are kept (the grant
     /// rules judge them).

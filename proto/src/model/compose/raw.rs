@@ -128,12 +128,16 @@ pub(super) struct RawService {
     pub(super) stop_grace_period: Option<String>,
     pub(super) shm_size: Option<Scalar>,
     pub(super) pull_policy: Option<String>,
+    /// `os/arch[/variant]`: accepted when it is the engine's own (the agent asks it).
+    pub(super) platform: Option<String>,
     /// Legacy service-level resource keys (Compose file format 2), same meaning as
     /// `deploy.resources`.
     pub(super) cpus: Option<Scalar>,
     pub(super) mem_limit: Option<Scalar>,
     pub(super) mem_reservation: Option<Scalar>,
     pub(super) pids_limit: Option<Scalar>,
+    /// Relative CPU weight (the engine's `CpuShares`).
+    pub(super) cpu_shares: Option<Scalar>,
     pub(super) scale: Option<Scalar>,
     /// `docker compose watch` only; `up` ignores it, and so does Phoenix.
     #[serde(rename = "develop")]
@@ -145,8 +149,6 @@ pub(super) struct RawService {
     pub(super) ipc: Option<IgnoredAny>,
     pub(super) userns_mode: Option<IgnoredAny>,
     pub(super) cgroup_parent: Option<IgnoredAny>,
-    pub(super) platform: Option<IgnoredAny>,
-    pub(super) extends: Option<IgnoredAny>,
     pub(super) runtime: Option<IgnoredAny>,
     pub(super) volumes_from: Option<IgnoredAny>,
     pub(super) links: Option<IgnoredAny>,
@@ -176,11 +178,12 @@ pub(super) struct RawBuild {
     pub(super) extra_hosts: Option<SeqOrMap<Option<Scalar>>>,
     pub(super) no_cache: Option<bool>,
     pub(super) pull: Option<bool>,
+    /// Accepted when every one is the engine's own platform (the agent asks it).
+    pub(super) platforms: Option<Vec<String>>,
     // Refused with their reason, see `parse::build`.
     pub(super) additional_contexts: Option<IgnoredAny>,
     pub(super) ssh: Option<IgnoredAny>,
     pub(super) secrets: Option<IgnoredAny>,
-    pub(super) platforms: Option<IgnoredAny>,
     pub(super) entitlements: Option<IgnoredAny>,
     pub(super) privileged: Option<IgnoredAny>,
     pub(super) cache_from: Option<IgnoredAny>,

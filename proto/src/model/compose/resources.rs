@@ -41,7 +41,8 @@ pub(super) fn pids(vars: &Vars, field: &str, v: Scalar) -> Result<i64, ComposeEr
         .ok_or_else(|| invalid(field, format!("{s:?} is not a process count (or -1)")))
 }
 
-/// Reads `deploy`; limits and reservations fill what the service-level keys left unset.
+/// Reads `deploy`; its limits and memory reservation override the service-level keys,
+/// as `docker compose` applies them after those (compose-go `setLimits`).
 pub(super) fn deploy(
     vars: &Vars,
     field: &str,
@@ -65,19 +66,13 @@ pub(super) fn deploy(
     if let Some(r) = d.resources {
         if let Some(l) = r.limits {
             let f = |k: &str| format!("{field}.resources.limits.{k}");
-            if let Some(c) = l.cpus
-                && res.nano_cpus.is_none()
-            {
+            if let Some(c) = l.cpus {
                 res.nano_cpus = Some(nano_cpus(vars, &f("cpus"), c)?);
             }
-            if let Some(m) = l.memory
-                && res.memory.is_none()
-            {
+            if let Some(m) = l.memory {
                 res.memory = Some(bytes(vars, &f("memory"), m)?);
             }
-            if let Some(p) = l.pids
-                && res.pids.is_none()
-            {
+            if let Some(p) = l.pids {
                 res.pids = Some(pids(vars, &f("pids"), p)?);
             }
         }
@@ -89,19 +84,15 @@ pub(super) fn deploy(
                     "swarm generic resources; for GPUs use reservations.devices",
                 ));
             }
-            if let Some(m) = rv.memory
-                && res.memory_reservation.is_none()
-            {
+            if let Some(m) = rv.memory {
                 res.memory_reservation = Some(bytes(vars, &f("memory"), m)?);
             }
             if let Some(c) = rv.cpus {
-                // Compose turns a CPU reservation into CPU shares by truncating the
-                // number of CPUs (0.5 → none, 2 → 2); done the same here so both agree.
-                let nano = nano_cpus(vars, &f("cpus"), c)?;
-                let shares = nano / 1_000_000_000;
-                if shares > 0 && res.cpu_shares.is_none() {
-                    res.cpu_shares = Some(shares);
-                }
+                // Checked, then left out as `docker compose` leaves it out: a CPU
+                // reservation is a swarm scheduling option (compose-go
+                // `setReservations`), not a container setting. The parity test shows
+                // docker-compose sets no CPU shares for it either.
+                nano_cpus(vars, &f("cpus"), c)?;
             }
             for dev in rv.devices {
                 gpus.push(device_request(vars, &f("devices"), dev)?);
@@ -190,11 +181,6 @@ pub(super) fn build(ctx: &Ctx, field: &str, b: StrOr<RawBuild>) -> Result<Build,
             "build secrets need BuildKit; not supported",
         ),
         (
-            "platforms",
-            b.platforms.is_some(),
-            "multi-platform builds need BuildKit; the guest builds for itself",
-        ),
-        (
             "entitlements",
             b.entitlements.is_some(),
             "grants the build extra privileges; not supported",
@@ -268,11 +254,19 @@ pub(super) fn build(ctx: &Ctx, field: &str, b: StrOr<RawBuild>) -> Result<Build,
             ),
         ));
     }
+    let mut platforms = Vec::new();
+    for p in b.platforms.unwrap_or_default() {
+        let p = vars.s(&format!("{field}.platforms"), &p)?;
+        check_platform(&format!("{field}.platforms"), &p)?;
+        if !platforms.contains(&p) {
+            platforms.push(p);
+        }
+    }
     let mut args = std::collections::BTreeMap::new();
     if let Some(a) = b.args {
         for (k, v) in vars.pairs(&format!("{field}.args"), a)? {
             // `ARG` without a value takes the stack variable of that name, or stays unset.
-            match v.or_else(|| vars.0.get(&k).cloned()) {
+            match v.or_else(|| vars.get(&k).cloned()) {
                 Some(v) => {
                     args.insert(k, v);
                 }
@@ -298,5 +292,26 @@ pub(super) fn build(ctx: &Ctx, field: &str, b: StrOr<RawBuild>) -> Result<Build,
         },
         no_cache: b.no_cache.unwrap_or(false),
         pull: b.pull.unwrap_or(false),
+        platforms,
     })
+}
+
+/// `os/arch[/variant]`, lowercase. Whether it is the engine's own platform only the
+/// agent can tell (it asks the engine); this checks the form.
+pub(super) fn check_platform(field: &str, p: &str) -> Result<(), ComposeError> {
+    let parts: Vec<&str> = p.split('/').collect();
+    let ok = (2..=3).contains(&parts.len())
+        && parts.iter().all(|x| {
+            !x.is_empty()
+                && x.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            field,
+            format!("{p:?} is not a platform (os/arch[/variant], e.g. linux/amd64)"),
+        ))
+    }
 }

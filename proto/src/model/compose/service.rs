@@ -54,16 +54,6 @@ fn refused(raw: &RawService) -> Option<(&'static str, &'static str)> {
             "places the container outside the engine's cgroup tree; not supported",
         ),
         (
-            "platform",
-            raw.platform.is_some(),
-            "the guest runs images of its own platform; Phoenix sets up no emulation",
-        ),
-        (
-            "extends",
-            raw.extends.is_some(),
-            "reads another service or file; merge it into this service",
-        ),
-        (
             "runtime",
             raw.runtime.is_some(),
             "selects an engine runtime by name; for GPUs use deploy.resources.reservations.devices",
@@ -112,18 +102,42 @@ pub(super) fn service(ctx: &Ctx, name: &str, raw: RawService) -> Result<Converte
         (None, None) => return Err(invalid(f("image"), "required (or `build`)")),
     };
     let image = ImageRef::try_from(image).map_err(|e| invalid(f("image"), e.to_string()))?;
+    let platform = vars.opt(&f("platform"), raw.platform)?;
+    if let Some(p) = &platform {
+        super::resources::check_platform(&f("platform"), p)?;
+        // Compose's rule: a service built for several platforms runs one of them.
+        if let Some(b) = &build
+            && !b.platforms.is_empty()
+            && !b.platforms.contains(p)
+        {
+            return Err(invalid(
+                f("platform"),
+                format!(
+                    "{p:?} is not one of build.platforms ({})",
+                    b.platforms.join(", ")
+                ),
+            ));
+        }
+    }
 
     let mut environment = BTreeMap::new();
     if let Some(env) = raw.environment {
         for (k, v) in vars.pairs(&f("environment"), env)? {
             // `FOO` without a value takes the stack variable of that name (Compose takes
-            // the shell's; the agent's process environment is never used).
+            // the shell's; the agent's process environment is never used). Without one
+            // it is not set in the container, as in Compose, and the parser says so.
             let v = match v {
                 Some(v) => v,
-                None => vars.0.get(&k).cloned().ok_or(ComposeError::UnsetVariable {
-                    field: f("environment"),
-                    var: k.clone(),
-                })?,
+                None => match vars.get(&k) {
+                    Some(v) => v.clone(),
+                    None => {
+                        ctx.warn(format!(
+                            "{}: {k} has no value and no stack variable of that name; it is not set in the container",
+                            f("environment")
+                        ));
+                        continue;
+                    }
+                },
             };
             environment.insert(k, v);
         }
@@ -277,8 +291,8 @@ pub(super) fn service(ctx: &Ctx, name: &str, raw: RawService) -> Result<Converte
         .scale
         .map(|s| replica_count(vars, &f("scale"), s))
         .transpose()?;
-    // Service-level keys first; `deploy.resources` fills what they leave unset, as
-    // Compose does.
+    // Service-level keys first; `deploy.resources` overrides them, as Compose applies
+    // it after them.
     if let Some(c) = raw.cpus {
         resources.nano_cpus = Some(super::resources::nano_cpus(vars, &f("cpus"), c)?);
     }
@@ -290,6 +304,21 @@ pub(super) fn service(ctx: &Ctx, name: &str, raw: RawService) -> Result<Converte
     }
     if let Some(p) = raw.pids_limit {
         resources.pids = Some(super::resources::pids(vars, &f("pids_limit"), p)?);
+    }
+    if let Some(c) = raw.cpu_shares {
+        let v = vars.s(&f("cpu_shares"), &c.into_string())?;
+        resources.cpu_shares = Some(
+            v.trim()
+                .parse::<i64>()
+                .ok()
+                .filter(|n| (2..=262_144).contains(n))
+                .ok_or_else(|| {
+                    invalid(
+                        f("cpu_shares"),
+                        format!("{v:?} is not a CPU share weight (2 to 262144)"),
+                    )
+                })?,
+        );
     }
     if let Some(d) = raw.deploy {
         let dep = deploy(vars, &f("deploy"), d, &mut resources)?;
@@ -430,6 +459,7 @@ pub(super) fn service(ctx: &Ctx, name: &str, raw: RawService) -> Result<Converte
         stdin_open: raw.stdin_open.unwrap_or(false),
         cap_drop: vars.list(&f("cap_drop"), raw.cap_drop.unwrap_or_default())?,
         security_opt,
+        platform,
     };
     Ok(Converted {
         service,
@@ -590,13 +620,16 @@ fn long_volume(vars: &Vars, field: &str, l: RawLongVolume) -> Result<LongVolume,
             format!("{target}:{}", opts.join(","))
         }));
     }
-    let Some(source) = l.source else {
-        return Err(invalid(
-            field,
-            format!(
-                "{target:?}: anonymous volumes are not supported (they are lost on recreate); name the volume"
-            ),
-        ));
+    let Some(source) = l.source.filter(|s| !s.is_empty()) else {
+        if l.kind != "volume" {
+            return Err(invalid(
+                field,
+                format!("{target:?}: a {:?} mount needs a source", l.kind),
+            ));
+        }
+        let mut m = super::syntax::anonymous(&target, l.read_only.unwrap_or(false));
+        m.nocopy = l.volume.and_then(|v| v.nocopy).unwrap_or(false);
+        return Ok(LongVolume::Mount(m));
     };
     let source = vars.s(field, &source)?;
     let mut m = mount(&source, &target, l.read_only.unwrap_or(false));

@@ -208,12 +208,21 @@ pub(super) fn mount(source: &str, target: &str, read_only: bool) -> Mount {
     }
 }
 
+/// An anonymous volume at `target`.
+pub(super) fn anonymous(target: &str, read_only: bool) -> Mount {
+    Mount {
+        kind: MountKind::Anonymous,
+        source: String::new(),
+        target: target.to_string(),
+        read_only,
+        nocopy: false,
+    }
+}
+
 pub(super) fn parse_short_volume(s: &str) -> Result<Mount, String> {
     let parts: Vec<&str> = s.split(':').collect();
     match parts.as_slice() {
-        [_] => Err(format!(
-            "{s:?}: anonymous volumes are not supported (they are lost on recreate); name the volume"
-        )),
+        [target] => Ok(anonymous(target, false)),
         [src, dst] => Ok(mount(src, dst, false)),
         [src, dst, mode] => {
             let mut ro = false;

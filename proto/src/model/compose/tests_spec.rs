@@ -18,6 +18,7 @@ fn opts(dir: Option<&str>, profiles: &[&str], vars: &[(&str, &str)]) -> ParseOpt
         project_dir: dir.map(PathBuf::from),
         project_name: Some("proj".into()),
         profiles: profiles.iter().map(|p| p.to_string()).collect(),
+        files: None,
     }
 }
 
@@ -220,14 +221,22 @@ services:
             memory: Some(512 << 20),
             pids: Some(100),
             memory_reservation: Some(128 << 20),
-            cpu_shares: Some(2),
+            // A CPU reservation sets nothing on the container, as in Compose.
+            cpu_shares: None,
         }
     );
     let b = &p.services()["b"];
-    // Service-level keys win over deploy.resources, as in Compose.
-    assert_eq!(b.resources.nano_cpus, Some(1_500_000_000));
-    assert_eq!(b.resources.memory, Some(1 << 30));
+    // deploy.resources limits override the service-level keys, as Compose applies them
+    // after those; what deploy leaves unset stays.
+    assert_eq!(b.resources.nano_cpus, Some(4_000_000_000));
+    assert_eq!(b.resources.memory, Some(2 << 30));
     assert_eq!(b.resources.pids, Some(10));
+    assert_eq!(b.resources.cpu_shares, None);
+    let c = ok(
+        "services:\n  c:\n    image: x\n    cpu_shares: 512\n",
+        &opts(None, &[], &[]),
+    );
+    assert_eq!(c.services()["c"].resources.cpu_shares, Some(512));
     for bad in [
         "limits: {cpus: -1}",
         "limits: {cpus: lots}",
@@ -460,7 +469,7 @@ services:
             "build: {context: ., dockerfile: ../Dockerfile}",
             "inside the context",
         ),
-        ("build: {context: ., platforms: [linux/arm64]}", "BuildKit"),
+        ("build: {context: ., platforms: [arm64]}", "not a platform"),
         (
             "build: {context: ., network: host}",
             "default bridge or none",

@@ -29,6 +29,11 @@ pub struct ComposeProject {
     networks: BTreeMap<String, NetworkDef>,
     #[serde(default)]
     volumes: BTreeMap<String, VolumeDef>,
+    /// What the parser substituted or dropped and the operator should know: unset
+    /// variables (field and name, never a value), environment entries left unset. Carried
+    /// so the agent prints them in its plan and log; not part of any container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
 }
 
 /// The wire shape of [`ComposeProject`] before its checks.
@@ -42,6 +47,8 @@ pub(super) struct ProjectFields {
     pub(super) networks: BTreeMap<String, NetworkDef>,
     #[serde(default)]
     pub(super) volumes: BTreeMap<String, VolumeDef>,
+    #[serde(default)]
+    pub(super) warnings: Vec<String>,
 }
 
 /// Adds the implicit `default` network (as Compose does when a service names no network),
@@ -61,6 +68,7 @@ impl TryFrom<ProjectFields> for ComposeProject {
             services: f.services,
             networks,
             volumes: f.volumes,
+            warnings: f.warnings,
         };
         project.validate()?;
         Ok(project)
@@ -84,6 +92,11 @@ impl ComposeProject {
 
     pub fn volumes(&self) -> &BTreeMap<String, VolumeDef> {
         &self.volumes
+    }
+
+    /// The parser's warnings, one line each (`<field>: …`); never a value.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// The service whose `container_name` is `name`.
@@ -200,6 +213,10 @@ pub struct Service {
     /// that loosen confinement are refused by the parser.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub security_opt: Vec<String>,
+    /// `platform` (`os/arch[/variant]`): the agent runs the service only when it is the
+    /// engine's own platform (no emulation), refusing the stack otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
 }
 
 /// CPU, memory and PID limits and reservations, in the engine's units.
@@ -217,7 +234,8 @@ pub struct Resources {
     /// `reservations.memory` in bytes (a soft limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_reservation: Option<i64>,
-    /// `reservations.cpus`, as Compose maps it: relative CPU shares.
+    /// `cpu_shares`: relative CPU weight. (`reservations.cpus` is not mapped: Compose
+    /// treats it as a swarm scheduling option and sets nothing on the container.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_shares: Option<i64>,
 }
@@ -265,6 +283,10 @@ pub struct Build {
     pub no_cache: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pull: bool,
+    /// `platforms`: accepted only when each is the engine's own platform (the agent
+    /// asks the engine); a multi-platform build would need emulation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub platforms: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -286,6 +308,9 @@ pub enum MountKind {
     Volume,
     /// A host path.
     Bind,
+    /// An anonymous volume (`- /data`): the engine names it; `source` is empty. Kept
+    /// across a recreate as Compose keeps it (the new container mounts the old one's).
+    Anonymous,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -429,12 +454,14 @@ impl ComposeProject {
         services: BTreeMap<String, Service>,
         networks: BTreeMap<String, NetworkDef>,
         volumes: BTreeMap<String, VolumeDef>,
+        warnings: Vec<String>,
     ) -> Result<Self, ComposeError> {
         ComposeProject::try_from(ProjectFields {
             name,
             services,
             networks,
             volumes,
+            warnings,
         })
     }
 }

@@ -91,6 +91,12 @@ impl ComposeProject {
                         ),
                     ));
                 }
+                MountKind::Anonymous if !m.source.is_empty() => {
+                    return Err(invalid(
+                        f("volumes"),
+                        format!("anonymous volume at {:?} has a source", m.target),
+                    ));
+                }
                 MountKind::Volume if !self.volumes().contains_key(&m.source) => {
                     return Err(invalid(
                         f("volumes"),
