@@ -777,7 +777,7 @@ impl ContainerEngine for DockerEngine {
         Ok(c.mounts
             .unwrap_or_default()
             .into_iter()
-            .filter(|m| m.typ == Some(bollard::models::MountPointType::VOLUME))
+            .filter(|m| m.typ.as_deref() == Some("volume"))
             .filter_map(|m| Some((m.destination?, m.name?)))
             .collect())
     }
