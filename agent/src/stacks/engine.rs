@@ -598,7 +598,20 @@ impl ContainerEngine for DockerEngine {
                 .build_image(opts, None, Some(bollard::body_full(context_tar.into())));
         let mut log: std::collections::VecDeque<String> = std::collections::VecDeque::new();
         while let Some(item) = stream.next().await {
-            let info = item.map_err(err("build image", image))?;
+            let info = match item {
+                Ok(info) => info,
+                // The builder's failure arrives as a stream error; it may quote a RUN
+                // line, so it is redacted like the output.
+                Err(BollardError::DockerStreamError { error }) => {
+                    let tail: Vec<String> = log.into_iter().collect();
+                    return Err(fail(format!(
+                        "{}; last output: {}",
+                        phoenix_proto::redact::redact_line(&error),
+                        tail.join(" | ")
+                    )));
+                }
+                Err(e) => return Err(err("build image", image)(e)),
+            };
             if let Some(line) = info.stream {
                 for l in line.lines().filter(|l| !l.trim().is_empty()) {
                     if log.len() == BUILD_LOG_LINES {
