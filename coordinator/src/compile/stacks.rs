@@ -606,6 +606,27 @@ mod tests {
             ]
         );
 
+        // `extends` through a link that leads out of the stack's directory: refused.
+        std::fs::write(
+            base.join("outside.yml"),
+            "services:\n  base:\n    image: x\n",
+        )
+        .unwrap();
+        std::fs::remove_file(base.join("stacks/web/common.yml")).unwrap();
+        std::os::unix::fs::symlink(base.join("outside.yml"), base.join("stacks/web/common.yml"))
+            .unwrap();
+        let e = compile(base).unwrap_err();
+        assert!(
+            e.contains("services.web.extends") && e.contains("leads out of the project directory"),
+            "{e}"
+        );
+        std::fs::remove_file(base.join("stacks/web/common.yml")).unwrap();
+        std::fs::write(
+            base.join("stacks/web/common.yml"),
+            "services:\n  base:\n    image: busybox\n",
+        )
+        .unwrap();
+
         // A private key the .dockerignore does not exclude: refused, named, not quoted.
         std::fs::write(base.join("stacks/web/app/.dockerignore"), "*.log\n").unwrap();
         let e = compile(base).unwrap_err();

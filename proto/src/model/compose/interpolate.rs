@@ -45,6 +45,35 @@ impl<'a> Vars<'a> {
             .collect()
     }
 
+    /// `e` with the variables left empty in its field named, when there are any.
+    pub(super) fn explain(&self, e: ComposeError) -> ComposeError {
+        match e {
+            ComposeError::Invalid { field, message } => {
+                let empty: Vec<String> = self
+                    .unset
+                    .borrow()
+                    .iter()
+                    .filter(|(f, _)| *f == field)
+                    .map(|(_, v)| v.clone())
+                    .collect();
+                if empty.is_empty() {
+                    ComposeError::Invalid { field, message }
+                } else {
+                    let what = if empty.len() == 1 {
+                        format!("variable {} is not set and was", empty[0])
+                    } else {
+                        format!("variables {} are not set and were", empty.join(", "))
+                    };
+                    ComposeError::Invalid {
+                        message: format!("{message} ({what} substituted by an empty string)"),
+                        field,
+                    }
+                }
+            }
+            other => other,
+        }
+    }
+
     pub(super) fn s(&self, field: &str, input: &str) -> Result<String, ComposeError> {
         let mut unset = Vec::new();
         let out = interpolate(input, self.map, &mut unset).map_err(|e| match e {

@@ -109,13 +109,22 @@ fn section(field: &str, v: Value) -> Result<Map<String, Value>, ComposeError> {
 /// Parses, interpolates and checks a Compose file. The coordinator compiles stacks with
 /// it; the agent receives the result.
 pub fn parse_with(compose: &str, opts: &ParseOptions) -> Result<ComposeProject, ComposeError> {
+    let vars = Vars::new(&opts.variables);
+    // A value that is invalid because a variable was empty: the error says which.
+    read_project(compose, opts, &vars).map_err(|e| vars.explain(e))
+}
+
+fn read_project(
+    compose: &str,
+    opts: &ParseOptions,
+    vars: &Vars,
+) -> Result<ComposeProject, ComposeError> {
     let tree: Value =
         serde_saphyr::from_str(compose).map_err(|e| ComposeError::Yaml(e.to_string()))?;
     let root = match tree {
         Value::Object(m) => strip_extensions(m),
         _ => return Err(ComposeError::Yaml("the file is not a mapping".into())),
     };
-    let vars = Vars::new(&opts.variables);
     let mut name = None;
     let mut services = Map::new();
     let mut networks = BTreeMap::new();
@@ -134,21 +143,21 @@ pub fn parse_with(compose: &str, opts: &ParseOptions) -> Result<ComposeProject, 
                 for (k, v) in section("networks", value)? {
                     let field = format!("networks.{k}");
                     let raw: Option<RawNetwork> = read(&field, v)?;
-                    networks.insert(k, network(&vars, &field, raw.unwrap_or_default())?);
+                    networks.insert(k, network(vars, &field, raw.unwrap_or_default())?);
                 }
             }
             "volumes" => {
                 for (k, v) in section("volumes", value)? {
                     let field = format!("volumes.{k}");
                     let raw: Option<RawVolume> = read(&field, v)?;
-                    volumes.insert(k, volume(&vars, &field, raw.unwrap_or_default())?);
+                    volumes.insert(k, volume(vars, &field, raw.unwrap_or_default())?);
                 }
             }
             "secrets" | "configs" => {
                 for (k, v) in section(&key, value)? {
                     let field = format!("{key}.{k}");
                     let raw: Option<RawFileObject> = read(&field, v)?;
-                    let path = file_object(&vars, opts, &field, &key, raw.unwrap_or_default())?;
+                    let path = file_object(vars, opts, &field, &key, raw.unwrap_or_default())?;
                     if key == "secrets" {
                         files.secrets.insert(k, path);
                     } else {
@@ -203,7 +212,7 @@ pub(super) struct FileObjects {
 
 /// What converting a service needs besides the service.
 pub(super) struct Ctx<'a> {
-    pub(super) vars: Vars<'a>,
+    pub(super) vars: &'a Vars<'a>,
     pub(super) project_dir: Option<&'a Path>,
     pub(super) project_name: Option<&'a str>,
     pub(super) files: &'a FileObjects,

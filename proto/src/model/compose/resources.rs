@@ -156,7 +156,7 @@ fn device_request(
 /// context ships with the stack (beneath the project directory); remote contexts and
 /// BuildKit-only keys are refused with their reason.
 pub(super) fn build(ctx: &Ctx, field: &str, b: StrOr<RawBuild>) -> Result<Build, ComposeError> {
-    let vars = &ctx.vars;
+    let vars = ctx.vars;
     let b = match b {
         StrOr::Str(context) => RawBuild {
             context: Some(context),

@@ -80,7 +80,7 @@ fn refused(raw: &RawService) -> Option<(&'static str, &'static str)> {
 }
 
 pub(super) fn service(ctx: &Ctx, name: &str, raw: RawService) -> Result<Converted, ComposeError> {
-    let vars = &ctx.vars;
+    let vars = ctx.vars;
     let f = |k: &str| format!("services.{name}.{k}");
     if let Some((key, why)) = refused(&raw) {
         return Err(invalid(f(key), why));

@@ -267,6 +267,17 @@ fn an_unset_variable_is_empty_with_a_warning() {
         e.contains("services.a.image") && e.contains("IMG") && e.contains("set IMG"),
         "{e}"
     );
+    // A value left invalid by an empty variable: the error names the variable.
+    let e = parse(
+        "services:\n  a:\n    image: busybox\n    ports: [\"${PORT}:80\"]\n",
+        &vars(&[]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("services.a.ports") && e.contains("variable PORT is not set"),
+        "{e}"
+    );
     let clean = parse("services:\n  a:\n    image: busybox\n", &vars(&[])).unwrap();
     assert!(clean.warnings().is_empty());
 }
