@@ -34,6 +34,7 @@
 //! are started one after another; a build context is read on every pass to hash it
 //! (bounded to 64 MiB).
 
+mod body;
 mod build;
 mod context;
 pub mod engine;
