@@ -238,3 +238,63 @@ fn the_real_stacks_parse_in_their_project_directories() {
     }
     assert!(n >= 3, "{n} stacks");
 }
+
+/// The real `phoenix validate` on a Phoenix config: an unset variable is a warning naming
+/// the field and the variable (the stack still compiles); a build context holding a
+/// private key that `.dockerignore` does not exclude is refused, naming the file and
+/// never printing the key; excluded, it compiles and is not shipped.
+#[test]
+fn phoenix_validate_warns_of_unset_variables_and_refuses_private_keys_in_contexts() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path();
+    let write = |p: &str, body: &str| {
+        let p = base.join(p);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, body).unwrap();
+    };
+    write(
+        "etc/phoenix_vm_configs.json",
+        r#"{"vms": [{"vmid": 1002, "name": "dr", "docker_stacks": ["web"]}]}"#,
+    );
+    write(
+        "stacks/web/phoenix.json",
+        r#"{"environments": {"production": {}}}"#,
+    );
+    write(
+        "stacks/web/docker-compose.yml",
+        "services:\n  web:\n    build: ./app\n    environment:\n      MODE: \"${MODE}\"\n",
+    );
+    write("stacks/web/app/Dockerfile", "FROM busybox\n");
+    const KEY_BODY: &str = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7";
+    write(
+        "stacks/web/app/keys/tls.key",
+        &format!("-----BEGIN PRIVATE KEY-----\n{KEY_BODY}\n-----END PRIVATE KEY-----\n"),
+    );
+    let validate = || {
+        let out = std::process::Command::new(phoenix_tests::bin("phoenix"))
+            .arg("validate")
+            .arg(base.join("etc"))
+            .output()
+            .expect("run phoenix validate");
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), all)
+    };
+    let (ok, all) = validate();
+    assert!(!ok, "a private key in a context must fail validate:\n{all}");
+    assert!(
+        all.contains("app/keys/tls.key holds a private key") && !all.contains(KEY_BODY),
+        "{all}"
+    );
+    write("stacks/web/app/.dockerignore", "keys/\n");
+    let (ok, all) = validate();
+    assert!(ok, "{all}");
+    assert!(
+        all.contains("services.web.environment: variable MODE is not set"),
+        "{all}"
+    );
+    assert!(!all.contains(KEY_BODY), "{all}");
+}
