@@ -528,13 +528,19 @@ services:
     let Pass::Applied { .. } = pass(&conv, &spec, false).await.unwrap() else {
         panic!("must apply")
     };
-    // The dependent's first act, written before it could wait for anything itself.
-    let seen = (0..100)
-        .find_map(|_| {
-            let s = std::fs::read_to_string(dir.join("shared/seen-by-web")).ok()?;
-            (!s.trim().is_empty()).then_some(s)
-        })
-        .unwrap_or_default();
+    // The dependent's first act, written before it could wait for anything itself; the
+    // plan started it without a gate, so it may not have run yet.
+    let file = dir.join("shared/seen-by-web");
+    let started = std::time::Instant::now();
+    let seen = loop {
+        match std::fs::read_to_string(&file) {
+            Ok(s) if !s.trim().is_empty() => break s,
+            _ if started.elapsed() > std::time::Duration::from_secs(60) => {
+                panic!("web never wrote {}", file.display())
+            }
+            _ => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    };
     assert_eq!(
         seen.trim(),
         "2",
