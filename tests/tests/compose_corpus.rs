@@ -57,6 +57,7 @@ fn the_corpus_is_read_or_refused_by_key() {
             files: Some(compose::FileReader::new(move |rel| {
                 std::fs::read_to_string(beside.join(rel)).map_err(|e| e.to_string())
             })),
+            withheld: Default::default(),
         };
         match compose::parse_with(&text, &opts) {
             Ok(p) => {
@@ -115,6 +116,7 @@ fn historical(shape: &str, vars: &[(&str, &str)]) -> Result<compose::ComposeProj
         project_name: Some(shape.to_string()),
         profiles: Vec::new(),
         files: None,
+        withheld: Default::default(),
     };
     compose::parse_with(&text, &opts).map_err(|e| e.to_string())
 }
@@ -232,6 +234,7 @@ fn the_real_stacks_parse_in_their_project_directories() {
             project_name: Some(name.clone()),
             profiles: Vec::new(),
             files: None,
+            withheld: Default::default(),
         };
         compose::parse_with(&text, &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
         n += 1;

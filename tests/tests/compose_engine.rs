@@ -39,6 +39,7 @@ fn spec_in(name: &str, compose: &str, dir: &Path, vars: &[(&str, &str)]) -> Stac
         project_name: Some(name.to_string()),
         profiles: Vec::new(),
         files: None,
+        withheld: Default::default(),
     };
     let project = compose::parse_with(compose, &opts).unwrap();
     let mut spec = StackSpec::new(name, project);

@@ -27,6 +27,7 @@ fn spec_in(name: &str, text: &str, dir: &Path) -> Result<StackSpec, String> {
         project_name: Some(name.to_string()),
         profiles: Vec::new(),
         files: None,
+        withheld: Default::default(),
     };
     let project = compose::parse_with(text, &opts).map_err(|e| e.to_string())?;
     let mut spec = StackSpec::new(name, project);

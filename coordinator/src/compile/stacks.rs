@@ -251,6 +251,7 @@ pub(crate) fn stack(
         }
     };
     let mut variables = BTreeMap::new();
+    let mut withheld = BTreeSet::new();
     if let Some(vars) = pick("variables") {
         for v in vars.items(d, "an array of {name, value}") {
             let name = v.opt(d, "name", |n, d| n.text(d, "a variable name"));
@@ -268,8 +269,10 @@ pub(crate) fn stack(
                 continue;
             };
             let Some(value) = value else { continue };
-            // Flagged by the secret scan; never copied into a spec.
+            // Flagged by the secret scan; never copied into a spec. Withheld from the
+            // parser, so a reference to it is refused instead of becoming empty.
             if secrets::is_literal_secret(&name, &value) {
+                withheld.insert(name);
                 continue;
             }
             variables.insert(name, value);
@@ -348,6 +351,7 @@ pub(crate) fn stack(
         project_name: Some(s.name.clone()),
         profiles: profiles.clone(),
         files: Some(project_reader(&compose_dir)),
+        withheld,
     };
     // The model's Compose parser: what passes here is what the agent will accept.
     let project = match compose::parse_with(&compose_raw, &opts) {
@@ -624,6 +628,29 @@ mod tests {
         std::fs::write(
             base.join("stacks/web/common.yml"),
             "services:\n  base:\n    image: busybox\n",
+        )
+        .unwrap();
+
+        // A manifest variable that is a literal secret is kept out of the spec; a
+        // reference to it is refused, never substituted by an empty string.
+        std::fs::write(
+            base.join("stacks/web/phoenix.json"),
+            r#"{"environments": {"production": {"variables": [{"name": "MODE", "value": "hunter2-manifest-secret"}, {"name": "DB_PASSWORD", "value": "hunter2-manifest-secret"}]}}}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            base.join("stacks/web/docker-compose.yml"),
+            "services:\n  web:\n    build: ./app\n    environment: {PW: \"${DB_PASSWORD}\"}\n",
+        )
+        .unwrap();
+        let e = compile(base).unwrap_err();
+        assert!(
+            e.contains("variable DB_PASSWORD is a literal secret") && !e.contains("hunter2"),
+            "{e}"
+        );
+        std::fs::write(
+            base.join("stacks/web/phoenix.json"),
+            r#"{"environments": {"production": {}}}"#,
         )
         .unwrap();
 

@@ -101,6 +101,7 @@ impl TryFrom<StackSpecWire> for StackSpec {
                     project_name: Some(w.name.clone()),
                     profiles: w.profiles.clone(),
                     files: None,
+                    withheld: Default::default(),
                 };
                 parse_with(&text, &opts).map_err(|e| format!("stack {}: {e}", w.name))?
             }

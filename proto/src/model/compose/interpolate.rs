@@ -10,14 +10,17 @@ use std::collections::{BTreeMap, BTreeSet};
 
 pub(super) struct Vars<'a> {
     pub(super) map: &'a BTreeMap<String, String>,
+    /// Known to the caller but kept out (literal secrets): referring to one is refused.
+    withheld: &'a BTreeSet<String>,
     /// `(field, variable)` of every unset variable substituted by an empty string.
     unset: RefCell<BTreeSet<(String, String)>>,
 }
 
 impl<'a> Vars<'a> {
-    pub(super) fn new(map: &'a BTreeMap<String, String>) -> Self {
+    pub(super) fn new(map: &'a BTreeMap<String, String>, withheld: &'a BTreeSet<String>) -> Self {
         Vars {
             map,
+            withheld,
             unset: RefCell::new(BTreeSet::new()),
         }
     }
@@ -76,7 +79,13 @@ impl<'a> Vars<'a> {
 
     pub(super) fn s(&self, field: &str, input: &str) -> Result<String, ComposeError> {
         let mut unset = Vec::new();
-        let out = interpolate(input, self.map, &mut unset).map_err(|e| match e {
+        let out = interpolate(input, self.map, self.withheld, &mut unset).map_err(|e| match e {
+            Interp::Withheld(var) => invalid(
+                field,
+                format!(
+                    "variable {var} is a literal secret in the stack's manifest, which Phoenix keeps out of the desired state; give the value to the container from the guest (an env_file or a secret file)"
+                ),
+            ),
             Interp::Required { var, message } => ComposeError::RequiredVariable {
                 field: field.to_string(),
                 var,
@@ -151,6 +160,8 @@ impl<'a> Vars<'a> {
 
 #[derive(Debug, PartialEq)]
 pub(super) enum Interp {
+    /// A variable the caller withholds (see `ParseOptions::withheld`).
+    Withheld(String),
     /// `${VAR:?message}` with VAR unset (or empty).
     Required {
         var: String,
@@ -192,9 +203,25 @@ fn closing_brace(r: &str) -> Option<usize> {
 pub(super) fn interpolate(
     input: &str,
     vars: &BTreeMap<String, String>,
+    withheld: &BTreeSet<String>,
     unset: &mut Vec<String>,
 ) -> Result<String, Interp> {
-    interpolate_depth(input, vars, 0, unset)
+    interpolate_depth(input, &Scope { vars, withheld }, 0, unset)
+}
+
+/// The variables an interpolation reads, and those it must refuse.
+struct Scope<'a> {
+    vars: &'a BTreeMap<String, String>,
+    withheld: &'a BTreeSet<String>,
+}
+
+impl Scope<'_> {
+    fn get(&self, name: &str) -> Result<Option<&String>, Interp> {
+        if self.withheld.contains(name) {
+            return Err(Interp::Withheld(name.to_string()));
+        }
+        Ok(self.vars.get(name))
+    }
 }
 
 /// Nesting bound: a default inside a default inside … cannot recurse without limit.
@@ -202,7 +229,7 @@ const MAX_DEPTH: usize = 8;
 
 fn interpolate_depth(
     input: &str,
-    vars: &BTreeMap<String, String>,
+    vars: &Scope,
     depth: usize,
     unset: &mut Vec<String>,
 ) -> Result<String, Interp> {
@@ -229,7 +256,7 @@ fn interpolate_depth(
             if name.is_empty() {
                 return Err(Interp::Syntax(format!("empty variable name in {input:?}")));
             }
-            let value = vars.get(name);
+            let value = vars.get(name)?;
             let set_nonempty = value.is_some_and(|v| !v.is_empty());
             let v = if op.is_empty() {
                 match value {
@@ -295,7 +322,7 @@ fn interpolate_depth(
                 )));
             }
             let name = &rest[..name_end];
-            match vars.get(name) {
+            match vars.get(name)? {
                 Some(v) => out.push_str(v),
                 None => unset.push(name.to_string()),
             }

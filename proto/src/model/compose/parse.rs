@@ -14,7 +14,7 @@ use super::types::{ComposeProject, Ipam, IpamPool, NetworkDef, VolumeDef};
 use super::{ComposeError, invalid};
 use serde_json::{Map, Value};
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
 
 /// What the parser needs besides the file: its variables, where the file lives on the
@@ -36,6 +36,10 @@ pub struct ParseOptions {
     /// Reads other files of the project (`extends: {file: …}`), by their path relative to
     /// the project directory. `None`: `extends` may only name services of this file.
     pub files: Option<FileReader>,
+    /// Variables the caller knows but keeps out of the parse (a manifest's literal
+    /// secrets, which never enter a desired state): a reference to one is refused, never
+    /// substituted by an empty string.
+    pub withheld: BTreeSet<String>,
 }
 
 impl ParseOptions {
@@ -109,7 +113,7 @@ fn section(field: &str, v: Value) -> Result<Map<String, Value>, ComposeError> {
 /// Parses, interpolates and checks a Compose file. The coordinator compiles stacks with
 /// it; the agent receives the result.
 pub fn parse_with(compose: &str, opts: &ParseOptions) -> Result<ComposeProject, ComposeError> {
-    let vars = Vars::new(&opts.variables);
+    let vars = Vars::new(&opts.variables, &opts.withheld);
     // A value that is invalid because a variable was empty: the error says which.
     read_project(compose, opts, &vars).map_err(|e| vars.explain(e))
 }

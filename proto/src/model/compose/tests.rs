@@ -203,14 +203,18 @@ fn unsupported_keys_are_named_with_the_service_and_why() {
 #[test]
 fn interpolation() {
     let v = vars(&[("A", "1"), ("E", "")]);
-    let i = |text: &str| interpolate(text, &v, &mut Vec::new());
+    let none = std::collections::BTreeSet::new();
+    let i = |text: &str| interpolate(text, &v, &none, &mut Vec::new());
     assert_eq!(i("x${A}y$A").unwrap(), "x1y1");
     assert_eq!(i("${B:-d}").unwrap(), "d");
     assert_eq!(i("${E:-d}").unwrap(), "d");
     assert_eq!(i("${E-d}").unwrap(), "");
     assert_eq!(i("$$A").unwrap(), "$A");
     let mut unset = Vec::new();
-    assert_eq!(interpolate("a${B}b$C", &v, &mut unset).unwrap(), "ab");
+    assert_eq!(
+        interpolate("a${B}b$C", &v, &none, &mut unset).unwrap(),
+        "ab"
+    );
     assert_eq!(unset, ["B", "C"]);
     assert_eq!(i("${A:?x}").unwrap(), "1");
     assert_eq!(

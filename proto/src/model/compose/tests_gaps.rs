@@ -24,6 +24,7 @@ fn opts(files: &[(&str, &str)]) -> ParseOptions {
                 .cloned()
                 .ok_or_else(|| format!("{} not found", p.display()))
         })),
+        withheld: Default::default(),
     }
 }
 
@@ -210,4 +211,22 @@ fn anonymous_volumes_are_read() {
         &opts(&[]),
     );
     assert!(e.contains("needs a source"), "{e}");
+}
+
+/// A variable the caller withholds (a manifest's literal secret) is refused in every
+/// form, never substituted by an empty string or a default.
+#[test]
+fn a_withheld_variable_is_refused_not_emptied() {
+    let mut o = opts(&[]);
+    o.withheld = ["PW".to_string()].into_iter().collect();
+    for form in ["${PW}", "$PW", "${PW:-fallback}", "${PW-x}", "${PW:+on}"] {
+        let e = err(
+            &format!("services:\n  a:\n    image: x\n    environment:\n      P: \"{form}\"\n"),
+            &o,
+        );
+        assert!(
+            e.contains("services.a.environment") && e.contains("variable PW is a literal secret"),
+            "{form}: {e}"
+        );
+    }
 }

@@ -19,6 +19,7 @@ fn opts(dir: Option<&str>, profiles: &[&str], vars: &[(&str, &str)]) -> ParseOpt
         project_name: Some("proj".into()),
         profiles: profiles.iter().map(|p| p.to_string()).collect(),
         files: None,
+        withheld: Default::default(),
     }
 }
 
