@@ -196,7 +196,7 @@ pub(crate) fn routing_tier(
             }
         }
         if roles.contains(&Role::Gateway) {
-            let files = routing::gateway_files(&layout.etc, d);
+            let files = routing::gateway_files(&layout.etc, routes, hv.domain_name.as_deref(), d);
             for f in files {
                 let id = Resource::File(f.clone()).id();
                 b.add(
