@@ -201,6 +201,19 @@ fn statuses(events: &[Value], guest: u32) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
+/// Every result message of a guest's report, one per line.
+fn statuses_messages(events: &[Value], guest: u32) -> String {
+    event(events, "report", guest)
+        .and_then(|r| r["results"].as_array())
+        .map(|rs| {
+            rs.iter()
+                .map(|r| r["message"].as_str().unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
+}
+
 fn changed(events: &[Value], guest: u32) -> Vec<String> {
     statuses(events, guest)
         .into_iter()
@@ -329,6 +342,21 @@ fn nginx_gateway_terminates_tls_with_a_step_ca_cert_and_routes_by_the_compiled_m
     );
     let key = gw.ok("stat -c '%U:%G %a' /etc/nginx/ssl/gateway.internal.phoenix.test.key");
     assert_eq!(key, "root:www-data 640");
+    // Debian's nginx.conf was not Phoenix's: replaced after a backup that keeps its owner
+    // and mode, named in the report.
+    let backup = gw.ok(&format!("ls {STATE}/backups/etc%2Fnginx%2Fnginx.conf.*"));
+    assert!(
+        statuses_messages(&events, GATEWAY).contains(&backup),
+        "the report names {backup}"
+    );
+    assert!(
+        gw.ok(&format!("cat '{backup}'")).contains("#mail {"),
+        "Debian's own file"
+    );
+    assert_eq!(
+        gw.ok(&format!("stat -c '%U:%G %a' '{backup}'")),
+        "root:root 644"
+    );
 
     // The backend moves to port 8001 in its declaration only.
     let (pid, invocation, before) = (
