@@ -11,7 +11,7 @@ use super::phoenix::{GuestConfig, Hypervisor};
 use super::reader::{Diag, Node};
 use super::types::{CompileOptions, FirewallRule, GuestKind, Problem};
 use super::{routing, scripts, stacks};
-use phoenix_proto::model::{GuestId, Resource, ResourceRef};
+use phoenix_proto::model::{Ensure, GuestId, Resource, ResourceRef};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
@@ -127,7 +127,9 @@ pub(crate) fn build_guest(
         let files: Vec<ResourceRef> = b
             .resources
             .iter()
-            .filter(|r| matches!(r, Resource::File(f) if f.path.as_str().starts_with(dir)))
+            .filter(|r| {
+                matches!(r, Resource::File(f) if f.ensure == Ensure::Present && f.path.as_str().starts_with(dir))
+            })
             .map(Resource::id)
             .collect();
         if files.is_empty() {
