@@ -132,7 +132,14 @@ pub(crate) fn build_guest(
             })
             .map(Resource::id)
             .collect();
-        if files.is_empty() {
+        // The routing tier (below, once every guest is built) adds the gateway's files from
+        // etc/nginx/ and Traefik's dynamic configuration when there is a domain.
+        let compiled_later = match script.role {
+            Some(Role::Gateway) => layout.etc.join("nginx").is_dir(),
+            Some(Role::Traefik) => hv.domain_name.is_some(),
+            None => false,
+        };
+        if files.is_empty() && !compiled_later {
             d.warn(
                 &g.file,
                 path,
