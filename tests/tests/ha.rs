@@ -583,3 +583,108 @@ fn two_replicas_on_one_step_ca_enroll_and_renew_each_others_agents() {
         },
     );
 }
+
+/// The attack: a guest sends dry-run reports nobody asked for, and answers one plan many
+/// times, hoping its replica writes them all to etcd (or fills it). Only replicas hold
+/// etcd credentials; a guest's words reach `plan_reports/` once per plan it was asked.
+#[test]
+fn a_guest_gets_one_plan_report_into_etcd_per_plan_it_was_asked() {
+    use phoenix_proto::v1::{self, agent_message, coordinator_message};
+    use phoenix_tests::sim;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Some(cluster) = EtcdCluster::start(&tmp.path().join("etcd")) else {
+        return;
+    };
+    let r0 = replica(&cluster, tmp.path(), "r0", "1h");
+    let r1 = replica(&cluster, tmp.path(), "r1", "1h");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let guest = 451;
+    let key = format!("/phoenix/plan_reports/{guest:010}");
+    let dry = |digest: &str, word: &str| v1::AgentMessage {
+        msg: Some(agent_message::Msg::Report(v1::ApplyReport {
+            revision: 0,
+            digest: digest.to_string(),
+            dry_run: true,
+            trigger: word.to_string(),
+            ..Default::default()
+        })),
+    };
+    // A hand-driven guest with a real identity, its session on r1.
+    let token = r0.token(guest);
+    let mut session = rt.block_on(async {
+        let agent = sim::enroll(guest, &token, &r0.addr).await.expect("enroll");
+        let mut client = agent.client(&r1.addr).await.expect("connect r1");
+        sim::open_session(&mut client, guest)
+            .await
+            .expect("session")
+    });
+    wait_for(T, "the session registered cluster-wide", || {
+        guest_status(&r0.status(), guest).filter(|r| r["replica"] == "r1")
+    });
+    rt.block_on(async {
+        for _ in 0..20 {
+            session
+                .outbound
+                .send(dry("unasked", "unasked"))
+                .await
+                .expect("send");
+        }
+    });
+
+    // The operator plans through r0; the guest answers ten times.
+    let spec = tmp.path().join("spec.json");
+    write_spec(&spec, &[(guest, files_spec(tmp.path(), &[("motd", "x")]))]);
+    let plan = Command::new(phoenix_tests::bin("phoenix"))
+        .arg("--admin-socket")
+        .arg(r0.socket())
+        .args(["plan", "-f", spec.to_str().expect("utf8")])
+        .args(["--timeout", "60s", "-o", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("phoenix plan");
+    rt.block_on(async {
+        loop {
+            let m = session
+                .inbound
+                .message()
+                .await
+                .expect("session")
+                .expect("open");
+            if let Some(coordinator_message::Msg::Desired(d)) = m.msg
+                && d.dry_run
+            {
+                for _ in 0..10 {
+                    session
+                        .outbound
+                        .send(dry(&d.digest, "push"))
+                        .await
+                        .expect("send");
+                }
+                return;
+            }
+        }
+    });
+    let out = plan.wait_with_output().expect("plan");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: serde_json::Value =
+        serde_json::from_str(&cluster.etcdctl(&["get", &key, "-w", "json"])).expect("json");
+    let kv = &got["kvs"][0];
+    assert_eq!(
+        kv["version"], 1,
+        "one plan report written for one plan, none unasked: {got}"
+    );
+    assert_ne!(
+        kv["lease"], 0,
+        "the plan report lives under the plan's lease: {got}"
+    );
+    drop(session);
+}
