@@ -422,3 +422,64 @@ impl Hub {
         self.reports.subscribe()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn g(n: u32) -> GuestId {
+        GuestId::try_from(n).expect("guest id")
+    }
+
+    fn plan_report() -> Arc<ApplyReport> {
+        Arc::new(ApplyReport {
+            revision: 0,
+            digest: "d".into(),
+            dry_run: true,
+            results: Vec::new(),
+            duration_micros: 1,
+            trigger: "push".into(),
+        })
+    }
+
+    #[test]
+    fn connected_is_cluster_wide_and_names_the_replica() {
+        let hub = Hub::new();
+        let (tx, _rx) = mpsc::unbounded_channel();
+        hub.join_cluster("r0", tx);
+        let _here = hub.attach(g(1)).expect("attach");
+        hub.remote_session(g(2), "r1", true);
+        // This replica's own registrations come back through the feed: the hub knows.
+        hub.remote_session(g(1), "r0", true);
+        hub.remote_session(g(3), "r2", true);
+        hub.remote_session(g(3), "r2", false);
+        assert_eq!(hub.holder(g(1)).as_deref(), Some("r0"));
+        assert_eq!(hub.holder(g(2)).as_deref(), Some("r1"));
+        assert!(hub.connected(g(2)) && !hub.connected_here(g(2)));
+        assert!(!hub.connected(g(3)) && hub.holder(g(3)).is_none());
+        hub.reset_remote_sessions(vec![(g(3), "r2".into()), (g(1), "r0".into())]);
+        assert!(!hub.connected(g(2)) && hub.connected(g(3)));
+        assert_eq!(hub.holder(g(1)).as_deref(), Some("r0"));
+    }
+
+    #[test]
+    fn a_forwarded_plan_is_answered_through_etcd_once() {
+        let hub = Hub::new();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        hub.join_cluster("r0", tx);
+        let mut local = hub.subscribe_reports();
+        // Not connected here: nothing pushed, nothing owed.
+        hub.forwarded_plan(g(5), 7, v1::DesiredState::default());
+        let _s = hub.attach(g(5)).expect("attach");
+        hub.forwarded_plan(g(5), 9, v1::DesiredState::default());
+        for _ in 0..3 {
+            hub.publish_report(g(5), 0, plan_report());
+        }
+        let (guest, lease, _) = rx.try_recv().expect("one plan report returned");
+        assert_eq!((guest, lease), (g(5), 9));
+        assert!(rx.try_recv().is_err(), "only one per plan goes to etcd");
+        // The others stay local, as on a single coordinator.
+        assert!(local.try_recv().is_ok() && local.try_recv().is_ok());
+        assert!(local.try_recv().is_err());
+    }
+}
