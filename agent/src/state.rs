@@ -57,6 +57,32 @@ impl Enrollment {
     }
 }
 
+/// Most replica addresses an agent keeps (a coordinator's list beyond it is cut).
+pub const MAX_REPLICAS: usize = 32;
+
+/// The replica addresses a coordinator sent, checked before they are kept: each a
+/// `host:port` of printable characters (at most 255), at most [`MAX_REPLICAS`] of them,
+/// duplicates dropped. An empty or invalid list changes nothing.
+pub fn replica_addrs(addrs: &[String]) -> Result<Vec<String>, String> {
+    let mut out: Vec<String> = Vec::new();
+    for a in addrs.iter().take(MAX_REPLICAS) {
+        let port = a.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>()));
+        let ok = a.len() <= 255
+            && a.chars().all(|c| c.is_ascii_graphic())
+            && matches!(port, Some((h, Ok(p))) if !h.is_empty() && p != 0);
+        if !ok {
+            return Err(format!("{a:?} is not a host:port address"));
+        }
+        if !out.contains(a) {
+            out.push(a.clone());
+        }
+    }
+    if out.is_empty() {
+        return Err("the list is empty".into());
+    }
+    Ok(out)
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Applied {
     pub revision: u64,
@@ -124,6 +150,12 @@ impl StateDir {
             .ok_or_else(|| StateError::NotEnrolled {
                 path: self.path("agent.json"),
             })
+    }
+
+    /// Rewrites the enrollment facts (a new replica list), atomically.
+    pub fn save_enrollment(&self, enrollment: &Enrollment) -> Result<(), StateError> {
+        let json = serde_json::to_vec_pretty(enrollment).unwrap_or_default();
+        self.write("agent.json", &json, false)
     }
 
     /// Writes a whole new identity. The key goes first and enrollment facts last, so a
@@ -201,5 +233,40 @@ impl StateDir {
     pub fn save_applied(&self, a: &Applied) -> Result<(), StateError> {
         let json = serde_json::to_vec(a).unwrap_or_default();
         self.write("applied.json", &json, false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replica_lists_are_checked_before_they_are_kept() {
+        let ok = |v: &[&str]| replica_addrs(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(
+            ok(&[
+                "10.0.0.1:7443",
+                "pve2.lab:7443",
+                "10.0.0.1:7443",
+                "[::1]:7443"
+            ]),
+            Ok(vec![
+                "10.0.0.1:7443".to_string(),
+                "pve2.lab:7443".to_string(),
+                "[::1]:7443".to_string()
+            ])
+        );
+        for bad in [
+            &[][..],
+            &["10.0.0.1"][..],
+            &[":7443"][..],
+            &["10.0.0.1:0"][..],
+            &["a b:7443"][..],
+            &["10.0.0.1:7443", "x\n:1"][..],
+        ] {
+            assert!(ok(bad).is_err(), "{bad:?}");
+        }
+        let many: Vec<String> = (0..100).map(|i| format!("10.0.0.{i}:7443")).collect();
+        assert_eq!(replica_addrs(&many).map(|l| l.len()), Ok(MAX_REPLICAS));
     }
 }

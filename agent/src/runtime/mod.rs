@@ -83,9 +83,10 @@ pub struct Shared {
     identity: Arc<IdentityStore>,
     trust: Arc<TrustStore>,
     opts: Options,
-    /// Every coordinator replica (`Enrollment::coordinators`), and the index of the one
-    /// tried first: the last that answered, or another after its session broke.
-    coordinators: Vec<String>,
+    /// Every coordinator replica (`Enrollment::coordinators`, updated when a replica
+    /// sends the cluster's list), and the index of the one tried first: the last that
+    /// answered, or another after its session broke.
+    coordinators: std::sync::RwLock<Vec<String>>,
     preferred: AtomicUsize,
 }
 
@@ -107,12 +108,13 @@ impl Shared {
         &self,
         cfg: Arc<rustls::ClientConfig>,
     ) -> Result<tonic::transport::Channel, transport::ConnectError> {
-        let n = self.coordinators.len().max(1);
+        let coordinators = self.coordinator_list();
+        let n = coordinators.len().max(1);
         let start = self.preferred.load(Ordering::Relaxed);
         let mut last = None;
         for i in 0..n {
             let idx = (start + i) % n;
-            let addr = self.coordinators.get(idx).map_or("", String::as_str);
+            let addr = coordinators.get(idx).map_or("", String::as_str);
             match transport::connect(
                 addr,
                 &self.enrollment.trust_domain.coordinator_dns(),
@@ -138,17 +140,25 @@ impl Shared {
         }
     }
 
-    /// The preferred coordinator's address (for logs).
-    fn coordinator(&self) -> &str {
+    fn coordinator_list(&self) -> Vec<String> {
         self.coordinators
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The preferred coordinator's address (for logs).
+    fn coordinator(&self) -> String {
+        self.coordinator_list()
             .get(self.preferred.load(Ordering::Relaxed))
-            .map_or(self.enrollment.coordinator.as_str(), String::as_str)
+            .cloned()
+            .unwrap_or_else(|| self.enrollment.coordinator.clone())
     }
 
     /// After a session broke: prefer another replica, picked at random so the agents of
     /// a replica that died spread over the others instead of all moving to the next.
     fn fail_over(&self) {
-        let n = self.coordinators.len();
+        let n = self.coordinator_list().len();
         if n > 1 {
             let cur = self.preferred.load(Ordering::Relaxed);
             let step = rand::Rng::random_range(&mut rand::rng(), 1..n);
@@ -183,7 +193,7 @@ pub async fn run(
     let outbox = Arc::new(outbox::Outbox::open(&state));
     let shared = Arc::new(Shared {
         state: state.clone(),
-        coordinators,
+        coordinators: std::sync::RwLock::new(coordinators),
         preferred: AtomicUsize::new(0),
         enrollment,
         identity,

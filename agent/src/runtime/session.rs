@@ -195,6 +195,9 @@ async fn session(shared: &Arc<Shared>, ch: &mut Channels) -> Result<(), SessionE
                 Some(v1::CoordinatorMessage { msg: Some(coordinator_message::Msg::RunPass(_)) }) => {
                     ch.run_pass.send_modify(|n| *n = n.wrapping_add(1));
                 }
+                Some(v1::CoordinatorMessage { msg: Some(coordinator_message::Msg::Replicas(r)) }) => {
+                    learn_replicas(shared, &r.addrs);
+                }
                 Some(_) => {}
             },
             r = newest.changed() => {
@@ -220,6 +223,47 @@ async fn session(shared: &Arc<Shared>, ch: &mut Channels) -> Result<(), SessionE
                     if out.send(m).await.is_err() { return Err(SessionError::Closed); }
                 }
             }
+        }
+    }
+}
+
+/// Keeps the cluster's replica list a coordinator sent (checked, then written to
+/// agent.json atomically) and fails over through it from now on, so replicas added after
+/// this agent joined are known. The coordinator proved its identity on this session; a
+/// list that does not check out is logged and changes nothing.
+fn learn_replicas(shared: &Shared, addrs: &[String]) {
+    let addrs = match crate::state::replica_addrs(addrs) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(error = %e, "coordinator sent a replica list that is not kept");
+            return;
+        }
+    };
+    let learned = crate::state::Enrollment {
+        replicas: addrs,
+        ..shared.enrollment.clone()
+    };
+    let list = learned.coordinators();
+    let current = shared.coordinator();
+    {
+        let mut cur = shared
+            .coordinators
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if *cur == list {
+            return;
+        }
+        *cur = list.clone();
+    }
+    // The replica this session is on stays the preferred one.
+    let idx = list.iter().position(|a| *a == current).unwrap_or(0);
+    shared
+        .preferred
+        .store(idx, std::sync::atomic::Ordering::Relaxed);
+    match shared.state.save_enrollment(&learned) {
+        Ok(()) => tracing::info!(replicas = ?list, "coordinator replicas updated"),
+        Err(e) => {
+            tracing::warn!(error = %e, replicas = ?list, "coordinator replicas updated for this run; not saved")
         }
     }
 }

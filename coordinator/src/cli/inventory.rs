@@ -75,7 +75,7 @@ pub(super) async fn status(socket: &Path, output: Output) -> Result<(), CliError
                         s.guest_id.to_string(),
                         state.label().into(),
                         // STATE already says revoked or not enrolled.
-                        if s.connected { "yes" } else { "no" }.into(),
+                        connected_cell(s),
                         format!("{}/{}", s.applied_revision, s.wanted_revision),
                         match (output, &report, wide_report) {
                             (Output::Wide, _, Some(w)) => w,
@@ -138,7 +138,10 @@ pub(super) async fn agents(socket: &Path, output: Output) -> Result<(), CliError
                     let f = s.facts.clone().unwrap_or_default();
                     vec![
                         s.guest_id.to_string(),
-                        connection(s).into(),
+                        match connection(s) {
+                            "yes" => connected_cell(s),
+                            other => other.into(),
+                        },
                         s.agent_version.clone(),
                         f.hostname,
                         f.os,
@@ -203,6 +206,15 @@ pub(super) async fn certs(socket: &Path, output: Output) -> Result<(), CliError>
         },
     );
     Ok(())
+}
+
+/// "yes", or in a cluster "yes (<replica holding the session>)".
+fn connected_cell(s: &v1::GuestStatus) -> String {
+    match (s.connected, s.replica.as_str()) {
+        (false, _) => "no".into(),
+        (true, "") => "yes".into(),
+        (true, r) => format!("yes ({})", super::render::escape_controls(r)),
+    }
 }
 
 #[cfg(test)]

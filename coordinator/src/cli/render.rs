@@ -214,6 +214,7 @@ pub(super) fn status_json(s: &v1::GuestStatus) -> serde_json::Value {
         "revoked": s.revoked_unix != 0,
         "revoked_unix": (s.revoked_unix != 0).then_some(s.revoked_unix),
         "connected": s.connected,
+        "replica": (!s.replica.is_empty()).then_some(&s.replica),
         "wanted_revision": s.wanted_revision,
         "applied_revision": s.applied_revision,
         "converged": report.as_ref().map(|r| r.converged() && !r.dry_run && r.revision == s.wanted_revision),

@@ -6,6 +6,10 @@
 //! what the hub holds (this replica's own applies come back through the feed too);
 //! reports go to the local report watchers with their store position, which they use
 //! to drop the copies they already had; a revocation ends the guest's sessions here.
+//! Other replicas' session registrations make "connected" cluster-wide; a plan
+//! forwarded through etcd is pushed if its guest's session is here, and plan reports
+//! from any replica reach the watchers here; a replica registering its address
+//! updates the list every agent is told.
 //!
 //! Health: the store is probed every `probe_every`. After `lost_after` without an
 //! answer this replica ends every agent session with UNAVAILABLE naming etcd, so the
@@ -32,6 +36,12 @@ pub async fn follow(
             return;
         }
     };
+    // Read after the watch starts at `after`: replaying the changes since then onto
+    // this listing ends at the present, whatever it already contains.
+    if let Some(all) = refresh_sessions(&etcd).await {
+        c.hub.reset_remote_sessions(all);
+    }
+    refresh_replicas(&c).await;
     let mut broken_logged = false;
     loop {
         let change = tokio::select! {
@@ -41,9 +51,25 @@ pub async fn follow(
         match change {
             Change::Desired(g, rec) => c.hub.push_newer(g, desired_message(&rec)),
             Change::Report(g, rec) => c.hub.publish_report(g, rec.seq, Arc::new(rec.report)),
+            Change::Session {
+                guest,
+                replica,
+                open,
+            } => c.hub.remote_session(guest, &replica, open),
+            Change::Plan(g, lease, rec) => {
+                let mut state = desired_message(&rec);
+                state.dry_run = true;
+                c.hub.forwarded_plan(g, lease, state);
+            }
+            Change::PlanReport(g, report) => {
+                if report.dry_run {
+                    c.hub.publish_local(g, 0, Arc::new(report));
+                }
+            }
+            Change::Replicas => refresh_replicas(&c).await,
             Change::Agent(g, rec) => {
                 if let Some(at) = rec.revoked_unix
-                    && c.hub.connected(g)
+                    && c.hub.connected_here(g)
                 {
                     c.hub.end_sessions(
                         g,
@@ -57,6 +83,10 @@ pub async fn follow(
                 tracing::warn!(
                     "etcd compacted past the change feed; re-reading every desired state"
                 );
+                if let Some(all) = refresh_sessions(&etcd).await {
+                    c.hub.reset_remote_sessions(all);
+                }
+                refresh_replicas(&c).await;
                 let store = c.store.clone();
                 match tokio::task::spawn_blocking(move || store.all_desired()).await {
                     Ok(Ok(all)) => {
@@ -81,6 +111,35 @@ pub async fn follow(
                 }
             }
         }
+    }
+}
+
+/// Every replica's session registrations, re-read (None, logged, when etcd fails).
+pub(crate) async fn refresh_sessions(
+    etcd: &Arc<EtcdStore>,
+) -> Option<Vec<(phoenix_proto::model::GuestId, String)>> {
+    let etcd = etcd.clone();
+    match tokio::task::spawn_blocking(move || etcd.all_sessions()).await {
+        Ok(Ok(all)) => Some(all),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "re-reading the cluster's sessions failed");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "re-reading the cluster's sessions failed");
+            None
+        }
+    }
+}
+
+/// Re-reads the replica addresses agents are told.
+pub(crate) async fn refresh_replicas(c: &Arc<Coordinator>) {
+    let store = c.store.clone();
+    match tokio::task::spawn_blocking(move || store.replica_addrs()).await {
+        Ok(Ok(addrs)) if !addrs.is_empty() => c.hub.set_replicas(addrs),
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "re-reading the replica addresses failed"),
+        Err(e) => tracing::warn!(error = %e, "re-reading the replica addresses failed"),
     }
 }
 

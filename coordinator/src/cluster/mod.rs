@@ -10,11 +10,14 @@
 //!   (desired states, revocations) and report watchers (reports), from an etcd watch;
 //!   and notices when etcd is lost, ending this replica's sessions so its agents move
 //!   to a replica that still has it.
+//! - [`sessions`]: etcd only. Registers this replica's agent sessions under its lease,
+//!   so "connected" is cluster-wide, and returns the reports of plans forwarded here.
 //! - [`ca`]: the embedded CA's root and key, sealed in etcd, shared by every replica.
 
 pub mod ca;
 pub mod feed;
 pub mod leader;
+pub mod sessions;
 
 use std::time::Duration;
 

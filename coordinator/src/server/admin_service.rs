@@ -189,30 +189,26 @@ fn apply_whole(
         }
     }
     if req.dry_run {
-        for (g, digest, json) in &to_store {
-            c.hub.push(
-                *g,
-                v1::DesiredState {
-                    revision: 0,
-                    digest: digest.clone(),
-                    spec_json: json.clone(),
-                    dry_run: true,
-                },
-            );
-        }
         // Unchanged guests are dry-run too, so the plan also shows host drift.
-        for (g, spec) in &parsed {
-            if !to_store.iter().any(|(x, _, _)| x == g) {
+        let plans: Vec<(GuestId, crate::store::DesiredRecord)> = parsed
+            .iter()
+            .map(|(g, spec)| {
                 let json = spec.to_json();
-                c.hub.push(
-                    *g,
-                    v1::DesiredState {
-                        revision: 0,
-                        digest: model::digest(&json),
-                        spec_json: json,
-                        dry_run: true,
-                    },
-                );
+                let digest = model::digest(&json);
+                let rec = crate::store::DesiredRecord {
+                    revision: 0,
+                    digest,
+                    spec_json: json,
+                };
+                (*g, rec)
+            })
+            .collect();
+        // A cluster hands them to the replica holding each guest's session.
+        if !c.store.forward_plans(&plans).map_err(RpcError::from)? {
+            for (g, rec) in &plans {
+                let mut state = super::desired_message(rec);
+                state.dry_run = true;
+                c.hub.push(*g, state);
             }
         }
         return Ok(out);
@@ -322,6 +318,7 @@ impl v1::admin_server::Admin for AdminApi {
         tokio::spawn(async move {
             for (g, mut e) in guests {
                 e.connected = c.hub.connected(g);
+                e.replica = c.hub.holder(g).unwrap_or_default();
                 let item = match c.store.report(g) {
                     Ok(r) => {
                         if let Some(r) = r {

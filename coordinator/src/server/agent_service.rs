@@ -540,6 +540,11 @@ impl v1::agent_server::Agent for AgentApi {
                             break;
                         }
                     },
+                    r = attachment.replicas.changed() => {
+                        if r.is_err() { break; }
+                        let addrs = attachment.replicas.borrow_and_update().to_vec();
+                        msg(coordinator_message::Msg::Replicas(v1::Replicas { addrs }))
+                    }
                     r = attachment.run_pass.changed() => {
                         if r.is_err() { break; }
                         let nonce = *attachment.run_pass.borrow_and_update();

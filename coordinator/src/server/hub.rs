@@ -2,12 +2,17 @@
 //! `watch` for its desired state, so the latest revision always wins and a session
 //! opened later still gets it; reports fan out on a broadcast for CLI watchers (a watcher
 //! that falls behind it catches up from the store: `report_watch`).
+//!
+//! In a cluster (docs/design/0010) the hub also holds what this replica knows of the
+//! others, fed by `cluster::feed` from etcd: which guests have a session on another
+//! replica (so "connected" is cluster-wide), the replica addresses agents are told, and
+//! the plans forwarded here whose reports go back through etcd.
 
 use phoenix_proto::model::{ApplyReport, GuestId};
 use phoenix_proto::v1;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tonic::Status;
 
 pub type Pushed = Option<Arc<v1::DesiredState>>;
@@ -62,6 +67,9 @@ pub struct Attachment {
     pub dry_run: watch::Receiver<Pushed>,
     /// Changes when the operator asks for a pass now (`phoenix converge`).
     pub run_pass: watch::Receiver<u64>,
+    /// The cluster's replica addresses, marked changed at attach when known: the session
+    /// tells its agent, which keeps them for failover.
+    pub replicas: watch::Receiver<Arc<Vec<String>>>,
     pub ended: EndSignal,
     hub: Arc<Hub>,
     guest: GuestId,
@@ -106,14 +114,43 @@ impl Drop for Attachment {
             && ch.session == Some(self.session)
         {
             ch.session = None;
+            drop(guests);
+            self.hub
+                .sessions_changed
+                .send_modify(|n| *n = n.wrapping_add(1));
         }
     }
+}
+
+/// A plan report to send back through etcd: the guest, the etcd lease its plan came
+/// under (the report lives no longer than the plan), the report.
+pub type PlanReport = (GuestId, i64, Arc<ApplyReport>);
+
+/// What this replica knows of the cluster (all empty for a single coordinator).
+#[derive(Default)]
+struct ClusterView {
+    /// This replica's name, once it runs as one.
+    me: Option<String>,
+    /// Guests with a session on another replica, and which (two during a move, or for a
+    /// guest whose identity is held twice).
+    remote: HashMap<GuestId, BTreeSet<String>>,
+    /// Plans forwarded to this replica through etcd, not answered yet: the lease each
+    /// came under. One report per plan goes back, so a guest cannot fill etcd.
+    plans: HashMap<GuestId, i64>,
+    /// Where plan reports of forwarded plans go (the cluster's plan writer).
+    plan_reports: Option<mpsc::UnboundedSender<PlanReport>>,
 }
 
 pub struct Hub {
     guests: Mutex<HashMap<GuestId, GuestChannels>>,
     reports: broadcast::Sender<Published>,
     next_session: std::sync::atomic::AtomicU64,
+    /// Bumped when a session attaches or detaches here (the cluster registers them).
+    sessions_changed: watch::Sender<u64>,
+    /// Every replica's agent address, sent to agents so they learn replicas added
+    /// after they joined; empty for a single coordinator.
+    replicas: watch::Sender<Arc<Vec<String>>>,
+    cluster: Mutex<ClusterView>,
 }
 
 impl Hub {
@@ -127,7 +164,14 @@ impl Hub {
             guests: Mutex::new(HashMap::new()),
             reports: broadcast::channel(reports).0,
             next_session: std::sync::atomic::AtomicU64::new(1),
+            sessions_changed: watch::channel(0).0,
+            replicas: watch::channel(Arc::new(Vec::new())).0,
+            cluster: Mutex::new(ClusterView::default()),
         })
+    }
+
+    fn view(&self) -> std::sync::MutexGuard<'_, ClusterView> {
+        self.cluster.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<GuestId, GuestChannels>> {
@@ -188,16 +232,23 @@ impl Hub {
             return Err(SessionInUse { guest });
         }
         ch.session = Some(session);
+        self.sessions_changed
+            .send_modify(|n| *n = n.wrapping_add(1));
         let mut desired = ch.desired.subscribe();
         desired.mark_changed();
         // A dry run pushed before the agent connected is stale; only later ones count.
         let dry_run = ch.dry_run.subscribe();
         // Like a dry run, a request made before this session is not replayed.
         let run_pass = ch.run_pass.subscribe();
+        let mut replicas = self.replicas.subscribe();
+        if !replicas.borrow().is_empty() {
+            replicas.mark_changed();
+        }
         Ok(Attachment {
             desired,
             dry_run,
             run_pass,
+            replicas,
             ended: EndSignal {
                 rx: ch.ended.subscribe(),
                 session,
@@ -244,20 +295,191 @@ impl Hub {
         }
     }
 
+    /// Whether `guest` has a session on this replica or, in a cluster, on another one.
     pub fn connected(&self, guest: GuestId) -> bool {
+        self.connected_here(guest) || self.view().remote.contains_key(&guest)
+    }
+
+    /// Whether `guest` has a session on this replica.
+    pub fn connected_here(&self, guest: GuestId) -> bool {
         self.lock().get(&guest).is_some_and(|c| c.session.is_some())
     }
 
+    /// The replica holding the session of `guest`: this one first; None when it has no
+    /// session anywhere, or when this coordinator is not a cluster replica.
+    pub fn holder(&self, guest: GuestId) -> Option<String> {
+        let here = self.connected_here(guest);
+        let view = self.view();
+        match (&view.me, here) {
+            (Some(me), true) => Some(me.clone()),
+            _ => view.remote.get(&guest)?.first().cloned(),
+        }
+    }
+
+    /// Sessions on this replica.
     pub fn connected_count(&self) -> usize {
         self.lock().values().filter(|c| c.session.is_some()).count()
     }
 
-    /// `seq`: the report's store position (`Store::put_report`), 0 for a plan.
+    /// The guests with a session on this replica.
+    pub fn sessions_here(&self) -> Vec<GuestId> {
+        self.lock()
+            .iter()
+            .filter(|(_, c)| c.session.is_some())
+            .map(|(g, _)| *g)
+            .collect()
+    }
+
+    /// Changes whenever a session attaches or detaches here.
+    pub fn watch_sessions(&self) -> watch::Receiver<u64> {
+        self.sessions_changed.subscribe()
+    }
+
+    /// `seq`: the report's store position (`Store::put_report`), 0 for a plan. A plan
+    /// that reached this replica through etcd is answered through etcd (every replica's
+    /// watchers get it from there), once.
     pub fn publish_report(&self, guest: GuestId, seq: u64, report: Arc<ApplyReport>) {
+        if seq == 0 && report.dry_run {
+            let mut view = self.view();
+            if let Some(tx) = view.plan_reports.clone()
+                && let Some(lease) = view.plans.remove(&guest)
+            {
+                drop(view);
+                if tx.send((guest, lease, report.clone())).is_ok() {
+                    return;
+                }
+            }
+        }
+        self.publish_local(guest, seq, report);
+    }
+
+    /// To this replica's report watchers only (what the cluster feed delivers).
+    pub fn publish_local(&self, guest: GuestId, seq: u64, report: Arc<ApplyReport>) {
         let _ = self.reports.send(Published { guest, seq, report });
+    }
+
+    /// Runs this hub as replica `me` of a cluster: plan reports of forwarded plans go to
+    /// `plan_reports`.
+    pub fn join_cluster(&self, me: &str, plan_reports: mpsc::UnboundedSender<PlanReport>) {
+        let mut view = self.view();
+        view.me = Some(me.to_string());
+        view.plan_reports = Some(plan_reports);
+    }
+
+    /// Records that `replica` (another one) opened or closed a session of `guest`.
+    pub fn remote_session(&self, guest: GuestId, replica: &str, open: bool) {
+        let mut view = self.view();
+        if view.me.as_deref() == Some(replica) {
+            return;
+        }
+        if open {
+            view.remote
+                .entry(guest)
+                .or_default()
+                .insert(replica.to_string());
+        } else if let Some(set) = view.remote.get_mut(&guest) {
+            set.remove(replica);
+            if set.is_empty() {
+                view.remote.remove(&guest);
+            }
+        }
+    }
+
+    /// Replaces what is known of other replicas' sessions (after re-reading etcd).
+    pub fn reset_remote_sessions(&self, all: Vec<(GuestId, String)>) {
+        let mut view = self.view();
+        let me = view.me.clone();
+        view.remote.clear();
+        for (g, r) in all {
+            if me.as_deref() != Some(r.as_str()) {
+                view.remote.entry(g).or_default().insert(r);
+            }
+        }
+    }
+
+    /// A plan forwarded through etcd under `lease`: pushed to the guest's session if it
+    /// is here (its report then goes back through etcd); ignored otherwise.
+    pub fn forwarded_plan(&self, guest: GuestId, lease: i64, state: v1::DesiredState) {
+        if !self.connected_here(guest) {
+            return;
+        }
+        self.view().plans.insert(guest, lease);
+        self.push(guest, state);
+    }
+
+    /// Sets the replica addresses agents are told (unchanged lists are not re-sent).
+    pub fn set_replicas(&self, addrs: Vec<String>) {
+        self.replicas.send_if_modified(|cur| {
+            if **cur == addrs {
+                return false;
+            }
+            *cur = Arc::new(addrs);
+            true
+        });
     }
 
     pub fn subscribe_reports(&self) -> broadcast::Receiver<Published> {
         self.reports.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn g(n: u32) -> GuestId {
+        GuestId::try_from(n).expect("guest id")
+    }
+
+    fn plan_report() -> Arc<ApplyReport> {
+        Arc::new(ApplyReport {
+            revision: 0,
+            digest: "d".into(),
+            dry_run: true,
+            results: Vec::new(),
+            duration_micros: 1,
+            trigger: "push".into(),
+        })
+    }
+
+    #[test]
+    fn connected_is_cluster_wide_and_names_the_replica() {
+        let hub = Hub::new();
+        let (tx, _rx) = mpsc::unbounded_channel();
+        hub.join_cluster("r0", tx);
+        let _here = hub.attach(g(1)).expect("attach");
+        hub.remote_session(g(2), "r1", true);
+        // This replica's own registrations come back through the feed: the hub knows.
+        hub.remote_session(g(1), "r0", true);
+        hub.remote_session(g(3), "r2", true);
+        hub.remote_session(g(3), "r2", false);
+        assert_eq!(hub.holder(g(1)).as_deref(), Some("r0"));
+        assert_eq!(hub.holder(g(2)).as_deref(), Some("r1"));
+        assert!(hub.connected(g(2)) && !hub.connected_here(g(2)));
+        assert!(!hub.connected(g(3)) && hub.holder(g(3)).is_none());
+        hub.reset_remote_sessions(vec![(g(3), "r2".into()), (g(1), "r0".into())]);
+        assert!(!hub.connected(g(2)) && hub.connected(g(3)));
+        assert_eq!(hub.holder(g(1)).as_deref(), Some("r0"));
+    }
+
+    #[test]
+    fn a_forwarded_plan_is_answered_through_etcd_once() {
+        let hub = Hub::new();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        hub.join_cluster("r0", tx);
+        let mut local = hub.subscribe_reports();
+        // Not connected here: nothing pushed, nothing owed.
+        hub.forwarded_plan(g(5), 7, v1::DesiredState::default());
+        let _s = hub.attach(g(5)).expect("attach");
+        hub.forwarded_plan(g(5), 9, v1::DesiredState::default());
+        for _ in 0..3 {
+            hub.publish_report(g(5), 0, plan_report());
+        }
+        let (guest, lease, _) = rx.try_recv().expect("one plan report returned");
+        assert_eq!((guest, lease), (g(5), 9));
+        assert!(rx.try_recv().is_err(), "only one per plan goes to etcd");
+        // The others stay local, as on a single coordinator.
+        assert!(local.try_recv().is_ok() && local.try_recv().is_ok());
+        assert!(local.try_recv().is_err());
     }
 }

@@ -397,17 +397,30 @@ pub async fn run(
         stop_rx.clone(),
     ))];
     if let (Some(etcd), Some(from)) = (&etcd, feed_from) {
-        use crate::cluster::feed;
+        use crate::cluster::{feed, sessions};
+        let (plan_tx, plan_rx) = tokio::sync::mpsc::unbounded_channel();
+        c.hub.join_cluster(cfg.cluster.replica.as_str(), plan_tx);
+        let ttl = cfg
+            .etcd
+            .as_ref()
+            .map_or(Duration::from_secs(10), |e| e.lease_ttl);
+        cluster.push(tokio::spawn(sessions::register(
+            c.clone(),
+            etcd.clone(),
+            ttl / 2,
+            stop_rx.clone(),
+        )));
+        cluster.push(tokio::spawn(sessions::return_plans(
+            etcd.clone(),
+            plan_rx,
+            stop_rx.clone(),
+        )));
         cluster.push(tokio::spawn(feed::follow(
             c.clone(),
             etcd.clone(),
             from,
             stop_rx.clone(),
         )));
-        let ttl = cfg
-            .etcd
-            .as_ref()
-            .map_or(Duration::from_secs(10), |e| e.lease_ttl);
         let health = feed::Health {
             probe_every: ttl / 3,
             lost_after: ttl,

@@ -430,6 +430,12 @@ pub trait Store: EventLog + ForgetGuest + Send + Sync + 'static {
     fn replica_addrs(&self) -> Result<Vec<String>, StoreError> {
         Ok(Vec::new())
     }
+    /// Hands dry runs (revision 0) to the replicas, so the one holding each guest's
+    /// session pushes it (docs/design/0010). `false`: a single coordinator, which pushes
+    /// them to its own sessions.
+    fn forward_plans(&self, _plans: &[(GuestId, DesiredRecord)]) -> Result<bool, StoreError> {
+        Ok(false)
+    }
     /// Leader-only: claims one run of the scheduled job `job` if no leader ran it within
     /// `every` before `now_unix_ms`, and records the run (with `replica`) in the same
     /// transaction, so a new leader does not repeat what the old one just did. `false`:

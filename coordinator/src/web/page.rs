@@ -107,11 +107,12 @@ fn guests(h: &mut Html, p: &Page) {
             .raw(health.class())
             .raw("\">");
         h.text(health.label()).raw("</span></td>");
-        h.el(
-            "<td class=\"connected\">",
-            if s.connected { "yes" } else { "no" },
-            "</td>",
-        );
+        let connected = match (s.connected, s.replica.as_str()) {
+            (false, _) => "no".to_string(),
+            (true, "") => "yes".to_string(),
+            (true, r) => format!("yes ({r})"),
+        };
+        h.el("<td class=\"connected\">", &connected, "</td>");
         h.el("<td>", &s.wanted_revision.to_string(), "</td>");
         h.el("<td>", &s.applied_revision.to_string(), "</td>");
         let last = match &g.report {

@@ -125,6 +125,7 @@ pub(super) fn gather(c: &Coordinator) -> Result<Page, RpcError> {
     let mut guests = Vec::new();
     for (g, mut status) in status_without_reports(c)? {
         status.connected = c.hub.connected(g);
+        status.replica = c.hub.holder(g).unwrap_or_default();
         let stored = c.store.report(g)?;
         if let Some(r) = &stored {
             status.last_report_unix = r.received_unix;

@@ -25,7 +25,7 @@ pub(super) struct Lease {
 
 impl EtcdStore {
     /// The id of this store's live lease, granted (and kept alive) on first use.
-    fn lease_id(&self, action: &'static str) -> Result<i64, StoreError> {
+    pub(super) fn lease_id(&self, action: &'static str) -> Result<i64, StoreError> {
         let mut slot = self.lease.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(l) = slot.as_ref().filter(|l| l.alive.load(Ordering::Acquire)) {
             return Ok(l.id);
@@ -66,7 +66,7 @@ impl EtcdStore {
         }
     }
 
-    fn forget_lease(&self, id: i64) {
+    pub(super) fn forget_lease(&self, id: i64) {
         let mut slot = self.lease.lock().unwrap_or_else(|p| p.into_inner());
         if slot.as_ref().is_some_and(|l| l.id == id)
             && let Some(l) = slot.take()

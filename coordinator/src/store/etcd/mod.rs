@@ -15,6 +15,7 @@ mod events;
 mod leader;
 mod records;
 mod replicas;
+mod sessions;
 mod watch;
 
 pub use watch::Change;

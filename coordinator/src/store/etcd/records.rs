@@ -383,6 +383,10 @@ impl Store for EtcdStore {
         self.list_replica_addrs()
     }
 
+    fn forward_plans(&self, plans: &[(GuestId, DesiredRecord)]) -> Result<bool, StoreError> {
+        self.put_plans(plans).map(|()| true)
+    }
+
     fn claim_job(
         &self,
         term: LeaderTerm,

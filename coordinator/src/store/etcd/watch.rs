@@ -11,7 +11,7 @@
 use super::EtcdStore;
 use crate::store::{AgentRecord, DesiredRecord, ReportRecord, StoreError};
 use etcd_client::{Client, EventType, WatchOptions};
-use phoenix_proto::model::GuestId;
+use phoenix_proto::model::{ApplyReport, GuestId};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -24,6 +24,19 @@ pub enum Change {
     Report(GuestId, ReportRecord),
     /// A guest's agent record was written (enrolled, renewed, revoked, seen).
     Agent(GuestId, AgentRecord),
+    /// A replica opened (`open`) or closed a session of a guest; closed also when the
+    /// replica's lease expired.
+    Session {
+        guest: GuestId,
+        replica: String,
+        open: bool,
+    },
+    /// A dry run for a guest (revision 0), forwarded under an etcd lease.
+    Plan(GuestId, i64, DesiredRecord),
+    /// A guest's answer to a forwarded dry run.
+    PlanReport(GuestId, ApplyReport),
+    /// A replica registered (or changed) its address.
+    Replicas,
     /// The feed could not resume where it stopped (compacted): re-read everything.
     Resync,
     /// The watch is (re)established up to this revision; nothing is pending before it.
@@ -121,14 +134,17 @@ async fn watch_once(
         for ev in resp.events() {
             let Some(kv) = ev.kv() else { continue };
             *after = (*after).max(kv.mod_revision());
-            if ev.event_type() != EventType::Put {
-                continue;
-            }
             let key = String::from_utf8_lossy(kv.key());
             let Some(rest) = key.strip_prefix(prefix) else {
                 continue;
             };
-            if let Some(change) = decode(rest, kv.value(), kv.mod_revision())
+            let change = if ev.event_type() == EventType::Put {
+                decode(rest, kv.value(), kv.mod_revision(), kv.lease())
+            } else {
+                // Only a session's end matters (closed, or its replica's lease expired).
+                session(rest, false)
+            };
+            if let Some(change) = change
                 && tx.send(change).await.is_err()
             {
                 return Ok(());
@@ -145,12 +161,26 @@ async fn watch_once(
     }
 }
 
+/// `sessions/<replica>/<guest>` as a session change.
+fn session(rest: &str, open: bool) -> Option<Change> {
+    let (replica, guest) = rest.strip_prefix("sessions/")?.rsplit_once('/')?;
+    let guest = GuestId::try_from(guest.parse::<u32>().ok()?).ok()?;
+    Some(Change::Session {
+        guest,
+        replica: replica.to_string(),
+        open,
+    })
+}
+
 /// The change a put of `<dir>/<guest>` means; None for keys the feed does not carry or
 /// values it cannot read (logged: another version's record, or damage).
-fn decode(rest: &str, value: &[u8], mod_revision: i64) -> Option<Change> {
+fn decode(rest: &str, value: &[u8], mod_revision: i64, lease: i64) -> Option<Change> {
     let (dir, id) = rest.split_once('/')?;
-    if !matches!(dir, "desired" | "reports" | "agents") {
-        return None;
+    match dir {
+        "sessions" => return session(rest, true),
+        "replicas" => return Some(Change::Replicas),
+        "desired" | "reports" | "agents" | "plans" | "plan_reports" => {}
+        _ => return None,
     }
     let guest = id
         .parse::<u32>()
@@ -164,6 +194,14 @@ fn decode(rest: &str, value: &[u8], mod_revision: i64) -> Option<Change> {
             .map_err(bad)
             .ok()
             .map(|r| Change::Desired(guest, r)),
+        "plans" => serde_json::from_slice(value)
+            .map_err(bad)
+            .ok()
+            .map(|r| Change::Plan(guest, lease, r)),
+        "plan_reports" => serde_json::from_slice(value)
+            .map_err(bad)
+            .ok()
+            .map(|r| Change::PlanReport(guest, r)),
         "reports" => serde_json::from_slice::<ReportRecord>(value)
             .map_err(bad)
             .ok()

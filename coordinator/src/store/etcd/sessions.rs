@@ -1,0 +1,190 @@
+//! What a replica tells the others about its agents, kept alive by its lease
+//! (docs/design/0010, phase 3):
+//!
+//! - `sessions/<replica>/<guest>`: a session of `guest` is open on `replica`. Put under
+//!   the replica's lease, so a replica that dies (or loses etcd for a lease) takes its
+//!   sessions with it and no replica shows them as connected any more.
+//! - `plans/<guest>`: a dry run (`phoenix plan`) for the replica holding the guest's
+//!   session, and `plan_reports/<guest>`: its agent's answer, for every replica's report
+//!   watchers. Both live under a short lease granted per plan, so etcd forgets them on
+//!   its own. Only replicas hold etcd credentials: what a guest says reaches these keys
+//!   only as the report of its own authenticated session, for a plan that was asked.
+
+use super::EtcdStore;
+use crate::store::{DesiredRecord, StoreError};
+use etcd_client::{GetOptions, PutOptions, Txn, TxnOp};
+use phoenix_proto::model::{ApplyReport, GuestId};
+use std::collections::HashSet;
+use std::time::Duration;
+
+/// How long a forwarded plan and its report stay in etcd: longer than an operator
+/// waits for a plan.
+const PLAN_TTL: Duration = Duration::from_secs(300);
+
+impl EtcdStore {
+    fn session_key(&self, replica: &str, g: GuestId) -> String {
+        self.key(&format!("sessions/{replica}/{:010}", g.get()))
+    }
+
+    /// Registers `open` and removes `closed` sessions of `replica`, under its lease (in
+    /// transactions of at most `MAX_TXN_KEYS` operations); returns the lease used. A
+    /// lease that changed (the old one expired) means every registration is to be put
+    /// again: the caller compares.
+    pub fn sync_sessions(
+        &self,
+        replica: &str,
+        open: &[GuestId],
+        closed: &[GuestId],
+    ) -> Result<i64, StoreError> {
+        const A: &str = "register agent sessions";
+        let lease = self.lease_id(A)?;
+        let mut ops: Vec<TxnOp> = open
+            .iter()
+            .map(|g| {
+                TxnOp::put(
+                    self.session_key(replica, *g),
+                    replica,
+                    Some(PutOptions::new().with_lease(lease)),
+                )
+            })
+            .collect();
+        ops.extend(
+            closed
+                .iter()
+                .map(|g| TxnOp::delete(self.session_key(replica, *g), None)),
+        );
+        for chunk in ops.chunks(super::MAX_TXN_KEYS) {
+            match self.txn(A, Txn::new().and_then(chunk.to_vec())) {
+                Err(StoreError::Io { reason, .. }) if reason.contains("lease not found") => {
+                    // Expired before the keep-alive noticed: the next sync takes a new one.
+                    self.forget_lease(lease);
+                    return Err(StoreError::Io {
+                        action: A,
+                        reason: format!("lease {lease:x} expired; registering again"),
+                    });
+                }
+                r => {
+                    r?;
+                }
+            }
+        }
+        Ok(lease)
+    }
+
+    /// The sessions registered for `replica` under `lease` (what is really in etcd).
+    pub fn registered_sessions(
+        &self,
+        replica: &str,
+        lease: i64,
+    ) -> Result<HashSet<GuestId>, StoreError> {
+        Ok(self
+            .sessions_under(&format!("sessions/{replica}/"))?
+            .into_iter()
+            .filter(|(_, _, l)| *l == lease)
+            .map(|(g, _, _)| g)
+            .collect())
+    }
+
+    /// Every registered session: guest and replica.
+    pub fn all_sessions(&self) -> Result<Vec<(GuestId, String)>, StoreError> {
+        Ok(self
+            .sessions_under("sessions/")?
+            .into_iter()
+            .map(|(g, r, _)| (g, r))
+            .collect())
+    }
+
+    /// (guest, replica, lease) of every session key under `<prefix><dir>`. The values
+    /// are a replica name each, so one range read holds even 10,000 of them.
+    fn sessions_under(&self, dir: &str) -> Result<Vec<(GuestId, String, i64)>, StoreError> {
+        let start = self.key(dir);
+        let end = super::prefix_end(&start);
+        let kv = self.kv.clone();
+        let from = start.clone();
+        let resp = self.call("list agent sessions", move || {
+            let (mut kv, from, end) = (kv.clone(), from.clone(), end.clone());
+            async move { kv.get(from, Some(GetOptions::new().with_range(end))).await }
+        })?;
+        let prefix_len = self.key("sessions/").len();
+        Ok(resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let rest = kv.key().get(prefix_len..)?;
+                let (replica, guest) = std::str::from_utf8(rest).ok()?.rsplit_once('/')?;
+                let g = GuestId::try_from(guest.parse::<u32>().ok()?).ok()?;
+                Some((g, replica.to_string(), kv.lease()))
+            })
+            .collect())
+    }
+
+    /// Forwards dry runs to whichever replica holds each guest's session: one lease of
+    /// `PLAN_TTL` for the whole plan, `plans/<guest>` under it.
+    pub fn put_plans(&self, plans: &[(GuestId, DesiredRecord)]) -> Result<(), StoreError> {
+        const A: &str = "forward a plan";
+        if plans.is_empty() {
+            return Ok(());
+        }
+        let client = self.client.clone();
+        let secs = PLAN_TTL.as_secs() as i64;
+        let lease = self
+            .call(A, move || {
+                let mut client = client.clone();
+                async move { client.lease_grant(secs, None).await }
+            })?
+            .id();
+        let mut ops = Vec::with_capacity(plans.len());
+        let mut batch_bytes = 0;
+        let mut batches = Vec::new();
+        for (g, rec) in plans {
+            let key = self.key(&format!("plans/{:010}", g.get()));
+            let value = serde_json::to_vec(rec).map_err(|e| StoreError::Io {
+                action: A,
+                reason: e.to_string(),
+            })?;
+            super::check_size(A, &key, value.len(), super::MAX_VALUE_BYTES)?;
+            if ops.len() == super::MAX_TXN_KEYS || batch_bytes + value.len() > super::MAX_TXN_BYTES
+            {
+                batches.push(std::mem::take(&mut ops));
+                batch_bytes = 0;
+            }
+            batch_bytes += value.len();
+            ops.push(TxnOp::put(
+                key,
+                value,
+                Some(PutOptions::new().with_lease(lease)),
+            ));
+        }
+        batches.push(ops);
+        for ops in batches {
+            self.txn(A, Txn::new().and_then(ops))?;
+        }
+        Ok(())
+    }
+
+    /// The report of a forwarded plan, under the plan's lease (gone with it). A plan
+    /// whose lease expired is not answered: nobody waits for it any more.
+    pub fn put_plan_report(
+        &self,
+        g: GuestId,
+        lease: i64,
+        report: &ApplyReport,
+    ) -> Result<(), StoreError> {
+        const A: &str = "return a plan report";
+        let key = self.key(&format!("plan_reports/{:010}", g.get()));
+        let value = serde_json::to_vec(report).map_err(|e| StoreError::Io {
+            action: A,
+            reason: e.to_string(),
+        })?;
+        super::check_size(A, &key, value.len(), super::MAX_VALUE_BYTES)?;
+        let kv = self.kv.clone();
+        self.call(A, move || {
+            let (mut kv, key, value) = (kv.clone(), key.clone(), value.clone());
+            async move {
+                kv.put(key, value, Some(PutOptions::new().with_lease(lease)))
+                    .await
+            }
+        })?;
+        Ok(())
+    }
+}
