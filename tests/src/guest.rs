@@ -83,6 +83,17 @@ fn docker(args: &[&str]) -> Output {
         .expect("run docker")
 }
 
+/// True when Docker answers and has the systemd guest image (tests/setup/30-guest.sh), for
+/// a test that must know before it creates anything else (a [`Network`]).
+pub fn available() -> bool {
+    let image = std::env::var("PHOENIX_GUEST_IMAGE").unwrap_or_default();
+    !image.is_empty()
+        && Command::new("docker")
+            .args(["image", "inspect", &image])
+            .output()
+            .is_ok_and(|o| o.status.success())
+}
+
 impl Guest {
     /// Boots a guest, or returns `None` (after `require`'s loud skip) when the image or
     /// Docker is missing. `mounts` are (host path, container path) read-only binds.
@@ -93,6 +104,13 @@ impl Guest {
     /// As `boot`, on Docker network `network` ("host" lets an agent inside reach a
     /// coordinator on the host's loopback).
     pub fn boot_on(test: &str, mounts: &[(&Path, &str)], network: &str) -> Option<Guest> {
+        Self::boot_with(test, mounts, &["--network", network])
+    }
+
+    /// As `boot`, with `run_args` (at least a `--network`) given to `docker run`, e.g.
+    /// `["--network", net.name(), "--ip", "10.231.7.10"]` for a fixed address on a
+    /// [`Network`].
+    pub fn boot_with(test: &str, mounts: &[(&Path, &str)], run_args: &[&str]) -> Option<Guest> {
         let image = std::env::var("PHOENIX_GUEST_IMAGE").unwrap_or_default();
         let have = !image.is_empty() && docker(&["image", "inspect", &image]).status.success();
         if !crate::require(
@@ -104,23 +122,23 @@ impl Guest {
         let name = format!("phoenix-test-{test}-{}", std::process::id());
         let _ = docker(&["rm", "-f", &name]);
         let agent = crate::bin("phoenix-agent");
-        let mut args: Vec<String> = [
-            "run",
-            "-d",
-            "--name",
-            &name,
-            "--network",
-            network,
-            "--tmpfs",
-            "/run",
-            "--tmpfs",
-            "/run/lock",
-            "-v",
-            "/sys/fs/cgroup:/sys/fs/cgroup:ro",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
+        let mut args: Vec<String> = ["run", "-d", "--name", &name]
+            .iter()
+            .chain(run_args)
+            .map(|s| (*s).to_owned())
+            .collect();
+        args.extend(
+            [
+                "--tmpfs",
+                "/run",
+                "--tmpfs",
+                "/run/lock",
+                "-v",
+                "/sys/fs/cgroup:/sys/fs/cgroup:ro",
+            ]
+            .iter()
+            .map(|s| (*s).to_owned()),
+        );
         args.push("-v".into());
         args.push(format!(
             "{}:/usr/local/bin/phoenix-agent:ro",
@@ -149,6 +167,11 @@ impl Guest {
             },
         );
         Some(guest)
+    }
+
+    /// The container's name, for `docker` commands of the test's own.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     pub fn sh(&self, script: &str) -> Output {
@@ -255,5 +278,68 @@ pub fn self_signed(cn: &str) -> Option<(String, String)> {
 impl Drop for Guest {
     fn drop(&mut self) {
         let _ = docker(&["rm", "-f", "-v", &self.name]);
+    }
+}
+
+/// A private Docker bridge network for guests that need their own addresses and ports (a
+/// gateway listening on 80 and 443 would collide with the host's on `--network host`). The
+/// host is its gateway (`<prefix>.1`), so a daemon the test starts on that address is
+/// reachable from the guests. Removed on drop.
+pub struct Network {
+    name: String,
+    prefix: String,
+}
+
+impl Network {
+    /// Creates a /24 in 10.231.0.0/16 that no other network on the engine uses (an
+    /// overlapping subnet is refused by Docker, so the next one is tried).
+    pub fn create(test: &str) -> Network {
+        let name = format!("phoenix-test-{test}-{}", std::process::id());
+        let _ = docker(&["network", "rm", &name]);
+        let start = std::process::id() % 250;
+        let mut last = String::new();
+        for i in 0..250 {
+            let third = (start + i) % 250 + 1;
+            let prefix = format!("10.231.{third}");
+            let out = docker(&[
+                "network",
+                "create",
+                "--subnet",
+                &format!("{prefix}.0/24"),
+                "--gateway",
+                &format!("{prefix}.1"),
+                &name,
+            ]);
+            if out.status.success() {
+                return Network { name, prefix };
+            }
+            last = String::from_utf8_lossy(&out.stderr).into_owned();
+        }
+        panic!("no free subnet in 10.231.0.0/16 for network {name}: {last}");
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The first three octets, e.g. `10.231.7`.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `<prefix>.<host>`.
+    pub fn ip(&self, host: u8) -> String {
+        format!("{}.{host}", self.prefix)
+    }
+
+    /// The host's address on the network.
+    pub fn gateway(&self) -> String {
+        self.ip(1)
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        let _ = docker(&["network", "rm", &self.name]);
     }
 }

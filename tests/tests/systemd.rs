@@ -316,6 +316,10 @@ fn takeover_keeps_backups_and_removal_only_removes_what_phoenix_created() {
     let hand_unit = "[Unit]\nDescription=hand written\n[Service]\nExecStart=/bin/sleep 1000\n[Install]\nWantedBy=multi-user.target\n";
     g.write(LEGACY_UNIT, hand_unit.as_bytes());
     g.write(LEGACY_CONF, b"written by hand\n");
+    // An owner and mode of its own, which the backup must keep.
+    g.ok(&format!(
+        "chown root:www-data {LEGACY_CONF} && chmod 0640 {LEGACY_CONF}"
+    ));
     g.ok("systemctl daemon-reload && systemctl enable --now legacy.service");
 
     let svc = |name: &str| {
@@ -357,7 +361,8 @@ fn takeover_keeps_backups_and_removal_only_removes_what_phoenix_created() {
         "{}",
         a.message(&format!("file:{LEGACY_CONF}"))
     );
-    // Backups: the originals, 0600 root, in the agent's private state directory.
+    // Backups: the originals with their owner and mode (so `cp -p` restores them), in the
+    // agent's private state directory (0700 root).
     assert_eq!(
         g.ok("cat /var/lib/phoenix-agent/backups/etc%2Flegacy.conf.*"),
         "written by hand"
@@ -367,8 +372,12 @@ fn takeover_keeps_backups_and_removal_only_removes_what_phoenix_created() {
         hand_unit.trim_end()
     );
     assert_eq!(
-        g.ok("stat -c '%U %a' /var/lib/phoenix-agent/backups/* | sort -u"),
-        "root 600"
+        g.ok("stat -c '%U:%G %a' /var/lib/phoenix-agent/backups/etc%2Flegacy.conf.*"),
+        "root:www-data 640"
+    );
+    assert_eq!(
+        g.ok("stat -c '%U:%G %a' /var/lib/phoenix-agent/backups/etc%2Fsystemd%2Fsystem%2Flegacy.service.*"),
+        "root:root 644"
     );
     assert_eq!(g.ok("stat -c '%a' /var/lib/phoenix-agent/backups"), "700");
     assert_eq!(g.unit_prop("fresh.service", "ActiveState"), "active");

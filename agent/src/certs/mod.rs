@@ -356,7 +356,7 @@ impl CertConverger {
         let backup = match (&before, &owned) {
             (Some(old), None) if old.bytes != bytes => self
                 .ledger
-                .back_up(path.as_path(), &old.bytes)
+                .back_up(path.as_path(), old)
                 .map_err(Self::ledger_err(spec))?,
             _ => None,
         };

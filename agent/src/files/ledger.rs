@@ -11,7 +11,7 @@
 //! atomically after each change. Backups go to `backups/` there: outside every managed
 //! root, so no desired state can name, overwrite or serve them, and private to root.
 
-use crate::hostfs::{self, FileAttrs, FsError};
+use crate::hostfs::{self, Existing, FileAttrs, FsError};
 use phoenix_pki::statedir;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -237,12 +237,19 @@ impl Ledger {
         if changed { self.save(&r) } else { Ok(()) }
     }
 
-    /// Keeps a copy of `bytes`, the content of `path` that Phoenix is about to replace,
-    /// as `backups/<path with / as %2F>.<unix time>` (0600) in the state directory.
-    /// Returns where, or `None` for an in-memory ledger. The original was read without
-    /// following links; the copy is created beneath the state directory, never through
-    /// a link.
-    pub fn back_up(&self, path: &Path, bytes: &[u8]) -> Result<Option<PathBuf>, LedgerError> {
+    /// Keeps a copy of `original`, the file at `path` that Phoenix is about to replace, as
+    /// `backups/<path with / as %2F>.<unix time>` in the state directory, with the
+    /// original's owner and permission bits (setuid, setgid and sticky dropped: a copy must
+    /// not become a second way to run a program as its owner), so `cp -p` puts back the
+    /// file as it was. The 0700 backup directory keeps every copy private to root whatever
+    /// its own mode. Returns where, or `None` for an in-memory ledger. The original was
+    /// read without following links; the copy is created beneath the state directory,
+    /// never through a link.
+    pub fn back_up(
+        &self,
+        path: &Path,
+        original: &Existing,
+    ) -> Result<Option<PathBuf>, LedgerError> {
         let Some(state) = &self.state_dir else {
             return Ok(None);
         };
@@ -268,11 +275,11 @@ impl Ledger {
             match hostfs::read_beneath(&dir, &target) {
                 Ok(None) => {
                     let attrs = FileAttrs {
-                        mode: 0o600,
-                        uid: None,
-                        gid: None,
+                        mode: original.mode & 0o777,
+                        uid: Some(original.uid),
+                        gid: Some(original.gid),
                     };
-                    hostfs::write_beneath(&dir, &target, bytes, attrs, false).map_err(
+                    hostfs::write_beneath(&dir, &target, &original.bytes, attrs, false).map_err(
                         |source| LedgerError::Backup {
                             path: path.to_path_buf(),
                             source,
@@ -341,13 +348,29 @@ mod tests {
         assert!(err.to_string().contains("corrupt"), "{err}");
     }
 
+    /// A file as `read_beneath` returns it, owned by the test's own user.
+    fn original(bytes: &[u8], mode: u32) -> Existing {
+        Existing {
+            bytes: bytes.to_vec(),
+            mode,
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+        }
+    }
+
     #[test]
     fn backups_are_private_flat_and_never_overwritten() {
         let dir = tempfile::tempdir().expect("tempdir");
         let l = Ledger::open(dir.path()).expect("open");
         let p = Path::new("/etc/nginx/nginx.conf");
-        let a = l.back_up(p, b"one").expect("backup").expect("path");
-        let b = l.back_up(p, b"two").expect("backup").expect("path");
+        let a = l
+            .back_up(p, &original(b"one", 0o600))
+            .expect("backup")
+            .expect("path");
+        let b = l
+            .back_up(p, &original(b"two", 0o600))
+            .expect("backup")
+            .expect("path");
         assert_ne!(a, b);
         assert!(a.starts_with(dir.path().join(BACKUP_DIR)));
         assert!(
@@ -366,6 +389,52 @@ mod tests {
     }
 
     #[test]
+    fn backups_keep_the_originals_mode_and_owner_but_no_setuid() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let l = Ledger::open(dir.path()).expect("open");
+        let conf = l
+            .back_up(Path::new("/etc/nginx/ssl/gw.key"), &original(b"k", 0o640))
+            .expect("backup")
+            .expect("path");
+        let meta = std::fs::metadata(&conf).expect("stat");
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o640);
+        let tool = l
+            .back_up(Path::new("/usr/local/bin/tool"), &original(b"t", 0o4755))
+            .expect("backup")
+            .expect("path");
+        let meta = std::fs::metadata(&tool).expect("stat");
+        assert_eq!(
+            meta.permissions().mode() & 0o7777,
+            0o755,
+            "a copy of a setuid program is not setuid"
+        );
+        // Another owner, where the test may give files away.
+        if nix::unistd::geteuid().is_root() {
+            let foreign = Existing {
+                uid: 4321,
+                gid: 33,
+                ..original(b"site", 0o644)
+            };
+            let site = l
+                .back_up(Path::new("/etc/nginx/sites-enabled/x"), &foreign)
+                .expect("backup")
+                .expect("path");
+            let meta = std::fs::metadata(&site).expect("stat");
+            assert_eq!(
+                (meta.uid(), meta.gid(), meta.mode() & 0o7777),
+                (4321, 33, 0o644)
+            );
+        }
+        let d = std::fs::metadata(dir.path().join(BACKUP_DIR)).expect("stat");
+        assert_eq!(
+            d.permissions().mode() & 0o777,
+            0o700,
+            "still private to root"
+        );
+    }
+
+    #[test]
     fn a_link_planted_as_the_backup_directory_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let elsewhere = tempfile::tempdir().expect("tempdir");
@@ -373,7 +442,7 @@ mod tests {
             .expect("plant link");
         let l = Ledger::open(dir.path()).expect("open");
         let err = l
-            .back_up(Path::new("/etc/x"), b"secret")
+            .back_up(Path::new("/etc/x"), &original(b"secret", 0o600))
             .expect_err("link refused");
         assert!(err.to_string().contains("backup directory"), "{err}");
         assert_eq!(

@@ -10,7 +10,7 @@
 
 pub mod ledger;
 
-use crate::hostfs::{self, FileAttrs, FsError};
+use crate::hostfs::{self, Existing, FileAttrs, FsError};
 use crate::reconcile::{Check, Converge, Leftover, PassContext, Prune, ResourceError};
 use ledger::{Ledger, LedgerError, Owned};
 use phoenix_proto::model::{Ensure, FileSpec, GuestSpec, Resource};
@@ -133,8 +133,8 @@ pub fn resolve_group(path: &Path, name: &str) -> Result<u32, FileError> {
 struct Observed {
     exists: bool,
     content_differs: bool,
-    /// The bytes on disk, when the file exists.
-    old_content: Option<Vec<u8>>,
+    /// The file on disk (bytes, mode, owner), when it exists: what a takeover backs up.
+    old: Option<Existing>,
     mode: Option<u32>,
     uid: Option<u32>,
     gid: Option<u32>,
@@ -147,7 +147,7 @@ fn observe(root: &Path, spec: &FileSpec) -> Result<Observed, FileError> {
             None => Observed {
                 exists: false,
                 content_differs: true,
-                old_content: None,
+                old: None,
                 mode: None,
                 uid: None,
                 gid: None,
@@ -155,10 +155,10 @@ fn observe(root: &Path, spec: &FileSpec) -> Result<Observed, FileError> {
             Some(have) => Observed {
                 exists: true,
                 content_differs: have.bytes != spec.content.as_bytes(),
-                old_content: Some(have.bytes),
                 mode: Some(have.mode),
                 uid: Some(have.uid),
                 gid: Some(have.gid),
+                old: Some(have),
             },
         },
     )
@@ -261,7 +261,7 @@ impl Converge<FileSpec> for FileConverger {
         } else if obs.content_differs {
             let mode = want_mode.or(obs.mode).unwrap_or(DEFAULT_MODE);
             diff.push(content_diff(
-                obs.old_content.as_deref(),
+                obs.old.as_ref().map(|o| o.bytes.as_slice()),
                 &spec.content,
                 mode & 0o004 == 0,
             ));
@@ -332,7 +332,7 @@ impl Converge<FileSpec> for FileConverger {
         if obs.content_differs {
             // Taking over a file Phoenix did not write: keep it first, so the user can
             // roll back by hand. No copy, no replacement.
-            let backup = match (&obs.old_content, &owned) {
+            let backup = match (&obs.old, &owned) {
                 (Some(old), None) => self
                     .ledger
                     .back_up(path, old)

@@ -147,7 +147,13 @@ async fn an_existing_file_not_written_by_phoenix_is_backed_up_before_it_is_repla
     let conv = FileConverger::new(vec![dir.path().to_path_buf()]).with_ledger(ledger.clone());
     let p = dir.path().join("app.conf");
     std::fs::write(&p, "hand written\n").expect("write");
-    let s = spec(&p, "phoenix\n", None);
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    // A group the file did not have, when the test may give it away (root).
+    let root = nix::unistd::geteuid().is_root();
+    if root {
+        std::os::unix::fs::chown(&p, Some(4321), Some(8765)).expect("chown");
+    }
+    let s = spec(&p, "phoenix\n", Some("0644"));
     let Check::Drift { diff } = conv.check(&s, &cx()).await.expect("check") else {
         panic!("drift expected");
     };
@@ -161,6 +167,13 @@ async fn an_existing_file_not_written_by_phoenix_is_backed_up_before_it_is_repla
         std::fs::read_to_string(&backup).expect("read"),
         "hand written\n"
     );
+    // The copy is the original as it was, so `cp -p` restores mode and owner too.
+    let meta = std::fs::metadata(&backup).expect("stat backup");
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o640);
+    if root {
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!((meta.uid(), meta.gid()), (4321, 8765));
+    }
     assert!(!owned.created);
 
     // Phoenix's own file changes later: no "not managed", no second backup.

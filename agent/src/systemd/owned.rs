@@ -8,8 +8,8 @@
 
 use super::{Managed, ServiceConverger, ServiceError, ServiceManager, unit};
 use crate::files::ledger::{LedgerError, Owned};
-use crate::hostio;
 use crate::reconcile::{Leftover, Prune, ResourceError};
+use crate::{hostfs, hostio};
 use phoenix_proto::model::{GuestSpec, Resource};
 use std::path::{Path, PathBuf};
 
@@ -73,10 +73,11 @@ impl<M: ServiceManager> ServiceConverger<M> {
             source,
         };
         let root = self.root_for(&f.path);
-        let before = hostio::read_if_exists(root, &f.path).map_err(|e| file_err("read", e))?;
+        // With its mode and owner: a takeover's backup keeps them.
+        let before = hostfs::read_beneath(root, &f.path).map_err(|e| file_err("read", e.into()))?;
         let owned = self.ledger.unit(name).remove(&f.path);
         let backup = match &before {
-            Some(old) if !old.starts_with(unit::HEADER.as_bytes()) && owned.is_none() => self
+            Some(old) if !old.bytes.starts_with(unit::HEADER.as_bytes()) && owned.is_none() => self
                 .ledger
                 .back_up(&f.path, old)
                 .map_err(ledger_err(name))?,

@@ -11,7 +11,7 @@ use super::phoenix::{GuestConfig, Hypervisor};
 use super::reader::{Diag, Node};
 use super::types::{CompileOptions, FirewallRule, GuestKind, Problem};
 use super::{routing, scripts, stacks};
-use phoenix_proto::model::{GuestId, Resource, ResourceRef};
+use phoenix_proto::model::{Ensure, GuestId, Resource, ResourceRef};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
@@ -127,10 +127,19 @@ pub(crate) fn build_guest(
         let files: Vec<ResourceRef> = b
             .resources
             .iter()
-            .filter(|r| matches!(r, Resource::File(f) if f.path.as_str().starts_with(dir)))
+            .filter(|r| {
+                matches!(r, Resource::File(f) if f.ensure == Ensure::Present && f.path.as_str().starts_with(dir))
+            })
             .map(Resource::id)
             .collect();
-        if files.is_empty() {
+        // The routing tier (below, once every guest is built) adds the gateway's files from
+        // etc/nginx/ and Traefik's dynamic configuration when there is a domain.
+        let compiled_later = match script.role {
+            Some(Role::Gateway) => layout.etc.join("nginx").is_dir(),
+            Some(Role::Traefik) => hv.domain_name.is_some(),
+            None => false,
+        };
+        if files.is_empty() && !compiled_later {
             d.warn(
                 &g.file,
                 path,
@@ -196,7 +205,7 @@ pub(crate) fn routing_tier(
             }
         }
         if roles.contains(&Role::Gateway) {
-            let files = routing::gateway_files(&layout.etc, d);
+            let files = routing::gateway_files(&layout.etc, routes, hv.domain_name.as_deref(), d);
             for f in files {
                 let id = Resource::File(f.clone()).id();
                 b.add(

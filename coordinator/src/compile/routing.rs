@@ -140,36 +140,64 @@ pub fn traefik_dynamic(routes: &[Route], domain: &str) -> String {
     y
 }
 
+/// The line of `sites-available/gateway.template` that `bin/generate_nginx_gateway_config.sh`
+/// replaces with the routing map (its awk compares whole lines).
+const MAP_PLACEHOLDER: &str = "##MAP_BLOCK##";
+
+/// The `map $host $upstream_service` block of the gateway, as the old generator meant it:
+/// every routed host name straight to its guest, anything else to Traefik. Two deliberate
+/// differences from the script, both in what it wrote rather than what it meant: its loops
+/// ran in a pipeline's subshell (and read `.lxc_containers`, which the LXC file does not
+/// have), so the map it produced only ever held the default; and it wrote `https://` for
+/// every guest, where a container serves plain HTTP (the URL here is Traefik's for the same
+/// route: HTTPS only to VMs, whose certificates chain to Step-CA).
+pub fn nginx_map(routes: &[Route], domain: &str) -> String {
+    let mut m = String::from("map $host $upstream_service {\n");
+    let _ = writeln!(m, "    default https://traefik.{domain}:443;");
+    for r in routes {
+        let _ = writeln!(m, "    {} {};", r.host, r.url);
+    }
+    m.push('}');
+    m
+}
+
 /// The gateway's files: `etc/nginx/<rel>` → `/etc/nginx/<rel>`, the site also enabled. Only
 /// regular files directly in the known places are taken (no links followed out of etc/nginx).
-pub(crate) fn gateway_files(etc: &Path, d: &mut Diag) -> Vec<FileSpec> {
+///
+/// The site is generated as `phoenix sync all` did it: when `sites-available/gateway.template`
+/// exists, its `##MAP_BLOCK##` line becomes [`nginx_map`] of the declared routes (so a changed
+/// `traefik_service` changes the gateway), and the checked-in `gateway` (the generator's last
+/// output) is ignored; without a template, or without `domain_name` (`domain`) to make the
+/// map from, `gateway` is taken as it is.
+pub(crate) fn gateway_files(
+    etc: &Path,
+    routes: &[Route],
+    domain: Option<&str>,
+    d: &mut Diag,
+) -> Vec<FileSpec> {
     let nginx = etc.join("nginx");
     let mut out = Vec::new();
-    let mut take = |rel: &str, target: &str| {
-        let src = nginx.join(rel);
-        match std::fs::symlink_metadata(&src) {
-            Ok(m) if m.is_file() => match std::fs::read_to_string(&src) {
-                Ok(content) => out.push(managed(target, content)),
-                Err(e) => d.error(&src, "", Problem::Read(e.to_string())),
-            },
-            Ok(_) => d.error(
-                &src,
+    if let Some(conf) = read_regular(&nginx.join("nginx.conf"), d) {
+        out.push(managed("/etc/nginx/nginx.conf", conf));
+    }
+    let template = nginx.join("sites-available/gateway.template");
+    let site = match (read_regular(&template, d), domain) {
+        (Some(text), Some(domain)) => Some(fill_template(&text, &nginx_map(routes, domain))),
+        (Some(_), None) => {
+            d.warn(
+                &template,
                 "",
-                Problem::Read("not a regular file (links are not followed)".into()),
-            ),
-            Err(_) => {}
+                "no domain_name in phoenix_hypervisor_config.json: the gateway's routing map cannot be made; sites-available/gateway is used as it is",
+            );
+            read_regular(&nginx.join("sites-available/gateway"), d)
         }
+        (None, _) => read_regular(&nginx.join("sites-available/gateway"), d),
     };
-    take("nginx.conf", "/etc/nginx/nginx.conf");
-    take(
-        "sites-available/gateway",
-        "/etc/nginx/sites-available/gateway",
-    );
-    // A copy rather than a link: the agent manages files, and nginx reads either.
-    take(
-        "sites-available/gateway",
-        "/etc/nginx/sites-enabled/gateway",
-    );
+    if let Some(site) = site {
+        out.push(managed("/etc/nginx/sites-available/gateway", site.clone()));
+        // A copy rather than a link: the agent manages files, and nginx reads either.
+        out.push(managed("/etc/nginx/sites-enabled/gateway", site));
+    }
     for dir in ["snippets", "scripts"] {
         let Ok(entries) = std::fs::read_dir(nginx.join(dir)) else {
             continue;
@@ -181,7 +209,50 @@ pub(crate) fn gateway_files(etc: &Path, d: &mut Diag) -> Vec<FileSpec> {
             .collect();
         names.sort();
         for n in names {
-            take(&format!("{dir}/{n}"), &format!("/etc/nginx/{dir}/{n}"));
+            if let Some(content) = read_regular(&nginx.join(dir).join(&n), d) {
+                out.push(managed(&format!("/etc/nginx/{dir}/{n}"), content));
+            }
+        }
+    }
+    out
+}
+
+/// The content of `src` if it is a regular file (a link is an error, never followed);
+/// `None` when it does not exist.
+fn read_regular(src: &Path, d: &mut Diag) -> Option<String> {
+    match std::fs::symlink_metadata(src) {
+        Ok(m) if m.is_file() => match std::fs::read_to_string(src) {
+            Ok(content) => Some(content),
+            Err(e) => {
+                d.error(src, "", Problem::Read(e.to_string()));
+                None
+            }
+        },
+        Ok(_) => {
+            d.error(
+                src,
+                "",
+                Problem::Read("not a regular file (links are not followed)".into()),
+            );
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// The template with each placeholder line replaced by `map`, every other line as it is.
+fn fill_template(template: &str, map: &str) -> String {
+    let mut out = String::with_capacity(template.len() + map.len());
+    for line in template.split_inclusive('\n') {
+        let (text, end) = match line.strip_suffix('\n') {
+            Some(t) => (t, "\n"),
+            None => (line, ""),
+        };
+        if text.strip_suffix('\r').unwrap_or(text) == MAP_PLACEHOLDER {
+            out.push_str(map);
+            out.push_str(end);
+        } else {
+            out.push_str(line);
         }
     }
     out
@@ -234,5 +305,94 @@ mod tests {
         assert!(y.contains("    portainer-service:\n      loadBalancer:\n        servers:\n          - url: \"https://10.0.0.111:9443\"\n        serversTransport: \"internal-ca@file\""));
         assert!(y.contains("traefik-dashboard-router:\n      rule: \"Host(`traefik.lab`)\"\n      service: \"api@internal\""));
         assert!(y.contains("  serversTransports:\n    internal-ca:\n      rootCAs:\n"));
+    }
+
+    fn diag() -> Diag {
+        Diag::default()
+    }
+
+    fn route(name: &str, url: &str, internal_ca: bool) -> Route {
+        Route {
+            name: name.into(),
+            host: format!("{name}.lab"),
+            url: url.into(),
+            internal_ca,
+            guest: GuestId::try_from(150).expect("id"),
+        }
+    }
+
+    fn site(files: &[FileSpec], path: &str) -> String {
+        files
+            .iter()
+            .find(|f| f.path.as_str() == path)
+            .map(|f| f.content.clone())
+            .unwrap_or_else(|| panic!("{path} compiled"))
+    }
+
+    /// The template's placeholder line becomes the map of every route (the old generator's
+    /// intent); the checked-in `gateway` is the generator's stale output and is not used.
+    #[test]
+    fn the_gateway_site_is_the_template_with_the_routes_map() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let nginx = dir.path().join("nginx/sites-available");
+        std::fs::create_dir_all(&nginx).expect("mkdir");
+        std::fs::write(
+            nginx.join("gateway.template"),
+            "server {}\n# Map block\n##MAP_BLOCK##\n\nserver { proxy_pass $upstream_service; }\n",
+        )
+        .expect("template");
+        std::fs::write(nginx.join("gateway"), "stale output\n").expect("gateway");
+        let routes = [
+            route("web", "http://10.0.0.150:8000", false),
+            route("portainer", "https://10.0.0.111:9443", true),
+        ];
+        let mut d = diag();
+        let files = gateway_files(dir.path(), &routes, Some("lab"), &mut d);
+        let want = "server {}\n# Map block\nmap $host $upstream_service {\n    default https://traefik.lab:443;\n    web.lab http://10.0.0.150:8000;\n    portainer.lab https://10.0.0.111:9443;\n}\n\nserver { proxy_pass $upstream_service; }\n";
+        assert_eq!(site(&files, "/etc/nginx/sites-available/gateway"), want);
+        assert_eq!(site(&files, "/etc/nginx/sites-enabled/gateway"), want);
+        assert!(d.errors.is_empty() && d.warnings.is_empty());
+
+        // A changed route changes the site and nothing else.
+        let moved = [
+            route("web", "http://10.0.0.150:8001", false),
+            routes[1].clone(),
+        ];
+        let again = gateway_files(dir.path(), &moved, Some("lab"), &mut d);
+        let changed: Vec<&str> = again
+            .iter()
+            .zip(&files)
+            .filter(|(a, b)| a != b)
+            .map(|(a, _)| a.path.as_str())
+            .collect();
+        assert_eq!(
+            changed,
+            [
+                "/etc/nginx/sites-available/gateway",
+                "/etc/nginx/sites-enabled/gateway"
+            ]
+        );
+
+        // Without a domain there is no map to make: the checked-in site, and a warning.
+        let files = gateway_files(dir.path(), &routes, None, &mut d);
+        assert_eq!(
+            site(&files, "/etc/nginx/sites-enabled/gateway"),
+            "stale output\n"
+        );
+        assert_eq!(d.warnings.len(), 1);
+    }
+
+    #[test]
+    fn without_a_template_the_gateway_site_is_taken_as_it_is() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let nginx = dir.path().join("nginx/sites-available");
+        std::fs::create_dir_all(&nginx).expect("mkdir");
+        std::fs::write(nginx.join("gateway"), "##MAP_BLOCK##\n").expect("gateway");
+        let mut d = diag();
+        let files = gateway_files(dir.path(), &[], Some("lab"), &mut d);
+        assert_eq!(
+            site(&files, "/etc/nginx/sites-enabled/gateway"),
+            "##MAP_BLOCK##\n"
+        );
     }
 }

@@ -8,7 +8,7 @@ use super::features::{self, Item, abs};
 use super::phoenix::GuestConfig;
 use super::reader::Diag;
 use super::types::Problem;
-use phoenix_proto::model::{EnvName, Resource, ResourceRef, UnitSpec};
+use phoenix_proto::model::{Ensure, EnvName, FileSpec, Resource, ResourceRef, UnitSpec};
 use std::collections::BTreeMap;
 
 const VLLM_UNIT: &str = "vllm_model_server.service";
@@ -86,11 +86,33 @@ pub(crate) fn vllm_server(g: &GuestConfig, path: &str, _b: &mut Builder, d: &mut
     }
 }
 
+/// Debian's default site, enabled by the nginx package: it listens on port 80 as
+/// `default_server`, like the gateway, and nginx refuses two (`nginx -t` fails).
+const NGINX_DEFAULT_SITE: &str = "/etc/nginx/sites-enabled/default";
+
 /// `phoenix_hypervisor_lxc_101.sh`: the Nginx gateway (its files come from `etc/nginx/`).
+/// The script empties `sites-enabled/` before linking the gateway in; here only Debian's
+/// default site is disabled (its link removed; `sites-available/default` stays), so a file
+/// someone else put there is left alone.
 pub(crate) fn nginx_gateway(g: &GuestConfig, _path: &str, b: &mut Builder, d: &mut Diag) {
     b.add(features::pkg("nginx").into(), g, d);
+    let default_site = Resource::File(FileSpec {
+        path: abs(NGINX_DEFAULT_SITE),
+        ensure: Ensure::Absent,
+        content: String::new(),
+        mode: None,
+        owner: None,
+        group: None,
+        depends_on: vec![ResourceRef::new("package", "nginx")],
+    });
+    let default_site_id = default_site.id();
+    b.add(default_site.into(), g, d);
     let mut svc = features::service("nginx.service");
-    svc.depends_on = vec![ResourceRef::new("package", "nginx")];
+    svc.depends_on = vec![
+        ResourceRef::new("package", "nginx"),
+        default_site_id.clone(),
+    ];
+    svc.reload_on = vec![default_site_id];
     b.add(Resource::Service(svc).into(), g, d);
 }
 
