@@ -35,6 +35,7 @@ pub struct AgentConfig {
     pub drift_interval: Option<Seconds>,
     pub backoff_max: Option<Seconds>,
     pub shutdown_deadline: Option<Seconds>,
+    pub session_open_timeout: Option<Seconds>,
 }
 
 /// An absolute directory path.

@@ -71,6 +71,7 @@ impl Cli {
                 drift_interval,
                 backoff_max,
                 shutdown_deadline,
+                session_open_timeout,
             } => {
                 for (value, from_file, id) in [
                     (drift_interval, file.drift_interval, "drift_interval"),
@@ -79,6 +80,11 @@ impl Cli {
                         shutdown_deadline,
                         file.shutdown_deadline,
                         "shutdown_deadline",
+                    ),
+                    (
+                        session_open_timeout,
+                        file.session_open_timeout,
+                        "session_open_timeout",
                     ),
                 ] {
                     if let Some(s) = from_file
@@ -140,6 +146,10 @@ enum Command {
         /// On SIGTERM/SIGINT, wait this long for the pass in progress (seconds).
         #[arg(long, default_value_t = 80)]
         shutdown_deadline: u64,
+        /// Give up on a session whose opening the coordinator does not answer within this
+        /// many seconds, and reconnect. Hidden: for tests and incident work.
+        #[arg(long, default_value_t = 60, hide = true)]
+        session_open_timeout: u64,
     },
     /// Converge a local spec file once, without a coordinator.
     Apply {
@@ -334,6 +344,7 @@ async fn run(cli: Cli) -> Result<ExitCode, MainError> {
             drift_interval,
             backoff_max,
             shutdown_deadline,
+            session_open_timeout,
         } => {
             let signer = SessionSigner::default();
             let engine = Arc::new(Engine::new(host::handlers(&HostOptions {
@@ -344,6 +355,7 @@ async fn run(cli: Cli) -> Result<ExitCode, MainError> {
             let mut opts = Options {
                 backoff_max: Duration::from_secs(backoff_max.max(1)),
                 shutdown_deadline: Duration::from_secs(shutdown_deadline),
+                session_open_timeout: Duration::from_secs(session_open_timeout.max(1)),
                 ..Options::default()
             };
             opts.passes.drift_interval = Duration::from_secs(drift_interval.max(1));

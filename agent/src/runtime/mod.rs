@@ -42,6 +42,9 @@ pub struct Options {
     pub backoff_max: Duration,
     /// How long a shutdown waits for the pass in progress.
     pub shutdown_deadline: Duration,
+    /// How long the coordinator gets to answer a session's opening before the agent
+    /// gives up on that connection and reconnects.
+    pub session_open_timeout: Duration,
     pub channel: ChannelOptions,
 }
 
@@ -58,6 +61,10 @@ impl Default for Options {
             // Below systemd's default TimeoutStopSec (90 s), so the agent, not SIGKILL,
             // decides what happens when a pass does not finish.
             shutdown_deadline: Duration::from_secs(80),
+            // A connection the peer closed while the HTTP/2 request was pending (a TLS
+            // alert right after the handshake) has been seen to leave that request
+            // unanswered forever; without a bound the agent would never reconnect.
+            session_open_timeout: Duration::from_secs(60),
             channel: ChannelOptions::default(),
         }
     }
