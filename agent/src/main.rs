@@ -231,14 +231,7 @@ enum MainError {
 
 fn main() -> ExitCode {
     phoenix_pki::tls::install_default_provider();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PHOENIX_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    init_logging();
     let cli = match Cli::parse_with_config() {
         Ok(cli) => cli,
         Err(e) => {
@@ -276,6 +269,28 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Logs to stderr at `PHOENIX_LOG` (`info` when unset or unparsable): a level and/or
+/// `target=level` directives, e.g. `warn,phoenix_agent=debug`. `filter::Targets` takes the
+/// coordinator's `EnvFilter` target directives, not its span and field filters, whose regex
+/// engine (~270 KiB) the agent then does not link (issue 14).
+fn init_logging() {
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = std::env::var("PHOENIX_LOG")
+        .ok()
+        .and_then(|s| s.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
+        .with(filter)
+        .init();
 }
 
 /// EX_CONFIG (sysexits.h): `run` without an enrollment, or a bad config file.

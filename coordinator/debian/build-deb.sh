@@ -2,16 +2,20 @@
 # Builds phoenix_<ver>_<arch>.deb (coordinator + CLI) or phoenix-agent_<ver>_<arch>.deb
 # from a staged tree with dpkg-deb, no debhelper needed.
 #
-#   coordinator/debian/build-deb.sh phoenix|phoenix-agent BIN_DIR OUT_DIR
+#   coordinator/debian/build-deb.sh phoenix|phoenix-agent BIN_DIR OUT_DIR [AGENT_BIN_DIR]
 #
 # BIN_DIR holds the built binaries (target/release for shipping; the tests use
-# target/debug). Binaries are copied without debug info. Man pages and completions are
-# generated from the clap definitions by `phoenix generate` / `phoenix-agent generate`.
+# target/debug). AGENT_BIN_DIR (default BIN_DIR) holds the phoenix-agent that both packages
+# ship: for shipping target/release-agent, the size-optimised profile
+# (`cargo build --profile release-agent -p phoenix-agent`; the agent idles in every guest).
+# Binaries are copied without debug info. Man pages and completions are generated from the
+# clap definitions by `phoenix generate` / `phoenix-agent generate`.
 set -eu
 
-pkg=${1:?usage: build-deb.sh phoenix|phoenix-agent BIN_DIR OUT_DIR}
+pkg=${1:?usage: build-deb.sh phoenix|phoenix-agent BIN_DIR OUT_DIR [AGENT_BIN_DIR]}
 bin_dir=${2:?BIN_DIR}
 out_dir=${3:?OUT_DIR}
+agent_dir=${4:-$bin_dir}
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$repo/Cargo.toml" | head -n 1)
 arch=$(dpkg --print-architecture)
@@ -27,6 +31,7 @@ phoenix)
 phoenix-agent)
     src=$repo/agent/debian
     binary=phoenix-agent
+    bin_dir=$agent_dir
     also_depends=""
     description="Phoenix agent: converges this guest to the state its coordinator holds"
     ;;
@@ -53,7 +58,7 @@ if [ "$pkg" = phoenix ]; then
     echo /etc/phoenix/coordinator.toml >"$root/DEBIAN/conffiles"
     # What `phoenix guest install` pushes into guests; the host itself runs no agent.
     install -d "$root/usr/lib/phoenix"
-    objcopy --strip-debug "$bin_dir/phoenix-agent" "$root/usr/lib/phoenix/phoenix-agent"
+    objcopy --strip-debug "$agent_dir/phoenix-agent" "$root/usr/lib/phoenix/phoenix-agent"
     chmod 0755 "$root/usr/lib/phoenix/phoenix-agent"
 else
     install -d "$root/etc/phoenix-agent"
