@@ -81,6 +81,7 @@ mod tests {
             guest: GuestId::try_from(guest).expect("id"),
             record: ReportRecord {
                 seq: 0,
+                event: 0,
                 received_unix: 9,
                 report: ApplyReport {
                     revision,
