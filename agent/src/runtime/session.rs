@@ -22,6 +22,12 @@ use tokio::sync::{mpsc, watch};
 /// A session that lasted this long was healthy: the next failure starts a new series.
 const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 
+/// How long the coordinator gets to answer a session's opening. A connection the peer
+/// closed while the HTTP/2 request was pending (a TLS alert right after the handshake)
+/// has been seen to leave that request unanswered forever; without a bound the agent
+/// would sit with no session and never reconnect.
+const SESSION_OPEN_TIMEOUT: Duration = Duration::from_secs(60);
+
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
     #[error("session: {0}")]
@@ -34,6 +40,8 @@ enum SessionError {
     Closed,
     #[error("session: identity certificate expired; waiting for its renewal")]
     Expired,
+    #[error("session: the coordinator did not answer the session's opening within {0:?}")]
+    OpenTimedOut(Duration),
 }
 
 pub struct Channels {
@@ -155,9 +163,10 @@ async fn session(shared: &Arc<Shared>, ch: &mut Channels) -> Result<(), SessionE
     let mut sent = 0u64;
     // A plan made before this session was for an operator who has gone.
     ch.reports.borrow_and_update();
-    let mut inbound = client
-        .session(tokio_stream::wrappers::ReceiverStream::new(out_rx))
-        .await?
+    let opening = client.session(tokio_stream::wrappers::ReceiverStream::new(out_rx));
+    let mut inbound = tokio::time::timeout(SESSION_OPEN_TIMEOUT, opening)
+        .await
+        .map_err(|_| SessionError::OpenTimedOut(SESSION_OPEN_TIMEOUT))??
         .into_inner();
     tracing::info!(coordinator = %shared.coordinator(), "session open");
     loop {

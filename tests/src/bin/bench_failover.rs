@@ -14,41 +14,18 @@
 
 use phoenix_agent::runtime::backoff::Backoff;
 use phoenix_coordinator::admin_client;
-use phoenix_pki::keys;
-use phoenix_pki::tls::{self, Identity, IdentityStore, TrustStore};
-use phoenix_pki::transport::{self, ChannelOptions};
-use phoenix_proto::model::{self, GuestSpec};
+use phoenix_proto::model::GuestSpec;
 use phoenix_proto::token::JoinToken;
-use phoenix_proto::v1::{self, agent_message, coordinator_message};
+use phoenix_proto::v1;
+use phoenix_tests::bin;
 use phoenix_tests::etcd::EtcdCluster;
+use phoenix_tests::sim::{self, Daemon, Res, pct, raise_nofile};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
-
-type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
-
-struct Daemon(Child);
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap_or_default();
-    exe.parent().map(|d| d.join(name)).unwrap_or_default()
-}
-
-fn raise_nofile() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-    }
-}
 
 /// Starts `phoenix serve` in `dir` with `extra`; returns it and its admin socket and
 /// agent address once both are up.
@@ -96,38 +73,12 @@ async fn sim_agent(
     ev: Events,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Res<()> {
-    let tok = JoinToken::decode(&token)?;
-    let addrs = tok.addrs();
-    let key = keys::generate()?;
-    let csr = keys::csr(&key, &format!("guest-{guest}"), &[])?;
-    let server = tok.trust_domain.coordinator_dns();
+    let addrs = JoinToken::decode(&token)?.addrs();
     // As `phoenix-agent join`: a coordinator briefly too busy is waited for.
     let mut attempt = 0;
-    let resp = loop {
-        let tried = async {
-            let ch = transport::connect(
-                &addrs[0],
-                &server,
-                tls::enroll_client_config(
-                    &tok.ca_fingerprint,
-                    &tok.trust_domain.coordinator_uri(),
-                )?,
-                &ChannelOptions::default(),
-            )
-            .await?;
-            let resp = v1::agent_client::AgentClient::new(ch)
-                .enroll(v1::EnrollRequest {
-                    token: token.clone(),
-                    guest_id: guest,
-                    csr_pem: csr.clone(),
-                })
-                .await?
-                .into_inner();
-            Res::Ok(resp)
-        }
-        .await;
-        match tried {
-            Ok(r) => break r,
+    let agent = loop {
+        match sim::enroll(guest, &token, &addrs[0]).await {
+            Ok(a) => break a,
             Err(e) if attempt < 5 => {
                 attempt += 1;
                 eprintln!("agent {guest}: enroll attempt {attempt}: {e}; retrying");
@@ -137,14 +88,12 @@ async fn sim_agent(
         }
     };
     drop(permit);
-    let id = IdentityStore::new(Identity::from_pem(&resp.chain_pem, &key.serialize_pem())?);
-    let trust = TrustStore::from_pem(&resp.roots_pem)?;
-    let cfg = tls::client_config(id, trust, &tok.trust_domain.coordinator_uri())?;
+    let cfg = agent.client_config()?;
     let mut preferred = 0usize;
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     loop {
         let addr = &addrs[preferred % addrs.len()];
-        let result = session(guest, addr, &server, cfg.clone(), &ev, &mut backoff).await;
+        let result = session(&agent, addr, cfg.clone(), &ev, &mut backoff).await;
         if result.is_err() {
             // As the agent's `fail_over`: another replica, at random.
             if addrs.len() > 1 {
@@ -156,47 +105,19 @@ async fn sim_agent(
 }
 
 async fn session(
-    guest: u32,
+    agent: &sim::Enrolled,
     addr: &str,
-    server: &str,
     cfg: Arc<rustls::ClientConfig>,
     ev: &Events,
     backoff: &mut Backoff,
 ) -> Res<()> {
-    let ch = transport::connect(addr, server, cfg, &ChannelOptions::default()).await?;
-    let mut client = v1::agent_client::AgentClient::new(ch);
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    tx.send(v1::AgentMessage {
-        msg: Some(agent_message::Msg::Hello(v1::Hello {
-            guest_id: guest,
-            agent_version: "sim".into(),
-            ..Default::default()
-        })),
-    })
-    .await?;
-    let mut inbound = client
-        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await?
-        .into_inner();
+    let mut client = agent.client_with(addr, cfg).await?;
+    let mut session = sim::open_session(&mut client, agent.guest).await?;
     backoff.reset();
-    let _ = ev.connected.send((guest, addr.to_string(), Instant::now()));
-    while let Some(m) = inbound.message().await? {
-        if let Some(coordinator_message::Msg::Desired(d)) = m.msg {
-            let state = model::DesiredState::try_from(d)?;
-            let report = v1::ApplyReport {
-                revision: state.revision,
-                digest: state.digest.clone(),
-                dry_run: false,
-                results: Vec::new(),
-                duration_micros: 1,
-                trigger: "push".into(),
-            };
-            tx.send(v1::AgentMessage {
-                msg: Some(agent_message::Msg::Report(report)),
-            })
-            .await?;
-        }
-    }
+    let _ = ev
+        .connected
+        .send((agent.guest, addr.to_string(), Instant::now()));
+    session.answer(sim::Results::None, |_| {}).await?;
     Ok(())
 }
 
@@ -207,14 +128,6 @@ fn spec_for(guest: u32, round: u32) -> Vec<u8> {
     GuestSpec::from_json(json.as_bytes())
         .unwrap_or_default()
         .to_json()
-}
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 /// Tokens for guests 1..=n, minted round-robin by the replicas behind `admins`.

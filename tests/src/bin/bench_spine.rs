@@ -7,18 +7,17 @@
 
 use phoenix_coordinator::admin_client;
 use phoenix_pki::keys;
-use phoenix_pki::tls::{self, Identity, IdentityStore, TrustStore};
-use phoenix_pki::transport::{self, ChannelOptions};
-use phoenix_proto::model::{self, GuestSpec};
+use phoenix_pki::tls::Identity;
+use phoenix_proto::model::GuestSpec;
 use phoenix_proto::token::JoinToken;
-use phoenix_proto::v1::{self, agent_message, coordinator_message};
+use phoenix_proto::v1;
+use phoenix_tests::bin;
+use phoenix_tests::sim::{self, Daemon, Res, pct, raise_nofile};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 fn rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -42,26 +41,6 @@ fn anon_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn raise_nofile() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-    }
-}
-
-struct Daemon(Child);
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap_or_default();
-    exe.parent().map(|d| d.join(name)).unwrap_or_default()
-}
-
 /// The process running `phoenix` with `socket` on its command line (under a wrapper).
 fn coordinator_pid(socket: &Path) -> Option<u32> {
     let want = socket.to_string_lossy().into_owned();
@@ -83,40 +62,11 @@ async fn sim_agent(
     mut rotate: tokio::sync::watch::Receiver<u32>,
     rotated: tokio::sync::mpsc::UnboundedSender<Result<Duration, String>>,
 ) -> Res<()> {
-    let tok = JoinToken::decode(&token)?;
-    let key = keys::generate()?;
-    let csr = keys::csr(&key, &format!("guest-{guest}"), &[])?;
-    let server = tok.trust_domain.coordinator_dns();
-    let ch = transport::connect(
-        &tok.addr,
-        &server,
-        tls::enroll_client_config(&tok.ca_fingerprint, &tok.trust_domain.coordinator_uri())?,
-        &ChannelOptions::default(),
-    )
-    .await?;
-    let resp = v1::agent_client::AgentClient::new(ch)
-        .enroll(v1::EnrollRequest {
-            token,
-            guest_id: guest,
-            csr_pem: csr,
-        })
-        .await?
-        .into_inner();
-    let id = IdentityStore::new(Identity::from_pem(&resp.chain_pem, &key.serialize_pem())?);
-    let trust = TrustStore::from_pem(&resp.roots_pem)?;
-    let ch = transport::connect(
-        &tok.addr,
-        &server,
-        tls::client_config(
-            id.clone(),
-            trust.clone(),
-            &tok.trust_domain.coordinator_uri(),
-        )?,
-        &ChannelOptions::default(),
-    )
-    .await?;
-    let mut client = v1::agent_client::AgentClient::new(ch);
+    let addr = JoinToken::decode(&token)?.addr;
+    let agent = sim::enroll(guest, &token, &addr).await?;
+    let mut client = agent.client(&addr).await?;
     let mut renewer = client.clone();
+    let (id, trust) = (agent.identity.clone(), agent.trust.clone());
     // Renewal as the real agent does it: over the open channel, new key, swapped in memory.
     tokio::spawn(async move {
         while rotate.changed().await.is_ok() {
@@ -143,49 +93,15 @@ async fn sim_agent(
             let _ = rotated.send(result);
         }
     });
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    tx.send(v1::AgentMessage {
-        msg: Some(agent_message::Msg::Hello(v1::Hello {
-            guest_id: guest,
-            agent_version: "sim".into(),
-            ..Default::default()
-        })),
-    })
-    .await?;
-    let mut inbound = client
-        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await?
-        .into_inner();
+    let mut session = sim::open_session(&mut client, guest).await?;
     let _ = ready.send(guest);
     // Enrollment and handshakes are what the permit limits; the session stays open.
     drop(permit);
-    while let Some(m) = inbound.message().await? {
-        if let Some(coordinator_message::Msg::Desired(d)) = m.msg {
-            let state = model::DesiredState::try_from(d)?;
-            let report = v1::ApplyReport {
-                revision: state.revision,
-                digest: state.digest.clone(),
-                dry_run: false,
-                results: state
-                    .spec
-                    .resources()
-                    .iter()
-                    .map(|r| v1::ResourceResult {
-                        resource: r.id().to_string(),
-                        status: v1::ResourceStatus::Unchanged as i32,
-                        ..Default::default()
-                    })
-                    .collect(),
-                duration_micros: 1,
-                trigger: "push".into(),
-            };
-            tx.send(v1::AgentMessage {
-                msg: Some(agent_message::Msg::Report(report)),
-            })
-            .await?;
-            let _ = acks.send((guest, state.revision, Instant::now()));
-        }
-    }
+    session
+        .answer(sim::Results::Unchanged, |rev| {
+            let _ = acks.send((guest, rev, Instant::now()));
+        })
+        .await?;
     Ok(())
 }
 
@@ -238,14 +154,6 @@ fn spec_for(guest: u32, round: u32) -> GuestSpec {
             {{"kind":"file","path":"/srv/phoenix-bench/{guest}/b","content":"x"}}]}}"#
     );
     GuestSpec::from_json(json.as_bytes()).unwrap_or_default()
-}
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 async fn run_n(n: u32, rounds: u32, work: &Path, ca_args: &[String]) -> Res<()> {

@@ -9,33 +9,16 @@
 //! target/release/bench_stop 100 5` (agents, runs).
 
 use phoenix_coordinator::admin_client;
-use phoenix_pki::keys;
-use phoenix_pki::tls::{self, Identity, IdentityStore, TrustStore};
-use phoenix_pki::transport::{self, ChannelOptions};
-use phoenix_proto::model;
 use phoenix_proto::token::JoinToken;
-use phoenix_proto::v1::{self, agent_message, coordinator_message};
+use phoenix_proto::v1;
+use phoenix_tests::bin;
+use phoenix_tests::sim::{self, Daemon, Res};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
-
-type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
-
-struct Daemon(Child);
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap_or_default();
-    exe.parent().map(|d| d.join(name)).unwrap_or_default()
-}
 
 /// How a simulated agent's session ended.
 #[derive(Debug)]
@@ -54,81 +37,13 @@ async fn sim_agent(
     ready: UnboundedSender<u32>,
     ended: UnboundedSender<Ended>,
 ) -> Res<()> {
-    let tok = JoinToken::decode(&token)?;
-    let key = keys::generate()?;
-    let csr = keys::csr(&key, &format!("guest-{guest}"), &[])?;
-    let server = tok.trust_domain.coordinator_dns();
-    let ch = transport::connect(
-        &tok.addr,
-        &server,
-        tls::enroll_client_config(&tok.ca_fingerprint, &tok.trust_domain.coordinator_uri())?,
-        &ChannelOptions::default(),
-    )
-    .await?;
-    let resp = v1::agent_client::AgentClient::new(ch)
-        .enroll(v1::EnrollRequest {
-            token,
-            guest_id: guest,
-            csr_pem: csr,
-        })
-        .await?
-        .into_inner();
-    let id = IdentityStore::new(Identity::from_pem(&resp.chain_pem, &key.serialize_pem())?);
-    let trust = TrustStore::from_pem(&resp.roots_pem)?;
-    let ch = transport::connect(
-        &tok.addr,
-        &server,
-        tls::client_config(id, trust, &tok.trust_domain.coordinator_uri())?,
-        &ChannelOptions::default(),
-    )
-    .await?;
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    tx.send(v1::AgentMessage {
-        msg: Some(agent_message::Msg::Hello(v1::Hello {
-            guest_id: guest,
-            agent_version: "sim".into(),
-            ..Default::default()
-        })),
-    })
-    .await?;
-    let mut inbound = v1::agent_client::AgentClient::new(ch)
-        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await?
-        .into_inner();
+    let addr = JoinToken::decode(&token)?.addr;
+    let agent = sim::enroll(guest, &token, &addr).await?;
+    let mut session = sim::open_session(&mut agent.client(&addr).await?, guest).await?;
     let _ = ready.send(guest);
-    let end = loop {
-        match inbound.message().await {
-            Ok(Some(v1::CoordinatorMessage {
-                msg: Some(coordinator_message::Msg::Desired(d)),
-            })) => {
-                let state = model::DesiredState::try_from(d)?;
-                let report = v1::ApplyReport {
-                    revision: state.revision,
-                    digest: state.digest.clone(),
-                    results: state
-                        .spec
-                        .resources()
-                        .iter()
-                        .map(|r| v1::ResourceResult {
-                            resource: r.id().to_string(),
-                            status: v1::ResourceStatus::Unchanged as i32,
-                            ..Default::default()
-                        })
-                        .collect(),
-                    duration_micros: 1,
-                    trigger: "push".into(),
-                    ..Default::default()
-                };
-                let _ = tx
-                    .send(v1::AgentMessage {
-                        msg: Some(agent_message::Msg::Report(report)),
-                    })
-                    .await;
-            }
-            Ok(Some(_)) => {}
-            Ok(None) => break Ended::Closed,
-            Err(s) => break Ended::Status(format!("{:?}: {}", s.code(), s.message())),
-        }
+    let end = match session.answer(sim::Results::Unchanged, |_| {}).await {
+        Ok(()) => Ended::Closed,
+        Err(s) => Ended::Status(format!("{:?}: {}", s.code(), s.message())),
     };
     let _ = ended.send(end);
     Ok(())
