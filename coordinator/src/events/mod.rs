@@ -312,3 +312,41 @@ impl Writer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::RedbStore;
+
+    /// A fleet-sized burst on the agents' paths (more events at once than the queue
+    /// holds) all reach the log: the callers wait for room instead of dropping.
+    #[tokio::test]
+    async fn a_burst_larger_than_the_queue_is_recorded_whole() {
+        const BURST: usize = QUEUE + QUEUE / 2;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn Store> =
+            Arc::new(RedbStore::open(&dir.path().join("db")).expect("open store"));
+        let (rec, writer) = Recorder::new(store.clone(), Arc::new(Metrics::default()));
+        tokio::spawn(writer.run());
+        // All queued before the writer first runs (one thread): the queue overflows.
+        let tasks: Vec<_> = (0..BURST)
+            .map(|n| {
+                let rec = rec.clone();
+                tokio::spawn(async move {
+                    rec.record_paced(Kind::IdentityRenewed, n, serde_json::json!({ "serial": n }))
+                        .await;
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("task");
+        }
+        rec.flush().await;
+        let bounds = store.event_bounds().expect("bounds");
+        assert_eq!(
+            bounds.count, BURST as u64,
+            "every event of the burst is in the log"
+        );
+        assert_eq!(rec.last_index(), BURST as u64);
+    }
+}

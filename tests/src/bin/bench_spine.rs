@@ -41,6 +41,18 @@ fn anon_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Sockets `pid` holds open: agent connections, plus a few listeners and the admin socket.
+fn sockets(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| {
+        d.flatten()
+            .filter(|e| {
+                std::fs::read_link(e.path())
+                    .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
+            })
+            .count()
+    })
+}
+
 /// The coordinator binary: `BENCH_PHOENIX` (e.g. an older build, to compare two in one
 /// session), else the `phoenix` beside this benchmark.
 fn coordinator_bin() -> PathBuf {
@@ -336,6 +348,7 @@ async fn run_n(n: u32, rounds: u32, work: &Path, ca_args: &[String]) -> Res<()> 
         .filter(|g| g.connected)
         .count();
     let (rss_sessions, anon_sessions) = (rss_kb(pid), anon_kb(pid));
+    let sockets_sessions = sockets(pid);
     let mut all_lat = Vec::new();
     let mut all_acked = Vec::new();
     let mut revs = Vec::new();
@@ -456,7 +469,7 @@ async fn run_n(n: u32, rounds: u32, work: &Path, ca_args: &[String]) -> Res<()> 
             .join(", ")
     );
     println!(
-        "N={n}: sessions held {held}/{n}; enroll+connect {:.1}s (tokens {:.1}s); coordinator RSS idle {} MB, with sessions {} MB (anonymous {} MB), after {rounds} applies and the rotation {} MB; \
+        "N={n}: sessions held {held}/{n}; enroll+connect {:.1}s (tokens {:.1}s); coordinator RSS idle {} MB, with sessions {} MB (anonymous {} MB, {sockets_sessions} sockets open), after {rounds} applies and the rotation {} MB; \
          apply→report at coordinator, per guest p50 {:.0} ms p99 {:.0} ms; all-acked p50 {:.0} ms max {:.0} ms over {rounds} rounds; load average before {load_before}, after {}",
         connect_time.as_secs_f64(),
         token_time.as_secs_f64(),
