@@ -6,10 +6,11 @@ use crate::exec::{ExecConverger, ProcessRunner};
 use crate::files::FileConverger;
 use crate::files::ledger::Ledger;
 use crate::packages::{Apt, AptSourceConverger, PackageConverger};
-use crate::reconcile::{Converge, Handlers, Unsupported};
+use crate::reconcile::{Converge, Handlers, Prune, Unsupported};
 use crate::stacks::engine::{ContainerEngine, DockerEngine};
 use crate::stacks::{StackConverger, owner::OwnerKey};
 use crate::systemd::{ServiceConverger, Systemctl};
+use phoenix_proto::model::StackSpec;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -49,15 +50,28 @@ pub fn handlers(opts: &HostOptions) -> Handlers {
         )
         .with_ledger(ledger.clone()),
     );
+    let stacks = stacks(opts, engine.clone());
+    // Stacks first: a container stops while the host services and files it may use are
+    // still there, as it was started after them. Then units, stopped before the files
+    // they read go.
+    let mut prune: Vec<Arc<dyn Prune>> = Vec::new();
+    if let Some(s) = &stacks {
+        prune.push(s.clone());
+    }
+    prune.push(services.clone());
+    prune.push(files.clone());
     Handlers {
-        files: files.clone(),
+        files,
         packages: Arc::new(PackageConverger::new(Apt::new(ProcessRunner::default()))),
         apt_sources: Arc::new(AptSourceConverger::new(
             Apt::new(ProcessRunner::default()),
             "/",
         )),
-        services: services.clone(),
-        stacks: stacks(opts, engine.clone()),
+        services,
+        stacks: match stacks {
+            Some(s) => s as Arc<dyn Converge<StackSpec>>,
+            None => Unsupported::new("stack"),
+        },
         certs: Arc::new(
             CertConverger::new(
                 opts.file_roots.clone(),
@@ -68,25 +82,27 @@ pub fn handlers(opts: &HostOptions) -> Handlers {
             .with_ledger(ledger),
         ),
         execs: Arc::new(ExecConverger::new(ProcessRunner::default())),
-        // Units first: a service is stopped before the files it reads are removed.
-        prune: vec![services, files],
+        prune,
     }
 }
 
-/// An unusable DOCKER_HOST (no engine) or owner key disables stacks altogether.
+/// An unusable DOCKER_HOST (no engine) or owner key disables stacks altogether: they
+/// are then neither converged nor removed.
 fn stacks(
     opts: &HostOptions,
     engine: Option<Arc<dyn ContainerEngine>>,
-) -> Arc<dyn Converge<phoenix_proto::model::StackSpec>> {
+) -> Option<Arc<StackConverger>> {
     let owner = match OwnerKey::load_or_create(&opts.state_dir) {
         Ok(k) => k,
         Err(e) => {
             tracing::warn!(error = %e, "Docker stacks disabled");
-            return Unsupported::new("stack");
+            return None;
         }
     };
-    match engine {
-        Some(engine) => Arc::new(StackConverger::new(engine, opts.file_roots.clone(), owner)),
-        None => Unsupported::new("stack"),
-    }
+    let engine = engine?;
+    Some(Arc::new(StackConverger::new(
+        engine,
+        opts.file_roots.clone(),
+        owner,
+    )))
 }

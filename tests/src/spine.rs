@@ -219,6 +219,8 @@ pub struct Agent {
     pub guest: u32,
     pub dir: PathBuf,
     pub root: PathBuf,
+    /// Extra environment of the agent process (e.g. `DOCKER_HOST` of a private engine).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
     runs: u32,
 }
@@ -232,6 +234,7 @@ impl Agent {
             guest,
             dir,
             root,
+            env: Vec::new(),
             child: None,
             runs: 0,
         }
@@ -269,7 +272,8 @@ impl Agent {
             .arg("--drift-interval")
             .arg(drift_interval)
             .arg("--backoff-max")
-            .arg("2");
+            .arg("2")
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         self.child = Some(spawn_logged(
             &mut cmd,
             &self.dir.join(format!("agent.{}.log", self.runs)),

@@ -222,6 +222,14 @@ impl ContainerEngine for CountingEngine {
     async fn list_volumes(&self) -> Result<Vec<String>, EngineError> {
         self.inner.list_volumes().await
     }
+    async fn list_labelled_containers(&self) -> Result<Vec<ObservedContainer>, EngineError> {
+        self.inner.list_labelled_containers().await
+    }
+    async fn list_volume_labels(
+        &self,
+    ) -> Result<BTreeMap<String, BTreeMap<String, String>>, EngineError> {
+        self.inner.list_volume_labels().await
+    }
     async fn image_id(&self, image: &str) -> Result<Option<String>, EngineError> {
         self.inner.image_id(image).await
     }

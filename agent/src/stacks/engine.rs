@@ -8,7 +8,7 @@ use super::plan::{ContainerConfig, NetworkPlan, ObservedContainer, VolumePlan};
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, ContainerStateStatusEnum, DeviceMapping, DeviceRequest,
+    ContainerCreateBody, ContainerStateStatusEnum, ContainerSummary, DeviceMapping, DeviceRequest,
     EndpointIpamConfig, EndpointSettings, HealthConfig, HealthStatusEnum, HostConfig,
     HostConfigLogConfig, Ipam, IpamConfig, NetworkConnectRequest, NetworkCreateRequest,
     NetworkingConfig, PortBinding, ResourcesUlimits, RestartPolicy, RestartPolicyNameEnum,
@@ -48,6 +48,21 @@ impl EngineError {
             } => message.contains("task") && message.contains("already exists"),
             _ => false,
         }
+    }
+
+    /// No daemon answered (no socket, or nothing listening on it), as opposed to a
+    /// daemon refusing the request.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            EngineError::Connect(_)
+                | EngineError::Docker {
+                    source: BollardError::SocketNotFoundError(_)
+                        | BollardError::IOError { .. }
+                        | BollardError::HyperLegacyError { .. },
+                    ..
+                }
+        )
     }
 }
 
@@ -131,6 +146,13 @@ pub trait ContainerEngine: Send + Sync {
         &self,
     ) -> Result<BTreeMap<String, BTreeMap<String, String>>, EngineError>;
     async fn list_volumes(&self) -> Result<Vec<String>, EngineError>;
+    /// Every container carrying a `phoenix.stack` label, whatever the stack: where
+    /// removing the stacks no longer declared starts.
+    async fn list_labelled_containers(&self) -> Result<Vec<ObservedContainer>, EngineError>;
+    /// Every volume: name → labels.
+    async fn list_volume_labels(
+        &self,
+    ) -> Result<BTreeMap<String, BTreeMap<String, String>>, EngineError>;
     /// Local image ID for a reference, `None` when absent.
     async fn image_id(&self, image: &str) -> Result<Option<String>, EngineError>;
     /// The `phoenix.build-digest` label of a local image: the context digest it was
@@ -403,6 +425,30 @@ fn string_map(m: Option<HashMap<String, String>>) -> BTreeMap<String, String> {
     m.unwrap_or_default().into_iter().collect()
 }
 
+/// A listed container as the planner sees it; `None` without an ID.
+fn observed(c: ContainerSummary) -> Option<ObservedContainer> {
+    let id = c.id?;
+    let name = c
+        .names
+        .unwrap_or_default()
+        .first()
+        .map(|n| n.trim_start_matches('/').to_string())
+        .unwrap_or_default();
+    let state = c.state.map(|s| s.to_string()).unwrap_or_default();
+    let exit_code = c.status.as_deref().and_then(|s| {
+        s.strip_prefix("Exited (")
+            .and_then(|r| r.split(')').next())
+            .and_then(|n| n.parse().ok())
+    });
+    Some(ObservedContainer {
+        id,
+        name,
+        labels: string_map(c.labels),
+        running: state == "running" || state == "restarting",
+        exit_code,
+    })
+}
+
 #[async_trait::async_trait]
 impl ContainerEngine for DockerEngine {
     async fn list_containers(
@@ -427,34 +473,13 @@ impl ContainerEngine for DockerEngine {
                 .list_containers(Some(opts))
                 .await
                 .map_err(err("list containers of stack", stack))?;
-            for c in list {
-                let Some(id) = c.id else { continue };
-                if out.iter().any(|o| o.id == id) {
+            for c in list.into_iter().filter_map(observed) {
+                if out.iter().any(|o| o.id == c.id) {
                     continue;
                 }
-                let name = c
-                    .names
-                    .unwrap_or_default()
-                    .first()
-                    .map(|n| n.trim_start_matches('/').to_string())
-                    .unwrap_or_default();
-                let labels = string_map(c.labels);
-                let state = c.state.map(|s| s.to_string()).unwrap_or_default();
-                let running = state == "running" || state == "restarting";
-                let exit_code = c.status.as_deref().and_then(|s| {
-                    s.strip_prefix("Exited (")
-                        .and_then(|r| r.split(')').next())
-                        .and_then(|n| n.parse().ok())
-                });
-                let ours = labels.get(super::LABEL_STACK).map(String::as_str) == Some(stack);
-                if ours || names.contains(&name) {
-                    out.push(ObservedContainer {
-                        id,
-                        name,
-                        labels,
-                        running,
-                        exit_code,
-                    });
+                let ours = c.labels.get(super::LABEL_STACK).map(String::as_str) == Some(stack);
+                if ours || names.contains(&c.name) {
+                    out.push(c);
                 }
             }
         }
@@ -507,6 +532,37 @@ impl ContainerEngine for DockerEngine {
             .unwrap_or_default()
             .into_iter()
             .map(|v| v.name)
+            .collect())
+    }
+
+    async fn list_labelled_containers(&self) -> Result<Vec<ObservedContainer>, EngineError> {
+        // A label filter without a value matches the key whatever its value.
+        let filters = HashMap::from([("label", vec![super::LABEL_STACK.to_string()])]);
+        let opts = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(err("list", "containers of stacks"))?;
+        Ok(list.into_iter().filter_map(observed).collect())
+    }
+
+    async fn list_volume_labels(
+        &self,
+    ) -> Result<BTreeMap<String, BTreeMap<String, String>>, EngineError> {
+        let list = self
+            .docker
+            .list_volumes(None::<ListVolumesOptions>)
+            .await
+            .map_err(err("list", "volumes"))?;
+        Ok(list
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| (v.name, v.labels.into_iter().collect()))
             .collect())
     }
 

@@ -26,6 +26,10 @@
 //! stays in this one module of about 800 lines: its steps share the engine, the owner key
 //! and the running map of containers, and cutting between them would spread one flow.
 //!
+//! A stack taken out of the desired state is brought down by `prune` (the reconcile
+//! engine's `Prune`): its proven containers stopped and removed, its networks removed,
+//! its named volumes kept.
+//!
 //! Limits: images are pulled only when absent locally (a moved `:latest` tag upstream is
 //! not noticed until the image is removed); named volumes are never removed; services
 //! are started one after another; a build context is read on every pass to hash it
@@ -38,6 +42,7 @@ mod error;
 mod files;
 pub mod owner;
 pub mod plan;
+mod prune;
 
 use crate::hostfs as fsutil;
 use crate::reconcile::{Check, Converge, PassContext, ResourceError};
@@ -59,6 +64,9 @@ pub const LABEL_STACK: &str = "phoenix.stack";
 pub const LABEL_SERVICE: &str = "phoenix.service";
 pub const LABEL_CONFIG_HASH: &str = "phoenix.config-hash";
 pub const LABEL_IMAGE: &str = "phoenix.image-digest";
+/// The services a container's service depends on (comma-separated): the order in which a
+/// stack no longer declared is brought down, when its Compose file is gone.
+pub const LABEL_DEPENDS_ON: &str = "phoenix.depends-on";
 /// On an image built for a stack: the digest of the context it was built from.
 pub const LABEL_BUILD_DIGEST: &str = "phoenix.build-digest";
 
@@ -428,6 +436,8 @@ impl StackConverger {
         l.insert(LABEL_SERVICE.into(), c.service.clone());
         l.insert(LABEL_CONFIG_HASH.into(), c.config_hash());
         l.insert(LABEL_IMAGE.into(), image_id.to_string());
+        let deps: Vec<&str> = c.spec.depends_on.keys().map(String::as_str).collect();
+        l.insert(LABEL_DEPENDS_ON.into(), deps.join(","));
         l
     }
 

@@ -1,16 +1,19 @@
 //! `apply` and `plan`: compile, keep the guests in scope, refuse what cannot be sent,
 //! push, and hand the report stream to [`super::follow`]; [`Progress`] shows it all.
+//! With `--force`, every guest the push left unchanged is asked for a pass now, as
+//! `phoenix converge` asks one guest, and followed the same way.
 
 use super::args::Output;
 use super::offline::load;
 use super::progress::Progress;
-use super::{CliError, follow};
+use super::{CliError, converge, follow};
 use crate::{admin_client, compile};
 use phoenix_proto::model::GuestId;
 use phoenix_proto::v1;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
+use tokio_stream::StreamExt;
 
 /// Which compiled guests an apply or plan pushes to and waits for.
 pub(super) struct Scope {
@@ -26,6 +29,8 @@ pub(super) struct Run {
     pub no_wait: bool,
     pub output: Output,
     pub scope: Scope,
+    /// Run a pass now also where the revision is unchanged.
+    pub force: bool,
 }
 
 /// Drops templates (compiled and validated, but a clone source is never a running guest)
@@ -95,7 +100,7 @@ pub(super) async fn apply(socket: &Path, path: &Path, run: &Run) -> Result<(), C
         .collect();
     // Watch before pushing so no report can slip past.
     let ids: Vec<u32> = compiled.guests.keys().map(|g| g.get()).collect();
-    let mut reports = admin
+    let reports = admin
         .watch_reports(v1::WatchReportsRequest {
             guest_ids: ids.clone(),
         })
@@ -116,11 +121,71 @@ pub(super) async fn apply(socket: &Path, path: &Path, run: &Run) -> Result<(), C
             pending.insert(g.guest_id, (g.revision, g.digest.clone()));
         }
     }
-    if run.no_wait || pending.is_empty() {
-        progress.done(&[], &[], &[]);
-        return Ok(());
+    // A new revision runs a pass by itself; an unchanged one only when asked to.
+    let mut forced: Vec<u32> = Vec::new();
+    let mut not_forced: Vec<u32> = Vec::new();
+    let mut since = u64::MAX;
+    if run.force {
+        for g in answers.iter().filter(|g| !g.changed) {
+            match converge::request(&mut admin, g.guest_id).await {
+                Ok(r) => {
+                    since = since.min(r.after_index);
+                    forced.push(g.guest_id);
+                    progress.forced(g.guest_id, None);
+                }
+                Err(s) => {
+                    progress.forced(g.guest_id, Some(s.message()));
+                    // Waited for: it counts as not converged. Otherwise (not enrolled),
+                    // it converges once it joins, as without --force.
+                    if pending.remove(&g.guest_id).is_some() {
+                        not_forced.push(g.guest_id);
+                    }
+                }
+            }
+        }
     }
-    follow::follow(&mut reports, pending, dry_run, run.timeout, &mut progress).await
+    if run.no_wait || pending.is_empty() {
+        progress.done(&[], &not_forced, &[]);
+        return if not_forced.is_empty() {
+            Ok(())
+        } else {
+            Err(not_forced_error(&not_forced))
+        };
+    }
+    // The watch starts with each guest's last stored report, which for a forced guest is
+    // an earlier pass: its report comes from the event log after the request instead.
+    let watched = reports.filter(|ev| !matches!(ev, Ok(ev) if forced.contains(&ev.guest_id)));
+    if forced.is_empty() {
+        let mut watched = watched;
+        return follow::follow(
+            &mut watched,
+            pending,
+            dry_run,
+            run.timeout,
+            &mut progress,
+            not_forced,
+        )
+        .await;
+    }
+    let requested = converge::requested_reports(&mut admin, forced.clone(), since).await?;
+    let mut merged = watched.merge(requested);
+    follow::follow(
+        &mut merged,
+        pending,
+        dry_run,
+        run.timeout,
+        &mut progress,
+        not_forced,
+    )
+    .await
+}
+
+fn not_forced_error(guests: &[u32]) -> CliError {
+    let list: Vec<String> = guests.iter().map(u32::to_string).collect();
+    CliError::NotConverged(format!(
+        "no pass could be forced on guests {}",
+        list.join(", ")
+    ))
 }
 
 /// Each guest's state travels as one message to its agent: refuse what cannot be sent

@@ -94,6 +94,11 @@ pub enum Command {
         wait_all: bool,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
+        /// Also run a pass now on every guest whose desired state is unchanged (as
+        /// `phoenix converge` does for one): repairs drift without waiting for the agent's
+        /// drift interval. A guest that is not connected then counts as not converged.
+        #[arg(long, conflicts_with = "dry_run")]
+        force: bool,
     },
     /// Per guest: connected, revision wanted and applied, last report, cert expiry.
     Status {

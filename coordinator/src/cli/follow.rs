@@ -8,20 +8,22 @@ use phoenix_proto::model::ApplyReport;
 use phoenix_proto::v1;
 use std::collections::BTreeMap;
 use std::time::Duration;
+use tokio_stream::{Stream, StreamExt};
 
 /// Waits for a relevant report from every guest in `pending` (guest → the revision and
-/// digest just pushed) until `timeout`.
+/// digest just pushed) until `timeout`. `failed`: guests already known not to converge
+/// (a pass `--force` could not request), counted in the exit status.
 pub(super) async fn follow(
-    reports: &mut tonic::Streaming<v1::ReportEvent>,
+    reports: &mut (impl Stream<Item = Result<v1::ReportEvent, tonic::Status>> + Unpin),
     mut pending: BTreeMap<u32, (u64, String)>,
     dry_run: bool,
     timeout: Duration,
     progress: &mut Progress,
+    mut failed: Vec<u32>,
 ) -> Result<(), CliError> {
     let deadline = tokio::time::Instant::now() + timeout;
     let total = pending.len();
     let mut converged: Vec<u32> = Vec::new();
-    let mut failed: Vec<u32> = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     while !pending.is_empty() {
@@ -30,12 +32,12 @@ pub(super) async fn follow(
                 progress.waiting(&pending, total);
                 continue;
             }
-            r = tokio::time::timeout_at(deadline, reports.message()) => match r {
-                Ok(Ok(Some(ev))) => ev,
-                Ok(Ok(None)) => {
+            r = tokio::time::timeout_at(deadline, reports.next()) => match r {
+                Ok(Some(Ok(ev))) => ev,
+                Ok(None) => {
                     return Err(CliError::Rpc("coordinator closed the report stream".into()));
                 }
-                Ok(Err(s)) => return Err(s.into()),
+                Ok(Some(Err(s))) => return Err(s.into()),
                 Err(_) => break,
             },
         };

@@ -76,12 +76,14 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             guest,
             wait_all,
             output,
+            force,
         } => {
             let run = apply::Run {
                 dry_run,
                 timeout,
                 no_wait,
                 output,
+                force,
                 scope: apply::Scope {
                     guests: guest,
                     wait_all,
@@ -100,6 +102,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 timeout,
                 no_wait: false,
                 output,
+                force: false,
                 scope: apply::Scope {
                     guests: guest,
                     wait_all: false,

@@ -128,6 +128,17 @@ impl Progress {
         );
     }
 
+    /// `apply --force` asked the guest for a pass now (`refused`: why it could not).
+    pub(super) fn forced(&mut self, guest: u32, refused: Option<&str>) {
+        self.out(
+            || match refused {
+                None => format!("guest {guest}: pass requested (--force)"),
+                Some(why) => format!("guest {guest}: no pass forced: {}", escape_controls(why)),
+            },
+            || json!({"event": "forced", "guest": guest, "refused": refused}),
+        );
+    }
+
     /// A guest's report for what was just pushed (or planned).
     pub(super) fn report(&mut self, guest: u32, report: &ApplyReport, verdict: Verdict) {
         self.out(
