@@ -1,9 +1,17 @@
 //! Spine benchmark: N simulated agents (real mTLS sessions, many per process) against one
-//! real `phoenix serve`; sessions held, coordinator RSS, apply-to-acked latency per guest,
-//! and the reports a slow watcher saw per apply; then the idle RSS of one real
-//! `phoenix-agent`.
+//! real `phoenix serve`, then the idle RSS of one real `phoenix-agent`. Per N it prints
+//! what issue 14 asks for: sessions held; per watcher (one reading at once, one reading
+//! about 2,000 reports a second) the recorded (guest, revision) reports it saw, missed or
+//! got twice; apply→report p50/p99 per guest and the all-acked time per round; the
+//! coordinator's RSS idle, with sessions and after the applies and the rotation; the
+//! rotation of every identity at once (time, failed RPCs) with an apply in flight; the
+//! events the coordinator dropped and how often a watcher fell behind (its metrics); the
+//! load average, since ratios within one run are what a shared machine can show.
 //!
-//! Run: `cargo build --release --workspace --bins && target/release/bench_spine 1000 10000`
+//! Run: `cargo build --release -p phoenix-coordinator -p phoenix-agent --bin phoenix
+//! --bin phoenix-agent && cargo build --release -p phoenix-tests --bin bench_spine &&
+//! target/release/bench_spine 1000 10000`. `BENCH_PHOENIX=PATH` runs another coordinator
+//! binary (before/after), `BENCH_COORDINATOR_WRAP="heaptrack -o FILE"` a profiler.
 
 use phoenix_coordinator::admin_client;
 use phoenix_pki::keys;
