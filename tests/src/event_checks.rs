@@ -144,6 +144,7 @@ fn forget_removes_every_record_of_one_guest(s: &dyn Store) {
             g(n),
             &ReportRecord {
                 seq: 0,
+                event: 0,
                 received_unix: 1,
                 report: ApplyReport {
                     revision: 1,

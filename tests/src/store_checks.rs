@@ -44,6 +44,7 @@ pub fn all(open: &dyn Fn(&str) -> Box<dyn Store>) {
 pub fn reports_since_gives_each_guests_last_report_after_a_position(s: &dyn Store) {
     let rec = |revision| ReportRecord {
         seq: 0,
+        event: 0,
         received_unix: 1,
         report: ApplyReport {
             revision,
@@ -225,6 +226,7 @@ pub fn records_round_trip_in_guest_order(s: &dyn Store) {
 
     let report = ReportRecord {
         seq: 0,
+        event: 0,
         received_unix: 5,
         report: ApplyReport {
             revision: rev,

@@ -56,6 +56,7 @@ fn seed(store: &RedbStore) {
         };
         let rec = ReportRecord {
             seq: 0,
+            event: 0,
             received_unix: 1,
             report,
         };

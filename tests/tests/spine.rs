@@ -502,6 +502,7 @@ fn apply_over_more_stored_reports_than_the_watch_buffer_returns() {
                     phoenix_proto::model::GuestId::try_from(g).expect("id"),
                     &ReportRecord {
                         seq: 0,
+                        event: 0,
                         received_unix: 1,
                         report,
                     },

@@ -4,7 +4,7 @@
 //! The feed starts at the etcd revision read before the hub was filled from the store,
 //! so no write falls between the two. Each desired state is pushed only if newer than
 //! what the hub holds (this replica's own applies come back through the feed too);
-//! reports go to the local report watchers with their store position, which they use
+//! reports go to the local report watchers with their event index, which they use
 //! to drop the copies they already had; a revocation ends the guest's sessions here.
 //! Other replicas' session registrations make "connected" cluster-wide; a plan
 //! forwarded through etcd is pushed if its guest's session is here, and plan reports
@@ -50,7 +50,7 @@ pub async fn follow(
         };
         match change {
             Change::Desired(g, rec) => c.hub.push_newer(g, desired_message(&rec)),
-            Change::Report(g, rec) => c.hub.publish_report(g, rec.seq, Arc::new(rec.report)),
+            Change::Report(g, rec) => c.hub.publish_report(g, rec.event, Arc::new(rec.report)),
             Change::Session {
                 guest,
                 replica,

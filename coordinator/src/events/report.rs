@@ -3,7 +3,7 @@
 //! (etcd caps a value at 1 MiB): long messages and diffs are cut, and unchanged resources
 //! are listed by name only.
 
-use phoenix_proto::model::{ApplyReport, Status};
+use phoenix_proto::model::{ApplyReport, ResourceResult, Status};
 use serde_json::{Value, json};
 
 /// Longest message or diff kept per resource.
@@ -71,10 +71,42 @@ pub fn payload(report: &ApplyReport, d: Delivery) -> Value {
     })
 }
 
+/// The report a report event's `payload` describes, as far as the payload keeps it: texts
+/// cut at [`MAX_TEXT_CHARS`], unchanged resources without message, at most
+/// [`MAX_RESULTS`] results, no per-resource durations. A report watcher that fell behind
+/// re-reads missed reports this way. None: not the payload of a report.
+pub fn report_of(payload: &Value) -> Option<ApplyReport> {
+    let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+    let results = payload
+        .get("results")?
+        .as_array()?
+        .iter()
+        .map(|r| {
+            Some(ResourceResult {
+                resource: text(r, "resource")?,
+                status: serde_json::from_value(r.get("status")?.clone()).ok()?,
+                message: text(r, "message").unwrap_or_default(),
+                duration_micros: 0,
+                diff: text(r, "diff").unwrap_or_default(),
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(ApplyReport {
+        revision: payload.get("revision")?.as_u64()?,
+        digest: text(payload, "digest")?,
+        dry_run: false,
+        results,
+        duration_micros: payload
+            .get("duration_micros")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
+        trigger: text(payload, "trigger").unwrap_or_default(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use phoenix_proto::model::ResourceResult;
 
     fn result(resource: &str, status: Status, message: &str) -> ResourceResult {
         ResourceResult {
@@ -123,5 +155,41 @@ mod tests {
         let msg = p["results"][1]["message"].as_str().expect("message");
         assert_eq!(msg.chars().count(), MAX_TEXT_CHARS);
         assert_eq!(p["results"][2]["message"], "unit failed");
+    }
+
+    #[test]
+    fn a_report_is_read_back_from_its_payload() {
+        let report = ApplyReport {
+            revision: 7,
+            digest: "d7".into(),
+            dry_run: false,
+            results: vec![
+                result("file:/a", Status::Unchanged, "same"),
+                result("service:web", Status::Failed, "unit failed"),
+            ],
+            duration_micros: 42,
+            trigger: "push".into(),
+        };
+        let p = payload(
+            &report,
+            Delivery {
+                seq: None,
+                finished_unix_ms: None,
+                received_unix_ms: 1,
+                session_opened_unix_ms: 0,
+            },
+        );
+        let back = report_of(&p).expect("a report payload");
+        assert_eq!(
+            (back.revision, back.digest.as_str(), back.trigger.as_str()),
+            (7, "d7", "push")
+        );
+        assert_eq!(back.duration_micros, 42);
+        assert_eq!(back.results[0].status, Status::Unchanged);
+        assert_eq!(back.results[0].message, "", "unchanged: name only");
+        assert_eq!(back.results[1].status, Status::Failed);
+        assert_eq!(back.results[1].message, "unit failed");
+        assert!(!back.converged());
+        assert_eq!(report_of(&serde_json::json!({ "peer": "x" })), None);
     }
 }

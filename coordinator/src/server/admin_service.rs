@@ -403,6 +403,7 @@ impl v1::admin_server::Admin for AdminApi {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(super::report_watch::run(
             c.store.clone(),
+            c.hub.clone(),
             live,
             wanted,
             tx,

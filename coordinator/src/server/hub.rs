@@ -10,7 +10,7 @@
 
 use phoenix_proto::model::{ApplyReport, GuestId};
 use phoenix_proto::v1;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, mpsc, watch};
 use tonic::Status;
@@ -25,8 +25,9 @@ const REPORT_BUFFER: usize = 4096;
 #[derive(Clone, Debug)]
 pub struct Published {
     pub guest: GuestId,
-    /// Its position in the store (`ReportRecord::seq`); 0 for a plan, which is not stored.
-    pub seq: u64,
+    /// The index of its event in the event log (`ReportRecord::event`); 0 for a plan,
+    /// which is not recorded, or a report whose event the log refused.
+    pub event: u64,
     pub report: Arc<ApplyReport>,
 }
 
@@ -151,6 +152,29 @@ pub struct Hub {
     /// after they joined; empty for a single coordinator.
     replicas: watch::Sender<Arc<Vec<String>>>,
     cluster: Mutex<ClusterView>,
+    /// Reports of this replica between their event and their publication, each under a
+    /// floor below its event index (how many per floor): a new watcher starts reading the
+    /// event log below every one of them ([`Hub::settled`]).
+    pending: Mutex<BTreeMap<u64, usize>>,
+}
+
+/// A report in flight, from before its event is recorded until it is published (or
+/// failed); dropping it ends that.
+pub struct PendingReport {
+    hub: Arc<Hub>,
+    floor: u64,
+}
+
+impl Drop for PendingReport {
+    fn drop(&mut self) {
+        let mut pending = self.hub.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = pending.get_mut(&self.floor) {
+            *n -= 1;
+            if *n == 0 {
+                pending.remove(&self.floor);
+            }
+        }
+    }
 }
 
 impl Hub {
@@ -167,6 +191,7 @@ impl Hub {
             sessions_changed: watch::channel(0).0,
             replicas: watch::channel(Arc::new(Vec::new())).0,
             cluster: Mutex::new(ClusterView::default()),
+            pending: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -335,11 +360,11 @@ impl Hub {
         self.sessions_changed.subscribe()
     }
 
-    /// `seq`: the report's store position (`Store::put_report`), 0 for a plan. A plan
+    /// `event`: the index of the report's event (`ReportRecord::event`), 0 for a plan. A plan
     /// that reached this replica through etcd is answered through etcd (every replica's
     /// watchers get it from there), once.
-    pub fn publish_report(&self, guest: GuestId, seq: u64, report: Arc<ApplyReport>) {
-        if seq == 0 && report.dry_run {
+    pub fn publish_report(&self, guest: GuestId, event: u64, report: Arc<ApplyReport>) {
+        if event == 0 && report.dry_run {
             let mut view = self.view();
             if let Some(tx) = view.plan_reports.clone()
                 && let Some(lease) = view.plans.remove(&guest)
@@ -350,12 +375,40 @@ impl Hub {
                 }
             }
         }
-        self.publish_local(guest, seq, report);
+        self.publish_local(guest, event, report);
     }
 
     /// To this replica's report watchers only (what the cluster feed delivers).
-    pub fn publish_local(&self, guest: GuestId, seq: u64, report: Arc<ApplyReport>) {
-        let _ = self.reports.send(Published { guest, seq, report });
+    pub fn publish_local(&self, guest: GuestId, event: u64, report: Arc<ApplyReport>) {
+        let _ = self.reports.send(Published {
+            guest,
+            event,
+            report,
+        });
+    }
+
+    /// Marks a report of this replica in flight until the guard is dropped (after it is
+    /// published). `floor`: the last event index this replica had appended before the
+    /// report's event was queued, so below the index the event will get.
+    pub fn report_pending(self: &Arc<Self>, floor: u64) -> PendingReport {
+        *self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(floor)
+            .or_insert(0) += 1;
+        PendingReport {
+            hub: self.clone(),
+            floor,
+        }
+    }
+
+    /// An event index up to which every report of this replica is published: `last` (the
+    /// log's last index, read before calling) or below the first report still in flight.
+    /// A report that is published later has a higher index.
+    pub fn settled(&self, last: u64) -> u64 {
+        let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.keys().next().map_or(last, |&floor| floor.min(last))
     }
 
     /// Runs this hub as replica `me` of a cluster: plan reports of forwarded plans go to

@@ -184,6 +184,12 @@ pub struct ReportRecord {
     /// the last position it had read (`reports_since`).
     #[serde(default)]
     pub seq: u64,
+    /// The index of the report's event in the event log (`Applied`, `ApplyFailed`), which
+    /// keeps every report, superseded or not: a report watcher that fell behind re-reads
+    /// the log after the last index it read, and skips what it already had by this index.
+    /// 0: no event (the log refused it) or stored by an older version.
+    #[serde(default)]
+    pub event: u64,
     pub received_unix: i64,
     pub report: ApplyReport,
 }

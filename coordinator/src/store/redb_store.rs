@@ -12,6 +12,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::path::Path;
 
+/// Memory redb keeps for pages it read or wrote (its default is 1 GiB). Every apply to
+/// a large fleet appends one event and rewrites one report per guest, and the cache kept
+/// the written pages: the coordinator grew with each apply, though old events are rarely
+/// read.
+const CACHE_BYTES: usize = 32 * 1024 * 1024;
+
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 const AGENTS: TableDefinition<u32, &[u8]> = TableDefinition::new("agents");
 const DESIRED: TableDefinition<u32, &[u8]> = TableDefinition::new("desired");
@@ -59,10 +65,13 @@ fn guest(k: u32) -> Result<GuestId, StoreError> {
 
 impl RedbStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(|e| StoreError::Open {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| StoreError::Open {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
         // Create the tables up front so readers never see "table does not exist".
         let tx = db
             .begin_write()

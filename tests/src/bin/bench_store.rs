@@ -57,6 +57,7 @@ fn run(name: &str, s: &dyn Store, n: u32) -> Res<()> {
             *guest,
             &ReportRecord {
                 seq: 0,
+                event: 0,
                 received_unix: 1,
                 report: ApplyReport {
                     revision,
