@@ -10,6 +10,7 @@ pub mod raw;
 pub mod sim;
 pub mod spine;
 pub mod stacks;
+pub mod standin;
 pub mod stepca;
 pub mod store_checks;
 

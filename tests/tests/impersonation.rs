@@ -8,26 +8,21 @@
 //!   certificate carrying the coordinator's URI is then obeyed: the refusal is the identity
 //!   rule and nothing else.
 
+use phoenix_ca::CertAuthority;
 use phoenix_ca::stepca::{ProvisionerKeySource, StepCa as StepCaClient, StepCaConfig};
-use phoenix_ca::{CertAuthority, IssueRequest};
-use phoenix_pki::tls::{self, Identity, IdentityStore, TrustStore};
-use phoenix_pki::{San, keys};
+use phoenix_pki::San;
+use phoenix_pki::tls::{self, IdentityStore, TrustStore};
 use phoenix_proto::model::{self, GuestSpec};
-use phoenix_proto::v1::{self, coordinator_message};
+use phoenix_proto::v1;
 use phoenix_tests::spine::{Agent, Coordinator, files_spec, guest_status, write_spec};
+use phoenix_tests::standin::{COORDINATOR, COORDINATOR_URI, Opening, StandIn, mint};
 use phoenix_tests::stepca::StepCa;
 use phoenix_tests::wait_for;
 use serde_json::json;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio_stream::{Stream, StreamExt};
-use tonic::{Request, Response, Status, Streaming};
-
-const COORDINATOR: &str = "coordinator.phoenix.lab";
-const COORDINATOR_URI: &str = "spiffe://phoenix.lab/coordinator";
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -67,71 +62,6 @@ fn apply_is_refused(c: &Coordinator, dir: &Path) {
     );
 }
 
-/// A coordinator stand-in that pushes one desired state to whoever opens a session.
-struct Fake {
-    desired: v1::DesiredState,
-    sessions: Arc<AtomicUsize>,
-}
-
-type SessionStream = Pin<Box<dyn Stream<Item = Result<v1::CoordinatorMessage, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl v1::agent_server::Agent for Fake {
-    async fn enroll(
-        &self,
-        _: Request<v1::EnrollRequest>,
-    ) -> Result<Response<v1::EnrollResponse>, Status> {
-        Err(Status::unavailable("fake"))
-    }
-    async fn renew(
-        &self,
-        _: Request<v1::RenewRequest>,
-    ) -> Result<Response<v1::RenewResponse>, Status> {
-        Err(Status::unavailable("fake"))
-    }
-    async fn renew_expired(
-        &self,
-        _: Request<v1::RenewExpiredRequest>,
-    ) -> Result<Response<v1::RenewResponse>, Status> {
-        Err(Status::unavailable("fake"))
-    }
-    type SessionStream = SessionStream;
-    async fn session(
-        &self,
-        _: Request<Streaming<v1::AgentMessage>>,
-    ) -> Result<Response<SessionStream>, Status> {
-        self.sessions.fetch_add(1, Ordering::SeqCst);
-        let first = v1::CoordinatorMessage {
-            msg: Some(coordinator_message::Msg::Desired(self.desired.clone())),
-        };
-        let stream = tokio_stream::iter(vec![Ok(first)]).chain(tokio_stream::pending());
-        Ok(Response::new(Box::pin(stream)))
-    }
-    async fn sign_service_cert(
-        &self,
-        _: Request<v1::SignServiceCertRequest>,
-    ) -> Result<Response<v1::SignServiceCertResponse>, Status> {
-        Err(Status::unavailable("fake"))
-    }
-}
-
-/// A certificate for `sans` from `ca`, as a server identity (chain ending with the root).
-async fn mint(ca: &dyn CertAuthority, sans: Vec<San>) -> Identity {
-    let key = keys::generate().expect("key");
-    let csr = keys::csr(&key, COORDINATOR, &sans).expect("csr");
-    let issued = ca
-        .issue(IssueRequest {
-            csr_pem: csr,
-            common_name: COORDINATOR.into(),
-            sans,
-            ttl: Duration::from_secs(600),
-        })
-        .await
-        .expect("CA signs the service certificate");
-    let chain = format!("{}{}", issued.chain_pem, issued.roots_pem);
-    Identity::from_pem(&chain, &key.serialize_pem()).expect("identity")
-}
-
 /// Joins guest 202 to `c`, replaces `c` by a fake on its address presenting what the
 /// signing path issued for a declared `coordinator.phoenix.lab` service certificate
 /// (signed by `ca`, the coordinator's own CA), and checks the real agent refuses it.
@@ -148,14 +78,14 @@ async fn fake_coordinator_is_refused(c: &mut Coordinator, ca: &dyn CertAuthority
         .expect("spec")
         .to_json();
     let sessions = Arc::new(AtomicUsize::new(0));
-    let fake = Fake {
-        desired: v1::DesiredState {
+    let fake = StandIn {
+        opening: Opening::Push(v1::DesiredState {
             revision: 1_000_000,
             digest: model::digest(&json),
             spec_json: json,
             dry_run: false,
-        },
-        sessions: sessions.clone(),
+        }),
+        openings: sessions.clone(),
     };
 
     let service = mint(ca, vec![San::Dns(COORDINATOR.into())]).await;

@@ -10,89 +10,21 @@
 //! opening stalls. A SIGSTOPped coordinator would not do: its kernel still accepts TCP, but
 //! the TLS handshake then stalls, which the connect timeout already bounds.
 
-use phoenix_ca::{CertAuthority, IssueRequest};
-use phoenix_pki::tls::{self, Identity, IdentityStore, TrustStore};
-use phoenix_pki::{San, keys};
+use phoenix_ca::CertAuthority;
+use phoenix_pki::San;
+use phoenix_pki::tls::{self, IdentityStore, TrustStore};
 use phoenix_proto::v1;
 use phoenix_tests::spine::{Agent, Coordinator, files_spec, guest_status, write_spec};
+use phoenix_tests::standin::{COORDINATOR, COORDINATOR_URI, Opening, StandIn, mint};
 use phoenix_tests::wait_for;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use tokio_stream::Stream;
-use tonic::{Request, Response, Status, Streaming};
 
-const COORDINATOR: &str = "coordinator.phoenix.lab";
-const COORDINATOR_URI: &str = "spiffe://phoenix.lab/coordinator";
 /// The agent's `session-open-timeout` in this test (seconds).
 const OPEN_TIMEOUT: u64 = 3;
 
-/// A coordinator stand-in that takes every session's opening and never answers it.
-struct Stall {
-    openings: Arc<AtomicUsize>,
-}
-
-type SessionStream = Pin<Box<dyn Stream<Item = Result<v1::CoordinatorMessage, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl v1::agent_server::Agent for Stall {
-    async fn enroll(
-        &self,
-        _: Request<v1::EnrollRequest>,
-    ) -> Result<Response<v1::EnrollResponse>, Status> {
-        Err(Status::unavailable("stall"))
-    }
-    async fn renew(
-        &self,
-        _: Request<v1::RenewRequest>,
-    ) -> Result<Response<v1::RenewResponse>, Status> {
-        Err(Status::unavailable("stall"))
-    }
-    async fn renew_expired(
-        &self,
-        _: Request<v1::RenewExpiredRequest>,
-    ) -> Result<Response<v1::RenewResponse>, Status> {
-        Err(Status::unavailable("stall"))
-    }
-    type SessionStream = SessionStream;
-    async fn session(
-        &self,
-        _: Request<Streaming<v1::AgentMessage>>,
-    ) -> Result<Response<SessionStream>, Status> {
-        self.openings.fetch_add(1, Ordering::SeqCst);
-        std::future::pending().await
-    }
-    async fn sign_service_cert(
-        &self,
-        _: Request<v1::SignServiceCertRequest>,
-    ) -> Result<Response<v1::SignServiceCertResponse>, Status> {
-        Err(Status::unavailable("stall"))
-    }
-}
-
-/// The coordinator identity, issued by `ca` (chain ending with the root).
-async fn coordinator_identity(ca: &dyn CertAuthority) -> Identity {
-    let sans = vec![
-        San::Dns(COORDINATOR.into()),
-        San::Uri(COORDINATOR_URI.into()),
-    ];
-    let key = keys::generate().expect("key");
-    let csr = keys::csr(&key, COORDINATOR, &sans).expect("csr");
-    let issued = ca
-        .issue(IssueRequest {
-            csr_pem: csr,
-            common_name: COORDINATOR.into(),
-            sans,
-            ttl: Duration::from_secs(600),
-        })
-        .await
-        .expect("CA signs the coordinator certificate");
-    let chain = format!("{}{}", issued.chain_pem, issued.roots_pem);
-    Identity::from_pem(&chain, &key.serialize_pem()).expect("identity")
-}
-
-/// Serves `Stall` on `listener`. The accept loop is the returned task's own, so aborting it
+/// Serves a stalling stand-in on `listener`. The accept loop is the returned task's own, so aborting it
 /// frees the address at once (pki's `tls_incoming` keeps its listener until the next accept).
 fn serve_stall(
     listener: tokio::net::TcpListener,
@@ -113,7 +45,10 @@ fn serve_stall(
     let server = tokio::spawn(async move {
         let _ = tonic::transport::Server::builder()
             .serve_with_incoming(
-                v1::agent_server::AgentServer::new(Stall { openings }),
+                v1::agent_server::AgentServer::new(StandIn {
+                    opening: Opening::Stall,
+                    openings,
+                }),
                 tokio_stream::wrappers::ReceiverStream::new(rx),
             )
             .await;
@@ -142,7 +77,16 @@ async fn an_unanswered_session_opening_times_out_and_the_agent_converges_on_a_re
     let ca =
         phoenix_ca::embedded::EmbeddedCa::load_or_create(&c.dir.join("state/ca"), "phoenix.lab")
             .expect("the coordinator's CA");
-    let identity = IdentityStore::new(coordinator_identity(&ca).await);
+    let identity = IdentityStore::new(
+        mint(
+            &ca,
+            vec![
+                San::Dns(COORDINATOR.into()),
+                San::Uri(COORDINATOR_URI.into()),
+            ],
+        )
+        .await,
+    );
     let roots = ca.roots_pem().await.expect("roots");
     let cfg = tls::server_config(identity, TrustStore::from_pem(&roots).expect("trust"))
         .expect("server config");

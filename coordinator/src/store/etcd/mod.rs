@@ -481,13 +481,27 @@ fn unavailable(e: &etcd_client::Error) -> bool {
     use etcd_client::Error as E;
     use tonic::Code;
     match e {
-        E::GRpcStatus(s) => matches!(
-            s.code(),
-            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled
-        ),
+        E::GRpcStatus(s) => match s.code() {
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => true,
+            // A connection that breaks under a request in flight (the member was killed)
+            // comes back as Unknown with the transport error as its source.
+            Code::Unknown => caused_by_transport(s),
+            _ => false,
+        },
         E::TransportError(_) | E::IoError(_) => true,
         _ => false,
     }
+}
+
+fn caused_by_transport(status: &tonic::Status) -> bool {
+    let mut cause = std::error::Error::source(status);
+    while let Some(e) = cause {
+        if e.is::<tonic::transport::Error>() || e.is::<std::io::Error>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 fn check_size(
@@ -515,4 +529,20 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
         *last += 1;
     }
     end
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unavailable;
+
+    #[test]
+    fn a_connection_broken_under_a_request_is_unavailability() {
+        let broken = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "broken pipe");
+        let status = tonic::Status::from_error(Box::new(broken));
+        assert_eq!(status.code(), tonic::Code::Unknown);
+        assert!(unavailable(&etcd_client::Error::GRpcStatus(status)));
+        // An Unknown answer etcd itself gave is not.
+        let answered = tonic::Status::unknown("etcdserver: something odd");
+        assert!(!unavailable(&etcd_client::Error::GRpcStatus(answered)));
+    }
 }
