@@ -91,6 +91,9 @@ impl Down {
     }
 }
 
+/// How long a pass waits for the engine to list what stacks hold.
+const LIST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn service(c: &ObservedContainer) -> &str {
     c.labels.get(LABEL_SERVICE).map_or("", String::as_str)
 }
@@ -254,13 +257,22 @@ impl Prune for StackConverger {
     }
 
     async fn leftovers(&self, spec: &GuestSpec) -> Result<Vec<Leftover>, ResourceError> {
-        let stacks = match self.undeclared(&declared(spec)).await {
-            Ok(s) => s,
-            Err(e) if e.is_unreachable() => {
+        // Every pass asks, also on guests that never ran a stack: a busy or wedged engine
+        // (bollard waits 120 s) must not hold the pass and its report hostage.
+        let listed = tokio::time::timeout(LIST_TIMEOUT, self.undeclared(&declared(spec))).await;
+        let stacks = match listed {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) if e.is_unreachable() => {
                 tracing::debug!(error = %e, "no Docker engine answers; no stack to remove now");
                 return Ok(Vec::new());
             }
-            Err(e) => return Err(Box::new(PruneError::List(e))),
+            Ok(Err(e)) => return Err(Box::new(PruneError::List(e))),
+            Err(_) => {
+                tracing::warn!(
+                    "the Docker engine did not list its containers within {LIST_TIMEOUT:?}; stacks no longer declared are looked for again next pass"
+                );
+                return Ok(Vec::new());
+            }
         };
         Ok(stacks
             .into_iter()

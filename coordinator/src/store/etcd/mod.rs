@@ -493,11 +493,22 @@ fn unavailable(e: &etcd_client::Error) -> bool {
     }
 }
 
+/// Only a connection lost or refused: a TLS refusal (a bad client certificate) also comes
+/// as an I/O error under the transport error, and is a configuration error, not an outage.
 fn caused_by_transport(status: &tonic::Status) -> bool {
+    use std::io::ErrorKind as K;
     let mut cause = std::error::Error::source(status);
     while let Some(e) = cause {
-        if e.is::<tonic::transport::Error>() || e.is::<std::io::Error>() {
-            return true;
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                K::BrokenPipe
+                    | K::ConnectionReset
+                    | K::ConnectionAborted
+                    | K::ConnectionRefused
+                    | K::NotConnected
+                    | K::UnexpectedEof
+            );
         }
         cause = e.source();
     }
@@ -541,8 +552,11 @@ mod tests {
         let status = tonic::Status::from_error(Box::new(broken));
         assert_eq!(status.code(), tonic::Code::Unknown);
         assert!(unavailable(&etcd_client::Error::GRpcStatus(status)));
-        // An Unknown answer etcd itself gave is not.
+        // An Unknown answer etcd itself gave is not, nor a refused client certificate.
         let answered = tonic::Status::unknown("etcdserver: something odd");
         assert!(!unavailable(&etcd_client::Error::GRpcStatus(answered)));
+        let refused = std::io::Error::new(std::io::ErrorKind::InvalidData, "BadCertificate");
+        let refused = tonic::Status::from_error(Box::new(refused));
+        assert!(!unavailable(&etcd_client::Error::GRpcStatus(refused)));
     }
 }
