@@ -219,16 +219,13 @@ impl ContainerEngine for CountingEngine {
     ) -> Result<BTreeMap<String, BTreeMap<String, String>>, EngineError> {
         self.inner.list_networks().await
     }
-    async fn list_volumes(&self) -> Result<Vec<String>, EngineError> {
-        self.inner.list_volumes().await
-    }
     async fn list_labelled_containers(&self) -> Result<Vec<ObservedContainer>, EngineError> {
         self.inner.list_labelled_containers().await
     }
-    async fn list_volume_labels(
+    async fn list_volumes(
         &self,
     ) -> Result<BTreeMap<String, BTreeMap<String, String>>, EngineError> {
-        self.inner.list_volume_labels().await
+        self.inner.list_volumes().await
     }
     async fn image_id(&self, image: &str) -> Result<Option<String>, EngineError> {
         self.inner.image_id(image).await

@@ -144,14 +144,12 @@ pub trait ContainerEngine: Send + Sync {
     async fn list_networks(
         &self,
     ) -> Result<BTreeMap<String, BTreeMap<String, String>>, EngineError>;
-    async fn list_volumes(&self) -> Result<Vec<String>, EngineError>;
     /// Every container carrying a `phoenix.stack` label, whatever the stack: where
     /// removing the stacks no longer declared starts.
     async fn list_labelled_containers(&self) -> Result<Vec<ObservedContainer>, EngineError>;
     /// Every volume: name → labels.
-    async fn list_volume_labels(
-        &self,
-    ) -> Result<BTreeMap<String, BTreeMap<String, String>>, EngineError>;
+    async fn list_volumes(&self)
+    -> Result<BTreeMap<String, BTreeMap<String, String>>, EngineError>;
     /// Local image ID for a reference, `None` when absent.
     async fn image_id(&self, image: &str) -> Result<Option<String>, EngineError>;
     /// The `phoenix.build-digest` label of a local image: the context digest it was
@@ -332,20 +330,6 @@ impl ContainerEngine for DockerEngine {
             .collect())
     }
 
-    async fn list_volumes(&self) -> Result<Vec<String>, EngineError> {
-        let list = self
-            .docker
-            .list_volumes(None::<ListVolumesOptions>)
-            .await
-            .map_err(err("list", "volumes"))?;
-        Ok(list
-            .volumes
-            .unwrap_or_default()
-            .into_iter()
-            .map(|v| v.name)
-            .collect())
-    }
-
     async fn list_labelled_containers(&self) -> Result<Vec<ObservedContainer>, EngineError> {
         // A label filter without a value matches the key whatever its value.
         let filters = HashMap::from([("label", vec![super::LABEL_STACK.to_string()])]);
@@ -361,7 +345,7 @@ impl ContainerEngine for DockerEngine {
         Ok(list.into_iter().filter_map(observed).collect())
     }
 
-    async fn list_volume_labels(
+    async fn list_volumes(
         &self,
     ) -> Result<BTreeMap<String, BTreeMap<String, String>>, EngineError> {
         let list = self

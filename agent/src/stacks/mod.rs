@@ -323,7 +323,7 @@ impl StackConverger {
             .list_volumes()
             .await
             .map_err(e())?
-            .into_iter()
+            .into_keys()
             .collect();
         let mut images = BTreeMap::new();
         let mut build_digests = BTreeMap::new();

@@ -186,7 +186,7 @@ impl StackConverger {
             .filter(|(_, down)| down.any())
             .collect();
         if !out.is_empty() {
-            for (name, labels) in self.engine.list_volume_labels().await? {
+            for (name, labels) in self.engine.list_volumes().await? {
                 let Some(stack) = claimed(&labels) else {
                     continue;
                 };
