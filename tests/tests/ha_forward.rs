@@ -67,7 +67,7 @@ fn granted_ttl(cluster: &EtcdCluster, key: &str) -> i64 {
         "json",
     ]))
     .expect("json");
-    ttl["grantedTTL"].as_i64().unwrap_or(0)
+    ttl["granted-ttl"].as_i64().unwrap_or(0)
 }
 
 #[test]
@@ -226,8 +226,19 @@ fn a_guests_identity_cannot_write_the_keys_that_run_another_guests_pass() {
     drift(std::slice::from_ref(v));
     let key = format!("/phoenix/converge/{victim:010}");
 
-    // The guest's own identity, as its agent holds it.
+    // The guest's own identity, as its agent holds it: a live certificate naming the
+    // guest, and its key.
     let state = agents[0].state();
+    let pem = std::fs::read_to_string(state.join("cert.pem")).expect("the guest's cert.pem");
+    let chain = phoenix_pki::x509::parse_chain(&pem, "cert").expect("chain");
+    let info = phoenix_pki::x509::inspect(&chain[0]).expect("inspect");
+    assert!(
+        info.uris()
+            .any(|u| u.ends_with(&format!("/guest/{attacker}"))),
+        "not the attacker's identity: {:?}",
+        info.sans
+    );
+    assert!(state.join("key.pem").is_file(), "the guest's key.pem");
     let out = etcdctl_as(
         &cluster,
         &state.join("cert.pem"),
@@ -238,6 +249,21 @@ fn a_guests_identity_cannot_write_the_keys_that_run_another_guests_pass() {
     assert!(
         !out.status.success(),
         "etcd took a write from a guest's identity: {}",
+        text(&out)
+    );
+    // Refused by etcd's check of the client certificate, not by anything else.
+    let refusals: Vec<String> = (0..3)
+        .filter_map(|i| std::fs::read_to_string(tmp.path().join(format!("etcd/m{i}.log"))).ok())
+        .flat_map(|log| {
+            log.lines()
+                .filter(|l| l.contains("rejected connection"))
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(
+        refusals.iter().any(|l| l.contains("unknown authority")),
+        "no member refused the guest's certificate: {}\n{refusals:?}",
         text(&out)
     );
     assert_eq!(etcd_get(&cluster, &key), "", "the key was written");
