@@ -103,7 +103,13 @@ fn converge_and_apply_force_through_one_replica_run_passes_on_the_others() {
     drift(&agents);
     for i in remote.iter().chain(&local) {
         let (a, holder) = (&agents[*i], &held[*i]);
+        let asked = std::time::Instant::now();
         let out = rs[0].cli(&["converge", "--guest", &a.guest.to_string()]);
+        eprintln!(
+            "converge {} (session on {holder}) through r0: {:?}",
+            a.guest,
+            asked.elapsed()
+        );
         let t = text(&out);
         assert!(out.status.success(), "converge {}: {t}", a.guest);
         let via = format!("through replica {holder}");
