@@ -18,47 +18,38 @@ use phoenix_tests::stacks::{CountingEngine, DockerEnv, Pass, Teardown, owner_key
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// What every test here starts with: the engine, a stack removed when the test ends
-/// (also on panic), a project root, and a converger over the counted engine.
-struct Fixture {
-    env: DockerEnv,
-    dir: PathBuf,
-    count: Arc<CountingEngine>,
-    conv: StackConverger,
-}
-
-/// Held to the test's end: the stack's removal and the project root.
+/// Held to the test's end: the stack's removal (also on panic) and the project root.
 struct Guard {
     _down: Teardown,
     _root: tempfile::TempDir,
 }
 
-impl Fixture {
-    fn new(stack: &str) -> Option<(Guard, Fixture)> {
-        let env = DockerEnv::get()?;
-        let _down = Teardown {
-            env: env.clone(),
-            stack: stack.into(),
-            extra: vec![],
-        };
-        let root = tempfile::tempdir().unwrap();
-        let count = CountingEngine::new(env.engine());
-        let conv = StackConverger::new(
-            count.clone() as Arc<dyn ContainerEngine>,
-            vec![root.path().to_path_buf()],
-            owner_key(),
-        );
-        let dir = root.path().join(stack);
-        Some((
-            Guard { _down, _root: root },
-            Fixture {
-                env,
-                dir,
-                count,
-                conv,
-            },
-        ))
-    }
+/// What every test here starts with: the engine, a guard, the stack's project directory,
+/// and a converger over the counted engine.
+fn fixture(
+    stack: &str,
+) -> Option<(
+    Guard,
+    DockerEnv,
+    PathBuf,
+    Arc<CountingEngine>,
+    StackConverger,
+)> {
+    let env = DockerEnv::get()?;
+    let _down = Teardown {
+        env: env.clone(),
+        stack: stack.into(),
+        extra: vec![],
+    };
+    let root = tempfile::tempdir().unwrap();
+    let count = CountingEngine::new(env.engine());
+    let conv = StackConverger::new(
+        count.clone() as Arc<dyn ContainerEngine>,
+        vec![root.path().to_path_buf()],
+        owner_key(),
+    );
+    let dir = root.path().join(stack);
+    Some((Guard { _down, _root: root }, env, dir, count, conv))
 }
 
 /// A stack compiled as the coordinator does: project directory on the guest, variables.
@@ -144,7 +135,7 @@ networks:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_compose_keys_reach_the_engine() {
     let stack = "phxkeys";
-    let Some((_guard, Fixture { env, dir, conv, .. })) = Fixture::new(stack) else {
+    let Some((_guard, env, dir, _count, conv)) = fixture(stack) else {
         return;
     };
     // The secret stays on the guest (by reference); the config ships with the stack.
@@ -272,17 +263,7 @@ impl Drop for Images {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn build_makes_the_image_on_the_guest_and_a_context_change_rebuilds_and_recreates() {
     let stack = "phxbuild";
-    let Some((
-        _guard,
-        Fixture {
-            env,
-            dir,
-            count,
-            conv,
-            ..
-        },
-    )) = Fixture::new(stack)
-    else {
+    let Some((_guard, env, dir, count, conv)) = fixture(stack) else {
         return;
     };
     let _images = Images(env.clone(), vec!["phxbuild-app".into()]);
@@ -350,16 +331,7 @@ async fn build_makes_the_image_on_the_guest_and_a_context_change_rebuilds_and_re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_host_network_needs_its_grant() {
     let stack = "phxhostnet";
-    let Some((
-        _guard,
-        Fixture {
-            env,
-            dir,
-            count,
-            conv,
-        },
-    )) = Fixture::new(stack)
-    else {
+    let Some((_guard, env, dir, count, conv)) = fixture(stack) else {
         return;
     };
     let compose = "services:\n  a:\n    image: \"${IMAGE}\"\n    command: [sleep, \"100000\"]\n    network_mode: host\n";
@@ -412,7 +384,7 @@ fn volume_at(env: &DockerEnv, c: &str, target: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anonymous_volumes_survive_a_recreate_and_unset_variables_warn() {
     let stack = "phxanon";
-    let Some((_guard, Fixture { env, dir, conv, .. })) = Fixture::new(stack) else {
+    let Some((_guard, env, dir, _count, conv)) = fixture(stack) else {
         return;
     };
     let compose = "services:\n  app:\n    image: \"${IMAGE}\"\n    init: true\n    command: [sleep, \"100000\"]\n    environment:\n      MODE: \"${MODE}\"\n    volumes:\n      - /data\n      - type: volume\n        target: /cache\n";
@@ -476,17 +448,7 @@ async fn anonymous_volumes_survive_a_recreate_and_unset_variables_warn() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_engines_own_platform_runs() {
     let stack = "phxplat";
-    let Some((
-        _guard,
-        Fixture {
-            env,
-            dir,
-            count,
-            conv,
-            ..
-        },
-    )) = Fixture::new(stack)
-    else {
+    let Some((_guard, env, dir, count, conv)) = fixture(stack) else {
         return;
     };
     let own = env.docker(&["version", "-f", "{{.Server.Os}}/{{.Server.Arch}}"]);
@@ -521,7 +483,7 @@ async fn only_the_engines_own_platform_runs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn depends_on_waits_for_every_replica() {
     let stack = "phxreps";
-    let Some((_guard, Fixture { env, dir, conv, .. })) = Fixture::new(stack) else {
+    let Some((_guard, env, dir, _count, conv)) = fixture(stack) else {
         return;
     };
     std::fs::create_dir_all(dir.join("shared")).unwrap();
@@ -577,17 +539,7 @@ services:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dockerignore_is_honoured_and_secret_looking_files_are_named() {
     let stack = "phxignore";
-    let Some((
-        _guard,
-        Fixture {
-            env,
-            dir,
-            count,
-            conv,
-            ..
-        },
-    )) = Fixture::new(stack)
-    else {
+    let Some((_guard, env, dir, count, conv)) = fixture(stack) else {
         return;
     };
     let _images = Images(env.clone(), vec!["phxignore-app".into()]);
