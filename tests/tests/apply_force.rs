@@ -50,22 +50,8 @@ fn apply_force_repairs_drift_now_and_plain_apply_does_not() {
     );
     assert_eq!(reports(&c, 341).len(), seen, "plain apply ran a pass");
 
+    let lines = c.apply_force(&spec);
     let spec_path = spec.to_str().expect("utf8");
-    let out = c.cli(&[
-        "apply",
-        "-f",
-        spec_path,
-        "--force",
-        "--timeout",
-        "60s",
-        "-o",
-        "json",
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
-    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect();
     assert!(
         lines
             .iter()

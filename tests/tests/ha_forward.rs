@@ -120,22 +120,8 @@ fn converge_and_apply_force_through_one_replica_run_passes_on_the_others() {
     // `phoenix apply --force` through r0, same configs: every guest runs a pass now,
     // wherever its session is, and the apply follows their reports to the end.
     drift(&agents);
+    let lines = rs[0].apply_force(&spec);
     let spec_path = spec.to_str().expect("utf8");
-    let out = rs[0].cli(&[
-        "apply",
-        "-f",
-        spec_path,
-        "--force",
-        "--timeout",
-        "60s",
-        "-o",
-        "json",
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
-    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
     for (a, holder) in agents.iter().zip(&held) {
         let forced = lines
             .iter()
