@@ -68,7 +68,7 @@ fn a_copied_identity_holds_one_session_across_replicas_and_moves_when_its_replic
     let Some(cluster) = EtcdCluster::start(&tmp.path().join("etcd")) else {
         return;
     };
-    let mut reps = vec![
+    let mut reps = [
         replica(&cluster, tmp.path(), "r0"),
         replica(&cluster, tmp.path(), "r1"),
     ];
