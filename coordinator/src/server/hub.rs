@@ -569,6 +569,38 @@ mod tests {
         assert_eq!(hub.holder(g(1)).as_deref(), Some("r0"));
     }
 
+    #[tokio::test]
+    async fn a_claim_is_decided_by_the_cluster_and_a_single_coordinator_holds_every_session() {
+        let hub = Hub::new();
+        assert_eq!(hub.claim(g(1)).await, Claimed::Held);
+        let (claims, mut asked) = mpsc::unbounded_channel();
+        hub.join_cluster("r0", mpsc::unbounded_channel().0, claims);
+        let h = hub.clone();
+        let waiting = tokio::spawn(async move { h.claim(g(2)).await });
+        let (guest, reply) = asked.recv().await.expect("the claim reaches the cluster");
+        assert_eq!(guest, g(2));
+        reply
+            .send(Claimed::HeldBy("r1".into()))
+            .expect("claim waiting");
+        assert_eq!(
+            waiting.await.expect("claim task"),
+            Claimed::HeldBy("r1".into())
+        );
+        // The registration loop gone (stopping): refused, not held.
+        drop(asked);
+        assert!(matches!(hub.claim(g(3)).await, Claimed::Failed(_)));
+        let refused = SessionInUse {
+            guest: g(2),
+            holder: Some("r1".into()),
+        };
+        assert!(
+            refused
+                .to_string()
+                .starts_with("guest 2 already has a live session on coordinator replica r1;"),
+            "{refused}"
+        );
+    }
+
     #[test]
     fn a_forwarded_plan_is_answered_through_etcd_once() {
         let hub = Hub::new();
