@@ -170,6 +170,20 @@ impl Coordinator {
         serde_json::from_slice(&out.stdout).expect("status json")
     }
 
+    /// `phoenix events -o json <args>`, oldest first; panics if the command fails.
+    pub fn events(&self, args: &[&str]) -> Vec<serde_json::Value> {
+        let out = self.cli(&[&["events", "-o", "json"][..], args].concat());
+        assert!(
+            out.status.success(),
+            "events: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join(format!("coordinator.{}.log", self.runs)))
             .unwrap_or_default()

@@ -16,22 +16,9 @@ fn text(out: &Output) -> String {
     )
 }
 
-/// Report events of `guest` (`phoenix events -o json`), oldest first.
+/// Report events of `guest`, oldest first.
 fn reports(c: &Coordinator, guest: u32) -> Vec<Value> {
-    let out = c.cli(&[
-        "events",
-        "-o",
-        "json",
-        "--guest",
-        &guest.to_string(),
-        "--topic",
-        "Report",
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("event JSON"))
-        .collect()
+    c.events(&["--guest", &guest.to_string(), "--topic", "Report"])
 }
 
 #[test]

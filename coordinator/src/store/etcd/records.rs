@@ -562,8 +562,17 @@ impl Store for EtcdStore {
         self.list_replica_addrs()
     }
 
-    fn forward_plans(&self, plans: &[(GuestId, DesiredRecord)]) -> Result<bool, StoreError> {
-        self.put_plans(plans).map(|()| true)
+    fn forward_plans(
+        &self,
+        plans: &[(GuestId, DesiredRecord)],
+        wait: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        self.put_plans(plans, super::forward::plan_lease_ttl(wait))
+            .map(|()| true)
+    }
+
+    fn forward_pass(&self, guest: GuestId, from: &str) -> Result<bool, StoreError> {
+        self.put_pass_request(guest, from).map(|()| true)
     }
 
     fn claim_job(

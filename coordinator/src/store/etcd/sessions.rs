@@ -44,10 +44,6 @@ fn holder_of(answer: &TxnOpResponse) -> Option<String> {
     .or_else(|| Some("an unknown replica".into()))
 }
 
-/// How long a forwarded plan and its report stay in etcd: longer than an operator
-/// waits for a plan.
-const PLAN_TTL: Duration = Duration::from_secs(300);
-
 impl EtcdStore {
     fn session_key(&self, replica: &str, g: GuestId) -> String {
         self.key(&format!("sessions/{replica}/{:010}", g.get()))
@@ -208,20 +204,17 @@ impl EtcdStore {
     }
 
     /// Forwards dry runs to whichever replica holds each guest's session: one lease of
-    /// `PLAN_TTL` for the whole plan, `plans/<guest>` under it.
-    pub fn put_plans(&self, plans: &[(GuestId, DesiredRecord)]) -> Result<(), StoreError> {
+    /// `ttl` for the whole plan (`forward::plan_lease_ttl`), `plans/<guest>` under it.
+    pub fn put_plans(
+        &self,
+        plans: &[(GuestId, DesiredRecord)],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
         const A: &str = "forward a plan";
         if plans.is_empty() {
             return Ok(());
         }
-        let client = self.client.clone();
-        let secs = PLAN_TTL.as_secs() as i64;
-        let lease = self
-            .call(A, move || {
-                let mut client = client.clone();
-                async move { client.lease_grant(secs, None).await }
-            })?
-            .id();
+        let lease = self.grant(A, ttl)?;
         let mut ops = Vec::with_capacity(plans.len());
         let mut batch_bytes = 0;
         let mut batches = Vec::new();
