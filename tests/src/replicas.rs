@@ -1,6 +1,5 @@
-//! Coordinator replicas on one etcd cluster, as tests/tests/ha.rs starts them (copied
-//! here for tests/tests/ha_forward.rs rather than shared by editing ha.rs): every
-//! replica shares the embedded CA sealed in etcd under one secret, with a short lease.
+//! Coordinator replicas on one etcd cluster, as the ha tests start them: every replica
+//! shares the embedded CA sealed in etcd under one secret, with a short lease.
 
 use crate::etcd::EtcdCluster;
 use crate::spine::{Coordinator, guest_status};
@@ -12,7 +11,13 @@ pub const LEASE: Duration = Duration::from_secs(3);
 
 /// The flags of replica `name` on `cluster` sharing the embedded CA sealed under the
 /// secret in `base` (the first replica puts the CA in etcd, the others unseal it).
-pub fn replica_args(cluster: &EtcdCluster, base: &Path, name: &str) -> Vec<String> {
+/// Leader-only work (pruning) runs every `prune_every`.
+pub fn replica_args(
+    cluster: &EtcdCluster,
+    base: &Path,
+    name: &str,
+    prune_every: &str,
+) -> Vec<String> {
     let secret = base.join("ca.secret");
     if !secret.exists() {
         std::fs::write(&secret, "k2VJ1Wq0y9n6e4Kx0c5mT7bLzQ8rUaHf3dGsPoYi\n").expect("secret");
@@ -29,7 +34,7 @@ pub fn replica_args(cluster: &EtcdCluster, base: &Path, name: &str) -> Vec<Strin
         "--ca-secret-file",
         secret.to_str().expect("utf8"),
         "--prune-every",
-        "1h",
+        prune_every,
     ]
     .map(String::from)
     .to_vec();
@@ -46,17 +51,37 @@ pub fn replica_args(cluster: &EtcdCluster, base: &Path, name: &str) -> Vec<Strin
     args
 }
 
-/// Replica `name` on `cluster`, its directory under `base`.
-pub fn replica(cluster: &EtcdCluster, base: &Path, name: &str) -> Coordinator {
-    let args = replica_args(cluster, base, name);
+/// Replica `name` on `cluster`, its directory under `base`, pruning every `prune_every`.
+pub fn replica_pruning(
+    cluster: &EtcdCluster,
+    base: &Path,
+    name: &str,
+    prune_every: &str,
+) -> Coordinator {
+    let args = replica_args(cluster, base, name, prune_every);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     Coordinator::start(&base.join(name), &refs)
 }
 
+/// Replica `name` on `cluster`, its directory under `base` (no pruning within a test).
+pub fn replica(cluster: &EtcdCluster, base: &Path, name: &str) -> Coordinator {
+    replica_pruning(cluster, base, name, "1h")
+}
+
 /// Replicas r0 … r(n-1) on `cluster`, started one after the other.
 pub fn replicas(cluster: &EtcdCluster, base: &Path, n: usize) -> Vec<Coordinator> {
+    replicas_pruning(cluster, base, n, "1h")
+}
+
+/// As `replicas`, with leader-only work every `prune_every`.
+pub fn replicas_pruning(
+    cluster: &EtcdCluster,
+    base: &Path,
+    n: usize,
+    prune_every: &str,
+) -> Vec<Coordinator> {
     (0..n)
-        .map(|i| replica(cluster, base, &format!("r{i}")))
+        .map(|i| replica_pruning(cluster, base, &format!("r{i}"), prune_every))
         .collect()
 }
 

@@ -4,67 +4,13 @@
 
 use phoenix_proto::token::JoinToken;
 use phoenix_tests::etcd::EtcdCluster;
+use phoenix_tests::replicas::{LEASE, etcd_get, holders, replica, replicas, replicas_pruning};
 use phoenix_tests::spine::{Agent, Coordinator, files_spec, guest_status, write_spec};
 use phoenix_tests::wait_for;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(60);
-const LEASE: Duration = Duration::from_secs(3);
-
-/// The flags of replica `name` on `cluster` sharing the embedded CA sealed under the
-/// secret in `base` (the first replica puts the CA in etcd, the others unseal it).
-fn replica_args(cluster: &EtcdCluster, base: &Path, name: &str, prune_every: &str) -> Vec<String> {
-    let secret = base.join("ca.secret");
-    if !secret.exists() {
-        std::fs::write(&secret, "k2VJ1Wq0y9n6e4Kx0c5mT7bLzQ8rUaHf3dGsPoYi\n").expect("secret");
-    }
-    [
-        "--store",
-        "etcd",
-        "--etcd-endpoints",
-        &cluster.endpoints().join(","),
-        "--etcd-lease-ttl",
-        &format!("{}s", LEASE.as_secs()),
-        "--replica-name",
-        name,
-        "--ca-secret-file",
-        secret.to_str().expect("utf8"),
-        "--prune-every",
-        prune_every,
-    ]
-    .map(String::from)
-    .to_vec()
-}
-
-fn replica(cluster: &EtcdCluster, base: &Path, name: &str, prune_every: &str) -> Coordinator {
-    let args = replica_args(cluster, base, name, prune_every);
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    Coordinator::start(&base.join(name), &refs)
-}
-
-/// Three replicas r0, r1, r2 on `cluster`, started one after the other.
-fn replicas(cluster: &EtcdCluster, base: &Path, prune_every: &str) -> Vec<Coordinator> {
-    (0..3)
-        .map(|i| replica(cluster, base, &format!("r{i}"), prune_every))
-        .collect()
-}
-
-/// Which replica holds each guest's session, as `r`'s status says (cluster-wide); None
-/// until every guest is connected somewhere.
-fn holders(r: &Coordinator, guests: &[u32]) -> Option<Vec<String>> {
-    let s = r.status();
-    guests
-        .iter()
-        .map(|g| {
-            let row = guest_status(&s, *g)?;
-            (row["connected"] == true)
-                .then(|| row["replica"].as_str().map(String::from))
-                .flatten()
-        })
-        .collect()
-}
 
 /// Sessions per replica (`names`), once every replica in `alive` shows every guest
 /// connected, and all of them agree on where.
@@ -96,14 +42,6 @@ fn join(a: &Agent, token: &str) {
     );
 }
 
-/// The etcd value at `key` (empty when absent).
-fn etcd_get(cluster: &EtcdCluster, key: &str) -> String {
-    cluster
-        .etcdctl(&["get", key, "--print-value-only"])
-        .trim()
-        .to_string()
-}
-
 #[test]
 fn agents_of_a_killed_replica_move_to_the_others_and_the_apply_completes() {
     const AGENTS: u32 = 20;
@@ -111,7 +49,7 @@ fn agents_of_a_killed_replica_move_to_the_others_and_the_apply_completes() {
     let Some(cluster) = EtcdCluster::start(&tmp.path().join("etcd")) else {
         return;
     };
-    let mut rs = replicas(&cluster, tmp.path(), "1h");
+    let mut rs = replicas(&cluster, tmp.path(), 3);
     let guests: Vec<u32> = (401..401 + AGENTS).collect();
     // Each agent joins through a token of another replica, so sessions spread.
     let mut agents: Vec<Agent> = guests
@@ -313,7 +251,7 @@ fn a_new_leader_takes_over_within_the_lease_and_scheduled_work_runs_once() {
         return;
     };
     // Pruning every 4 s: several runs during the test, by two leaders.
-    let mut rs = replicas(&cluster, tmp.path(), "4s");
+    let mut rs = replicas_pruning(&cluster, tmp.path(), 3, "4s");
     // An expired token (as a leader would find it a day later) for the leader to prune.
     let stale = serde_json::json!({"guest": 7, "expires_unix": 1, "used_unix": null});
     cluster.etcdctl(&["put", "/phoenix/tokens/stale", &stale.to_string()]);
@@ -404,7 +342,7 @@ fn agents_learn_a_replica_added_after_they_joined_and_fail_over_to_it() {
     let Some(cluster) = EtcdCluster::start(&tmp.path().join("etcd")) else {
         return;
     };
-    let mut rs = replicas(&cluster, tmp.path(), "1h");
+    let mut rs = replicas(&cluster, tmp.path(), 3);
     let guests = [431, 432];
     let mut agents: Vec<Agent> = guests
         .iter()
@@ -428,7 +366,7 @@ fn agents_learn_a_replica_added_after_they_joined_and_fail_over_to_it() {
 
     // A fourth replica joins the cluster after the agents did: no token of theirs
     // names it, their coordinator tells them.
-    rs.push(replica(&cluster, tmp.path(), "r3", "1h"));
+    rs.push(replica(&cluster, tmp.path(), "r3"));
     let fourth = rs[3].addr.clone();
     assert!(!known.contains(&fourth));
     for a in &agents {
@@ -595,8 +533,8 @@ fn a_guest_gets_one_plan_report_into_etcd_per_plan_it_was_asked() {
     let Some(cluster) = EtcdCluster::start(&tmp.path().join("etcd")) else {
         return;
     };
-    let r0 = replica(&cluster, tmp.path(), "r0", "1h");
-    let r1 = replica(&cluster, tmp.path(), "r1", "1h");
+    let r0 = replica(&cluster, tmp.path(), "r0");
+    let r1 = replica(&cluster, tmp.path(), "r1");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
