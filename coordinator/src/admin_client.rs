@@ -59,11 +59,24 @@ pub async fn status(admin: &mut AdminClient<Channel>) -> Result<Vec<v1::GuestSta
 pub async fn apply(
     admin: &mut AdminClient<Channel>,
     guests: BTreeMap<u32, Vec<u8>>,
+    declared: BTreeMap<u32, Vec<u8>>,
+    dry_run: bool,
+) -> Result<Vec<v1::GuestApply>, Status> {
+    apply_waiting(admin, guests, declared, dry_run, std::time::Duration::ZERO).await
+}
+
+/// [`apply`], saying how long the caller waits for the reports of a plan: a cluster keeps
+/// plans forwarded to other replicas at least that long (zero: its default).
+pub async fn apply_waiting(
+    admin: &mut AdminClient<Channel>,
+    guests: BTreeMap<u32, Vec<u8>>,
     mut declared: BTreeMap<u32, Vec<u8>>,
     dry_run: bool,
+    plan_wait: std::time::Duration,
 ) -> Result<Vec<v1::GuestApply>, Status> {
     let empty = || v1::AdminApplyRequest {
         dry_run,
+        plan_wait_seconds: if dry_run { plan_wait.as_secs() } else { 0 },
         ..Default::default()
     };
     let mut parts = Vec::new();

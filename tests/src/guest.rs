@@ -15,6 +15,24 @@ pub struct Guest {
     name: String,
 }
 
+/// resource id -> status of every result in an agent's report (a report as the agent
+/// prints it, or the payload of a `report` event).
+pub fn result_statuses(report: &Value) -> BTreeMap<String, String> {
+    report["results"]
+        .as_array()
+        .map(|rs| {
+            rs.iter()
+                .map(|r| {
+                    (
+                        r["resource"].as_str().unwrap_or_default().to_owned(),
+                        r["status"].as_str().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The agent's report of one `apply`, with its exit status and stderr.
 pub struct Applied {
     pub ok: bool,
@@ -25,19 +43,7 @@ pub struct Applied {
 impl Applied {
     /// resource id -> status ("changed", "unchanged", …).
     pub fn statuses(&self) -> BTreeMap<String, String> {
-        self.report["results"]
-            .as_array()
-            .map(|rs| {
-                rs.iter()
-                    .map(|r| {
-                        (
-                            r["resource"].as_str().unwrap_or_default().to_owned(),
-                            r["status"].as_str().unwrap_or_default().to_owned(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+        result_statuses(&self.report)
     }
 
     pub fn status(&self, id: &str) -> String {

@@ -7,6 +7,7 @@ pub mod event_checks;
 pub mod guest;
 pub mod lxc;
 pub mod raw;
+pub mod replicas;
 pub mod sim;
 pub mod spine;
 pub mod stacks;

@@ -170,6 +170,45 @@ impl Coordinator {
         serde_json::from_slice(&out.stdout).expect("status json")
     }
 
+    /// `phoenix apply -f <spec> --force -o json`: its JSON lines; panics if it fails.
+    pub fn apply_force(&self, spec: &Path) -> Vec<serde_json::Value> {
+        let spec = spec.to_str().expect("utf8 path");
+        let out = self.cli(&[
+            "apply",
+            "-f",
+            spec,
+            "--force",
+            "--timeout",
+            "60s",
+            "-o",
+            "json",
+        ]);
+        assert!(
+            out.status.success(),
+            "apply --force: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    }
+
+    /// `phoenix events -o json <args>`, oldest first; panics if the command fails.
+    pub fn events(&self, args: &[&str]) -> Vec<serde_json::Value> {
+        let out = self.cli(&[&["events", "-o", "json"][..], args].concat());
+        assert!(
+            out.status.success(),
+            "events: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join(format!("coordinator.{}.log", self.runs)))
             .unwrap_or_default()

@@ -16,22 +16,9 @@ fn text(out: &Output) -> String {
     )
 }
 
-/// Report events of `guest` (`phoenix events -o json`), oldest first.
+/// Report events of `guest`, oldest first.
 fn reports(c: &Coordinator, guest: u32) -> Vec<Value> {
-    let out = c.cli(&[
-        "events",
-        "-o",
-        "json",
-        "--guest",
-        &guest.to_string(),
-        "--topic",
-        "Report",
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("event JSON"))
-        .collect()
+    c.events(&["--guest", &guest.to_string(), "--topic", "Report"])
 }
 
 #[test]
@@ -63,22 +50,8 @@ fn apply_force_repairs_drift_now_and_plain_apply_does_not() {
     );
     assert_eq!(reports(&c, 341).len(), seen, "plain apply ran a pass");
 
+    let lines = c.apply_force(&spec);
     let spec_path = spec.to_str().expect("utf8");
-    let out = c.cli(&[
-        "apply",
-        "-f",
-        spec_path,
-        "--force",
-        "--timeout",
-        "60s",
-        "-o",
-        "json",
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
-    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect();
     assert!(
         lines
             .iter()

@@ -15,17 +15,41 @@ use phoenix_agent::stacks::engine::ContainerEngine;
 use phoenix_proto::model::compose::{self, ParseOptions};
 use phoenix_proto::model::{AbsPath, StackFile, StackSpec};
 use phoenix_tests::stacks::{CountingEngine, DockerEnv, Pass, Teardown, owner_key, pass};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-fn converger(env: &DockerEnv, root: &Path) -> (Arc<CountingEngine>, StackConverger) {
-    let counting = CountingEngine::new(env.engine());
+/// Held to the test's end: the stack's removal (also on panic) and the project root.
+struct Guard {
+    _down: Teardown,
+    _root: tempfile::TempDir,
+}
+
+/// What every test here starts with: the engine, a guard, the stack's project directory,
+/// and a converger over the counted engine.
+fn fixture(
+    stack: &str,
+) -> Option<(
+    Guard,
+    DockerEnv,
+    PathBuf,
+    Arc<CountingEngine>,
+    StackConverger,
+)> {
+    let env = DockerEnv::get()?;
+    let _down = Teardown {
+        env: env.clone(),
+        stack: stack.into(),
+        extra: vec![],
+    };
+    let root = tempfile::tempdir().unwrap();
+    let count = CountingEngine::new(env.engine());
     let conv = StackConverger::new(
-        counting.clone() as Arc<dyn ContainerEngine>,
-        vec![root.to_path_buf()],
+        count.clone() as Arc<dyn ContainerEngine>,
+        vec![root.path().to_path_buf()],
         owner_key(),
     );
-    (counting, conv)
+    let dir = root.path().join(stack);
+    Some((Guard { _down, _root: root }, env, dir, count, conv))
 }
 
 /// A stack compiled as the coordinator does: project directory on the guest, variables.
@@ -110,19 +134,13 @@ networks:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_compose_keys_reach_the_engine() {
-    let Some(env) = DockerEnv::get() else { return };
     let stack = "phxkeys";
-    let _down = Teardown {
-        env: env.clone(),
-        stack: stack.into(),
-        extra: vec![],
+    let Some((_guard, env, dir, _count, conv)) = fixture(stack) else {
+        return;
     };
-    let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join(stack);
     // The secret stays on the guest (by reference); the config ships with the stack.
     std::fs::create_dir_all(dir.join("secrets")).unwrap();
     std::fs::write(dir.join("secrets/token.txt"), "s3cret-token").unwrap();
-    let (_count, conv) = converger(&env, root.path());
     let mut spec = spec_in(stack, KEYS, &dir, &[("IMAGE", &env.image)]);
     spec.files = vec![file(&dir.join("app.conf"), "level=debug\n")];
 
@@ -244,17 +262,11 @@ impl Drop for Images {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn build_makes_the_image_on_the_guest_and_a_context_change_rebuilds_and_recreates() {
-    let Some(env) = DockerEnv::get() else { return };
     let stack = "phxbuild";
-    let _down = Teardown {
-        env: env.clone(),
-        stack: stack.into(),
-        extra: vec![],
+    let Some((_guard, env, dir, count, conv)) = fixture(stack) else {
+        return;
     };
     let _images = Images(env.clone(), vec!["phxbuild-app".into()]);
-    let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join(stack);
-    let (count, conv) = converger(&env, root.path());
     let compose = "services:\n  app:\n    build: ./app\n    init: true\n";
     let dockerfile = format!(
         "FROM {}\nCOPY msg.txt /msg.txt\nCMD [\"sleep\", \"100000\"]\n",
@@ -318,22 +330,12 @@ async fn build_makes_the_image_on_the_guest_and_a_context_change_rebuilds_and_re
 /// it runs in the guest's namespace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_host_network_needs_its_grant() {
-    let Some(env) = DockerEnv::get() else { return };
     let stack = "phxhostnet";
-    let _down = Teardown {
-        env: env.clone(),
-        stack: stack.into(),
-        extra: vec![],
+    let Some((_guard, env, dir, count, conv)) = fixture(stack) else {
+        return;
     };
-    let root = tempfile::tempdir().unwrap();
-    let (count, conv) = converger(&env, root.path());
     let compose = "services:\n  a:\n    image: \"${IMAGE}\"\n    command: [sleep, \"100000\"]\n    network_mode: host\n";
-    let mut spec = spec_in(
-        stack,
-        compose,
-        &root.path().join(stack),
-        &[("IMAGE", &env.image)],
-    );
+    let mut spec = spec_in(stack, compose, &dir, &[("IMAGE", &env.image)]);
     let e = pass(&conv, &spec, false).await.unwrap_err();
     assert!(e.contains("network_mode host"), "{e}");
     assert!(count.take().is_empty(), "nothing reached the engine");
@@ -381,16 +383,10 @@ fn volume_at(env: &DockerEnv, c: &str, target: &str) -> String {
 /// and a warning in the plan, naming the field and the variable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anonymous_volumes_survive_a_recreate_and_unset_variables_warn() {
-    let Some(env) = DockerEnv::get() else { return };
     let stack = "phxanon";
-    let _down = Teardown {
-        env: env.clone(),
-        stack: stack.into(),
-        extra: vec![],
+    let Some((_guard, env, dir, _count, conv)) = fixture(stack) else {
+        return;
     };
-    let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join(stack);
-    let (_count, conv) = converger(&env, root.path());
     let compose = "services:\n  app:\n    image: \"${IMAGE}\"\n    init: true\n    command: [sleep, \"100000\"]\n    environment:\n      MODE: \"${MODE}\"\n    volumes:\n      - /data\n      - type: volume\n        target: /cache\n";
     let v1 = spec_in(stack, compose, &dir, &[("IMAGE", &env.image)]);
 
@@ -451,12 +447,9 @@ async fn anonymous_volumes_survive_a_recreate_and_unset_variables_warn() {
 /// own runs; another is refused before anything reaches the engine, naming the key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_engines_own_platform_runs() {
-    let Some(env) = DockerEnv::get() else { return };
     let stack = "phxplat";
-    let _down = Teardown {
-        env: env.clone(),
-        stack: stack.into(),
-        extra: vec![],
+    let Some((_guard, env, dir, count, conv)) = fixture(stack) else {
+        return;
     };
     let own = env.docker(&["version", "-f", "{{.Server.Os}}/{{.Server.Arch}}"]);
     let other = if own.ends_with("/amd64") {
@@ -464,9 +457,6 @@ async fn only_the_engines_own_platform_runs() {
     } else {
         "linux/amd64"
     };
-    let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join(stack);
-    let (count, conv) = converger(&env, root.path());
     let compose = |p: &str| {
         format!(
             "services:\n  a:\n    image: \"${{IMAGE}}\"\n    command: [sleep, \"100000\"]\n    platform: {p}\n"
@@ -492,17 +482,11 @@ async fn only_the_engines_own_platform_runs() {
 /// healthy seconds after the second, and the dependent, started last, sees both ready.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn depends_on_waits_for_every_replica() {
-    let Some(env) = DockerEnv::get() else { return };
     let stack = "phxreps";
-    let _down = Teardown {
-        env: env.clone(),
-        stack: stack.into(),
-        extra: vec![],
+    let Some((_guard, env, dir, _count, conv)) = fixture(stack) else {
+        return;
     };
-    let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join(stack);
     std::fs::create_dir_all(dir.join("shared")).unwrap();
-    let (_count, conv) = converger(&env, root.path());
     // The replica that starts first (replica 1) takes 3 s to become ready.
     let compose = r#"
 services:
@@ -554,17 +538,11 @@ services:
 /// in the plan (never its content); a failing build's output is redacted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dockerignore_is_honoured_and_secret_looking_files_are_named() {
-    let Some(env) = DockerEnv::get() else { return };
     let stack = "phxignore";
-    let _down = Teardown {
-        env: env.clone(),
-        stack: stack.into(),
-        extra: vec![],
+    let Some((_guard, env, dir, count, conv)) = fixture(stack) else {
+        return;
     };
     let _images = Images(env.clone(), vec!["phxignore-app".into()]);
-    let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join(stack);
-    let (count, conv) = converger(&env, root.path());
     let compose = "services:\n  app:\n    build: ./app\n    init: true\n";
     let dockerfile = format!(
         "FROM {}\nCOPY . /ctx\nCMD [\"sleep\", \"100000\"]\n",

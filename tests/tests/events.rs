@@ -18,19 +18,6 @@ fn now_ms() -> i64 {
 }
 
 /// `phoenix events -o json <args>`, parsed line by line (NDJSON).
-fn events(c: &Coordinator, args: &[&str]) -> Vec<Value> {
-    let out = c.cli(&[&["events", "-o", "json"][..], args].concat());
-    assert!(
-        out.status.success(),
-        "events: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
-}
-
 fn of_type<'a>(evs: &'a [Value], kind: &str, key: u32) -> Vec<&'a Value> {
     evs.iter()
         .filter(|e| {
@@ -52,7 +39,7 @@ fn events_resume_after_a_coordinator_restart_with_the_same_indexes() {
     write_spec(&spec, &[(301, files_spec(&a.root, &[("motd", "hello\n")]))]);
     c.apply_ok(&spec);
 
-    let before = events(&c, &[]);
+    let before = c.events(&[]);
     let indexes: Vec<u64> = before.iter().map(index).collect();
     assert!(
         indexes.windows(2).all(|w| w[1] > w[0]),
@@ -100,20 +87,20 @@ fn events_resume_after_a_coordinator_restart_with_the_same_indexes() {
     c.restart();
     wait_for(Duration::from_secs(30), "agent reconnected", || {
         of_type(
-            &events(&c, &["--since", &last.to_string()]),
+            &c.events(&["--since", &last.to_string()]),
             "SessionOpened",
             301,
         )
         .first()
         .map(|_| ())
     });
-    let after = events(&c, &[]);
+    let after = c.events(&[]);
     assert_eq!(
         &after[..before.len()],
         &before[..],
         "the same events under the same indexes after a restart"
     );
-    let since = events(&c, &["--since", &last.to_string()]);
+    let since = c.events(&["--since", &last.to_string()]);
     assert!(!since.is_empty());
     assert!(since.iter().all(|e| index(e) > last), "{since:?}");
     assert_eq!(
@@ -123,7 +110,7 @@ fn events_resume_after_a_coordinator_restart_with_the_same_indexes() {
     );
 
     // Filters: one guest's reports only.
-    let reports = events(&c, &["--guest", "301", "--topic", "report"]);
+    let reports = c.events(&["--guest", "301", "--topic", "report"]);
     assert!(!reports.is_empty());
     assert!(
         reports
@@ -218,7 +205,7 @@ fn repairs_made_while_the_coordinator_was_away_arrive_with_the_time_they_happene
         Duration::from_secs(30),
         "both offline repairs reported",
         || {
-            let evs = events(&c, &["--guest", "302", "--topic", "Report"]);
+            let evs = c.events(&["--guest", "302", "--topic", "Report"]);
             let drift: Vec<Value> = evs
                 .into_iter()
                 .filter(|e| e["payload"]["trigger"] == "drift" && e["payload"]["changed"] == 1)
@@ -306,7 +293,7 @@ fn forget_drops_the_guest_and_its_certificate_is_refused_from_then_on() {
         Duration::from_secs(30),
         "the forgotten agent refused",
         || {
-            of_type(&events(&c, &["--guest", "303"]), "SessionRefused", 303)
+            of_type(&c.events(&["--guest", "303"]), "SessionRefused", 303)
                 .first()
                 .map(|e| (*e).clone())
         },
@@ -321,7 +308,7 @@ fn forget_drops_the_guest_and_its_certificate_is_refused_from_then_on() {
         guest_status(&c.status(), 303).is_none(),
         "it did not come back"
     );
-    let evs = events(&c, &["--guest", "303"]);
+    let evs = c.events(&["--guest", "303"]);
     let forgotten = of_type(&evs, "GuestForgotten", 303);
     assert_eq!(forgotten.len(), 1);
     assert_eq!(forgotten[0]["payload"]["was_connected"], true);
@@ -336,7 +323,7 @@ fn forget_drops_the_guest_and_its_certificate_is_refused_from_then_on() {
         String::from_utf8_lossy(&out.stderr)
     );
     // Its events stay for the record.
-    assert!(!of_type(&events(&c, &["--guest", "303"]), "Enrolled", 303).is_empty());
+    assert!(!of_type(&c.events(&["--guest", "303"]), "Enrolled", 303).is_empty());
 }
 
 #[test]
@@ -388,7 +375,7 @@ fn converge_runs_a_pass_on_an_unchanged_revision() {
         revision,
         "no new revision"
     );
-    let requested = of_type(&events(&c, &["--guest", "305"]), "PassRequested", 305).len();
+    let requested = of_type(&c.events(&["--guest", "305"]), "PassRequested", 305).len();
     assert_eq!(requested, 1);
 
     // A guest that is not connected cannot run a pass now: said so, non-zero.

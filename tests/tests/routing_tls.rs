@@ -17,7 +17,7 @@
 //! configuration stays golden-tested by parsing
 //! (coordinator/tests/compile_samples.rs, `traefik_routes_of_the_sample_match_the_old_generator`).
 
-use phoenix_tests::guest::{Guest, Network};
+use phoenix_tests::guest::{Guest, Network, result_statuses};
 use phoenix_tests::spine::guest_status;
 use phoenix_tests::stepca::StepCa;
 use phoenix_tests::{bin, require, wait_for};
@@ -184,24 +184,7 @@ fn event<'a>(events: &'a [Value], kind: &str, guest: u32) -> Option<&'a Value> {
         .find(|e| e["event"] == kind && e["guest"] == guest)
 }
 
-/// resource → status of a guest's report in `events`.
-fn statuses(events: &[Value], guest: u32) -> Vec<(String, String)> {
-    event(events, "report", guest)
-        .and_then(|r| r["results"].as_array())
-        .map(|rs| {
-            rs.iter()
-                .map(|r| {
-                    (
-                        r["resource"].as_str().unwrap_or_default().to_owned(),
-                        r["status"].as_str().unwrap_or_default().to_owned(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Every result message of a guest's report, one per line.
+/// The result messages of a guest's report in `events`, one per line.
 fn statuses_messages(events: &[Value], guest: u32) -> String {
     event(events, "report", guest)
         .and_then(|r| r["results"].as_array())
@@ -214,8 +197,11 @@ fn statuses_messages(events: &[Value], guest: u32) -> String {
         .unwrap_or_default()
 }
 
+/// "resource status" of every result of a guest's report in `events` that changed.
 fn changed(events: &[Value], guest: u32) -> Vec<String> {
-    statuses(events, guest)
+    event(events, "report", guest)
+        .map(result_statuses)
+        .unwrap_or_default()
         .into_iter()
         .filter(|(_, s)| s != "unchanged")
         .map(|(r, s)| format!("{r} {s}"))

@@ -84,20 +84,8 @@ fn cli_ok(c: &Coordinator, args: &[&str]) -> String {
 
 /// Results for `resource` in the guest's reports (newest last).
 fn results_for(c: &Coordinator, guest: u32, resource: &str) -> Vec<Value> {
-    let out = cli_ok(
-        c,
-        &[
-            "events",
-            "-o",
-            "json",
-            "--guest",
-            &guest.to_string(),
-            "--topic",
-            "Report",
-        ],
-    );
-    out.lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+    c.events(&["--guest", &guest.to_string(), "--topic", "Report"])
+        .into_iter()
         .flat_map(|e| {
             e["payload"]["results"]
                 .as_array()

@@ -1,7 +1,8 @@
 //! `apply` and `plan`: compile, keep the guests in scope, refuse what cannot be sent,
 //! push, and hand the report stream to [`super::follow`]; [`Progress`] shows it all.
 //! With `--force`, every guest the push left unchanged is asked for a pass now, as
-//! `phoenix converge` asks one guest, and followed the same way.
+//! `phoenix converge` asks one guest (through etcd when its session is on another
+//! replica of a cluster), and followed the same way.
 
 use super::args::Output;
 use super::offline::load;
@@ -106,7 +107,14 @@ pub(super) async fn apply(socket: &Path, path: &Path, run: &Run) -> Result<(), C
         })
         .await?
         .into_inner();
-    let mut answers = admin_client::apply(&mut admin, guests, declared_json, dry_run).await?;
+    // A plan forwarded to another replica must outlive the wait for its reports.
+    let wait = if run.no_wait {
+        Duration::ZERO
+    } else {
+        run.timeout
+    };
+    let mut answers =
+        admin_client::apply_waiting(&mut admin, guests, declared_json, dry_run, wait).await?;
     // The daemon answers in no particular order; operators read fleets by id.
     answers.sort_by_key(|g| g.guest_id);
     let mut pending: BTreeMap<u32, (u64, String)> = BTreeMap::new();
@@ -131,10 +139,14 @@ pub(super) async fn apply(socket: &Path, path: &Path, run: &Run) -> Result<(), C
                 Ok(r) => {
                     since = since.min(r.after_index);
                     forced.push(g.guest_id);
-                    progress.forced(g.guest_id, None);
+                    progress.forced(
+                        g.guest_id,
+                        Some(r.replica.as_str()).filter(|r| !r.is_empty()),
+                        None,
+                    );
                 }
                 Err(s) => {
-                    progress.forced(g.guest_id, Some(s.message()));
+                    progress.forced(g.guest_id, None, Some(s.message()));
                     // Waited for: it counts as not converged. Otherwise (not enrolled),
                     // it converges once it joins, as without --force.
                     if pending.remove(&g.guest_id).is_some() {

@@ -5,6 +5,10 @@
 //!
 //! `apply --force` asks the same of every guest in scope whose state the apply left
 //! unchanged, and follows the reports through [`requested_reports`].
+//!
+//! In a cluster the replica asked forwards the request through etcd to the replica
+//! holding the guest's session (docs/design/0010); the report is followed in the event
+//! log, which every replica shares, so it makes no difference here.
 
 use super::CliError;
 use super::events::{line, payload};
@@ -112,10 +116,18 @@ pub(super) async fn converge(
 ) -> Result<(), CliError> {
     let mut admin = admin_client::connect(socket).await?;
     let resp = request(&mut admin, guest.get()).await?;
-    println!(
-        "guest {guest}: pass requested on revision {}",
-        resp.revision
-    );
+    if resp.replica.is_empty() {
+        println!(
+            "guest {guest}: pass requested on revision {}",
+            resp.revision
+        );
+    } else {
+        println!(
+            "guest {guest}: pass requested on revision {} through replica {} (its session is there)",
+            resp.revision,
+            super::render::escape_controls(&resp.replica)
+        );
+    }
     if no_wait {
         return Ok(());
     }

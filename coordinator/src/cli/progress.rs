@@ -128,14 +128,21 @@ impl Progress {
         );
     }
 
-    /// `apply --force` asked the guest for a pass now (`refused`: why it could not).
-    pub(super) fn forced(&mut self, guest: u32, refused: Option<&str>) {
+    /// `apply --force` asked the guest for a pass now (`refused`: why it could not;
+    /// `replica`: the other replica of a cluster the request went to).
+    pub(super) fn forced(&mut self, guest: u32, replica: Option<&str>, refused: Option<&str>) {
         self.out(
-            || match refused {
-                None => format!("guest {guest}: pass requested (--force)"),
-                Some(why) => format!("guest {guest}: no pass forced: {}", escape_controls(why)),
+            || match (refused, replica) {
+                (None, None) => format!("guest {guest}: pass requested (--force)"),
+                (None, Some(r)) => format!(
+                    "guest {guest}: pass requested (--force) through replica {}",
+                    escape_controls(r)
+                ),
+                (Some(why), _) => {
+                    format!("guest {guest}: no pass forced: {}", escape_controls(why))
+                }
             },
-            || json!({"event": "forced", "guest": guest, "refused": refused}),
+            || json!({"event": "forced", "guest": guest, "replica": replica, "refused": refused}),
         );
     }
 

@@ -8,8 +8,8 @@
 //! to drop the copies they already had; a revocation ends the guest's sessions here.
 //! Other replicas' session registrations make "connected" cluster-wide; a plan
 //! forwarded through etcd is pushed if its guest's session is here, and plan reports
-//! from any replica reach the watchers here; a replica registering its address
-//! updates the list every agent is told.
+//! from any replica reach the watchers here; so does a pass request (`phoenix
+//! converge`); a replica registering its address updates the list every agent is told.
 //!
 //! Health: the store is probed every `probe_every`. After `lost_after` without an
 //! answer this replica ends every agent session with UNAVAILABLE naming etcd, so the
@@ -64,6 +64,11 @@ pub async fn follow(
             Change::PlanReport(g, report) => {
                 if report.dry_run {
                     c.hub.publish_local(g, 0, Arc::new(report));
+                }
+            }
+            Change::Pass { guest, from } => {
+                if c.hub.request_pass(guest) {
+                    tracing::info!(%guest, %from, "pass requested through etcd by another replica");
                 }
             }
             Change::Replicas => refresh_replicas(&c).await,

@@ -123,6 +123,7 @@ async fn join_parts(
             }
         }
         w.declared_json.extend(part.declared_json);
+        w.plan_wait_seconds = w.plan_wait_seconds.max(part.plan_wait_seconds);
     }
     Ok(whole.unwrap_or_default())
 }
@@ -203,8 +204,14 @@ fn apply_whole(
                 (*g, rec)
             })
             .collect();
-        // A cluster hands them to the replica holding each guest's session.
-        if !c.store.forward_plans(&plans).map_err(RpcError::from)? {
+        // A cluster hands them to the replica holding each guest's session, for as long
+        // as the asker waits.
+        let wait = Duration::from_secs(req.plan_wait_seconds);
+        if !c
+            .store
+            .forward_plans(&plans, wait)
+            .map_err(RpcError::from)?
+        {
             for (g, rec) in &plans {
                 let mut state = super::desired_message(rec);
                 state.dry_run = true;
@@ -534,20 +541,31 @@ impl v1::admin_server::Admin for AdminApi {
                 ))
             })?;
         let after_index = c.store.event_bounds().map_err(RpcError::from)?.last;
-        if !c.hub.request_pass(guest) {
-            return Err(RpcError::NotFound(format!(
-                "guest {guest} is not connected; its agent runs a pass when it starts and retries failed ones by itself"
-            ))
-            .into());
-        }
+        // Here, or through etcd to the replica holding the session (docs/design/0010);
+        // its report comes back through the store and the event log, both cluster-wide.
+        let replica = if c.hub.request_pass(guest) {
+            String::new()
+        } else {
+            let me = c.cfg.cluster.replica.as_str();
+            match c.hub.holder(guest).filter(|h| h != me) {
+                Some(holder) if c.store.forward_pass(guest, me).map_err(RpcError::from)? => holder,
+                _ => {
+                    return Err(RpcError::NotFound(format!(
+                        "guest {guest} is not connected; its agent runs a pass when it starts and retries failed ones by itself"
+                    ))
+                    .into());
+                }
+            }
+        };
         c.events.record(
             Kind::PassRequested,
             guest,
-            serde_json::json!({ "revision": desired.revision }),
+            serde_json::json!({ "revision": desired.revision, "replica": replica }),
         );
         Ok(Response::new(v1::ConvergeResponse {
             revision: desired.revision,
             after_index,
+            replica,
         }))
     }
 

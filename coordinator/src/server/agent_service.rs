@@ -2,7 +2,7 @@
 //! our CA whose URI SAN is `spiffe://<td>/guest/<id>` and whose serial is the one we
 //! issued last for that guest (a rebuilt guest's new enrollment retires the old cert).
 
-use super::hub::{Attachment, Hub, SessionInUse};
+use super::hub::{Attachment, Claimed, Hub, SessionInUse};
 use super::{Coordinator, RpcError, guest_id, now_unix, unix};
 use crate::events::report::{Delivery, payload as report_payload};
 use crate::events::{Kind, now_unix_ms};
@@ -317,14 +317,53 @@ fn bounded_facts(mut f: v1::Facts) -> v1::Facts {
 /// within about 30 s; the agent retries until then.
 const PREVIOUS_SESSION_GRACE: Duration = Duration::from_secs(3);
 
-async fn attach_when_free(hub: &Arc<Hub>, guest: GuestId) -> Result<Attachment, SessionInUse> {
-    let deadline = tokio::time::Instant::now() + PREVIOUS_SESSION_GRACE;
+/// Why a session could not be attached.
+enum NotAttached {
+    InUse(SessionInUse),
+    Unavailable(String),
+}
+
+/// Attaches the session of `guest` here and, in a cluster, claims it in etcd: one live
+/// session per identity across every replica (docs/design/0012). A session another
+/// replica holds is waited for up to `remote_grace`: that replica may have died, and its
+/// lease (with the guest's holder key) expires within the lease TTL, after which the
+/// agent failing over from it is served here. Past the grace it is a second live
+/// holder of the identity, refused like one on a single coordinator.
+async fn attach_when_free(
+    hub: &Arc<Hub>,
+    guest: GuestId,
+    remote_grace: Duration,
+) -> Result<Attachment, NotAttached> {
+    let t0 = tokio::time::Instant::now();
     loop {
-        match hub.attach(guest) {
-            Err(_) if tokio::time::Instant::now() < deadline => {
+        let attachment = match hub.attach(guest) {
+            Ok(a) => a,
+            Err(_) if t0.elapsed() < PREVIOUS_SESSION_GRACE => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             }
-            done => return done,
+            Err(e) => return Err(NotAttached::InUse(e)),
+        };
+        match hub.claim(guest).await {
+            Claimed::Held => return Ok(attachment),
+            Claimed::Failed(reason) => return Err(NotAttached::Unavailable(reason)),
+            Claimed::HeldBy(other) => {
+                drop(attachment);
+                let deadline = t0 + remote_grace;
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(NotAttached::InUse(SessionInUse {
+                        guest,
+                        holder: Some(other),
+                    }));
+                }
+                // Until the holder's registration goes (its session closed, or its
+                // replica's lease expired), seen through the change feed; etcd is asked
+                // again at least every second.
+                let next = (tokio::time::Instant::now() + Duration::from_secs(1)).min(deadline);
+                while hub.held_by(guest, &other) && tokio::time::Instant::now() < next {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
         }
     }
 }
@@ -421,11 +460,23 @@ impl v1::agent_server::Agent for AgentApi {
         }
         // One identity, one live session, refused before this Hello touches the guest's
         // record (docs/design/0012).
-        let mut attachment = match attach_when_free(&c.hub, guest).await {
+        let remote_grace = c.cfg.etcd.as_ref().map_or(PREVIOUS_SESSION_GRACE, |e| {
+            PREVIOUS_SESSION_GRACE.max(e.lease_ttl + Duration::from_secs(2))
+        });
+        let mut attachment = match attach_when_free(&c.hub, guest, remote_grace).await {
             Ok(a) => a,
-            Err(e) => {
+            Err(NotAttached::Unavailable(reason)) => {
+                tracing::warn!(%guest, %peer, %reason, "session refused: it could not be registered in etcd");
+                return Err(RpcError::Unavailable(StoreError::Unavailable {
+                    action: "register the agent session",
+                    endpoints: "the cluster's etcd".into(),
+                    reason,
+                })
+                .into());
+            }
+            Err(NotAttached::InUse(e)) => {
                 let e = RpcError::SessionInUse(e);
-                tracing::warn!(%guest, %peer, "second session refused: the guest already has a live session (a cloned guest or a copied key?)");
+                tracing::warn!(%guest, %peer, error = %e, "second session refused: the guest already has a live session (a cloned guest or a copied key?)");
                 c.events.record_limited(
                     Kind::SessionRefused,
                     guest,
@@ -438,7 +489,8 @@ impl v1::agent_server::Agent for AgentApi {
         let facts = hello.facts.map(bounded_facts);
         let version = bounded(&hello.agent_version, MAX_VERSION_CHARS);
         let serial = info.serial_hex.clone();
-        c.store
+        let updated = c
+            .store
             .update_agent(
                 guest,
                 Some(&seen.serial),
@@ -468,10 +520,10 @@ impl v1::agent_server::Agent for AgentApi {
         // rarely holds more than one message.
         let (tx, rx) = mpsc::channel::<Box<Result<v1::CoordinatorMessage, Status>>>(16);
         // A revoke or re-enrollment that landed between `authenticate` and `attach` ended
-        // no session yet; it must end this one.
-        let still = c.store.agent(guest).map_err(RpcError::from)?;
-        let still = still.ok_or(RpcError::Identity(StoreError::NotEnrolled { guest }))?;
-        current_or_previous(guest, &still, &info.serial_hex)?;
+        // no session yet; it must end this one. The record just written is the current
+        // one (the write compared it), so no second read: a later revoke finds this
+        // session attached and ends it.
+        current_or_previous(guest, &updated, &info.serial_hex)?;
         let opened = now_unix_ms();
         c.events
             .record_paced(

@@ -12,7 +12,7 @@ use phoenix_proto::model::{ApplyReport, GuestId};
 use phoenix_proto::v1;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tonic::Status;
 
 pub type Pushed = Option<Arc<v1::DesiredState>>;
@@ -77,14 +77,32 @@ pub struct Attachment {
     session: u64,
 }
 
-/// `attach` refused: the guest already has a live session.
+/// `attach` refused: the guest already has a live session, here or (`holder`) on
+/// another replica of the cluster.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "guest {guest} already has a live session; a second session with its identity is refused (a cloned guest or a copied key? re-join the other machine with its own token)"
+    "guest {guest} already has a live session{}; a second session with its identity is refused (a cloned guest or a copied key? re-join the other machine with its own token)",
+    .holder.as_deref().map(|r| format!(" on coordinator replica {r}")).unwrap_or_default()
 )]
 pub struct SessionInUse {
     pub guest: GuestId,
+    pub holder: Option<String>,
 }
+
+/// What etcd said when this replica claimed a guest's session (one live session per
+/// identity across the cluster, docs/design/0012).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claimed {
+    /// The guest's holder key is this replica's, under its lease: the session may open.
+    Held,
+    /// Another replica holds a session of the guest, under its live lease.
+    HeldBy(String),
+    /// etcd could not be asked (or this replica is stopping).
+    Failed(String),
+}
+
+/// A claim on a guest's session, answered by the cluster's session registration.
+pub type Claim = (GuestId, oneshot::Sender<Claimed>);
 
 /// Tells one session when the coordinator has ended it.
 pub struct EndSignal {
@@ -140,6 +158,9 @@ struct ClusterView {
     plans: HashMap<GuestId, i64>,
     /// Where plan reports of forwarded plans go (the cluster's plan writer).
     plan_reports: Option<mpsc::UnboundedSender<PlanReport>>,
+    /// Where session claims go (the cluster's session registration); None: a single
+    /// coordinator, where `attach` alone decides.
+    claims: Option<mpsc::UnboundedSender<Claim>>,
 }
 
 pub struct Hub {
@@ -254,7 +275,10 @@ impl Hub {
         let mut guests = self.lock();
         let ch = guests.entry(guest).or_insert_with(GuestChannels::new);
         if ch.session.is_some() {
-            return Err(SessionInUse { guest });
+            return Err(SessionInUse {
+                guest,
+                holder: None,
+            });
         }
         ch.session = Some(session);
         self.sessions_changed
@@ -412,11 +436,41 @@ impl Hub {
     }
 
     /// Runs this hub as replica `me` of a cluster: plan reports of forwarded plans go to
-    /// `plan_reports`.
-    pub fn join_cluster(&self, me: &str, plan_reports: mpsc::UnboundedSender<PlanReport>) {
+    /// `plan_reports`, session claims to `claims`.
+    pub fn join_cluster(
+        &self,
+        me: &str,
+        plan_reports: mpsc::UnboundedSender<PlanReport>,
+        claims: mpsc::UnboundedSender<Claim>,
+    ) {
         let mut view = self.view();
         view.me = Some(me.to_string());
         view.plan_reports = Some(plan_reports);
+        view.claims = Some(claims);
+    }
+
+    /// Claims the session of `guest`, attached here, for this replica across the
+    /// cluster. Claims from many sessions opening at once go to etcd together (a few
+    /// transactions, not one round trip each). A single coordinator holds every session
+    /// it attached.
+    pub async fn claim(&self, guest: GuestId) -> Claimed {
+        let Some(tx) = self.view().claims.clone() else {
+            return Claimed::Held;
+        };
+        let stopping = || Claimed::Failed("this coordinator replica is stopping".into());
+        let (reply, answer) = oneshot::channel();
+        if tx.send((guest, reply)).is_err() {
+            return stopping();
+        }
+        answer.await.unwrap_or_else(|_| stopping())
+    }
+
+    /// Whether `replica` (another one) is known here to hold a session of `guest`.
+    pub fn held_by(&self, guest: GuestId, replica: &str) -> bool {
+        self.view()
+            .remote
+            .get(&guest)
+            .is_some_and(|set| set.contains(replica))
     }
 
     /// Records that `replica` (another one) opened or closed a session of `guest`.
@@ -499,7 +553,7 @@ mod tests {
     fn connected_is_cluster_wide_and_names_the_replica() {
         let hub = Hub::new();
         let (tx, _rx) = mpsc::unbounded_channel();
-        hub.join_cluster("r0", tx);
+        hub.join_cluster("r0", tx, mpsc::unbounded_channel().0);
         let _here = hub.attach(g(1)).expect("attach");
         hub.remote_session(g(2), "r1", true);
         // This replica's own registrations come back through the feed: the hub knows.
@@ -515,11 +569,43 @@ mod tests {
         assert_eq!(hub.holder(g(1)).as_deref(), Some("r0"));
     }
 
+    #[tokio::test]
+    async fn a_claim_is_decided_by_the_cluster_and_a_single_coordinator_holds_every_session() {
+        let hub = Hub::new();
+        assert_eq!(hub.claim(g(1)).await, Claimed::Held);
+        let (claims, mut asked) = mpsc::unbounded_channel();
+        hub.join_cluster("r0", mpsc::unbounded_channel().0, claims);
+        let h = hub.clone();
+        let waiting = tokio::spawn(async move { h.claim(g(2)).await });
+        let (guest, reply) = asked.recv().await.expect("the claim reaches the cluster");
+        assert_eq!(guest, g(2));
+        reply
+            .send(Claimed::HeldBy("r1".into()))
+            .expect("claim waiting");
+        assert_eq!(
+            waiting.await.expect("claim task"),
+            Claimed::HeldBy("r1".into())
+        );
+        // The registration loop gone (stopping): refused, not held.
+        drop(asked);
+        assert!(matches!(hub.claim(g(3)).await, Claimed::Failed(_)));
+        let refused = SessionInUse {
+            guest: g(2),
+            holder: Some("r1".into()),
+        };
+        assert!(
+            refused
+                .to_string()
+                .starts_with("guest 2 already has a live session on coordinator replica r1;"),
+            "{refused}"
+        );
+    }
+
     #[test]
     fn a_forwarded_plan_is_answered_through_etcd_once() {
         let hub = Hub::new();
         let (tx, mut rx) = mpsc::unbounded_channel();
-        hub.join_cluster("r0", tx);
+        hub.join_cluster("r0", tx, mpsc::unbounded_channel().0);
         let mut local = hub.subscribe_reports();
         // Not connected here: nothing pushed, nothing owed.
         hub.forwarded_plan(g(5), 7, v1::DesiredState::default());

@@ -399,7 +399,9 @@ pub async fn run(
     if let (Some(etcd), Some(from)) = (&etcd, feed_from) {
         use crate::cluster::{feed, sessions};
         let (plan_tx, plan_rx) = tokio::sync::mpsc::unbounded_channel();
-        c.hub.join_cluster(cfg.cluster.replica.as_str(), plan_tx);
+        let (claim_tx, claim_rx) = tokio::sync::mpsc::unbounded_channel();
+        c.hub
+            .join_cluster(cfg.cluster.replica.as_str(), plan_tx, claim_tx);
         let ttl = cfg
             .etcd
             .as_ref()
@@ -408,6 +410,7 @@ pub async fn run(
             c.clone(),
             etcd.clone(),
             ttl / 2,
+            claim_rx,
             stop_rx.clone(),
         )));
         cluster.push(tokio::spawn(sessions::return_plans(

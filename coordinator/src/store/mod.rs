@@ -437,9 +437,19 @@ pub trait Store: EventLog + ForgetGuest + Send + Sync + 'static {
         Ok(Vec::new())
     }
     /// Hands dry runs (revision 0) to the replicas, so the one holding each guest's
-    /// session pushes it (docs/design/0010). `false`: a single coordinator, which pushes
-    /// them to its own sessions.
-    fn forward_plans(&self, _plans: &[(GuestId, DesiredRecord)]) -> Result<bool, StoreError> {
+    /// session pushes it (docs/design/0010); they stay there at least as long as the
+    /// asker `wait`s for their reports. `false`: a single coordinator, which pushes them
+    /// to its own sessions.
+    fn forward_plans(
+        &self,
+        _plans: &[(GuestId, DesiredRecord)],
+        _wait: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+    /// Asks the replica holding the session of `guest` (not this one, `from`) to have its
+    /// agent run a pass now. `false`: a single coordinator, where every session is local.
+    fn forward_pass(&self, _guest: GuestId, _from: &str) -> Result<bool, StoreError> {
         Ok(false)
     }
     /// Leader-only: claims one run of the scheduled job `job` if no leader ran it within

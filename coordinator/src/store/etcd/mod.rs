@@ -12,6 +12,7 @@
 //! instead of stalled, and every request is bounded by `request_timeout`.
 
 mod events;
+mod forward;
 mod leader;
 mod records;
 mod replicas;
@@ -100,6 +101,8 @@ pub struct EtcdStore {
     lease_ttl: Duration,
     timeout: Duration,
     lease: Mutex<Option<leader::Lease>>,
+    /// The short lease pass requests for other replicas go under (`forward`).
+    pass_lease: Mutex<Option<forward::PassLease>>,
 }
 
 /// A consistent read of several keys: values and the `mod_revision` each was read at
@@ -183,6 +186,7 @@ impl EtcdStore {
             lease_ttl: cfg.lease_ttl,
             timeout: cfg.request_timeout,
             lease: Mutex::new(None),
+            pass_lease: Mutex::new(None),
         };
         // A refused TLS handshake is not "unavailable": say which etcd refused what.
         store

@@ -5,12 +5,14 @@
 
 use super::{EtcdStore, MAX_TXN_BYTES, MAX_TXN_KEYS, MAX_VALUE_BYTES, check_size};
 use crate::store::{
-    AgentRecord, DesiredRecord, LeaderTerm, ReportRecord, ServiceCertRecord, Store, StoreError,
-    TokenRecord, check_current, mark_revoked, spend_token, token_usable,
+    AgentRecord, DesiredRecord, LeaderTerm, ReportRecord, ReportWrite, ServiceCertRecord, Store,
+    StoreError, TokenRecord, check_current, mark_revoked, spend_token, token_usable,
 };
+use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use phoenix_proto::model::GuestId;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::collections::HashSet;
 
 fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(v).map_err(|e| StoreError::Io {
@@ -142,7 +144,184 @@ impl EtcdStore {
     }
 }
 
+impl EtcdStore {
+    /// Stores the reports `group` (indexes into `batch`, one per guest) with their agent
+    /// records in one transaction that compares every agent record read; one result per
+    /// index. Err: the store failed (the whole group failed).
+    fn commit_reports(
+        &self,
+        batch: &[ReportWrite],
+        group: &[usize],
+    ) -> Result<GroupResults, StoreError> {
+        const A: &str = "save report";
+        for _ in 0..super::MAX_ATTEMPTS {
+            let touching: Vec<usize> = group
+                .iter()
+                .copied()
+                .filter(|i| batch[*i].touches_agent())
+                .collect();
+            let keys: Vec<String> = touching
+                .iter()
+                .map(|i| self.guest_key("agents", batch[*i].guest))
+                .collect();
+            let snap = if keys.is_empty() {
+                None
+            } else {
+                Some(self.read_many(A, &keys)?)
+            };
+            let mut results: GroupResults = Vec::new();
+            let mut ops = Vec::new();
+            let mut bytes = 0;
+            for &i in group {
+                let w = &batch[i];
+                let agent = match touching.iter().position(|t| *t == i) {
+                    None => Ok(None),
+                    Some(k) => {
+                        let cur = snap.as_ref().and_then(|s| s.values[k].as_ref());
+                        match dec_opt::<AgentRecord>(&keys[k], cur) {
+                            Ok(None) => Err(StoreError::NotEnrolled { guest: w.guest }),
+                            Ok(Some(mut rec)) => {
+                                check_current(w.guest, &rec, None).and_then(|()| {
+                                    w.apply_to(&mut rec);
+                                    Ok(Some((k, enc(&rec)?)))
+                                })
+                            }
+                            Err(e) => Err(e),
+                        }
+                    }
+                };
+                let report_key = self.guest_key("reports", w.guest);
+                let report = enc(&ReportRecord {
+                    seq: 0,
+                    ..w.record.clone()
+                })
+                .and_then(|v| {
+                    check_size(A, &report_key, v.len(), MAX_VALUE_BYTES)?;
+                    Ok(v)
+                });
+                match (agent, report) {
+                    (Ok(agent), Ok(report)) => {
+                        if let Some((k, rec)) = agent {
+                            bytes += rec.len();
+                            ops.push(TxnOp::put(keys[k].as_str(), rec, None));
+                        }
+                        bytes += report.len();
+                        ops.push(TxnOp::put(report_key, report, None));
+                        results.push((i, Ok(0)));
+                    }
+                    (Err(e), _) | (_, Err(e)) => results.push((i, Err(e))),
+                }
+            }
+            if bytes > MAX_TXN_BYTES && group.len() > 1 {
+                // Large reports: halves, each its own transaction.
+                let (a, b) = group.split_at(group.len() / 2);
+                let mut out = self.commit_reports(batch, a)?;
+                out.extend(self.commit_reports(batch, b)?);
+                return Ok(out);
+            }
+            if ops.is_empty() {
+                return Ok(results);
+            }
+            let compares: Vec<Compare> = snap
+                .iter()
+                .flat_map(|s| keys.iter().zip(&s.mod_revs))
+                .map(|(k, rev)| Compare::mod_revision(k.as_str(), CompareOp::Equal, *rev))
+                .collect();
+            let resp = self.txn(A, Txn::new().when(compares).and_then(ops))?;
+            if !resp.succeeded() {
+                // An agent record changed meanwhile (a Hello, a renewal): decide again.
+                continue;
+            }
+            let at = resp.header().map_or(0, |h| h.revision() as u64);
+            for (_, r) in &mut results {
+                if let Ok(pos) = r {
+                    *pos = at;
+                }
+            }
+            return Ok(results);
+        }
+        Err(StoreError::Io {
+            action: A,
+            reason: format!(
+                "agent records kept changing under concurrent writers; gave up after {} attempts",
+                super::MAX_ATTEMPTS
+            ),
+        })
+    }
+}
+
+/// Each report of a group (its index in the batch) with its result.
+type GroupResults = Vec<(usize, Result<u64, StoreError>)>;
+
+/// The same failure for each report of a group the store failed (StoreError is not Clone).
+fn group_failed(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Unavailable {
+            action,
+            endpoints,
+            reason,
+        } => StoreError::Unavailable {
+            action,
+            endpoints: endpoints.clone(),
+            reason: reason.clone(),
+        },
+        other => StoreError::Io {
+            action: "save report",
+            reason: other.to_string(),
+        },
+    }
+}
+
 impl Store for EtcdStore {
+    /// Each report is stored in one transaction with the agent record it changes: the
+    /// agent's `last_pass_seq` is never stored without its report. (Two writes, as the
+    /// trait's default makes, let a replica killed between them leave the pass number
+    /// recorded and the report not; the agent, never acknowledged, sends the report again
+    /// to another replica, which recognises the number, acknowledges, and stores
+    /// nothing: the report is lost.) Reports of different guests go together, up to
+    /// `MAX_TXN_KEYS` keys and 1 MiB per transaction: one read and one write per group
+    /// instead of three round trips per report.
+    fn put_reports(&self, batch: &[ReportWrite]) -> Vec<Result<u64, StoreError>> {
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        let mut group: Vec<usize> = Vec::new();
+        let mut guests = HashSet::new();
+        for (i, w) in batch.iter().enumerate() {
+            // A guest once per transaction (etcd refuses a key twice), two keys each.
+            if group.len() * 2 >= MAX_TXN_KEYS || !guests.insert(w.guest) {
+                groups.push(std::mem::take(&mut group));
+                guests.clear();
+                guests.insert(w.guest);
+            }
+            group.push(i);
+        }
+        groups.push(group);
+        let mut out: Vec<Option<Result<u64, StoreError>>> = batch.iter().map(|_| None).collect();
+        for group in groups.iter().filter(|g| !g.is_empty()) {
+            match self.commit_reports(batch, group) {
+                Ok(results) => {
+                    for (i, r) in results {
+                        out[i] = Some(r);
+                    }
+                }
+                Err(e) => {
+                    for i in group {
+                        out[*i] = Some(Err(group_failed(&e)));
+                    }
+                }
+            }
+        }
+        out.into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(StoreError::Io {
+                        action: "save report",
+                        reason: "no result for a report of the batch".into(),
+                    })
+                })
+            })
+            .collect()
+    }
+
     fn put_token(&self, token_hash: &str, rec: &TokenRecord) -> Result<(), StoreError> {
         self.put("save join token", self.token_key(token_hash), enc(rec)?)
     }
@@ -383,8 +562,17 @@ impl Store for EtcdStore {
         self.list_replica_addrs()
     }
 
-    fn forward_plans(&self, plans: &[(GuestId, DesiredRecord)]) -> Result<bool, StoreError> {
-        self.put_plans(plans).map(|()| true)
+    fn forward_plans(
+        &self,
+        plans: &[(GuestId, DesiredRecord)],
+        wait: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        self.put_plans(plans, super::forward::plan_lease_ttl(wait))
+            .map(|()| true)
+    }
+
+    fn forward_pass(&self, guest: GuestId, from: &str) -> Result<bool, StoreError> {
+        self.put_pass_request(guest, from).map(|()| true)
     }
 
     fn claim_job(

@@ -12,63 +12,148 @@
 
 use super::EtcdStore;
 use crate::store::{DesiredRecord, StoreError};
-use etcd_client::{GetOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{
+    Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
+};
 use phoenix_proto::model::{ApplyReport, GuestId};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-/// How long a forwarded plan and its report stay in etcd: longer than an operator
-/// waits for a plan.
-const PLAN_TTL: Duration = Duration::from_secs(300);
+/// The replica holding a guest's session by the answer to one claim of
+/// [`EtcdStore::sync_sessions`]; None when the claim was granted.
+fn holder_of(answer: &TxnOpResponse) -> Option<String> {
+    let TxnOpResponse::Txn(outer) = answer else {
+        return Some("an unknown replica".into());
+    };
+    if outer.succeeded() {
+        return None;
+    }
+    let Some(TxnOpResponse::Txn(inner)) = outer.op_responses().into_iter().next() else {
+        return Some("an unknown replica".into());
+    };
+    if inner.succeeded() {
+        return None;
+    }
+    match inner.op_responses().into_iter().next() {
+        Some(TxnOpResponse::Get(g)) => g
+            .kvs()
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
+        _ => None,
+    }
+    .or_else(|| Some("an unknown replica".into()))
+}
 
 impl EtcdStore {
     fn session_key(&self, replica: &str, g: GuestId) -> String {
         self.key(&format!("sessions/{replica}/{:010}", g.get()))
     }
 
-    /// Registers `open` and removes `closed` sessions of `replica`, under its lease (in
-    /// transactions of at most `MAX_TXN_KEYS` operations); returns the lease used. A
-    /// lease that changed (the old one expired) means every registration is to be put
-    /// again: the caller compares.
+    fn holder_key(&self, g: GuestId) -> String {
+        self.key(&format!("holders/{:010}", g.get()))
+    }
+
+    /// Claims and registers `open` sessions and removes `closed` ones of `replica`,
+    /// under its lease, in transactions of at most `MAX_TXN_KEYS` guests; returns the
+    /// lease used and the guests of `open` another replica holds (with its name), which
+    /// this replica must not serve. A lease that changed (the old one expired) means every
+    /// registration is to be put again: the caller compares.
+    ///
+    /// One live session per identity across the cluster: `holders/<guest>` names the one
+    /// replica holding the guest's session, under that replica's lease. A claim puts it
+    /// (and `sessions/<replica>/<guest>`) only if it is absent or already this replica's,
+    /// each guest in a nested transaction of one request, so two replicas racing for a
+    /// guest end with exactly one holder, and a replica that dies lets its guests go when
+    /// its lease expires. A removal deletes the holder key only if it is still this
+    /// replica's.
     pub fn sync_sessions(
         &self,
         replica: &str,
         open: &[GuestId],
         closed: &[GuestId],
-    ) -> Result<i64, StoreError> {
+    ) -> Result<(i64, HashMap<GuestId, String>), StoreError> {
         const A: &str = "register agent sessions";
         let lease = self.lease_id(A)?;
-        let mut ops: Vec<TxnOp> = open
-            .iter()
-            .map(|g| {
-                TxnOp::put(
-                    self.session_key(replica, *g),
-                    replica,
-                    Some(PutOptions::new().with_lease(lease)),
-                )
-            })
-            .collect();
-        ops.extend(
-            closed
+        let under = || Some(PutOptions::new().with_lease(lease));
+        let mut lost = HashMap::new();
+        for chunk in open.chunks(super::MAX_TXN_KEYS) {
+            let claims: Vec<TxnOp> = chunk
                 .iter()
-                .map(|g| TxnOp::delete(self.session_key(replica, *g), None)),
-        );
-        for chunk in ops.chunks(super::MAX_TXN_KEYS) {
-            match self.txn(A, Txn::new().and_then(chunk.to_vec())) {
-                Err(StoreError::Io { reason, .. }) if reason.contains("lease not found") => {
-                    // Expired before the keep-alive noticed: the next sync takes a new one.
-                    self.forget_lease(lease);
-                    return Err(StoreError::Io {
-                        action: A,
-                        reason: format!("lease {lease:x} expired; registering again"),
-                    });
-                }
-                r => {
-                    r?;
+                .map(|g| {
+                    let (holder, session) = (self.holder_key(*g), self.session_key(replica, *g));
+                    let take = vec![
+                        TxnOp::put(holder.as_str(), replica, under()),
+                        TxnOp::put(session.as_str(), replica, under()),
+                    ];
+                    let mine_or_who = Txn::new()
+                        .when([Compare::value(holder.as_str(), CompareOp::Equal, replica)])
+                        .and_then(take.clone())
+                        .or_else([TxnOp::get(holder.as_str(), None)]);
+                    TxnOp::txn(
+                        Txn::new()
+                            .when([Compare::create_revision(
+                                holder.as_str(),
+                                CompareOp::Equal,
+                                0,
+                            )])
+                            .and_then(take)
+                            .or_else([TxnOp::txn(mine_or_who)]),
+                    )
+                })
+                .collect();
+            let resp = self.lease_txn(A, lease, Txn::new().and_then(claims))?;
+            let answers = resp.op_responses();
+            if answers.len() != chunk.len() {
+                return Err(StoreError::Io {
+                    action: A,
+                    reason: format!(
+                        "claimed {} sessions, got {} answers",
+                        chunk.len(),
+                        answers.len()
+                    ),
+                });
+            }
+            for (g, answer) in chunk.iter().zip(answers) {
+                if let Some(other) = holder_of(&answer) {
+                    lost.insert(*g, other);
                 }
             }
         }
-        Ok(lease)
+        let mut ops: Vec<TxnOp> = Vec::with_capacity(closed.len() * 2);
+        for g in closed {
+            let holder = self.holder_key(*g);
+            ops.push(TxnOp::txn(
+                Txn::new()
+                    .when([Compare::value(holder.as_str(), CompareOp::Equal, replica)])
+                    .and_then([TxnOp::delete(holder.as_str(), None)]),
+            ));
+            ops.push(TxnOp::delete(self.session_key(replica, *g), None));
+        }
+        for chunk in ops.chunks(super::MAX_TXN_KEYS) {
+            self.lease_txn(A, lease, Txn::new().and_then(chunk.to_vec()))?;
+        }
+        Ok((lease, lost))
+    }
+
+    /// A transaction putting keys under `lease`; a lease etcd no longer knows is dropped
+    /// here so the next sync takes a new one.
+    fn lease_txn(
+        &self,
+        action: &'static str,
+        lease: i64,
+        txn: Txn,
+    ) -> Result<TxnResponse, StoreError> {
+        match self.txn(action, txn) {
+            Err(StoreError::Io { reason, .. }) if reason.contains("lease not found") => {
+                // Expired before the keep-alive noticed: the next sync takes a new one.
+                self.forget_lease(lease);
+                Err(StoreError::Io {
+                    action,
+                    reason: format!("lease {lease:x} expired; registering again"),
+                })
+            }
+            r => r,
+        }
     }
 
     /// The sessions registered for `replica` under `lease` (what is really in etcd).
@@ -119,20 +204,17 @@ impl EtcdStore {
     }
 
     /// Forwards dry runs to whichever replica holds each guest's session: one lease of
-    /// `PLAN_TTL` for the whole plan, `plans/<guest>` under it.
-    pub fn put_plans(&self, plans: &[(GuestId, DesiredRecord)]) -> Result<(), StoreError> {
+    /// `ttl` for the whole plan (`forward::plan_lease_ttl`), `plans/<guest>` under it.
+    pub fn put_plans(
+        &self,
+        plans: &[(GuestId, DesiredRecord)],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
         const A: &str = "forward a plan";
         if plans.is_empty() {
             return Ok(());
         }
-        let client = self.client.clone();
-        let secs = PLAN_TTL.as_secs() as i64;
-        let lease = self
-            .call(A, move || {
-                let mut client = client.clone();
-                async move { client.lease_grant(secs, None).await }
-            })?
-            .id();
+        let lease = self.grant(A, ttl)?;
         let mut ops = Vec::with_capacity(plans.len());
         let mut batch_bytes = 0;
         let mut batches = Vec::new();

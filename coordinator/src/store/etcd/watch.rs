@@ -35,6 +35,8 @@ pub enum Change {
     Plan(GuestId, i64, DesiredRecord),
     /// A guest's answer to a forwarded dry run.
     PlanReport(GuestId, ApplyReport),
+    /// Replica `from` asks for a pass of the guest now (`phoenix converge`).
+    Pass { guest: GuestId, from: String },
     /// A replica registered (or changed) its address.
     Replicas,
     /// The feed could not resume where it stopped (compacted): re-read everything.
@@ -179,13 +181,19 @@ fn decode(rest: &str, value: &[u8], mod_revision: i64, lease: i64) -> Option<Cha
     match dir {
         "sessions" => return session(rest, true),
         "replicas" => return Some(Change::Replicas),
-        "desired" | "reports" | "agents" | "plans" | "plan_reports" => {}
+        "desired" | "reports" | "agents" | "plans" | "plan_reports" | "converge" => {}
         _ => return None,
     }
     let guest = id
         .parse::<u32>()
         .ok()
         .and_then(|n| GuestId::try_from(n).ok())?;
+    if dir == "converge" {
+        return Some(Change::Pass {
+            guest,
+            from: String::from_utf8_lossy(value).into_owned(),
+        });
+    }
     let bad = |e: serde_json::Error| {
         tracing::warn!(key = rest, error = %e, "change feed: unreadable record skipped");
     };
