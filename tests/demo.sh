@@ -4,8 +4,11 @@
 # temporary directory, converged and reported; then the status table. Cleans up after.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --bins -p phoenix-coordinator -p phoenix-agent
+cargo build --release --bins -p phoenix-coordinator
+# The agent as guests run it: the size-optimised profile.
+cargo build --profile release-agent --bin phoenix-agent -p phoenix-agent
 bin="$PWD/target/release"
+agent_bin="$PWD/target/release-agent"
 work="$(mktemp -d /tmp/phoenix-demo.XXXXXX)"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
@@ -21,9 +24,9 @@ for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
 
 echo "== enroll guest 101 with a one-time token"
 token="$(phoenix token create --guest 101 --ttl 5m 2>/dev/null)"
-"$bin/phoenix-agent" --state-dir "$work/agent-101" join "$token"
+"$agent_bin/phoenix-agent" --state-dir "$work/agent-101" join "$token"
 mkdir -p "$work/guest-root"
-"$bin/phoenix-agent" --state-dir "$work/agent-101" run --file-root "$work/guest-root" \
+"$agent_bin/phoenix-agent" --state-dir "$work/agent-101" run --file-root "$work/guest-root" \
   >"$work/agent.log" 2>&1 &
 pids+=($!)
 

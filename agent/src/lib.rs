@@ -7,6 +7,7 @@
 //! `state` own the identity on disk.
 
 pub mod certs;
+pub mod cli;
 pub mod config;
 pub mod enroll;
 pub mod exec;

@@ -1,211 +1,14 @@
-use clap::parser::ValueSource;
-use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use phoenix_agent::certs::SessionSigner;
-use phoenix_agent::config::{self, AgentConfig};
+use phoenix_agent::cli::{Cli, Command};
 use phoenix_agent::host::{self, HostOptions};
 use phoenix_agent::reconcile::{Engine, Stop, Trigger};
 use phoenix_agent::runtime::{self, Options};
 use phoenix_agent::state::StateDir;
-use phoenix_proto::model::{DesiredState, GuestId, GuestSpec, Status};
+use phoenix_proto::model::{DesiredState, GuestSpec, Status};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
-
-#[derive(Parser, Debug)]
-#[command(
-    name = "phoenix-agent",
-    version,
-    about = "Phoenix agent: keeps this guest converged to its desired state"
-)]
-struct Cli {
-    #[arg(
-        long,
-        global = true,
-        env = "PHOENIX_AGENT_STATE_DIR",
-        default_value = phoenix_agent::state::DEFAULT_STATE_DIR
-    )]
-    state_dir: PathBuf,
-    /// Options file (every `run` flag under its name, and `state-dir`); default:
-    /// /etc/phoenix-agent/agent.toml when it exists. Flags win over the file.
-    #[arg(long, global = true, env = "PHOENIX_AGENT_CONFIG")]
-    config: Option<PathBuf>,
-    #[command(subcommand)]
-    command: Command,
-}
-
-/// True when the user gave this argument (flag or environment), so it beats the file.
-/// `m` may not know `id` at all (a flag of another subcommand): then it was not given.
-fn given(m: &ArgMatches, id: &str) -> bool {
-    m.ids().any(|i| i.as_str() == id)
-        && matches!(
-            m.value_source(id),
-            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-        )
-}
-
-impl Cli {
-    /// Parses the command line (exiting on a usage error, as clap does) and fills what
-    /// was not given from the config file.
-    fn parse_with_config() -> Result<Cli, config::ConfigError> {
-        let matches = Cli::command().get_matches();
-        let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-        let (path, explicit) = match &cli.config {
-            Some(p) => (p.clone(), true),
-            None => (PathBuf::from(config::DEFAULT_PATH), false),
-        };
-        let file = AgentConfig::load(&path, explicit)?;
-        let sub = matches.subcommand().map(|(_, m)| m);
-        let given_anywhere = |id: &str| given(&matches, id) || sub.is_some_and(|m| given(m, id));
-        if let Some(d) = file.state_dir
-            && !given_anywhere("state_dir")
-        {
-            cli.state_dir = d.0;
-        }
-        let roots = file
-            .file_root
-            .map(|r| r.into_iter().map(|d| d.0).collect::<Vec<_>>());
-        match &mut cli.command {
-            Command::Run {
-                policy,
-                drift_interval,
-                backoff_max,
-                shutdown_deadline,
-                session_open_timeout,
-            } => {
-                for (value, from_file, id) in [
-                    (drift_interval, file.drift_interval, "drift_interval"),
-                    (backoff_max, file.backoff_max, "backoff_max"),
-                    (
-                        shutdown_deadline,
-                        file.shutdown_deadline,
-                        "shutdown_deadline",
-                    ),
-                    (
-                        session_open_timeout,
-                        file.session_open_timeout,
-                        "session_open_timeout",
-                    ),
-                ] {
-                    if let Some(s) = from_file
-                        && !given_anywhere(id)
-                    {
-                        *value = s.0;
-                    }
-                }
-                if let Some(r) = roots
-                    && !given_anywhere("file_roots")
-                {
-                    policy.file_roots = r;
-                }
-            }
-            Command::Apply { policy, .. } => {
-                if let Some(r) = roots
-                    && !given_anywhere("file_roots")
-                {
-                    policy.file_roots = r;
-                }
-            }
-            Command::Join { .. } | Command::Generate { .. } => {}
-        }
-        Ok(cli)
-    }
-}
-
-#[derive(clap::Args, Debug)]
-struct Policy {
-    /// Directory under which managed files may live (repeatable).
-    #[arg(long = "file-root", default_values = ["/etc", "/opt", "/srv", "/var/www", "/usr/local"])]
-    file_roots: Vec<PathBuf>,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Enroll with a one-time token from `phoenix token create`.
-    Join {
-        #[arg(required_unless_present = "token_file")]
-        token: Option<String>,
-        /// Read the token from this file instead (keeps it out of the process list;
-        /// `phoenix guest install` pushes it as a 0600 file).
-        #[arg(long, conflicts_with = "token")]
-        token_file: Option<PathBuf>,
-        /// Guest id to enroll as; defaults to the token's.
-        #[arg(long)]
-        guest: Option<GuestId>,
-    },
-    /// Connect to the coordinator and keep this guest converged.
-    Run {
-        #[command(flatten)]
-        policy: Policy,
-        /// Re-check the desired state this often (seconds).
-        #[arg(long, default_value_t = 300)]
-        drift_interval: u64,
-        /// Cap of the reconnect backoff (seconds).
-        #[arg(long, default_value_t = 30)]
-        backoff_max: u64,
-        /// On SIGTERM/SIGINT, wait this long for the pass in progress (seconds).
-        #[arg(long, default_value_t = 80)]
-        shutdown_deadline: u64,
-        /// Give up on a session whose opening the coordinator does not answer within this
-        /// many seconds, and reconnect. Hidden: for tests and incident work.
-        #[arg(long, default_value_t = 60, hide = true)]
-        session_open_timeout: u64,
-    },
-    /// Converge a local spec file once, without a coordinator.
-    Apply {
-        #[arg(short = 'f', long = "file")]
-        file: PathBuf,
-        #[arg(long)]
-        dry_run: bool,
-        /// Print the report as JSON.
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        policy: Policy,
-    },
-    /// Write man pages or shell completions (for packaging).
-    #[command(hide = true)]
-    Generate {
-        #[arg(value_enum)]
-        what: Generated,
-        /// Directory to write into (created).
-        dir: PathBuf,
-    },
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-enum Generated {
-    /// phoenix-agent.1 and phoenix-agent-<command>.1.
-    Man,
-    /// bash (phoenix-agent), zsh (_phoenix-agent) and fish (phoenix-agent.fish).
-    Completions,
-}
-
-/// `phoenix-agent generate man|completions DIR`: made from these clap definitions, so the
-/// package never ships documentation that drifted from the flags (as `phoenix generate`).
-fn generate(what: Generated, dir: &std::path::Path) -> Result<(), MainError> {
-    let failed = |e: std::io::Error| MainError::Generate {
-        what,
-        dir: dir.to_owned(),
-        source: e,
-    };
-    std::fs::create_dir_all(dir).map_err(failed)?;
-    let mut cmd = Cli::command();
-    match what {
-        Generated::Man => clap_mangen::generate_to(cmd, dir).map_err(failed)?,
-        Generated::Completions => {
-            for shell in [
-                clap_complete::Shell::Bash,
-                clap_complete::Shell::Zsh,
-                clap_complete::Shell::Fish,
-            ] {
-                clap_complete::generate_to(shell, &mut cmd, "phoenix-agent", dir)
-                    .map_err(failed)?;
-            }
-        }
-    }
-    Ok(())
-}
 
 #[derive(Debug, thiserror::Error)]
 enum MainError {
@@ -221,12 +24,6 @@ enum MainError {
     TokenFile { path: PathBuf, reason: String },
     #[error("start runtime: {0}")]
     Runtime(std::io::Error),
-    #[error("write {what:?} into {dir}: {source}")]
-    Generate {
-        what: Generated,
-        dir: PathBuf,
-        source: std::io::Error,
-    },
 }
 
 fn main() -> ExitCode {
@@ -322,16 +119,8 @@ async fn shutdown_signal() {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, MainError> {
-    let state = match &cli.command {
-        // Packaging runs this on the build machine: no state directory to open there.
-        Command::Generate { what, dir } => {
-            generate(*what, dir)?;
-            return Ok(ExitCode::SUCCESS);
-        }
-        _ => StateDir::open(&cli.state_dir)?,
-    };
+    let state = StateDir::open(&cli.state_dir)?;
     match cli.command {
-        Command::Generate { .. } => Ok(ExitCode::SUCCESS),
         Command::Join {
             token,
             token_file,

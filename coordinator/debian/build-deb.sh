@@ -9,7 +9,9 @@
 # ship: for shipping target/release-agent, the size-optimised profile
 # (`cargo build --profile release-agent -p phoenix-agent`; the agent idles in every guest).
 # Binaries are copied without debug info. Man pages and completions are generated from the
-# clap definitions by `phoenix generate` / `phoenix-agent generate`.
+# clap definitions by `phoenix generate` / `phoenix-agent-docs` (built beside the agent by
+# `cargo build -p phoenix-agent`; a build-machine tool, so the shipped agent carries no
+# generator).
 set -eu
 
 pkg=${1:?usage: build-deb.sh phoenix|phoenix-agent BIN_DIR OUT_DIR [AGENT_BIN_DIR]}
@@ -24,6 +26,9 @@ case "$pkg" in
 phoenix)
     src=$repo/coordinator/debian
     binary=phoenix
+    # The coordinator writes its own (hidden `phoenix generate`).
+    generator=$bin_dir/phoenix
+    generate_cmd=generate
     # groupadd/groupdel in the maintainer scripts.
     also_depends=", passwd"
     description="Phoenix coordinator: desired state for every guest of a Proxmox host"
@@ -32,6 +37,8 @@ phoenix-agent)
     src=$repo/agent/debian
     binary=phoenix-agent
     bin_dir=$agent_dir
+    generator=$bin_dir/phoenix-agent-docs
+    generate_cmd=""
     also_depends=""
     description="Phoenix agent: converges this guest to the state its coordinator holds"
     ;;
@@ -66,13 +73,13 @@ else
     echo /etc/phoenix-agent/agent.toml >"$root/DEBIAN/conffiles"
 fi
 
-# Man pages and completions from the binary's own clap definitions (hidden `generate`).
-"$bin_dir/$binary" generate man "$stage/man"
+# Man pages and completions from the binary's own clap definitions.
+"$generator" $generate_cmd man "$stage/man"
 install -d "$root/usr/share/man/man1"
 for page in "$stage"/man/*.1; do
     gzip -9n <"$page" >"$root/usr/share/man/man1/$(basename "$page").gz"
 done
-"$bin_dir/$binary" generate completions "$stage/completions"
+"$generator" $generate_cmd completions "$stage/completions"
 install -D -m 0644 "$stage/completions/$binary.bash" "$root/usr/share/bash-completion/completions/$binary"
 install -D -m 0644 "$stage/completions/_$binary" "$root/usr/share/zsh/vendor-completions/_$binary"
 install -D -m 0644 "$stage/completions/$binary.fish" "$root/usr/share/fish/vendor_completions.d/$binary.fish"

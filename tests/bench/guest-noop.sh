@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # No-op converge of the LXC 101 state (nginx package, 3 files, a certificate stand-in, the
 # nginx service) inside one systemd guest container (tests/setup/30-guest.sh), timed for:
-#   phoenix-agent apply (release build) · salt-call --local state.apply · ansible-playbook
+#   phoenix-agent apply (release-agent build, as shipped) · salt-call --local state.apply · ansible-playbook
 # Same machine, same container, same run; the tools alternate, REPS runs each; every timed run
 # is checked to have changed nothing. Prints each time and the medians and ratios.
 #
@@ -15,8 +15,8 @@ REPS="${REPS:-7}"
 source tests/setup/30-guest.sh
 bench_image="${PHOENIX_GUEST_IMAGE/phoenix-guest:/phoenix-guest-bench:}"
 target="${CARGO_TARGET_DIR:-target}"
-cargo build --release -q -p phoenix-agent
-agent="$(realpath "$target/release/phoenix-agent")"
+cargo build --profile release-agent -q -p phoenix-agent --bin phoenix-agent
+agent="$(realpath "$target/release-agent/phoenix-agent")"
 work="$(mktemp -d /tmp/phoenix-bench.XXXXXX)"
 name="phoenix-bench-$$"
 cleanup() { docker rm -f "$name" >/dev/null 2>&1 || true; rm -rf "$work"; }

@@ -35,6 +35,29 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// The agent as shipped, for the benchmarks: `BENCH_AGENT` when set, else
+/// `target/release-agent/phoenix-agent` (`cargo build --profile release-agent -p
+/// phoenix-agent`), the size-optimised build every guest runs, beside the benchmark's own
+/// `target/<profile>`.
+pub fn shipped_agent() -> PathBuf {
+    if let Some(p) = std::env::var_os("BENCH_AGENT") {
+        return PathBuf::from(p);
+    }
+    let profile_dir = bin("phoenix")
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let path = profile_dir
+        .with_file_name("release-agent")
+        .join("phoenix-agent");
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo build --profile release-agent -p phoenix-agent` first",
+        path.display()
+    );
+    path
+}
+
 /// Polls `f` every 50 ms until it returns `Some`, or panics with `what` after `timeout`.
 pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;

@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 
 /// A guest service certificate (nginx, Traefik, Portainer). The key is generated in the
 /// guest and never leaves it; the coordinator signs the CSR.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CertSpec {
     pub name: SimpleName,
@@ -42,7 +43,8 @@ pub struct CertSpec {
     pub depends_on: Vec<ResourceRef>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Reload {
     /// `systemctl reload <unit>`.

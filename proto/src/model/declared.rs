@@ -10,7 +10,8 @@ use std::net::IpAddr;
 
 /// What the configs declare about the guest itself. The agent cannot change these
 /// (Proxmox does), so they are compared with what the agent observes, not applied.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Declared {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cores: Option<u32>,
@@ -28,7 +29,8 @@ pub struct Declared {
 }
 
 /// A declared mount point or volume, as the guest should see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct DeclaredMount {
     /// Where the guest sees it.
     pub path: String,
@@ -37,7 +39,8 @@ pub struct DeclaredMount {
     pub source: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum MountSource {
     /// LXC bind mount of a host directory: inside the guest it shows the host's filesystem,

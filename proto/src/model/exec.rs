@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 /// A command for the steps that truly need one. Runs argv directly (no shell) unless the
 /// argv itself is `["/bin/sh", "-c", ...]`; guarded so repeated passes are no-ops.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ExecSpec {
     pub name: SimpleName,

@@ -5,9 +5,8 @@ use std::path::{Component, Path};
 
 /// An absolute, lexically normalized path: no `.`/`..` components, no NUL, no trailing
 /// slash. Whether it lies under an allowed root is the agent's check, not the model's.
-#[derive(
-    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema,
-)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(try_from = "String", into = "String")]
 pub struct AbsPath(String);
 
@@ -52,7 +51,8 @@ impl fmt::Display for AbsPath {
 }
 
 /// Permission bits, written in JSON as an octal string ("0644") so they read as in `ls -l`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(try_from = "String", into = "String")]
 pub struct FileMode(u32);
 
@@ -78,9 +78,8 @@ impl From<FileMode> for String {
     }
 }
 
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Ensure {
     #[default]
@@ -89,7 +88,8 @@ pub enum Ensure {
 }
 
 /// A managed regular file, written atomically.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct FileSpec {
     pub path: AbsPath,

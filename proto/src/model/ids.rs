@@ -4,19 +4,8 @@ use std::fmt;
 
 /// A Proxmox guest id (LXC CTID or VM vmid). Proxmox allows 100..=999999999; we accept
 /// 1.. so small test ids work, and reject 0 (protobuf's "unset").
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Serialize,
-    Deserialize,
-    schemars::JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(try_from = "u32", into = "u32")]
 pub struct GuestId(u32);
 
@@ -61,9 +50,8 @@ impl fmt::Display for GuestId {
 }
 
 /// `<kind>:<name>`, how resources name each other in `depends_on`.
-#[derive(
-    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema,
-)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(try_from = "String", into = "String")]
 pub struct ResourceRef(String);
 

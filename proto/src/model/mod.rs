@@ -66,7 +66,8 @@ pub enum ModelError {
 // Specs are built once per pass and matched on everywhere; boxing the big variants would
 // only make every handler's pattern noisier.
 #[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Resource {
     File(FileSpec),
@@ -153,14 +154,16 @@ impl Resource {
 /// Only obtainable validated: through [`GuestSpec::new`] or deserialization, which runs
 /// the same checks (every resource, duplicates, unknown dependencies, cycles). So the
 /// agent's own `desired.json`, a wire message and a compiled config are held to one rule.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(try_from = "RawGuestSpec")]
 pub struct GuestSpec {
     resources: Vec<Resource>,
 }
 
 /// The JSON shape of a `GuestSpec` before validation.
-#[derive(Deserialize, schemars::JsonSchema)]
+#[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawGuestSpec {
     #[serde(default)]

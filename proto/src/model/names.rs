@@ -20,8 +20,8 @@ macro_rules! name_type {
             Hash,
             serde::Serialize,
             serde::Deserialize,
-            schemars::JsonSchema,
         )]
+        #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
         #[serde(try_from = "String", into = "String")]
         pub struct $name(String);
 

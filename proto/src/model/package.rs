@@ -2,9 +2,8 @@ use super::secret::SecretRef;
 use super::{PackageName, ResourceRef, SimpleName};
 use serde::{Deserialize, Serialize};
 
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum PackageState {
     #[default]
@@ -15,7 +14,8 @@ pub enum PackageState {
 }
 
 /// An apt/dpkg package.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PackageSpec {
     pub name: PackageName,
@@ -56,7 +56,8 @@ impl PackageSpec {
 
 /// An apt source (deb822 `.sources` file under /etc/apt/sources.list.d) with its
 /// signing key, e.g. the Docker or NVIDIA repository.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AptSourceSpec {
     /// File stem: `/etc/apt/sources.list.d/<name>.sources`.
@@ -75,7 +76,8 @@ pub struct AptSourceSpec {
 }
 
 /// Where a key's bytes come from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum KeySource {
     /// Inline ASCII-armored key (public keys are not secrets).

@@ -3,7 +3,8 @@ use super::{AbsPath, AccountName, Ensure, EnvName, ResourceRef, SimpleName, Unit
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum RunState {
     Running,
@@ -11,7 +12,8 @@ pub enum RunState {
 }
 
 /// A systemd service: a unit Phoenix generates, or drop-ins for a unit it does not own.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
     /// Unit name including the suffix, e.g. `vllm_model_server.service`.
@@ -40,7 +42,8 @@ pub struct ServiceSpec {
 }
 
 /// The declarative body of a generated unit.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct UnitSpec {
     #[serde(default)]
@@ -80,7 +83,8 @@ pub struct UnitSpec {
     pub limits: Option<ResourceLimits>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ResourceLimits {
     /// `MemoryMax=`, e.g. "4G".

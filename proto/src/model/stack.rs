@@ -1,5 +1,7 @@
 use super::ResourceRef;
-use super::compose::{ComposeProject, ParseOptions, parse_with};
+use super::compose::ComposeProject;
+#[cfg(any(test, feature = "compose-text"))]
+use super::compose::{ParseOptions, parse_with};
 use super::secret::SecretRef;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -9,7 +11,8 @@ use std::collections::BTreeMap;
 /// ([`super::compose::parse`]); deserializing a spec runs the project's checks again, so
 /// the agent accepts exactly what the compiler does. Secrets are never part of it: a
 /// container gets them from an `env_file` or a bind-mounted file on the guest.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(try_from = "StackSpecWire")]
 pub struct StackSpec {
     /// Compose project name (`com.docker.compose.project`-like label `phoenix.stack`).
@@ -57,7 +60,8 @@ pub const DEFAULT_PROJECTS_DIR: &str = "/srv/phoenix/stacks";
 /// shape written before 0008 (`compose` YAML text plus `variables`), which it parses with
 /// the model's parser: a desired state persisted by an older agent or stored by an older
 /// coordinator still loads. That shape is never written and not in the schema.
-#[derive(Deserialize, schemars::JsonSchema)]
+#[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct StackSpecWire {
     name: String,
@@ -66,10 +70,12 @@ struct StackSpecWire {
     #[serde(default)]
     project: Option<ComposeProject>,
     #[serde(default)]
-    #[schemars(skip)]
+    #[cfg_attr(feature = "schema", schemars(skip))]
     compose: Option<String>,
     #[serde(default)]
-    #[schemars(skip)]
+    #[cfg_attr(feature = "schema", schemars(skip))]
+    // Accepted (the shape has it) but only the parser reads it.
+    #[cfg_attr(not(any(test, feature = "compose-text")), allow(dead_code))]
     variables: BTreeMap<String, String>,
     #[serde(default)]
     labels: BTreeMap<String, Vec<String>>,
@@ -94,6 +100,7 @@ impl TryFrom<StackSpecWire> for StackSpec {
     fn try_from(w: StackSpecWire) -> Result<Self, String> {
         let project = match (w.project, w.compose) {
             (Some(p), None) => p,
+            #[cfg(any(test, feature = "compose-text"))]
             (None, Some(text)) => {
                 let opts = ParseOptions {
                     variables: w.variables,
@@ -104,6 +111,16 @@ impl TryFrom<StackSpecWire> for StackSpec {
                     withheld: Default::default(),
                 };
                 parse_with(&text, &opts).map_err(|e| format!("stack {}: {e}", w.name))?
+            }
+            // A build without the parser (the agent) cannot read the older shape; the
+            // coordinator, which parses it, sends the current shape on the next session.
+            #[cfg(not(any(test, feature = "compose-text")))]
+            (None, Some(_)) => {
+                return Err(format!(
+                    "stack {}: the older compose-text shape is read only by the coordinator; \
+                     it sends this state again as a parsed project",
+                    w.name
+                ));
             }
             (Some(_), Some(_)) => {
                 return Err(format!(
@@ -129,7 +146,8 @@ impl TryFrom<StackSpecWire> for StackSpec {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct StackFile {
     pub path: super::AbsPath,

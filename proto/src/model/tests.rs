@@ -257,6 +257,7 @@ fn deserializing_runs_the_whole_validation() {
     );
 }
 
+#[cfg(feature = "schema")]
 #[test]
 fn schema_describes_the_raw_shape() {
     let schema = serde_json::to_value(schemars::schema_for!(GuestSpec)).expect("json");

@@ -6,7 +6,7 @@
 //! Run: `cargo build --release -p phoenix-coordinator -p phoenix-tests --bin phoenix
 //!  --bin bench_agent && cargo build --profile release-agent -p phoenix-agent &&
 //!  target/release/bench_agent [--idle SECS] target/release-agent/phoenix-agent [OTHER…]`
-//! (default binary: `phoenix-agent` next to this one; default idle time 30 s).
+//! (default binary: the shipped `target/release-agent/phoenix-agent`; default idle 30 s).
 
 use phoenix_tests::spine::{Coordinator, converged, files_spec, guest_status, write_spec};
 use phoenix_tests::wait_for;
@@ -92,7 +92,7 @@ fn main() -> Res<()> {
         }
     }
     if bins.is_empty() {
-        bins.push(phoenix_tests::bin("phoenix-agent"));
+        bins.push(phoenix_tests::shipped_agent());
     }
     let work = tempfile::tempdir()?;
     let c = Coordinator::start(&work.path().join("coordinator"), &[]);

@@ -8,9 +8,10 @@
 //! events the coordinator dropped and how often a watcher fell behind (its metrics); the
 //! load average, since ratios within one run are what a shared machine can show.
 //!
-//! Run: `cargo build --release -p phoenix-coordinator -p phoenix-agent --bin phoenix
-//! --bin phoenix-agent && cargo build --release -p phoenix-tests --bin bench_spine &&
-//! target/release/bench_spine 1000 10000`. `BENCH_PHOENIX=PATH` runs another coordinator
+//! Run: `cargo build --release -p phoenix-coordinator --bin phoenix && cargo build
+//! --profile release-agent -p phoenix-agent && cargo build --release -p phoenix-tests --bin
+//! bench_spine && target/release/bench_spine 1000 10000`. The real agent is the shipped
+//! `release-agent` build (`BENCH_AGENT=PATH` runs another). `BENCH_PHOENIX=PATH` runs another coordinator
 //! binary (before/after), `BENCH_COORDINATOR_WRAP="heaptrack -o FILE"` a profiler.
 
 use phoenix_coordinator::admin_client;
@@ -546,8 +547,10 @@ async fn run_n(n: u32, rounds: u32, work: &Path, ca_args: &[String]) -> Res<()> 
     Ok(())
 }
 
-/// One real agent, enrolled and connected, idle for `secs`.
+/// One real agent (the shipped `release-agent` build), enrolled and connected, idle for
+/// `secs`.
 async fn agent_rss(work: &Path, secs: u64) -> Res<()> {
+    let agent_bin = phoenix_tests::shipped_agent();
     let dir = work.join("agent-rss");
     std::fs::create_dir_all(&dir)?;
     let socket = dir.join("admin.sock");
@@ -576,7 +579,7 @@ async fn agent_rss(work: &Path, secs: u64) -> Res<()> {
         .into_inner()
         .token;
     let st = dir.join("agent");
-    let ok = Command::new(bin("phoenix-agent"))
+    let ok = Command::new(&agent_bin)
         .arg("--state-dir")
         .arg(&st)
         .arg("join")
@@ -587,7 +590,7 @@ async fn agent_rss(work: &Path, secs: u64) -> Res<()> {
     }
     std::fs::create_dir_all(dir.join("root"))?;
     let agent = Daemon(
-        Command::new(bin("phoenix-agent"))
+        Command::new(&agent_bin)
             .arg("--state-dir")
             .arg(&st)
             .arg("run")
@@ -620,10 +623,11 @@ async fn agent_rss(work: &Path, secs: u64) -> Res<()> {
         .find(|l| l.starts_with("RssAnon:"))
         .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string())
         .unwrap_or_default();
-    let size = std::fs::metadata(bin("phoenix-agent"))?.len();
+    let size = std::fs::metadata(&agent_bin)?.len();
     println!(
-        "real agent idle RSS: {early} kB after 5 s, {late} kB after {} s (RssAnon {anon} kB); phoenix-agent binary {size} bytes",
-        secs + 5
+        "real agent idle RSS: {early} kB after 5 s, {late} kB after {} s (RssAnon {anon} kB); phoenix-agent binary {size} bytes ({})",
+        secs + 5,
+        agent_bin.display()
     );
     drop(daemon);
     Ok(())

@@ -34,21 +34,35 @@
 //! `ipc`, `userns_mode`) are refused, each with its reason.
 
 pub mod dockerignore;
-mod extends;
 pub mod grants;
 mod image;
-mod interpolate;
-mod parse;
-mod raw;
-mod resources;
-mod scalar;
-mod service;
-mod syntax;
 mod types;
 mod validate;
 
+// The parser (YAML text to `ComposeProject`), behind the `compose-text` feature: the
+// coordinator compiles Compose files; the agent receives projects already parsed and
+// only deserializes and validates them (issue 14: the YAML stack is ~0.5 MB of its binary).
+#[cfg(any(test, feature = "compose-text"))]
+mod extends;
+#[cfg(any(test, feature = "compose-text"))]
+mod interpolate;
+#[cfg(any(test, feature = "compose-text"))]
+mod parse;
+#[cfg(any(test, feature = "compose-text"))]
+mod raw;
+#[cfg(any(test, feature = "compose-text"))]
+mod resources;
+#[cfg(any(test, feature = "compose-text"))]
+mod scalar;
+#[cfg(any(test, feature = "compose-text"))]
+mod service;
+#[cfg(any(test, feature = "compose-text"))]
+mod syntax;
+
+#[cfg(any(test, feature = "compose-text"))]
 pub use extends::FileReader;
 pub use image::ImageRef;
+#[cfg(any(test, feature = "compose-text"))]
 pub use parse::{ParseOptions, parse, parse_with};
 pub use types::{
     Addresses, Build, ComposeProject, Condition, DeviceRequest, Healthcheck, Ipam, IpamPool,
@@ -58,6 +72,9 @@ pub use types::{
 /// Labels under this prefix belong to Phoenix (the agent marks its objects with them); a
 /// Compose file may not set them.
 pub const LABEL_PREFIX: &str = "phoenix.";
+
+/// Most containers one service may ask for; a bound against a hostile `replicas`.
+const MAX_REPLICAS: u32 = 100;
 
 /// The network every service without a `networks` key joins, as in Compose.
 pub const DEFAULT_NETWORK: &str = "default";

@@ -14,7 +14,7 @@ use super::syntax::{
     shell_words,
 };
 use super::types::{Addresses, Condition, Healthcheck, Logging, Mount, MountKind, Service, Ulimit};
-use super::{ComposeError, ImageRef, invalid};
+use super::{ComposeError, ImageRef, MAX_REPLICAS, invalid};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// A converted service and what profile selection needs to know about it.
@@ -506,9 +506,6 @@ pub(super) fn duration(vars: &Vars, field: &str, v: &str) -> Result<i64, Compose
     let v = vars.s(field, v)?;
     parse_duration(&v).ok_or_else(|| invalid(field, format!("{v:?} is not a duration")))
 }
-
-/// Most containers one service may ask for; a bound against a hostile `replicas`.
-pub(super) const MAX_REPLICAS: u32 = 100;
 
 pub(super) fn replica_count(vars: &Vars, field: &str, v: Scalar) -> Result<u32, ComposeError> {
     let s = vars.s(field, &v.into_string())?;

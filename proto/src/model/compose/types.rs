@@ -10,14 +10,14 @@
 //! upgrade; `default` only eases deserialization.
 
 use super::{ComposeError, DEFAULT_NETWORK, ImageRef};
-use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// A parsed, interpolated and validated Compose project. The fields are private: one is
 /// obtained from [`super::parse`] or by deserializing (which runs the same checks), never
 /// assembled unchecked.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(try_from = "ProjectFields")]
 pub struct ComposeProject {
     /// Top-level `name`: the Compose project name, which names containers, networks and
@@ -37,7 +37,8 @@ pub struct ComposeProject {
 }
 
 /// The wire shape of [`ComposeProject`] before its checks.
-#[derive(Deserialize, JsonSchema)]
+#[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub(super) struct ProjectFields {
     #[serde(default)]
@@ -108,7 +109,8 @@ impl ComposeProject {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Service {
     pub image: ImageRef,
@@ -220,7 +222,8 @@ pub struct Service {
 }
 
 /// CPU, memory and PID limits and reservations, in the engine's units.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Resources {
     /// `limits.cpus` in billionths of a CPU.
@@ -247,7 +250,8 @@ impl Resources {
 }
 
 /// A service's fixed addresses on one network.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Addresses {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -257,7 +261,8 @@ pub struct Addresses {
 }
 
 /// What `docker build` needs, paths already resolved on the guest.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Build {
     /// Absolute directory on the guest (beneath the project directory as written).
@@ -289,7 +294,8 @@ pub struct Build {
     pub platforms: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Port {
     #[serde(default)]
@@ -301,7 +307,8 @@ pub struct Port {
     pub protocol: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum MountKind {
     /// A named volume declared under top-level `volumes`.
@@ -313,7 +320,8 @@ pub enum MountKind {
     Anonymous,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Mount {
     pub kind: MountKind,
@@ -327,7 +335,8 @@ pub struct Mount {
 }
 
 /// Durations are nanoseconds, as the Engine API wants them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Healthcheck {
     /// `["NONE"]` when `disable: true`.
@@ -344,7 +353,8 @@ pub struct Healthcheck {
     pub start_interval: Option<i64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Condition {
     ServiceStarted,
@@ -352,7 +362,8 @@ pub enum Condition {
     ServiceCompletedSuccessfully,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DeviceRequest {
     #[serde(default)]
@@ -368,14 +379,16 @@ pub struct DeviceRequest {
     pub options: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Ulimit {
     pub soft: i64,
     pub hard: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Logging {
     #[serde(default)]
@@ -384,7 +397,8 @@ pub struct Logging {
     pub options: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NetworkDef {
     #[serde(default)]
@@ -408,7 +422,8 @@ pub struct NetworkDef {
     pub labels: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Ipam {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -419,7 +434,8 @@ pub struct Ipam {
     pub options: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct IpamPool {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -432,7 +448,8 @@ pub struct IpamPool {
     pub aux_addresses: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct VolumeDef {
     #[serde(default)]
@@ -449,6 +466,7 @@ pub struct VolumeDef {
 
 impl ComposeProject {
     /// Builds and checks a project; the parser's only way in.
+    #[cfg(any(test, feature = "compose-text"))]
     pub(super) fn checked(
         name: Option<String>,
         services: BTreeMap<String, Service>,

@@ -125,13 +125,10 @@ impl ComposeProject {
                 "a fixed container name cannot be given to more than one replica",
             ));
         }
-        if svc
-            .replicas
-            .is_some_and(|r| r > super::service::MAX_REPLICAS)
-        {
+        if svc.replicas.is_some_and(|r| r > super::MAX_REPLICAS) {
             return Err(invalid(
                 f("deploy.replicas"),
-                format!("at most {}", super::service::MAX_REPLICAS),
+                format!("at most {}", super::MAX_REPLICAS),
             ));
         }
         for t in &svc.tmpfs {
