@@ -220,6 +220,25 @@ impl StateDir {
         self.json("desired.json")
     }
 
+    /// The last desired state to enforce at start. One this build cannot read (the older
+    /// compose-text stack shape a pre-0008 agent saved, which only the coordinator parses
+    /// now; or a damaged file) is logged and set aside: the agent then enforces nothing
+    /// until the coordinator sends the state again, which overwrites the file. Refusing to
+    /// start instead would restart-loop the agent and never reach the coordinator.
+    pub fn desired_at_start(&self) -> Result<Option<DesiredState>, StateError> {
+        match self.desired() {
+            Err(StateError::Corrupt { path, reason }) => {
+                tracing::error!(
+                    path = %path.display(),
+                    %reason,
+                    "last desired state unreadable; enforcing nothing until the coordinator sends it again"
+                );
+                Ok(None)
+            }
+            other => other,
+        }
+    }
+
     pub fn save_desired(&self, d: &DesiredState) -> Result<(), StateError> {
         let json = serde_json::to_vec(d).unwrap_or_default();
         // The spec may name secret paths; keep it private to root.
@@ -239,6 +258,26 @@ impl StateDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unreadable_last_state_is_set_aside_at_start_not_fatal() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("state");
+        std::fs::create_dir(&dir).expect("mkdir");
+        let state = StateDir::open(&dir).expect("open");
+        assert_eq!(state.desired_at_start().expect("absent"), None);
+        for unreadable in [
+            "{not json",
+            // A stack this build cannot turn into a project.
+            r#"{"revision": 3, "digest": "d", "dry_run": false, "spec": {"resources": [
+                {"kind": "stack", "name": "web", "compose": "services: {a: {image: x}}",
+                 "project": {"bogus": true}}]}}"#,
+        ] {
+            std::fs::write(dir.join("desired.json"), unreadable).expect("write");
+            assert!(state.desired().is_err(), "{unreadable}");
+            assert_eq!(state.desired_at_start().expect("set aside"), None);
+        }
+    }
 
     #[test]
     fn replica_lists_are_checked_before_they_are_kept() {

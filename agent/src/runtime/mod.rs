@@ -187,7 +187,7 @@ pub async fn run(
     let (chain, key, roots) = state.identity()?;
     let identity = IdentityStore::new(Identity::from_pem(&chain, &key)?);
     let trust = TrustStore::from_pem(&roots)?;
-    let last = state.desired()?.map(Arc::new);
+    let last = state.desired_at_start()?.map(Arc::new);
     let serial = identity.current().info.serial_hex;
     let state = Arc::new(state);
     let (desired_tx, desired_rx) = watch::channel(last);
