@@ -5,10 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --bins -p phoenix-coordinator
-# The agent as guests run it: the size-optimised profile.
-cargo build --profile release-agent --bin phoenix-agent -p phoenix-agent
+# The agent as guests run it: size-optimised and static (.cargo/config.toml).
+cargo build-agent
 bin="$PWD/target/release"
-agent_bin="$PWD/target/release-agent"
+agent_bin="$PWD/target/x86_64-unknown-linux-gnu/release-agent"
 work="$(mktemp -d /tmp/phoenix-demo.XXXXXX)"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }

@@ -6,8 +6,9 @@
 #
 # BIN_DIR holds the built binaries (target/release for shipping; the tests use
 # target/debug). AGENT_BIN_DIR (default BIN_DIR) holds the phoenix-agent that both packages
-# ship: for shipping target/release-agent, the size-optimised profile
-# (`cargo build --profile release-agent -p phoenix-agent`; the agent idles in every guest).
+# ship: for shipping target/x86_64-unknown-linux-gnu/release-agent, the size-optimised,
+# statically linked build (`cargo build-agent`, .cargo/config.toml; the agent idles in every
+# guest).
 # Binaries are copied without debug info. Man pages and completions are generated from the
 # clap definitions by `phoenix generate` / `phoenix-agent-docs` (built beside the agent by
 # `cargo build -p phoenix-agent`; a build-machine tool, so the shipped agent carries no

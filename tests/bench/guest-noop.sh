@@ -15,8 +15,8 @@ REPS="${REPS:-7}"
 source tests/setup/30-guest.sh
 bench_image="${PHOENIX_GUEST_IMAGE/phoenix-guest:/phoenix-guest-bench:}"
 target="${CARGO_TARGET_DIR:-target}"
-cargo build --profile release-agent -q -p phoenix-agent --bin phoenix-agent
-agent="$(realpath "$target/release-agent/phoenix-agent")"
+cargo build-agent -q
+agent="$(realpath "$target/x86_64-unknown-linux-gnu/release-agent/phoenix-agent")"
 work="$(mktemp -d /tmp/phoenix-bench.XXXXXX)"
 name="phoenix-bench-$$"
 cleanup() { docker rm -f "$name" >/dev/null 2>&1 || true; rm -rf "$work"; }

@@ -35,24 +35,26 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// Where `cargo build-agent` (.cargo/config.toml) puts the agent as shipped, relative to
+/// the target directory.
+pub const SHIPPED_AGENT: &str = "x86_64-unknown-linux-gnu/release-agent/phoenix-agent";
+
 /// The agent as shipped, for the benchmarks: `BENCH_AGENT` when set, else
-/// `target/release-agent/phoenix-agent` (`cargo build --profile release-agent -p
-/// phoenix-agent`), the size-optimised build every guest runs, beside the benchmark's own
-/// `target/<profile>`.
+/// [`SHIPPED_AGENT`] (`cargo build-agent`: the size-optimised, statically linked build every
+/// guest runs) in the benchmark's own target directory.
 pub fn shipped_agent() -> PathBuf {
     if let Some(p) = std::env::var_os("BENCH_AGENT") {
         return PathBuf::from(p);
     }
-    let profile_dir = bin("phoenix")
+    let target_dir = bin("phoenix")
         .parent()
+        .and_then(Path::parent)
         .map(Path::to_path_buf)
         .unwrap_or_default();
-    let path = profile_dir
-        .with_file_name("release-agent")
-        .join("phoenix-agent");
+    let path = target_dir.join(SHIPPED_AGENT);
     assert!(
         path.exists(),
-        "{} not built: run `cargo build --profile release-agent -p phoenix-agent` first",
+        "{} not built: run `cargo build-agent` first",
         path.display()
     );
     path

@@ -4,9 +4,9 @@
 //! against one coordinator, so "before" and "after" are measured in the same run.
 //!
 //! Run: `cargo build --release -p phoenix-coordinator -p phoenix-tests --bin phoenix
-//!  --bin bench_agent && cargo build --profile release-agent -p phoenix-agent &&
-//!  target/release/bench_agent [--idle SECS] target/release-agent/phoenix-agent [OTHER…]`
-//! (default binary: the shipped `target/release-agent/phoenix-agent`; default idle 30 s).
+//!  --bin bench_agent && cargo build-agent && target/release/bench_agent [--idle SECS]
+//!  [AGENT_BINARY…]` (default binary: the shipped one, `phoenix_tests::SHIPPED_AGENT`;
+//!  default idle 30 s).
 
 use phoenix_tests::spine::{Coordinator, converged, files_spec, guest_status, write_spec};
 use phoenix_tests::wait_for;
@@ -61,6 +61,20 @@ fn mapped_kb(pid: u32, file: &Path) -> u64 {
         }
     }
     kb
+}
+
+/// The shared objects `pid` has mapped (file names, sorted), empty for a static binary.
+fn shared_objects(pid: u32) -> Vec<String> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    let mut libs: Vec<String> = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|p| p.contains(".so"))
+        .filter_map(|p| Path::new(p).file_name()?.to_str().map(str::to_string))
+        .collect();
+    libs.sort();
+    libs.dedup();
+    libs
 }
 
 /// Size of `bin` after `objcopy --strip-all` (what a package ships at most).
@@ -154,7 +168,7 @@ fn main() -> Res<()> {
         let pid = agent.0.id();
         println!(
             "{}: stripped {} bytes (file {}); VmRSS {} kB, RssAnon {} kB, RssFile {} kB \
-             (of it the binary {} kB), threads {}",
+             (of it the binary {} kB), threads {}, shared objects: {}",
             bin.display(),
             stripped_size(bin, work.path())?,
             std::fs::metadata(bin)?.len(),
@@ -163,6 +177,10 @@ fn main() -> Res<()> {
             status_kb(pid, "RssFile"),
             mapped_kb(pid, bin),
             status_kb(pid, "Threads"),
+            match shared_objects(pid) {
+                libs if libs.is_empty() => "none (static)".to_string(),
+                libs => libs.join(" "),
+            },
         );
     }
     Ok(())
@@ -176,5 +194,11 @@ mod tests {
         assert!(super::status_kb(pid, "VmRSS") > 0);
         let exe = std::env::current_exe().expect("exe");
         assert!(super::mapped_kb(pid, &exe) > 0);
+        // Test binaries link libc dynamically.
+        assert!(
+            super::shared_objects(pid)
+                .iter()
+                .any(|l| l.starts_with("libc"))
+        );
     }
 }

@@ -8,10 +8,10 @@
 //! events the coordinator dropped and how often a watcher fell behind (its metrics); the
 //! load average, since ratios within one run are what a shared machine can show.
 //!
-//! Run: `cargo build --release -p phoenix-coordinator --bin phoenix && cargo build
-//! --profile release-agent -p phoenix-agent && cargo build --release -p phoenix-tests --bin
-//! bench_spine && target/release/bench_spine 1000 10000`. The real agent is the shipped
-//! `release-agent` build (`BENCH_AGENT=PATH` runs another). `BENCH_PHOENIX=PATH` runs another coordinator
+//! Run: `cargo build --release -p phoenix-coordinator --bin phoenix && cargo build-agent &&
+//! cargo build --release -p phoenix-tests --bin bench_spine && target/release/bench_spine
+//! 1000 10000`. The real agent is the shipped build (`cargo build-agent`; `BENCH_AGENT=PATH`
+//! runs another). `BENCH_PHOENIX=PATH` runs another coordinator
 //! binary (before/after), `BENCH_COORDINATOR_WRAP="heaptrack -o FILE"` a profiler.
 
 use phoenix_coordinator::admin_client;
@@ -547,7 +547,7 @@ async fn run_n(n: u32, rounds: u32, work: &Path, ca_args: &[String]) -> Res<()> 
     Ok(())
 }
 
-/// One real agent (the shipped `release-agent` build), enrolled and connected, idle for
+/// One real agent (the shipped `cargo build-agent` build), enrolled and connected, idle for
 /// `secs`.
 async fn agent_rss(work: &Path, secs: u64) -> Res<()> {
     let agent_bin = phoenix_tests::shipped_agent();
