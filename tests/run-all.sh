@@ -13,6 +13,8 @@
 # - The setup scripts (apt, the step-ca Go build, debootstrap, daemons) run in a background
 #   shell while cargo compiles; their exports and cleanups are taken over once both are done.
 #   Only protoc (etcd-client's build script) is installed before the build.
+# - The end-to-end tests (tests/tests/it/*.rs) are modules of one test binary: one link of
+#   the whole dependency graph instead of one per file.
 # - The test binaries run concurrently under cargo-nextest (.config/nextest.toml groups
 #   the tests that share one engine); `cargo test --doc` runs the doc-tests nextest skips.
 #
@@ -118,8 +120,15 @@ if cargo nextest --version >/dev/null 2>&1; then
   phase "doc-tests"
   cargo test --workspace --doc || test_ok=0
 else
-  # Same tests, one binary at a time (slower); stacks.rs serialises its tests in-process.
+  # Same tests, one binary at a time (slower). The end-to-end tests are one binary
+  # (tests/tests/it) whose files here share one process: .config/nextest.toml's groups
+  # (one Docker engine, the admission tests alone) only hold if the integration-test
+  # binaries run one test at a time. (Always `--workspace`: the features, and so the
+  # artifacts, of the build above.)
   echo "*** cargo-nextest is not installed: running the tests with cargo test ***"
-  cargo test --workspace --no-fail-fast -- --test-threads="${PHOENIX_TEST_THREADS:-2}" || test_ok=0
+  cargo test --workspace --no-fail-fast --lib --bins \
+    -- --test-threads="${PHOENIX_TEST_THREADS:-2}" || test_ok=0
+  cargo test --workspace --no-fail-fast --test '*' -- --test-threads=1 || test_ok=0
+  cargo test --workspace --doc || test_ok=0
 fi
 [ "$test_ok" = 1 ]

@@ -1,5 +1,5 @@
 //! What every `Store` must do with events and `forget_guest`, run against the embedded
-//! redb store and a real etcd cluster (tests/tests/event_store.rs).
+//! redb store and a real etcd cluster (tests/tests/it/event_store.rs).
 
 use crate::store_checks::{agent, g, token};
 use phoenix_coordinator::store::{

@@ -1,5 +1,5 @@
 //! What every implementation of the coordinator's `Store` must do, run against the
-//! embedded redb store and against etcd (tests/tests/store_backends.rs).
+//! embedded redb store and against etcd (tests/tests/it/store_backends.rs).
 
 use phoenix_coordinator::store::{
     AgentRecord, ReportRecord, ServiceCertRecord, Store, StoreError, TokenRecord,

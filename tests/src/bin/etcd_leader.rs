@@ -1,5 +1,5 @@
 //! A coordinator replica reduced to its leadership, for tests that `kill -9` a leader
-//! (tests/tests/etcd_store.rs): connects to etcd, campaigns until it leads, prints
+//! (tests/tests/it/etcd_store.rs): connects to etcd, campaigns until it leads, prints
 //! `leading <fence>` and then holds the lease until it is killed.
 //!
 //! Run: `etcd_leader <endpoint,endpoint,…> <lease ttl seconds> <replica name>`

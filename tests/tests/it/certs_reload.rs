@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Signs in process with an embedded CA: the coordinator's signing path is tested in
-/// tests/tests/certs.rs; here the point is what happens after the files are written.
+/// tests/tests/it/certs.rs; here the point is what happens after the files are written.
 struct LocalCa(EmbeddedCa);
 
 #[async_trait::async_trait]

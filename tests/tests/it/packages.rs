@@ -98,7 +98,7 @@ fn debs_install_start_by_notify_stop_fast_and_purge() {
     // The README's commands as written. No Proxmox here: `guest install --all` reads the
     // default configs, skips the template, finds the agent the package ships for guests,
     // and stops at each guest for want of /etc/pve (the real install over plain LXC is
-    // tests/tests/guest_install.rs).
+    // tests/tests/it/guest_install.rs).
     g.ok("test -x /usr/lib/phoenix/phoenix-agent && /usr/lib/phoenix/phoenix-agent --version");
     let o = g.sh("phoenix guest install --all");
     let out = String::from_utf8_lossy(&o.stdout);
