@@ -1,5 +1,5 @@
 //! What the routing fixture (tests/fixtures/routing, the configs of the real-nginx test
-//! tests/tests/routing_tls.rs) compiles to, without Docker: the gateway's site is
+//! tests/tests/it/routing_tls.rs) compiles to, without Docker: the gateway's site is
 //! `gateway.template` with the routing map of every `traefik_service`, Debian's default site
 //! is disabled, the manifest's certificate lands in 101 and reloads nginx, and a changed
 //! backend port changes the gateway's two site files and nothing else in any guest.

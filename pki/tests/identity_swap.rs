@@ -2,7 +2,7 @@
 //! identity or trust bundle swapped in memory is what the next handshake uses, and a
 //! connection opened before the swap keeps working. This is the mechanism both rotations
 //! (agent and coordinator) rely on; the end-to-end proof with step-ca is
-//! tests/tests/rotation.rs.
+//! tests/tests/it/rotation.rs.
 
 use phoenix_pki::tls::{self, Identity, IdentityStore, TrustStore};
 use phoenix_pki::transport;

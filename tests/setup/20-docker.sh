@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Sourced by tests/run-all.sh: a private Docker engine, test images and a registry on
-# loopback for the stack tests (tests/tests/stacks.rs) and the stack benchmark.
+# loopback for the stack tests (tests/tests/it/stacks.rs) and the stack benchmark.
 #
 # Installs (apt) busybox-static and docker-registry if missing, starts a private dockerd
 # (tests/docker/ctl.sh) under $PHOENIX_TEST_WORK/docker, imports a busybox image built from

@@ -1,5 +1,5 @@
 # Sourced by tests/run-all.sh. Provides a Debian bookworm image that boots systemd as PID 1
-# under the machine's Docker engine, for the real apt/systemd/nginx tests (tests/tests/{apt,
+# under the machine's Docker engine, for the real apt/systemd/nginx tests (tests/tests/it/{apt,
 # systemd,nginx}.rs), plus the host tools those tests use to build a signed local apt repository.
 #
 # The rootfs is made with debootstrap from Debian's mirror (the registry this machine reaches) and

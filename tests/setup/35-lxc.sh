@@ -1,5 +1,5 @@
 # Sourced by tests/run-all.sh. Installs Debian's `lxc` for the plain-LXC transport test of
-# `phoenix guest install` (tests/tests/guest_install.rs). The containers themselves are made by
+# `phoenix guest install` (tests/tests/it/guest_install.rs). The containers themselves are made by
 # the test from the rootfs tarball 30-guest.sh caches; this only needs the tools (lxc-start,
 # lxc-attach, lxc-stop, lxc-info). No lxc-net, no AppArmor profiles, no templates: the test
 # writes every container config itself. Idempotent; if the package cannot be installed it says

@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Sourced by tests/run-all.sh: Debian's etcd (etcd-server + etcd-client for etcdctl), for the
-# etcd store tests (tests/tests/etcd_store.rs), which start their own 3-member clusters on
+# etcd store tests (tests/tests/it/etcd_store.rs), which start their own 3-member clusters on
 # loopback (tests/src/etcd.rs). Also protoc, which the etcd-client crate's build.rs runs.
 # Exports PHOENIX_ETCD_BIN and PHOENIX_ETCDCTL_BIN.
 #

@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Sourced by tests/run-all.sh: Debian's Prometheus server, for the metrics test
-# (tests/tests/metrics.rs), which runs its own `prometheus` with a temporary config and
+# (tests/tests/it/metrics.rs), which runs its own `prometheus` with a temporary config and
 # storage on loopback. Exports PHOENIX_PROMETHEUS_BIN.
 
 phoenix_prometheus_setup() {

@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Sourced by tests/run-all.sh: Debian's Chromium, for the status page test
-# (tests/tests/status_page.rs), which runs `chromium --headless` against a coordinator's
+# (tests/tests/it/status_page.rs), which runs `chromium --headless` against a coordinator's
 # page on loopback (--dump-dom for the DOM, --screenshot for the artifact). Exports
 # PHOENIX_CHROMIUM_BIN.
 

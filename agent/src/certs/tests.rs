@@ -1,5 +1,5 @@
 //! Decision logic with an in-process CA as signer and a recording service manager. The
-//! proof against the real coordinator and systemd is tests/tests/certs.rs.
+//! proof against the real coordinator and systemd is tests/tests/it/certs.rs.
 
 use super::*;
 use crate::systemd::{ServiceError, UnitStatus};

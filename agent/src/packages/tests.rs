@@ -1,5 +1,5 @@
 //! Planning and batching logic against an in-memory package system. The proof against
-//! real apt and dpkg is tests/tests/apt.rs.
+//! real apt and dpkg is tests/tests/it/apt.rs.
 
 use super::*;
 use std::path::Path;

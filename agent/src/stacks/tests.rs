@@ -1,5 +1,5 @@
 //! Planning logic against hand-made observations; the real engine is exercised in
-//! tests/tests/stacks.rs.
+//! tests/tests/it/stacks.rs.
 
 // In tests a panic is the failure report.
 #![allow(clippy::unwrap_used)]

@@ -1,5 +1,5 @@
 //! Decision logic against an in-memory service manager. The proof against a real systemd
-//! is tests/tests/systemd.rs.
+//! is tests/tests/it/systemd.rs.
 
 use super::*;
 use phoenix_proto::model::ResourceRef;
