@@ -133,6 +133,8 @@ async fn session(shared: &Arc<Shared>, ch: &mut Channels) -> Result<(), SessionE
                 .collect()
         })
         .unwrap_or_default();
+    // A collection that panics is sent as empty facts by an unwinding build; the shipped
+    // agent aborts instead (`panic = "abort"`, Cargo.toml) and systemd restarts it.
     let facts = tokio::task::spawn_blocking(move || {
         let mut f = facts::collect();
         f.packages = facts::package_versions(&managed);
