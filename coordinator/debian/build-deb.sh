@@ -86,15 +86,20 @@ install -D -m 0644 "$stage/completions/_$binary" "$root/usr/share/zsh/vendor-com
 install -D -m 0644 "$stage/completions/$binary.fish" "$root/usr/share/fish/vendor_completions.d/$binary.fish"
 
 size=$(du -sk "$root" | cut -f1)
-# The newest glibc symbol version the binary links against is what it needs at least.
-glibc=$(objdump -T "$root/usr/bin/$binary" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -n 1)
+# The newest glibc symbol version the binary links against is what it needs at least; a
+# statically linked binary (the shipped agent, `cargo build-agent`) needs no C library.
+glibc=$(objdump -T "$root/usr/bin/$binary" 2>/dev/null | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -n 1) || true
+depends=""
+[ -n "$glibc" ] && depends="libc6 (>= $glibc)"
+depends="$depends$also_depends"
+depends=${depends#, }
 cat >"$root/DEBIAN/control" <<CONTROL
 Package: $pkg
 Version: $version
 Architecture: $arch
 Maintainer: Phoenix developers <phoenix@localhost>
-Depends: libc6 (>= $glibc)$also_depends
-Section: admin
+${depends:+Depends: $depends
+}Section: admin
 Priority: optional
 Installed-Size: $size
 Description: $description
