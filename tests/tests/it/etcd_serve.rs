@@ -3,27 +3,13 @@
 
 use phoenix_tests::etcd::EtcdCluster;
 use phoenix_tests::spine::{
-    Agent, Coordinator, converged, files_spec, guest_status, serve_expecting_failure, write_spec,
+    Agent, Coordinator, converged, enrolled, files_spec, guest_status, serve_expecting_failure,
+    write_spec,
 };
 use phoenix_tests::wait_for;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);
-
-fn enrolled(c: &Coordinator, base: &std::path::Path, guest: u32) -> Agent {
-    let mut a = Agent::new(base, guest);
-    let out = a.join(&c.token(guest), &[]);
-    assert!(
-        out.status.success(),
-        "join {guest}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    a.start();
-    wait_for(T, "agent connected", || {
-        guest_status(&c.status(), guest).filter(|g| g["connected"] == true)
-    });
-    a
-}
 
 #[test]
 fn a_coordinator_on_etcd_enrolls_applies_and_survives_kill_9() {
