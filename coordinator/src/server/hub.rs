@@ -1,5 +1,6 @@
-//! Per-guest channels between admin pushes and agent sessions. Each guest has a
-//! `watch` for its desired state, so the latest revision always wins and a session
+//! Per-guest channels between admin pushes and agent sessions. Each guest has one
+//! `watch` for its desired state (and its dry runs, pass requests and the end of its
+//! sessions), so the latest revision always wins and a session
 //! opened later still gets it; reports fan out on a broadcast for CLI watchers (a watcher
 //! that falls behind it catches up from the store: `report_watch`).
 //!
@@ -32,13 +33,29 @@ pub struct Published {
 }
 
 struct GuestChannels {
-    desired: watch::Sender<Pushed>,
-    dry_run: watch::Sender<Pushed>,
+    /// Everything a session of this guest follows, in one `watch`: a watch channel costs
+    /// about 350 bytes whatever it carries, and a coordinator keeps one per guest.
+    signals: watch::Sender<Signals>,
     session: Option<u64>,
+}
+
+/// What the sessions of one guest follow. Each field keeps its own rule: the latest
+/// desired state wins and is sent to a session that opens later; a dry run or a pass
+/// request is only sent to sessions open when it was made; `ended` ends the sessions
+/// opened before its threshold.
+#[derive(Default)]
+struct Signals {
+    desired: Pushed,
+    /// Bumped whenever `desired` is replaced (a push, `forget`), so a session sends each
+    /// state once without holding on to the last one it sent.
+    desired_seq: u64,
+    dry_run: Pushed,
+    /// Like `desired_seq`, for `dry_run`.
+    dry_run_seq: u64,
     /// Bumped by `phoenix converge`: the session asks its agent for a pass.
-    run_pass: watch::Sender<u64>,
+    run_pass: u64,
     /// Every session of this guest opened before `Ended::before` must end with its status.
-    ended: watch::Sender<Ended>,
+    ended: Ended,
 }
 
 /// Why the sessions of a guest opened up to some point were ended (revoke, replaced
@@ -53,28 +70,85 @@ struct Ended {
 impl GuestChannels {
     fn new() -> Self {
         GuestChannels {
-            desired: watch::channel(None).0,
-            dry_run: watch::channel(None).0,
+            signals: watch::channel(Signals::default()).0,
             session: None,
-            run_pass: watch::channel(0).0,
-            ended: watch::channel(Ended::default()).0,
         }
     }
 }
 
+/// What a session is to do next, from [`Attachment::next`].
+pub enum Signal {
+    /// The coordinator ended the session (the guest was revoked, its identity replaced,
+    /// or the coordinator is stopping): end the stream with this status.
+    Ended(Status),
+    /// Send this desired state (a dry run when its `dry_run` is set).
+    Desired(Arc<v1::DesiredState>),
+    /// Ask the agent for a pass now (`phoenix converge`), with this nonce.
+    RunPass(u64),
+}
+
 /// A session's view of its guest's channels; detaches itself when dropped.
 pub struct Attachment {
-    pub desired: watch::Receiver<Pushed>,
-    pub dry_run: watch::Receiver<Pushed>,
-    /// Changes when the operator asks for a pass now (`phoenix converge`).
-    pub run_pass: watch::Receiver<u64>,
+    pub signals: SessionSignals,
     /// The cluster's replica addresses, marked changed at attach when known: the session
     /// tells its agent, which keeps them for failover.
     pub replicas: watch::Receiver<Arc<Vec<String>>>,
-    pub ended: EndSignal,
     hub: Arc<Hub>,
     guest: GuestId,
+}
+
+/// What one session has taken from its guest's [`Signals`].
+pub struct SessionSignals {
+    rx: watch::Receiver<Signals>,
     session: u64,
+    /// `desired_seq` of the last desired state handled; None until the first, so a
+    /// session is sent the state pushed before it opened.
+    desired_seen: Option<u64>,
+    dry_run_seen: u64,
+    run_pass_seen: u64,
+}
+
+impl SessionSignals {
+    /// Waits for what the session is to do next. The end of the session comes first;
+    /// a desired state pushed twice before the session took it is sent once, the latest.
+    /// Cancel-safe: nothing is marked handled until it is returned.
+    pub async fn next(&mut self) -> Signal {
+        loop {
+            if let Some(s) = self.pending() {
+                return s;
+            }
+            if self.rx.changed().await.is_err() {
+                // The hub outlives every session; if it is gone the server is stopping.
+                return Signal::Ended(Status::unavailable("coordinator is shutting down"));
+            }
+        }
+    }
+
+    fn pending(&mut self) -> Option<Signal> {
+        let s = self.rx.borrow_and_update();
+        if s.ended.before > self.session {
+            return Some(Signal::Ended(s.ended.status.clone().unwrap_or_else(|| {
+                Status::permission_denied("session ended by the coordinator")
+            })));
+        }
+        if self.desired_seen != Some(s.desired_seq) {
+            self.desired_seen = Some(s.desired_seq);
+            if let Some(d) = &s.desired {
+                return Some(Signal::Desired(d.clone()));
+            }
+        }
+        if self.dry_run_seen != s.dry_run_seq {
+            self.dry_run_seen = s.dry_run_seq;
+            if let Some(d) = &s.dry_run {
+                return Some(Signal::Desired(d.clone()));
+            }
+        }
+        if self.run_pass_seen != s.run_pass {
+            self.run_pass_seen = s.run_pass;
+            return Some(Signal::RunPass(s.run_pass));
+        }
+        None
+    }
 }
 
 /// `attach` refused: the guest already has a live session, here or (`holder`) on
@@ -104,33 +178,11 @@ pub enum Claimed {
 /// A claim on a guest's session, answered by the cluster's session registration.
 pub type Claim = (GuestId, oneshot::Sender<Claimed>);
 
-/// Tells one session when the coordinator has ended it.
-pub struct EndSignal {
-    rx: watch::Receiver<Ended>,
-    session: u64,
-}
-
-impl EndSignal {
-    /// Resolves with the status to end this session with once the coordinator has ended
-    /// it (the guest was revoked or its identity replaced).
-    pub async fn wait(&mut self) -> Status {
-        let session = self.session;
-        match self.rx.wait_for(|e| e.before > session).await {
-            Ok(e) => e
-                .status
-                .clone()
-                .unwrap_or_else(|| Status::permission_denied("session ended by the coordinator")),
-            // The hub outlives every session; if it is gone the server is stopping.
-            Err(_) => Status::unavailable("coordinator is shutting down"),
-        }
-    }
-}
-
 impl Drop for Attachment {
     fn drop(&mut self) {
         let mut guests = self.hub.lock();
         if let Some(ch) = guests.get_mut(&self.guest)
-            && ch.session == Some(self.session)
+            && ch.session == Some(self.signals.session)
         {
             ch.session = None;
             drop(guests);
@@ -227,12 +279,15 @@ impl Hub {
     pub fn push(&self, guest: GuestId, state: v1::DesiredState) {
         let mut guests = self.lock();
         let ch = guests.entry(guest).or_insert_with(GuestChannels::new);
-        let target = if state.dry_run {
-            &ch.dry_run
-        } else {
-            &ch.desired
-        };
-        target.send_replace(Some(Arc::new(state)));
+        ch.signals.send_modify(|s| {
+            if state.dry_run {
+                s.dry_run = Some(Arc::new(state));
+                s.dry_run_seq += 1;
+            } else {
+                s.desired = Some(Arc::new(state));
+                s.desired_seq += 1;
+            }
+        });
     }
 
     /// Pushes `state` unless the guest already has this revision or a later one: a
@@ -241,11 +296,15 @@ impl Hub {
     pub fn push_newer(&self, guest: GuestId, state: v1::DesiredState) {
         let mut guests = self.lock();
         let ch = guests.entry(guest).or_insert_with(GuestChannels::new);
-        ch.desired.send_if_modified(|cur| {
-            if cur.as_ref().is_some_and(|c| c.revision >= state.revision) {
+        ch.signals.send_if_modified(|s| {
+            if s.desired
+                .as_ref()
+                .is_some_and(|c| c.revision >= state.revision)
+            {
                 return false;
             }
-            *cur = Some(Arc::new(state));
+            s.desired = Some(Arc::new(state));
+            s.desired_seq += 1;
             true
         });
     }
@@ -283,28 +342,29 @@ impl Hub {
         ch.session = Some(session);
         self.sessions_changed
             .send_modify(|n| *n = n.wrapping_add(1));
-        let mut desired = ch.desired.subscribe();
-        desired.mark_changed();
-        // A dry run pushed before the agent connected is stale; only later ones count.
-        let dry_run = ch.dry_run.subscribe();
-        // Like a dry run, a request made before this session is not replayed.
-        let run_pass = ch.run_pass.subscribe();
+        let signals = ch.signals.subscribe();
+        let (dry_run_seen, run_pass_seen) = {
+            let s = signals.borrow();
+            // A dry run pushed before the agent connected is stale; only later ones
+            // count. Like a dry run, a pass request made before this session is not
+            // replayed. The desired state is (`desired_seen` starts empty).
+            (s.dry_run_seq, s.run_pass)
+        };
         let mut replicas = self.replicas.subscribe();
         if !replicas.borrow().is_empty() {
             replicas.mark_changed();
         }
         Ok(Attachment {
-            desired,
-            dry_run,
-            run_pass,
-            replicas,
-            ended: EndSignal {
-                rx: ch.ended.subscribe(),
+            signals: SessionSignals {
+                rx: signals,
                 session,
+                desired_seen: None,
+                dry_run_seen,
+                run_pass_seen,
             },
+            replicas,
             hub: self.clone(),
             guest,
-            session,
         })
     }
 
@@ -316,9 +376,11 @@ impl Hub {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut guests = self.lock();
         let ch = guests.entry(guest).or_insert_with(GuestChannels::new);
-        ch.ended.send_replace(Ended {
-            before,
-            status: Some(status),
+        ch.signals.send_modify(|s| {
+            s.ended = Ended {
+                before,
+                status: Some(status),
+            };
         });
     }
 
@@ -328,7 +390,8 @@ impl Hub {
         let guests = self.lock();
         match guests.get(&guest) {
             Some(ch) if ch.session.is_some() => {
-                ch.run_pass.send_modify(|n| *n = n.wrapping_add(1));
+                ch.signals
+                    .send_modify(|s| s.run_pass = s.run_pass.wrapping_add(1));
                 true
             }
             _ => false,
@@ -339,8 +402,12 @@ impl Hub {
     /// later under the same id is not sent the forgotten one.
     pub fn forget(&self, guest: GuestId) {
         if let Some(ch) = self.lock().get(&guest) {
-            ch.desired.send_replace(None);
-            ch.dry_run.send_replace(None);
+            ch.signals.send_modify(|s| {
+                s.desired = None;
+                s.desired_seq += 1;
+                s.dry_run = None;
+                s.dry_run_seq += 1;
+            });
         }
     }
 
@@ -547,6 +614,85 @@ mod tests {
             duration_micros: 1,
             trigger: "push".into(),
         })
+    }
+
+    fn state(revision: u64, dry_run: bool) -> v1::DesiredState {
+        v1::DesiredState {
+            revision,
+            dry_run,
+            ..Default::default()
+        }
+    }
+
+    /// What the session would send now: (kind, revision or nonce).
+    fn next_now(a: &mut Attachment) -> Option<(&'static str, u64)> {
+        a.signals.pending().map(|s| match s {
+            Signal::Ended(_) => ("ended", 0),
+            Signal::Desired(d) if d.dry_run => ("dry_run", d.revision),
+            Signal::Desired(d) => ("desired", d.revision),
+            Signal::RunPass(n) => ("run_pass", n),
+        })
+    }
+
+    #[test]
+    fn a_session_gets_the_latest_desired_state_and_only_later_dry_runs_and_pass_requests() {
+        let hub = Hub::new();
+        hub.push(g(1), state(1, false));
+        hub.push(g(1), state(2, false));
+        hub.push(g(1), state(2, true));
+        let mut a = hub.attach(g(1)).expect("attach");
+        // Pushed before the session: the latest desired state only, no stale dry run.
+        assert_eq!(next_now(&mut a), Some(("desired", 2)));
+        assert_eq!(next_now(&mut a), None);
+        assert!(hub.request_pass(g(1)));
+        hub.push(g(1), state(3, true));
+        hub.push(g(1), state(3, false));
+        hub.push(g(1), state(4, false));
+        // Latest desired wins; each kind once, the end of the session before the rest.
+        hub.end_sessions(g(1), Status::permission_denied("revoked"));
+        assert_eq!(next_now(&mut a), Some(("ended", 0)));
+        drop(a);
+        let mut b = hub.attach(g(1)).expect("attach after the end");
+        assert_eq!(next_now(&mut b), Some(("desired", 4)));
+        assert_eq!(
+            next_now(&mut b),
+            None,
+            "an older end does not end a later session"
+        );
+        hub.push(g(1), state(5, true));
+        assert!(hub.request_pass(g(1)));
+        hub.push(g(1), state(5, false));
+        assert_eq!(next_now(&mut b), Some(("desired", 5)));
+        assert_eq!(next_now(&mut b), Some(("dry_run", 5)));
+        assert_eq!(next_now(&mut b), Some(("run_pass", 2)));
+        assert_eq!(next_now(&mut b), None);
+        // An older revision heard again through the change feed is not pushed.
+        hub.push_newer(g(1), state(4, false));
+        assert_eq!(next_now(&mut b), None);
+        hub.push_newer(g(1), state(6, false));
+        assert_eq!(next_now(&mut b), Some(("desired", 6)));
+        // Forgotten: nothing to send, to this session or a later one.
+        hub.forget(g(1));
+        assert_eq!(next_now(&mut b), None);
+        drop(b);
+        let mut c = hub.attach(g(1)).expect("attach after forget");
+        assert_eq!(next_now(&mut c), None);
+    }
+
+    #[tokio::test]
+    async fn next_waits_for_a_signal() {
+        let hub = Hub::new();
+        let mut a = hub.attach(g(1)).expect("attach");
+        let h = hub.clone();
+        let waiting = tokio::spawn(async move {
+            match a.signals.next().await {
+                Signal::Desired(d) => d.revision,
+                _ => 0,
+            }
+        });
+        tokio::task::yield_now().await;
+        h.push(g(1), state(7, false));
+        assert_eq!(waiting.await.expect("session task"), 7);
     }
 
     #[test]

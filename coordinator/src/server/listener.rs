@@ -245,32 +245,41 @@ async fn connection(c: Conn) {
     let accepted = Instant::now();
     let first_deadline = accepted + limits.handshake_timeout;
     let _ = tcp.set_nodelay(true);
-    let tls = match timeout_at(first_deadline, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            tracing::info!(%peer, error = %e, "TLS handshake refused");
-            return;
-        }
-        Err(_) => {
-            events.closed(peer, Closed::HandshakeTimeout, &limits);
-            return;
-        }
+    // This future lives as long as the connection, so its size is paid per session
+    // (issue 14). The handshake and the connection are boxed, and everything the
+    // handshake needs is used inside this block: a local that was ever borrowed keeps its
+    // own slot in an async fn's state until its scope ends, even once moved away (the
+    // TLS stream alone is 1.2 KiB). Release build, `size_of_val`: 6,016 bytes before,
+    // 1,112 after, beside the boxed 2,752-byte connection.
+    let (mut conn, certified, first_request) = {
+        let (acceptor, http) = (acceptor, http);
+        let tls = match timeout_at(first_deadline, Box::pin(acceptor.accept(tcp))).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::info!(%peer, error = %e, "TLS handshake refused");
+                return;
+            }
+            Err(_) => {
+                events.closed(peer, Closed::HandshakeTimeout, &limits);
+                return;
+            }
+        };
+        // What tonic's server attaches to each request; `Request::peer_certs` reads it.
+        let info = tls.connect_info();
+        let certified = info.peer_certs().is_some();
+        let first_request = Arc::new(Notify::new());
+        let svc = {
+            let first_request = first_request.clone();
+            hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                first_request.notify_one();
+                req.extensions_mut().insert(info.get_ref().clone());
+                req.extensions_mut().insert(info.clone());
+                routes.clone().oneshot(req.map(tonic::body::Body::new))
+            })
+        };
+        let conn = Box::pin(http.serve_connection(TokioIo::new(tls), svc));
+        (conn, certified, first_request)
     };
-    // What tonic's server attaches to each request; `Request::peer_certs` reads it.
-    let info = tls.connect_info();
-    let certified = info.peer_certs().is_some();
-    let first_request = Arc::new(Notify::new());
-    let svc = {
-        let first_request = first_request.clone();
-        hyper::service::service_fn(move |mut req: Request<Incoming>| {
-            first_request.notify_one();
-            req.extensions_mut().insert(info.get_ref().clone());
-            req.extensions_mut().insert(info.clone());
-            routes.clone().oneshot(req.map(tonic::body::Body::new))
-        })
-    };
-    let conn = http.serve_connection(TokioIo::new(tls), svc);
-    tokio::pin!(conn);
     let mut pending = Some(pending);
     let mut first_seen = false;
     let lifetime_end = (!certified).then_some(accepted + UNAUTHENTICATED_LIFETIME);
