@@ -44,7 +44,7 @@ pub fn all(open: &dyn Fn(&str) -> Box<dyn Store>) {
 pub fn reports_since_gives_each_guests_last_report_after_a_position(s: &dyn Store) {
     let rec = |revision| ReportRecord {
         seq: 0,
-        event: 0,
+        event: revision * 10,
         received_unix: 1,
         report: ApplyReport {
             revision,
@@ -59,6 +59,11 @@ pub fn reports_since_gives_each_guests_last_report_after_a_position(s: &dyn Stor
     let b = s.put_report(g(2), &rec(1)).expect("put");
     let c = s.put_report(g(1), &rec(2)).expect("put");
     assert!(a < b && b < c, "positions increase: {a} {b} {c}");
+    // Stored whole, with the position it was given.
+    assert_eq!(
+        s.report(g(1)).expect("read"),
+        Some(ReportRecord { seq: c, ..rec(2) })
+    );
     let since = |after| -> Vec<(u32, u64, u64)> {
         s.reports_since(after)
             .expect("read")

@@ -134,6 +134,7 @@ fn apply_whole(
     c: &Coordinator,
     req: v1::AdminApplyRequest,
 ) -> Result<Vec<v1::GuestApply>, RpcError> {
+    let started = std::time::Instant::now();
     // Validate every guest's spec before storing or pushing any.
     let mut parsed = Vec::new();
     let mut errors = Vec::new();
@@ -151,6 +152,7 @@ fn apply_whole(
     if !errors.is_empty() {
         return Err(RpcError::BadRequest(errors.join("\n")));
     }
+    let validated = started.elapsed();
     let mut out = Vec::new();
     let mut to_store = Vec::new();
     let ids: Vec<GuestId> = parsed.iter().map(|(g, _)| *g).collect();
@@ -172,7 +174,8 @@ fn apply_whole(
             diff: crate::plan::spec_diff(&old_spec, spec),
         });
         if changed {
-            to_store.push((*guest, digest, json));
+            // With the position of its answer, for the diff the event records.
+            to_store.push((*guest, digest, json, out.len() - 1));
         }
     }
     if !req.dry_run {
@@ -221,18 +224,18 @@ fn apply_whole(
         return Ok(out);
     }
     if !to_store.is_empty() {
-        let revision = c.store.put_desired(&to_store).map_err(RpcError::from)?;
-        // Every changed guest is in this revision.
-        for entry in out.iter_mut().filter(|o| o.changed) {
-            entry.revision = revision;
-        }
-        for (g, digest, json) in to_store {
+        let (states, answers): (Vec<_>, Vec<_>) = to_store
+            .into_iter()
+            .map(|(g, digest, json, i)| ((g, digest, json), i))
+            .unzip();
+        let compared = started.elapsed();
+        let revision = c.store.put_desired(&states).map_err(RpcError::from)?;
+        let stored = started.elapsed();
+        for ((g, digest, json), i) in states.into_iter().zip(answers) {
+            // Every changed guest is in this revision.
+            out[i].revision = revision;
             c.metrics.pushed(g, revision);
-            let diff = out
-                .iter()
-                .find(|o| o.guest_id == g.get())
-                .map(|o| o.diff.clone())
-                .unwrap_or_default();
+            let diff = out[i].diff.clone();
             c.events.record(
                 Kind::DesiredPushed,
                 g,
@@ -253,6 +256,15 @@ fn apply_whole(
                 },
             );
         }
+        tracing::info!(
+            revision,
+            guests = out.len(),
+            validated_ms = validated.as_millis() as u64,
+            compared_ms = compared.as_millis() as u64,
+            stored_ms = stored.as_millis() as u64,
+            pushed_ms = started.elapsed().as_millis() as u64,
+            "apply stored and pushed"
+        );
     }
     Ok(out)
 }
@@ -306,7 +318,12 @@ impl v1::admin_server::Admin for AdminApi {
         req: Request<tonic::Streaming<v1::AdminApplyRequest>>,
     ) -> Result<Response<ApplyStream>, Status> {
         let whole = join_parts(req.into_inner()).await?;
-        let out = apply_whole(&self.0, whole)?;
+        // Off the admin runtime's one thread: a fleet's apply takes it for hundreds of
+        // milliseconds, and the report watchers following that apply run there too.
+        let c = self.0.clone();
+        let out = tokio::task::spawn_blocking(move || apply_whole(&c, whole))
+            .await
+            .map_err(|e| Status::internal(format!("apply failed: {e}")))??;
         Ok(Response::new(Box::pin(tokio_stream::iter(
             out.into_iter().map(Ok),
         ))))

@@ -213,31 +213,33 @@ impl AgentApi {
         } else {
             Kind::ApplyFailed
         };
-        // The event first: a report resent after a failure here is recorded again (a
-        // duplicate event), never marked seen without its event (a lost one). Acknowledged
-        // only once durable: until then the agent keeps it and sends it again.
+        // The report and its event are stored in one commit (or the event first): a
+        // report is never marked seen without its event. Acknowledged only once durable:
+        // until then the agent keeps it and sends it again. Batched with the other
+        // sessions' reports and events; the writer publishes it to report watchers.
         // In flight until published: a report watcher opened meanwhile reads the log from
         // below it (report_watch).
         let _pending = c.hub.report_pending(c.events.last_index());
-        let recorded = c.events.record_wait(kind, guest, payload).await;
-        // Batched with the other sessions' reports (report_writer).
-        c.reports
-            .put(ReportWrite {
-                guest,
-                converged: report.converged(),
-                pass_seq: recorded.and(seq),
-                record: ReportRecord {
-                    seq: 0,
-                    event: recorded.unwrap_or(0),
-                    received_unix: now_unix(),
-                    report: report.clone(),
+        let (revision, converged) = (report.revision, report.converged());
+        c.events
+            .record_report(
+                kind,
+                ReportWrite {
+                    guest,
+                    converged,
+                    pass_seq: seq,
+                    record: ReportRecord {
+                        seq: 0,
+                        event: 0,
+                        received_unix: now_unix(),
+                        report,
+                    },
                 },
-            })
+                payload,
+            )
             .await?;
-        c.metrics.reported(guest, report.revision);
-        c.hub
-            .publish_report(guest, recorded.unwrap_or(0), Arc::new(report));
-        Ok(recorded.and(seq))
+        c.metrics.reported(guest, revision);
+        Ok(seq)
     }
 }
 

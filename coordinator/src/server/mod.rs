@@ -9,7 +9,6 @@ mod error;
 pub mod hub;
 pub mod listener;
 mod report_watch;
-mod report_writer;
 
 pub(crate) use admin_service::status_without_reports;
 pub use error::RpcError;
@@ -98,6 +97,8 @@ pub enum ServeError {
     AdminSocket(#[from] admin_socket::AdminSocketError),
     #[error("start the admin socket server: {0}")]
     AdminThread(#[source] std::io::Error),
+    #[error("start the event writer's thread: {0}")]
+    EventThread(#[source] std::io::Error),
     #[error("the admin socket server ended abnormally")]
     AdminStopped,
     #[error("read the open-file limit: {0}")]
@@ -128,7 +129,6 @@ pub struct Coordinator {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) ca: Arc<dyn CertAuthority>,
     pub(crate) hub: Arc<Hub>,
-    pub(crate) reports: report_writer::ReportWriter,
     pub(crate) td: TrustDomain,
     pub(crate) identity: Arc<IdentityStore>,
     pub(crate) trust: Arc<TrustStore>,
@@ -324,11 +324,16 @@ pub async fn run(
     let server_tls = phoenix_pki::tls::server_config(identity.clone(), trust.clone())?;
     let metrics: Arc<crate::metrics::Metrics> = Default::default();
     let (events, event_writer) = crate::events::Recorder::new(store.clone(), metrics.clone());
-    let event_writer = tokio::spawn(event_writer.run());
+    let published = hub.clone();
+    event_writer
+        .on_stored(Box::new(move |guest, event, report| {
+            published.publish_report(guest, event, Arc::new(report));
+        }))
+        .start()
+        .map_err(ServeError::EventThread)?;
     // The CA just signed our identity.
     events.ca_result(ca.name(), "issue the coordinator identity", Ok(()));
     let c = Arc::new(Coordinator {
-        reports: report_writer::ReportWriter::start(store.clone()),
         store,
         ca,
         hub,
@@ -451,7 +456,6 @@ pub async fn run(
     renew.abort();
     // Sessions ended by the stop have queued their events; write them before exiting.
     c.events.flush().await;
-    drop(event_writer);
     // The leader loop steps down when told to stop; give it a moment to do so.
     for task in cluster {
         if tokio::time::timeout(Duration::from_secs(2), task)

@@ -409,6 +409,25 @@ pub trait Store: EventLog + ForgetGuest + Send + Sync + 'static {
             })
             .collect()
     }
+    /// Appends `events` to the log (as `append_events`) and stores `reports` (as
+    /// `put_reports`), report `i` taking the index of `events[event_of[i]]` as its
+    /// `record.event`. Where the backend can, in one durable commit; otherwise the events
+    /// first, so a report is never stored without its event. Err: the events were not
+    /// appended and no report was stored; else their indexes and one result per report.
+    #[allow(clippy::type_complexity)]
+    fn record_reports(
+        &self,
+        events: &[Event],
+        reports: &mut [ReportWrite],
+        event_of: &[usize],
+    ) -> Result<(Vec<u64>, Vec<Result<u64, StoreError>>), StoreError> {
+        let indexes = self.append_events(events)?;
+        for (w, &i) in reports.iter_mut().zip(event_of) {
+            w.record.event = indexes.get(i).copied().unwrap_or(0);
+        }
+        let stored = self.put_reports(reports);
+        Ok((indexes, stored))
+    }
     /// The last report of every guest whose last report was stored after position `after`,
     /// in store order. From one snapshot: everything stored up to the highest position
     /// returned is in it or superseded by it.

@@ -334,11 +334,19 @@ async fn run_n(n: u32, rounds: u32, work: &Path, ca_args: &[String]) -> Res<()> 
             "15s",
             "--metrics-listen",
             &metrics.to_string(),
+            // Every event of the run is kept (about 15 per agent), so the reports seen
+            // are checked against all that were recorded, not what retention left.
+            "--events-max-count",
+            "10000000",
             "--state-dir",
         ])
         .arg(dir.join("state"))
         .args(ca_args)
-        .env("PHOENIX_LOG", "warn")
+        // PHOENIX_LOG=info shows, among others, how long each apply took to store and push.
+        .env(
+            "PHOENIX_LOG",
+            std::env::var("PHOENIX_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()?;
@@ -413,23 +421,33 @@ async fn run_n(n: u32, rounds: u32, work: &Path, ca_args: &[String]) -> Res<()> 
         let guests = (1..=n).map(|g| (g, spec_for(g, round).to_json())).collect();
         let t0 = Instant::now();
         let resp = admin_client::apply(&mut admin, guests, BTreeMap::new(), false).await?;
+        let answered = t0.elapsed().as_secs_f64() * 1000.0;
         let rev = resp.first().map(|g| g.revision).unwrap_or(0);
         revs.push(rev);
         all_seen(&fast, rev, held, t0 + Duration::from_secs(60)).await;
-        let lat: Vec<f64> = fast
-            .times(rev)
-            .iter()
-            .map(|t| t.saturating_duration_since(t0).as_secs_f64() * 1000.0)
-            .collect();
-        let max = lat.iter().copied().fold(0.0, f64::max);
+        let ms = |t: Instant| t.saturating_duration_since(t0).as_secs_f64() * 1000.0;
+        let mut lat: Vec<f64> = fast.times(rev).iter().map(|t| ms(*t)).collect();
+        lat.sort_by(|a, b| a.total_cmp(b));
+        // When each simulated agent sent its report: splits the latency into the push
+        // (apply → agent) and the report's way back (agent → watcher).
+        let mut sent = Vec::new();
+        while let Ok((_, r, t)) = ack_rx.try_recv() {
+            if r == rev {
+                sent.push(ms(t));
+            }
+        }
+        sent.sort_by(|a, b| a.total_cmp(b));
+        let max = lat.last().copied().unwrap_or(0.0);
         eprintln!(
-            "  N={n} round {round}: {}/{held} reports at the coordinator, all within {max:.0} ms",
-            lat.len()
+            "  N={n} round {round}: {}/{held} reports at the coordinator, all within {max:.0} ms (p50 {:.0}); apply answered at {answered:.0} ms; agents sent reports p50 {:.0} p99 {:.0} max {:.0} ms",
+            lat.len(),
+            pct(&lat, 0.5),
+            pct(&sent, 0.5),
+            pct(&sent, 0.99),
+            sent.last().copied().unwrap_or(0.0),
         );
         all_lat.extend(lat);
         all_acked.push(max);
-        // Drain what the simulated agents counted, so the next round starts clean.
-        while ack_rx.try_recv().is_ok() {}
     }
     // Every agent renews its identity at once, through the coordinator and its CA, while
     // an apply is in flight on the same open streams.
@@ -560,7 +578,11 @@ async fn agent_rss(work: &Path, secs: u64) -> Res<()> {
             .arg(&socket)
             .args(["serve", "--listen", "127.0.0.1:0", "--state-dir"])
             .arg(dir.join("state"))
-            .env("PHOENIX_LOG", "warn")
+            // PHOENIX_LOG=info shows, among others, how long each apply took to store and push.
+            .env(
+                "PHOENIX_LOG",
+                std::env::var("PHOENIX_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()?,
@@ -596,7 +618,11 @@ async fn agent_rss(work: &Path, secs: u64) -> Res<()> {
             .arg("run")
             .arg("--file-root")
             .arg(dir.join("root"))
-            .env("PHOENIX_LOG", "warn")
+            // PHOENIX_LOG=info shows, among others, how long each apply took to store and push.
+            .env(
+                "PHOENIX_LOG",
+                std::env::var("PHOENIX_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()?,

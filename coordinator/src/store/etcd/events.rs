@@ -79,11 +79,7 @@ impl EtcdStore {
             let mut bytes = 0;
             for (ev, index) in evs.iter().zip(last + 1..) {
                 let key = self.event_key(index);
-                let value = serde_json::to_vec(&Event {
-                    index,
-                    ..ev.clone()
-                })
-                .map_err(|e| StoreError::Io {
+                let value = ev.encode_at(index).map_err(|e| StoreError::Io {
                     action,
                     reason: e.to_string(),
                 })?;
