@@ -725,18 +725,27 @@ impl AgentApi {
         let (guest, info, seen) = self.authenticate(&req)?;
         let issued = self.issue_identity(guest, req.into_inner().csr_pem).await?;
         // Written only if nothing (a revoke, another renewal) changed the record while
-        // the CA was signing.
-        self.0
-            .store
-            .update_agent(guest, Some(&seen.serial), true, &mut |rec| {
+        // the CA was signing. A durable write waits for the store's one writer: off the
+        // async workers, or a fleet renewing at once stalls every session behind it.
+        let (store, previous, serial, not_after) = (
+            self.0.store.clone(),
+            info.serial_hex.clone(),
+            issued.serial.clone(),
+            unix(issued.not_after),
+        );
+        tokio::task::spawn_blocking(move || {
+            store.update_agent(guest, Some(&seen.serial), true, &mut |rec| {
                 // The cert that authenticated this call stays valid until the new one is used.
-                rec.previous_serial = Some(info.serial_hex.clone());
-                rec.serial = issued.serial.clone();
-                rec.not_after_unix = unix(issued.not_after);
+                rec.previous_serial = Some(previous.clone());
+                rec.serial = serial.clone();
+                rec.not_after_unix = not_after;
                 rec.renewed_unix = now_unix();
                 rec.confirmed = true;
             })
-            .map_err(RpcError::from)?;
+        })
+        .await
+        .map_err(|e| Status::internal(format!("renewal failed: {e}")))?
+        .map_err(RpcError::from)?;
         tracing::info!(%guest, serial = %issued.serial, "agent identity renewed");
         self.0
             .events
