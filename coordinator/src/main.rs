@@ -24,6 +24,10 @@ fn main() -> std::process::ExitCode {
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Blocking work is store calls, which mostly wait for the store's one writer:
+        // more threads only queue there, and 10,000 agents renewing at once spawned
+        // hundreds of them (about 100 MB of stacks and malloc arenas, bench_spine).
+        .max_blocking_threads(32)
         .build()
     {
         Ok(rt) => rt,
