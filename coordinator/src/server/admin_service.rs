@@ -263,7 +263,7 @@ fn apply_whole(
             compared_ms = compared.as_millis() as u64,
             stored_ms = stored.as_millis() as u64,
             pushed_ms = started.elapsed().as_millis() as u64,
-            "apply stored and pushed"
+            "apply stored and pushed (milliseconds since it began)"
         );
     }
     Ok(out)

@@ -194,6 +194,17 @@ pub struct ReportRecord {
     pub report: ApplyReport,
 }
 
+/// What `Store::record_reports` did: the events' indexes, and each report's position or
+/// its own error.
+pub type RecordedReports = (Vec<u64>, Vec<Result<u64, StoreError>>);
+
+/// Gives report `i` the index of its event, `indexes[event_of[i]]`.
+fn number_reports(reports: &mut [ReportWrite], event_of: &[usize], indexes: &[u64]) {
+    for (w, &i) in reports.iter_mut().zip(event_of) {
+        w.record.event = indexes.get(i).copied().unwrap_or(0);
+    }
+}
+
 /// One report for `Store::put_reports`.
 #[derive(Debug, Clone)]
 pub struct ReportWrite {
@@ -414,17 +425,14 @@ pub trait Store: EventLog + ForgetGuest + Send + Sync + 'static {
     /// `record.event`. Where the backend can, in one durable commit; otherwise the events
     /// first, so a report is never stored without its event. Err: the events were not
     /// appended and no report was stored; else their indexes and one result per report.
-    #[allow(clippy::type_complexity)]
     fn record_reports(
         &self,
         events: &[Event],
         reports: &mut [ReportWrite],
         event_of: &[usize],
-    ) -> Result<(Vec<u64>, Vec<Result<u64, StoreError>>), StoreError> {
+    ) -> Result<RecordedReports, StoreError> {
         let indexes = self.append_events(events)?;
-        for (w, &i) in reports.iter_mut().zip(event_of) {
-            w.record.event = indexes.get(i).copied().unwrap_or(0);
-        }
+        number_reports(reports, event_of, &indexes);
         let stored = self.put_reports(reports);
         Ok((indexes, stored))
     }

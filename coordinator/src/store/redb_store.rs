@@ -1,8 +1,9 @@
 use super::events::{Event, EventBounds, EventLog, Retention, prune_count};
 use super::forget::{ForgetGuest, Forgotten};
 use super::{
-    AgentRecord, DesiredRecord, LeaderTerm, ReportRecord, ReportWrite, ServiceCertRecord, Store,
-    StoreError, TokenRecord, check_current, mark_revoked, spend_token, token_usable,
+    AgentRecord, DesiredRecord, LeaderTerm, RecordedReports, ReportRecord, ReportWrite,
+    ServiceCertRecord, Store, StoreError, TokenRecord, check_current, mark_revoked, spend_token,
+    token_usable,
 };
 use phoenix_proto::model::GuestId;
 use redb::{
@@ -427,12 +428,10 @@ impl Store for RedbStore {
         events: &[Event],
         reports: &mut [ReportWrite],
         event_of: &[usize],
-    ) -> Result<(Vec<u64>, Vec<Result<u64, StoreError>>), StoreError> {
+    ) -> Result<RecordedReports, StoreError> {
         self.write(SAVE_REPORT, true, |tx| {
             let indexes = events_in(tx, events)?;
-            for (w, &i) in reports.iter_mut().zip(event_of) {
-                w.record.event = indexes.get(i).copied().unwrap_or(0);
-            }
+            super::number_reports(reports, event_of, &indexes);
             Ok((indexes, reports_in(tx, reports)?))
         })
     }
