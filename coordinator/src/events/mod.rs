@@ -80,7 +80,7 @@ pub struct Stored {
 /// sent it, so a stored report does not wait for its session's task to run again.
 pub type OnStored = Box<dyn Fn(GuestId, u64, ApplyReport) + Send + Sync>;
 
-/// The coordinator's handle on the event log. Events go through one writer task that
+/// The coordinator's handle on the event log. Events go through one writer thread that
 /// appends whatever has queued up in one durable transaction, so a fleet reporting at
 /// once costs a few disk flushes, not one per report.
 pub struct Recorder {
@@ -297,10 +297,11 @@ impl Writer {
     /// of them at each step (taking a batch, its commit, its replies): a report's event
     /// took 400 ms (p50; p99 800 ms) to be written, of which the commit was a fraction
     /// (issue 14).
-    pub fn start(self) -> std::io::Result<std::thread::JoinHandle<()>> {
+    pub fn start(self) -> std::io::Result<()> {
         std::thread::Builder::new()
             .name("phoenix-events".into())
             .spawn(move || self.run())
+            .map(drop)
     }
 
     fn run(mut self) {
@@ -339,7 +340,7 @@ impl Writer {
         } else {
             self.store.record_reports(&events, &mut reports, &event_of)
         };
-        let (indexes, mut stored) = match written {
+        let (indexes, stored): (Vec<Option<u64>>, Vec<Result<u64, StoreError>>) = match written {
             Ok((indexes, stored)) => {
                 if let Some(&max) = indexes.last() {
                     self.last.send_if_modified(|l| {
@@ -350,26 +351,23 @@ impl Writer {
                         newer
                     });
                 }
-                (
-                    indexes.into_iter().map(Some).collect::<Vec<_>>(),
-                    stored.into_iter().map(Ok).collect::<Vec<_>>(),
-                )
+                (indexes.into_iter().map(Some).collect(), stored)
             }
             Err(e) => {
                 tracing::warn!(error = %e, events = n, "events not recorded");
                 self.metrics.events_dropped(EventDrop::Store, n as u64);
                 let reason = e.to_string();
-                let failed = || {
+                let failed = reports.iter().map(|_| {
                     Err(StoreError::Io {
                         action: "save report",
                         reason: reason.clone(),
                     })
-                };
-                (vec![None; n], reports.iter().map(|_| failed()).collect())
+                });
+                (vec![None; n], failed.collect())
             }
         };
         let mut indexes = indexes.into_iter();
-        let mut stored = stored.drain(..).zip(reports);
+        let mut stored = stored.into_iter().zip(reports);
         for reply in replies {
             match reply {
                 Reply::Event(reply) => {
@@ -383,7 +381,7 @@ impl Writer {
                     let Some((result, write)) = stored.next() else {
                         continue;
                     };
-                    let result = result.and_then(|r| r).map(|seq| {
+                    let result = result.map(|seq| {
                         (self.on_stored)(write.guest, event, write.record.report);
                         Stored { seq, event }
                     });
