@@ -243,15 +243,13 @@ fn apply_whole(
     if !errors.is_empty() {
         return Err(RpcError::BadRequest(errors.join("\n")));
     }
-    drop(items);
-    drop(all_stored);
     let checked_at = started.elapsed();
     let mut out = Vec::with_capacity(checked.len());
-    let mut to_store = Vec::new();
+    let mut to_send = Vec::new();
     for ok in checked {
         if ok.answer.changed || req.dry_run {
             // With the position of its answer, for the diff the event records.
-            to_store.push((ok.guest, ok.digest, ok.json, out.len()));
+            to_send.push((ok.guest, ok.digest, ok.json, out.len()));
         }
         out.push(ok.answer);
     }
@@ -271,7 +269,7 @@ fn apply_whole(
     }
     if req.dry_run {
         // Unchanged guests are dry-run too, so the plan also shows host drift.
-        let plans: Vec<(GuestId, crate::store::DesiredRecord)> = to_store
+        let plans: Vec<(GuestId, crate::store::DesiredRecord)> = to_send
             .into_iter()
             .map(|(g, digest, spec_json, _)| {
                 let rec = crate::store::DesiredRecord {
@@ -298,8 +296,8 @@ fn apply_whole(
         }
         return Ok(out);
     }
-    if !to_store.is_empty() {
-        let (states, answers): (Vec<_>, Vec<_>) = to_store
+    if !to_send.is_empty() {
+        let (states, answers): (Vec<_>, Vec<_>) = to_send
             .into_iter()
             .map(|(g, digest, json, i)| ((g, digest, json), i))
             .unzip();
