@@ -733,7 +733,7 @@ impl AgentApi {
             issued.serial.clone(),
             unix(issued.not_after),
         );
-        tokio::task::spawn_blocking(move || {
+        super::blocking("update agent", move || {
             store.update_agent(guest, Some(&seen.serial), true, &mut |rec| {
                 // The cert that authenticated this call stays valid until the new one is used.
                 rec.previous_serial = Some(previous.clone());
@@ -744,7 +744,6 @@ impl AgentApi {
             })
         })
         .await
-        .map_err(|e| Status::internal(format!("renewal failed: {e}")))?
         .map_err(RpcError::from)?;
         tracing::info!(%guest, serial = %issued.serial, "agent identity renewed");
         self.0

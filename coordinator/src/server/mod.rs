@@ -111,6 +111,20 @@ pub enum ServeError {
     Serve(#[from] tonic::transport::Error),
 }
 
+/// Runs a store call off the async workers: a read of many records, or a durable write
+/// that waits for the store's one writer.
+pub(crate) async fn blocking<T: Send + 'static>(
+    action: &'static str,
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(StoreError::Io {
+            action,
+            reason: e.to_string(),
+        })
+    })
+}
+
 pub(crate) fn now_unix() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

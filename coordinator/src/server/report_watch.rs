@@ -18,8 +18,8 @@
 //! last stored report (logged). With replicas sharing etcd, a report another replica has
 //! in flight when a watcher opens is only seen live.
 
-use super::RpcError;
 use super::hub::{Hub, Published};
+use super::{RpcError, blocking};
 use crate::events::Kind;
 use crate::events::report::report_of;
 use crate::store::{Event, Store, StoreError, Topic};
@@ -85,19 +85,6 @@ pub(crate) async fn run(
             return;
         }
     }
-}
-
-/// Runs a store read off the async workers.
-async fn blocking<T: Send + 'static>(
-    action: &'static str,
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
-        Err(StoreError::Io {
-            action,
-            reason: e.to_string(),
-        })
-    })
 }
 
 /// The guest and report of a report event; None for every other event.
